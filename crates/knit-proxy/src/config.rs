@@ -1,0 +1,326 @@
+//! The proxy's configuration, read from `KNIT_PROXY_*` environment variables. Each variable sits
+//! beside its default; every bad variable is reported at once (the binary exits 64), and the whole
+//! effective configuration is `Serialize` for `/config_dump`.
+//!
+//! The environment is read through [`Env`] so tests build configurations from a map and never
+//! touch the process environment.
+
+use knit_core::{
+    destination::{parse_port_forwards, Authority, DestinationTable},
+    parse,
+};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    time::Duration,
+};
+
+pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Config {
+    pub inbound: InboundConfig,
+    pub outbound: OutboundConfig,
+    pub admin: AdminConfig,
+    pub detect: DetectConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    #[serde(serialize_with = "ser_duration")]
+    pub shutdown_grace_period: Duration,
+    /// Worker threads; 1 runs a current-thread runtime.
+    pub cores: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InboundConfig {
+    pub listen_addr: SocketAddr,
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    /// Local mode: where plain connections go when there is no original destination.
+    pub target_addr: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OutboundConfig {
+    pub listen_addr: SocketAddr,
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    pub endpoints: DestinationTable,
+    pub port_forwards: BTreeMap<u16, Authority>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdminConfig {
+    pub listen_addr: SocketAddr,
+    pub shutdown_endpoint_enabled: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DetectConfig {
+    /// Target ports forwarded without detection, in both directions.
+    pub opaque_ports: BTreeSet<u16>,
+    /// A client silent this long is taken to be waiting for a server-speaks-first protocol.
+    #[serde(serialize_with = "ser_duration")]
+    pub silent_timeout: Duration,
+    /// A client that sent part of a preamble gets this long to finish it.
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HttpConfig {
+    pub max_header_bytes: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_endpoint: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_accept_reset_streams: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LogConfig {
+    pub filter: String,
+    pub format: LogFormat,
+    pub access_log: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Where configuration values come from.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct OsEnv;
+
+impl Env for OsEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// One bad variable: which, what it held, and why it was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?}: {reason}")]
+pub struct VarError {
+    pub name: String,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Every bad variable found while reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError(pub Vec<VarError>);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invalid configuration ({} bad variable(s)):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads variables, collecting errors instead of stopping at the first.
+struct Reader<'a> {
+    env: &'a dyn Env,
+    errors: Vec<VarError>,
+}
+
+impl Reader<'_> {
+    fn get<T, E: std::fmt::Display>(&mut self, name: &str, default: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> Option<T> {
+        let raw = self.env.var(name);
+        let value = raw.as_deref().unwrap_or(default);
+        match parse(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.errors.push(VarError { name: name.to_string(), value: value.to_string(), reason: e.to_string() });
+                None
+            }
+        }
+    }
+}
+
+fn addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| "expected IP:PORT".to_string())
+}
+
+fn optional_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    addr(s).map(Some)
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(s: &str) -> Result<T, String> {
+    match s.trim().parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        _ => Err("expected a positive whole number".to_string()),
+    }
+}
+
+fn log_format(s: &str) -> Result<LogFormat, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "plain" => Ok(LogFormat::Plain),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected plain or json".to_string()),
+    }
+}
+
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s).map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
+impl Config {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let mut r = Reader { env, errors: Vec::new() };
+        let p = "KNIT_PROXY_";
+        let v = |n: &str| format!("{p}{n}");
+        let inbound_listen = r.get(&v("INBOUND_LISTEN_ADDR"), "0.0.0.0:4143", addr);
+        let inbound_connect = r.get(&v("INBOUND_CONNECT_TIMEOUT"), "1s", parse::duration);
+        let inbound_target = r.get(&v("INBOUND_TARGET_ADDR"), "", optional_addr);
+        let outbound_listen = r.get(&v("OUTBOUND_LISTEN_ADDR"), "127.0.0.1:4140", addr);
+        let outbound_connect = r.get(&v("OUTBOUND_CONNECT_TIMEOUT"), "1s", parse::duration);
+        let endpoints = r.get(&v("OUTBOUND_ENDPOINTS"), "", str::parse::<DestinationTable>);
+        let port_forwards = r.get(&v("OUTBOUND_PORT_FORWARDS"), "", parse_port_forwards);
+        let admin_listen = r.get(&v("ADMIN_LISTEN_ADDR"), "127.0.0.1:4191", addr);
+        let shutdown_endpoint = r.get(&v("SHUTDOWN_ENDPOINT_ENABLED"), "false", parse::boolean);
+        let opaque_ports = r.get(&v("OPAQUE_PORTS"), DEFAULT_OPAQUE_PORTS, parse::port_set);
+        let silent = r.get(&v("DETECT_SILENT_TIMEOUT"), "150ms", parse::duration);
+        let detect_timeout = r.get(&v("DETECT_TIMEOUT"), "10s", parse::duration);
+        let max_header = r.get(&v("MAX_HEADER_BYTES"), "65536", positive::<usize>);
+        let pool_idle = r.get(&v("HTTP_POOL_IDLE_TIMEOUT"), "3s", parse::duration);
+        let pool_max_idle = r.get(&v("HTTP_POOL_MAX_IDLE_PER_ENDPOINT"), "64", positive::<usize>);
+        let h2_streams = r.get(&v("HTTP2_MAX_CONCURRENT_STREAMS"), "1000", positive::<u32>);
+        let h2_resets = r.get(&v("HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS"), "50", positive::<usize>);
+        let log_filter = r.get(&v("LOG"), "warn,knit_proxy=info,access=info", log_filter);
+        let log_format = r.get(&v("LOG_FORMAT"), "plain", log_format);
+        let access_log = r.get(&v("ACCESS_LOG"), "false", parse::boolean);
+        let grace = r.get(&v("SHUTDOWN_GRACE_PERIOD"), "2m", parse::duration);
+        let cores = r.get(&v("CORES"), "1", positive::<usize>);
+        if let (Some(s), Some(t)) = (silent, detect_timeout) {
+            if s > t {
+                r.errors.push(VarError {
+                    name: v("DETECT_SILENT_TIMEOUT"),
+                    value: parse::format_duration(s),
+                    reason: format!("must not exceed KNIT_PROXY_DETECT_TIMEOUT ({})", parse::format_duration(t)),
+                });
+            }
+        }
+        if !r.errors.is_empty() {
+            return Err(ConfigError(r.errors));
+        }
+        // Every `get` above returned Some, or an error was recorded and we returned.
+        let m = "checked: no errors were recorded";
+        Ok(Config {
+            inbound: InboundConfig {
+                listen_addr: inbound_listen.expect(m),
+                connect_timeout: inbound_connect.expect(m),
+                target_addr: inbound_target.expect(m),
+            },
+            outbound: OutboundConfig {
+                listen_addr: outbound_listen.expect(m),
+                connect_timeout: outbound_connect.expect(m),
+                endpoints: endpoints.expect(m),
+                port_forwards: port_forwards.expect(m),
+            },
+            admin: AdminConfig { listen_addr: admin_listen.expect(m), shutdown_endpoint_enabled: shutdown_endpoint.expect(m) },
+            detect: DetectConfig { opaque_ports: opaque_ports.expect(m), silent_timeout: silent.expect(m), timeout: detect_timeout.expect(m) },
+            http: HttpConfig {
+                max_header_bytes: max_header.expect(m),
+                pool_idle_timeout: pool_idle.expect(m),
+                pool_max_idle_per_endpoint: pool_max_idle.expect(m),
+                h2_max_concurrent_streams: h2_streams.expect(m),
+                h2_max_pending_accept_reset_streams: h2_resets.expect(m),
+            },
+            log: LogConfig { filter: log_filter.expect(m), format: log_format.expect(m), access_log: access_log.expect(m) },
+            shutdown_grace_period: grace.expect(m),
+            cores: cores.expect(m),
+        })
+    }
+
+    /// A configuration for tests and embedding: every listener on 127.0.0.1 with an ephemeral port.
+    pub fn loopback() -> Self {
+        let env: BTreeMap<String, String> = [
+            ("KNIT_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("KNIT_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("KNIT_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Self::from_env(&env).expect("the loopback defaults are valid")
+    }
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&parse::format_duration(*d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_follow_linkerd() {
+        let c = Config::from_env(&env(&[])).unwrap();
+        assert_eq!(c.inbound.listen_addr.port(), 4143);
+        assert_eq!(c.outbound.listen_addr.port(), 4140);
+        assert_eq!(c.admin.listen_addr.port(), 4191);
+        assert_eq!(c.detect.opaque_ports.iter().copied().collect::<Vec<_>>(), vec![25, 587, 3306, 4444, 5432, 6379, 9300, 11211]);
+        assert!(!c.admin.shutdown_endpoint_enabled);
+        let dump = serde_json::to_value(&c).unwrap();
+        assert_eq!(dump["shutdown_grace_period"], "2m");
+    }
+
+    #[test]
+    fn reports_every_bad_variable_at_once() {
+        let e = Config::from_env(&env(&[
+            ("KNIT_PROXY_INBOUND_LISTEN_ADDR", "nope"),
+            ("KNIT_PROXY_DETECT_TIMEOUT", "1.5s"),
+            ("KNIT_PROXY_OPAQUE_PORTS", "6379,70000"),
+            ("KNIT_PROXY_OUTBOUND_ENDPOINTS", "books:8080"),
+            ("KNIT_PROXY_LOG_FORMAT", "xml"),
+            ("KNIT_PROXY_CORES", "0"),
+        ]))
+        .unwrap_err();
+        let names: Vec<_> = e.0.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "KNIT_PROXY_INBOUND_LISTEN_ADDR",
+                "KNIT_PROXY_OUTBOUND_ENDPOINTS",
+                "KNIT_PROXY_OPAQUE_PORTS",
+                "KNIT_PROXY_DETECT_TIMEOUT",
+                "KNIT_PROXY_LOG_FORMAT",
+                "KNIT_PROXY_CORES"
+            ]
+        );
+        let text = e.to_string();
+        assert!(text.contains("6 bad variable"), "{text}");
+        assert!(text.contains("KNIT_PROXY_INBOUND_LISTEN_ADDR=\"nope\": expected IP:PORT"), "{text}");
+    }
+
+    #[test]
+    fn silent_timeout_may_not_exceed_detect_timeout() {
+        let e = Config::from_env(&env(&[("KNIT_PROXY_DETECT_SILENT_TIMEOUT", "20s")])).unwrap_err();
+        assert_eq!(e.0[0].name, "KNIT_PROXY_DETECT_SILENT_TIMEOUT");
+    }
+}

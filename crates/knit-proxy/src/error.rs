@@ -1,0 +1,88 @@
+//! One error type for everything the proxy can fail at while carrying traffic. Each error knows
+//! who is to blame and so which status a client gets and which label the error metric carries.
+
+use knit_core::{destination::Authority, transport_header::HeaderError};
+use std::{io, net::SocketAddr, time::Duration};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("connecting to {addr} timed out after {timeout:?}")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("connecting to {addr} failed: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("no destination for {authority}: it is not in KNIT_PROXY_OUTBOUND_ENDPOINTS and DNS has no address for it")]
+    NoRoute { authority: Authority },
+    #[error("the request names no authority: send a Host header (HTTP/1) or :authority (HTTP/2)")]
+    NoAuthority,
+    #[error("{0:?} is not a valid authority: expected host[:port]")]
+    BadAuthority(String),
+    #[error("connection has no original destination (no iptables redirect) and KNIT_PROXY_INBOUND_TARGET_ADDR is unset")]
+    NoTarget,
+    #[error("refusing to forward to {0}: it is this proxy's own listener (a routing loop)")]
+    Loop(SocketAddr),
+    #[error(transparent)]
+    TransportHeader(#[from] HeaderError),
+    #[error("upstream {addr} failed: {source}")]
+    Upstream { addr: SocketAddr, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("upstream {addr} answered the upgrade with {status} instead of switching protocols")]
+    UpgradeRefused { addr: SocketAddr, status: http::StatusCode },
+}
+
+/// Who caused a failure: it decides the status a client sees and whether a retry can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blame {
+    /// The request itself is wrong; retrying it changes nothing.
+    Client,
+    /// The destination failed or could not be reached.
+    Upstream,
+    /// Configuration or discovery has no answer for the request.
+    Proxy,
+}
+
+impl ProxyError {
+    pub fn blame(&self) -> Blame {
+        match self {
+            Self::NoAuthority | Self::BadAuthority(_) | Self::TransportHeader(_) => Blame::Client,
+            Self::ConnectTimeout { .. } | Self::Connect { .. } | Self::Upstream { .. } | Self::UpgradeRefused { .. } => Blame::Upstream,
+            Self::NoRoute { .. } | Self::NoTarget | Self::Loop(_) => Blame::Proxy,
+        }
+    }
+
+    /// The status an HTTP client gets, as Linkerd answers: 504 for timeouts, 502 for failed
+    /// upstreams and missing routes, 400 for malformed requests.
+    pub fn http_status(&self) -> http::StatusCode {
+        match self {
+            Self::ConnectTimeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            _ if self.blame() == Blame::Client => http::StatusCode::BAD_REQUEST,
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Whether the request certainly never reached the application, so it may be sent again.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::ConnectTimeout { .. } | Self::Connect { .. })
+    }
+
+    /// The `error` label of `http_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::ConnectTimeout { .. } => "connect_timeout",
+            Self::Connect { .. } => "connect",
+            Self::NoRoute { .. } => "no_route",
+            Self::NoAuthority | Self::BadAuthority(_) => "bad_authority",
+            Self::NoTarget => "no_target",
+            Self::Loop(_) => "loop",
+            Self::TransportHeader(_) => "transport_header",
+            Self::Upstream { .. } => "upstream",
+            Self::UpgradeRefused { .. } => "upgrade_refused",
+        }
+    }
+
+    /// The OS error number behind the failure, for `tcp_close_total{errno}`.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Connect { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}

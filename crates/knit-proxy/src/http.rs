@@ -1,0 +1,163 @@
+//! HTTP proxying. A detected HTTP connection is served by hyper; each request then passes through
+//! named stages in order: [`route`](Ctx::route) (which endpoint), [`forward`](forward::forward)
+//! (which client and which header rewrites), and the response's metrics and access log.
+
+pub mod body;
+pub mod client;
+mod forward;
+pub mod headers;
+
+use crate::{
+    drain,
+    error::ProxyError,
+    metrics::{Direction, Metrics},
+    resolve::{Dest, Resolver},
+};
+use bytes::Bytes;
+use http::{header, Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use knit_core::destination::{Authority, Endpoint};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use client::Clients;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpVersion {
+    Http1,
+    Http2,
+}
+
+/// What every request on one side of the proxy shares.
+pub struct Side {
+    pub direction: Direction,
+    pub clients: Clients,
+    pub metrics: Metrics,
+    pub resolver: Arc<Resolver>,
+    pub config: Arc<crate::config::Config>,
+    /// Addresses this proxy listens on; forwarding to one of them would loop.
+    pub own_addrs: Vec<SocketAddr>,
+}
+
+/// One accepted connection's context, handed to every request on it.
+pub struct Ctx {
+    pub side: Arc<Side>,
+    pub client: SocketAddr,
+    pub dest: Dest,
+}
+
+/// The endpoint a request goes to, and the logical name it was addressed by.
+pub struct Routed {
+    pub endpoint: Endpoint,
+    pub authority: Option<Authority>,
+}
+
+impl Ctx {
+    async fn route<B>(&self, req: &Request<B>) -> Result<Routed, ProxyError> {
+        let routed = match &self.dest {
+            Dest::Endpoint(endpoint) => Routed { endpoint: *endpoint, authority: None },
+            Dest::Named(authority) => {
+                Routed { endpoint: self.side.resolver.resolve(authority).await?, authority: Some(authority.clone()) }
+            }
+            Dest::FromRequest => {
+                let authority = request_authority(req)?;
+                Routed { endpoint: self.side.resolver.resolve(&authority).await?, authority: Some(authority) }
+            }
+        };
+        if self.side.own_addrs.contains(&routed.endpoint.connect_addr()) {
+            return Err(ProxyError::Loop(routed.endpoint.connect_addr()));
+        }
+        Ok(routed)
+    }
+}
+
+/// The authority a request names: `:authority` / the absolute URI's, else `Host`; port 80 when
+/// absent.
+fn request_authority<B>(req: &Request<B>) -> Result<Authority, ProxyError> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str().to_string(),
+        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).ok_or(ProxyError::NoAuthority)?.to_string(),
+    };
+    Authority::parse(&raw, Some(80)).map_err(|_| ProxyError::BadAuthority(raw))
+}
+
+/// Serves one HTTP connection until the client closes it or draining ends it gracefully: HTTP/1
+/// finishes the request in flight, HTTP/2 sends GOAWAY and finishes open streams.
+pub async fn serve<I>(io: I, version: HttpVersion, ctx: Arc<Ctx>, mut drain: drain::Watch)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let http = &ctx.side.config.http;
+    let svc = {
+        let ctx = ctx.clone();
+        service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(forward::handle(req, ctx).await) }
+        })
+    };
+    let io = TokioIo::new(io);
+    let result = match version {
+        HttpVersion::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .max_buf_size(http.max_header_bytes.max(8192))
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        HttpVersion::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(http.h2_max_concurrent_streams)
+                .max_pending_accept_reset_streams(http.h2_max_pending_accept_reset_streams)
+                .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX))
+                .serve_connection(io, svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// The response a client gets when the proxy itself fails the request: the status follows the
+/// error's blame, and the reason is in the body and in `l5d-proxy-error`.
+pub fn error_response(e: &ProxyError) -> Response<Body> {
+    let msg = e.to_string();
+    let mut rsp = Response::new(full(format!("{msg}\n")));
+    *rsp.status_mut() = e.http_status();
+    let h = rsp.headers_mut();
+    h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let Ok(v) = http::HeaderValue::from_str(&msg) {
+        h.insert(headers::L5D_PROXY_ERROR, v);
+    }
+    rsp
+}
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never: Infallible| match never {}).boxed()
+}
+
+/// Whether a request came from the same host (admin endpoints that change state require it).
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+

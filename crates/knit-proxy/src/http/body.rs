@@ -1,0 +1,96 @@
+//! A response body that records `response_total` when its stream ends, so that gRPC statuses in
+//! trailers classify the response and streamed responses are counted when they finish.
+
+use crate::metrics::{Classification, ResponseLabels, StatusLabels};
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+pub struct Recorder {
+    pub family: Family<ResponseLabels, Counter>,
+    pub labels: StatusLabels,
+    /// grpc-status from the response headers (a trailers-only response), if any.
+    pub grpc_status: Option<u32>,
+}
+
+impl Recorder {
+    pub fn record(self, error: Option<&'static str>) {
+        let http_failed = self.labels.status_code.is_none_or(|s| s >= 500);
+        let grpc_failed = self.grpc_status.is_some_and(|s| s != 0);
+        let classification = if error.is_some() || http_failed || grpc_failed { Classification::Failure } else { Classification::Success };
+        let labels = ResponseLabels { status: self.labels, classification, grpc_status: self.grpc_status, error };
+        self.family.get_or_create(&labels).inc();
+    }
+}
+
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+pin_project_lite::pin_project! {
+    pub struct RecordBody<B: Body> {
+        #[pin]
+        inner: B,
+        recorder: Option<Recorder>,
+    }
+
+    impl<B: Body> PinnedDrop for RecordBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(r) = this.recorder.take() {
+                // An empty body may never be polled; anything else dropped early means the client
+                // went away or the stream was reset.
+                let ended = this.inner.as_ref().get_ref().is_end_stream();
+                r.record(if ended { None } else { Some("stream_cancelled") });
+            }
+        }
+    }
+}
+
+impl<B: Body> RecordBody<B> {
+    pub fn new(inner: B, recorder: Recorder) -> Self {
+        Self { inner, recorder: Some(recorder) }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for RecordBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(trailers), Some(r)) = (frame.trailers_ref(), this.recorder.as_mut()) {
+                    r.grpc_status = grpc_status(trailers).or(r.grpc_status);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(r) = this.recorder.take() {
+                    r.record(Some("stream_error"));
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(r) = this.recorder.take() {
+                    r.record(None);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,183 @@
+//! Upstream HTTP clients, one per direction:
+//! - HTTP/1 to applications: hyper-util's pooled client (keep-alive, idle expiry);
+//! - HTTP/2, to applications that speak it and to peer proxies (which carry HTTP/1 upgraded):
+//!   one multiplexed connection per endpoint;
+//! - tunnels (`Upgrade`, `CONNECT`): a dedicated HTTP/1 connection each.
+
+use crate::{
+    config::HttpConfig,
+    error::ProxyError,
+    io::CountingIo,
+    metrics::{Direction, HttpLabels, Peer, TcpLabels, TcpMetrics},
+    tcp,
+};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{self, connect::{Connected, Connection}},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use knit_core::{destination::Endpoint, transport_header::SessionProtocol};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::net::TcpStream;
+
+type H2Sender = hyper::client::conn::http2::SendRequest<Incoming>;
+
+#[derive(Clone)]
+pub struct Clients {
+    http1: legacy::Client<Connector, Incoming>,
+    h2: Arc<H2Pool>,
+    connector: Connector,
+}
+
+/// Dials endpoints and meters the connections it opens (`peer="dst"`).
+#[derive(Clone)]
+struct Connector {
+    direction: Direction,
+    timeout: Duration,
+    metrics: TcpMetrics,
+}
+
+impl Connector {
+    fn labels(&self, endpoint: &Endpoint) -> TcpLabels {
+        let tls = crate::metrics::plaintext_tls(self.direction);
+        TcpLabels { target: HttpLabels { direction: self.direction, authority: None, target_addr: endpoint.addr, tls }, peer: Peer::Dst }
+    }
+
+    async fn connect(&self, endpoint: Endpoint, protocol: Option<SessionProtocol>) -> Result<CountingIo<TcpStream>, ProxyError> {
+        tcp::connect_endpoint(endpoint, protocol, self.timeout, &self.metrics, self.labels(&endpoint)).await
+    }
+}
+
+/// The pooled HTTP/1 client is handed URIs whose authority is the endpoint's socket address.
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<CountingIo<TcpStream>>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            let addr: SocketAddr = authority.parse().map_err(|_| ProxyError::BadAuthority(authority.to_string()))?;
+            this.connect(Endpoint::plain(addr), None).await.map(TokioIo::new)
+        })
+    }
+}
+
+impl Connection for CountingIo<TcpStream> {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl Clients {
+    pub fn new(direction: Direction, connect_timeout: Duration, cfg: &HttpConfig, metrics: TcpMetrics) -> Self {
+        let connector = Connector { direction, timeout: connect_timeout, metrics };
+        let http1 = legacy::Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_endpoint)
+            .set_host(false)
+            .build(connector.clone());
+        Self { http1, h2: Arc::new(H2Pool::default()), connector }
+    }
+
+    /// Sends an HTTP/1 request to a plain endpoint over a pooled connection. The URI must be
+    /// origin-form or absolute; its authority is replaced by the endpoint address for dialing, and
+    /// the `Host` header goes through unchanged.
+    pub async fn http1(&self, endpoint: SocketAddr, mut req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        *req.uri_mut() = Uri::try_from(format!("http://{endpoint}{pq}")).map_err(|e| ProxyError::Upstream { addr: endpoint, source: e.into() })?;
+        self.http1.request(req).await.map_err(|e| upstream_error(endpoint, e))
+    }
+
+    /// Sends a request over the endpoint's shared HTTP/2 connection, dialing it when needed.
+    pub async fn http2(&self, endpoint: Endpoint, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+        let addr = endpoint.connect_addr();
+        let mut sender = self.h2.sender(endpoint, &self.connector).await?;
+        sender.ready().await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })?;
+        sender.send_request(req).await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })
+    }
+
+    /// Sends a tunnel request (`Upgrade` or `CONNECT`) on a connection of its own, which becomes
+    /// the tunnel when the upstream agrees.
+    pub async fn tunnel(&self, endpoint: Endpoint, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+        let addr = endpoint.connect_addr();
+        let io = self.connector.connect(endpoint, Some(SessionProtocol::Http1)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "tunnel connection ended");
+            }
+        });
+        sender.send_request(req).await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })
+    }
+}
+
+fn upstream_error(addr: SocketAddr, e: legacy::Error) -> ProxyError {
+    // The connector's own error (refused, timed out) is more useful than hyper's wrapper.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if let Some(p) = s.downcast_ref::<ProxyError>() {
+            return match p {
+                ProxyError::Connect { addr, source } => ProxyError::Connect { addr: *addr, source: std::io::Error::new(source.kind(), source.to_string()) },
+                ProxyError::ConnectTimeout { addr, timeout } => ProxyError::ConnectTimeout { addr: *addr, timeout: *timeout },
+                other => ProxyError::Upstream { addr, source: other.to_string().into() },
+            };
+        }
+        source = s.source();
+    }
+    ProxyError::Upstream { addr, source: e.into() }
+}
+
+/// One HTTP/2 connection per endpoint, shared by every request to it. A slot's async lock makes
+/// concurrent first requests wait for one dial instead of each opening a connection.
+#[derive(Default)]
+struct H2Pool {
+    slots: Mutex<HashMap<Endpoint, Arc<tokio::sync::Mutex<Option<H2Sender>>>>>,
+}
+
+impl H2Pool {
+    async fn sender(&self, endpoint: Endpoint, connector: &Connector) -> Result<H2Sender, ProxyError> {
+        let slot = {
+            // A poisoned lock means a panic while inserting into a map; the map is still valid.
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry(endpoint).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let addr = endpoint.connect_addr();
+        let io = connector.connect(endpoint, Some(SessionProtocol::Http2)).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ProxyError::Upstream { addr, source: e.into() })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "HTTP/2 connection ended");
+            }
+        });
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+}
+

@@ -1,0 +1,164 @@
+//! One request, top to bottom: route it, rewrite it for the next hop, send it with the right
+//! client, then record the response.
+
+use super::{
+    body::{grpc_status, RecordBody, Recorder},
+    error_response,
+    headers::{self, L5D_ORIG_PROTO},
+    Body, Ctx, Routed,
+};
+use crate::{
+    error::ProxyError,
+    metrics::{plaintext_tls, Direction, HttpLabels, StatusLabels},
+};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+use tokio::io::copy_bidirectional;
+use hyper_util::rt::TokioIo;
+
+pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
+    let started = Instant::now();
+    let side = &ctx.side;
+    let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
+    let routed = ctx.route(&req).await;
+    // A request that could not be routed has no target; the unspecified address keeps the label
+    // set bounded (a client address would add a series per ephemeral port).
+    let target_addr = match &routed {
+        Ok(r) => r.endpoint.addr,
+        Err(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
+    let labels = HttpLabels {
+        direction: side.direction,
+        authority: match (&routed, side.direction) {
+            (Ok(Routed { authority: Some(a), .. }), Direction::Outbound) => Some(a.to_string()),
+            _ => None,
+        },
+        target_addr,
+        tls: plaintext_tls(side.direction),
+    };
+    side.metrics.http.requests.get_or_create(&labels).inc();
+    let result = match routed {
+        Ok(routed) => forward(req, &routed, &ctx).await,
+        Err(e) => Err(e),
+    };
+    let rsp = match result {
+        Ok(rsp) => rsp,
+        Err(e) => {
+            side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e.metric_label())).inc();
+            tracing::info!(client = %ctx.client, %method, %uri, error = %e, "request failed");
+            let rsp = error_response(&e);
+            let status = StatusLabels { target: labels.clone(), status_code: Some(rsp.status().as_u16()) };
+            record_latency(side, &status, started);
+            Recorder { family: side.metrics.http.responses.clone(), labels: status, grpc_status: None }.record(Some(e.metric_label()));
+            return rsp;
+        }
+    };
+    let status = StatusLabels { target: labels, status_code: Some(rsp.status().as_u16()) };
+    record_latency(side, &status, started);
+    if side.config.log.access_log {
+        tracing::info!(target: "access", client = %ctx.client, %method, %uri, ?version, status = rsp.status().as_u16(),
+            latency_ms = started.elapsed().as_secs_f64() * 1e3, target_addr = %status.target.target_addr);
+    }
+    let recorder = Recorder { family: side.metrics.http.responses.clone(), grpc_status: grpc_status(rsp.headers()), labels: status };
+    rsp.map(|b| RecordBody::new(b, recorder).boxed())
+}
+
+fn record_latency(side: &super::Side, status: &StatusLabels, started: Instant) {
+    side.metrics.http.latency.get_or_create(status).observe(started.elapsed().as_secs_f64() * 1e3);
+}
+
+/// Chooses the next hop's protocol:
+/// - tunnels (`Upgrade`, `CONNECT`) get a connection of their own and are then spliced;
+/// - inbound requests that a peer upgraded (`l5d-orig-proto`) go back to HTTP/1;
+/// - requests to a meshed endpoint travel over the shared HTTP/2 connection to its proxy,
+///   HTTP/1 ones upgraded with `l5d-orig-proto`;
+/// - everything else keeps the protocol the client spoke.
+async fn forward(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Result<Response<Body>, ProxyError> {
+    let clients = &ctx.side.clients;
+    let endpoint = routed.endpoint;
+    let tunnel = headers::is_tunnel(&req);
+    headers::strip_hop_by_hop(req.headers_mut(), tunnel);
+    if tunnel {
+        return self::tunnel(req, routed, ctx).await;
+    }
+    if let Some(v) = req.headers_mut().remove(L5D_ORIG_PROTO) {
+        let version = headers::parse_orig_proto(&v).unwrap_or(Version::HTTP_11);
+        downgrade(&mut req, version);
+        let mut rsp = clients.http1(endpoint.addr, req).await?;
+        headers::strip_hop_by_hop(rsp.headers_mut(), false);
+        rsp.headers_mut().insert(L5D_ORIG_PROTO, v);
+        return Ok(rsp.map(|b| b.boxed()));
+    }
+    let rsp = match (endpoint.meshed, req.version()) {
+        (Some(_), Version::HTTP_2) => clients.http2(endpoint, req).await?,
+        (Some(_), version) => {
+            upgrade(&mut req, version, routed);
+            let mut rsp = clients.http2(endpoint, req).await?;
+            rsp.headers_mut().remove(L5D_ORIG_PROTO);
+            *rsp.version_mut() = version;
+            rsp
+        }
+        (None, Version::HTTP_2) => clients.http2(endpoint, req).await?,
+        (None, _) => clients.http1(endpoint.addr, req).await?,
+    };
+    let mut rsp = rsp;
+    headers::strip_hop_by_hop(rsp.headers_mut(), false);
+    Ok(rsp.map(|b| b.boxed()))
+}
+
+/// HTTP/1 → HTTP/2 for the hop between proxies: the URI becomes absolute from `Host` (HTTP/2 has
+/// no Host header; the peer restores it), and the original version travels in `l5d-orig-proto`.
+fn upgrade(req: &mut Request<Incoming>, version: Version, routed: &Routed) {
+    let host = req.headers_mut().remove(header::HOST);
+    let authority = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok().map(str::to_string))
+        .or_else(|| routed.authority.as_ref().map(|a| a.to_string()))
+        .unwrap_or_else(|| routed.endpoint.addr.to_string());
+    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if let Ok(uri) = Uri::try_from(format!("http://{authority}{pq}")) {
+        *req.uri_mut() = uri;
+    }
+    req.headers_mut().insert(L5D_ORIG_PROTO, headers::orig_proto_value(version));
+    *req.version_mut() = Version::HTTP_2;
+}
+
+/// HTTP/2 → HTTP/1 on the inbound side of an upgraded request: `Host` comes back from the URI's
+/// authority.
+fn downgrade(req: &mut Request<Incoming>, version: Version) {
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    *req.version_mut() = version;
+}
+
+/// Sends a tunnel request on its own connection; when the upstream switches protocols (or accepts
+/// the CONNECT), the client's and the upstream's upgraded connections are spliced byte for byte.
+async fn tunnel(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Result<Response<Body>, ProxyError> {
+    let is_connect = req.method() == http::Method::CONNECT;
+    let client_side = hyper::upgrade::on(&mut req);
+    let mut rsp = ctx.side.clients.tunnel(routed.endpoint, req).await?;
+    let switched = rsp.status() == StatusCode::SWITCHING_PROTOCOLS || (is_connect && rsp.status().is_success());
+    if switched {
+        let upstream_side = hyper::upgrade::on(&mut rsp);
+        let client = ctx.client;
+        tokio::spawn(async move {
+            match tokio::try_join!(client_side, upstream_side) {
+                Ok((c, u)) => {
+                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                    if let Err(e) = copy_bidirectional(&mut c, &mut u).await {
+                        tracing::debug!(%client, error = %e, "tunnel ended with an error");
+                    }
+                }
+                Err(e) => tracing::info!(%client, error = %e, "upgrade failed"),
+            }
+        });
+    } else {
+        headers::strip_hop_by_hop(rsp.headers_mut(), false);
+    }
+    Ok(rsp.map(|b| b.boxed()))
+}

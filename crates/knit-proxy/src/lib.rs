@@ -1,0 +1,179 @@
+//! `knit-proxy`: Knit's sidecar proxy.
+//!
+//! A [`Proxy`] binds its listeners first ([`Proxy::bind`], so tests and the binary learn the
+//! addresses before any traffic), then [`Proxy::run`]s until its shutdown future completes or
+//! `POST /shutdown` asks, and drains: listeners close, in-flight requests and connections get
+//! the grace period to finish.
+//!
+//! The path of a connection is read top to bottom in [`inbound`] and [`outbound`]; both hand
+//! HTTP to [`http`], opaque bytes to [`tcp`], and decide the protocol with [`detect`].
+
+pub mod admin;
+pub mod config;
+pub mod detect;
+pub mod drain;
+pub mod error;
+pub mod http;
+pub mod inbound;
+pub mod init;
+pub mod io;
+pub mod log;
+pub mod metrics;
+pub mod orig_dst;
+pub mod outbound;
+pub mod resolve;
+pub mod tcp;
+
+use config::Config;
+use knit_core::destination::Authority;
+use metrics::{Direction, Metrics};
+use std::{
+    future::Future,
+    io as stdio,
+    net::SocketAddr,
+    sync::{atomic::AtomicBool, Arc},
+};
+use tokio::{net::TcpListener, sync::mpsc};
+
+/// A proxy whose listeners are bound but not yet serving.
+pub struct Proxy {
+    config: Arc<Config>,
+    metrics: Metrics,
+    log: Option<log::LogLevel>,
+    inbound: TcpListener,
+    outbound: TcpListener,
+    forwards: Vec<(TcpListener, Authority)>,
+    admin: TcpListener,
+}
+
+/// The addresses a bound proxy listens on.
+#[derive(Clone, Debug)]
+pub struct Addrs {
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    /// Each port forward's listener and the destination it forwards to.
+    pub forwards: Vec<(SocketAddr, Authority)>,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> stdio::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| stdio::Error::new(e.kind(), format!("binding the {what} listener on {addr}: {e}")))
+}
+
+impl Proxy {
+    /// Binds every listener. `log` is the process's log-level handle when this proxy owns the
+    /// process (the binary); embedded proxies pass `None`.
+    pub async fn bind(config: Config, log: Option<log::LogLevel>) -> stdio::Result<Self> {
+        let inbound = bind(config.inbound.listen_addr, "inbound").await?;
+        let outbound = bind(config.outbound.listen_addr, "outbound").await?;
+        let admin = bind(config.admin.listen_addr, "admin").await?;
+        let mut forwards = Vec::new();
+        for (port, authority) in &config.outbound.port_forwards {
+            let addr = SocketAddr::new(config.outbound.listen_addr.ip(), *port);
+            forwards.push((bind(addr, &format!("port-forward {authority}")).await?, authority.clone()));
+        }
+        Ok(Self { config: Arc::new(config), metrics: Metrics::new(), log, inbound, outbound, forwards, admin })
+    }
+
+    pub fn addrs(&self) -> Addrs {
+        let addr = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
+        Addrs {
+            inbound: addr(&self.inbound),
+            outbound: addr(&self.outbound),
+            admin: addr(&self.admin),
+            forwards: self.forwards.iter().map(|(l, a)| (addr(l), a.clone())).collect(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Serves until `shutdown` completes or the admin server's `/shutdown` is called, then drains.
+    /// Returns whether everything in flight finished within the grace period.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
+        let addrs = self.addrs();
+        let (signal, watch) = drain::channel();
+        let (shutdown_tx, mut shutdown_rx) = mpsc::channel(1);
+        let ready = Arc::new(AtomicBool::new(true));
+        let admin = admin::Admin {
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            log: self.log.clone(),
+            ready: ready.clone(),
+            shutdown: shutdown_tx,
+        };
+        let admin_task = tokio::spawn(admin::serve(self.admin, Arc::new(admin)));
+
+        let side = |direction, own_addrs: Vec<SocketAddr>, timeout| {
+            Arc::new(http::Side {
+                direction,
+                clients: http::Clients::new(direction, timeout, &self.config.http, self.metrics.tcp.clone()),
+                metrics: self.metrics.clone(),
+                resolver: Arc::new(resolve::Resolver::new(self.config.outbound.endpoints.clone())),
+                config: self.config.clone(),
+                own_addrs,
+            })
+        };
+        let inbound = side(Direction::Inbound, vec![addrs.inbound], self.config.inbound.connect_timeout);
+        let mut outbound_addrs = vec![addrs.outbound];
+        outbound_addrs.extend(addrs.forwards.iter().map(|(a, _)| *a));
+        let outbound = side(Direction::Outbound, outbound_addrs, self.config.outbound.connect_timeout);
+
+        tokio::spawn(accept_loop(self.inbound, watch.clone(), {
+            let side = inbound.clone();
+            move |tcp, client, drain| tokio::spawn(inbound::serve_connection(tcp, client, side.clone(), drain))
+        }));
+        tokio::spawn(accept_loop(self.outbound, watch.clone(), {
+            let side = outbound.clone();
+            move |tcp, client, drain| tokio::spawn(outbound::serve_connection(tcp, client, None, side.clone(), drain))
+        }));
+        for (listener, authority) in self.forwards {
+            let side = outbound.clone();
+            tokio::spawn(accept_loop(listener, watch.clone(), move |tcp, client, drain| {
+                tokio::spawn(outbound::serve_connection(tcp, client, Some(authority.clone()), side.clone(), drain))
+            }));
+        }
+        drop(watch);
+        tracing::info!(inbound = %addrs.inbound, outbound = %addrs.outbound, admin = %addrs.admin, "serving");
+
+        tokio::select! {
+            _ = shutdown => {}
+            _ = shutdown_rx.recv() => tracing::info!("shutdown requested through the admin server"),
+        }
+        ready.store(false, std::sync::atomic::Ordering::Release);
+        let grace = self.config.shutdown_grace_period;
+        tracing::info!(grace = ?grace, "draining: listeners closed, waiting for in-flight work");
+        let drained = signal.drain(grace).await;
+        if drained {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!(grace = ?grace, "grace period ended with work still in flight");
+        }
+        admin_task.abort();
+        drained
+    }
+}
+
+/// Accepts until draining starts, then drops the listener so new connections are refused.
+async fn accept_loop<F>(listener: TcpListener, mut drain: drain::Watch, mut on_conn: F)
+where
+    F: FnMut(tokio::net::TcpStream, SocketAddr, drain::Watch) -> tokio::task::JoinHandle<()>,
+{
+    loop {
+        tokio::select! {
+            _ = drain.signaled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, client)) => {
+                    let _ = tcp.set_nodelay(true);
+                    on_conn(tcp, client, drain.clone());
+                }
+                Err(e) => {
+                    // Usually EMFILE: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            },
+        }
+    }
+}

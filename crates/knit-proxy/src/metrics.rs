@@ -1,0 +1,143 @@
+//! Golden metrics with Linkerd's names and labels (`request_total`, `response_total`,
+//! `response_latency_ms`, `tcp_*`), so existing queries and dashboards work unchanged, plus the
+//! proxy's own detection and error counters and process metrics read at scrape time.
+//!
+//! Label sets are structs; each connection resolves its counters once and then only increments
+//! atomics.
+
+mod labels;
+mod process;
+
+pub use labels::{Classification, Direction, HttpLabels, NoTlsReason, Peer, ResponseLabels, StatusLabels, TcpLabels, Tls};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use std::sync::Arc;
+
+/// Linkerd's latency buckets, in milliseconds.
+const LATENCY_MS: [f64; 25] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0,
+    5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_MS.iter().copied())
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub http: HttpMetrics,
+    pub tcp: TcpMetrics,
+    pub detect: DetectMetrics,
+}
+
+#[derive(Clone)]
+pub struct HttpMetrics {
+    pub requests: Family<HttpLabels, Counter>,
+    pub responses: Family<ResponseLabels, Counter>,
+    pub latency: Family<StatusLabels, Histogram, fn() -> Histogram>,
+    pub errors: Family<labels::ErrorLabels, Counter>,
+}
+
+#[derive(Clone)]
+pub struct TcpMetrics {
+    pub open_total: Family<TcpLabels, Counter>,
+    pub open_connections: Family<TcpLabels, Gauge>,
+    pub read_bytes: Family<TcpLabels, Counter>,
+    pub write_bytes: Family<TcpLabels, Counter>,
+    pub close_total: Family<labels::CloseLabels, Counter>,
+}
+
+#[derive(Clone)]
+pub struct DetectMetrics {
+    pub protocols: Family<labels::ProtocolLabels, Counter>,
+    pub timeouts: Family<labels::DetectTimeoutLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let http = HttpMetrics {
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            errors: Family::default(),
+        };
+        registry.register("request", "HTTP requests received", http.requests.clone());
+        registry.register("response", "HTTP responses, counted when the response stream ends", http.responses.clone());
+        registry.register("response_latency_ms", "Time from request to response headers, in milliseconds", http.latency.clone());
+        registry.register("http_errors", "HTTP requests the proxy failed, by reason", http.errors.clone());
+        let tcp = TcpMetrics {
+            open_total: Family::default(),
+            open_connections: Family::default(),
+            read_bytes: Family::default(),
+            write_bytes: Family::default(),
+            close_total: Family::default(),
+        };
+        registry.register("tcp_open", "TCP connections opened", tcp.open_total.clone());
+        registry.register("tcp_open_connections", "TCP connections currently open", tcp.open_connections.clone());
+        registry.register("tcp_read_bytes", "Bytes read from TCP peers", tcp.read_bytes.clone());
+        registry.register("tcp_write_bytes", "Bytes written to TCP peers", tcp.write_bytes.clone());
+        registry.register("tcp_close", "TCP connections closed", tcp.close_total.clone());
+        let detect = DetectMetrics { protocols: Family::default(), timeouts: Family::default() };
+        registry.register("tcp_detect_protocol", "Accepted connections by detected protocol", detect.protocols.clone());
+        registry.register(
+            "tcp_detect_timeout",
+            "Connections handed to opaque forwarding because detection ran out of time (silent_client: the client sent nothing)",
+            detect.timeouts.clone(),
+        );
+        registry.register_collector(Box::new(process::ProcessCollector::new()));
+        Self { registry: Arc::new(registry), http, tcp, detect }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail, and every label encoder here writes plain strings.
+        encode(&mut out, &self.registry).expect("encoding metrics into a String");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn labels_detect(direction: Direction, reason: &'static str) -> labels::DetectTimeoutLabels {
+    labels::DetectTimeoutLabels { direction, reason }
+}
+
+pub fn labels_protocol(direction: Direction, p: &knit_core::detect::Protocol) -> labels::ProtocolLabels {
+    use knit_core::detect::Protocol;
+    let protocol = match p {
+        Protocol::Http1 => "http/1",
+        Protocol::Http2 => "http/2",
+        Protocol::Tls { .. } => "tls",
+        Protocol::TransportHeader => "transport_header",
+        Protocol::Opaque => "opaque",
+    };
+    labels::ProtocolLabels { direction, protocol }
+}
+
+pub fn labels_close(tcp: TcpLabels, errno: Option<i32>) -> labels::CloseLabels {
+    labels::CloseLabels { tcp, errno }
+}
+
+/// The TLS labels of a plaintext connection: inbound, the client sent no ClientHello; outbound,
+/// discovery named no identity for the endpoint.
+pub fn plaintext_tls(direction: Direction) -> Tls {
+    match direction {
+        Direction::Inbound => Tls::NoIdentity(NoTlsReason::NoTlsFromRemote),
+        Direction::Outbound => Tls::NoIdentity(NoTlsReason::NotProvidedByServiceDiscovery),
+    }
+}
+
+pub fn labels_error(direction: Direction, error: &'static str) -> labels::ErrorLabels {
+    labels::ErrorLabels { direction, error }
+}
