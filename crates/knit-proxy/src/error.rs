@@ -16,6 +16,8 @@ pub enum ProxyError {
     NoAuthority,
     #[error("{0:?} is not a valid authority: expected host[:port]")]
     BadAuthority(String),
+    #[error("a non-HTTP connection reached the outbound listener with no original destination (no iptables redirect) and no port forward: nothing says where it should go")]
+    NoDestination,
     #[error("connection has no original destination (no iptables redirect) and KNIT_PROXY_INBOUND_TARGET_ADDR is unset")]
     NoTarget,
     #[error("refusing to forward to {0}: it is this proxy's own listener (a routing loop)")]
@@ -44,7 +46,7 @@ impl ProxyError {
         match self {
             Self::NoAuthority | Self::BadAuthority(_) | Self::TransportHeader(_) => Blame::Client,
             Self::ConnectTimeout { .. } | Self::Connect { .. } | Self::Upstream { .. } | Self::UpgradeRefused { .. } => Blame::Upstream,
-            Self::NoRoute { .. } | Self::NoTarget | Self::Loop(_) => Blame::Proxy,
+            Self::NoRoute { .. } | Self::NoTarget | Self::NoDestination | Self::Loop(_) => Blame::Proxy,
         }
     }
 
@@ -70,7 +72,7 @@ impl ProxyError {
             Self::Connect { .. } => "connect",
             Self::NoRoute { .. } => "no_route",
             Self::NoAuthority | Self::BadAuthority(_) => "bad_authority",
-            Self::NoTarget => "no_target",
+            Self::NoTarget | Self::NoDestination => "no_target",
             Self::Loop(_) => "loop",
             Self::TransportHeader(_) => "transport_header",
             Self::Upstream { .. } => "upstream",

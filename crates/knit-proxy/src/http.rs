@@ -92,11 +92,18 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let http = &ctx.side.config.http;
+    let resets = Arc::new(ResetBudget::new());
     let svc = {
-        let ctx = ctx.clone();
+        let (ctx, resets) = (ctx.clone(), resets.clone());
         service_fn(move |req| {
             let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(forward::handle(req, ctx).await) }
+            let guard = CancelGuard { budget: resets.clone(), finished: false };
+            async move {
+                let mut guard = guard;
+                let rsp = forward::handle(req, ctx).await;
+                guard.finished = true;
+                Ok::<_, Infallible>(rsp)
+            }
         })
     };
     let io = TokioIo::new(io);
@@ -130,11 +137,61 @@ where
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
+                _ = resets.exhausted.notified() => {
+                    // Dropping the connection resets every stream on it at once.
+                    tracing::warn!(client = %ctx.client, "closing an HTTP/2 connection that cancels requests faster than {RESET_RATE}/s (rapid reset)");
+                    ctx.side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(ctx.side.direction, "rapid_reset")).inc();
+                    return;
+                }
             }
         }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Cancelled requests a connection may have per second, on average, and at once.
+const RESET_RATE: f64 = 100.0;
+const RESET_BURST: f64 = 200.0;
+
+/// A token bucket of request cancellations per connection. HTTP/2's concurrency limit does not
+/// bound a client that opens and cancels streams as fast as it can (CVE-2023-44487, "rapid reset"):
+/// each stream still costs the proxy a route and an upstream request. h2's own limit covers only
+/// streams reset before the server accepts them, so the proxy counts the requests it was working
+/// on when the client cancelled them, and closes the connection when the budget runs out.
+struct ResetBudget {
+    bucket: std::sync::Mutex<(f64, tokio::time::Instant)>,
+    exhausted: tokio::sync::Notify,
+}
+
+impl ResetBudget {
+    fn new() -> Self {
+        Self { bucket: std::sync::Mutex::new((RESET_BURST, tokio::time::Instant::now())), exhausted: tokio::sync::Notify::new() }
+    }
+
+    fn cancelled(&self) {
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * RESET_RATE).min(RESET_BURST) - 1.0;
+        b.1 = now;
+        if b.0 < 0.0 {
+            self.exhausted.notify_one();
+        }
+    }
+}
+
+/// Dropped before the response was produced: the client cancelled the request.
+struct CancelGuard {
+    budget: Arc<ResetBudget>,
+    finished: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.budget.cancelled();
+        }
     }
 }
 

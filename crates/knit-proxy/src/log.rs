@@ -28,7 +28,8 @@ pub fn init(cfg: &LogConfig) -> LogLevel {
     let filter = EnvFilter::try_new(&cfg.filter).unwrap_or_else(|_| EnvFilter::new("warn"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     // try_init: a second call (tests that embed several proxies) keeps the first subscriber.
     let _ = match cfg.format {
         LogFormat::Json => registry.with(fmt.json().with_current_span(true).with_span_list(false)).try_init(),

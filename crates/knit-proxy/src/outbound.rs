@@ -84,7 +84,7 @@ async fn opaque(io: PrefixedIo<TcpStream>, client: SocketAddr, dest: &Dest, side
         Dest::Endpoint(e) => (*e, None),
         Dest::Named(a) => (side.resolver.resolve(a).await?, Some(a.to_string())),
         // Without NAT or a port forward, only HTTP says where it is going.
-        Dest::FromRequest => return Err(ProxyError::NoAuthority),
+        Dest::FromRequest => return Err(ProxyError::NoDestination),
     };
     if side.own_addrs.contains(&endpoint.connect_addr()) {
         return Err(ProxyError::Loop(endpoint.connect_addr()));

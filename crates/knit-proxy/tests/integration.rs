@@ -1,1 +1,14 @@
+//! knit-proxy's integration tests: real sockets on 127.0.0.1, real clients (curl, nghttp, h2load,
+//! redis-cli, Python grpcio) and the proxy in-process or as its binary. One test binary.
 
+mod harness;
+
+mod integration {
+    mod admin;
+    mod bad_input;
+    mod grpc;
+    mod http1;
+    mod http2;
+    mod shutdown;
+    mod tcp;
+}

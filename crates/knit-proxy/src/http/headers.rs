@@ -7,12 +7,13 @@ pub const L5D_ORIG_PROTO: HeaderName = HeaderName::from_static("l5d-orig-proto")
 pub const L5D_PROXY_ERROR: HeaderName = HeaderName::from_static("l5d-proxy-error");
 pub const L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
 
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// `Trailer` is deliberately absent: it is end-to-end since RFC 7230, and an HTTP/1 server (hyper
+/// included) sends only the trailer fields it declares.
+const HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TRANSFER_ENCODING,
-    header::TRAILER,
     header::PROXY_AUTHENTICATE,
 ];
 

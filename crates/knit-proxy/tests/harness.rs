@@ -1,0 +1,210 @@
+//! The in-process harness: a test server, proxies on 127.0.0.1:0, metric reads, and polling
+//! assertions instead of sleeps.
+
+#![allow(dead_code)]
+
+pub mod server;
+
+use knit_proxy::{config::Config, Addrs, Proxy};
+use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+/// A proxy running in this process until dropped or shut down.
+pub struct TestProxy {
+    pub addrs: Addrs,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<bool>>,
+}
+
+impl TestProxy {
+    pub async fn start(configure: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::loopback();
+        configure(&mut config);
+        let proxy = Proxy::bind(config, None).await.expect("bind proxy");
+        let addrs = proxy.addrs();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(proxy.run(async move {
+            let _ = rx.await;
+        }));
+        Self { addrs, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// Starts draining and waits for the proxy to stop; returns whether it drained in time.
+    pub async fn shutdown(mut self) -> bool {
+        let _ = self.shutdown.take().expect("not yet shut down").send(());
+        self.task.take().expect("running").await.expect("proxy task")
+    }
+
+    /// Starts draining without waiting.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<bool> {
+        let _ = self.shutdown.take().expect("not yet shut down").send(());
+        self.task.take().expect("running")
+    }
+
+    pub async fn metrics(&self) -> String {
+        scrape(self.addrs.admin).await
+    }
+
+    /// The sum of every sample of `name` whose labels contain all of `labels` (`k="v"` strings).
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        sum_metric(&self.metrics().await, name, labels)
+    }
+}
+
+pub async fn scrape(admin: SocketAddr) -> String {
+    let (status, body) = get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    body
+}
+
+pub fn sum_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.iter().all(|want| rest.contains(want))).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// A GET with a fresh HTTP/1 connection; returns status and body.
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(addr, "GET", path, "localhost", "").await
+}
+
+pub async fn request(addr: SocketAddr, method: &str, path: &str, host: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.expect("response in time").expect("read");
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr, $($msg:tt)+) => {
+        assert!($crate::harness::eventually(std::time::Duration::from_secs(10), || async { $cond }).await, $($msg)+)
+    };
+}
+
+/// The repository root, for scripts under `tests/`.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+/// Runs a command with a time bound; returns (success, stdout, stderr).
+pub async fn run(cmd: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::time::timeout(Duration::from_secs(60), tokio::process::Command::new(cmd).args(args).kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("{cmd} {args:?} timed out"))
+        .unwrap_or_else(|e| panic!("running {cmd}: {e} (scripts/test.sh installs it)"));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Two proxies joined as the mesh joins them: the client side's outbound names the server side's
+/// app as `name:port`, meshed through the server proxy's inbound port.
+pub struct Mesh {
+    pub client: TestProxy,
+    pub server: TestProxy,
+}
+
+impl Mesh {
+    pub async fn start(authority: &str, app: SocketAddr) -> Self {
+        let server = TestProxy::start(|_| {}).await;
+        let table = format!("{authority}={app}@{}", server.addrs.inbound.port());
+        let client = TestProxy::start(|c| c.outbound.endpoints = table.parse().expect("table")).await;
+        Self { client, server }
+    }
+}
+
+/// The `knit-proxy` binary, started with `env` and every listener on 127.0.0.1:0.
+pub struct BinProxy {
+    pub child: tokio::process::Child,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl BinProxy {
+    pub async fn spawn(env: &[(&str, &str)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_knit-proxy"));
+        cmd.env_clear()
+            .env("KNIT_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0")
+            .env("KNIT_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0")
+            .env("KNIT_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0")
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn knit-proxy");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let field = |line: &str, key: &str| -> Option<SocketAddr> {
+            line.split_whitespace().find_map(|w| w.strip_prefix(key)?.trim_matches('"').parse().ok())
+        };
+        let serving = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.lock().unwrap().push_str(&format!("{line}\n"));
+                if line.contains("serving") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("knit-proxy did not start:\n{}", log.lock().unwrap()));
+        let (inbound, outbound, admin) = (
+            field(&serving, "inbound=").expect("inbound addr"),
+            field(&serving, "outbound=").expect("outbound addr"),
+            field(&serving, "admin=").expect("admin addr"),
+        );
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        Self { child, inbound, outbound, admin, log }
+    }
+
+    /// Peak resident memory (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).expect("VmHWM");
+        kb * 1024
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill").args(["-s", sig, &pid]).status().expect("kill").success();
+        assert!(ok, "kill -s {sig} {pid}");
+    }
+}

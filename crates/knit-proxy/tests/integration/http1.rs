@@ -1,0 +1,167 @@
+//! HTTP/1.1 through one proxy and through the meshed pair.
+
+use crate::harness::{self, run, server, Mesh, TestProxy};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn curl_through_outbound_routes_by_host() {
+    let app = server::start().await;
+    let proxy = TestProxy::start(|c| c.outbound.endpoints = format!("web.test:80={app}").parse().unwrap()).await;
+    let url = format!("http://{}/hello", proxy.addrs.outbound);
+    let (ok, out, err) = run("curl", &["-sS", "--max-time", "10", "-H", "Host: web.test", &url]).await;
+    assert!(ok, "curl failed: {err}");
+    assert_eq!(out, "hello\n");
+    let n = proxy.metric("request_total", &[r#"direction="outbound""#, r#"authority="web.test:80""#, &format!(r#"target_addr="{app}""#)]).await;
+    assert_eq!(n, 1.0);
+    let ok = proxy.metric("response_total", &[r#"authority="web.test:80""#, r#"status_code="200""#, r#"classification="success""#]).await;
+    assert_eq!(ok, 1.0);
+    let buckets = proxy.metrics().await;
+    assert!(buckets.contains(r#"le="50.0""#) && buckets.contains("response_latency_ms_bucket{"), "Linkerd's latency buckets");
+}
+
+#[tokio::test]
+async fn meshed_http1_travels_as_http2_and_arrives_as_http1() {
+    let app = server::start().await;
+    let mesh = Mesh::start("web.test:8080", app).await;
+    let url = format!("http://{}/headers", mesh.client.addrs.outbound);
+    for _ in 0..5 {
+        let (ok, out, err) = run("curl", &["-sS", "--max-time", "10", "-H", "Host: web.test:8080", &url]).await;
+        assert!(ok, "{err}");
+        assert!(out.contains("version: HTTP/1.1"), "the app sees HTTP/1.1: {out}");
+        assert!(out.contains("host: web.test:8080"), "Host is preserved: {out}");
+        assert!(!out.contains("l5d-orig-proto"), "the orig-proto header does not reach the app: {out}");
+    }
+    let server = &mesh.server;
+    assert_eq!(server.metric("tcp_detect_protocol_total", &[r#"protocol="transport_header""#]).await, 1.0, "one multiplexed connection between the proxies");
+    assert_eq!(server.metric("request_total", &[r#"direction="inbound""#]).await, 5.0);
+    assert_eq!(mesh.client.metric("request_total", &[r#"direction="outbound""#, r#"authority="web.test:8080""#]).await, 5.0);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed() {
+    let app = server::start().await;
+    let proxy = TestProxy::start(|c| c.outbound.endpoints = format!("web.test:80={app}").parse().unwrap()).await;
+    let url = format!("http://{}/headers", proxy.addrs.outbound);
+    let (ok, out, _) = run(
+        "curl",
+        &["-sS", "-H", "Host: web.test", "-H", "Connection: keep-alive, x-private", "-H", "x-private: 1", "-H", "Keep-Alive: timeout=5", "-H", "x-app: kept", &url],
+    )
+    .await;
+    assert!(ok);
+    assert!(out.contains("x-app: kept"), "{out}");
+    for gone in ["x-private", "keep-alive", "connection: keep-alive"] {
+        assert!(!out.to_lowercase().contains(gone), "{gone} reached the app: {out}");
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_reuses_pooled_upstream_connections() {
+    let app = server::start().await;
+    let proxy = TestProxy::start(|c| c.outbound.endpoints = format!("web.test:80={app}").parse().unwrap()).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addrs.outbound).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    for _ in 0..20 {
+        let req = http::Request::get("/hello").header("host", "web.test").body(Full::new(bytes::Bytes::new())).unwrap();
+        let rsp = send.send_request(req).await.unwrap();
+        assert_eq!(rsp.status(), 200);
+        rsp.into_body().collect().await.unwrap();
+    }
+    let dst = proxy.metric("tcp_open_total", &[r#"peer="dst""#, &format!(r#"target_addr="{app}""#)]).await;
+    assert_eq!(dst, 1.0, "20 sequential requests share one upstream connection");
+}
+
+async fn trailers_via(addr: std::net::SocketAddr) -> Option<http::HeaderMap> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/trailers").header("host", "web.test").header("te", "trailers").body(Full::new(bytes::Bytes::new())).unwrap();
+    let rsp = send.send_request(req).await.unwrap();
+    let collected = rsp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    assert_eq!(collected.to_bytes(), "body\n");
+    trailers
+}
+
+#[tokio::test]
+async fn trailers_pass_through_http1() {
+    let app = server::start().await;
+    assert!(trailers_via(app).await.is_some(), "the app sends trailers");
+    let proxy = TestProxy::start(|c| c.outbound.endpoints = format!("web.test:80={app}").parse().unwrap()).await;
+    let t = trailers_via(proxy.addrs.outbound).await.expect("trailers arrive through one proxy");
+    assert_eq!(t["x-checksum"], "abc123");
+    let mesh = Mesh::start("web.test:80", app).await;
+    let t = trailers_via(mesh.client.addrs.outbound).await.expect("trailers arrive through the mesh");
+    assert_eq!(t["x-checksum"], "abc123");
+}
+
+async fn websocket_roundtrip(addr: std::net::SocketAddr) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: web.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed before the 101: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"ping"[..], b"frames after the upgrade are opaque bytes"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, msg);
+    }
+}
+
+#[tokio::test]
+async fn websocket_upgrade_through_one_proxy_and_the_mesh() {
+    let app = server::start().await;
+    let proxy = TestProxy::start(|c| c.outbound.endpoints = format!("web.test:80={app}").parse().unwrap()).await;
+    websocket_roundtrip(proxy.addrs.outbound).await;
+    let mesh = Mesh::start("web.test:80", app).await;
+    websocket_roundtrip(mesh.client.addrs.outbound).await;
+}
+
+#[tokio::test]
+async fn connect_passes_through() {
+    let app = server::start().await;
+    let mesh = Mesh::start("web.test:80", app).await;
+    let mut s = tokio::net::TcpStream::connect(mesh.client.addrs.outbound).await.unwrap();
+    s.write_all(b"CONNECT web.test:80 HTTP/1.1\r\nHost: web.test:80\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"tunnelled").await.unwrap();
+    let mut back = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(&back, b"tunnelled");
+}
+
+/// 100 MB each way through two proxy processes: bodies stream, so peak memory stays small.
+#[tokio::test]
+async fn large_bodies_stream_without_memory_growth() {
+    let app = server::start().await;
+    let server = harness::BinProxy::spawn(&[]).await;
+    let table = format!("web.test:80={app}@{}", server.inbound.port());
+    let client = harness::BinProxy::spawn(&[("KNIT_PROXY_OUTBOUND_ENDPOINTS", &table)]).await;
+    const SIZE: u64 = 100 * 1024 * 1024;
+    let url = format!("http://{}/big?bytes={SIZE}", client.outbound);
+    let (ok, out, err) = run("curl", &["-sS", "--max-time", "60", "-H", "Host: web.test", "-o", "/dev/null", "-w", "%{size_download}", &url]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), SIZE.to_string());
+    let upload = format!("http://{}/count", client.outbound);
+    let script = format!("head -c {SIZE} /dev/zero | curl -sS --max-time 60 -H 'Host: web.test' -H 'Expect:' -T - {upload}");
+    let (ok, out, err) = run("sh", &["-c", &script]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), SIZE.to_string(), "the app counted every uploaded byte");
+    for (name, p) in [("client", &client), ("server", &server)] {
+        let peak = p.peak_rss();
+        assert!(peak < 40 * 1024 * 1024, "{name} proxy peaked at {} MiB while streaming 100 MiB each way", peak >> 20);
+    }
+}
