@@ -141,6 +141,10 @@ impl DestinationTable {
         self.0.len()
     }
 
+    pub fn authorities(&self) -> impl Iterator<Item = &Authority> {
+        self.0.keys()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -4,13 +4,16 @@
 use crate::error::ProxyError;
 use knit_core::destination::{Authority, DestinationTable, Endpoint};
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::atomic::{AtomicUsize, Ordering},
 };
 
 pub struct Resolver {
     table: DestinationTable,
-    next: AtomicUsize,
+    /// One round-robin position per authority: a shared one would skew every split whose
+    /// requests interleave with another authority's.
+    next: HashMap<Authority, AtomicUsize>,
 }
 
 /// Where a connection's traffic goes, as far as the connection alone tells.
@@ -27,7 +30,8 @@ pub enum Dest {
 
 impl Resolver {
     pub fn new(table: DestinationTable) -> Self {
-        Self { table, next: AtomicUsize::new(0) }
+        let next = table.authorities().map(|a| (a.clone(), AtomicUsize::new(0))).collect();
+        Self { table, next }
     }
 
     pub fn has(&self, authority: &Authority) -> bool {
@@ -38,7 +42,7 @@ impl Resolver {
     /// gives for it.
     pub async fn resolve(&self, authority: &Authority) -> Result<Endpoint, ProxyError> {
         if let Some(eps) = self.table.get(authority).filter(|e| !e.is_empty()) {
-            let i = self.next.fetch_add(1, Ordering::Relaxed) % eps.len();
+            let i = self.next.get(authority).map_or(0, |n| n.fetch_add(1, Ordering::Relaxed)) % eps.len();
             return Ok(eps[i]);
         }
         if let Ok(ip) = authority.host.parse::<std::net::IpAddr>() {
@@ -47,5 +51,30 @@ impl Resolver {
         let no_route = || ProxyError::NoRoute { authority: authority.clone() };
         let mut addrs = tokio::net::lookup_host((authority.host.as_str(), authority.port)).await.map_err(|_| no_route())?;
         addrs.next().map(Endpoint::plain).ok_or_else(no_route)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn round_robin_is_per_authority() {
+        let r = Resolver::new("a:80=127.0.0.1:1|127.0.0.1:2,b:80=127.0.0.1:3".parse().unwrap());
+        let (a, b): (Authority, Authority) = ("a:80".parse().unwrap(), "b:80".parse().unwrap());
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(r.resolve(&a).await.unwrap().addr.port());
+            r.resolve(&b).await.unwrap();
+        }
+        assert_eq!(seen, [1, 2, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn ip_literals_and_unknown_names() {
+        let r = Resolver::new(Default::default());
+        assert_eq!(r.resolve(&"10.1.2.3:80".parse().unwrap()).await.unwrap().addr, "10.1.2.3:80".parse().unwrap());
+        let e = r.resolve(&"nowhere.invalid:80".parse().unwrap()).await.unwrap_err();
+        assert!(matches!(e, ProxyError::NoRoute { .. }));
     }
 }
