@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Knit's test command: installs what the tests need (only what is missing), then runs every test.
+#   scripts/test.sh
+# Debian packages: curl, nghttp2-client (nghttp, h2load), redis-server, redis-tools, iptables,
+# iproute2, util-linux (setpriv); Python: grpcio, grpcio-tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pair in curl:curl nghttp:nghttp2-client h2load:nghttp2-client redis-server:redis-server redis-cli:redis-tools \
+            iptables:iptables ip:iproute2 setpriv:util-linux; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if ((${#need[@]})); then
+    echo "==> installing: ${need[*]}"
+    sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+fi
+if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
+    echo "==> installing Python grpcio and grpcio-tools"
+    python3 -m pip install --quiet grpcio grpcio-tools
+fi
+
+echo "==> building"
+cargo build --workspace --all-targets --locked
+
+echo "==> cargo test"
+cargo test --workspace --locked
+
+echo "==> transparent interception in network namespaces"
+if [ "$(id -u)" = 0 ]; then
+    KNIT_PROXY_BIN=target/debug/knit-proxy tests/netns.sh
+else
+    echo "SKIP tests/netns.sh: needs root (network namespaces and iptables)"
+fi
+echo "==> all tests passed"
