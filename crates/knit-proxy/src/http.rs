@@ -107,29 +107,11 @@ where
         })
     };
     let io = TokioIo::new(io);
-    let result = match version {
-        HttpVersion::Http1 => {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .max_buf_size(http.max_header_bytes.max(8192))
-                .serve_connection(io, svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = drain.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        }
-        HttpVersion::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(http.h2_max_concurrent_streams)
-                .max_pending_accept_reset_streams(http.h2_max_pending_accept_reset_streams)
-                .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX))
-                .serve_connection(io, svc);
+    // Runs a hyper connection to its end, asking it to finish gracefully when draining starts,
+    // and dropping it (which resets its streams) when the client spends its cancellation budget.
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
@@ -138,13 +120,25 @@ where
                     conn.await
                 }
                 _ = resets.exhausted.notified() => {
-                    // Dropping the connection resets every stream on it at once.
-                    tracing::warn!(client = %ctx.client, "closing an HTTP/2 connection that cancels requests faster than {RESET_RATE}/s (rapid reset)");
+                    tracing::warn!(client = %ctx.client, "closing a connection that cancels requests faster than {RESET_RATE}/s (rapid reset)");
                     ctx.side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(ctx.side.direction, "rapid_reset")).inc();
                     return;
                 }
             }
-        }
+        }};
+    }
+    let result = match version {
+        HttpVersion::Http1 => drive!(hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .max_buf_size(http.max_header_bytes.max(8192))
+            .serve_connection(io, svc)
+            .with_upgrades()),
+        HttpVersion::Http2 => drive!(hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(http.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(http.h2_max_pending_accept_reset_streams)
+            .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX))
+            .serve_connection(io, svc)),
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
