@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Knit's benchmark: direct, HAProxy and knit-proxy side by side, in one run, on loopback.
+#   bench/run.sh [--quick]
+# Writes bench/RESULTS.md (committed) and raw JSON lines to bench/out/ (not committed).
+# Proxies (HAProxy, knit-proxy) are pinned to CPU 1; the load generator and the backend to CPU 0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+DUR=10s; WARM=2s
+((QUICK)) && { DUR=3s; WARM=1s; }
+command -v haproxy >/dev/null || { echo "bench: haproxy is missing: apt-get install haproxy"; exit 1; }
+command -v taskset >/dev/null || { echo "bench: taskset is missing: apt-get install util-linux"; exit 1; }
+[ "$(nproc)" -ge 2 ] || { echo "bench: needs 2 CPUs to pin proxies apart from the load"; exit 1; }
+
+cargo build --release -p knit-proxy -p knit-loadgen
+L=target/release/knit-loadgen
+P=target/release/knit-proxy
+OUT=bench/out
+mkdir -p "$OUT"
+RAW="$OUT/results.jsonl"
+: >"$RAW"
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "bench: $1 not ready"; exit 1; }
+
+# --- backend --------------------------------------------------------------------------------
+taskset -c 0 "$L" serve --port-file "$TMP/backend" >/dev/null &
+PIDS+=($!)
+for _ in $(seq 100); do [ -s "$TMP/backend" ] && break; sleep 0.05; done
+BACKEND=$(cat "$TMP/backend")
+
+# --- HAProxy --------------------------------------------------------------------------------
+HA_H1=$(free_port); HA_H2=$(free_port)
+sed -e "s/@H1_PORT@/$HA_H1/" -e "s/@H2_PORT@/$HA_H2/" -e "s/@BACKEND@/$BACKEND/" bench/haproxy.cfg.in >"$TMP/haproxy.cfg"
+taskset -c 1 haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
+HA_PID=$!
+PIDS+=($HA_PID)
+wait_http "http://127.0.0.1:$HA_H1/"
+
+# --- knit-proxy: one hop, and the meshed pair -------------------------------------------------
+start_knit() { # name, extra env...
+    local name=$1; shift
+    local in=$(free_port) out=$(free_port) admin=$(free_port)
+    env KNIT_PROXY_INBOUND_LISTEN_ADDR=127.0.0.1:$in KNIT_PROXY_OUTBOUND_LISTEN_ADDR=127.0.0.1:$out \
+        KNIT_PROXY_ADMIN_LISTEN_ADDR=127.0.0.1:$admin KNIT_PROXY_CORES=1 KNIT_PROXY_LOG=warn "$@" \
+        taskset -c 1 "$P" 2>"$TMP/$name.log" &
+    PIDS+=($!)
+    eval "${name}_PID=$! ${name}_IN=$in ${name}_OUT=$out ${name}_ADMIN=$admin"
+    wait_http "http://127.0.0.1:$admin/ready"
+}
+start_knit K1 KNIT_PROXY_OUTBOUND_ENDPOINTS="backend.bench:8080=$BACKEND"
+start_knit KS
+start_knit KC KNIT_PROXY_OUTBOUND_ENDPOINTS="backend.bench:8080=$BACKEND@$KS_IN"
+K1_IDLE_RSS=$(awk '/VmRSS/ {print $2}' /proc/$K1_PID/status)
+
+# setup name -> url, extra loadgen args, pids of its proxy processes
+declare -A URL=(
+    [direct]="http://$BACKEND/" [haproxy]="http://127.0.0.1:$HA_H1/"
+    [knit-1hop]="http://127.0.0.1:$K1_OUT/" [knit-2hop]="http://127.0.0.1:$KC_OUT/")
+declare -A URL_H2=(
+    [direct]="http://$BACKEND/" [haproxy]="http://127.0.0.1:$HA_H2/"
+    [knit-1hop]="http://127.0.0.1:$K1_OUT/" [knit-2hop]="http://127.0.0.1:$KC_OUT/")
+declare -A PROCS=([direct]="" [haproxy]="$HA_PID" [knit-1hop]="$K1_PID" [knit-2hop]="$KC_PID $KS_PID")
+SETUPS=(direct haproxy knit-1hop knit-2hop)
+
+cpu_ticks() { local t=0 p; for p in $1; do t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo $t; }
+rss_kb() { local t=0 p; for p in $1; do t=$((t + $(awk '/VmRSS/ {print $2}' /proc/$p/status))); done; echo $t; }
+hwm_kb() { local t=0 p; for p in $1; do t=$((t + $(awk '/VmHWM/ {print $2}' /proc/$p/status))); done; echo $t; }
+
+measure() { # kind, setup, url, loadgen args...
+    local kind=$1 setup=$2 url=$3; shift 3
+    local procs=${PROCS[$setup]} before after json rss
+    before=$(cpu_ticks "$procs")
+    json=$(taskset -c 0 "$L" run --url "$url" --host backend.bench:8080 --duration "$DUR" --warmup "$WARM" "$@")
+    after=$(cpu_ticks "$procs")
+    rss=$(rss_kb "$procs")
+    echo "{\"kind\":\"$kind\",\"setup\":\"$setup\",\"args\":\"$*\",\"cpu_ticks\":$((after - before)),\"rss_kb\":${rss:-0},\"result\":$json}" >>"$RAW"
+    echo "  $kind $setup $*: $json"
+}
+
+echo "== latency at fixed rates (HTTP/1.1)"
+for rate in 1000 5000; do
+    for conns in 10 100; do
+        for s in "${SETUPS[@]}"; do measure latency "$s" "${URL[$s]}" --rate $rate --connections $conns; done
+    done
+done
+echo "== HTTP/2 and gRPC at 1,000 rps, 10 connections"
+for s in "${SETUPS[@]}"; do measure h2 "$s" "${URL_H2[$s]}" --http2 --rate 1000 --connections 10; done
+for s in "${SETUPS[@]}"; do measure grpc "$s" "${URL_H2[$s]}" --grpc --rate 1000 --connections 10; done
+echo "== maximum throughput (HTTP/1.1, 50 connections, proxies on one core)"
+for s in "${SETUPS[@]}"; do measure max "$s" "${URL[$s]}" --max --connections 50; done
+
+PEAK="{\"knit-1hop\":$(hwm_kb "$K1_PID"),\"knit-2hop\":$(hwm_kb "$KC_PID $KS_PID"),\"haproxy\":$(hwm_kb "$HA_PID")}"
+CMD="bench/run.sh${1:+ $1}"
+python3 bench/report.py "$RAW" --idle-rss-kb "$K1_IDLE_RSS" --peak-rss "$PEAK" --command "$CMD" --ticks "$(getconf CLK_TCK)" >bench/RESULTS.md
+echo "wrote bench/RESULTS.md"
