@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 
 
 def machine():
@@ -40,13 +41,21 @@ def main():
       "(the meshed path: client proxy outbound → server proxy inbound over HTTP/2 with a transport header; plaintext until mesh TLS lands)")
     w("- proxies pinned to CPU 1 (both knit-2hop proxies share it), load generator and backend to CPU 0; "
       "the load generator (`bench/loadgen`) is open-loop and measures from each request's intended send time")
+    reps = max((sum(1 for r in rows if r["kind"] == "latency" and r["setup"] == "direct" and r["args"] == x["args"])
+                for x in rows if x["kind"] == "latency"), default=1)
+    w(f"- latency rows are the median of {reps} interleaved run(s) of each setup; errors are summed")
     w("- absolute times drift on this machine: read the ratios\n")
 
     def find(kind, setup, args):
-        for r in rows:
-            if r["kind"] == kind and r["setup"] == setup and r["args"] == args:
-                return r
-        return None
+        """The median over repeated runs of each result field (rounds are interleaved)."""
+        runs = [r for r in rows if r["kind"] == kind and r["setup"] == setup and r["args"] == args]
+        if not runs:
+            return None
+        merged = dict(runs[-1])
+        merged["result"] = {k: statistics.median(r["result"][k] for r in runs) for k in runs[0]["result"]}
+        merged["result"]["errors"] = sum(r["result"]["errors"] for r in runs)
+        merged["runs"] = len(runs)
+        return merged
 
     w("## Latency at fixed request rates (HTTP/1.1, small responses)\n")
     w("| rate | conns | setup | p50 ms | p90 ms | p99 ms | max ms | errors | added p50 ms | added p99 ms |")
@@ -91,8 +100,9 @@ def main():
     w("| protocol | setup | p50 ms | p90 ms | p99 ms | max ms | errors |")
     w("|---|---|---:|---:|---:|---:|---:|")
     for kind in ("h2", "grpc"):
-        for r in rows:
-            if r["kind"] == kind:
+        for setup in ("direct", "haproxy", "knit-1hop", "knit-2hop"):
+            r = next((find(kind, setup, x["args"]) for x in rows if x["kind"] == kind and x["setup"] == setup), None)
+            if r:
                 res = r["result"]
                 w(f"| {'HTTP/2' if kind == 'h2' else 'gRPC'} | {r['setup']} | {res['p50_ms']:.3f} | {res['p90_ms']:.3f} | "
                   f"{res['p99_ms']:.3f} | {res['max_ms']:.3f} | {res['errors']} |")

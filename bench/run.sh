@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
-DUR=10s; WARM=2s
-((QUICK)) && { DUR=3s; WARM=1s; }
+DUR=10s; WARM=2s; REPS=3
+((QUICK)) && { DUR=3s; WARM=1s; REPS=1; }
 command -v haproxy >/dev/null || { echo "bench: haproxy is missing: apt-get install haproxy"; exit 1; }
 command -v taskset >/dev/null || { echo "bench: taskset is missing: apt-get install util-linux"; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "bench: needs 2 CPUs to pin proxies apart from the load"; exit 1; }
@@ -88,15 +88,19 @@ measure() { # kind, setup, url, loadgen args...
     echo "  $kind $setup $*: $json"
 }
 
-echo "== latency at fixed rates (HTTP/1.1)"
-for rate in 1000 5000; do
-    for conns in 10 100; do
-        for s in "${SETUPS[@]}"; do measure latency "$s" "${URL[$s]}" --rate $rate --connections $conns; done
+# Latency rows repeat REPS times, setups interleaved, and the report takes the median: single runs
+# of sub-millisecond tails on a shared 2-core machine vary by tens of percent.
+for rep in $(seq "$REPS"); do
+    echo "== latency at fixed rates (HTTP/1.1), round $rep of $REPS"
+    for rate in 1000 5000; do
+        for conns in 10 100; do
+            for s in "${SETUPS[@]}"; do measure latency "$s" "${URL[$s]}" --rate $rate --connections $conns; done
+        done
     done
+    echo "== HTTP/2 and gRPC at 1,000 rps, 10 connections, round $rep of $REPS"
+    for s in "${SETUPS[@]}"; do measure h2 "$s" "${URL_H2[$s]}" --http2 --rate 1000 --connections 10; done
+    for s in "${SETUPS[@]}"; do measure grpc "$s" "${URL_H2[$s]}" --grpc --rate 1000 --connections 10; done
 done
-echo "== HTTP/2 and gRPC at 1,000 rps, 10 connections"
-for s in "${SETUPS[@]}"; do measure h2 "$s" "${URL_H2[$s]}" --http2 --rate 1000 --connections 10; done
-for s in "${SETUPS[@]}"; do measure grpc "$s" "${URL_H2[$s]}" --grpc --rate 1000 --connections 10; done
 echo "== maximum throughput (HTTP/1.1, 50 connections, proxies on one core)"
 for s in "${SETUPS[@]}"; do measure max "$s" "${URL[$s]}" --max --connections 50; done
 

@@ -164,8 +164,12 @@ impl BinProxy {
         let mut child = cmd.spawn().expect("spawn knit-proxy");
         let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        // The "serving" line names the bound addresses, as `key=addr` (plain) or fields (JSON).
         let field = |line: &str, key: &str| -> Option<SocketAddr> {
-            line.split_whitespace().find_map(|w| w.strip_prefix(key)?.trim_matches('"').parse().ok())
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                return v["fields"][key].as_str()?.parse().ok();
+            }
+            line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
         };
         let serving = tokio::time::timeout(Duration::from_secs(10), async {
             while let Ok(Some(line)) = lines.next_line().await {
@@ -181,9 +185,9 @@ impl BinProxy {
         .flatten()
         .unwrap_or_else(|| panic!("knit-proxy did not start:\n{}", log.lock().unwrap()));
         let (inbound, outbound, admin) = (
-            field(&serving, "inbound=").expect("inbound addr"),
-            field(&serving, "outbound=").expect("outbound addr"),
-            field(&serving, "admin=").expect("admin addr"),
+            field(&serving, "inbound").expect("inbound addr"),
+            field(&serving, "outbound").expect("outbound addr"),
+            field(&serving, "admin").expect("admin addr"),
         );
         let sink = log.clone();
         tokio::spawn(async move {

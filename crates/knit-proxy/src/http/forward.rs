@@ -75,7 +75,7 @@ fn record_latency(side: &super::Side, status: &StatusLabels, started: Instant) {
 /// - requests to a meshed endpoint travel over the shared HTTP/2 connection to its proxy,
 ///   HTTP/1 ones upgraded with `l5d-orig-proto`;
 /// - everything else keeps the protocol the client spoke.
-async fn forward(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Result<Response<Body>, ProxyError> {
+async fn forward(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Result<Response<Incoming>, ProxyError> {
     let clients = &ctx.side.clients;
     let endpoint = routed.endpoint;
     let tunnel = headers::is_tunnel(&req);
@@ -89,7 +89,7 @@ async fn forward(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Resu
         let mut rsp = clients.http1(endpoint.addr, req).await?;
         headers::strip_hop_by_hop(rsp.headers_mut(), false);
         rsp.headers_mut().insert(L5D_ORIG_PROTO, v);
-        return Ok(rsp.map(|b| b.boxed()));
+        return Ok(rsp);
     }
     let rsp = match (endpoint.meshed, req.version()) {
         (Some(_), Version::HTTP_2) => clients.http2(endpoint, req).await?,
@@ -105,7 +105,7 @@ async fn forward(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Resu
     };
     let mut rsp = rsp;
     headers::strip_hop_by_hop(rsp.headers_mut(), false);
-    Ok(rsp.map(|b| b.boxed()))
+    Ok(rsp)
 }
 
 /// HTTP/1 → HTTP/2 for the hop between proxies: the URI becomes absolute from `Host` (HTTP/2 has
@@ -138,7 +138,7 @@ fn downgrade(req: &mut Request<Incoming>, version: Version) {
 
 /// Sends a tunnel request on its own connection; when the upstream switches protocols (or accepts
 /// the CONNECT), the client's and the upstream's upgraded connections are spliced byte for byte.
-async fn tunnel(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Result<Response<Body>, ProxyError> {
+async fn tunnel(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Result<Response<Incoming>, ProxyError> {
     let is_connect = req.method() == http::Method::CONNECT;
     let client_side = hyper::upgrade::on(&mut req);
     let mut rsp = ctx.side.clients.tunnel(routed.endpoint, req).await?;
@@ -160,5 +160,5 @@ async fn tunnel(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Resul
     } else {
         headers::strip_hop_by_hop(rsp.headers_mut(), false);
     }
-    Ok(rsp.map(|b| b.boxed()))
+    Ok(rsp)
 }

@@ -35,3 +35,22 @@ async fn log_level_is_read_and_changed_at_runtime() {
     assert!(get(admin, "/log-level").await.1.contains("knit_proxy=debug"), "a bad level leaves the old one");
     proxy.child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn json_logs_with_an_access_log_line_per_request() {
+    let app = crate::harness::server::start().await;
+    let table = format!("web.test:80={app}");
+    let mut proxy = BinProxy::spawn(&[("KNIT_PROXY_LOG_FORMAT", "json"), ("KNIT_PROXY_ACCESS_LOG", "true"), ("KNIT_PROXY_OUTBOUND_ENDPOINTS", &table)]).await;
+    let (status, _) = request(proxy.outbound, "GET", "/hello?x=1", "web.test", "").await;
+    assert_eq!(status, 200);
+    let found = crate::harness::eventually(std::time::Duration::from_secs(5), || async {
+        proxy.log.lock().unwrap().lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["target"] == "access" && v["fields"]["status"] == 200 && v["fields"]["uri"] == "/hello?x=1" && v["span"]["name"] == "outbound"
+            })
+        })
+    })
+    .await;
+    assert!(found, "no JSON access-log line in:\n{}", proxy.log.lock().unwrap());
+    proxy.child.kill().await.unwrap();
+}
