@@ -1,0 +1,211 @@
+//! `Identity.Certify`: authenticate the caller's token, check that it names the identity the
+//! request asks for, and have the CA sign the CSR. The issuer, anchors and token key are files,
+//! reloaded when they change, so rotating them needs no restart.
+
+use crate::config::IdentityConfig;
+use knit_identity::{ca::Ca, token::TokenKey};
+use linkerd2_proxy_api::identity::{identity_server::Identity, CertifyRequest, CertifyResponse};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{counter::Counter, family::Family, gauge::ConstGauge},
+    registry::Registry,
+};
+use std::{
+    sync::{Arc, RwLock},
+    time::{SystemTime, UNIX_EPOCH},
+};
+use tonic::{Request, Response, Status};
+
+/// How a caller proves which workload it is: a local-mode token now, a Kubernetes ServiceAccount
+/// token checked by TokenReview with the Kubernetes issue. Returns the identity it vouches for.
+pub trait TokenValidator: Send + Sync {
+    fn validate(&self, token: &[u8]) -> Result<String, Rejection>;
+}
+
+/// Why a token was refused; the message is sent to the caller and logged.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Tokens signed with the control plane's token key (`knit identity token`).
+pub struct LocalTokens(TokenKey);
+
+impl TokenValidator for LocalTokens {
+    fn validate(&self, token: &[u8]) -> Result<String, Rejection> {
+        let text = std::str::from_utf8(token).map_err(|_| Rejection { reason: "token_invalid", message: "the token is not UTF-8".into() })?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        self.0.verify(text, now).map(|c| c.identity).map_err(|e| {
+            let reason = if matches!(e, knit_identity::token::TokenError::Expired { .. }) { "token_expired" } else { "token_invalid" };
+            Rejection { reason, message: e.to_string() }
+        })
+    }
+}
+
+struct State {
+    ca: Arc<Ca>,
+    tokens: Arc<dyn TokenValidator>,
+}
+
+pub struct Service {
+    state: Arc<RwLock<State>>,
+    pub registry: Registry,
+    issued: Counter,
+    failures: Family<ReasonLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
+}
+
+fn load_state(cfg: &IdentityConfig) -> anyhow::Result<State> {
+    let text = |p: std::path::PathBuf| -> anyhow::Result<String> { Ok(String::from_utf8_lossy(&read(&p)?).into_owned()) };
+    let ca = Ca::load(&text(cfg.issuer_cert())?, &text(cfg.issuer_key())?, &text(cfg.trust_anchors())?, cfg.issuance_lifetime, cfg.clock_skew)
+        .map_err(|e| anyhow::anyhow!("issuer {}: {e}", cfg.issuer_cert().display()))?;
+    let key = TokenKey::new(&read(&cfg.token_key())?).map_err(|e| anyhow::anyhow!("token key {}: {e}", cfg.token_key().display()))?;
+    Ok(State { ca: Arc::new(ca), tokens: Arc::new(LocalTokens(key)) })
+}
+
+impl Service {
+    pub fn load(cfg: &IdentityConfig) -> anyhow::Result<Self> {
+        Ok(Self::new(load_state(cfg)?))
+    }
+
+    fn new(state: State) -> Self {
+        let mut registry = Registry::default();
+        let issued = Counter::default();
+        let failures = Family::<ReasonLabel, Counter>::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register("identity_certificates_issued", "Leaf certificates signed", issued.clone());
+        registry.register("identity_certify_failures", "Certify requests refused, by reason", failures.clone());
+        registry.register("identity_reloads", "Reloads of the identity files, by result", reloads.clone());
+        let state = Arc::new(RwLock::new(state));
+        registry.register_collector(Box::new(ExpiryCollector(state.clone())));
+        Self { state, registry, issued, failures, reloads }
+    }
+
+    /// The current CA (for metrics, `knit check` and tests).
+    pub fn ca(&self) -> Arc<Ca> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).ca.clone()
+    }
+
+    fn fail(&self, identity: &str, reason: &'static str, status: Status) -> Status {
+        self.failures.get_or_create(&ReasonLabel { reason }).inc();
+        tracing::warn!(%identity, reason, error = status.message(), "refused to certify");
+        status
+    }
+
+    fn certify_sync(&self, req: CertifyRequest) -> Result<CertifyResponse, Status> {
+        let id = req.identity.as_str();
+        for (field, empty) in [("identity", id.is_empty()), ("token", req.token.is_empty()), ("certificate_signing_request", req.certificate_signing_request.is_empty())] {
+            if empty {
+                return Err(self.fail(id, "missing_field", Status::invalid_argument(format!("{field} is empty"))));
+            }
+        }
+        let (ca, tokens) = {
+            let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+            (s.ca.clone(), s.tokens.clone())
+        };
+        let vouched = tokens.validate(&req.token).map_err(|r| self.fail(id, r.reason, Status::unauthenticated(r.message)))?;
+        if vouched != id {
+            let msg = format!("the token vouches for {vouched:?}, but the request asks for {id:?}");
+            return Err(self.fail(id, "identity_mismatch", Status::permission_denied(msg)));
+        }
+        let issued = ca.certify(id, &req.certificate_signing_request).map_err(|e| self.fail(id, e.reason(), Status::failed_precondition(e.to_string())))?;
+        self.issued.inc();
+        tracing::info!(identity = %id, valid_until = %issued.valid_until, "certified");
+        Ok(CertifyResponse {
+            leaf_certificate: issued.leaf_der,
+            intermediate_certificates: issued.intermediates,
+            valid_until: Some(prost_types::Timestamp { seconds: issued.valid_until.unix_timestamp(), nanos: 0 }),
+        })
+    }
+
+    fn reloaded(&self, result: anyhow::Result<State>) {
+        match result {
+            Ok(state) => {
+                let info = state.ca.issuer_info.clone();
+                *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+                self.reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
+                tracing::info!(issuer = %info.subject, not_after = %info.not_after, "identity files reloaded");
+            }
+            Err(e) => {
+                self.reloads.get_or_create(&ResultLabel { result: "error" }).inc();
+                tracing::warn!(error = %format!("{e:#}"), "identity files changed but cannot be loaded; still serving the previous issuer");
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Identity for Service {
+    async fn certify(&self, request: Request<CertifyRequest>) -> Result<Response<CertifyResponse>, Status> {
+        // Signing is a few hundred microseconds of CPU: not worth a blocking-pool hop.
+        self.certify_sync(request.into_inner()).map(Response::new)
+    }
+}
+
+/// A cheap fingerprint of the identity files: modification times and sizes.
+fn fingerprint(cfg: &IdentityConfig) -> Vec<Option<(SystemTime, u64)>> {
+    [cfg.trust_anchors(), cfg.issuer_cert(), cfg.issuer_key(), cfg.token_key()]
+        .iter()
+        .map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+        .collect()
+}
+
+/// Polls the identity files and reloads them when they change. Polling (rather than inotify)
+/// also follows Kubernetes' Secret updates, which swap a symlink.
+pub async fn watch_files(service: Arc<Service>, cfg: IdentityConfig) {
+    let mut seen = fingerprint(&cfg);
+    let mut tick = tokio::time::interval(cfg.reload_interval);
+    loop {
+        tick.tick().await;
+        let now = fingerprint(&cfg);
+        if now != seen {
+            seen = now;
+            service.reloaded(load_state(&cfg));
+        }
+    }
+}
+
+/// Expiry timestamps, read from the current CA at scrape time.
+struct ExpiryCollector(Arc<RwLock<State>>);
+
+impl std::fmt::Debug for ExpiryCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExpiryCollector")
+    }
+}
+
+impl Collector for ExpiryCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ca = self.0.read().unwrap_or_else(|p| p.into_inner()).ca.clone();
+        let g = ConstGauge::new(ca.issuer_info.not_after.unix_timestamp());
+        g.encode(enc.encode_descriptor("identity_issuer_expiry_timestamp_seconds", "When the issuer certificate expires", None, g.metric_type())?)?;
+        let mut family = enc.encode_descriptor(
+            "identity_trust_anchor_expiry_timestamp_seconds",
+            "When each trust anchor in the bundle expires",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for a in &ca.anchors {
+            let labels = [("subject", a.subject.clone())];
+            ConstGauge::new(a.not_after.unix_timestamp()).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

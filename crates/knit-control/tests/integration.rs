@@ -1,0 +1,161 @@
+//! knit-control's integration tests: the identity service over real gRPC on 127.0.0.1, with
+//! identity material written to a temporary directory as `knit identity init` writes it.
+
+use knit_control::{config::{Config, IdentityConfig}, Control};
+use knit_identity::{create, csr, inspect::CertInfo, token::{Claims, TokenKey}};
+use linkerd2_proxy_api::identity::{identity_client::IdentityClient, CertifyRequest};
+use std::{path::{Path, PathBuf}, time::Duration};
+use tonic::Code;
+
+const ID: &str = "web.default.serviceaccount.identity.knit.cluster.local";
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("knit-control-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("issuer")).unwrap();
+    d
+}
+
+struct Pki {
+    dir: PathBuf,
+    anchor: create::Credentials,
+    key: TokenKey,
+}
+
+fn write_issuer(dir: &Path, issuer: &create::Credentials) {
+    // Write the key first and the certificate last: the reloader sees a consistent pair at the
+    // latest on the tick after the certificate lands.
+    std::fs::write(dir.join("issuer/key.pem"), &issuer.key_pem).unwrap();
+    std::fs::write(dir.join("issuer/crt.pem"), &issuer.cert_pem).unwrap();
+}
+
+fn pki(name: &str) -> Pki {
+    let dir = temp_dir(name);
+    let anchor = create::trust_anchor("root.knit.cluster.local", 3650 * DAY).unwrap();
+    let issuer = create::issuer("identity.knit.cluster.local", 365 * DAY, &anchor).unwrap();
+    std::fs::write(dir.join("trust-anchors.pem"), &anchor.cert_pem).unwrap();
+    write_issuer(&dir, &issuer);
+    let secret = TokenKey::generate_secret();
+    std::fs::write(dir.join("token.key"), &secret).unwrap();
+    Pki { dir, anchor, key: TokenKey::new(&secret).unwrap() }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn token(key: &TokenKey, identity: &str, ttl: i64) -> Vec<u8> {
+    key.sign(&Claims { identity: identity.into(), expires_at: now() + ttl }).into_bytes()
+}
+
+async fn start(dir: &Path) -> (knit_control::Addrs, IdentityClient<tonic::transport::Channel>) {
+    let mut identity = IdentityConfig::for_dir(dir);
+    identity.reload_interval = Duration::from_millis(100);
+    let config = Config { identity_addr: "127.0.0.1:0".parse().unwrap(), admin_addr: "127.0.0.1:0".parse().unwrap(), identity, log: "warn".into() };
+    let control = Control::bind(config).await.expect("control plane starts");
+    let addrs = control.addrs();
+    tokio::spawn(control.run(std::future::pending()));
+    let client = IdentityClient::connect(format!("http://{}", addrs.identity)).await.expect("connect");
+    (addrs, client)
+}
+
+async fn metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn request(identity: &str, token: Vec<u8>, csr: Vec<u8>) -> CertifyRequest {
+    CertifyRequest { identity: identity.into(), token, certificate_signing_request: csr }
+}
+
+#[tokio::test]
+async fn certifies_a_proxy_and_serves_expiry_metrics() {
+    let pki = pki("happy");
+    let (addrs, mut client) = start(&pki.dir).await;
+    let local = csr::generate(ID).unwrap();
+    let rsp = client.certify(request(ID, token(&pki.key, ID, 600), local.csr_der.clone())).await.expect("certified").into_inner();
+    let leaf = CertInfo::from_der(&rsp.leaf_certificate).unwrap();
+    assert_eq!(leaf.dns_sans, [ID]);
+    assert_eq!(rsp.intermediate_certificates.len(), 1);
+    let issuer = CertInfo::from_der(&rsp.intermediate_certificates[0]).unwrap();
+    assert_eq!(leaf.issuer, issuer.subject);
+    let valid_until = rsp.valid_until.unwrap().seconds;
+    assert!((valid_until - now() - 86_400).abs() <= 30, "24 h leaf (+ skew)");
+    let m = metrics(addrs.admin).await;
+    assert!(m.contains("identity_certificates_issued_total 1"), "{m}");
+    assert!(m.contains("identity_issuer_expiry_timestamp_seconds "), "{m}");
+    let anchor = CertInfo::from_pem(&pki.anchor.cert_pem).unwrap();
+    assert!(m.contains(&format!("identity_trust_anchor_expiry_timestamp_seconds{{subject=\"{}\"}} {}", anchor.subject, anchor.not_after.unix_timestamp())), "{m}");
+}
+
+#[tokio::test]
+async fn bad_requests_fail_clearly_and_are_counted() {
+    let pki = pki("bad");
+    let (addrs, mut client) = start(&pki.dir).await;
+    let csr_der = csr::generate(ID).unwrap().csr_der;
+    let cases: Vec<(CertifyRequest, Code, &str)> = vec![
+        (request(ID, Vec::new(), csr_der.clone()), Code::InvalidArgument, "token is empty"),
+        (request(ID, token(&pki.key, "db.default.serviceaccount.identity.knit.cluster.local", 600), csr_der.clone()), Code::PermissionDenied, "the token vouches for"),
+        (request(ID, token(&pki.key, ID, -10), csr_der.clone()), Code::Unauthenticated, "expired"),
+        (request(ID, token(&TokenKey::new(&[9; 32]).unwrap(), ID, 600), csr_der.clone()), Code::Unauthenticated, "does not verify"),
+        (request(ID, b"knit1.garbage".to_vec(), csr_der.clone()), Code::Unauthenticated, "not a Knit local-mode token"),
+        (request(ID, token(&pki.key, ID, 600), csr::generate("other.default.serviceaccount.identity.knit.cluster.local").unwrap().csr_der), Code::FailedPrecondition, "exactly one DNS SAN"),
+        (request(ID, token(&pki.key, ID, 600), b"junk".to_vec()), Code::FailedPrecondition, "not a DER"),
+    ];
+    for (req, code, text) in cases {
+        let status = client.certify(req).await.expect_err("refused");
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(text), "{:?} should mention {text:?}", status.message());
+    }
+    let m = metrics(addrs.admin).await;
+    for reason in ["missing_field", "identity_mismatch", "token_expired", "token_invalid", "csr_identity", "csr_invalid"] {
+        assert!(m.contains(&format!("identity_certify_failures_total{{reason=\"{reason}\"}}")), "{reason} missing in\n{m}");
+    }
+    // And a good request still works.
+    assert!(client.certify(request(ID, token(&pki.key, ID, 600), csr_der)).await.is_ok());
+}
+
+#[tokio::test]
+async fn issuer_rotation_is_picked_up_without_a_restart() {
+    let pki = pki("rotate");
+    let (addrs, mut client) = start(&pki.dir).await;
+    let certify = |mut client: IdentityClient<tonic::transport::Channel>, key: &TokenKey| {
+        let req = request(ID, token(key, ID, 600), csr::generate(ID).unwrap().csr_der);
+        async move { client.certify(req).await.map(|r| CertInfo::from_der(&r.into_inner().leaf_certificate).unwrap().issuer) }
+    };
+    let first = certify(client.clone(), &pki.key).await.unwrap();
+    // A broken issuer file is refused and the old issuer keeps signing.
+    std::fs::write(pki.dir.join("issuer/crt.pem"), "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(certify(client.clone(), &pki.key).await.unwrap(), first);
+    assert!(metrics(addrs.admin).await.contains("identity_reloads_total{result=\"error\"}"));
+    // A new issuer from the same anchor takes over.
+    let next = create::issuer("identity-2.knit.cluster.local", 365 * DAY, &pki.anchor).unwrap();
+    write_issuer(&pki.dir, &next);
+    let mut rotated = false;
+    for _ in 0..50 {
+        if certify(client.clone(), &pki.key).await.unwrap().contains("identity-2") {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rotated, "new leaves come from the new issuer");
+    let _ = client.certify(request(ID, token(&pki.key, ID, 600), csr::generate(ID).unwrap().csr_der)).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_untrusted_issuer_stops_start_up_with_the_reason() {
+    let pki = pki("untrusted");
+    let other = create::trust_anchor("someone-else", DAY).unwrap();
+    std::fs::write(pki.dir.join("trust-anchors.pem"), &other.cert_pem).unwrap();
+    let config = Config { identity_addr: "127.0.0.1:0".parse().unwrap(), admin_addr: "127.0.0.1:0".parse().unwrap(), identity: IdentityConfig::for_dir(&pki.dir), log: "warn".into() };
+    let err = Control::bind(config).await.err().expect("refused");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("does not chain to any trust anchor") && msg.contains("someone-else"), "{msg}");
+}
