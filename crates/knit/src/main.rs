@@ -1,6 +1,7 @@
 //! `knit`: Knit's command-line interface.
 
 mod demo;
+mod identity;
 mod prom;
 
 use clap::{Parser, Subcommand};
@@ -17,12 +18,19 @@ struct Cli {
 enum Command {
     /// Run a small meshed application on this machine and show its golden metrics live.
     Demo(demo::Args),
+    /// Trust anchors, issuers and local-mode tokens.
+    #[command(subcommand)]
+    Identity(identity::Command),
+    /// Check the local installation: trust anchors, issuer, chain and expiry.
+    Check(identity::CheckArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::main(args),
+        Command::Identity(cmd) => identity::main(cmd),
+        Command::Check(args) => identity::check(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

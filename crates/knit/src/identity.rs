@@ -1,0 +1,216 @@
+//! `knit identity` and `knit check`: the trust anchor, the issuer and local-mode tokens on disk,
+//! in the layout `knit-control --identity-dir` reads:
+//!
+//! ```text
+//! DIR/trust-anchors.pem   the anchors proxies trust (a bundle: several during a rotation)
+//! DIR/anchor.key          the anchor's key, kept to sign the next issuer (keep it offline in production)
+//! DIR/issuer/crt.pem      the issuer that signs proxies' certificates
+//! DIR/issuer/key.pem
+//! DIR/token.key           the secret that signs local-mode tokens
+//! ```
+
+use anyhow::{bail, Context};
+use knit_identity::{ca::Ca, create, inspect::{pem_certs, relative, CertInfo}, token::{Claims, TokenKey}};
+use std::{path::{Path, PathBuf}, time::Duration};
+
+fn duration(s: &str) -> Result<Duration, String> {
+    knit_core::parse::duration(s).map_err(|e| e.to_string())
+}
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Create a trust anchor, an issuer and a token key in DIR.
+    Init {
+        #[arg(long, default_value = "identity")]
+        dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        #[arg(long, default_value = "knit")]
+        control_plane_ns: String,
+        #[arg(long, default_value = "3650d", value_parser = duration)]
+        anchor_lifetime: Duration,
+        #[arg(long, default_value = "365d", value_parser = duration)]
+        issuer_lifetime: Duration,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create a new issuer signed by DIR's anchor (issuer rotation): knit-control picks it up.
+    Issuer {
+        #[arg(long, default_value = "identity")]
+        dir: PathBuf,
+        #[arg(long, default_value = "365d", value_parser = duration)]
+        lifetime: Duration,
+        #[arg(long, default_value = "identity.knit.cluster.local")]
+        name: String,
+    },
+    /// Print a local-mode token for a workload identity.
+    Token {
+        #[arg(long, default_value = "identity")]
+        dir: PathBuf,
+        /// The full identity name, or use --service-account and --namespace.
+        #[arg(long, conflicts_with_all = ["service_account", "namespace"])]
+        identity: Option<String>,
+        #[arg(long, requires = "namespace")]
+        service_account: Option<String>,
+        #[arg(long, requires = "service_account")]
+        namespace: Option<String>,
+        #[arg(long, default_value = "knit")]
+        control_plane_ns: String,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        #[arg(long, default_value = "24h", value_parser = duration)]
+        ttl: Duration,
+    },
+    /// Show the certificates in a PEM file in human terms.
+    Show { file: PathBuf },
+}
+
+fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents)?;
+    Ok(())
+}
+
+fn write_public(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn main(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Init { dir, trust_domain, control_plane_ns, anchor_lifetime, issuer_lifetime, force } => {
+            if dir.join("trust-anchors.pem").exists() && !force {
+                bail!("{} already holds identity material; pass --force to replace it (every proxy will need the new anchors)", dir.display());
+            }
+            std::fs::create_dir_all(dir.join("issuer")).with_context(|| format!("creating {}", dir.display()))?;
+            let anchor = create::trust_anchor(&format!("root.{control_plane_ns}.{trust_domain}"), anchor_lifetime)?;
+            let issuer = create::issuer(&format!("identity.{control_plane_ns}.{trust_domain}"), issuer_lifetime, &anchor)?;
+            write_public(&dir.join("trust-anchors.pem"), &anchor.cert_pem)?;
+            write_secret(&dir.join("anchor.key"), anchor.key_pem.as_bytes())?;
+            write_public(&dir.join("issuer/crt.pem"), &issuer.cert_pem)?;
+            write_secret(&dir.join("issuer/key.pem"), issuer.key_pem.as_bytes())?;
+            write_secret(&dir.join("token.key"), &TokenKey::generate_secret())?;
+            println!("created in {}:", dir.display());
+            println!("  trust anchor  {}", describe(&anchor.cert_pem)?);
+            println!("  issuer        {}", describe(&issuer.cert_pem)?);
+            println!("  token key     token.key (mode 0600)");
+            println!("next: knit-control --identity-dir {}", dir.display());
+            Ok(())
+        }
+        Command::Issuer { dir, lifetime, name } => {
+            let anchor = create::Credentials {
+                cert_pem: read(&dir.join("trust-anchors.pem"))?,
+                key_pem: read(&dir.join("anchor.key")).context("the anchor's key is needed to sign a new issuer")?,
+            };
+            let issuer = create::issuer(&name, lifetime, &anchor)?;
+            // The key lands first: knit-control reloads when it sees a consistent pair.
+            write_secret(&dir.join("issuer/key.pem"), issuer.key_pem.as_bytes())?;
+            write_public(&dir.join("issuer/crt.pem"), &issuer.cert_pem)?;
+            println!("new issuer {}", describe(&issuer.cert_pem)?);
+            Ok(())
+        }
+        Command::Token { dir, identity, service_account, namespace, control_plane_ns, trust_domain, ttl } => {
+            let identity = match (identity, service_account, namespace) {
+                (Some(id), _, _) => id,
+                (None, Some(sa), Some(ns)) => knit_identity::identity_name(&sa, &ns, &control_plane_ns, &trust_domain),
+                _ => bail!("name the workload with --identity, or --service-account and --namespace"),
+            };
+            if !knit_identity::is_dns_name(&identity) {
+                bail!("{identity:?} is not a valid identity: lower-case DNS labels separated by dots");
+            }
+            let key = TokenKey::new(&std::fs::read(dir.join("token.key")).with_context(|| format!("reading {}/token.key", dir.display()))?)?;
+            let expires_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64 + ttl.as_secs() as i64;
+            println!("{}", key.sign(&Claims { identity, expires_at }));
+            Ok(())
+        }
+        Command::Show { file } => {
+            let pem = read(&file)?;
+            let certs = pem_certs(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            if certs.is_empty() {
+                bail!("{} holds no PEM certificate", file.display());
+            }
+            for (i, der) in certs.iter().enumerate() {
+                if certs.len() > 1 {
+                    println!("certificate {} of {}:", i + 1, certs.len());
+                }
+                println!("{}\n", CertInfo::from_der(der)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn describe(pem: &str) -> anyhow::Result<String> {
+    let info = CertInfo::from_pem(pem)?;
+    Ok(format!("{} (expires {})", info.subject, relative(info.not_after)))
+}
+
+/// Warn when something expires sooner than this.
+const WARN_BEFORE: time::Duration = time::Duration::days(30);
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    #[arg(long, default_value = "identity")]
+    dir: PathBuf,
+}
+
+/// `knit check`, the local-mode part: anchors, issuer, and that the issuer chains to an anchor.
+pub fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let mut failed = 0;
+    let mut report = |ok: Result<String, String>, what: &str| match ok {
+        Ok(msg) => println!("√ {what}: {msg}"),
+        Err(msg) => {
+            failed += 1;
+            println!("× {what}: {msg}");
+        }
+    };
+    let anchors = read(&args.dir.join("trust-anchors.pem")).map_err(|e| format!("{e:#}"));
+    let anchors_pem = anchors.clone().unwrap_or_default();
+    match anchors.and_then(|p| pem_certs(&p)) {
+        Ok(certs) if certs.is_empty() => report(Err("the bundle holds no certificate; run knit identity init".into()), "trust anchors"),
+        Ok(certs) => {
+            for der in certs {
+                match CertInfo::from_der(&der) {
+                    Ok(info) => report(expiry(&info), &format!("trust anchor {}", info.subject)),
+                    Err(e) => report(Err(e.to_string()), "trust anchor"),
+                }
+            }
+        }
+        Err(e) => report(Err(e), "trust anchors"),
+    }
+    let issuer = read(&args.dir.join("issuer/crt.pem")).and_then(|c| Ok((c, read(&args.dir.join("issuer/key.pem"))?)));
+    match issuer {
+        Ok((cert, key)) => {
+            match CertInfo::from_pem(&cert) {
+                Ok(info) => report(expiry(&info), &format!("issuer {}", info.subject)),
+                Err(e) => report(Err(e.to_string()), "issuer"),
+            }
+            let chained = Ca::load(&cert, &key, &anchors_pem, Duration::from_secs(86_400), Duration::ZERO)
+                .map(|_| "chains to the trust anchors, and the key matches".to_string())
+                .map_err(|e| format!("{e}; fix: knit identity issuer --dir {}", args.dir.display()));
+            report(chained, "issuer chain");
+        }
+        Err(e) => report(Err(format!("{e:#}")), "issuer"),
+    }
+    if failed > 0 {
+        bail!("{failed} check(s) failed");
+    }
+    Ok(())
+}
+
+fn expiry(info: &CertInfo) -> Result<String, String> {
+    let left = info.expires_in();
+    if left <= time::Duration::ZERO {
+        return Err(format!("EXPIRED {}; proxies stop trusting it now — create a new one and roll it out", relative(info.not_after)));
+    }
+    if left < WARN_BEFORE {
+        return Ok(format!("WARNING expires {} — rotate it now", relative(info.not_after)));
+    }
+    Ok(format!("valid, expires {}", relative(info.not_after)))
+}

@@ -1,0 +1,53 @@
+//! The `knit` binary as a person uses it.
+
+use std::process::Command;
+
+fn knit(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_knit")).args(args).output().expect("run knit");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn temp_dir(name: &str) -> String {
+    let d = std::env::temp_dir().join(format!("knit-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d.to_string_lossy().into_owned()
+}
+
+#[test]
+fn identity_init_check_token_and_rotation() {
+    let dir = temp_dir("identity");
+    let (ok, out) = knit(&["identity", "init", "--dir", &dir]);
+    assert!(ok, "{out}");
+    assert!(out.contains("root.knit.cluster.local") && out.contains("identity.knit.cluster.local"), "{out}");
+    let (ok, out) = knit(&["identity", "init", "--dir", &dir]);
+    assert!(!ok && out.contains("--force"), "existing material is not overwritten: {out}");
+    let (ok, out) = knit(&["check", "--dir", &dir]);
+    assert!(ok && out.contains("chains to the trust anchors"), "{out}");
+    let (ok, token) = knit(&["identity", "token", "--dir", &dir, "--service-account", "web", "--namespace", "default"]);
+    assert!(ok && token.starts_with("knit1."), "{token}");
+    let (ok, out) = knit(&["identity", "show", &format!("{dir}/issuer/crt.pem")]);
+    assert!(ok && out.contains("CA certificate") && out.contains("ECDSA P-256"), "{out}");
+    // Replacing the anchors without a matching issuer is caught, with the fix.
+    let other = temp_dir("identity-other");
+    assert!(knit(&["identity", "init", "--dir", &other]).0);
+    std::fs::copy(format!("{other}/trust-anchors.pem"), format!("{dir}/trust-anchors.pem")).unwrap();
+    let (ok, out) = knit(&["check", "--dir", &dir]);
+    assert!(!ok && out.contains("does not chain") && out.contains("fix:"), "{out}");
+}
+
+#[test]
+fn check_reports_missing_material() {
+    let (ok, out) = knit(&["check", "--dir", &temp_dir("missing")]);
+    assert!(!ok);
+    assert!(out.contains("trust-anchors.pem"), "{out}");
+}
+
+#[test]
+fn demo_runs_for_a_duration_and_exits_cleanly() {
+    let (ok, out) = knit(&["demo", "--duration", "4s", "--interval", "1"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("WORKLOAD") && out.contains("books-v1") && out.contains("stopped cleanly"), "{out}");
+    // Traffic flowed: web's row shows a success rate, not a dash.
+    let web = out.lines().rev().find(|l| l.starts_with("web ")).expect("a web row");
+    assert!(web.contains('%'), "{web}");
+}
