@@ -74,7 +74,7 @@ impl FromStr for Authority {
 }
 
 /// One address traffic can be sent to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     /// The application's address: what the transport header names, and what an unmeshed
     /// connection dials.
@@ -84,9 +84,11 @@ pub struct Endpoint {
     pub meshed: Option<Meshed>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Meshed {
     pub inbound_port: u16,
+    /// The identity the peer proxy must prove with mesh TLS; without one the hop is plaintext.
+    pub identity: Option<std::sync::Arc<str>>,
 }
 
 impl Endpoint {
@@ -96,7 +98,7 @@ impl Endpoint {
 
     /// The socket address to dial.
     pub fn connect_addr(&self) -> SocketAddr {
-        match self.meshed {
+        match &self.meshed {
             Some(m) => SocketAddr::new(self.addr.ip(), m.inbound_port),
             None => self.addr,
         }
@@ -107,26 +109,39 @@ impl FromStr for Endpoint {
     type Err = DestinationError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || DestinationError::Endpoint(s.to_string());
-        let (addr, inbound) = match s.rsplit_once('@') {
-            Some((a, p)) => (a, Some(p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(err)?)),
+        let (rest, identity) = match s.split_once('#') {
+            Some((r, id)) if !id.trim().is_empty() => (r, Some(std::sync::Arc::<str>::from(id.trim()))),
+            Some(_) => return Err(err()),
             None => (s, None),
         };
+        let (addr, inbound) = match rest.rsplit_once('@') {
+            Some((a, p)) => (a, Some(p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(err)?)),
+            None => (rest, None),
+        };
         let addr = addr.trim().parse::<SocketAddr>().map_err(|_| err())?;
-        Ok(Self { addr, meshed: inbound.map(|inbound_port| Meshed { inbound_port }) })
+        let meshed = match (inbound, identity) {
+            (Some(inbound_port), identity) => Some(Meshed { inbound_port, identity }),
+            // An identity says how to authenticate the peer proxy; without its port there is none.
+            (None, Some(_)) => return Err(err()),
+            (None, None) => None,
+        };
+        Ok(Self { addr, meshed })
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.meshed {
-            Some(m) => write!(f, "{}@{}", self.addr, m.inbound_port),
+        match &self.meshed {
+            Some(Meshed { inbound_port, identity: Some(id) }) => write!(f, "{}@{inbound_port}#{id}", self.addr),
+            Some(Meshed { inbound_port, identity: None }) => write!(f, "{}@{inbound_port}", self.addr),
             None => write!(f, "{}", self.addr),
         }
     }
 }
 
 /// The local-mode destination table: `AUTHORITY=ENDPOINT[|ENDPOINT...]` entries separated by
-/// commas. Authorities may be names (`books.default:8080`) or addresses (`10.0.0.2:8080`, for
+/// commas; an endpoint is `IP:PORT`, or `IP:PORT@INBOUND_PORT[#IDENTITY]` when a proxy fronts it
+/// (with the identity, the hop to that proxy is mesh TLS). Authorities may be names (`books.default:8080`) or addresses (`10.0.0.2:8080`, for
 /// transparent mode, where the original destination is the key).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(transparent)]
@@ -217,6 +232,12 @@ mod tests {
         assert!("books:8080".parse::<DestinationTable>().is_err());
         assert!("books:8080=localhost:80".parse::<DestinationTable>().is_err());
         assert!("books:8080=127.0.0.1:80@0".parse::<DestinationTable>().is_err());
+        let t: DestinationTable = "b:80=127.0.0.1:80@4143#web.ns.serviceaccount.identity.knit.cluster.local".parse().unwrap();
+        let e = &t.get(&"b:80".parse().unwrap()).unwrap()[0];
+        assert_eq!(e.meshed.as_ref().unwrap().identity.as_deref(), Some("web.ns.serviceaccount.identity.knit.cluster.local"));
+        assert_eq!(e.to_string(), "127.0.0.1:80@4143#web.ns.serviceaccount.identity.knit.cluster.local");
+        assert!("b:80=127.0.0.1:80#id".parse::<DestinationTable>().is_err(), "an identity needs an inbound port");
+        assert!("b:80=127.0.0.1:80@4143#".parse::<DestinationTable>().is_err());
         assert_eq!("".parse::<DestinationTable>().unwrap().len(), 0);
     }
 

@@ -19,6 +19,12 @@ pub fn identity_name(service_account: &str, namespace: &str, control_plane_ns: &
     format!("{service_account}.{namespace}.serviceaccount.identity.{control_plane_ns}.{trust_domain}")
 }
 
+/// Whether `name` has the shape of a mesh identity (`….serviceaccount.identity.….`): TLS for
+/// such a name is meant for a proxy, never for an application.
+pub fn is_mesh_identity(name: &str) -> bool {
+    name.contains(".serviceaccount.identity.")
+}
+
 /// Whether `s` is a DNS name an identity may be: lower-case labels of letters, digits and `-`.
 pub fn is_dns_name(s: &str) -> bool {
     !s.is_empty()

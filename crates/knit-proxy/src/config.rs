@@ -29,6 +29,8 @@ pub struct Config {
     pub shutdown_grace_period: Duration,
     /// Worker threads; 1 runs a current-thread runtime.
     pub cores: usize,
+    /// Mesh identity and TLS; `None` (no `KNIT_PROXY_IDENTITY_LOCAL_NAME`) runs without mesh TLS.
+    pub identity: Option<crate::identity::IdentityConfig>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -220,6 +222,7 @@ impl Config {
                 });
             }
         }
+        let identity = identity_config(&mut r);
         if !r.errors.is_empty() {
             return Err(ConfigError(r.errors));
         }
@@ -249,6 +252,7 @@ impl Config {
             log: LogConfig { filter: log_filter.expect(m), format: log_format.expect(m), access_log: access_log.expect(m) },
             shutdown_grace_period: grace.expect(m),
             cores: cores.expect(m),
+            identity,
         })
     }
 
@@ -266,7 +270,37 @@ impl Config {
     }
 }
 
-fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+/// The identity variables: all or nothing, keyed on `KNIT_PROXY_IDENTITY_LOCAL_NAME`.
+fn identity_config(r: &mut Reader<'_>) -> Option<crate::identity::IdentityConfig> {
+    let local_name = r.env.var("KNIT_PROXY_IDENTITY_LOCAL_NAME").filter(|v| !v.trim().is_empty())?;
+    if !knit_identity::is_dns_name(&local_name) {
+        r.errors.push(VarError { name: "KNIT_PROXY_IDENTITY_LOCAL_NAME".into(), value: local_name.clone(), reason: "expected a lower-case DNS name".into() });
+    }
+    let mut required = |name: &str| -> Option<std::path::PathBuf> {
+        match r.env.var(name).filter(|v| !v.trim().is_empty()) {
+            Some(v) => Some(v.into()),
+            None => {
+                r.errors.push(VarError { name: name.into(), value: String::new(), reason: "required when KNIT_PROXY_IDENTITY_LOCAL_NAME is set".into() });
+                None
+            }
+        }
+    };
+    let trust_anchors = required("KNIT_PROXY_IDENTITY_TRUST_ANCHORS_FILE");
+    let token_file = required("KNIT_PROXY_IDENTITY_TOKEN_FILE");
+    let svc_addr = r.get("KNIT_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080", addr);
+    let min_refresh = r.get("KNIT_PROXY_IDENTITY_MIN_REFRESH", "10s", parse::duration);
+    let max_refresh = r.get("KNIT_PROXY_IDENTITY_MAX_REFRESH", "24h", parse::duration);
+    Some(crate::identity::IdentityConfig {
+        local_name,
+        trust_anchors: trust_anchors?,
+        token_file: token_file?,
+        svc_addr: svc_addr?,
+        min_refresh: min_refresh?,
+        max_refresh: max_refresh?,
+    })
+}
+
+pub(crate) fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&parse::format_duration(*d))
 }
 

@@ -17,24 +17,28 @@ use crate::{
 use bytes::BytesMut;
 use knit_core::detect::{self, Detection, Protocol};
 use std::io;
-use tokio::{io::AsyncReadExt, net::TcpStream, time::Instant};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt},
+    net::TcpStream,
+    time::Instant,
+};
 
 /// The most bytes read before deciding: enough for any request line we care about and for a
 /// ClientHello with post-quantum key shares.
 const MAX_PEEK: usize = 8 * 1024;
 
-pub struct Detected {
+pub struct Detected<I = TcpStream> {
     pub protocol: Protocol,
-    pub io: PrefixedIo<TcpStream>,
+    pub io: PrefixedIo<I>,
 }
 
-pub enum Outcome {
-    Detected(Detected),
+pub enum Outcome<I = TcpStream> {
+    Detected(Detected<I>),
     /// The client closed the connection before sending a byte.
     Closed,
 }
 
-pub async fn detect(mut io: TcpStream, cfg: &DetectConfig, metrics: &DetectMetrics, direction: Direction) -> io::Result<Outcome> {
+pub async fn detect<I: AsyncRead + Unpin>(mut io: I, cfg: &DetectConfig, metrics: &DetectMetrics, direction: Direction) -> io::Result<Outcome<I>> {
     let started = Instant::now();
     let mut buf = BytesMut::with_capacity(1024);
     let protocol = loop {

@@ -26,6 +26,10 @@ pub enum ProxyError {
     TransportHeader(#[from] HeaderError),
     #[error("upstream {addr} failed: {source}")]
     Upstream { addr: SocketAddr, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("mesh TLS with {addr} failed (expected identity {expected}): {message}")]
+    Tls { addr: SocketAddr, expected: String, message: String },
+    #[error("this proxy has no certificate yet, so it cannot open mesh TLS")]
+    NoIdentity,
     #[error("upstream {addr} answered the upgrade with {status} instead of switching protocols")]
     UpgradeRefused { addr: SocketAddr, status: http::StatusCode },
 }
@@ -45,7 +49,8 @@ impl ProxyError {
     pub fn blame(&self) -> Blame {
         match self {
             Self::NoAuthority | Self::BadAuthority(_) | Self::TransportHeader(_) => Blame::Client,
-            Self::ConnectTimeout { .. } | Self::Connect { .. } | Self::Upstream { .. } | Self::UpgradeRefused { .. } => Blame::Upstream,
+            Self::ConnectTimeout { .. } | Self::Connect { .. } | Self::Upstream { .. } | Self::UpgradeRefused { .. } | Self::Tls { .. } => Blame::Upstream,
+            Self::NoIdentity => Blame::Proxy,
             Self::NoRoute { .. } | Self::NoTarget | Self::NoDestination | Self::Loop(_) => Blame::Proxy,
         }
     }
@@ -77,6 +82,8 @@ impl ProxyError {
             Self::TransportHeader(_) => "transport_header",
             Self::Upstream { .. } => "upstream",
             Self::UpgradeRefused { .. } => "upgrade_refused",
+            Self::Tls { .. } => "tls",
+            Self::NoIdentity => "no_identity",
         }
     }
 

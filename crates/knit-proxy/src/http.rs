@@ -35,6 +35,7 @@ pub enum HttpVersion {
 /// What every request on one side of the proxy shares.
 pub struct Side {
     pub direction: Direction,
+    pub dialer: crate::tcp::Dialer,
     pub clients: Clients,
     pub metrics: Metrics,
     pub resolver: Arc<Resolver>,
@@ -48,6 +49,10 @@ pub struct Ctx {
     pub side: Arc<Side>,
     pub client: SocketAddr,
     pub dest: Dest,
+    /// Inbound: the mesh identity the client proved, sent to the application as `l5d-client-id`.
+    pub client_id: Option<String>,
+    /// The connection's TLS labels (inbound); outbound labels follow each request's endpoint.
+    pub tls: crate::metrics::Tls,
 }
 
 /// The endpoint a request goes to, and the logical name it was addressed by.
@@ -59,7 +64,7 @@ pub struct Routed {
 impl Ctx {
     async fn route<B>(&self, req: &Request<B>) -> Result<Routed, ProxyError> {
         let routed = match &self.dest {
-            Dest::Endpoint(endpoint) => Routed { endpoint: *endpoint, authority: None },
+            Dest::Endpoint(endpoint) => Routed { endpoint: endpoint.clone(), authority: None },
             Dest::Named(authority) => {
                 Routed { endpoint: self.side.resolver.resolve(authority).await?, authority: Some(authority.clone()) }
             }

@@ -14,6 +14,7 @@ pub mod detect;
 pub mod drain;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod init;
 pub mod io;
@@ -23,6 +24,7 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod resolve;
 pub mod tcp;
+pub mod tls;
 
 use config::Config;
 use knit_core::destination::Authority;
@@ -95,7 +97,8 @@ impl Proxy {
         let addrs = self.addrs();
         let (signal, watch) = drain::channel();
         let (shutdown_tx, mut shutdown_rx) = mpsc::channel(1);
-        let ready = Arc::new(AtomicBool::new(true));
+        // Without mesh identity the proxy is ready at once; with it, once it has a certificate.
+        let ready = Arc::new(AtomicBool::new(self.config.identity.is_none()));
         let admin = admin::Admin {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
@@ -105,10 +108,14 @@ impl Proxy {
         };
         let admin_task = tokio::spawn(admin::serve(self.admin, Arc::new(admin)));
 
+        let identity = self.config.identity.clone().map(|cfg| identity::spawn(cfg, self.metrics.identity.clone()));
+        let log = Arc::new(tls::LogOnce::default());
         let side = |direction, own_addrs: Vec<SocketAddr>, timeout| {
+            let dialer = tcp::Dialer { direction, timeout, metrics: self.metrics.clone(), identity: identity.clone(), log: log.clone() };
             Arc::new(http::Side {
                 direction,
-                clients: http::Clients::new(direction, timeout, &self.config.http, self.metrics.tcp.clone()),
+                clients: http::Clients::new(dialer.clone(), &self.config.http),
+                dialer,
                 metrics: self.metrics.clone(),
                 resolver: Arc::new(resolve::Resolver::new(self.config.outbound.endpoints.clone())),
                 config: self.config.clone(),
@@ -119,6 +126,20 @@ impl Proxy {
         let mut outbound_addrs = vec![addrs.outbound];
         outbound_addrs.extend(addrs.forwards.iter().map(|(a, _)| *a));
         let outbound = side(Direction::Outbound, outbound_addrs, self.config.outbound.connect_timeout);
+
+        // Listeners are bound (connections queue in the backlog) but not served until the proxy
+        // has a certificate, as Linkerd's proxy does: nothing is ever proxied without identity.
+        tokio::pin!(shutdown);
+        if let Some(mut id) = identity.clone() {
+            tracing::info!(identity = %id.name, "waiting for a certificate from the identity service");
+            tokio::select! {
+                _ = id.ready() => ready.store(true, std::sync::atomic::Ordering::Release),
+                _ = &mut shutdown => {
+                    admin_task.abort();
+                    return true;
+                }
+            }
+        }
 
         tokio::spawn(accept_loop(self.inbound, watch.clone(), {
             let side = inbound.clone();
@@ -138,7 +159,7 @@ impl Proxy {
         tracing::info!(inbound = %addrs.inbound, outbound = %addrs.outbound, admin = %addrs.admin, "serving");
 
         tokio::select! {
-            _ = shutdown => {}
+            _ = &mut shutdown => {}
             _ = shutdown_rx.recv() => tracing::info!("shutdown requested through the admin server"),
         }
         ready.store(false, std::sync::atomic::Ordering::Release);

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub tcp: TcpMetrics,
     pub detect: DetectMetrics,
+    pub identity: IdentityMetrics,
 }
 
 #[derive(Clone)]
@@ -50,6 +51,30 @@ pub struct TcpMetrics {
     pub read_bytes: Family<TcpLabels, Counter>,
     pub write_bytes: Family<TcpLabels, Counter>,
     pub close_total: Family<labels::CloseLabels, Counter>,
+}
+
+#[derive(Clone)]
+pub struct IdentityMetrics {
+    pub expiry: Gauge,
+    pub refreshes: Counter,
+    pub failures: Counter,
+    pub handshake_failures: Family<labels::HandshakeLabels, Counter>,
+}
+
+impl IdentityMetrics {
+    pub fn refreshed(&self, expiry: std::time::SystemTime) {
+        let secs = expiry.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        self.expiry.set(i64::try_from(secs).unwrap_or(i64::MAX));
+        self.refreshes.inc();
+    }
+
+    pub fn failed(&self) {
+        self.failures.inc();
+    }
+
+    pub fn handshake_failed(&self, direction: Direction, reason: &'static str) {
+        self.handshake_failures.get_or_create(&labels::HandshakeLabels { direction, reason }).inc();
+    }
 }
 
 #[derive(Clone)]
@@ -90,8 +115,13 @@ impl Metrics {
             "Connections handed to opaque forwarding because detection ran out of time (silent_client: the client sent nothing)",
             detect.timeouts.clone(),
         );
+        let identity = IdentityMetrics { expiry: Gauge::default(), refreshes: Counter::default(), failures: Counter::default(), handshake_failures: Family::default() };
+        registry.register("identity_cert_expiration_timestamp_seconds", "When this proxy's certificate expires", identity.expiry.clone());
+        registry.register("identity_cert_refreshes", "Certificates obtained from the identity service", identity.refreshes.clone());
+        registry.register("identity_cert_refresh_failures", "Failed attempts to obtain a certificate", identity.failures.clone());
+        registry.register("tls_handshake_failures", "Mesh TLS handshakes that failed, by reason", identity.handshake_failures.clone());
         registry.register_collector(Box::new(process::ProcessCollector::new()));
-        Self { registry: Arc::new(registry), http, tcp, detect }
+        Self { registry: Arc::new(registry), http, tcp, detect, identity }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -14,7 +14,6 @@ use crate::{
     metrics::{plaintext_tls, HttpLabels, Peer, TcpLabels},
     orig_dst,
     resolve::Dest,
-    tcp,
 };
 use knit_core::{
     destination::{Authority, Endpoint},
@@ -70,7 +69,8 @@ async fn accept(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, 
                 peer: Peer::Src,
             };
             let io = CountingIo::metered(detected.io, &side.metrics.tcp, labels);
-            http::serve(io, version, Arc::new(Ctx { side: side.clone(), client, dest }), drain).await;
+            let ctx = Ctx { side: side.clone(), client, dest, client_id: None, tls: plaintext_tls(side.direction) };
+            http::serve(io, version, Arc::new(ctx), drain).await;
             Ok(())
         }
         Protocol::Tls { .. } | Protocol::Opaque | Protocol::TransportHeader => opaque(detected.io, client, &dest, side).await,
@@ -81,7 +81,7 @@ async fn accept(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, 
 /// transport header that carries no session protocol.
 async fn opaque(io: PrefixedIo<TcpStream>, client: SocketAddr, dest: &Dest, side: &Arc<Side>) -> Result<(), ProxyError> {
     let (endpoint, authority) = match dest {
-        Dest::Endpoint(e) => (*e, None),
+        Dest::Endpoint(e) => (e.clone(), None),
         Dest::Named(a) => (side.resolver.resolve(a).await?, Some(a.to_string())),
         // Without NAT or a port forward, only HTTP says where it is going.
         Dest::FromRequest => return Err(ProxyError::NoDestination),
@@ -89,10 +89,10 @@ async fn opaque(io: PrefixedIo<TcpStream>, client: SocketAddr, dest: &Dest, side
     if side.own_addrs.contains(&endpoint.connect_addr()) {
         return Err(ProxyError::Loop(endpoint.connect_addr()));
     }
-    let target = HttpLabels { direction: side.direction, authority, target_addr: endpoint.addr, tls: plaintext_tls(side.direction) };
-    let mut client_io = CountingIo::metered(io, &side.metrics.tcp, TcpLabels { target: target.clone(), peer: Peer::Src });
-    let mut server = tcp::connect_endpoint(endpoint, None, side.config.outbound.connect_timeout, &side.metrics.tcp, TcpLabels { target, peer: Peer::Dst }).await?;
-    if let Err(e) = tcp::forward(&mut client_io, &mut server).await {
+    let target = HttpLabels { direction: side.direction, authority: authority.clone(), target_addr: endpoint.addr, tls: side.dialer.tls_label(&endpoint) };
+    let mut client_io = CountingIo::metered(io, &side.metrics.tcp, TcpLabels { target, peer: Peer::Src });
+    let mut server = side.dialer.dial(&endpoint, None, authority).await?;
+    if let Err(e) = crate::tcp::forward(&mut client_io, &mut server).await {
         client_io.set_errno(e.raw_os_error());
         tracing::debug!(%client, endpoint = %endpoint, error = %e, "opaque connection ended with an error");
     }

@@ -43,7 +43,7 @@ impl Resolver {
     pub async fn resolve(&self, authority: &Authority) -> Result<Endpoint, ProxyError> {
         if let Some(eps) = self.table.get(authority).filter(|e| !e.is_empty()) {
             let i = self.next.get(authority).map_or(0, |n| n.fetch_add(1, Ordering::Relaxed)) % eps.len();
-            return Ok(eps[i]);
+            return Ok(eps[i].clone());
         }
         if let Ok(ip) = authority.host.parse::<std::net::IpAddr>() {
             return Ok(Endpoint::plain(SocketAddr::new(ip, authority.port)));

@@ -2,13 +2,22 @@
 
 use crate::{
     error::ProxyError,
+    identity::Identity,
     io::CountingIo,
-    metrics::{labels_close, TcpLabels, TcpMetrics},
+    metrics::{labels_close, plaintext_tls, Direction, HttpLabels, Metrics, Peer, TcpLabels, TcpMetrics, Tls},
+    tls::LogOnce,
 };
 use knit_core::{destination::Endpoint, transport_header::{SessionProtocol, TransportHeader}};
-use std::{io, net::SocketAddr, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
 };
 
@@ -46,24 +55,99 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, P
     Ok(stream)
 }
 
-/// Opens a connection to `endpoint`: directly, or to the peer proxy's inbound port followed by a
-/// transport header naming the application port and `protocol`. Mesh TLS will wrap the stream
-/// here, before the header, without changing callers.
-pub async fn connect_endpoint(
-    endpoint: Endpoint,
-    protocol: Option<SessionProtocol>,
-    timeout: Duration,
-    metrics: &TcpMetrics,
-    labels: TcpLabels,
-) -> Result<CountingIo<TcpStream>, ProxyError> {
-    let addr = endpoint.connect_addr();
-    let stream = connect(addr, timeout).await?;
-    let mut io = CountingIo::metered(stream, metrics, labels);
-    if endpoint.meshed.is_some() {
-        let header = TransportHeader { port: endpoint.addr.port(), name: None, protocol }.encode();
-        io.write_all(&header).await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })?;
+/// Opens connections to endpoints, meters them (`peer="dst"`) and, towards a meshed endpoint
+/// that names an identity, wraps them in mesh TLS before the transport header.
+#[derive(Clone)]
+pub struct Dialer {
+    pub direction: Direction,
+    pub timeout: Duration,
+    pub metrics: Metrics,
+    pub identity: Option<Identity>,
+    pub log: Arc<LogOnce>,
+}
+
+impl Dialer {
+    /// The identity a connection to `endpoint` must prove, when mesh TLS applies to it.
+    pub fn peer_identity<'a>(&self, endpoint: &'a Endpoint) -> Option<&'a str> {
+        self.identity.as_ref()?;
+        endpoint.meshed.as_ref()?.identity.as_deref()
     }
-    Ok(io)
+
+    pub fn tls_label(&self, endpoint: &Endpoint) -> Tls {
+        match self.peer_identity(endpoint) {
+            Some(id) => Tls::Outbound { server_id: id.to_string() },
+            None => plaintext_tls(self.direction),
+        }
+    }
+
+    pub async fn dial(&self, endpoint: &Endpoint, protocol: Option<SessionProtocol>, authority: Option<String>) -> Result<ClientIo, ProxyError> {
+        let addr = endpoint.connect_addr();
+        let stream = connect(addr, self.timeout).await?;
+        let labels = TcpLabels {
+            target: HttpLabels { direction: self.direction, authority, target_addr: endpoint.addr, tls: self.tls_label(endpoint) },
+            peer: Peer::Dst,
+        };
+        let io = CountingIo::metered(stream, &self.metrics.tcp, labels);
+        let mut io = match (self.peer_identity(endpoint), &self.identity) {
+            (Some(expected), Some(identity)) => {
+                ClientIo::Tls(Box::new(crate::tls::connect(io, identity, expected, addr, &self.metrics.identity, &self.log).await?))
+            }
+            _ => ClientIo::Plain(io),
+        };
+        if endpoint.meshed.is_some() {
+            let header = TransportHeader { port: endpoint.addr.port(), name: None, protocol }.encode();
+            io.write_all(&header).await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })?;
+        }
+        Ok(io)
+    }
+}
+
+/// A connection the proxy opened: plain, or mesh TLS over the metered TCP stream.
+pub enum ClientIo {
+    Plain(CountingIo<TcpStream>),
+    Tls(Box<tokio_rustls::client::TlsStream<CountingIo<TcpStream>>>),
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            ClientIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            ClientIo::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            ClientIo::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientIo::Plain(io) => io.is_write_vectored(),
+            ClientIo::Tls(io) => io.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(io) => Pin::new(io).poll_flush(cx),
+            ClientIo::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            ClientIo::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Copies bytes both ways until both sides have finished. When one side half-closes, the other

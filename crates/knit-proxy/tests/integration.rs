@@ -9,6 +9,7 @@ mod integration {
     mod grpc;
     mod http1;
     mod http2;
+    mod mtls;
     mod shutdown;
     mod tcp;
 }

@@ -7,9 +7,7 @@
 use crate::{
     config::HttpConfig,
     error::ProxyError,
-    io::CountingIo,
-    metrics::{Direction, HttpLabels, Peer, TcpLabels, TcpMetrics},
-    tcp,
+    tcp::{ClientIo, Dialer},
 };
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -27,7 +25,6 @@ use std::{
     task::{Context, Poll},
     time::Duration,
 };
-use tokio::net::TcpStream;
 
 type H2Sender = hyper::client::conn::http2::SendRequest<Incoming>;
 
@@ -38,28 +35,19 @@ pub struct Clients {
     connector: Connector,
 }
 
-/// Dials endpoints and meters the connections it opens (`peer="dst"`).
+/// The pooled HTTP/1 client's connector: a [`Dialer`] for plain endpoints named by socket address.
 #[derive(Clone)]
-struct Connector {
-    direction: Direction,
-    timeout: Duration,
-    metrics: TcpMetrics,
-}
+struct Connector(Dialer);
 
 impl Connector {
-    fn labels(&self, endpoint: &Endpoint) -> TcpLabels {
-        let tls = crate::metrics::plaintext_tls(self.direction);
-        TcpLabels { target: HttpLabels { direction: self.direction, authority: None, target_addr: endpoint.addr, tls }, peer: Peer::Dst }
-    }
-
-    async fn connect(&self, endpoint: Endpoint, protocol: Option<SessionProtocol>) -> Result<CountingIo<TcpStream>, ProxyError> {
-        tcp::connect_endpoint(endpoint, protocol, self.timeout, &self.metrics, self.labels(&endpoint)).await
+    async fn connect(&self, endpoint: &Endpoint, protocol: Option<SessionProtocol>) -> Result<ClientIo, ProxyError> {
+        self.0.dial(endpoint, protocol, None).await
     }
 }
 
 /// The pooled HTTP/1 client is handed URIs whose authority is the endpoint's socket address.
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<CountingIo<TcpStream>>;
+    type Response = TokioIo<ClientIo>;
     type Error = ProxyError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send>>;
 
@@ -72,20 +60,20 @@ impl tower_service::Service<Uri> for Connector {
         Box::pin(async move {
             let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
             let addr: SocketAddr = authority.parse().map_err(|_| ProxyError::BadAuthority(authority.to_string()))?;
-            this.connect(Endpoint::plain(addr), None).await.map(TokioIo::new)
+            this.connect(&Endpoint::plain(addr), None).await.map(TokioIo::new)
         })
     }
 }
 
-impl Connection for CountingIo<TcpStream> {
+impl Connection for ClientIo {
     fn connected(&self) -> Connected {
         Connected::new()
     }
 }
 
 impl Clients {
-    pub fn new(direction: Direction, connect_timeout: Duration, cfg: &HttpConfig, metrics: TcpMetrics) -> Self {
-        let connector = Connector { direction, timeout: connect_timeout, metrics };
+    pub fn new(dialer: Dialer, cfg: &HttpConfig) -> Self {
+        let connector = Connector(dialer);
         let http1 = legacy::Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
@@ -107,7 +95,7 @@ impl Clients {
     /// Sends a request over the endpoint's shared HTTP/2 connection, dialing it when needed.
     pub async fn http2(&self, endpoint: Endpoint, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
         let addr = endpoint.connect_addr();
-        let mut sender = self.h2.sender(endpoint, &self.connector).await?;
+        let mut sender = self.h2.sender(&endpoint, &self.connector).await?;
         sender.ready().await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })?;
         sender.send_request(req).await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })
     }
@@ -116,7 +104,7 @@ impl Clients {
     /// the tunnel when the upstream agrees.
     pub async fn tunnel(&self, endpoint: Endpoint, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
         let addr = endpoint.connect_addr();
-        let io = self.connector.connect(endpoint, Some(SessionProtocol::Http1)).await?;
+        let io = self.connector.connect(&endpoint, Some(SessionProtocol::Http1)).await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })?;
         tokio::spawn(async move {
@@ -152,11 +140,11 @@ struct H2Pool {
 }
 
 impl H2Pool {
-    async fn sender(&self, endpoint: Endpoint, connector: &Connector) -> Result<H2Sender, ProxyError> {
+    async fn sender(&self, endpoint: &Endpoint, connector: &Connector) -> Result<H2Sender, ProxyError> {
         let slot = {
             // A poisoned lock means a panic while inserting into a map; the map is still valid.
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.entry(endpoint).or_default().clone()
+            slots.entry(endpoint.clone()).or_default().clone()
         };
         let mut slot = slot.lock().await;
         if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {

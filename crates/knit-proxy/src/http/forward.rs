@@ -4,12 +4,12 @@
 use super::{
     body::{grpc_status, RecordBody, Recorder},
     error_response,
-    headers::{self, L5D_ORIG_PROTO},
+    headers::{self, L5D_CLIENT_ID, L5D_ORIG_PROTO},
     Body, Ctx, Routed,
 };
 use crate::{
     error::ProxyError,
-    metrics::{plaintext_tls, Direction, HttpLabels, StatusLabels},
+    metrics::{Direction, HttpLabels, StatusLabels},
 };
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -36,7 +36,10 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
             _ => None,
         },
         target_addr,
-        tls: plaintext_tls(side.direction),
+        tls: match (&routed, side.direction) {
+            (Ok(r), Direction::Outbound) => side.dialer.tls_label(&r.endpoint),
+            _ => ctx.tls.clone(),
+        },
     };
     side.metrics.http.requests.get_or_create(&labels).inc();
     let result = match routed {
@@ -77,9 +80,16 @@ fn record_latency(side: &super::Side, status: &StatusLabels, started: Instant) {
 /// - everything else keeps the protocol the client spoke.
 async fn forward(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Result<Response<Incoming>, ProxyError> {
     let clients = &ctx.side.clients;
-    let endpoint = routed.endpoint;
+    let endpoint = routed.endpoint.clone();
     let tunnel = headers::is_tunnel(&req);
     headers::strip_hop_by_hop(req.headers_mut(), tunnel);
+    if ctx.side.direction == Direction::Inbound {
+        // Only this proxy may assert who the client is: a client-supplied value is dropped.
+        req.headers_mut().remove(L5D_CLIENT_ID);
+        if let Some(v) = ctx.client_id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+            req.headers_mut().insert(L5D_CLIENT_ID, v);
+        }
+    }
     if tunnel {
         return self::tunnel(req, routed, ctx).await;
     }
@@ -91,7 +101,7 @@ async fn forward(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Resu
         rsp.headers_mut().insert(L5D_ORIG_PROTO, v);
         return Ok(rsp);
     }
-    let rsp = match (endpoint.meshed, req.version()) {
+    let rsp = match (&endpoint.meshed, req.version()) {
         (Some(_), Version::HTTP_2) => clients.http2(endpoint, req).await?,
         (Some(_), version) => {
             upgrade(&mut req, version, routed);
@@ -141,7 +151,7 @@ fn downgrade(req: &mut Request<Incoming>, version: Version) {
 async fn tunnel(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Result<Response<Incoming>, ProxyError> {
     let is_connect = req.method() == http::Method::CONNECT;
     let client_side = hyper::upgrade::on(&mut req);
-    let mut rsp = ctx.side.clients.tunnel(routed.endpoint, req).await?;
+    let mut rsp = ctx.side.clients.tunnel(routed.endpoint.clone(), req).await?;
     let switched = rsp.status() == StatusCode::SWITCHING_PROTOCOLS || (is_connect && rsp.status().is_success());
     if switched {
         let upstream_side = hyper::upgrade::on(&mut rsp);

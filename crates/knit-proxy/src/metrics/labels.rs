@@ -37,6 +37,10 @@ pub enum NoTlsReason {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Tls {
+    /// Mesh TLS terminated here: the client's identity, if it presented a certificate.
+    Inbound { client_id: Option<String> },
+    /// Mesh TLS to a peer whose certificate carried `server_id`.
+    Outbound { server_id: String },
     NoIdentity(NoTlsReason),
     /// TLS that is not the mesh's, passed through untouched.
     Opaque { sni: Option<String> },
@@ -45,6 +49,17 @@ pub enum Tls {
 impl Tls {
     fn encode(&self, enc: &mut LabelSetEncoder) -> EncResult {
         match self {
+            Tls::Inbound { client_id } => {
+                put(enc, "tls", "true")?;
+                match client_id {
+                    Some(id) => put(enc, "client_id", id),
+                    None => Ok(()),
+                }
+            }
+            Tls::Outbound { server_id } => {
+                put(enc, "tls", "true")?;
+                put(enc, "server_id", server_id)
+            }
             Tls::NoIdentity(reason) => {
                 put(enc, "tls", "no_identity")?;
                 let r = match reason {
@@ -232,5 +247,18 @@ impl EncodeLabelSet for ErrorLabels {
     fn encode(&self, mut enc: LabelSetEncoder) -> EncResult {
         put(&mut enc, "direction", self.direction.as_str())?;
         put(&mut enc, "error", self.error)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HandshakeLabels {
+    pub direction: Direction,
+    pub reason: &'static str,
+}
+
+impl EncodeLabelSet for HandshakeLabels {
+    fn encode(&self, mut enc: LabelSetEncoder) -> EncResult {
+        put(&mut enc, "direction", self.direction.as_str())?;
+        put(&mut enc, "reason", self.reason)
     }
 }

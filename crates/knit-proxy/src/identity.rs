@@ -1,0 +1,297 @@
+//! The proxy's identity: an ECDSA P-256 key generated in memory (it never leaves the process), a
+//! certificate from `Identity.Certify`, and the rustls configurations built from both.
+//!
+//! The certify loop refreshes at 70% of the certificate's remaining lifetime (Linkerd's rule,
+//! clamped to [min, max] refresh), retries failures with jittered backoff while the old
+//! certificate stays in use, and rebuilds the TLS configurations when the trust-anchor file
+//! changes, so an anchor rotation needs no restart.
+
+use crate::metrics::IdentityMetrics;
+use knit_identity::inspect::{pem_certs, CertInfo};
+use linkerd2_proxy_api::identity::{identity_client::IdentityClient, CertifyRequest};
+use rustls::{
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+    server::WebPkiClientVerifier,
+    ClientConfig, RootCertStore, ServerConfig,
+};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+use tokio::sync::watch;
+
+pub const TRANSPORT_ALPN: &[u8] = knit_core::transport_header::ALPN;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct IdentityConfig {
+    /// This proxy's identity, also its TLS server name.
+    pub local_name: String,
+    /// PEM bundle of trust anchors, re-read when it changes.
+    pub trust_anchors: PathBuf,
+    /// The token presented to Certify, re-read on every call.
+    pub token_file: PathBuf,
+    pub svc_addr: SocketAddr,
+    #[serde(serialize_with = "crate::config::ser_duration")]
+    pub min_refresh: Duration,
+    #[serde(serialize_with = "crate::config::ser_duration")]
+    pub max_refresh: Duration,
+}
+
+/// The material a TLS handshake needs, replaced as a whole on refresh or anchor change.
+pub struct Creds {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
+    pub roots: Arc<RootCertStore>,
+    pub leaf: CertInfo,
+    /// Subjects of the anchors in use, for error messages.
+    pub anchors: Vec<String>,
+}
+
+/// A handle to the current credentials.
+#[derive(Clone)]
+pub struct Identity {
+    pub name: Arc<str>,
+    creds: watch::Receiver<Option<Arc<Creds>>>,
+}
+
+impl Identity {
+    pub fn current(&self) -> Option<Arc<Creds>> {
+        self.creds.borrow().clone()
+    }
+
+    /// Completes once the first certificate is installed.
+    pub async fn ready(&mut self) {
+        let _ = self.creds.wait_for(Option::is_some).await;
+    }
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    // aws-lc-rs with rustls' `prefer-post-quantum`: X25519MLKEM768 is offered first, X25519 next.
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("the trust anchors in {0} hold no usable certificate")]
+    NoAnchors(String),
+    #[error("identity service {addr}: {message}")]
+    Certify { addr: SocketAddr, message: String },
+    #[error("the certificate from the identity service is unusable: {0}")]
+    BadCert(String),
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, IdentityError> {
+    std::fs::read(path).map_err(|source| IdentityError::Read { path: path.display().to_string(), source })
+}
+
+fn anchors(path: &PathBuf) -> Result<(RootCertStore, Vec<String>), IdentityError> {
+    let pem = String::from_utf8_lossy(&read(path)?).into_owned();
+    let mut store = RootCertStore::empty();
+    let mut names = Vec::new();
+    for der in pem_certs(&pem).map_err(|_| IdentityError::NoAnchors(path.display().to_string()))? {
+        if store.add(CertificateDer::from(der.clone())).is_ok() {
+            names.push(CertInfo::from_der(&der).map(|i| i.subject).unwrap_or_default());
+        }
+    }
+    if store.is_empty() {
+        return Err(IdentityError::NoAnchors(path.display().to_string()));
+    }
+    Ok((store, names))
+}
+
+/// Builds both TLS configurations: TLS 1.3 only, no session resumption, the transport-header
+/// ALPN; the server accepts clients without certificates (their connections are labelled
+/// unauthenticated) and verifies those that present one against the anchors.
+fn build(chain: &[Vec<u8>], key: &PrivatePkcs8KeyDer<'static>, roots: RootCertStore, anchors: Vec<String>) -> Result<Creds, IdentityError> {
+    let bad = |e: rustls::Error| IdentityError::BadCert(e.to_string());
+    let certs: Vec<CertificateDer<'static>> = chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+    let roots = Arc::new(roots);
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| IdentityError::BadCert(e.to_string()))?;
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(bad)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs.clone(), PrivateKeyDer::Pkcs8(key.clone_key()))
+        .map_err(bad)?;
+    server.alpn_protocols = vec![TRANSPORT_ALPN.to_vec()];
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(bad)?
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(certs, PrivateKeyDer::Pkcs8(key.clone_key()))
+        .map_err(bad)?;
+    client.alpn_protocols = vec![TRANSPORT_ALPN.to_vec()];
+    client.resumption = rustls::client::Resumption::disabled();
+    let leaf = CertInfo::from_der(&chain[0]).map_err(|e| IdentityError::BadCert(e.to_string()))?;
+    Ok(Creds { server: Arc::new(server), client: Arc::new(client), roots, leaf, anchors })
+}
+
+/// Checks the issued chain before using it: the leaf names this identity and chains to an anchor.
+fn validate(name: &str, chain: &[Vec<u8>], roots: &RootCertStore) -> Result<(), IdentityError> {
+    let leaf = CertInfo::from_der(&chain[0]).map_err(|e| IdentityError::BadCert(e.to_string()))?;
+    if !leaf.dns_sans.iter().any(|s| s == name) {
+        return Err(IdentityError::BadCert(format!("it names {:?}, not {name:?}", leaf.dns_sans)));
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots.clone()), provider())
+        .build()
+        .map_err(|e| IdentityError::BadCert(e.to_string()))?;
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| IdentityError::BadCert(e.to_string()))?;
+    let intermediates: Vec<CertificateDer<'_>> = chain[1..].iter().map(|c| CertificateDer::from(c.as_slice())).collect();
+    use rustls::client::danger::ServerCertVerifier;
+    verifier
+        .verify_server_cert(&CertificateDer::from(chain[0].as_slice()), &intermediates, &server_name, &[], rustls::pki_types::UnixTime::now())
+        .map(drop)
+        .map_err(|e| IdentityError::BadCert(format!("it does not verify against the trust anchors: {e}")))
+}
+
+/// Starts the certify loop; the returned handle is ready once the first certificate arrives.
+pub fn spawn(cfg: IdentityConfig, metrics: IdentityMetrics) -> Identity {
+    let (tx, rx) = watch::channel(None);
+    let name: Arc<str> = cfg.local_name.clone().into();
+    tokio::spawn(certify_loop(cfg, tx, metrics));
+    Identity { name, creds: rx }
+}
+
+/// A fingerprint of the anchors file, to notice a new bundle.
+fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
+}
+
+async fn certify_loop(cfg: IdentityConfig, tx: watch::Sender<Option<Arc<Creds>>>, metrics: IdentityMetrics) {
+    let local = match knit_identity::csr::generate(&cfg.local_name) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot generate the identity key; the proxy will not become ready");
+            return;
+        }
+    };
+    let key = PrivatePkcs8KeyDer::from(local.key.serialize_der());
+    let mut chain: Option<(Vec<Vec<u8>>, SystemTime)> = None;
+    let mut failures = 0u32;
+    let mut anchors_seen = stamp(&cfg.trust_anchors);
+    loop {
+        let result = certify_once(&cfg, &local.csr_der).await.and_then(|(issued, expiry)| {
+            let (roots, names) = anchors(&cfg.trust_anchors)?;
+            validate(&cfg.local_name, &issued, &roots)?;
+            let creds = build(&issued, &key, roots, names)?;
+            Ok((issued, expiry, creds))
+        });
+        let wait = match result {
+            Ok((issued, expiry, creds)) => {
+                failures = 0;
+                tracing::info!(identity = %cfg.local_name, issuer = %creds.leaf.issuer, valid_until = %creds.leaf.not_after, "certified");
+                metrics.refreshed(expiry);
+                tx.send_replace(Some(Arc::new(creds)));
+                chain = Some((issued, expiry));
+                refresh_in(expiry, cfg.min_refresh, cfg.max_refresh)
+            }
+            Err(e) => {
+                failures += 1;
+                metrics.failed();
+                let wait = backoff(failures, chain.as_ref().map(|c| c.1), cfg.min_refresh);
+                tracing::warn!(identity = %cfg.local_name, error = %e, retry_in = ?wait, has_certificate = chain.is_some(), "failed to obtain a certificate");
+                wait
+            }
+        };
+        // Until the refresh, rebuild the TLS configurations whenever the anchors change.
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let tick = tokio::time::sleep(Duration::from_secs(1).min(deadline.saturating_duration_since(tokio::time::Instant::now())));
+            tick.await;
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            let now = stamp(&cfg.trust_anchors);
+            if now == anchors_seen {
+                continue;
+            }
+            anchors_seen = now;
+            if let Some((issued, _)) = &chain {
+                match anchors(&cfg.trust_anchors).and_then(|(roots, names)| build(issued, &key, roots, names)) {
+                    Ok(creds) => {
+                        tracing::info!(anchors = ?creds.anchors, "trust anchors reloaded");
+                        tx.send_replace(Some(Arc::new(creds)));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "trust anchors changed but cannot be used; keeping the previous ones"),
+                }
+            }
+        }
+    }
+}
+
+async fn certify_once(cfg: &IdentityConfig, csr: &[u8]) -> Result<(Vec<Vec<u8>>, SystemTime), IdentityError> {
+    let addr = cfg.svc_addr;
+    let err = |message: String| IdentityError::Certify { addr, message };
+    let token = read(&cfg.token_file)?;
+    // A new channel per call, as Linkerd's proxy does: nothing stale survives a failure.
+    let mut client = IdentityClient::connect(format!("http://{addr}")).await.map_err(|e| err(format!("cannot connect: {e}")))?;
+    let req = CertifyRequest { identity: cfg.local_name.clone(), token, certificate_signing_request: csr.to_vec() };
+    let rsp = tokio::time::timeout(Duration::from_secs(10), client.certify(req))
+        .await
+        .map_err(|_| err("no answer within 10s".into()))?
+        .map_err(|s| err(format!("{:?}: {}", s.code(), s.message())))?
+        .into_inner();
+    let until = rsp.valid_until.ok_or_else(|| err("the response has no valid_until".into()))?;
+    let expiry = SystemTime::UNIX_EPOCH + Duration::from_secs(until.seconds.max(0) as u64);
+    if expiry <= SystemTime::now() {
+        return Err(err("the certificate it issued is already expired".into()));
+    }
+    let mut chain = vec![rsp.leaf_certificate];
+    chain.extend(rsp.intermediate_certificates);
+    Ok((chain, expiry))
+}
+
+/// 70% of the remaining lifetime, within [min, max].
+pub fn refresh_in(expiry: SystemTime, min: Duration, max: Duration) -> Duration {
+    let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
+    left.mul_f64(0.7).clamp(min, max.max(min))
+}
+
+/// Exponential from 1 s with ±25% jitter, capped at `min_refresh` and, with a certificate, at a
+/// tenth of its remaining lifetime (so several attempts fit before it expires).
+fn backoff(failures: u32, expiry: Option<SystemTime>, min_refresh: Duration) -> Duration {
+    let base = Duration::from_secs(1).saturating_mul(1 << failures.min(6)).min(min_refresh.max(Duration::from_secs(1)));
+    let cap = expiry.and_then(|e| e.duration_since(SystemTime::now()).ok()).map_or(base, |left| base.min(left / 10).max(Duration::from_millis(100)));
+    let mut b = [0u8; 1];
+    let _ = aws_lc_rs_fill(&mut b);
+    cap.mul_f64(0.75 + f64::from(b[0]) / 512.0)
+}
+
+fn aws_lc_rs_fill(b: &mut [u8]) -> Result<(), ()> {
+    rustls::crypto::aws_lc_rs::default_provider().secure_random.fill(b).map_err(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_at_70_percent_clamped() {
+        let day = SystemTime::now() + Duration::from_secs(86_400);
+        let r = refresh_in(day, Duration::from_secs(10), Duration::from_secs(86_400));
+        assert!((r.as_secs_f64() - 60_480.0).abs() < 5.0, "{r:?}");
+        assert_eq!(refresh_in(SystemTime::now(), Duration::from_secs(10), Duration::from_secs(100)), Duration::from_secs(10));
+        assert_eq!(refresh_in(day, Duration::from_secs(10), Duration::from_secs(100)), Duration::from_secs(100));
+    }
+
+    #[test]
+    fn backoff_grows_jitters_and_stays_below_the_expiry() {
+        let b1 = backoff(1, None, Duration::from_secs(10));
+        assert!(b1 >= Duration::from_millis(1500) && b1 <= Duration::from_millis(2500), "{b1:?}");
+        let capped = backoff(10, None, Duration::from_secs(10));
+        assert!(capped <= Duration::from_millis(12_500), "{capped:?}");
+        let near = backoff(10, Some(SystemTime::now() + Duration::from_secs(5)), Duration::from_secs(10));
+        assert!(near <= Duration::from_millis(700), "{near:?}");
+    }
+}

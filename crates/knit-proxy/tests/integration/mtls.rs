@@ -1,0 +1,151 @@
+//! Mesh identity and mTLS: proxies certified by a real knit-control, talking TLS 1.3 to each
+//! other, with the client's identity handed to the application.
+
+use crate::harness::{get, request, run, server, TestProxy};
+use knit_control::{config::{Config as ControlConfig, IdentityConfig as ControlIdentity}, Control};
+use knit_identity::{create, token::{Claims, TokenKey}};
+use knit_proxy::identity::IdentityConfig;
+use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
+
+const DAY: Duration = Duration::from_secs(86_400);
+pub const WEB: &str = "web.default.serviceaccount.identity.knit.cluster.local";
+pub const BOOKS: &str = "books.default.serviceaccount.identity.knit.cluster.local";
+
+/// A control plane with fresh identity material in a temporary directory.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub identity: SocketAddr,
+    key: TokenKey,
+}
+
+impl Pki {
+    pub async fn start(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("knit-mtls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("issuer")).unwrap();
+        let anchor = create::trust_anchor("root.knit.cluster.local", 3650 * DAY).unwrap();
+        let issuer = create::issuer("identity.knit.cluster.local", 365 * DAY, &anchor).unwrap();
+        std::fs::write(dir.join("trust-anchors.pem"), &anchor.cert_pem).unwrap();
+        std::fs::write(dir.join("issuer/key.pem"), &issuer.key_pem).unwrap();
+        std::fs::write(dir.join("issuer/crt.pem"), &issuer.cert_pem).unwrap();
+        let secret = TokenKey::generate_secret();
+        std::fs::write(dir.join("token.key"), &secret).unwrap();
+        let config = ControlConfig {
+            identity_addr: "127.0.0.1:0".parse().unwrap(),
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            identity: ControlIdentity::for_dir(&dir),
+            log: "warn".into(),
+        };
+        let control = Control::bind(config).await.expect("control plane");
+        let identity = control.addrs().identity;
+        tokio::spawn(control.run(std::future::pending()));
+        Self { dir, identity, key: TokenKey::new(&secret).unwrap() }
+    }
+
+    /// The proxy settings for `name`, with a token file written for it.
+    pub fn proxy_identity(&self, name: &str) -> IdentityConfig {
+        let expires_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + 3600;
+        let token_file = self.dir.join(format!("{name}.token"));
+        std::fs::write(&token_file, self.key.sign(&Claims { identity: name.into(), expires_at })).unwrap();
+        IdentityConfig {
+            local_name: name.into(),
+            trust_anchors: self.dir.join("trust-anchors.pem"),
+            token_file,
+            svc_addr: self.identity,
+            min_refresh: Duration::from_secs(10),
+            max_refresh: DAY,
+        }
+    }
+}
+
+pub async fn ready(admin: SocketAddr) {
+    crate::assert_eventually!(get(admin, "/ready").await.0 == 200, "the proxy becomes ready once certified");
+}
+
+/// A server proxy for `app` with identity BOOKS, and a client proxy with identity WEB whose
+/// table reaches it as `books.test:80` over mesh TLS expecting `expected`.
+pub async fn pair(pki: &Pki, app: SocketAddr, expected: &str) -> (TestProxy, TestProxy) {
+    let server_id = pki.proxy_identity(BOOKS);
+    let server = TestProxy::start(move |c| {
+        c.identity = Some(server_id);
+        c.inbound.target_addr = Some(app);
+    })
+    .await;
+    let client_id = pki.proxy_identity(WEB);
+    let table = format!("books.test:80={app}@{}#{expected}", server.addrs.inbound.port());
+    let client = TestProxy::start(move |c| {
+        c.identity = Some(client_id);
+        c.outbound.endpoints = table.parse().unwrap();
+    })
+    .await;
+    ready(server.addrs.admin).await;
+    ready(client.addrs.admin).await;
+    (client, server)
+}
+
+#[tokio::test]
+async fn meshed_pair_talks_mtls_and_the_app_sees_the_client_identity() {
+    let pki = Pki::start("pair").await;
+    let app = server::start().await;
+    let (client, server) = pair(&pki, app, BOOKS).await;
+    let url = format!("http://{}/headers", client.addrs.outbound);
+    let (ok, out, err) = run("curl", &["-sS", "--max-time", "10", "-H", "Host: books.test", "-H", "l5d-client-id: spoofed", &url]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("l5d-client-id: {WEB}")), "the app sees the proven client identity: {out}");
+    assert!(!out.contains("spoofed"), "a client-supplied l5d-client-id never reaches the app: {out}");
+    let server_id = format!(r#"server_id="{BOOKS}""#);
+    let client_label = format!(r#"client_id="{WEB}""#);
+    assert_eq!(client.metric("request_total", &[r#"direction="outbound""#, r#"tls="true""#, &server_id]).await, 1.0);
+    assert_eq!(server.metric("request_total", &[r#"direction="inbound""#, r#"tls="true""#, &client_label]).await, 1.0);
+    assert_eq!(server.metric("tcp_open_total", &[r#"peer="src""#, r#"tls="true""#, &client_label]).await, 1.0);
+    assert!(client.metric("identity_cert_expiration_timestamp_seconds", &[]).await > 0.0);
+    assert_eq!(client.metric("identity_cert_refreshes_total", &[]).await, 1.0);
+}
+
+#[tokio::test]
+async fn plaintext_clients_are_labelled_no_identity() {
+    let pki = Pki::start("plain").await;
+    let app = server::start().await;
+    let (_client, server) = pair(&pki, app, BOOKS).await;
+    let (status, body) = request(server.addrs.inbound, "GET", "/headers", "books.test", "").await;
+    assert_eq!(status, 200);
+    assert!(!body.contains("l5d-client-id"), "{body}");
+    let n = server.metric("request_total", &[r#"direction="inbound""#, r#"tls="no_identity""#, r#"no_tls_reason="no_tls_from_remote""#]).await;
+    assert_eq!(n, 1.0);
+}
+
+#[tokio::test]
+async fn a_peer_with_the_wrong_identity_is_refused_with_an_explanation() {
+    let pki = Pki::start("wrong").await;
+    let app = server::start().await;
+    let expected = "db.default.serviceaccount.identity.knit.cluster.local";
+    let (client, _server) = pair(&pki, app, expected).await;
+    let url = format!("http://{}/hello", client.addrs.outbound);
+    let (_, out, _) = run("curl", &["-sS", "-i", "--max-time", "10", "-H", "Host: books.test", &url]).await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(out.contains(&format!("expected identity {expected}")), "the error names who was expected: {out}");
+    assert!(out.contains(BOOKS), "and who was presented: {out}");
+    assert_eq!(client.metric("tls_handshake_failures_total", &[r#"direction="outbound""#, r#"reason="wrong_identity""#]).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_proxy_is_not_ready_without_a_certificate() {
+    let dead: SocketAddr = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-identity");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("anchors.pem"), create::trust_anchor("x", DAY).unwrap().cert_pem).unwrap();
+    std::fs::write(dir.join("token"), "knit1.x.y").unwrap();
+    let cfg = IdentityConfig {
+        local_name: WEB.into(),
+        trust_anchors: dir.join("anchors.pem"),
+        token_file: dir.join("token"),
+        svc_addr: dead,
+        min_refresh: Duration::from_secs(10),
+        max_refresh: DAY,
+    };
+    let proxy = TestProxy::start(move |c| c.identity = Some(cfg)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(proxy.addrs.admin, "/ready").await.0, 503);
+    assert_eq!(get(proxy.addrs.admin, "/live").await.0, 200);
+    assert!(proxy.metric("identity_cert_refresh_failures_total", &[]).await >= 1.0);
+}
