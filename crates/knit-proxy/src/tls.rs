@@ -84,7 +84,7 @@ fn reason(e: &std::io::Error) -> &'static str {
     let text = e.to_string().to_ascii_lowercase();
     if text.contains("not valid for name") {
         "wrong_identity"
-    } else if text.contains("unknown issuer") || text.contains("unknownissuer") || text.contains("bad signature") {
+    } else if ["unknown issuer", "unknownissuer", "bad signature", "badsignature"].iter().any(|t| text.contains(t)) {
         "untrusted_issuer"
     } else if text.contains("expired") {
         "expired"
