@@ -8,7 +8,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=$(realpath "${KNIT_PROXY_BIN:-target/debug/knit-proxy}")
-[ -x "$BIN" ] || { echo "netns: $BIN is missing: run cargo build first"; exit 1; }
+KNIT=$(realpath "${KNIT_BIN:-$(dirname "$BIN")/knit}")
+CONTROL=$(realpath "${KNIT_CONTROL_BIN:-$(dirname "$BIN")/knit-control}")
+for b in "$BIN" "$KNIT" "$CONTROL"; do
+    [ -x "$b" ] || { echo "netns: $b is missing: run cargo build first"; exit 1; }
+done
 [ "$(id -u)" = 0 ] || { echo "netns: needs root"; exit 1; }
 
 A=knit-a-$$
@@ -114,7 +118,7 @@ mkdir -p "$TMP/www"
 echo hello-from-b >"$TMP/www/hello.txt"
 (cd "$TMP/www" && exec ip netns exec "$B" python3 -m http.server 8080 --bind 0.0.0.0 >"$TMP/app.log" 2>&1) &
 PIDS+=($!)
-in_b redis-server --port 6379 --bind 0.0.0.0 --protected-mode no --save '' --appendonly no >"$TMP/redis.log" 2>&1 &
+ip netns exec "$B" redis-server --port 6379 --bind 0.0.0.0 --protected-mode no --save '' --appendonly no >"$TMP/redis.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do
     in_b curl -fsS --max-time 1 http://127.0.0.1:8080/hello.txt >/dev/null 2>&1 && in_b redis-cli -p 6379 ping >/dev/null 2>&1 && break
@@ -148,6 +152,31 @@ check "meshed: b's proxy received a transport header" \
     test "$(metric "$B" tcp_detect_protocol_total 'protocol="transport_header"')" -ge 1
 check "meshed: b's proxy served the request inbound" \
     test "$(metric "$B" request_total 'direction="inbound"')" -gt "$before"
+
+# --- mesh mTLS between the namespaces, certified by knit-control running in b -----------------
+ID_SUFFIX=default.serviceaccount.identity.knit.cluster.local
+"$KNIT" identity init --dir "$TMP/id" >/dev/null
+"$KNIT" identity token --dir "$TMP/id" --identity "a.$ID_SUFFIX" >"$TMP/a.token"
+"$KNIT" identity token --dir "$TMP/id" --identity "b.$ID_SUFFIX" >"$TMP/b.token"
+chmod 644 "$TMP/id/trust-anchors.pem" "$TMP/a.token" "$TMP/b.token"
+# The control plane's port is not intercepted in b (re-running init rewrites the chains).
+in_b "$TMP/knit-proxy" init --proxy-uid 2102 --skip-inbound-ports 18080 2>>"$TMP/init.log"
+ip netns exec "$B" "$CONTROL" --identity-dir "$TMP/id" --identity-addr 10.231.0.2:18080 --admin-addr 127.0.0.1:19990 2>"$TMP/control.log" &
+PIDS+=($!)
+kill "$LAST_PID" 2>/dev/null; wait "$LAST_PID" 2>/dev/null
+kill "${PIDS[1]}" 2>/dev/null; wait "${PIDS[1]}" 2>/dev/null
+identity_env() { # name
+    echo KNIT_PROXY_IDENTITY_LOCAL_NAME="$1.$ID_SUFFIX" KNIT_PROXY_IDENTITY_TRUST_ANCHORS_FILE="$TMP/id/trust-anchors.pem" \
+        KNIT_PROXY_IDENTITY_TOKEN_FILE="$TMP/$1.token" KNIT_PROXY_IDENTITY_SVC_ADDR=10.231.0.2:18080
+}
+start_proxy "$B" proxy-b-mtls $(identity_env b)
+start_proxy "$A" proxy-a-mtls $(identity_env a) KNIT_PROXY_OUTBOUND_ENDPOINTS="10.231.0.2:8080=10.231.0.2:8080@4143#b.$ID_SUFFIX"
+out=$(in_a curl -fsS --max-time 5 http://10.231.0.2:8080/hello.txt 2>&1)
+check "mTLS: curl from a reaches b through both certified proxies" test "$out" = hello-from-b
+check "mTLS: a's proxy sent it over TLS to b's identity" \
+    test "$(metric "$A" request_total 'direction="outbound"' 'tls="true"' "server_id=\"b.$ID_SUFFIX\"")" -ge 1
+check "mTLS: b's proxy saw a's identity" \
+    test "$(metric "$B" request_total 'direction="inbound"' 'tls="true"' "client_id=\"a.$ID_SUFFIX\"")" -ge 1
 
 # --- graceful exit and rule removal ----------------------------------------------------------
 kill -TERM "$LAST_PID" 2>/dev/null

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let control = knit_control::Control::bind(config).await?;
-        control.run(async { let _ = tokio::signal::ctrl_c().await; }).await
+        control.run(shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -25,4 +25,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// SIGTERM (Kubernetes, systemd) or SIGINT (a terminal).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+    tracing::info!("shutting down");
 }
