@@ -12,9 +12,10 @@ DUR=10s; WARM=2s; REPS=3
 ((QUICK)) && { DUR=3s; WARM=1s; REPS=1; }
 command -v haproxy >/dev/null || { echo "bench: haproxy is missing: apt-get install haproxy"; exit 1; }
 command -v taskset >/dev/null || { echo "bench: taskset is missing: apt-get install util-linux"; exit 1; }
+command -v curl >/dev/null || { echo "bench: curl is missing: apt-get install curl"; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "bench: needs 2 CPUs to pin proxies apart from the load"; exit 1; }
 
-cargo build --release -p knit-proxy -p knit-loadgen
+cargo build --release -p knit-proxy -p knit-loadgen -p knit-control -p knit
 L=target/release/knit-loadgen
 P=target/release/knit-proxy
 OUT=bench/out
@@ -31,7 +32,12 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "bench: $1 not ready"; exit 1; }
+wait_http() { # url [log]
+    for _ in $(seq 200); do curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0; sleep 0.05; done
+    echo "bench: $1 not ready"
+    [ -n "${2:-}" ] && tail -n 20 "$2"
+    exit 1
+}
 
 # --- backend --------------------------------------------------------------------------------
 taskset -c 0 "$L" serve --port-file "$TMP/backend" >/dev/null &
@@ -45,33 +51,50 @@ sed -e "s/@H1_PORT@/$HA_H1/" -e "s/@H2_PORT@/$HA_H2/" -e "s/@BACKEND@/$BACKEND/"
 taskset -c 1 haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
 HA_PID=$!
 PIDS+=($HA_PID)
-wait_http "http://127.0.0.1:$HA_H1/"
+wait_http "http://127.0.0.1:$HA_H1/" "$TMP/haproxy.log"
 
 # --- knit-proxy: one hop, and the meshed pair -------------------------------------------------
 start_knit() { # name, extra env...
     local name=$1; shift
     local in=$(free_port) out=$(free_port) admin=$(free_port)
     env KNIT_PROXY_INBOUND_LISTEN_ADDR=127.0.0.1:$in KNIT_PROXY_OUTBOUND_LISTEN_ADDR=127.0.0.1:$out \
-        KNIT_PROXY_ADMIN_LISTEN_ADDR=127.0.0.1:$admin KNIT_PROXY_CORES=1 KNIT_PROXY_LOG=warn "$@" \
+        KNIT_PROXY_ADMIN_LISTEN_ADDR=127.0.0.1:$admin KNIT_PROXY_CORES=1 KNIT_PROXY_LOG=warn \
+        KNIT_PROXY_SHUTDOWN_GRACE_PERIOD=1s "$@" \
         taskset -c 1 "$P" 2>"$TMP/$name.log" &
     PIDS+=($!)
     eval "${name}_PID=$! ${name}_IN=$in ${name}_OUT=$out ${name}_ADMIN=$admin"
-    wait_http "http://127.0.0.1:$admin/ready"
+    wait_http "http://127.0.0.1:$admin/ready" "$TMP/$name.log"
 }
 start_knit K1 KNIT_PROXY_OUTBOUND_ENDPOINTS="backend.bench:8080=$BACKEND"
 start_knit KS
 start_knit KC KNIT_PROXY_OUTBOUND_ENDPOINTS="backend.bench:8080=$BACKEND@$KS_IN"
 K1_IDLE_RSS=$(awk '/VmRSS/ {print $2}' /proc/$K1_PID/status)
 
+# --- the meshed pair with mTLS, certified by knit-control -------------------------------------
+ID=default.serviceaccount.identity.knit.cluster.local
+target/release/knit identity init --dir "$TMP/id" >/dev/null
+target/release/knit identity token --dir "$TMP/id" --identity "client.$ID" >"$TMP/client.token"
+target/release/knit identity token --dir "$TMP/id" --identity "server.$ID" >"$TMP/server.token"
+CP_ID=$(free_port); CP_ADMIN=$(free_port)
+taskset -c 0 target/release/knit-control --identity-dir "$TMP/id" --identity-addr 127.0.0.1:$CP_ID --admin-addr 127.0.0.1:$CP_ADMIN 2>"$TMP/control.log" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$CP_ADMIN/ready" "$TMP/control.log"
+mtls_env() { # name
+    echo KNIT_PROXY_IDENTITY_LOCAL_NAME="$1.$ID" KNIT_PROXY_IDENTITY_TRUST_ANCHORS_FILE="$TMP/id/trust-anchors.pem" \
+        KNIT_PROXY_IDENTITY_TOKEN_FILE="$TMP/$1.token" KNIT_PROXY_IDENTITY_SVC_ADDR=127.0.0.1:$CP_ID
+}
+start_knit TS $(mtls_env server)
+start_knit TC $(mtls_env client) KNIT_PROXY_OUTBOUND_ENDPOINTS="backend.bench:8080=$BACKEND@$TS_IN#server.$ID"
+
 # setup name -> url, extra loadgen args, pids of its proxy processes
 declare -A URL=(
     [direct]="http://$BACKEND/" [haproxy]="http://127.0.0.1:$HA_H1/"
-    [knit-1hop]="http://127.0.0.1:$K1_OUT/" [knit-2hop]="http://127.0.0.1:$KC_OUT/")
+    [knit-1hop]="http://127.0.0.1:$K1_OUT/" [knit-2hop]="http://127.0.0.1:$KC_OUT/" [knit-2hop-mtls]="http://127.0.0.1:$TC_OUT/")
 declare -A URL_H2=(
     [direct]="http://$BACKEND/" [haproxy]="http://127.0.0.1:$HA_H2/"
-    [knit-1hop]="http://127.0.0.1:$K1_OUT/" [knit-2hop]="http://127.0.0.1:$KC_OUT/")
-declare -A PROCS=([direct]="" [haproxy]="$HA_PID" [knit-1hop]="$K1_PID" [knit-2hop]="$KC_PID $KS_PID")
-SETUPS=(direct haproxy knit-1hop knit-2hop)
+    [knit-1hop]="http://127.0.0.1:$K1_OUT/" [knit-2hop]="http://127.0.0.1:$KC_OUT/" [knit-2hop-mtls]="http://127.0.0.1:$TC_OUT/")
+declare -A PROCS=([direct]="" [haproxy]="$HA_PID" [knit-1hop]="$K1_PID" [knit-2hop]="$KC_PID $KS_PID" [knit-2hop-mtls]="$TC_PID $TS_PID")
+SETUPS=(direct haproxy knit-1hop knit-2hop knit-2hop-mtls)
 
 cpu_ticks() { local t=0 p; for p in $1; do t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo $t; }
 rss_kb() { local t=0 p; for p in $1; do t=$((t + $(awk '/VmRSS/ {print $2}' /proc/$p/status))); done; echo $t; }
@@ -84,7 +107,8 @@ measure() { # kind, setup, url, loadgen args...
     json=$(taskset -c 0 "$L" run --url "$url" --host backend.bench:8080 --duration "$DUR" --warmup "$WARM" "$@")
     after=$(cpu_ticks "$procs")
     rss=$(rss_kb "$procs")
-    echo "{\"kind\":\"$kind\",\"setup\":\"$setup\",\"args\":\"$*\",\"cpu_ticks\":$((after - before)),\"rss_kb\":${rss:-0},\"result\":$json}" >>"$RAW"
+    # CPU ticks cover warmup + window; the report scales the window's request count to match.
+    echo "{\"kind\":\"$kind\",\"setup\":\"$setup\",\"args\":\"$*\",\"cpu_ticks\":$((after - before)),\"cpu_window_ratio\":$(python3 -c "print(${DUR%s}/(${DUR%s}+${WARM%s}))"),\"rss_kb\":${rss:-0},\"result\":$json}" >>"$RAW"
     echo "  $kind $setup $*: $json"
 }
 
@@ -104,7 +128,7 @@ done
 echo "== maximum throughput (HTTP/1.1, 50 connections, proxies on one core)"
 for s in "${SETUPS[@]}"; do measure max "$s" "${URL[$s]}" --max --connections 50; done
 
-PEAK="{\"knit-1hop\":$(hwm_kb "$K1_PID"),\"knit-2hop\":$(hwm_kb "$KC_PID $KS_PID"),\"haproxy\":$(hwm_kb "$HA_PID")}"
+PEAK="{\"knit-1hop\":$(hwm_kb "$K1_PID"),\"knit-2hop\":$(hwm_kb "$KC_PID $KS_PID"),\"knit-2hop-mtls\":$(hwm_kb "$TC_PID $TS_PID"),\"haproxy\":$(hwm_kb "$HA_PID")}"
 CMD="bench/run.sh${1:+ $1}"
 python3 bench/report.py "$RAW" --idle-rss-kb "$K1_IDLE_RSS" --peak-rss "$PEAK" --command "$CMD" --ticks "$(getconf CLK_TCK)" >bench/RESULTS.md
 echo "wrote bench/RESULTS.md"

@@ -61,8 +61,10 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
     };
-    let report = rt.block_on(run(args))?;
+    let (report, ok) = rt.block_on(run(args))?;
     println!("{report}");
+    // A run in which nothing succeeded measured nothing: say so with the exit status too.
+    anyhow::ensure!(ok > 0, "no request succeeded");
     Ok(())
 }
 
@@ -134,7 +136,7 @@ async fn exchange(conn: &mut Conn, target: &Target) -> bool {
 /// One sample: latency in microseconds (from the intended send time) and success.
 type Sample = (u64, bool);
 
-async fn run(args: Args) -> anyhow::Result<String> {
+async fn run(args: Args) -> anyhow::Result<(String, u64)> {
     let addr: SocketAddr = format!("{}:{}", args.url.host().context("url needs a host")?, args.url.port_u16().unwrap_or(80)).parse().context("url host must be an IP")?;
     let target = Arc::new(Target {
         addr,
@@ -147,26 +149,47 @@ async fn run(args: Args) -> anyhow::Result<String> {
     let record_from = start + args.warmup;
     let end = record_from + args.duration;
     let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
-    for c in 0..args.connections {
+    // Open loop: one OS thread walks the global schedule with std::thread::sleep (sub-100 µs
+    // precision, where tokio's timer wheel has 1 ms) and hands each intended send time to its
+    // connection. Latency is always measured from the intended time.
+    let mut schedules = Vec::new();
+    for _ in 0..args.connections {
         let (target, tx, args) = (target.clone(), tx.clone(), args.clone());
+        let (sched_tx, sched_rx) = mpsc::unbounded_channel::<Instant>();
+        schedules.push(sched_tx);
         tokio::spawn(async move {
             let conn = match target.connect().await {
                 Ok(conn) => conn,
                 Err(e) => {
                     eprintln!("knit-loadgen: {e:#}");
+                    let _ = tx.send((0, false));
                     return;
                 }
             };
             let window = Window { record_from, end };
             match args.rate {
-                Some(rate) => {
-                    let interval = Duration::from_secs_f64(args.connections as f64 / rate);
-                    let first = start + interval.mul_f64(c as f64 / args.connections as f64);
-                    open_loop(conn, target, interval, first, window, tx).await
-                }
+                Some(_) => open_loop(conn, target, sched_rx, window, tx).await,
                 None => closed_loop(conn, target, window, tx).await,
             }
         });
+    }
+    if let Some(rate) = args.rate {
+        let (start_std, connections) = (start.into_std(), args.connections);
+        let total = ((args.warmup + args.duration).as_secs_f64() * rate) as u64;
+        std::thread::spawn(move || {
+            for k in 0..total {
+                let at = start_std + Duration::from_secs_f64(k as f64 / rate);
+                let now = std::time::Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                if schedules[(k % connections as u64) as usize].send(Instant::from_std(at)).is_err() {
+                    break;
+                }
+            }
+        });
+    } else {
+        drop(schedules);
     }
     drop(tx);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
@@ -179,14 +202,14 @@ async fn run(args: Args) -> anyhow::Result<String> {
     }
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let total = ok + errors;
-    Ok(format!(
+    Ok((format!(
         "{{\"requests\":{total},\"errors\":{errors},\"rps\":{:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
         total as f64 / args.duration.as_secs_f64(),
         ms(0.5),
         ms(0.9),
         ms(0.99),
         hist.max() as f64 / 1000.0
-    ))
+    ), ok))
 }
 
 #[derive(Clone, Copy)]
@@ -201,20 +224,12 @@ fn record(tx: &mpsc::UnboundedSender<Sample>, window: Window, intended: Instant,
     }
 }
 
-/// Sends on a fixed schedule. HTTP/1 has one request in flight: a late response delays the next
-/// send, and that delay is part of the next request's latency. HTTP/2 sends each request at its
-/// time on the shared connection.
-async fn open_loop(mut conn: Conn, target: Arc<Target>, interval: Duration, first: Instant, window: Window, tx: mpsc::UnboundedSender<Sample>) {
-    let mut scheduled = first;
-    while scheduled < window.end {
-        let intended = scheduled;
-        // Tokio's timer wakes up to a millisecond late. When the connection was idle (ahead of
-        // schedule) that lateness is the generator's, not the system's: measure from the wake-up.
-        // When it was behind (a slow response), measure from the intended time: that wait is
-        // exactly what coordinated omission would hide.
-        let ahead = Instant::now() < intended;
-        tokio::time::sleep_until(intended).await;
-        let intended = if ahead { Instant::now() } else { intended };
+/// Sends at the intended times the scheduler hands over. HTTP/1 has one request in flight: a late
+/// response delays the next send, and that delay is part of the next request's latency (the
+/// coordinated-omission correction). HTTP/2 sends each request at its time on the shared
+/// connection.
+async fn open_loop(mut conn: Conn, target: Arc<Target>, mut schedule: mpsc::UnboundedReceiver<Instant>, window: Window, tx: mpsc::UnboundedSender<Sample>) {
+    while let Some(intended) = schedule.recv().await {
         match &mut conn {
             Conn::H2(send) => {
                 let (send, target, tx) = (send.clone(), target.clone(), tx.clone());
@@ -233,7 +248,6 @@ async fn open_loop(mut conn: Conn, target: Arc<Target>, interval: Duration, firs
                 }
             }
         }
-        scheduled += interval;
     }
 }
 
