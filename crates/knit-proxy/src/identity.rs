@@ -276,6 +276,53 @@ fn aws_lc_rs_fill(b: &mut [u8]) -> Result<(), ()> {
 mod tests {
     use super::*;
 
+    /// Credentials for `name` from a throwaway CA, as the certify loop builds them.
+    fn creds(name: &str, anchor: &knit_identity::create::Credentials) -> Creds {
+        let issuer = knit_identity::create::issuer("issuer", Duration::from_secs(86_400), anchor).unwrap();
+        let ca = knit_identity::ca::Ca::load(&issuer.cert_pem, &issuer.key_pem, &anchor.cert_pem, Duration::from_secs(3600), Duration::ZERO).unwrap();
+        let local = knit_identity::csr::generate(name).unwrap();
+        let issued = ca.certify(name, &local.csr_der).unwrap();
+        let mut chain = vec![issued.leaf_der];
+        chain.extend(issued.intermediates);
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(pem_certs(&anchor.cert_pem).unwrap().remove(0))).unwrap();
+        validate(name, &chain, &roots).unwrap();
+        build(&chain, &PrivatePkcs8KeyDer::from(local.key.serialize_der()), roots, vec!["root".into()]).unwrap()
+    }
+
+    async fn handshake(client: Arc<ClientConfig>, server: Arc<ServerConfig>, sni: &str) -> (rustls::NamedGroup, Option<String>) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+        let (c, s) = tokio::join!(tokio_rustls::TlsConnector::from(client).connect(name, a), tokio_rustls::TlsAcceptor::from(server).accept(b));
+        let (c, s) = (c.unwrap(), s.unwrap());
+        assert_eq!(c.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+        assert_eq!(c.get_ref().1.alpn_protocol(), Some(TRANSPORT_ALPN));
+        let client_id = s.get_ref().1.peer_certificates().and_then(|c| CertInfo::from_der(&c[0]).ok()).map(|i| i.dns_sans[0].clone());
+        (c.get_ref().1.negotiated_key_exchange_group().unwrap().name(), client_id)
+    }
+
+    #[tokio::test]
+    async fn mesh_tls_is_tls13_post_quantum_first_with_x25519_fallback() {
+        let anchor = knit_identity::create::trust_anchor("root", Duration::from_secs(86_400)).unwrap();
+        let (web, books) = ("web.ns.serviceaccount.identity.knit.cluster.local", "books.ns.serviceaccount.identity.knit.cluster.local");
+        let (client, server) = (creds(web, &anchor), creds(books, &anchor));
+        let (group, client_id) = handshake(client.client.clone(), server.server.clone(), books).await;
+        assert_eq!(group, rustls::NamedGroup::X25519MLKEM768, "the hybrid post-quantum group is preferred");
+        assert_eq!(client_id.as_deref(), Some(web), "the server learns the client's identity");
+        // A peer that offers only X25519 still connects.
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+        let mut x25519_only = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(client.roots.clone())
+            .with_no_client_auth();
+        x25519_only.alpn_protocols = vec![TRANSPORT_ALPN.to_vec()];
+        let (group, client_id) = handshake(Arc::new(x25519_only), server.server.clone(), books).await;
+        assert_eq!(group, rustls::NamedGroup::X25519);
+        assert_eq!(client_id, None, "a client without a certificate is accepted, unauthenticated");
+    }
+
     #[test]
     fn refresh_at_70_percent_clamped() {
         let day = SystemTime::now() + Duration::from_secs(86_400);
