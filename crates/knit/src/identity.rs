@@ -158,6 +158,9 @@ const WARN_BEFORE: time::Duration = time::Duration::days(30);
 pub struct CheckArgs {
     #[arg(long, default_value = "identity")]
     dir: PathBuf,
+    /// A proxy's admin address (repeatable): its certificate's expiry is checked too.
+    #[arg(long = "proxy")]
+    proxies: Vec<std::net::SocketAddr>,
 }
 
 /// `knit check`, the local-mode part: anchors, issuer, and that the issuer chains to an anchor.
@@ -198,10 +201,36 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
         }
         Err(e) => report(Err(format!("{e:#}")), "issuer"),
     }
+    for admin in &args.proxies {
+        report(proxy_cert(*admin), &format!("proxy {admin} certificate"));
+    }
     if failed > 0 {
         bail!("{failed} check(s) failed");
     }
     Ok(())
+}
+
+/// Reads a proxy's certificate expiry from its admin server's metrics.
+fn proxy_cert(admin: std::net::SocketAddr) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)).map_err(|e| format!("cannot reach the admin server: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: knit-check\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    let expiry = crate::prom::parse(&body)
+        .into_iter()
+        .find(|s| s.name == "identity_cert_expiration_timestamp_seconds")
+        .map(|s| s.value as i64)
+        .ok_or("the proxy exports no certificate expiry: is identity configured (KNIT_PROXY_IDENTITY_LOCAL_NAME)?")?;
+    if expiry == 0 {
+        return Err("the proxy has no certificate yet: check knit-control and the proxy's token (its log says why)".into());
+    }
+    let at = time::OffsetDateTime::from_unix_timestamp(expiry).map_err(|e| e.to_string())?;
+    if at <= time::OffsetDateTime::now_utc() {
+        return Err(format!("EXPIRED {}: the proxy cannot refresh it; check that knit-control is reachable", relative(at)));
+    }
+    Ok(format!("valid, expires {} (refreshed at 70% of its lifetime)", relative(at)))
 }
 
 fn expiry(info: &CertInfo) -> Result<String, String> {

@@ -36,6 +36,31 @@ fn identity_init_check_token_and_rotation() {
 }
 
 #[test]
+fn check_reads_a_proxys_certificate_expiry() {
+    // A stand-in admin server exporting what a certified proxy exports.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 86_000;
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming().take(2) {
+            let mut s = stream.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let body = format!("identity_cert_expiration_timestamp_seconds {expiry}\n# EOF\n");
+            let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    let dir = temp_dir("proxycheck");
+    assert!(knit(&["identity", "init", "--dir", &dir]).0);
+    let (ok, out) = knit(&["check", "--dir", &dir, "--proxy", &addr.to_string()]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("proxy {addr} certificate: valid, expires in 23h")), "{out}");
+    let (ok, out) = knit(&["check", "--dir", &dir, "--proxy", "127.0.0.1:1"]);
+    assert!(!ok && out.contains("cannot reach the admin server"), "{out}");
+}
+
+#[test]
 fn check_reports_missing_material() {
     let (ok, out) = knit(&["check", "--dir", &temp_dir("missing")]);
     assert!(!ok);
