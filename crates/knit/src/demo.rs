@@ -5,8 +5,9 @@
 //! those calls cross the mesh hop (HTTP/1 carried as HTTP/2 with Linkerd's transport header) to
 //! the other proxies. The table is read from each proxy's own metrics.
 //!
-//! Until `knit-control` serves discovery and mTLS, the proxies run in this process and the
-//! destination table replaces discovery; the split is 9 books-v1 endpoints to 1 books-v2.
+//! knit-control runs in this process too and certifies every proxy, so every hop between proxies
+//! is mutual TLS. Until it serves discovery, the destination table stands in for it; the split is
+//! 9 books-v1 endpoints to 1 books-v2.
 
 use crate::prom;
 use anyhow::Context as _;
@@ -61,9 +62,72 @@ struct Workload {
     metrics: Metrics,
 }
 
-async fn start_proxy(name: &'static str, configure: impl FnOnce(&mut Config), stop: &watch::Receiver<bool>) -> anyhow::Result<(Workload, knit_proxy::Addrs, tokio::task::JoinHandle<bool>)> {
+/// The demo's identity material and control plane.
+struct Mesh {
+    dir: std::path::PathBuf,
+    identity_addr: SocketAddr,
+    tokens: knit_identity::token::TokenKey,
+}
+
+impl Mesh {
+    async fn start(stop: &watch::Receiver<bool>) -> anyhow::Result<Self> {
+        use knit_identity::create;
+        let dir = std::env::temp_dir().join(format!("knit-demo-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("issuer"))?;
+        let day = Duration::from_secs(86_400);
+        let anchor = create::trust_anchor("root.knit.cluster.local", 30 * day)?;
+        let issuer = create::issuer("identity.knit.cluster.local", 7 * day, &anchor)?;
+        std::fs::write(dir.join("trust-anchors.pem"), &anchor.cert_pem)?;
+        std::fs::write(dir.join("issuer/key.pem"), &issuer.key_pem)?;
+        std::fs::write(dir.join("issuer/crt.pem"), &issuer.cert_pem)?;
+        let secret = knit_identity::token::TokenKey::generate_secret();
+        std::fs::write(dir.join("token.key"), &secret)?;
+        let config = knit_control::config::Config {
+            identity_addr: "127.0.0.1:0".parse()?,
+            admin_addr: "127.0.0.1:0".parse()?,
+            identity: knit_control::config::IdentityConfig::for_dir(&dir),
+            log: "warn".into(),
+        };
+        let control = knit_control::Control::bind(config).await?;
+        let identity_addr = control.addrs().identity;
+        let mut stop = stop.clone();
+        tokio::spawn(control.run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+        Ok(Self { dir, identity_addr, tokens: knit_identity::token::TokenKey::new(&secret)? })
+    }
+
+    fn identity_name(workload: &str) -> String {
+        knit_identity::identity_name(workload, "demo", "knit", "cluster.local")
+    }
+
+    /// Identity settings for a workload's proxy, with a token for it.
+    fn proxy_identity(&self, workload: &str) -> anyhow::Result<knit_proxy::identity::IdentityConfig> {
+        let name = Self::identity_name(workload);
+        let expires_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64 + 86_400;
+        let token_file = self.dir.join(format!("{workload}.token"));
+        std::fs::write(&token_file, self.tokens.sign(&knit_identity::token::Claims { identity: name.clone(), expires_at }))?;
+        Ok(knit_proxy::identity::IdentityConfig {
+            local_name: name,
+            trust_anchors: self.dir.join("trust-anchors.pem"),
+            token_file,
+            svc_addr: self.identity_addr,
+            min_refresh: Duration::from_secs(10),
+            max_refresh: Duration::from_secs(86_400),
+        })
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn start_proxy(name: &'static str, mesh: &Mesh, configure: impl FnOnce(&mut Config), stop: &watch::Receiver<bool>) -> anyhow::Result<(Workload, knit_proxy::Addrs, tokio::task::JoinHandle<bool>)> {
     let mut config = Config::loopback();
     config.shutdown_grace_period = Duration::from_secs(5);
+    config.identity = Some(mesh.proxy_identity(name)?);
     configure(&mut config);
     let proxy = Proxy::bind(config, None).await.with_context(|| format!("starting {name}'s proxy"))?;
     let addrs = proxy.addrs();
@@ -77,6 +141,7 @@ async fn start_proxy(name: &'static str, configure: impl FnOnce(&mut Config), st
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mesh = Mesh::start(&stop_rx).await.context("starting knit-control")?;
     let mut workloads = Vec::new();
     let mut tasks = Vec::new();
 
@@ -85,8 +150,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let authors = serve_app(App::Authors { limited_per_mille: 100 }).await?;
     let mut meshed = BTreeMap::new();
     for (name, app) in [("books-v1", books_v1), ("books-v2", books_v2), ("authors", authors)] {
-        let (w, addrs, task) = start_proxy(name, |c| c.inbound.target_addr = Some(app), &stop_rx).await?;
-        meshed.insert(name, format!("{app}@{}", addrs.inbound.port()));
+        let (w, addrs, task) = start_proxy(name, &mesh, |c| c.inbound.target_addr = Some(app), &stop_rx).await?;
+        meshed.insert(name, format!("{app}@{}#{}", addrs.inbound.port(), Mesh::identity_name(name)));
         workloads.push(w);
         tasks.push(task);
     }
@@ -97,6 +162,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let web_app = web_listener.local_addr()?;
     let (web, web_addrs, task) = start_proxy(
         "web",
+        &mesh,
         |c| {
             c.inbound.target_addr = Some(web_app);
             c.outbound.endpoints = table.parse().expect("the demo's table is well-formed");
@@ -108,6 +174,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     workloads.insert(0, web);
     tasks.push(task);
 
+    // Proxies serve nothing until certified; start the traffic once they are.
+    for (i, w) in workloads.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while w.metrics.identity.refreshes.get() == 0 {
+            anyhow::ensure!(Instant::now() < deadline, "{}'s proxy got no certificate from knit-control within 10s", workloads[i].name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let sent = std::sync::Arc::new(AtomicU64::new(0));
     tokio::spawn(generate(web_addrs.inbound, args.rps, sent.clone(), stop_rx.clone()));
     print_intro(&web_addrs, args.duration);
@@ -153,6 +227,8 @@ fn print_intro(web: &knit_proxy::Addrs, duration: Option<Duration>) {
     println!("Knit demo: web -> books (v1 90% / v2 10%) and authors, each workload behind its own knit-proxy.");
     println!("  - traffic enters web's proxy at http://{} ; web calls books and authors through its outbound", web.inbound);
     println!("    listener {}, which carries the calls over one HTTP/2 connection per peer proxy.", web.outbound);
+    println!("  - knit-control (in this process) certified every proxy: hops between proxies are mutual TLS 1.3,");
+    println!("    and each app sees its caller's identity in l5d-client-id (MTLS% counts inbound requests over mTLS).");
     println!("  - books-v2 is slower and fails 5% of requests; authors answers 429 to 10% (rate limited).");
     println!("  - numbers are the INBOUND golden metrics each proxy exports (as `knit viz stat` will show).");
     println!("  - the split is the destination table (KNIT_PROXY_OUTBOUND_ENDPOINTS: 9 v1 endpoints, 1 v2);");
@@ -169,6 +245,7 @@ fn print_intro(web: &knit_proxy::Addrs, duration: Option<Duration>) {
 struct Snapshot {
     success: f64,
     failure: f64,
+    mtls: f64,
     /// Cumulative bucket counts by upper bound (ms).
     buckets: BTreeMap<u64, f64>,
 }
@@ -181,10 +258,15 @@ impl Snapshot {
                 continue;
             }
             match sample.name.as_str() {
-                "response_total" => match sample.labels.get("classification").map(String::as_str) {
-                    Some("success") => s.success += sample.value,
-                    _ => s.failure += sample.value,
-                },
+                "response_total" => {
+                    if sample.labels.get("tls").map(String::as_str) == Some("true") {
+                        s.mtls += sample.value;
+                    }
+                    match sample.labels.get("classification").map(String::as_str) {
+                        Some("success") => s.success += sample.value,
+                        _ => s.failure += sample.value,
+                    }
+                }
                 "response_latency_ms_bucket" => {
                     let le = sample.labels.get("le").and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::INFINITY);
                     // Bounds are whole milliseconds; +Inf sorts last as u64::MAX.
@@ -203,7 +285,7 @@ fn print_table(workloads: &[Workload], before: &[Snapshot], now: &[Snapshot], el
     if std::io::stdout().is_terminal() {
         print!("\x1b[2J\x1b[H");
     }
-    println!("{:<10} {:>8} {:>8} {:>9} {:>9} {:>9}", "WORKLOAD", "SUCCESS", "RPS", "P50_MS", "P95_MS", "P99_MS");
+    println!("{:<10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>6}", "WORKLOAD", "SUCCESS", "RPS", "P50_MS", "P95_MS", "P99_MS", "MTLS%");
     for ((w, b), n) in workloads.iter().zip(before).zip(now) {
         let (ok, failed) = (n.success - b.success, n.failure - b.failure);
         let total = ok + failed;
@@ -217,7 +299,8 @@ fn print_table(workloads: &[Workload], before: &[Snapshot], now: &[Snapshot], el
             .collect();
         let q = |q| prom::quantile(q, &buckets).map_or("-".to_string(), |v| format!("{v:.1}"));
         let rate = if total > 0.0 { format!("{:.2}%", 100.0 * ok / total) } else { "-".into() };
-        println!("{:<10} {:>8} {:>8.1} {:>9} {:>9} {:>9}", w.name, rate, total / secs, q(0.5), q(0.95), q(0.99));
+        let mtls = if total > 0.0 { format!("{:.0}", 100.0 * (n.mtls - b.mtls) / total) } else { "-".into() };
+        println!("{:<10} {:>8} {:>8.1} {:>9} {:>9} {:>9} {:>6}", w.name, rate, total / secs, q(0.5), q(0.95), q(0.99), mtls);
     }
     println!("(last {:.0}s; {} requests sent by the generator so far)\n", secs, sent);
 }
