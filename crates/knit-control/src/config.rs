@@ -1,5 +1,6 @@
 //! `knit-control`'s flags (each also an environment variable).
 
+use knit_identity::layout;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -65,15 +66,15 @@ impl IdentityConfig {
     }
 
     pub fn trust_anchors(&self) -> PathBuf {
-        self.trust_anchors.clone().unwrap_or_else(|| self.identity_dir.join("trust-anchors.pem"))
+        self.trust_anchors.clone().unwrap_or_else(|| self.identity_dir.join(layout::TRUST_ANCHORS))
     }
     pub fn issuer_cert(&self) -> PathBuf {
-        self.issuer_cert.clone().unwrap_or_else(|| self.identity_dir.join("issuer/crt.pem"))
+        self.issuer_cert.clone().unwrap_or_else(|| self.identity_dir.join(layout::ISSUER_CERT))
     }
     pub fn issuer_key(&self) -> PathBuf {
-        self.issuer_key.clone().unwrap_or_else(|| self.identity_dir.join("issuer/key.pem"))
+        self.issuer_key.clone().unwrap_or_else(|| self.identity_dir.join(layout::ISSUER_KEY))
     }
     pub fn token_key(&self) -> PathBuf {
-        self.token_key.clone().unwrap_or_else(|| self.identity_dir.join("token.key"))
+        self.token_key.clone().unwrap_or_else(|| self.identity_dir.join(layout::TOKEN_KEY))
     }
 }

@@ -2,7 +2,7 @@
 //! identity material written to a temporary directory as `knit identity init` writes it.
 
 use knit_control::{config::{Config, IdentityConfig}, Control};
-use knit_identity::{create, csr, inspect::CertInfo, token::{Claims, TokenKey}};
+use knit_identity::{create, csr, inspect::CertInfo, layout, token::{Claims, TokenKey}};
 use linkerd2_proxy_api::identity::{identity_client::IdentityClient, CertifyRequest};
 use std::{path::{Path, PathBuf}, time::Duration};
 use tonic::Code;
@@ -10,35 +10,17 @@ use tonic::Code;
 const ID: &str = "web.default.serviceaccount.identity.knit.cluster.local";
 const DAY: Duration = Duration::from_secs(86_400);
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("knit-control-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(d.join("issuer")).unwrap();
-    d
-}
-
 struct Pki {
     dir: PathBuf,
     anchor: create::Credentials,
     key: TokenKey,
 }
 
-fn write_issuer(dir: &Path, issuer: &create::Credentials) {
-    // Write the key first and the certificate last: the reloader sees a consistent pair at the
-    // latest on the tick after the certificate lands.
-    std::fs::write(dir.join("issuer/key.pem"), &issuer.key_pem).unwrap();
-    std::fs::write(dir.join("issuer/crt.pem"), &issuer.cert_pem).unwrap();
-}
-
 fn pki(name: &str) -> Pki {
-    let dir = temp_dir(name);
-    let anchor = create::trust_anchor("root.knit.cluster.local", 3650 * DAY).unwrap();
-    let issuer = create::issuer("identity.knit.cluster.local", 365 * DAY, &anchor).unwrap();
-    std::fs::write(dir.join("trust-anchors.pem"), &anchor.cert_pem).unwrap();
-    write_issuer(&dir, &issuer);
-    let secret = TokenKey::generate_secret();
-    std::fs::write(dir.join("token.key"), &secret).unwrap();
-    Pki { dir, anchor, key: TokenKey::new(&secret).unwrap() }
+    let dir = std::env::temp_dir().join(format!("knit-control-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let m = layout::init(&dir, &layout::Params::default()).unwrap();
+    Pki { dir, anchor: m.anchor, key: m.token_key }
 }
 
 fn now() -> i64 {
@@ -130,13 +112,13 @@ async fn issuer_rotation_is_picked_up_without_a_restart() {
     };
     let first = certify(client.clone(), &pki.key).await.unwrap();
     // A broken issuer file is refused and the old issuer keeps signing.
-    std::fs::write(pki.dir.join("issuer/crt.pem"), "not a certificate").unwrap();
+    std::fs::write(pki.dir.join(layout::ISSUER_CERT), "not a certificate").unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(certify(client.clone(), &pki.key).await.unwrap(), first);
     assert!(metrics(addrs.admin).await.contains("identity_reloads_total{result=\"error\"}"));
     // A new issuer from the same anchor takes over.
     let next = create::issuer("identity-2.knit.cluster.local", 365 * DAY, &pki.anchor).unwrap();
-    write_issuer(&pki.dir, &next);
+    layout::write_issuer(&pki.dir, &next).unwrap();
     let mut rotated = false;
     for _ in 0..50 {
         if certify(client.clone(), &pki.key).await.unwrap().contains("identity-2") {
@@ -153,7 +135,7 @@ async fn issuer_rotation_is_picked_up_without_a_restart() {
 async fn an_untrusted_issuer_stops_start_up_with_the_reason() {
     let pki = pki("untrusted");
     let other = create::trust_anchor("someone-else", DAY).unwrap();
-    std::fs::write(pki.dir.join("trust-anchors.pem"), &other.cert_pem).unwrap();
+    std::fs::write(pki.dir.join(layout::TRUST_ANCHORS), &other.cert_pem).unwrap();
     let config = Config { identity_addr: "127.0.0.1:0".parse().unwrap(), admin_addr: "127.0.0.1:0".parse().unwrap(), identity: IdentityConfig::for_dir(&pki.dir), log: "warn".into() };
     let err = Control::bind(config).await.err().expect("refused");
     let msg = format!("{err:#}");

@@ -7,11 +7,13 @@
 //! - [`token`]: local-mode tokens that name a workload identity, checked without a network call.
 //! - [`csr`]: a proxy's in-memory key and its certificate signing request.
 //! - [`inspect`]: certificates in human terms.
+//! - [`layout`]: the identity directory `knit identity init` writes and knit-control reads.
 
 pub mod ca;
 pub mod create;
 pub mod csr;
 pub mod inspect;
+pub mod layout;
 pub mod token;
 
 /// Linkerd's identity name: `<serviceaccount>.<namespace>.serviceaccount.identity.<control-plane-ns>.<trust-domain>`.

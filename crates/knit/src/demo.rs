@@ -71,17 +71,11 @@ struct Mesh {
 
 impl Mesh {
     async fn start(stop: &watch::Receiver<bool>) -> anyhow::Result<Self> {
-        use knit_identity::create;
+        use knit_identity::layout;
         let dir = std::env::temp_dir().join(format!("knit-demo-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("issuer"))?;
         let day = Duration::from_secs(86_400);
-        let anchor = create::trust_anchor("root.knit.cluster.local", 30 * day)?;
-        let issuer = create::issuer("identity.knit.cluster.local", 7 * day, &anchor)?;
-        std::fs::write(dir.join("trust-anchors.pem"), &anchor.cert_pem)?;
-        std::fs::write(dir.join("issuer/key.pem"), &issuer.key_pem)?;
-        std::fs::write(dir.join("issuer/crt.pem"), &issuer.cert_pem)?;
-        let secret = knit_identity::token::TokenKey::generate_secret();
-        std::fs::write(dir.join("token.key"), &secret)?;
+        let params = layout::Params { anchor_lifetime: 30 * day, issuer_lifetime: 7 * day, ..Default::default() };
+        let material = layout::init(&dir, &params).map_err(|e| anyhow::anyhow!("{e}"))?;
         let config = knit_control::config::Config {
             identity_addr: "127.0.0.1:0".parse()?,
             admin_addr: "127.0.0.1:0".parse()?,
@@ -94,7 +88,7 @@ impl Mesh {
         tokio::spawn(control.run(async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
-        Ok(Self { dir, identity_addr, tokens: knit_identity::token::TokenKey::new(&secret)? })
+        Ok(Self { dir, identity_addr, tokens: material.token_key })
     }
 
     fn identity_name(workload: &str) -> String {
@@ -109,7 +103,7 @@ impl Mesh {
         std::fs::write(&token_file, self.tokens.sign(&knit_identity::token::Claims { identity: name.clone(), expires_at }))?;
         Ok(knit_proxy::identity::IdentityConfig {
             local_name: name,
-            trust_anchors: self.dir.join("trust-anchors.pem"),
+            trust_anchors: self.dir.join(knit_identity::layout::TRUST_ANCHORS),
             token_file,
             svc_addr: self.identity_addr,
             min_refresh: Duration::from_secs(10),

@@ -1,16 +1,8 @@
 //! `knit identity` and `knit check`: the trust anchor, the issuer and local-mode tokens on disk,
-//! in the layout `knit-control --identity-dir` reads:
-//!
-//! ```text
-//! DIR/trust-anchors.pem   the anchors proxies trust (a bundle: several during a rotation)
-//! DIR/anchor.key          the anchor's key, kept to sign the next issuer (keep it offline in production)
-//! DIR/issuer/crt.pem      the issuer that signs proxies' certificates
-//! DIR/issuer/key.pem
-//! DIR/token.key           the secret that signs local-mode tokens
-//! ```
+//! in the layout `knit-control --identity-dir` reads ([`knit_identity::layout`]).
 
 use anyhow::{bail, Context};
-use knit_identity::{ca::Ca, create, inspect::{pem_certs, relative, CertInfo}, token::{Claims, TokenKey}};
+use knit_identity::{ca::Ca, create, inspect::{pem_certs, relative, CertInfo}, layout, token::{Claims, TokenKey}};
 use std::{path::{Path, PathBuf}, time::Duration};
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -66,48 +58,28 @@ pub enum Command {
     Show { file: PathBuf },
 }
 
-fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents)?;
-    Ok(())
-}
-
-fn write_public(path: &Path, contents: &str) -> anyhow::Result<()> {
-    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
-}
-
 pub fn main(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Init { dir, trust_domain, control_plane_ns, anchor_lifetime, issuer_lifetime, force } => {
-            if dir.join("trust-anchors.pem").exists() && !force {
+            if dir.join(layout::TRUST_ANCHORS).exists() && !force {
                 bail!("{} already holds identity material; pass --force to replace it (every proxy will need the new anchors)", dir.display());
             }
-            std::fs::create_dir_all(dir.join("issuer")).with_context(|| format!("creating {}", dir.display()))?;
-            let anchor = create::trust_anchor(&format!("root.{control_plane_ns}.{trust_domain}"), anchor_lifetime)?;
-            let issuer = create::issuer(&format!("identity.{control_plane_ns}.{trust_domain}"), issuer_lifetime, &anchor)?;
-            write_public(&dir.join("trust-anchors.pem"), &anchor.cert_pem)?;
-            write_secret(&dir.join("anchor.key"), anchor.key_pem.as_bytes())?;
-            write_public(&dir.join("issuer/crt.pem"), &issuer.cert_pem)?;
-            write_secret(&dir.join("issuer/key.pem"), issuer.key_pem.as_bytes())?;
-            write_secret(&dir.join("token.key"), &TokenKey::generate_secret())?;
+            let params = layout::Params { trust_domain: &trust_domain, control_plane_ns: &control_plane_ns, anchor_lifetime, issuer_lifetime };
+            let m = layout::init(&dir, &params).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("created in {}:", dir.display());
-            println!("  trust anchor  {}", describe(&anchor.cert_pem)?);
-            println!("  issuer        {}", describe(&issuer.cert_pem)?);
+            println!("  trust anchor  {}", describe(&m.anchor.cert_pem)?);
+            println!("  issuer        {}", describe(&m.issuer.cert_pem)?);
             println!("  token key     token.key (mode 0600)");
             println!("next: knit-control --identity-dir {}", dir.display());
             Ok(())
         }
         Command::Issuer { dir, lifetime, name } => {
             let anchor = create::Credentials {
-                cert_pem: read(&dir.join("trust-anchors.pem"))?,
-                key_pem: read(&dir.join("anchor.key")).context("the anchor's key is needed to sign a new issuer")?,
+                cert_pem: read(&dir.join(layout::TRUST_ANCHORS))?,
+                key_pem: read(&dir.join(layout::ANCHOR_KEY)).context("the anchor's key is needed to sign a new issuer")?,
             };
             let issuer = create::issuer(&name, lifetime, &anchor)?;
-            // The key lands first: knit-control reloads when it sees a consistent pair.
-            write_secret(&dir.join("issuer/key.pem"), issuer.key_pem.as_bytes())?;
-            write_public(&dir.join("issuer/crt.pem"), &issuer.cert_pem)?;
+            layout::write_issuer(&dir, &issuer)?;
             println!("new issuer {}", describe(&issuer.cert_pem)?);
             Ok(())
         }
@@ -120,7 +92,7 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
             if !knit_identity::is_dns_name(&identity) {
                 bail!("{identity:?} is not a valid identity: lower-case DNS labels separated by dots");
             }
-            let key = TokenKey::new(&std::fs::read(dir.join("token.key")).with_context(|| format!("reading {}/token.key", dir.display()))?)?;
+            let key = TokenKey::new(&std::fs::read(dir.join(layout::TOKEN_KEY)).with_context(|| format!("reading {}", dir.join(layout::TOKEN_KEY).display()))?)?;
             let expires_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64 + ttl.as_secs() as i64;
             println!("{}", key.sign(&Claims { identity, expires_at }));
             Ok(())
@@ -173,7 +145,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
             println!("× {what}: {msg}");
         }
     };
-    let anchors = read(&args.dir.join("trust-anchors.pem")).map_err(|e| format!("{e:#}"));
+    let anchors = read(&args.dir.join(layout::TRUST_ANCHORS)).map_err(|e| format!("{e:#}"));
     let anchors_pem = anchors.clone().unwrap_or_default();
     match anchors.and_then(|p| pem_certs(&p)) {
         Ok(certs) if certs.is_empty() => report(Err("the bundle holds no certificate; run knit identity init".into()), "trust anchors"),
@@ -187,7 +159,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
         }
         Err(e) => report(Err(e), "trust anchors"),
     }
-    let issuer = read(&args.dir.join("issuer/crt.pem")).and_then(|c| Ok((c, read(&args.dir.join("issuer/key.pem"))?)));
+    let issuer = read(&args.dir.join(layout::ISSUER_CERT)).and_then(|c| Ok((c, read(&args.dir.join(layout::ISSUER_KEY))?)));
     match issuer {
         Ok((cert, key)) => {
             match CertInfo::from_pem(&cert) {

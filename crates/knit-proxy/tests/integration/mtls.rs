@@ -3,7 +3,7 @@
 
 use crate::harness::{get, request, run, server, TestProxy};
 use knit_control::{config::{Config as ControlConfig, IdentityConfig as ControlIdentity}, Control};
-use knit_identity::{create, token::{Claims, TokenKey}};
+use knit_identity::{create, layout, token::{Claims, TokenKey}};
 use knit_proxy::identity::IdentityConfig;
 use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
 
@@ -29,15 +29,7 @@ impl Pki {
     pub async fn start_with(name: &str, lifetime: Duration, skew: Duration) -> Self {
         let dir = std::env::temp_dir().join(format!("knit-mtls-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("issuer")).unwrap();
-        let anchor = create::trust_anchor("root.knit.cluster.local", 3650 * DAY).unwrap();
-        let anchor_for_self = anchor.clone();
-        let issuer = create::issuer("identity.knit.cluster.local", 365 * DAY, &anchor).unwrap();
-        std::fs::write(dir.join("trust-anchors.pem"), &anchor.cert_pem).unwrap();
-        std::fs::write(dir.join("issuer/key.pem"), &issuer.key_pem).unwrap();
-        std::fs::write(dir.join("issuer/crt.pem"), &issuer.cert_pem).unwrap();
-        let secret = TokenKey::generate_secret();
-        std::fs::write(dir.join("token.key"), &secret).unwrap();
+        let material = layout::init(&dir, &layout::Params::default()).unwrap();
         let mut identity = ControlIdentity::for_dir(&dir);
         identity.issuance_lifetime = lifetime;
         identity.clock_skew = skew;
@@ -47,7 +39,7 @@ impl Pki {
         let identity = control.addrs().identity;
         tokio::spawn(control.run(std::future::pending()));
         let min_refresh = if lifetime < Duration::from_secs(60) { Duration::from_millis(500) } else { Duration::from_secs(10) };
-        Self { dir, identity, anchor: anchor_for_self, key: TokenKey::new(&secret).unwrap(), min_refresh }
+        Self { dir, identity, anchor: material.anchor, key: material.token_key, min_refresh }
     }
 
     /// The proxy settings for `name`, with a token file written for it.
@@ -57,7 +49,7 @@ impl Pki {
         std::fs::write(&token_file, self.key.sign(&Claims { identity: name.into(), expires_at })).unwrap();
         IdentityConfig {
             local_name: name.into(),
-            trust_anchors: self.dir.join("trust-anchors.pem"),
+            trust_anchors: self.dir.join(layout::TRUST_ANCHORS),
             token_file,
             svc_addr: self.identity,
             min_refresh: self.min_refresh,
@@ -67,12 +59,11 @@ impl Pki {
 
     pub fn write_anchors(&self, anchors: &[&create::Credentials]) {
         let bundle: String = anchors.iter().map(|a| a.cert_pem.as_str()).collect();
-        std::fs::write(self.dir.join("trust-anchors.pem"), bundle).unwrap();
+        std::fs::write(self.dir.join(layout::TRUST_ANCHORS), bundle).unwrap();
     }
 
     pub fn write_issuer(&self, issuer: &create::Credentials) {
-        std::fs::write(self.dir.join("issuer/key.pem"), &issuer.key_pem).unwrap();
-        std::fs::write(self.dir.join("issuer/crt.pem"), &issuer.cert_pem).unwrap();
+        layout::write_issuer(&self.dir, issuer).unwrap();
     }
 }
 
@@ -83,13 +74,18 @@ pub async fn ready(admin: SocketAddr) {
 /// A server proxy for `app` with identity BOOKS, and a client proxy with identity WEB whose
 /// table reaches it as `books.test:80` over mesh TLS expecting `expected`.
 pub async fn pair(pki: &Pki, app: SocketAddr, expected: &str) -> (TestProxy, TestProxy) {
-    let server_id = pki.proxy_identity(BOOKS);
+    pair_across(pki, pki, app, expected).await
+}
+
+/// As [`pair`], with the client certified by `client_pki` and the server by `server_pki`.
+pub async fn pair_across(client_pki: &Pki, server_pki: &Pki, app: SocketAddr, expected: &str) -> (TestProxy, TestProxy) {
+    let server_id = server_pki.proxy_identity(BOOKS);
     let server = TestProxy::start(move |c| {
         c.identity = Some(server_id);
         c.inbound.target_addr = Some(app);
     })
     .await;
-    let client_id = pki.proxy_identity(WEB);
+    let client_id = client_pki.proxy_identity(WEB);
     let table = format!("books.test:80={app}@{}#{expected}", server.addrs.inbound.port());
     let client = TestProxy::start(move |c| {
         c.identity = Some(client_id);
@@ -266,21 +262,7 @@ async fn a_peer_certified_by_another_ca_is_refused() {
     let ours = Pki::start("ca-ours").await;
     let theirs = Pki::start("ca-theirs").await;
     let app = server::start().await;
-    let server_id = theirs.proxy_identity(BOOKS);
-    let server = TestProxy::start(move |c| {
-        c.identity = Some(server_id);
-        c.inbound.target_addr = Some(app);
-    })
-    .await;
-    let client_id = ours.proxy_identity(WEB);
-    let table = format!("books.test:80={app}@{}#{BOOKS}", server.addrs.inbound.port());
-    let client = TestProxy::start(move |c| {
-        c.identity = Some(client_id);
-        c.outbound.endpoints = table.parse().unwrap();
-    })
-    .await;
-    ready(server.addrs.admin).await;
-    ready(client.addrs.admin).await;
+    let (client, server) = pair_across(&ours, &theirs, app, BOOKS).await;
     let (status, body) = request(client.addrs.outbound, "GET", "/hello", "books.test", "").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("trust anchors") && body.contains("issued by"), "{body}");
