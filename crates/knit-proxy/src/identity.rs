@@ -125,7 +125,7 @@ fn build(chain: &[Vec<u8>], key: &PrivatePkcs8KeyDer<'static>, roots: RootCertSt
     server.alpn_protocols = vec![TRANSPORT_ALPN.to_vec()];
     server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     server.send_tls13_tickets = 0;
-    let mut client = ClientConfig::builder_with_provider(provider)
+    let mut client = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(bad)?
         .with_root_certificates(roots.clone())
@@ -133,6 +133,9 @@ fn build(chain: &[Vec<u8>], key: &PrivatePkcs8KeyDer<'static>, roots: RootCertSt
         .map_err(bad)?;
     client.alpn_protocols = vec![TRANSPORT_ALPN.to_vec()];
     client.resumption = rustls::client::Resumption::disabled();
+    // Refusals name the expected and the presented identity; built once per credential set.
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build().map_err(|e| IdentityError::BadCert(e.to_string()))?;
+    client.dangerous().set_certificate_verifier(Arc::new(crate::tls::Explaining { inner, anchors: anchors.clone() }));
     let leaf = CertInfo::from_der(&chain[0]).map_err(|e| IdentityError::BadCert(e.to_string()))?;
     Ok(Creds { server: Arc::new(server), client: Arc::new(client), roots, leaf, anchors })
 }

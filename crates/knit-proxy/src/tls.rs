@@ -29,9 +29,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Wraps the WebPKI verifier so that a refused certificate is described in full: who was
 /// expected, what was presented, by whom, for when, and against which anchors.
 #[derive(Debug)]
-struct Explaining {
-    inner: Arc<WebPkiServerVerifier>,
-    anchors: Vec<String>,
+pub(crate) struct Explaining {
+    pub(crate) inner: Arc<WebPkiServerVerifier>,
+    pub(crate) anchors: Vec<String>,
 }
 
 impl ServerCertVerifier for Explaining {
@@ -53,15 +53,6 @@ impl ServerCertVerifier for Explaining {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
-}
-
-/// The client configuration with the explaining verifier installed.
-pub fn client_config(creds: &Creds) -> Arc<rustls::ClientConfig> {
-    let mut config = (*creds.client).clone();
-    if let Ok(inner) = WebPkiServerVerifier::builder_with_provider(creds.roots.clone(), crate::identity::provider()).build() {
-        config.dangerous().set_certificate_verifier(Arc::new(Explaining { inner, anchors: creds.anchors.clone() }));
-    }
-    Arc::new(config)
 }
 
 /// Logs each (peer, reason) failure once, so a broken peer does not flood the log. The set is
@@ -104,7 +95,7 @@ where
 {
     let creds = identity.current().ok_or(ProxyError::NoIdentity)?;
     let name = ServerName::try_from(expected.to_string()).map_err(|_| ProxyError::Tls { addr, expected: expected.into(), message: "not a valid server name".into() })?;
-    let connector = tokio_rustls::TlsConnector::from(client_config(&creds));
+    let connector = tokio_rustls::TlsConnector::from(creds.client.clone());
     let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, io)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")),
