@@ -30,6 +30,8 @@ pub enum ProxyError {
     Tls { addr: SocketAddr, expected: String, message: String },
     #[error("this proxy has no certificate yet, so it cannot open mesh TLS")]
     NoIdentity,
+    #[error("a transport header arrived without mesh TLS; with identity on, direct connections must be mutually authenticated")]
+    DirectWithoutTls,
     #[error("upstream {addr} answered the upgrade with {status} instead of switching protocols")]
     UpgradeRefused { addr: SocketAddr, status: http::StatusCode },
 }
@@ -48,7 +50,7 @@ pub enum Blame {
 impl ProxyError {
     pub fn blame(&self) -> Blame {
         match self {
-            Self::NoAuthority | Self::BadAuthority(_) | Self::TransportHeader(_) => Blame::Client,
+            Self::NoAuthority | Self::BadAuthority(_) | Self::TransportHeader(_) | Self::DirectWithoutTls => Blame::Client,
             Self::ConnectTimeout { .. } | Self::Connect { .. } | Self::Upstream { .. } | Self::UpgradeRefused { .. } | Self::Tls { .. } => Blame::Upstream,
             Self::NoIdentity => Blame::Proxy,
             Self::NoRoute { .. } | Self::NoTarget | Self::NoDestination | Self::Loop(_) => Blame::Proxy,
@@ -84,6 +86,7 @@ impl ProxyError {
             Self::UpgradeRefused { .. } => "upgrade_refused",
             Self::Tls { .. } => "tls",
             Self::NoIdentity => "no_identity",
+            Self::DirectWithoutTls => "direct_without_tls",
         }
     }
 

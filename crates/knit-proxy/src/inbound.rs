@@ -87,6 +87,12 @@ async fn accept(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: dra
             }
             dispatch(tls, conn, side, drain).await
         }
+        // As in Linkerd, a transport header (which names any local port) is only honoured from
+        // an authenticated peer once this proxy has an identity.
+        Protocol::TransportHeader if side.dialer.identity.is_some() => {
+            side.metrics.identity.handshake_failed(side.direction, "direct_without_tls");
+            Err(ProxyError::DirectWithoutTls)
+        }
         Protocol::TransportHeader => direct(detected.io, conn, side, drain).await,
         Protocol::Http1 => serve_http(detected.io, HttpVersion::Http1, &conn, side, drain).await,
         Protocol::Http2 => serve_http(detected.io, HttpVersion::Http2, &conn, side, drain).await,

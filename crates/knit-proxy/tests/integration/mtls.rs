@@ -129,6 +129,22 @@ async fn plaintext_clients_are_labelled_no_identity() {
 }
 
 #[tokio::test]
+async fn a_plaintext_transport_header_is_refused_once_identity_is_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::start("direct").await;
+    let app = server::start().await;
+    let (_client, server) = pair(&pki, app, BOOKS).await;
+    let header = knit_core::transport_header::TransportHeader { port: app.port(), name: None, protocol: Some(knit_core::transport_header::SessionProtocol::Http1) };
+    let mut s = tokio::net::TcpStream::connect(server.addrs.inbound).await.unwrap();
+    s.write_all(&header.encode()).await.unwrap();
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("closed");
+    assert!(out.is_empty(), "nothing is proxied: {}", String::from_utf8_lossy(&out));
+    assert_eq!(server.metric("tls_handshake_failures_total", &[r#"reason="direct_without_tls""#]).await, 1.0);
+}
+
+#[tokio::test]
 async fn a_peer_with_the_wrong_identity_is_refused_with_an_explanation() {
     let pki = Pki::start("wrong").await;
     let app = server::start().await;
