@@ -138,7 +138,8 @@ async fn http2_rapid_reset_before_accept_is_cut_off() {
 #[tokio::test]
 async fn http2_rapid_reset_after_accept_is_cut_off() {
     let (proxy, _) = web_proxy().await;
-    let (reset, ended) = flood(proxy.addrs.outbound, 50, Duration::from_millis(20)).await;
+    // Holding each batch 50 ms lets the proxy accept and start every stream before its reset.
+    let (reset, ended) = flood(proxy.addrs.outbound, 50, Duration::from_millis(50)).await;
     assert!(ended, "the flooding connection is closed (the client reset {reset} streams)");
     assert!(reset < 5_000, "cut off before the flood ended");
     assert_eq!(proxy.metric("http_errors_total", &[r#"error="rapid_reset""#]).await, 1.0);
