@@ -53,8 +53,7 @@ fn plan_is_idempotent_by_construction() {
 
 #[test]
 fn removal_unhooks_then_deletes() {
-    let mut cfg = InitConfig::default();
-    cfg.remove = true;
+    let cfg = InitConfig { remove: true, ..Default::default() };
     let steps: Vec<String> = plan(&cfg).iter().map(|s| s.args.join(" ")).collect();
     assert_eq!(steps[0], "-t nat -D PREROUTING -p tcp -j KNIT_PROXY_INBOUND");
     assert!(steps.contains(&"-t nat -X KNIT_PROXY_OUTPUT".to_string()));
