@@ -215,3 +215,31 @@ fn expiry(info: &CertInfo) -> Result<String, String> {
     }
     Ok(format!("valid, expires {}", relative(info.not_after)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(expires_in: time::Duration) -> CertInfo {
+        let now = time::OffsetDateTime::now_utc();
+        CertInfo {
+            subject: "CN=x".into(),
+            issuer: "CN=x".into(),
+            serial: "01".into(),
+            dns_sans: vec![],
+            other_sans: vec![],
+            not_before: now - time::Duration::days(1),
+            not_after: now + expires_in,
+            is_ca: true,
+            key: "ECDSA P-256".into(),
+        }
+    }
+
+    #[test]
+    fn expiry_is_judged_with_a_30_day_warning() {
+        assert!(expiry(&info(time::Duration::days(200))).unwrap().starts_with("valid"));
+        assert!(expiry(&info(time::Duration::days(20))).unwrap().starts_with("WARNING"));
+        let expired = expiry(&info(-time::Duration::hours(2))).unwrap_err();
+        assert!(expired.starts_with("EXPIRED") && expired.contains("ago"), "{expired}");
+    }
+}
