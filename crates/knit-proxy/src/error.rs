@@ -34,6 +34,24 @@ pub enum ProxyError {
     DirectWithoutTls,
     #[error("upstream {addr} answered the upgrade with {status} instead of switching protocols")]
     UpgradeRefused { addr: SocketAddr, status: http::StatusCode },
+    #[error("no answer from the control plane about {what} within {timeout:?}: is knit-control running and reachable?")]
+    DiscoveryTimeout { what: String, timeout: Duration },
+    #[error("backend {path} needs endpoint discovery, but KNIT_PROXY_DESTINATION_SVC_ADDR is unset")]
+    NoDiscovery { path: String },
+    #[error("{0}")]
+    InvalidPolicy(std::sync::Arc<str>),
+    #[error("no route of {target} matches {method} {path}")]
+    RouteNotFound { target: String, method: http::Method, path: String },
+    #[error("backend {backend} has no ready endpoint ({total} known, {ejected} ejected by failure accrual)")]
+    NoEndpoints { backend: String, total: usize, ejected: usize },
+    #[error("backend {backend} cannot serve requests: {message}")]
+    BackendFailed { backend: String, message: String },
+    #[error("request timed out after {timeout:?} ({which} timeout of route {route})")]
+    RequestTimeout { route: String, which: &'static str, timeout: Duration },
+    #[error("forbidden: {0}")]
+    Unauthorized(String),
+    #[error("rate limited by {policy} ({which} limit): retry after {retry_after:?}")]
+    RateLimited { policy: String, which: &'static str, retry_after: Duration },
 }
 
 /// Who caused a failure: it decides the status a client sees and whether a retry can help.
@@ -54,6 +72,9 @@ impl ProxyError {
             Self::ConnectTimeout { .. } | Self::Connect { .. } | Self::Upstream { .. } | Self::UpgradeRefused { .. } | Self::Tls { .. } => Blame::Upstream,
             Self::NoIdentity => Blame::Proxy,
             Self::NoRoute { .. } | Self::NoTarget | Self::NoDestination | Self::Loop(_) => Blame::Proxy,
+            Self::DiscoveryTimeout { .. } | Self::NoDiscovery { .. } | Self::InvalidPolicy(_) | Self::BackendFailed { .. } => Blame::Proxy,
+            Self::RouteNotFound { .. } | Self::Unauthorized(_) | Self::RateLimited { .. } => Blame::Client,
+            Self::NoEndpoints { .. } | Self::RequestTimeout { .. } => Blame::Upstream,
         }
     }
 
@@ -61,7 +82,12 @@ impl ProxyError {
     /// upstreams and missing routes, 400 for malformed requests.
     pub fn http_status(&self) -> http::StatusCode {
         match self {
-            Self::ConnectTimeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            Self::ConnectTimeout { .. } | Self::RequestTimeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            Self::RouteNotFound { .. } => http::StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => http::StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => http::StatusCode::TOO_MANY_REQUESTS,
+            Self::DiscoveryTimeout { .. } | Self::NoEndpoints { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::InvalidPolicy(_) | Self::BackendFailed { .. } | Self::NoDiscovery { .. } => http::StatusCode::INTERNAL_SERVER_ERROR,
             _ if self.blame() == Blame::Client => http::StatusCode::BAD_REQUEST,
             _ => http::StatusCode::BAD_GATEWAY,
         }
@@ -87,6 +113,23 @@ impl ProxyError {
             Self::Tls { .. } => "tls",
             Self::NoIdentity => "no_identity",
             Self::DirectWithoutTls => "direct_without_tls",
+            Self::DiscoveryTimeout { .. } => "discovery_timeout",
+            Self::NoDiscovery { .. } => "no_discovery",
+            Self::InvalidPolicy(_) => "invalid_policy",
+            Self::RouteNotFound { .. } => "route_not_found",
+            Self::NoEndpoints { .. } => "no_endpoints",
+            Self::BackendFailed { .. } => "backend_failed",
+            Self::RequestTimeout { .. } => "request_timeout",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::RateLimited { .. } => "rate_limited",
+        }
+    }
+
+    /// How long a refused client should wait before trying again (`Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 

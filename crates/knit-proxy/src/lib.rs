@@ -8,7 +8,9 @@
 //! The path of a connection is read top to bottom in [`inbound`] and [`outbound`]; both hand
 //! HTTP to [`http`], opaque bytes to [`tcp`], and decide the protocol with [`detect`].
 
+pub mod accrual;
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod detect;
 pub mod drain;
@@ -22,7 +24,11 @@ pub mod log;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod policy;
+pub mod ratelimit;
 pub mod resolve;
+pub mod retry;
+pub mod route;
 pub mod tcp;
 pub mod tls;
 

@@ -7,6 +7,7 @@
 
 mod labels;
 mod process;
+pub mod route;
 
 pub use labels::{Classification, Direction, HttpLabels, NoTlsReason, Peer, ResponseLabels, StatusLabels, TcpLabels, Tls};
 
@@ -34,6 +35,7 @@ pub struct Metrics {
     pub tcp: TcpMetrics,
     pub detect: DetectMetrics,
     pub identity: IdentityMetrics,
+    pub route: route::RouteMetrics,
 }
 
 #[derive(Clone)]
@@ -120,8 +122,9 @@ impl Metrics {
         registry.register("identity_cert_refreshes", "Certificates obtained from the identity service", identity.refreshes.clone());
         registry.register("identity_cert_refresh_failures", "Failed attempts to obtain a certificate", identity.failures.clone());
         registry.register("tls_handshake_failures", "Mesh TLS handshakes that failed, by reason", identity.handshake_failures.clone());
+        let route = route::RouteMetrics::register(&mut registry);
         registry.register_collector(Box::new(process::ProcessCollector::new()));
-        Self { registry: Arc::new(registry), http, tcp, detect, identity }
+        Self { registry: Arc::new(registry), http, tcp, detect, identity, route }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -1,0 +1,186 @@
+//! The route-level families of Linkerd's newer metrics (LINKERD-WIRE.md §5.3): outbound routes,
+//! backends and retries, and inbound authorization, route-not-found and local rate limits.
+//! Label names follow Linkerd's (`parent_*`, `route_*`, `backend_*`, `srv_*`, `authz_*`).
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+/// A policy resource as metric labels: `kind`, `group`, `name`, `namespace` (empty when unknown).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Resource {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub parent_group: String,
+    pub parent_kind: String,
+    pub parent_namespace: String,
+    pub parent_name: String,
+    pub parent_port: String,
+    pub route_group: String,
+    pub route_kind: String,
+    pub route_namespace: String,
+    pub route_name: String,
+}
+
+impl RouteLabels {
+    pub fn new(parent: &Resource, route: &Resource) -> Self {
+        Self {
+            parent_group: parent.group.clone(),
+            parent_kind: parent.kind.clone(),
+            parent_namespace: parent.namespace.clone(),
+            parent_name: parent.name.clone(),
+            parent_port: parent.port.map(|p| p.to_string()).unwrap_or_default(),
+            route_group: route.group.clone(),
+            route_kind: route.kind.clone(),
+            route_namespace: route.namespace.clone(),
+            route_name: route.name.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub http_status: String,
+    pub error: String,
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend_group: String,
+    pub backend_kind: String,
+    pub backend_namespace: String,
+    pub backend_name: String,
+    pub backend_port: String,
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+}
+
+impl BackendLabels {
+    pub fn new(route: RouteLabels, backend: &Resource) -> Self {
+        Self {
+            route,
+            backend_group: backend.group.clone(),
+            backend_kind: backend.kind.clone(),
+            backend_namespace: backend.namespace.clone(),
+            backend_name: backend.name.clone(),
+            backend_port: backend.port.map(|p| p.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendStatusLabels {
+    pub http_status: String,
+    pub error: String,
+    #[prometheus(flatten)]
+    pub backend: BackendLabels,
+}
+
+/// Inbound: the server (and route) a request or connection was checked against.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub srv_group: String,
+    pub srv_kind: String,
+    pub srv_name: String,
+    pub srv_port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    pub route_group: String,
+    pub route_kind: String,
+    pub route_name: String,
+    pub authz_group: String,
+    pub authz_kind: String,
+    pub authz_name: String,
+    /// The client's mesh identity, empty when unauthenticated.
+    pub client_id: String,
+    #[prometheus(flatten)]
+    pub server: ServerLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    /// Which limit refused the request: `total`, `identity` or `override`.
+    pub rate_limit: String,
+    #[prometheus(flatten)]
+    pub server: ServerLabels,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([0.05, 0.5, 1.0, 10.0])
+}
+
+fn backend_duration_histogram() -> Histogram {
+    Histogram::new([0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0])
+}
+
+#[derive(Clone)]
+pub struct RouteMetrics {
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub request_statuses: Family<StatusLabels, Counter>,
+    pub backend_requests: Family<BackendLabels, Counter>,
+    pub backend_duration: Family<BackendLabels, Histogram, fn() -> Histogram>,
+    pub backend_statuses: Family<BackendStatusLabels, Counter>,
+    pub retry_requests: Family<RouteLabels, Counter>,
+    pub retry_successes: Family<RouteLabels, Counter>,
+    pub retry_limit_exceeded: Family<RouteLabels, Counter>,
+    pub retry_overflow: Family<RouteLabels, Counter>,
+    pub authz_allow: Family<AuthzLabels, Counter>,
+    pub authz_deny: Family<AuthzLabels, Counter>,
+    pub tcp_authz_allow: Family<AuthzLabels, Counter>,
+    pub tcp_authz_deny: Family<AuthzLabels, Counter>,
+    pub route_not_found: Family<ServerLabels, Counter>,
+    pub local_ratelimit: Family<RateLimitLabels, Counter>,
+}
+
+impl RouteMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            request_duration: Family::new_with_constructor(duration_histogram),
+            request_statuses: Family::default(),
+            backend_requests: Family::default(),
+            backend_duration: Family::new_with_constructor(backend_duration_histogram),
+            backend_statuses: Family::default(),
+            retry_requests: Family::default(),
+            retry_successes: Family::default(),
+            retry_limit_exceeded: Family::default(),
+            retry_overflow: Family::default(),
+            authz_allow: Family::default(),
+            authz_deny: Family::default(),
+            tcp_authz_allow: Family::default(),
+            tcp_authz_deny: Family::default(),
+            route_not_found: Family::default(),
+            local_ratelimit: Family::default(),
+        };
+        let out = registry.sub_registry_with_prefix("outbound_http_route");
+        out.register("request_duration_seconds", "Time from a route's request to its response headers, across retries", m.request_duration.clone());
+        out.register("request_statuses", "Responses of a route's requests, after retries", m.request_statuses.clone());
+        out.register("backend_requests", "Requests a route sent to each backend (each attempt)", m.backend_requests.clone());
+        out.register("backend_response_duration_seconds", "Time from a backend attempt to its response headers", m.backend_duration.clone());
+        out.register("backend_response_statuses", "Responses of each backend attempt", m.backend_statuses.clone());
+        out.register("retry_requests", "Retries sent", m.retry_requests.clone());
+        out.register("retry_successes", "Requests that succeeded after a retry", m.retry_successes.clone());
+        out.register("retry_limit_exceeded", "Requests that failed after spending every retry the route allows", m.retry_limit_exceeded.clone());
+        out.register("retry_overflow", "Retries not sent because the retry budget or the body buffer ran out", m.retry_overflow.clone());
+        let inbound = registry.sub_registry_with_prefix("inbound");
+        inbound.register("http_authz_allow", "HTTP requests an authorization allowed", m.authz_allow.clone());
+        inbound.register("http_authz_deny", "HTTP requests no authorization allowed", m.authz_deny.clone());
+        inbound.register("tcp_authz_allow", "Connections an authorization allowed", m.tcp_authz_allow.clone());
+        inbound.register("tcp_authz_deny", "Connections no authorization allowed (closed)", m.tcp_authz_deny.clone());
+        inbound.register("http_route_not_found", "HTTP requests that matched no route of the server", m.route_not_found.clone());
+        inbound.register("http_local_ratelimit", "HTTP requests refused by a local rate limit", m.local_ratelimit.clone());
+        m
+    }
+}
