@@ -1,12 +1,24 @@
 //! The control plane's admin server (9990): `/metrics`, `/ready`, `/live`.
+//!
+//! The index's sizes and the manifest errors are read at scrape time, not mirrored in gauges.
 
-use crate::identity::Service;
+use crate::{identity::Service, index::Index};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use std::{convert::Infallible, sync::Arc};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    sync::{Arc, Mutex},
+};
 use tokio::net::TcpListener;
 
 pub async fn serve(listener: TcpListener, service: Arc<Service>) {
@@ -38,4 +50,49 @@ fn metrics(service: &Service) -> String {
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &service.registry);
     out
+}
+
+type Errors = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
+
+pub fn register(registry: &mut Registry, index: Arc<Index>, errors: Option<Errors>) {
+    registry.register_collector(Box::new(IndexCollector { index, errors }));
+}
+
+struct IndexCollector {
+    index: Arc<Index>,
+    errors: Option<Errors>,
+}
+
+impl std::fmt::Debug for IndexCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IndexCollector")
+    }
+}
+
+impl Collector for IndexCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.index.stats();
+        let mut family = enc.encode_descriptor("index_resources", "Resources in the index, by kind", None, MetricType::Gauge)?;
+        for (kind, n) in &stats.resources {
+            ConstGauge::new(*n as i64).encode(family.encode_family(&[("kind", *kind)])?)?;
+        }
+        let mut family = enc.encode_descriptor("index_views", "Live views (distinct answers being watched), by kind", None, MetricType::Gauge)?;
+        for (kind, (views, _)) in &stats.views {
+            ConstGauge::new(*views as i64).encode(family.encode_family(&[("kind", *kind)])?)?;
+        }
+        let mut family = enc.encode_descriptor("index_subscribers", "Streams watching views, by kind", None, MetricType::Gauge)?;
+        for (kind, (_, subscribers)) in &stats.views {
+            ConstGauge::new(*subscribers as i64).encode(family.encode_family(&[("kind", *kind)])?)?;
+        }
+        let c = ConstCounter::new(stats.published);
+        c.encode(enc.encode_descriptor("index_updates_published", "View changes published to watchers", None, c.metric_type())?)?;
+        if let Some(errors) = &self.errors {
+            let errors = errors.lock().unwrap_or_else(|p| p.into_inner());
+            let mut family = enc.encode_descriptor("manifest_invalid_documents", "Documents skipped as invalid in each manifest file, as last read", None, MetricType::Gauge)?;
+            for (file, errs) in errors.iter() {
+                ConstGauge::new(errs.len() as i64).encode(family.encode_family(&[("file", file.as_str())])?)?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -16,11 +16,78 @@ pub struct Config {
     /// Admin server: /metrics, /ready, /live.
     #[arg(long, env = "KNIT_CONTROL_ADMIN_ADDR", default_value = "0.0.0.0:9990")]
     pub admin_addr: SocketAddr,
+    /// Destination gRPC (Destination.Get, GetProfile).
+    #[arg(long, env = "KNIT_CONTROL_DESTINATION_ADDR", default_value = "0.0.0.0:8086")]
+    pub destination_addr: SocketAddr,
+    /// Policy gRPC (InboundServerPolicies, OutboundPolicies).
+    #[arg(long, env = "KNIT_CONTROL_POLICY_ADDR", default_value = "0.0.0.0:8090")]
+    pub policy_addr: SocketAddr,
     #[command(flatten)]
     pub identity: IdentityConfig,
+    #[command(flatten)]
+    pub discovery: DiscoveryConfig,
     /// Log filter (tracing env-filter syntax).
     #[arg(long, env = "KNIT_CONTROL_LOG", default_value = "warn,knit_control=info")]
     pub log: String,
+}
+
+impl Config {
+    /// Every listener on 127.0.0.1 with a port the system picks, and the defaults: for tests and
+    /// `knit demo`.
+    pub fn local(identity: IdentityConfig) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            identity_addr: any,
+            admin_addr: any,
+            destination_addr: any,
+            policy_addr: any,
+            identity,
+            discovery: DiscoveryConfig {
+                config_dir: None,
+                config_poll_interval: Duration::from_millis(100),
+                cluster_domain: "cluster.local".into(),
+                control_plane_namespace: "knit".into(),
+                cluster_networks: DEFAULT_CLUSTER_NETWORKS.split(',').filter_map(|n| n.parse().ok()).collect(),
+                default_inbound_policy: "all-unauthenticated".into(),
+            },
+            log: "warn,knit_control=info".into(),
+        }
+    }
+}
+
+pub const DEFAULT_CLUSTER_NETWORKS: &str = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8,127.0.0.0/8,::1/128";
+
+fn default_policy(s: &str) -> Result<String, String> {
+    let allowed = crate::resources::DEFAULT_POLICIES;
+    if allowed.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("expected one of {}", allowed.join(", ")))
+    }
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct DiscoveryConfig {
+    /// Local mode: a directory of manifests (Service, ExternalWorkload, Server, AuthorizationPolicy,
+    /// HTTPRoute, TrafficSplit, ...), read at start-up and watched. Without it, discovery answers
+    /// NotFound for everything.
+    #[arg(long, env = "KNIT_CONTROL_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// How often the manifest directory is checked for changes.
+    #[arg(long, env = "KNIT_CONTROL_CONFIG_POLL_INTERVAL", default_value = "100ms", value_parser = duration)]
+    pub config_poll_interval: Duration,
+    #[arg(long, env = "KNIT_CONTROL_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The control plane's namespace, part of every proxy identity (SA.NS.serviceaccount.identity.THIS.DOMAIN).
+    #[arg(long, env = "KNIT_CONTROL_NAMESPACE", default_value = "knit")]
+    pub control_plane_namespace: String,
+    /// The networks `cluster-*` policies and authorizations without a NetworkAuthentication allow.
+    #[arg(long, env = "KNIT_CONTROL_CLUSTER_NETWORKS", default_value = DEFAULT_CLUSTER_NETWORKS, value_delimiter = ',')]
+    pub cluster_networks: Vec<ipnet::IpNet>,
+    /// The inbound policy of ports no Server selects (all-unauthenticated, all-authenticated,
+    /// cluster-unauthenticated, cluster-authenticated, deny, audit).
+    #[arg(long, env = "KNIT_CONTROL_DEFAULT_INBOUND_POLICY", default_value = "all-unauthenticated", value_parser = default_policy)]
+    pub default_inbound_policy: String,
 }
 
 #[derive(Clone, Debug, clap::Args)]

@@ -1,12 +1,23 @@
-//! `knit-control`: Knit's control plane. Today it serves identity: `Identity.Certify` on 8080
-//! (LINKERD-WIRE.md §2), backed by the CA in `knit-identity`, with an admin server on 9990.
-//! Destination and policy discovery (8086, 8090) and the Kubernetes sources are the next issues.
+//! `knit-control`: Knit's control plane.
+//!
+//! - Identity (`Identity.Certify`, 8080): the CA in `knit-identity` signs proxies' certificates
+//!   (LINKERD-WIRE.md §2).
+//! - Destination (`Destination.Get`, `GetProfile`, 8086) and policy (`InboundServerPolicies`,
+//!   `OutboundPolicies`, 8090): views of one [`index::Index`] of Kubernetes-shaped resources,
+//!   streamed as they change (§3, §4).
+//! - Sources feed the index: in local mode, a directory of manifests ([`local`]); the Kubernetes
+//!   source is the next issue.
+//! - Admin (9990): `/metrics`, `/ready`, `/live`.
 //!
 //! Like the proxy, a [`Control`] binds first and then runs until its shutdown future completes.
 
 pub mod admin;
 pub mod config;
+pub mod grpc;
 pub mod identity;
+pub mod index;
+pub mod local;
+pub mod resources;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
@@ -14,45 +25,101 @@ use tokio::net::TcpListener;
 pub struct Control {
     config: config::Config,
     identity: TcpListener,
+    destination: TcpListener,
+    policy: TcpListener,
     admin: TcpListener,
     service: Arc<identity::Service>,
+    index: Arc<index::Index>,
+    local: Option<local::LocalSource>,
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct Addrs {
     pub identity: SocketAddr,
+    pub destination: SocketAddr,
+    pub policy: SocketAddr,
     pub admin: SocketAddr,
 }
 
+async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding {what} on {addr}: {e}"))
+}
+
 impl Control {
-    /// Loads the identity material and binds the listeners: a missing or invalid issuer stops
-    /// start-up with the reason, rather than serving failures.
+    /// Loads the identity material and the manifest directory and binds the listeners: a missing
+    /// issuer or an unreadable directory stops start-up with the reason, rather than serving failures.
     pub async fn bind(config: config::Config) -> anyhow::Result<Self> {
-        let service = Arc::new(identity::Service::load(&config.identity)?);
-        let identity = TcpListener::bind(config.identity_addr).await.map_err(|e| anyhow::anyhow!("binding identity on {}: {e}", config.identity_addr))?;
-        let admin = TcpListener::bind(config.admin_addr).await.map_err(|e| anyhow::anyhow!("binding admin on {}: {e}", config.admin_addr))?;
-        Ok(Self { config, identity, admin, service })
+        let d = &config.discovery;
+        let index = Arc::new(index::Index::new(index::IndexConfig {
+            cluster_domain: d.cluster_domain.clone(),
+            control_plane_ns: d.control_plane_namespace.clone(),
+            cluster_networks: d.cluster_networks.clone(),
+            default_inbound_policy: d.default_inbound_policy.clone(),
+        }));
+        let local = d.config_dir.as_deref().map(|dir| local::LocalSource::load(dir, index.clone())).transpose()?;
+        let mut service = identity::Service::load(&config.identity)?;
+        admin::register(&mut service.registry, index.clone(), local.as_ref().map(local::LocalSource::errors));
+        Ok(Self {
+            identity: bind("identity", config.identity_addr).await?,
+            destination: bind("destination", config.destination_addr).await?,
+            policy: bind("policy", config.policy_addr).await?,
+            admin: bind("admin", config.admin_addr).await?,
+            service: Arc::new(service),
+            index,
+            local,
+            config,
+        })
     }
 
     pub fn addrs(&self) -> Addrs {
         Addrs {
             identity: self.identity.local_addr().expect("bound"),
+            destination: self.destination.local_addr().expect("bound"),
+            policy: self.policy.local_addr().expect("bound"),
             admin: self.admin.local_addr().expect("bound"),
         }
     }
 
+    pub fn index(&self) -> &Arc<index::Index> {
+        &self.index
+    }
+
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        use linkerd2_proxy_api::{destination::destination_server::DestinationServer, identity::identity_server::IdentityServer};
+        use tonic::transport::{server::TcpIncoming, Server};
         let addrs = self.addrs();
-        let reload = tokio::spawn(identity::watch_files(self.service.clone(), self.config.identity.clone()));
-        let admin = tokio::spawn(admin::serve(self.admin, self.service.clone()));
-        tracing::info!(identity = %addrs.identity, admin = %addrs.admin, "serving");
-        // One service per port, so tonic's router (and axum behind it) is not needed.
-        let svc = linkerd2_proxy_api::identity::identity_server::IdentityServer::from_arc(self.service.clone());
-        let incoming = tonic::transport::server::TcpIncoming::from(self.identity).with_nodelay(Some(true));
-        let server = tonic::transport::Server::builder().serve_with_incoming_shutdown(svc, incoming, shutdown);
-        let result = server.await;
-        reload.abort();
-        admin.abort();
-        result.map_err(|e| anyhow::anyhow!("identity server: {e}"))
+        let mut tasks = vec![
+            tokio::spawn(identity::watch_files(self.service.clone(), self.config.identity.clone())),
+            tokio::spawn(admin::serve(self.admin, self.service.clone())),
+        ];
+        if let Some(local) = self.local {
+            tasks.push(tokio::spawn(local.run(self.config.discovery.config_poll_interval)));
+        }
+        tracing::info!(identity = %addrs.identity, destination = %addrs.destination, policy = %addrs.policy, admin = %addrs.admin, "serving");
+        // One shutdown signal, shared by the three gRPC servers.
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let signal = move || {
+            let mut stop = stop.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        };
+        let incoming = |l: TcpListener| TcpIncoming::from(l).with_nodelay(Some(true));
+        let identity = Server::builder().serve_with_incoming_shutdown(IdentityServer::from_arc(self.service.clone()), incoming(self.identity), signal());
+        let destination = Server::builder().serve_with_incoming_shutdown(DestinationServer::new(grpc::DestinationService(self.index.clone())), incoming(self.destination), signal());
+        let policy = Server::builder().serve_with_incoming_shutdown(grpc::PolicyServers::new(self.index.clone()), incoming(self.policy), signal());
+        let servers = async { tokio::try_join!(identity, destination, policy) };
+        tokio::pin!(servers);
+        let result = tokio::select! {
+            r = &mut servers => r.map(drop),
+            () = shutdown => {
+                let _ = stop_tx.send(true);
+                servers.await.map(drop)
+            }
+        };
+        for t in tasks {
+            t.abort();
+        }
+        result.map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
     }
 }

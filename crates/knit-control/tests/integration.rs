@@ -34,7 +34,7 @@ fn token(key: &TokenKey, identity: &str, ttl: i64) -> Vec<u8> {
 async fn start(dir: &Path) -> (knit_control::Addrs, IdentityClient<tonic::transport::Channel>) {
     let mut identity = IdentityConfig::for_dir(dir);
     identity.reload_interval = Duration::from_millis(100);
-    let config = Config { identity_addr: "127.0.0.1:0".parse().unwrap(), admin_addr: "127.0.0.1:0".parse().unwrap(), identity, log: "warn".into() };
+    let config = Config::local(identity);
     let control = Control::bind(config).await.expect("control plane starts");
     let addrs = control.addrs();
     tokio::spawn(control.run(std::future::pending()));

@@ -76,12 +76,7 @@ impl Mesh {
         let day = Duration::from_secs(86_400);
         let params = layout::Params { anchor_lifetime: 30 * day, issuer_lifetime: 7 * day, ..Default::default() };
         let material = layout::init(&dir, &params).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let config = knit_control::config::Config {
-            identity_addr: "127.0.0.1:0".parse()?,
-            admin_addr: "127.0.0.1:0".parse()?,
-            identity: knit_control::config::IdentityConfig::for_dir(&dir),
-            log: "warn".into(),
-        };
+        let config = knit_control::config::Config::local(knit_control::config::IdentityConfig::for_dir(&dir));
         let control = knit_control::Control::bind(config).await?;
         let identity_addr = control.addrs().identity;
         let mut stop = stop.clone();

@@ -34,7 +34,7 @@ impl Pki {
         identity.issuance_lifetime = lifetime;
         identity.clock_skew = skew;
         identity.reload_interval = Duration::from_millis(100);
-        let config = ControlConfig { identity_addr: "127.0.0.1:0".parse().unwrap(), admin_addr: "127.0.0.1:0".parse().unwrap(), identity, log: "warn".into() };
+        let config = ControlConfig::local(identity);
         let control = Control::bind(config).await.expect("control plane");
         let identity = control.addrs().identity;
         tokio::spawn(control.run(std::future::pending()));

@@ -1,0 +1,248 @@
+//! The discovery gRPC services: `Destination` (8086), and `InboundServerPolicies` with
+//! `OutboundPolicies` (8090), streaming the index's views (LINKERD-WIRE.md §3, §4).
+//!
+//! Each stream is a task that follows one watch channel of the index and forwards what changes;
+//! it ends when the client goes away. Error codes follow what linkerd2-proxy expects: NotFound
+//! for what the index does not know (the proxy falls back), InvalidArgument for a malformed
+//! request (the proxy stops asking).
+
+use crate::index::{
+    names::{self, ProfileKey, Target},
+    Index, SvcPort, WorkloadPort,
+};
+use linkerd2_proxy_api::{
+    destination::{self as dst, destination_server::Destination, update, Update},
+    inbound::{self as inb, inbound_server_policies_server::InboundServerPolicies},
+    outbound::{self as outb, outbound_policies_server::OutboundPolicies, traffic_spec},
+};
+use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc};
+use tokio::sync::{mpsc, watch};
+use tonic::{
+    codegen::{tokio_stream::wrappers::ReceiverStream, BoxFuture, Service},
+    Request, Response, Status,
+};
+
+type Stream<T> = ReceiverStream<Result<T, Status>>;
+
+/// Forwards every new value of a view; ends the stream with NotFound if what it describes goes away.
+fn follow<T, M>(mut rx: watch::Receiver<Arc<Option<T>>>, what: String, to_message: impl Fn(&T) -> M + Send + 'static) -> Stream<M>
+where
+    T: Send + Sync + 'static,
+    M: Send + 'static,
+{
+    let (tx, out) = mpsc::channel(2);
+    tokio::spawn(async move {
+        loop {
+            let view = rx.borrow_and_update().clone();
+            let message = match &*view {
+                Some(v) => Ok(to_message(v)),
+                None => Err(Status::not_found(format!("{what} no longer exists"))),
+            };
+            let end = message.is_err();
+            if tx.send(message).await.is_err() || end {
+                return;
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    ReceiverStream::new(out)
+}
+
+fn svc_name(svc: &SvcPort) -> String {
+    format!("Service {}/{} port {}", svc.ns, svc.name, svc.port)
+}
+
+#[derive(Clone)]
+pub struct DestinationService(pub Arc<Index>);
+
+#[tonic::async_trait]
+impl Destination for DestinationService {
+    type GetStream = Stream<Update>;
+    type GetProfileStream = Stream<dst::DestinationProfile>;
+
+    async fn get(&self, req: Request<dst::GetDestination>) -> Result<Response<Self::GetStream>, Status> {
+        let req = req.into_inner();
+        let ns = names::source_namespace(&req.context_token);
+        let target = names::parse_target(&req.path, &ns, &self.0.config().cluster_domain).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let Target::Name(svc) = target else {
+            return Err(Status::invalid_argument(format!("Destination.Get resolves Service names (NAME.NS.svc.DOMAIN:PORT), not addresses; found {:?}", req.path)));
+        };
+        let mut rx = self.0.endpoints(&svc);
+        if rx.borrow().is_none() {
+            return Err(Status::not_found(format!("no {}", svc_name(&svc))));
+        }
+        let (tx, out) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut sent = BTreeMap::new();
+            let mut first = true;
+            loop {
+                let view = rx.borrow_and_update().clone();
+                for u in diff(&mut sent, view.as_ref().as_ref(), first) {
+                    if tx.send(Ok(Update { update: Some(u) })).await.is_err() {
+                        return;
+                    }
+                }
+                first = false;
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+
+    async fn get_profile(&self, req: Request<dst::GetDestination>) -> Result<Response<Self::GetProfileStream>, Status> {
+        let req = req.into_inner();
+        let ns = names::source_namespace(&req.context_token);
+        let no_profile = || Status::invalid_argument(format!("no profile for {:?}", req.path));
+        let target = names::parse_target(&req.path, &ns, &self.0.config().cluster_domain).map_err(|_| no_profile())?;
+        let key = match self.0.resolve(&target) {
+            Some(svc) => ProfileKey::Service(svc),
+            None => match target {
+                Target::Addr(addr) => ProfileKey::Addr(addr),
+                Target::Name(_) => return Err(no_profile()),
+            },
+        };
+        let rx = self.0.profile(&key);
+        if rx.borrow().is_none() {
+            return Err(no_profile());
+        }
+        Ok(Response::new(follow(rx, req.path.clone(), Clone::clone)))
+    }
+}
+
+/// The updates that take a client from `sent` to `now`, and records `now` as sent.
+///
+/// The first message is always an `add`, even of no addresses: the API asks for a message at once
+/// and for no `no_endpoints` before an `add`, and an empty `add` satisfies both. A Service that
+/// goes away becomes `no_endpoints{exists: false}`.
+pub fn diff(sent: &mut BTreeMap<SocketAddr, dst::WeightedAddr>, now: Option<&crate::index::Endpoints>, first: bool) -> Vec<update::Update> {
+    let Some(now) = now else {
+        sent.clear();
+        return vec![update::Update::NoEndpoints(dst::NoEndpoints { exists: false })];
+    };
+    let mut out = Vec::new();
+    let removed: Vec<SocketAddr> = sent.keys().filter(|a| !now.addrs.contains_key(a)).copied().collect();
+    if !removed.is_empty() {
+        out.push(update::Update::Remove(dst::AddrSet { addrs: removed.iter().map(|a| (*a).into()).collect() }));
+    }
+    let added: Vec<dst::WeightedAddr> = now.addrs.iter().filter(|(a, w)| sent.get(a) != Some(w)).map(|(_, w)| w.clone()).collect();
+    if !added.is_empty() || first {
+        out.push(update::Update::Add(dst::WeightedAddrSet { addrs: added, metric_labels: now.labels.clone() }));
+    }
+    *sent = now.addrs.clone();
+    out
+}
+
+#[derive(Clone)]
+pub struct OutboundService(pub Arc<Index>);
+
+impl OutboundService {
+    fn subscribe(&self, spec: outb::TrafficSpec) -> Result<(watch::Receiver<Arc<Option<outb::OutboundPolicy>>>, SvcPort), Status> {
+        let ns = names::source_namespace(&spec.source_workload);
+        let target = match spec.target {
+            Some(traffic_spec::Target::Authority(a)) => names::parse_target(&a, &ns, &self.0.config().cluster_domain)
+                // Not a Service name (an external host): not ours to answer; the proxy falls back.
+                .map_err(|e| Status::not_found(e.to_string()))?,
+            Some(traffic_spec::Target::Addr(a)) => Target::Addr(SocketAddr::try_from(a).map_err(|e| Status::invalid_argument(format!("target.addr: {e}")))?),
+            None => return Err(Status::invalid_argument("target is required (authority or addr)")),
+        };
+        let svc = self.0.resolve(&target).ok_or_else(|| Status::not_found(format!("{target:?} is not a known Service")))?;
+        let rx = self.0.outbound(&svc);
+        if rx.borrow().is_none() {
+            return Err(Status::not_found(format!("no {}", svc_name(&svc))));
+        }
+        Ok((rx, svc))
+    }
+}
+
+#[tonic::async_trait]
+impl OutboundPolicies for OutboundService {
+    type WatchStream = Stream<outb::OutboundPolicy>;
+
+    async fn get(&self, req: Request<outb::TrafficSpec>) -> Result<Response<outb::OutboundPolicy>, Status> {
+        let (rx, svc) = self.subscribe(req.into_inner())?;
+        let policy = rx.borrow().as_ref().clone().ok_or_else(|| Status::not_found(format!("no {}", svc_name(&svc))))?;
+        Ok(Response::new(policy))
+    }
+
+    async fn watch(&self, req: Request<outb::TrafficSpec>) -> Result<Response<Self::WatchStream>, Status> {
+        let (rx, svc) = self.subscribe(req.into_inner())?;
+        Ok(Response::new(follow(rx, svc_name(&svc), Clone::clone)))
+    }
+}
+
+#[derive(Clone)]
+pub struct InboundService(pub Arc<Index>);
+
+impl InboundService {
+    fn subscribe(&self, spec: inb::PortSpec) -> Result<(watch::Receiver<Arc<Option<inb::Server>>>, String), Status> {
+        let (ns, workload) = names::parse_workload(&spec.workload).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let port = u16::try_from(spec.port).ok().filter(|p| *p != 0).ok_or_else(|| Status::invalid_argument(format!("port {} is out of range", spec.port)))?;
+        let what = format!("workload {ns}/{workload}");
+        let rx = self.0.inbound(&WorkloadPort { ns, workload, port });
+        if rx.borrow().is_none() {
+            return Err(Status::not_found(format!("no {what}")));
+        }
+        Ok((rx, what))
+    }
+}
+
+#[tonic::async_trait]
+impl InboundServerPolicies for InboundService {
+    type WatchPortStream = Stream<inb::Server>;
+
+    async fn get_port(&self, req: Request<inb::PortSpec>) -> Result<Response<inb::Server>, Status> {
+        let (rx, what) = self.subscribe(req.into_inner())?;
+        let server = rx.borrow().as_ref().clone().ok_or_else(|| Status::not_found(format!("no {what}")))?;
+        Ok(Response::new(server))
+    }
+
+    async fn watch_port(&self, req: Request<inb::PortSpec>) -> Result<Response<Self::WatchPortStream>, Status> {
+        let (rx, what) = self.subscribe(req.into_inner())?;
+        Ok(Response::new(follow(rx, what, Clone::clone)))
+    }
+}
+
+/// Both policy services on one port, dispatched by path. (tonic's router would do this, at the
+/// price of its `router` feature and axum behind it.)
+#[derive(Clone)]
+pub struct PolicyServers {
+    inbound: inb::inbound_server_policies_server::InboundServerPoliciesServer<InboundService>,
+    outbound: outb::outbound_policies_server::OutboundPoliciesServer<OutboundService>,
+}
+
+impl PolicyServers {
+    pub fn new(index: Arc<Index>) -> Self {
+        Self {
+            inbound: inb::inbound_server_policies_server::InboundServerPoliciesServer::new(InboundService(index.clone())),
+            outbound: outb::outbound_policies_server::OutboundPoliciesServer::new(OutboundService(index)),
+        }
+    }
+}
+
+impl Service<http::Request<tonic::body::Body>> for PolicyServers {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let path = req.uri().path();
+        if path.starts_with("/io.linkerd.proxy.inbound.InboundServerPolicies/") {
+            Box::pin(self.inbound.call(req))
+        } else if path.starts_with("/io.linkerd.proxy.outbound.OutboundPolicies/") {
+            Box::pin(self.outbound.call(req))
+        } else {
+            let status = Status::unimplemented(format!("no service for {path}; this port serves InboundServerPolicies and OutboundPolicies"));
+            Box::pin(async move { Ok(status.into_http()) })
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The control plane's one index of resources and the views computed from it.
+//!
+//! Sources (a directory of manifests today, the Kubernetes API next) feed it `reset`, `apply` and
+//! `delete` events. The index keeps one copy of each resource. A gRPC stream subscribes to a
+//! *view* (the endpoints of a Service port, the outbound policy of a Service port, the inbound
+//! policy of a workload port, a profile): the first subscriber computes it into a
+//! `watch::Sender<Arc<..>>`, later subscribers of the same key share it, and a change recomputes
+//! only the live views it can affect, publishing only when the answer really changed. Memory is
+//! therefore one copy of the resources plus one copy of each distinct answer, however many proxies
+//! watch (Linkerd's destination controller keeps state per subscriber, and runs out of memory
+//! under churn). Views whose last subscriber left are dropped at the next change.
+//!
+//! Everything here is synchronous and pure apart from the watch channels: the gRPC layer
+//! (`grpc.rs`) turns views into streams, the sources (`local.rs`) turn files into events.
+
+mod endpoints;
+mod inbound;
+pub mod names;
+mod outbound;
+
+pub use names::{SvcPort, WorkloadPort};
+
+use crate::resources::{ExternalWorkload, Key, Kind, Resource, Service};
+use linkerd2_proxy_api::{destination, inbound as inbound_api, outbound as outbound_api};
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::Hash,
+    sync::{Arc, Mutex},
+};
+use tokio::sync::watch;
+
+#[cfg(test)]
+mod tests;
+
+/// How the index names and authorizes things.
+#[derive(Clone, Debug)]
+pub struct IndexConfig {
+    pub cluster_domain: String,
+    /// The control plane's namespace: part of every identity name (`SA.NS.serviceaccount.identity.CP_NS.DOMAIN`).
+    pub control_plane_ns: String,
+    pub cluster_networks: Vec<ipnet::IpNet>,
+    /// For workloads without a Server on a port and without `config.linkerd.io/default-inbound-policy`.
+    pub default_inbound_policy: String,
+}
+
+impl IndexConfig {
+    pub fn identity(&self, service_account: &str, ns: &str) -> String {
+        format!("{service_account}.{ns}.serviceaccount.identity.{}.{}", self.control_plane_ns, self.cluster_domain)
+    }
+
+    pub fn authority(&self, svc: &SvcPort) -> String {
+        format!("{}.{}.svc.{}:{}", svc.name, svc.ns, self.cluster_domain, svc.port)
+    }
+}
+
+/// The resources, by kind, namespace and name (so that one kind, or one kind in one namespace,
+/// is a range).
+#[derive(Default)]
+pub struct Model {
+    resources: BTreeMap<Key, Resource>,
+}
+
+impl Model {
+    fn range<'a>(&'a self, kind: Kind, ns: Option<&'a str>) -> impl Iterator<Item = &'a Resource> + 'a {
+        let start = Key { kind, namespace: ns.unwrap_or("").to_string(), name: String::new() };
+        self.resources.range(start..).take_while(move |(k, _)| k.kind == kind && ns.is_none_or(|ns| k.namespace == ns)).map(|(_, r)| r)
+    }
+
+    pub fn get(&self, kind: Kind, ns: &str, name: &str) -> Option<&Resource> {
+        self.resources.get(&Key { kind, namespace: ns.to_string(), name: name.to_string() })
+    }
+
+    pub fn service(&self, ns: &str, name: &str) -> Option<&Arc<Service>> {
+        match self.get(Kind::Service, ns, name) {
+            Some(Resource::Service(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn workload(&self, ns: &str, name: &str) -> Option<&Arc<ExternalWorkload>> {
+        match self.get(Kind::ExternalWorkload, ns, name) {
+            Some(Resource::ExternalWorkload(w)) => Some(w),
+            _ => None,
+        }
+    }
+
+    pub fn workloads<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a Arc<ExternalWorkload>> + 'a {
+        self.range(Kind::ExternalWorkload, Some(ns)).filter_map(|r| match r {
+            Resource::ExternalWorkload(w) => Some(w),
+            _ => None,
+        })
+    }
+
+    pub fn of_kind<'a>(&'a self, kind: Kind, ns: Option<&'a str>) -> impl Iterator<Item = &'a Resource> + 'a {
+        self.range(kind, ns)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.range(Kind::Service, None).filter_map(|r| match r {
+            Resource::Service(s) => Some(s),
+            _ => None,
+        })
+    }
+}
+
+/// What one event changed: the resources before and after, to decide which views it affects.
+struct Change {
+    key: Key,
+    before: Option<Resource>,
+    after: Option<Resource>,
+}
+
+/// Live views of one kind, shared by every subscriber of the same key.
+struct Views<K, T> {
+    live: HashMap<K, watch::Sender<Arc<T>>>,
+}
+
+impl<K: Eq + Hash + Clone, T: PartialEq> Views<K, T> {
+    fn new() -> Self {
+        Self { live: HashMap::new() }
+    }
+
+    fn subscribe(&mut self, key: &K, compute: impl FnOnce() -> T) -> watch::Receiver<Arc<T>> {
+        if let Some(tx) = self.live.get(key) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(Arc::new(compute()));
+        self.live.insert(key.clone(), tx);
+        rx
+    }
+
+    /// Recomputes the views `affected` says may have changed; returns how many were published.
+    fn refresh(&mut self, affected: impl Fn(&K) -> bool, compute: impl Fn(&K) -> T) -> u64 {
+        let mut published = 0;
+        self.live.retain(|key, tx| {
+            if tx.receiver_count() == 0 {
+                return false;
+            }
+            if affected(key) {
+                let new = compute(key);
+                if **tx.borrow() != new {
+                    tx.send_replace(Arc::new(new));
+                    published += 1;
+                }
+            }
+            true
+        });
+        published
+    }
+
+    fn subscribers(&self) -> usize {
+        self.live.values().map(|tx| tx.receiver_count()).sum()
+    }
+}
+
+/// The endpoints of a Service port: `None` when the Service or the port does not exist.
+pub type EndpointsView = Option<endpoints::Endpoints>;
+pub use endpoints::Endpoints;
+
+struct State {
+    model: Model,
+    /// Which source each resource came from, and each source's resources.
+    owners: HashMap<Key, String>,
+    sources: HashMap<String, Vec<Key>>,
+    endpoints: Views<SvcPort, EndpointsView>,
+    outbound: Views<SvcPort, Option<outbound_api::OutboundPolicy>>,
+    inbound: Views<WorkloadPort, Option<inbound_api::Server>>,
+    profiles: Views<names::ProfileKey, Option<destination::DestinationProfile>>,
+    published: u64,
+}
+
+pub struct Index {
+    config: IndexConfig,
+    state: Mutex<State>,
+}
+
+/// Counts for metrics and logs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub resources: BTreeMap<&'static str, usize>,
+    /// Live views and their subscribers, by view kind.
+    pub views: BTreeMap<&'static str, (usize, usize)>,
+    pub published: u64,
+}
+
+impl Index {
+    pub fn new(config: IndexConfig) -> Self {
+        let state = State {
+            model: Model::default(),
+            owners: HashMap::new(),
+            sources: HashMap::new(),
+            endpoints: Views::new(),
+            outbound: Views::new(),
+            inbound: Views::new(),
+            profiles: Views::new(),
+            published: 0,
+        };
+        Self { config, state: Mutex::new(state) }
+    }
+
+    pub fn config(&self) -> &IndexConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces everything `source` contributed with `resources`.
+    pub fn reset(&self, source: &str, resources: Vec<Resource>) {
+        let mut state = self.lock();
+        let old = state.sources.remove(source).unwrap_or_default();
+        let mut changes = Vec::new();
+        let new_keys: Vec<Key> = resources.iter().map(Resource::key).collect();
+        for key in old.iter().filter(|k| !new_keys.contains(k)) {
+            if state.owners.get(key).map(String::as_str) == Some(source) {
+                state.owners.remove(key);
+                let before = state.model.resources.remove(key);
+                changes.push(Change { key: key.clone(), before, after: None });
+            }
+        }
+        for r in resources {
+            if let Some(c) = insert(&mut state, source, r) {
+                changes.push(c);
+            }
+        }
+        state.sources.insert(source.to_string(), new_keys);
+        self.publish(&mut state, &changes);
+    }
+
+    /// Adds or replaces one resource.
+    pub fn apply(&self, source: &str, resource: Resource) {
+        let mut state = self.lock();
+        let key = resource.key();
+        let change = insert(&mut state, source, resource);
+        let keys = state.sources.entry(source.to_string()).or_default();
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+        self.publish(&mut state, change.as_slice());
+    }
+
+    pub fn delete(&self, source: &str, key: &Key) {
+        let mut state = self.lock();
+        if let Some(keys) = state.sources.get_mut(source) {
+            keys.retain(|k| k != key);
+        }
+        if state.owners.get(key).map(String::as_str) != Some(source) {
+            return;
+        }
+        state.owners.remove(key);
+        let before = state.model.resources.remove(key);
+        self.publish(&mut state, &[Change { key: key.clone(), before, after: None }]);
+    }
+
+    fn publish(&self, state: &mut State, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        let cfg = &self.config;
+        let State { model, endpoints, outbound, inbound, profiles, .. } = state;
+        let mut n = endpoints.refresh(|k| changes.iter().any(|c| endpoints::affects(model, c, k)), |k| endpoints::compute(model, cfg, k));
+        // Outbound policy reads Services and the route and split resources, never workloads.
+        let policy_changed = changes.iter().any(|c| c.key.kind != Kind::ExternalWorkload);
+        n += outbound.refresh(|_| policy_changed, |k| outbound::compute(model, cfg, k));
+        n += inbound.refresh(|k| changes.iter().any(|c| inbound::affects(c, k)), |k| inbound::compute(model, cfg, k));
+        let backends_changed = changes.iter().any(|c| matches!(c.key.kind, Kind::Service | Kind::ExternalWorkload));
+        n += profiles.refresh(|_| backends_changed, |k| endpoints::profile(model, cfg, k));
+        state.published += n;
+        tracing::debug!(changes = changes.len(), published = n, "index updated");
+    }
+
+    pub fn endpoints(&self, key: &SvcPort) -> watch::Receiver<Arc<EndpointsView>> {
+        let mut state = self.lock();
+        let State { model, endpoints: views, .. } = &mut *state;
+        views.subscribe(key, || endpoints::compute(model, &self.config, key))
+    }
+
+    pub fn outbound(&self, key: &SvcPort) -> watch::Receiver<Arc<Option<outbound_api::OutboundPolicy>>> {
+        let mut state = self.lock();
+        let State { model, outbound: views, .. } = &mut *state;
+        views.subscribe(key, || outbound::compute(model, &self.config, key))
+    }
+
+    pub fn inbound(&self, key: &WorkloadPort) -> watch::Receiver<Arc<Option<inbound_api::Server>>> {
+        let mut state = self.lock();
+        let State { model, inbound: views, .. } = &mut *state;
+        views.subscribe(key, || inbound::compute(model, &self.config, key))
+    }
+
+    pub fn profile(&self, key: &names::ProfileKey) -> watch::Receiver<Arc<Option<destination::DestinationProfile>>> {
+        let mut state = self.lock();
+        let State { model, profiles: views, .. } = &mut *state;
+        views.subscribe(key, || endpoints::profile(model, &self.config, key))
+    }
+
+    /// Resolves a name or a cluster IP to a Service port (see `names`).
+    pub fn resolve(&self, target: &names::Target) -> Option<SvcPort> {
+        names::resolve(&self.lock().model, target)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let state = self.lock();
+        let mut resources = BTreeMap::new();
+        for key in state.model.resources.keys() {
+            *resources.entry(key.kind.name()).or_default() += 1;
+        }
+        let mut views = BTreeMap::new();
+        views.insert("endpoints", (state.endpoints.live.len(), state.endpoints.subscribers()));
+        views.insert("outbound", (state.outbound.live.len(), state.outbound.subscribers()));
+        views.insert("inbound", (state.inbound.live.len(), state.inbound.subscribers()));
+        views.insert("profile", (state.profiles.live.len(), state.profiles.subscribers()));
+        Stats { resources, views, published: state.published }
+    }
+}
+
+/// Inserts `r` unless an identical copy is already there.
+fn insert(state: &mut State, source: &str, r: Resource) -> Option<Change> {
+    let key = r.key();
+    match state.owners.get(&key) {
+        Some(owner) if owner != source => {
+            tracing::warn!(resource = %key, first = %owner, now = %source, "a resource is defined twice; the later definition wins");
+            if let Some(keys) = state.sources.get_mut(owner) {
+                keys.retain(|k| *k != key);
+            }
+        }
+        _ => {}
+    }
+    state.owners.insert(key.clone(), source.to_string());
+    if state.model.resources.get(&key) == Some(&r) {
+        return None;
+    }
+    let before = state.model.resources.insert(key.clone(), r.clone());
+    Some(Change { key, before, after: Some(r) })
+}

@@ -1,0 +1,123 @@
+//! The endpoints of a Service port (`Destination.Get`) and profiles (`Destination.GetProfile`).
+//!
+//! An endpoint is each IP of each ExternalWorkload the Service selects, on the target port (a
+//! number, or the name of one of the workload's ports). A workload with `meshTLS` is meshed: the
+//! proxy connects to its proxy's inbound port (annotation `knit.dev/proxy-inbound-port`, default
+//! 4143, LINKERD-WIRE.md §3.1 `opaque_transport`) with mTLS to its identity.
+
+use super::{names::ProfileKey, Change, IndexConfig, Model, SvcPort};
+use crate::resources::{ExternalWorkload, Kind, PortRef, Resource, Service};
+use linkerd2_proxy_api::destination::{protocol_hint, tls_identity, DestinationProfile, ProtocolHint, TlsIdentity, WeightedAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
+
+/// The annotation that says where a workload's proxy listens for meshed traffic.
+pub const INBOUND_PORT_ANNOTATION: &str = "knit.dev/proxy-inbound-port";
+const DEFAULT_INBOUND_PORT: u32 = 4143;
+/// What Linkerd sends; the proxy's balancer does not read it.
+const WEIGHT: u32 = 10_000;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoints {
+    pub addrs: BTreeMap<SocketAddr, WeightedAddr>,
+    /// Set-level labels: `namespace`, `service`.
+    pub labels: HashMap<String, String>,
+}
+
+pub fn compute(model: &Model, _cfg: &IndexConfig, key: &SvcPort) -> Option<Endpoints> {
+    let svc = model.service(&key.ns, &key.name)?;
+    let port = svc.spec.ports.iter().find(|p| p.port == key.port)?;
+    let mut addrs = BTreeMap::new();
+    // A Service without a selector has no endpoints from workloads (Kubernetes leaves its
+    // EndpointSlices to whoever manages them).
+    if !svc.spec.selector.is_empty() {
+        for w in model.workloads(&key.ns).filter(|w| selects(svc, w)) {
+            let Some(target) = target_port(port.target_port.as_ref(), port.port, w) else { continue };
+            let opaque = is_opaque(svc, key.port);
+            for ip in &w.spec.workload_ips {
+                let addr = SocketAddr::new(ip.ip, target);
+                addrs.insert(addr, weighted_addr(w, addr, opaque));
+            }
+        }
+    }
+    let labels = HashMap::from([("namespace".to_string(), key.ns.clone()), ("service".to_string(), key.name.clone())]);
+    Some(Endpoints { addrs, labels })
+}
+
+fn selects(svc: &Service, w: &ExternalWorkload) -> bool {
+    !svc.spec.selector.is_empty() && svc.spec.selector.iter().all(|(k, v)| w.metadata.labels.get(k) == Some(v))
+}
+
+fn target_port(target: Option<&PortRef>, port: u16, w: &ExternalWorkload) -> Option<u16> {
+    match target {
+        None => Some(port),
+        Some(PortRef::Number(n)) => Some(*n),
+        Some(PortRef::Name(name)) => w.spec.ports.iter().find(|p| p.name.as_deref() == Some(name)).map(|p| p.port),
+    }
+}
+
+fn is_opaque(svc: &Service, port: u16) -> bool {
+    svc.config.opaque_ports.contains(&port)
+        || svc.spec.ports.iter().any(|p| p.port == port && matches!(p.app_protocol.as_deref(), Some("linkerd.io/opaque" | "linkerd.io/tcp")))
+}
+
+pub fn weighted_addr(w: &ExternalWorkload, addr: SocketAddr, opaque: bool) -> WeightedAddr {
+    let mut labels = HashMap::from([("external_workload".to_string(), w.metadata.name.clone())]);
+    let (tls_identity, protocol_hint) = match &w.spec.mesh_tls {
+        None => (None, None),
+        Some(tls) => {
+            // `SA.NS.serviceaccount.identity...`: the first label names the service account.
+            if tls.identity.contains(".serviceaccount.") {
+                if let Some(sa) = tls.identity.split('.').next() {
+                    labels.insert("serviceaccount".to_string(), sa.to_string());
+                }
+            }
+            let inbound_port = w.metadata.annotations.get(INBOUND_PORT_ANNOTATION).and_then(|p| p.parse::<u16>().ok()).map_or(DEFAULT_INBOUND_PORT, u32::from);
+            let identity = TlsIdentity {
+                strategy: Some(tls_identity::Strategy::DnsLikeIdentity(tls_identity::DnsLikeIdentity { name: tls.identity.clone() })),
+                server_name: Some(tls_identity::DnsLikeIdentity { name: tls.server_name.clone().unwrap_or_else(|| tls.identity.clone()) }),
+            };
+            let protocol = if opaque { protocol_hint::Protocol::Opaque(protocol_hint::Opaque {}) } else { protocol_hint::Protocol::H2(protocol_hint::H2 {}) };
+            let hint = ProtocolHint { protocol: Some(protocol), opaque_transport: Some(protocol_hint::OpaqueTransport { inbound_port }) };
+            (Some(identity), Some(hint))
+        }
+    };
+    WeightedAddr { addr: Some(addr.into()), weight: WEIGHT, metric_labels: labels, tls_identity, protocol_hint, ..Default::default() }
+}
+
+/// Whether `change` can alter the endpoints of `key`: its Service changed, or a workload in its
+/// namespace that the Service selects (before or after the change).
+pub fn affects(model: &Model, change: &Change, key: &SvcPort) -> bool {
+    match change.key.kind {
+        Kind::Service => change.key.namespace == key.ns && change.key.name == key.name,
+        Kind::ExternalWorkload if change.key.namespace == key.ns => {
+            let Some(svc) = model.service(&key.ns, &key.name) else { return false };
+            [&change.before, &change.after].into_iter().flatten().any(|r| matches!(r, Resource::ExternalWorkload(w) if selects(svc, w)))
+        }
+        _ => false,
+    }
+}
+
+/// A profile: the Service's fully qualified name and whether its port is opaque, or for a
+/// workload's address, that endpoint with its TLS identity and hints. `None`: no profile.
+pub fn profile(model: &Model, cfg: &IndexConfig, key: &ProfileKey) -> Option<DestinationProfile> {
+    match key {
+        ProfileKey::Service(svc) => {
+            let s = model.service(&svc.ns, &svc.name)?;
+            Some(DestinationProfile {
+                fully_qualified_name: format!("{}.{}.svc.{}", svc.name, svc.ns, cfg.cluster_domain),
+                opaque_protocol: is_opaque(s, svc.port),
+                ..Default::default()
+            })
+        }
+        ProfileKey::Addr(addr) => {
+            let w = model.of_kind(Kind::ExternalWorkload, None).find_map(|r| match r {
+                Resource::ExternalWorkload(w) if w.spec.workload_ips.iter().any(|ip| ip.ip == addr.ip()) && w.spec.ports.iter().any(|p| p.port == addr.port()) => Some(w),
+                _ => None,
+            })?;
+            Some(DestinationProfile { endpoint: Some(weighted_addr(w, *addr, false)), ..Default::default() })
+        }
+    }
+}

@@ -1,0 +1,189 @@
+use super::*;
+use crate::resources::parse;
+use linkerd2_proxy_api::{
+    destination::protocol_hint,
+    inbound::{authn, proxy_protocol as inbound_protocol},
+    outbound::{backend, http_route::distribution, proxy_protocol},
+};
+
+fn index() -> Index {
+    Index::new(IndexConfig {
+        cluster_domain: "cluster.local".into(),
+        control_plane_ns: "knit".into(),
+        cluster_networks: vec!["10.0.0.0/8".parse().unwrap()],
+        default_inbound_policy: "all-unauthenticated".into(),
+    })
+}
+
+fn load(index: &Index, source: &str, yaml: &str) {
+    let (resources, errors) = parse(source, yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    index.reset(source, resources);
+}
+
+fn workload(name: &str, labels: &str, ip: &str, inbound: u16) -> String {
+    format!("---\napiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: {name}\n  namespace: demo\n  labels: {{{labels}}}\n  annotations: {{knit.dev/proxy-inbound-port: \"{inbound}\"}}\nspec:\n  meshTLS: {{identity: {name}.demo.serviceaccount.identity.knit.cluster.local}}\n  workloadIPs: [{{ip: {ip}}}]\n  ports: [{{name: http, port: 7000}}]\n")
+}
+
+const SERVICES: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: books, namespace: demo, annotations: {retry.linkerd.io/http: 5xx, timeout.linkerd.io/request: 3s, balancer.alpha.linkerd.io/penalize-failures: 'true'}}
+spec: {selector: {app: books}, clusterIP: 10.96.0.20, ports: [{port: 8080, targetPort: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: books-v1, namespace: demo}
+spec: {selector: {app: books, version: v1}, ports: [{port: 8080, targetPort: http}]}
+";
+
+fn books() -> SvcPort {
+    SvcPort { ns: "demo".into(), name: "books".into(), port: 8080 }
+}
+
+#[test]
+fn endpoints_follow_workloads_and_only_their_changes_publish() {
+    let index = index();
+    load(&index, "svc.yaml", SERVICES);
+    load(&index, "w.yaml", &(workload("b1", "app: books, version: v1", "10.0.0.1", 4143) + &workload("b2", "app: books, version: v2", "10.0.0.2", 4200)));
+    let mut rx = index.endpoints(&books());
+    let second = index.endpoints(&books());
+    let eps = rx.borrow_and_update().as_ref().clone().expect("the Service exists");
+    assert_eq!(eps.addrs.keys().map(|a| a.to_string()).collect::<Vec<_>>(), ["10.0.0.1:7000", "10.0.0.2:7000"]);
+    let b2 = &eps.addrs[&"10.0.0.2:7000".parse().unwrap()];
+    let hint = b2.protocol_hint.as_ref().unwrap();
+    assert_eq!(hint.opaque_transport.as_ref().map(|o| o.inbound_port), Some(4200));
+    assert!(matches!(hint.protocol, Some(protocol_hint::Protocol::H2(_))));
+    assert_eq!(b2.metric_labels["serviceaccount"], "b2");
+    assert_eq!(eps.labels["service"], "books");
+    assert_eq!(index.stats().views["endpoints"], (1, 2), "one view, two subscribers");
+
+    // A workload in another namespace does not touch the view.
+    let before = index.stats().published;
+    load(&index, "other.yaml", &workload("x", "app: books", "10.0.0.9", 4143).replace("namespace: demo", "namespace: other"));
+    assert_eq!(index.stats().published, before);
+    assert!(!rx.has_changed().unwrap());
+
+    // Removing b2 from the file removes the endpoint.
+    load(&index, "w.yaml", &workload("b1", "app: books, version: v1", "10.0.0.1", 4143));
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(rx.borrow_and_update().as_ref().as_ref().unwrap().addrs.len(), 1);
+
+    // Views nobody watches are dropped at the next change.
+    drop((rx, second));
+    load(&index, "w.yaml", "");
+    assert_eq!(index.stats().views["endpoints"], (0, 0));
+}
+
+fn outbound_http(index: &Index) -> (Vec<linkerd2_proxy_api::outbound::HttpRoute>, proxy_protocol::Detect) {
+    let policy = index.outbound(&books()).borrow().as_ref().clone().expect("a policy");
+    let Some(proxy_protocol::Kind::Detect(d)) = policy.protocol.unwrap().kind else { panic!("detect expected") };
+    assert!(d.timeout.is_some() && d.opaque.is_some() && d.http1.is_some() && d.http2.is_some(), "all four detect fields are required");
+    (d.http1.clone().unwrap().routes, d)
+}
+
+fn weights(route: &linkerd2_proxy_api::outbound::HttpRoute) -> Vec<(String, u32)> {
+    let Some(distribution::Kind::RandomAvailable(r)) = route.rules[0].backends.clone().unwrap().kind else { panic!("random_available expected") };
+    r.backends
+        .iter()
+        .map(|w| {
+            let b = w.backend.as_ref().unwrap().backend.as_ref().unwrap();
+            let name = match &b.kind {
+                Some(backend::Kind::Balancer(p)) => match &p.discovery.as_ref().unwrap().kind {
+                    Some(backend::endpoint_discovery::Kind::Dst(d)) => d.path.clone(),
+                    None => String::new(),
+                },
+                _ => "no kind".into(),
+            };
+            (name, w.weight)
+        })
+        .collect()
+}
+
+#[test]
+fn outbound_policy_default_route_split_and_httproute() {
+    let index = index();
+    load(&index, "svc.yaml", SERVICES);
+    let (routes, _) = outbound_http(&index);
+    assert_eq!(routes.len(), 1);
+    let rule = &routes[0].rules[0];
+    assert_eq!(rule.retry.as_ref().unwrap().conditions.as_ref().unwrap().status_ranges[0].start, 500);
+    assert_eq!(rule.timeouts.as_ref().unwrap().request, Some(prost_types::Duration { seconds: 3, nanos: 0 }));
+    let Some(distribution::Kind::FirstAvailable(f)) = rule.backends.clone().unwrap().kind else { panic!() };
+    let b = f.backends[0].backend.as_ref().unwrap();
+    assert_eq!(b.queue.as_ref().unwrap().capacity, 100);
+    let Some(backend::Kind::Balancer(p2c)) = &b.kind else { panic!() };
+    assert!(matches!(p2c.load, Some(backend::balance_p2c::Load::PenaltyPeakEwma(_))), "penalize-failures asks for penalties");
+
+    let split = "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {name: s, namespace: demo}\nspec: {service: books, backends: [{service: books-v1, weight: 90}, {service: books-v2, weight: 10}]}\n";
+    load(&index, "split.yaml", split);
+    let (routes, _) = outbound_http(&index);
+    assert_eq!(weights(&routes[0]), [("books-v1.demo.svc.cluster.local:8080".to_string(), 90), ("no kind".to_string(), 10)]);
+    let missing = &routes[0].rules[0].backends.clone().unwrap();
+    let Some(distribution::Kind::RandomAvailable(r)) = &missing.kind else { panic!() };
+    assert_eq!(r.backends[1].backend.as_ref().unwrap().filters.len(), 1, "a missing backend fails with a failure injector");
+
+    // An HTTPRoute wins over the split; a change to it is published to the watcher.
+    let mut rx = index.outbound(&books());
+    rx.borrow_and_update();
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: demo}\nspec:\n  parentRefs: [{kind: Service, name: books, port: 8080}]\n  rules: [{matches: [{path: {type: Exact, value: /x}}], backendRefs: [{name: books-v1, port: 8080, weight: 3}]}]\n";
+    load(&index, "route.yaml", route);
+    assert!(rx.has_changed().unwrap());
+    let (routes, _) = outbound_http(&index);
+    assert_eq!(weights(&routes[0]), [("books-v1.demo.svc.cluster.local:8080".to_string(), 3)]);
+    assert!(routes[0].metadata.is_some());
+    // The cluster IP resolves to the same Service.
+    assert_eq!(index.resolve(&names::Target::Addr("10.96.0.20:8080".parse().unwrap())), Some(books()));
+}
+
+#[test]
+fn inbound_default_and_server_policies() {
+    let index = index();
+    load(&index, "w.yaml", &workload("books-v1", "app: books", "10.0.0.1", 4143));
+    let key = WorkloadPort { ns: "demo".into(), workload: "books-v1".into(), port: 7000 };
+    let rx = index.inbound(&key);
+    let default = rx.borrow().as_ref().clone().unwrap();
+    assert_eq!(default.labels["kind"], "default");
+    assert_eq!(default.labels["name"], "all-unauthenticated");
+    assert!(!default.authorizations[0].networks.is_empty());
+
+    let policy = "
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: books-http, namespace: demo}
+spec: {externalWorkloadSelector: {matchLabels: {app: books}}, port: http, proxyProtocol: HTTP/1}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {name: web, namespace: demo}
+spec: {identities: ['*.web.example'], identityRefs: [{kind: ServiceAccount, name: web}]}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: books-from-web, namespace: demo}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: books-http}
+  requiredAuthenticationRefs: [{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: web}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: HTTPLocalRateLimitPolicy
+metadata: {name: books-limit, namespace: demo}
+spec: {targetRef: {group: policy.linkerd.io, kind: Server, name: books-http}, total: {requestsPerSecond: 100}, identity: {requestsPerSecond: 20}}
+";
+    load(&index, "policy.yaml", policy);
+    let server = rx.borrow().as_ref().clone().unwrap();
+    assert_eq!(server.labels["name"], "books-http");
+    assert_eq!(server.authorizations.len(), 1);
+    let a = &server.authorizations[0];
+    assert_eq!(a.labels["name"], "books-from-web");
+    let Some(authn::Permit::MeshTls(m)) = a.authentication.clone().unwrap().permit else { panic!() };
+    let Some(authn::permit_mesh_tls::Clients::Identities(ids)) = m.clients else { panic!() };
+    assert_eq!(ids.identities[0].name, "web.demo.serviceaccount.identity.knit.cluster.local");
+    assert_eq!(ids.suffixes[0].parts, ["web", "example"]);
+    let Some(inbound_protocol::Kind::Http1(h)) = server.protocol.unwrap().kind else { panic!() };
+    assert_eq!(h.local_rate_limit.unwrap().identity.unwrap().requests_per_second, 20);
+
+    // Another port of the workload is not the Server's.
+    let other = index.inbound(&WorkloadPort { port: 9000, ..key });
+    assert_eq!(other.borrow().as_ref().as_ref().unwrap().labels["kind"], "default");
+}

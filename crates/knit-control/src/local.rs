@@ -1,0 +1,136 @@
+//! Local mode's source: a directory of manifests (`--config-dir`), each `*.yaml`/`*.yml` file a
+//! source of the index.
+//!
+//! The directory is polled (stat only; a file is re-read when its modification time or length
+//! changes), which needs no inotify and behaves the same on every filesystem. Each read resets
+//! the file's resources in the index: removing a document or the file removes its resources.
+//! A file with an invalid document is different: its valid documents are applied, and nothing it
+//! served before is removed until it reads cleanly again, so a half-saved edit or a typo never
+//! takes down what proxies are using.
+
+use crate::{index::Index, resources::{self, Resource}};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+pub struct LocalSource {
+    dir: PathBuf,
+    index: Arc<Index>,
+    /// Modification time and length of each file when last read.
+    seen: HashMap<PathBuf, (SystemTime, u64)>,
+    /// What each file contributed, to keep it while the file is invalid.
+    applied: HashMap<String, Vec<Resource>>,
+    errors: Arc<Mutex<BTreeMap<String, Vec<String>>>>,
+}
+
+impl LocalSource {
+    /// Reads the whole directory once; a directory that cannot be read stops start-up.
+    pub fn load(dir: &Path, index: Arc<Index>) -> anyhow::Result<Self> {
+        std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("reading the manifest directory {}: {e}", dir.display()))?;
+        let mut source = Self { dir: dir.to_path_buf(), index, seen: HashMap::new(), applied: HashMap::new(), errors: Default::default() };
+        source.scan();
+        Ok(source)
+    }
+
+    /// The invalid documents of each file, as last read (for metrics and the admin server).
+    pub fn errors(&self) -> Arc<Mutex<BTreeMap<String, Vec<String>>>> {
+        self.errors.clone()
+    }
+
+    pub async fn run(mut self, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.scan();
+        }
+    }
+
+    /// One pass over the directory; returns whether anything was re-read.
+    pub fn scan(&mut self) -> bool {
+        let files = match manifest_files(&self.dir) {
+            Ok(f) => f,
+            Err(e) => {
+                // Keep serving what was read: the directory may be being replaced.
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot list the manifest directory; keeping the current state");
+                return false;
+            }
+        };
+        let mut changed = false;
+        let gone: Vec<PathBuf> = self.seen.keys().filter(|p| !files.contains_key(*p)).cloned().collect();
+        for path in gone {
+            self.seen.remove(&path);
+            let name = self.name(&path);
+            self.applied.remove(&name);
+            self.errors.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            self.index.reset(&name, Vec::new());
+            tracing::info!(file = %name, "manifest file removed; its resources are deleted");
+            changed = true;
+        }
+        for (path, stamp) in files {
+            if self.seen.get(&path) == Some(&stamp) {
+                continue;
+            }
+            changed = true;
+            self.read(&path, stamp);
+        }
+        changed
+    }
+
+    fn name(&self, path: &Path) -> String {
+        path.strip_prefix(&self.dir).unwrap_or(path).display().to_string()
+    }
+
+    fn read(&mut self, path: &Path, stamp: (SystemTime, u64)) {
+        let name = self.name(path);
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                // Not remembered as seen, so the next pass tries again.
+                tracing::warn!(file = %name, error = %e, "cannot read manifest file; keeping what it served");
+                return;
+            }
+        };
+        self.seen.insert(path.to_path_buf(), stamp);
+        let (mut resources, errors) = resources::parse(&name, &text);
+        for e in &errors {
+            tracing::warn!("invalid manifest, skipped: {e}");
+        }
+        if !errors.is_empty() {
+            // Keep what the file served before that its valid documents do not replace.
+            let keys: Vec<_> = resources.iter().map(Resource::key).collect();
+            let kept = self.applied.get(&name).into_iter().flatten().filter(|r| !keys.contains(&r.key())).cloned().collect::<Vec<_>>();
+            if !kept.is_empty() {
+                tracing::warn!(file = %name, kept = kept.len(), "keeping the file's previous resources until it reads cleanly");
+            }
+            resources.extend(kept);
+        }
+        tracing::info!(file = %name, resources = resources.len(), invalid = errors.len(), "manifest file read");
+        self.errors.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), errors);
+        self.applied.insert(name.clone(), resources.clone());
+        self.index.reset(&name, resources);
+    }
+}
+
+/// The manifest files in `dir` (not hidden, `.yaml` or `.yml`) with their modification time and length.
+fn manifest_files(dir: &Path) -> std::io::Result<HashMap<PathBuf, (SystemTime, u64)>> {
+    let mut files = HashMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            continue;
+        }
+        // A file deleted between listing and stat is simply not there this pass.
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_file() {
+            files.insert(path, (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len()));
+        }
+    }
+    Ok(files)
+}

@@ -1,0 +1,656 @@
+//! The resources the control plane understands, in their Kubernetes API shapes, and the parser
+//! that reads them from YAML manifests (several documents per file).
+//!
+//! A document that cannot be used is reported as `FILE: document N (KIND NS/NAME): FIELD: REASON`
+//! and skipped; the file's other documents still count. Besides what serde checks (types, required
+//! fields), each resource is validated for what the wire needs (weights, durations, status
+//! ranges, annotation values), so that a bad manifest is refused here, with its name, rather than
+//! producing a policy the proxies reject.
+
+mod annotations;
+mod validate;
+
+pub use annotations::{Accrual, Penalty, RetryConfig, ServiceConfig, Timeouts};
+pub use validate::DEFAULT_POLICIES;
+use serde::Deserialize;
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+
+#[cfg(test)]
+mod tests;
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// RFC 3339; routes are ordered by it, then by name.
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+/// A port given as a number or as the name of a workload's port.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Service {
+    pub metadata: ObjectMeta,
+    pub spec: ServiceSpec,
+    /// The Linkerd annotations, parsed.
+    #[serde(skip)]
+    pub config: ServiceConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default, rename = "clusterIP")]
+    pub cluster_ip: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: u16,
+    #[serde(default)]
+    pub target_port: Option<PortRef>,
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct ExternalWorkload {
+    pub metadata: ObjectMeta,
+    pub spec: ExternalWorkloadSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalWorkloadSpec {
+    #[serde(default, rename = "meshTLS")]
+    pub mesh_tls: Option<MeshTls>,
+    #[serde(default)]
+    pub ports: Vec<WorkloadPort>,
+    #[serde(default, rename = "workloadIPs")]
+    pub workload_ips: Vec<WorkloadIp>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshTls {
+    pub identity: String,
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct WorkloadPort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct WorkloadIp {
+    pub ip: IpAddr,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub match_expressions: Vec<LabelExpression>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct LabelExpression {
+    pub key: String,
+    pub operator: SelectorOp,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum SelectorOp {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| {
+                let value = labels.get(&e.key);
+                match e.operator {
+                    SelectorOp::In => value.is_some_and(|v| e.values.contains(v)),
+                    SelectorOp::NotIn => value.is_none_or(|v| !e.values.contains(v)),
+                    SelectorOp::Exists => value.is_some(),
+                    SelectorOp::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Server {
+    pub metadata: ObjectMeta,
+    pub spec: ServerSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSpec {
+    #[serde(default)]
+    pub pod_selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub external_workload_selector: Option<LabelSelector>,
+    pub port: PortRef,
+    /// unknown (detect), HTTP/1, HTTP/2, gRPC, opaque, TLS.
+    #[serde(default)]
+    pub proxy_protocol: Option<String>,
+    /// The default policy for traffic no authorization matches (Linkerd: deny).
+    #[serde(default)]
+    pub access_policy: Option<String>,
+}
+
+/// A reference to another resource: `targetRef`, `parentRefs`, `requiredAuthenticationRefs`,
+/// `identityRefs`, `clientRefs`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Ref {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+impl Ref {
+    pub fn kind_is(&self, kind: &str) -> bool {
+        self.kind.as_deref().is_some_and(|k| k.eq_ignore_ascii_case(kind))
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct AuthorizationPolicy {
+    pub metadata: ObjectMeta,
+    pub spec: AuthorizationPolicySpec,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationPolicySpec {
+    pub target_ref: Ref,
+    #[serde(default)]
+    pub required_authentication_refs: Vec<Ref>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct MeshTlsAuthentication {
+    pub metadata: ObjectMeta,
+    pub spec: MeshTlsAuthenticationSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshTlsAuthenticationSpec {
+    /// Exact identities, `*` for any, or `*.suffix`.
+    #[serde(default)]
+    pub identities: Vec<String>,
+    #[serde(default)]
+    pub identity_refs: Vec<Ref>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct NetworkAuthentication {
+    pub metadata: ObjectMeta,
+    pub spec: NetworkAuthenticationSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct NetworkAuthenticationSpec {
+    pub networks: Vec<Network>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Network {
+    pub cidr: ipnet::IpNet,
+    #[serde(default)]
+    pub except: Vec<ipnet::IpNet>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct RateLimitPolicy {
+    pub metadata: ObjectMeta,
+    pub spec: RateLimitSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    pub target_ref: Ref,
+    #[serde(default)]
+    pub total: Option<Limit>,
+    #[serde(default)]
+    pub identity: Option<Limit>,
+    #[serde(default)]
+    pub overrides: Vec<RateLimitOverride>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Limit {
+    pub requests_per_second: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitOverride {
+    pub requests_per_second: u32,
+    pub client_refs: Vec<Ref>,
+}
+
+/// `HTTPRoute` (gateway.networking.k8s.io or policy.linkerd.io) and `GRPCRoute`: one shape, the
+/// gRPC rules' `method` matches read from `GrpcMethod`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Route {
+    pub metadata: ObjectMeta,
+    pub spec: RouteSpec,
+    /// The retry and timeout annotations, which override the parent Service's.
+    #[serde(skip)]
+    pub config: ServiceConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<Ref>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<RouteRule>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRule {
+    #[serde(default)]
+    pub matches: Vec<RouteMatch>,
+    #[serde(default)]
+    pub filters: Vec<RouteFilter>,
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+    #[serde(default)]
+    pub timeouts: Option<RouteTimeouts>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMatch {
+    #[serde(default)]
+    pub path: Option<PathMatch>,
+    #[serde(default)]
+    pub headers: Vec<ValueMatch>,
+    #[serde(default)]
+    pub query_params: Vec<ValueMatch>,
+    /// HTTP: a method name. gRPC: `{service, method}`.
+    #[serde(default)]
+    pub method: Option<MethodMatch>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MethodMatch {
+    Http(String),
+    Grpc(GrpcMethod),
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct GrpcMethod {
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct PathMatch {
+    #[serde(rename = "type", default = "path_prefix")]
+    pub kind: String,
+    #[serde(default = "slash")]
+    pub value: String,
+}
+
+fn path_prefix() -> String {
+    "PathPrefix".to_string()
+}
+fn slash() -> String {
+    "/".to_string()
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct ValueMatch {
+    #[serde(rename = "type", default = "exact")]
+    pub kind: String,
+    pub name: String,
+    pub value: String,
+}
+
+fn exact() -> String {
+    "Exact".to_string()
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteFilter {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub request_header_modifier: Option<HeaderModifier>,
+    #[serde(default)]
+    pub response_header_modifier: Option<HeaderModifier>,
+    #[serde(default)]
+    pub request_redirect: Option<Redirect>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct HeaderModifier {
+    #[serde(default)]
+    pub set: Vec<Header>,
+    #[serde(default)]
+    pub add: Vec<Header>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Redirect {
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<RedirectPath>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub status_code: Option<u16>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedirectPath {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub replace_full_path: Option<String>,
+    #[serde(default)]
+    pub replace_prefix_match: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendRef {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default)]
+    pub filters: Vec<RouteFilter>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTimeouts {
+    #[serde(default)]
+    pub request: Option<String>,
+    #[serde(default)]
+    pub backend_request: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct TrafficSplit {
+    pub metadata: ObjectMeta,
+    pub spec: TrafficSplitSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct TrafficSplitSpec {
+    /// The apex Service that clients address.
+    pub service: String,
+    pub backends: Vec<SplitBackend>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct SplitBackend {
+    pub service: String,
+    pub weight: u32,
+}
+
+/// What a resource is; with the namespace and name, it identifies the resource in the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Service,
+    ExternalWorkload,
+    Server,
+    AuthorizationPolicy,
+    MeshTlsAuthentication,
+    NetworkAuthentication,
+    RateLimitPolicy,
+    /// gateway.networking.k8s.io
+    HttpRoute,
+    /// policy.linkerd.io
+    PolicyHttpRoute,
+    GrpcRoute,
+    TrafficSplit,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::ExternalWorkload => "ExternalWorkload",
+            Kind::Server => "Server",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::MeshTlsAuthentication => "MeshTLSAuthentication",
+            Kind::NetworkAuthentication => "NetworkAuthentication",
+            Kind::RateLimitPolicy => "HTTPLocalRateLimitPolicy",
+            Kind::HttpRoute | Kind::PolicyHttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::TrafficSplit => "TrafficSplit",
+        }
+    }
+
+    /// The API group, as the wire's metadata carries it.
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::Service => "core",
+            Kind::ExternalWorkload => "workload.linkerd.io",
+            Kind::HttpRoute | Kind::GrpcRoute => "gateway.networking.k8s.io",
+            Kind::TrafficSplit => "split.smi-spec.io",
+            _ => "policy.linkerd.io",
+        }
+    }
+
+    /// From a manifest's `apiVersion` and `kind`; `None` for kinds Knit does not serve.
+    pub fn from_manifest(api_version: &str, kind: &str) -> Option<Kind> {
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        Some(match (group, kind) {
+            ("", "Service") => Kind::Service,
+            ("workload.linkerd.io", "ExternalWorkload") => Kind::ExternalWorkload,
+            ("policy.linkerd.io", "Server") => Kind::Server,
+            ("policy.linkerd.io", "AuthorizationPolicy") => Kind::AuthorizationPolicy,
+            ("policy.linkerd.io", "MeshTLSAuthentication") => Kind::MeshTlsAuthentication,
+            ("policy.linkerd.io", "NetworkAuthentication") => Kind::NetworkAuthentication,
+            ("policy.linkerd.io", "HTTPLocalRateLimitPolicy") => Kind::RateLimitPolicy,
+            ("gateway.networking.k8s.io", "HTTPRoute") => Kind::HttpRoute,
+            ("policy.linkerd.io", "HTTPRoute") => Kind::PolicyHttpRoute,
+            ("gateway.networking.k8s.io", "GRPCRoute") => Kind::GrpcRoute,
+            ("split.smi-spec.io", "TrafficSplit") => Kind::TrafficSplit,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    Service(Arc<Service>),
+    ExternalWorkload(Arc<ExternalWorkload>),
+    Server(Arc<Server>),
+    AuthorizationPolicy(Arc<AuthorizationPolicy>),
+    MeshTlsAuthentication(Arc<MeshTlsAuthentication>),
+    NetworkAuthentication(Arc<NetworkAuthentication>),
+    RateLimitPolicy(Arc<RateLimitPolicy>),
+    Route(Kind, Arc<Route>),
+    TrafficSplit(Arc<TrafficSplit>),
+}
+
+impl Resource {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::Service(_) => Kind::Service,
+            Resource::ExternalWorkload(_) => Kind::ExternalWorkload,
+            Resource::Server(_) => Kind::Server,
+            Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Resource::MeshTlsAuthentication(_) => Kind::MeshTlsAuthentication,
+            Resource::NetworkAuthentication(_) => Kind::NetworkAuthentication,
+            Resource::RateLimitPolicy(_) => Kind::RateLimitPolicy,
+            Resource::Route(kind, _) => *kind,
+            Resource::TrafficSplit(_) => Kind::TrafficSplit,
+        }
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Resource::Service(r) => &r.metadata,
+            Resource::ExternalWorkload(r) => &r.metadata,
+            Resource::Server(r) => &r.metadata,
+            Resource::AuthorizationPolicy(r) => &r.metadata,
+            Resource::MeshTlsAuthentication(r) => &r.metadata,
+            Resource::NetworkAuthentication(r) => &r.metadata,
+            Resource::RateLimitPolicy(r) => &r.metadata,
+            Resource::Route(_, r) => &r.metadata,
+            Resource::TrafficSplit(r) => &r.metadata,
+        }
+    }
+
+    pub fn key(&self) -> Key {
+        let m = self.meta();
+        Key { kind: self.kind(), namespace: m.namespace.clone(), name: m.name.clone() }
+    }
+}
+
+/// A resource's identity in the index.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind.name(), self.namespace, self.name)
+    }
+}
+
+/// Parses every document of one manifest file. `file` names it in error messages.
+pub fn parse(file: &str, text: &str) -> (Vec<Resource>, Vec<String>) {
+    let mut resources = Vec::new();
+    let mut errors = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let n = i + 1;
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                // A syntax error ends the file's documents: the YAML stream cannot be resynchronised.
+                errors.push(format!("{file}: document {n}: {e}"));
+                break;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        match parse_document(value) {
+            Ok(Some(r)) => resources.push(r),
+            Ok(None) => {}
+            Err(e) => errors.push(format!("{file}: document {n}{e}")),
+        }
+    }
+    (resources, errors)
+}
+
+/// `Ok(None)` for a kind Knit does not serve (Deployments and the like live in the same files).
+fn parse_document(value: serde_yaml::Value) -> Result<Option<Resource>, String> {
+    let text = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_string);
+    let (Some(api_version), Some(kind_name)) = (text("apiVersion"), text("kind")) else {
+        return Err(": apiVersion and kind are required".to_string());
+    };
+    let meta = value.get("metadata");
+    let name = meta.and_then(|m| m.get("name")).and_then(|v| v.as_str()).unwrap_or("?");
+    let ns = meta.and_then(|m| m.get("namespace")).and_then(|v| v.as_str()).unwrap_or("default");
+    let label = format!(" ({kind_name} {ns}/{name})");
+    let Some(kind) = Kind::from_manifest(&api_version, &kind_name) else {
+        tracing::debug!("skipping {api_version} {kind_name}: not a kind Knit serves");
+        return Ok(None);
+    };
+    fn de<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, String> {
+        serde_path_to_error::deserialize(v).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+    }
+    let parsed = || -> Result<Resource, String> {
+        Ok(match kind {
+            Kind::Service => Resource::Service(Arc::new(de(value)?)),
+            Kind::ExternalWorkload => Resource::ExternalWorkload(Arc::new(de(value)?)),
+            Kind::Server => Resource::Server(Arc::new(de(value)?)),
+            Kind::AuthorizationPolicy => Resource::AuthorizationPolicy(Arc::new(de(value)?)),
+            Kind::MeshTlsAuthentication => Resource::MeshTlsAuthentication(Arc::new(de(value)?)),
+            Kind::NetworkAuthentication => Resource::NetworkAuthentication(Arc::new(de(value)?)),
+            Kind::RateLimitPolicy => Resource::RateLimitPolicy(Arc::new(de(value)?)),
+            Kind::HttpRoute | Kind::PolicyHttpRoute | Kind::GrpcRoute => Resource::Route(kind, Arc::new(de(value)?)),
+            Kind::TrafficSplit => Resource::TrafficSplit(Arc::new(de(value)?)),
+        })
+    };
+    let resource = parsed().map_err(|e| format!("{label}: {e}"))?;
+    validate::validate(resource).map(Some).map_err(|(field, reason)| format!("{label}: {field}: {reason}"))
+}
