@@ -136,8 +136,11 @@ async fn an_untrusted_issuer_stops_start_up_with_the_reason() {
     let pki = pki("untrusted");
     let other = create::trust_anchor("someone-else", DAY).unwrap();
     std::fs::write(pki.dir.join(layout::TRUST_ANCHORS), &other.cert_pem).unwrap();
-    let config = Config { identity_addr: "127.0.0.1:0".parse().unwrap(), admin_addr: "127.0.0.1:0".parse().unwrap(), identity: IdentityConfig::for_dir(&pki.dir), log: "warn".into() };
+    let config = Config::local(IdentityConfig::for_dir(&pki.dir));
     let err = Control::bind(config).await.err().expect("refused");
     let msg = format!("{err:#}");
     assert!(msg.contains("does not chain to any trust anchor") && msg.contains("someone-else"), "{msg}");
 }
+
+#[path = "integration/discovery.rs"]
+mod discovery;
