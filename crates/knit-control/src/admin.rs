@@ -2,7 +2,7 @@
 //!
 //! The index's sizes and the manifest errors are read at scrape time, not mirrored in gauges.
 
-use crate::{identity::Service, index::Index};
+use crate::{identity::Service, index::Index, local::Files};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
@@ -14,11 +14,7 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
-use std::{
-    collections::BTreeMap,
-    convert::Infallible,
-    sync::{Arc, Mutex},
-};
+use std::{convert::Infallible, sync::Arc};
 use tokio::net::TcpListener;
 
 pub async fn serve(listener: TcpListener, service: Arc<Service>) {
@@ -52,15 +48,13 @@ fn metrics(service: &Service) -> String {
     out
 }
 
-type Errors = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
-
-pub fn register(registry: &mut Registry, index: Arc<Index>, errors: Option<Errors>) {
-    registry.register_collector(Box::new(IndexCollector { index, errors }));
+pub fn register(registry: &mut Registry, index: Arc<Index>, files: Option<Files>) {
+    registry.register_collector(Box::new(IndexCollector { index, files }));
 }
 
 struct IndexCollector {
     index: Arc<Index>,
-    errors: Option<Errors>,
+    files: Option<Files>,
 }
 
 impl std::fmt::Debug for IndexCollector {
@@ -86,11 +80,15 @@ impl Collector for IndexCollector {
         }
         let c = ConstCounter::new(stats.published);
         c.encode(enc.encode_descriptor("index_updates_published", "View changes published to watchers", None, c.metric_type())?)?;
-        if let Some(errors) = &self.errors {
-            let errors = errors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(files) = &self.files {
+            let files = files.lock().unwrap_or_else(|p| p.into_inner());
             let mut family = enc.encode_descriptor("manifest_invalid_documents", "Documents skipped as invalid in each manifest file, as last read", None, MetricType::Gauge)?;
-            for (file, errs) in errors.iter() {
-                ConstGauge::new(errs.len() as i64).encode(family.encode_family(&[("file", file.as_str())])?)?;
+            for (file, status) in files.iter() {
+                ConstGauge::new(status.errors.len() as i64).encode(family.encode_family(&[("file", file.as_str())])?)?;
+            }
+            let mut family = enc.encode_descriptor("manifest_reads", "Times each manifest file was read after a change", None, MetricType::Counter)?;
+            for (file, status) in files.iter() {
+                ConstCounter::new(status.reads).encode(family.encode_family(&[("file", file.as_str())])?)?;
             }
         }
         Ok(())

@@ -58,7 +58,7 @@ impl Control {
         }));
         let local = d.config_dir.as_deref().map(|dir| local::LocalSource::load(dir, index.clone())).transpose()?;
         let mut service = identity::Service::load(&config.identity)?;
-        admin::register(&mut service.registry, index.clone(), local.as_ref().map(local::LocalSource::errors));
+        admin::register(&mut service.registry, index.clone(), local.as_ref().map(local::LocalSource::files));
         Ok(Self {
             identity: bind("identity", config.identity_addr).await?,
             destination: bind("destination", config.destination_addr).await?,

@@ -23,21 +23,31 @@ pub struct LocalSource {
     seen: HashMap<PathBuf, (SystemTime, u64)>,
     /// What each file contributed, to keep it while the file is invalid.
     applied: HashMap<String, Vec<Resource>>,
-    errors: Arc<Mutex<BTreeMap<String, Vec<String>>>>,
+    files: Files,
+}
+
+/// What is known of each manifest file, for the admin server's metrics.
+pub type Files = Arc<Mutex<BTreeMap<String, FileStatus>>>;
+
+#[derive(Clone, Debug, Default)]
+pub struct FileStatus {
+    /// How many times the file was read (a change that reached the index).
+    pub reads: u64,
+    /// Its invalid documents, as last read.
+    pub errors: Vec<String>,
 }
 
 impl LocalSource {
     /// Reads the whole directory once; a directory that cannot be read stops start-up.
     pub fn load(dir: &Path, index: Arc<Index>) -> anyhow::Result<Self> {
         std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("reading the manifest directory {}: {e}", dir.display()))?;
-        let mut source = Self { dir: dir.to_path_buf(), index, seen: HashMap::new(), applied: HashMap::new(), errors: Default::default() };
+        let mut source = Self { dir: dir.to_path_buf(), index, seen: HashMap::new(), applied: HashMap::new(), files: Default::default() };
         source.scan();
         Ok(source)
     }
 
-    /// The invalid documents of each file, as last read (for metrics and the admin server).
-    pub fn errors(&self) -> Arc<Mutex<BTreeMap<String, Vec<String>>>> {
-        self.errors.clone()
+    pub fn files(&self) -> Files {
+        self.files.clone()
     }
 
     pub async fn run(mut self, interval: Duration) {
@@ -65,7 +75,7 @@ impl LocalSource {
             self.seen.remove(&path);
             let name = self.name(&path);
             self.applied.remove(&name);
-            self.errors.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            self.files.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
             self.index.reset(&name, Vec::new());
             tracing::info!(file = %name, "manifest file removed; its resources are deleted");
             changed = true;
@@ -109,9 +119,12 @@ impl LocalSource {
             resources.extend(kept);
         }
         tracing::info!(file = %name, resources = resources.len(), invalid = errors.len(), "manifest file read");
-        self.errors.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), errors);
         self.applied.insert(name.clone(), resources.clone());
         self.index.reset(&name, resources);
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let status = files.entry(name).or_default();
+        status.reads += 1;
+        status.errors = errors;
     }
 }
 

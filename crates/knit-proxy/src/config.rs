@@ -31,6 +31,8 @@ pub struct Config {
     pub cores: usize,
     /// Mesh identity and TLS; `None` (no `KNIT_PROXY_IDENTITY_LOCAL_NAME`) runs without mesh TLS.
     pub identity: Option<crate::identity::IdentityConfig>,
+    /// Destination and policy discovery from the control plane.
+    pub discovery: crate::discovery::DiscoveryConfig,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -223,6 +225,7 @@ impl Config {
             }
         }
         let identity = identity_config(&mut r);
+        let discovery = discovery_config(&mut r);
         if !r.errors.is_empty() {
             return Err(ConfigError(r.errors));
         }
@@ -253,6 +256,7 @@ impl Config {
             shutdown_grace_period: grace.expect(m),
             cores: cores.expect(m),
             identity,
+            discovery: discovery.expect(m),
         })
     }
 
@@ -297,6 +301,48 @@ fn identity_config(r: &mut Reader<'_>) -> Option<crate::identity::IdentityConfig
         svc_addr: svc_addr?,
         min_refresh: min_refresh?,
         max_refresh: max_refresh?,
+    })
+}
+
+pub const DEFAULT_CLUSTER_NETWORKS: &str = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
+
+fn networks(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(|n| n.parse().map_err(|_| format!("{n:?} is not a CIDR network (e.g. 10.0.0.0/8)"))).collect()
+}
+
+/// The discovery variables. The workload is required once a policy service is configured: the
+/// control plane cannot answer `WatchPort` without knowing which workload asks.
+fn discovery_config(r: &mut Reader<'_>) -> Option<crate::discovery::DiscoveryConfig> {
+    let destination_addr = r.get("KNIT_PROXY_DESTINATION_SVC_ADDR", "", optional_addr);
+    let policy_addr = r.get("KNIT_PROXY_POLICY_SVC_ADDR", "", optional_addr);
+    let workload = r.env.var("KNIT_PROXY_POLICY_WORKLOAD").unwrap_or_default();
+    if matches!(policy_addr, Some(Some(_))) && workload.trim().is_empty() {
+        r.errors.push(VarError {
+            name: "KNIT_PROXY_POLICY_WORKLOAD".into(),
+            value: workload.clone(),
+            reason: "required when KNIT_PROXY_POLICY_SVC_ADDR is set: {\"ns\":\"NAMESPACE\",\"pod\":\"POD\"} or {\"ns\":..,\"external_workload\":..}".into(),
+        });
+    }
+    let context = r.env.var("KNIT_PROXY_DESTINATION_CONTEXT").unwrap_or_default();
+    let outbound_idle = r.get("KNIT_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "5s", parse::duration);
+    let inbound_idle = r.get("KNIT_PROXY_INBOUND_DISCOVERY_IDLE_TIMEOUT", "90s", parse::duration);
+    let initial = r.get("KNIT_PROXY_DISCOVERY_INITIAL_TIMEOUT", "3s", parse::duration);
+    let default_policy = r.get("KNIT_PROXY_INBOUND_DEFAULT_POLICY", "all-unauthenticated", str::parse::<crate::policy::inbound::DefaultPolicy>);
+    let cluster_networks = r.get("KNIT_PROXY_POLICY_CLUSTER_NETWORKS", DEFAULT_CLUSTER_NETWORKS, networks);
+    let inbound_ports = r.get("KNIT_PROXY_INBOUND_PORTS", "", parse::port_set);
+    let trust_loopback = r.get("KNIT_PROXY_INBOUND_TRUST_LOOPBACK", "true", parse::boolean);
+    Some(crate::discovery::DiscoveryConfig {
+        destination_addr: destination_addr?,
+        policy_addr: policy_addr?,
+        workload,
+        context,
+        outbound_idle_timeout: outbound_idle?,
+        inbound_idle_timeout: inbound_idle?,
+        initial_timeout: initial?,
+        default_inbound_policy: default_policy?,
+        cluster_networks: cluster_networks?,
+        inbound_ports: inbound_ports?,
+        trust_loopback: trust_loopback?,
     })
 }
 

@@ -2,10 +2,12 @@
 //! named stages in order: [`route`](Ctx::route) (which endpoint), [`forward`](forward::forward)
 //! (which client and which header rewrites), and the response's metrics and access log.
 
+pub(crate) mod authorize;
 pub mod body;
 pub mod client;
 mod forward;
 pub mod headers;
+mod logical;
 
 use crate::{
     drain,
@@ -26,6 +28,12 @@ pub use client::Clients;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Request bodies on their way upstream: the client's stream, or a buffered copy that a retry
+/// replays.
+pub type ReqBody = BoxBody<Bytes, BoxError>;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HttpVersion {
     Http1,
@@ -39,6 +47,7 @@ pub struct Side {
     pub clients: Clients,
     pub metrics: Metrics,
     pub resolver: Arc<Resolver>,
+    pub discovery: Arc<crate::discovery::Discovery>,
     pub config: Arc<crate::config::Config>,
     /// Addresses this proxy listens on; forwarding to one of them would loop.
     pub own_addrs: Vec<SocketAddr>,
@@ -61,22 +70,54 @@ pub struct Routed {
     pub authority: Option<Authority>,
 }
 
+impl Routed {
+    pub fn to(endpoint: Endpoint) -> Self {
+        Self { endpoint, authority: None }
+    }
+}
+
+/// What happens to a request, decided before anything is sent.
+pub enum Plan {
+    /// Straight to one endpoint: inbound, the application; outbound, a destination without an
+    /// outbound policy (the destination table, DNS, or the original destination).
+    Endpoint(Routed),
+    /// Through the routes, backends and balancers of the destination's outbound policy.
+    Logical(logical::Logical),
+    /// The proxy answers by itself (an inbound route's redirect or injected failure).
+    Respond { rsp: Response<Body>, target: Option<Routed> },
+}
+
+/// A request refused before it was sent, with the endpoint it was meant for when known.
+pub type Refused = (ProxyError, Option<Routed>);
+
 impl Ctx {
-    async fn route<B>(&self, req: &Request<B>) -> Result<Routed, ProxyError> {
-        let routed = match &self.dest {
-            Dest::Endpoint(endpoint) => Routed { endpoint: endpoint.clone(), authority: None },
-            Dest::Named(authority) => {
-                Routed { endpoint: self.side.resolver.resolve(authority).await?, authority: Some(authority.clone()) }
-            }
+    /// Outbound: the control plane's policy for the destination when it has one, else the
+    /// destination table and DNS.
+    async fn plan<B>(&self, req: &Request<B>) -> Result<Plan, Refused> {
+        use crate::discovery::{Answer, Target};
+        let (target, authority) = match &self.dest {
+            Dest::Endpoint(e) => (Target::Addr(e.addr), None),
+            Dest::Named(a) => (Target::Authority(a.clone()), Some(a.clone())),
             Dest::FromRequest => {
-                let authority = request_authority(req)?;
-                Routed { endpoint: self.side.resolver.resolve(&authority).await?, authority: Some(authority) }
+                let a = request_authority(req).map_err(|e| (e, None))?;
+                (Target::Authority(a.clone()), Some(a))
             }
         };
-        if self.side.own_addrs.contains(&routed.endpoint.connect_addr()) {
-            return Err(ProxyError::Loop(routed.endpoint.connect_addr()));
+        let discovery = &self.side.discovery;
+        if discovery.has_policy() && !self.side.resolver.has_static(&target) {
+            let (answer, budget) = discovery.outbound(&target).await.map_err(|e| (e, None))?;
+            match answer {
+                Answer::Found(policy) => return Ok(Plan::Logical(logical::Logical { policy, budget, target, authority })),
+                Answer::Invalid(reason) => return Err((ProxyError::InvalidPolicy(reason), None)),
+                Answer::NotFound | Answer::Pending => {}
+            }
         }
-        Ok(routed)
+        let endpoint = match (&self.dest, &authority) {
+            (Dest::Endpoint(e), _) => e.clone(),
+            (_, Some(a)) => self.side.resolver.resolve(a).await.map_err(|e| (e, None))?,
+            (_, None) => return Err((ProxyError::NoDestination, None)),
+        };
+        Ok(Plan::Endpoint(Routed { endpoint, authority }))
     }
 }
 
@@ -204,6 +245,9 @@ pub fn error_response(e: &ProxyError) -> Response<Body> {
     h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
     if let Ok(v) = http::HeaderValue::from_str(&msg) {
         h.insert(headers::L5D_PROXY_ERROR, v);
+    }
+    if let Some(after) = e.retry_after() {
+        h.insert(header::RETRY_AFTER, http::HeaderValue::from(after.as_secs().max(1)));
     }
     rsp
 }

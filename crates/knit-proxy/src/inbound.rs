@@ -168,6 +168,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let target = target(conn, side)?;
+    authorize_tcp(conn, target.port(), side)?;
     let mut client_io = CountingIo::metered(io, &side.metrics.tcp, src_labels(side, target, conn.tls.clone()));
     let mut server = side.dialer.dial(&Endpoint::plain(target), None, None).await?;
     if let Err(e) = crate::tcp::forward(&mut client_io, &mut server).await {
@@ -175,6 +176,36 @@ where
         tracing::debug!(client = %conn.client, %target, error = %e, "opaque connection ended with an error");
     }
     Ok(())
+}
+
+/// An opaque connection is authorized once, as a whole; a refused one is closed.
+fn authorize_tcp(conn: &Conn, port: u16, side: &Side) -> Result<(), ProxyError> {
+    use crate::metrics::route::AuthzLabels;
+    let policy = side.discovery.inbound(port);
+    let client = crate::policy::inbound::Client { addr: conn.client.ip(), identity: conn.client_id.clone(), tls: matches!(conn.tls, Tls::Inbound { .. }) };
+    let mut labels = AuthzLabels {
+        server: crate::http::authorize::server_labels(&policy, port),
+        route_group: String::new(),
+        route_kind: String::new(),
+        route_name: String::new(),
+        authz_group: String::new(),
+        authz_kind: String::new(),
+        authz_name: String::new(),
+        client_id: client.identity.clone().unwrap_or_default(),
+    };
+    match policy.authorize_tcp(&client) {
+        Ok(permit) => {
+            (labels.authz_group, labels.authz_kind, labels.authz_name) = (permit.authz.group.clone(), permit.authz.kind.clone(), permit.authz.name.clone());
+            side.metrics.route.tcp_authz_allow.get_or_create(&labels).inc();
+            Ok(())
+        }
+        Err(denied) => {
+            side.metrics.route.tcp_authz_deny.get_or_create(&labels).inc();
+            let message = denied.to_string();
+            tracing::info!(client = %conn.client, identity = conn.client_id.as_deref().unwrap_or("-"), %message, "connection denied by inbound policy");
+            Err(ProxyError::Unauthorized(message))
+        }
+    }
 }
 
 /// Reads a complete transport header; the bytes after it stay in front of the stream.

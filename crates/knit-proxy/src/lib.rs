@@ -13,6 +13,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod detect;
+pub mod discovery;
 pub mod drain;
 pub mod error;
 pub mod http;
@@ -116,6 +117,7 @@ impl Proxy {
 
         let identity = self.config.identity.clone().map(|cfg| identity::spawn(cfg, self.metrics.identity.clone()));
         let log = Arc::new(tls::LogOnce::default());
+        let discovery = discovery::Discovery::spawn(self.config.discovery.clone());
         let side = |direction, own_addrs: Vec<SocketAddr>, timeout| {
             let dialer = tcp::Dialer { direction, timeout, metrics: self.metrics.clone(), identity: identity.clone(), log: log.clone() };
             Arc::new(http::Side {
@@ -124,6 +126,7 @@ impl Proxy {
                 dialer,
                 metrics: self.metrics.clone(),
                 resolver: Arc::new(resolve::Resolver::new(self.config.outbound.endpoints.clone())),
+                discovery: discovery.clone(),
                 config: self.config.clone(),
                 own_addrs,
             })

@@ -38,6 +38,12 @@ impl Resolver {
         self.table.get(authority).is_some()
     }
 
+    /// Whether the static table names this destination: an entry there wins over discovery, so
+    /// a local override needs no control plane.
+    pub fn has_static(&self, target: &crate::discovery::Target) -> bool {
+        matches!(target, crate::discovery::Target::Authority(a) if self.has(a))
+    }
+
     /// Picks an endpoint for `authority`: the table's endpoints in turn, or the first address DNS
     /// gives for it.
     pub async fn resolve(&self, authority: &Authority) -> Result<Endpoint, ProxyError> {

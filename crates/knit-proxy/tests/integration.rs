@@ -6,6 +6,7 @@ mod harness;
 mod integration {
     mod admin;
     mod bad_input;
+    mod discovery;
     mod grpc;
     mod http1;
     mod http2;

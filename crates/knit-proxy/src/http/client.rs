@@ -4,6 +4,7 @@
 //!   one multiplexed connection per endpoint;
 //! - tunnels (`Upgrade`, `CONNECT`): a dedicated HTTP/1 connection each.
 
+use super::ReqBody;
 use crate::{
     config::HttpConfig,
     error::ProxyError,
@@ -26,11 +27,11 @@ use std::{
     time::Duration,
 };
 
-type H2Sender = hyper::client::conn::http2::SendRequest<Incoming>;
+type H2Sender = hyper::client::conn::http2::SendRequest<ReqBody>;
 
 #[derive(Clone)]
 pub struct Clients {
-    http1: legacy::Client<Connector, Incoming>,
+    http1: legacy::Client<Connector, ReqBody>,
     h2: Arc<H2Pool>,
     connector: Connector,
 }
@@ -86,14 +87,14 @@ impl Clients {
     /// Sends an HTTP/1 request to a plain endpoint over a pooled connection. The URI must be
     /// origin-form or absolute; its authority is replaced by the endpoint address for dialing, and
     /// the `Host` header goes through unchanged.
-    pub async fn http1(&self, endpoint: SocketAddr, mut req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn http1(&self, endpoint: SocketAddr, mut req: Request<ReqBody>) -> Result<Response<Incoming>, ProxyError> {
         let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         *req.uri_mut() = Uri::try_from(format!("http://{endpoint}{pq}")).map_err(|e| ProxyError::Upstream { addr: endpoint, source: e.into() })?;
         self.http1.request(req).await.map_err(|e| upstream_error(endpoint, e))
     }
 
     /// Sends a request over the endpoint's shared HTTP/2 connection, dialing it when needed.
-    pub async fn http2(&self, endpoint: Endpoint, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn http2(&self, endpoint: Endpoint, req: Request<ReqBody>) -> Result<Response<Incoming>, ProxyError> {
         let addr = endpoint.connect_addr();
         let mut sender = self.h2.sender(&endpoint, &self.connector).await?;
         sender.ready().await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })?;
@@ -102,7 +103,7 @@ impl Clients {
 
     /// Sends a tunnel request (`Upgrade` or `CONNECT`) on a connection of its own, which becomes
     /// the tunnel when the upstream agrees.
-    pub async fn tunnel(&self, endpoint: Endpoint, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn tunnel(&self, endpoint: Endpoint, req: Request<ReqBody>) -> Result<Response<Incoming>, ProxyError> {
         let addr = endpoint.connect_addr();
         let io = self.connector.connect(&endpoint, Some(SessionProtocol::Http1)).await?;
         let (mut sender, conn) =

@@ -5,7 +5,7 @@ use super::{
     body::{grpc_status, RecordBody, Recorder},
     error_response,
     headers::{self, L5D_CLIENT_ID, L5D_ORIG_PROTO},
-    Body, Ctx, Routed,
+    Body, BoxError, Ctx, Plan, ReqBody, Routed,
 };
 use crate::{
     error::ProxyError,
@@ -20,42 +20,77 @@ use hyper_util::rt::TokioIo;
 
 pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
     let started = Instant::now();
-    let side = &ctx.side;
-    let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
-    let routed = ctx.route(&req).await;
-    // A request that could not be routed has no target; the unspecified address keeps the label
-    // set bounded (a client address would add a series per ephemeral port).
-    let target_addr = match &routed {
-        Ok(r) => r.endpoint.addr,
-        Err(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+    let mut req = req.map(|b| b.map_err(BoxError::from).boxed());
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let planned = match ctx.side.direction {
+        Direction::Outbound => ctx.plan(&req).await,
+        Direction::Inbound => super::authorize::plan(&mut req, &ctx),
     };
-    let labels = HttpLabels {
+    let result = match planned {
+        Ok(Plan::Endpoint(routed)) => call_endpoint(req, &routed, &ctx, started).await,
+        Ok(Plan::Logical(logical)) => super::logical::serve(req, logical, &ctx, started).await,
+        Ok(Plan::Respond { rsp, target }) => {
+            record_synthetic(&ctx, target, rsp.status(), None, started);
+            Ok(rsp)
+        }
+        Err((e, target)) => {
+            record_synthetic(&ctx, target, e.http_status(), Some(&e), started);
+            Err(e)
+        }
+    };
+    result.unwrap_or_else(|e| {
+        tracing::info!(client = %ctx.client, %method, %uri, error = %e, "request failed");
+        error_response(&e)
+    })
+}
+
+/// The golden-metric labels of a request to `target` (the unspecified address when no endpoint
+/// was chosen: a client address would add a series per ephemeral port).
+fn labels(ctx: &Ctx, target: Option<&Routed>) -> HttpLabels {
+    let side = &ctx.side;
+    HttpLabels {
         direction: side.direction,
-        authority: match (&routed, side.direction) {
-            (Ok(Routed { authority: Some(a), .. }), Direction::Outbound) => Some(a.to_string()),
+        authority: match (target, side.direction) {
+            (Some(Routed { authority: Some(a), .. }), Direction::Outbound) => Some(a.to_string()),
             _ => None,
         },
-        target_addr,
-        tls: match (&routed, side.direction) {
-            (Ok(r), Direction::Outbound) => side.dialer.tls_label(&r.endpoint),
+        target_addr: target.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |r| r.endpoint.addr),
+        tls: match (target, side.direction) {
+            (Some(r), Direction::Outbound) => side.dialer.tls_label(&r.endpoint),
             _ => ctx.tls.clone(),
         },
-    };
+    }
+}
+
+/// Records a request the proxy answered itself (refused, failed before any endpoint, or
+/// synthesized by a filter), so that success rates count it.
+fn record_synthetic(ctx: &Ctx, target: Option<Routed>, status: StatusCode, error: Option<&ProxyError>, started: Instant) {
+    let side = &ctx.side;
+    let labels = labels(ctx, target.as_ref());
     side.metrics.http.requests.get_or_create(&labels).inc();
-    let result = match routed {
-        Ok(routed) => forward(req, &routed, &ctx).await,
-        Err(e) => Err(e),
-    };
-    let rsp = match result {
+    if let Some(e) = error {
+        side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e.metric_label())).inc();
+    }
+    let status = StatusLabels { target: labels, status_code: Some(status.as_u16()) };
+    record_latency(side, &status, started);
+    Recorder { family: side.metrics.http.responses.clone(), labels: status, grpc_status: None }.record(error.map(ProxyError::metric_label));
+}
+
+/// Sends one request (one attempt, when retrying) to one endpoint and records its golden
+/// metrics; `response_total` is recorded when the response body ends.
+pub(super) async fn call_endpoint(req: Request<ReqBody>, routed: &Routed, ctx: &Ctx, started: Instant) -> Result<Response<Body>, ProxyError> {
+    let side = &ctx.side;
+    let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
+    let labels = labels(ctx, Some(routed));
+    side.metrics.http.requests.get_or_create(&labels).inc();
+    let rsp = match forward(req, routed, ctx).await {
         Ok(rsp) => rsp,
         Err(e) => {
             side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e.metric_label())).inc();
-            tracing::info!(client = %ctx.client, %method, %uri, error = %e, "request failed");
-            let rsp = error_response(&e);
-            let status = StatusLabels { target: labels.clone(), status_code: Some(rsp.status().as_u16()) };
+            let status = StatusLabels { target: labels, status_code: Some(e.http_status().as_u16()) };
             record_latency(side, &status, started);
             Recorder { family: side.metrics.http.responses.clone(), labels: status, grpc_status: None }.record(Some(e.metric_label()));
-            return rsp;
+            return Err(e);
         }
     };
     let status = StatusLabels { target: labels, status_code: Some(rsp.status().as_u16()) };
@@ -65,11 +100,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
             latency_ms = started.elapsed().as_secs_f64() * 1e3, target_addr = %status.target.target_addr);
     }
     let recorder = Recorder { family: side.metrics.http.responses.clone(), grpc_status: grpc_status(rsp.headers()), labels: status };
-    rsp.map(|b| RecordBody::new(b, recorder).boxed())
-}
-
-fn record_latency(side: &super::Side, status: &StatusLabels, started: Instant) {
-    side.metrics.http.latency.get_or_create(status).observe(started.elapsed().as_secs_f64() * 1e3);
+    Ok(rsp.map(|b| RecordBody::new(b, recorder).boxed()))
 }
 
 /// Chooses the next hop's protocol:
@@ -78,7 +109,10 @@ fn record_latency(side: &super::Side, status: &StatusLabels, started: Instant) {
 /// - requests to a meshed endpoint travel over the shared HTTP/2 connection to its proxy,
 ///   HTTP/1 ones upgraded with `l5d-orig-proto`;
 /// - everything else keeps the protocol the client spoke.
-async fn forward(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Result<Response<Incoming>, ProxyError> {
+async fn forward(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Result<Response<Incoming>, ProxyError> {
+    if ctx.side.own_addrs.contains(&routed.endpoint.connect_addr()) {
+        return Err(ProxyError::Loop(routed.endpoint.connect_addr()));
+    }
     let clients = &ctx.side.clients;
     let endpoint = routed.endpoint.clone();
     let tunnel = headers::is_tunnel(&req);
@@ -120,7 +154,7 @@ async fn forward(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Resu
 
 /// HTTP/1 → HTTP/2 for the hop between proxies: the URI becomes absolute from `Host` (HTTP/2 has
 /// no Host header; the peer restores it), and the original version travels in `l5d-orig-proto`.
-fn upgrade(req: &mut Request<Incoming>, version: Version, routed: &Routed) {
+fn upgrade(req: &mut Request<ReqBody>, version: Version, routed: &Routed) {
     let host = req.headers_mut().remove(header::HOST);
     let authority = host
         .as_ref()
@@ -137,7 +171,7 @@ fn upgrade(req: &mut Request<Incoming>, version: Version, routed: &Routed) {
 
 /// HTTP/2 → HTTP/1 on the inbound side of an upgraded request: `Host` comes back from the URI's
 /// authority.
-fn downgrade(req: &mut Request<Incoming>, version: Version) {
+fn downgrade(req: &mut Request<ReqBody>, version: Version) {
     if !req.headers().contains_key(header::HOST) {
         if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             req.headers_mut().insert(header::HOST, v);
@@ -148,7 +182,7 @@ fn downgrade(req: &mut Request<Incoming>, version: Version) {
 
 /// Sends a tunnel request on its own connection; when the upstream switches protocols (or accepts
 /// the CONNECT), the client's and the upstream's upgraded connections are spliced byte for byte.
-async fn tunnel(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Result<Response<Incoming>, ProxyError> {
+async fn tunnel(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Result<Response<Incoming>, ProxyError> {
     let is_connect = req.method() == http::Method::CONNECT;
     let client_side = hyper::upgrade::on(&mut req);
     let mut rsp = ctx.side.clients.tunnel(routed.endpoint.clone(), req).await?;
@@ -171,4 +205,8 @@ async fn tunnel(mut req: Request<Incoming>, routed: &Routed, ctx: &Ctx) -> Resul
         headers::strip_hop_by_hop(rsp.headers_mut(), false);
     }
     Ok(rsp)
+}
+
+fn record_latency(side: &super::Side, status: &StatusLabels, started: Instant) {
+    side.metrics.http.latency.get_or_create(status).observe(started.elapsed().as_secs_f64() * 1e3);
 }

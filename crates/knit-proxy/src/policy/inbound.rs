@@ -180,8 +180,7 @@ fn everywhere() -> Vec<Network> {
 }
 
 impl ServerPolicy {
-    /// The policy a default name stands for. `cluster-*` allow `cluster_networks`; every policy
-    /// also lets localhost in (the proxy always does).
+    /// The policy a default name stands for. `cluster-*` allow `cluster_networks`.
     pub fn default_for(policy: DefaultPolicy, cluster_networks: &[IpNet]) -> Self {
         let cluster = || cluster_networks.iter().map(|net| Network { net: *net, except: vec![] }).collect::<Vec<_>>();
         let any_identity = Authentication::MeshTls { identities: vec![], suffixes: vec![vec![]] };
@@ -193,14 +192,14 @@ impl ServerPolicy {
             DefaultPolicy::ClusterAuthenticated => vec![authz(cluster(), any_identity)],
             DefaultPolicy::ClusterUnauthenticated => vec![authz(cluster(), Authentication::Unauthenticated)],
         };
-        Self::with_localhost(Self {
+        Self {
             labels: Labels::default_named(policy.as_str()),
             protocol: Protocol::Detect { timeout: Duration::from_secs(10) },
             authorizations,
             routes: vec![],
             rate_limit: None,
             invalid: None,
-        })
+        }
     }
 
     /// A policy that refuses everything with `reason` (an unusable message from the control plane).
@@ -215,8 +214,11 @@ impl ServerPolicy {
         }
     }
 
-    /// Linkerd's proxy always lets the local host in, whatever the policy says (probes, admin).
-    fn with_localhost(mut self) -> Self {
+    /// Lets the local host in, whatever the policy says, as Linkerd's proxy always does: in a
+    /// pod, loopback is the pod itself. Not where workloads share the host's loopback (local
+    /// mode), where it would let every workload past every policy
+    /// (`KNIT_PROXY_INBOUND_TRUST_LOOPBACK=false`).
+    pub fn with_localhost(mut self) -> Self {
         let localhost = ["127.0.0.1/32", "::1/128"].iter().filter_map(|n| n.parse().ok()).map(|net| Network { net, except: vec![] }).collect();
         self.authorizations.push(Authorization { networks: localhost, authentication: Authentication::Unauthenticated, labels: Labels::default_named("localhost") });
         self
@@ -329,7 +331,7 @@ impl TryFrom<api::Server> for ServerPolicy {
         let authorizations = out::each(&s.authorizations, "authorizations", authorization)?;
         let routes = out::each(routes, "protocol.routes", inbound_route)?;
         let rate_limit = limit.map(rate_limit).map(Arc::new);
-        Ok(Self::with_localhost(Self { labels, protocol, authorizations, routes, rate_limit, invalid: None }))
+        Ok(Self { labels, protocol, authorizations, routes, rate_limit, invalid: None })
     }
 }
 

@@ -75,7 +75,8 @@ fn identities_and_suffixes_are_checked_and_denials_explain_themselves() {
     assert!(message.contains("server books-http") && message.contains("other.demo") && message.contains(WEB), "{message}");
     let Err(Denied::Unauthorized { message, .. }) = p.authorize_http(&info, &client("10.0.0.9", None)) else { panic!("denied") };
     assert!(message.contains("without mesh TLS"), "{message}");
-    assert!(p.authorize_http(&info, &client("127.0.0.1", None)).is_ok(), "localhost is always allowed");
+    assert!(p.authorize_http(&info, &client("127.0.0.1", None)).is_err(), "loopback is not trusted unless asked");
+    assert!(p.with_localhost().authorize_http(&info, &client("127.0.0.1", None)).is_ok(), "trusted loopback passes");
 }
 
 #[test]
@@ -122,7 +123,8 @@ fn default_policies() {
     assert!(!check(DefaultPolicy::ClusterUnauthenticated, &client("192.168.0.1", None)));
     assert!(!check(DefaultPolicy::ClusterAuthenticated, &client("10.9.9.9", None)));
     assert!(!check(DefaultPolicy::Deny, &client("10.9.9.9", Some(WEB))));
-    assert!(check(DefaultPolicy::Deny, &client("127.0.0.1", None)), "localhost even under deny");
+    assert!(!check(DefaultPolicy::Deny, &client("127.0.0.1", None)));
+    assert!(ServerPolicy::default_for(DefaultPolicy::Deny, &cluster).with_localhost().authorize_http(&info, &client("127.0.0.1", None)).is_ok(), "trusted loopback even under deny");
     assert!(check(DefaultPolicy::Audit, &client("192.168.0.1", None)));
     assert_eq!("cluster-authenticated".parse::<DefaultPolicy>(), Ok(DefaultPolicy::ClusterAuthenticated));
     assert!("allow".parse::<DefaultPolicy>().unwrap_err().contains("all-unauthenticated"));

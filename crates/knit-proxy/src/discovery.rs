@@ -1,0 +1,532 @@
+//! Discovery: what the control plane says about each destination and each inbound port, kept
+//! current by its streams (LINKERD-WIRE.md §3, §4):
+//! - outbound policy per target (a logical authority, or an original destination address):
+//!   `OutboundPolicies.Watch`;
+//! - the endpoints behind each balancer (`BalanceP2c` backends name a path): `Destination.Get`,
+//!   applied to that balancer's pool as adds and removes, so endpoint load and breaker state
+//!   survive updates;
+//! - inbound policy per local port: `InboundServerPolicies.WatchPort`.
+//!
+//! Answers are cached and shared by every connection that asks for the same thing; an entry
+//! unused for its idle timeout is dropped together with its stream. A stream that fails is
+//! reopened with jittered backoff while the last answer stays in use, so a control plane that
+//! restarts (or is down for a while) costs no request that the cache can answer.
+
+use crate::{
+    balance::Pool,
+    error::ProxyError,
+    policy::{
+        inbound::{DefaultPolicy, ServerPolicy},
+        outbound::{self, FailureAccrual, Load, OutboundPolicy},
+    },
+    retry::Budget,
+};
+use knit_core::destination::{Authority, Endpoint};
+use linkerd2_proxy_api::{
+    destination::{destination_client::DestinationClient, update, GetDestination},
+    inbound::{inbound_server_policies_client::InboundServerPoliciesClient, PortSpec},
+    outbound::{outbound_policies_client::OutboundPoliciesClient, traffic_spec, TrafficSpec},
+};
+use std::{
+    collections::{BTreeSet, HashMap},
+    future::Future,
+    hash::Hash,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use tokio::{sync::watch, time::Instant};
+use tonic::{transport::Channel, Code, Status};
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DiscoveryConfig {
+    /// `Destination` service; without it, balancers have no endpoints and only `Forward`
+    /// backends and the static destination table work.
+    pub destination_addr: Option<SocketAddr>,
+    /// `OutboundPolicies` and `InboundServerPolicies`; without it, outbound traffic goes where the
+    /// destination table or DNS say and every inbound port has the default policy.
+    pub policy_addr: Option<SocketAddr>,
+    /// Sent as `PortSpec.workload` and `TrafficSpec.source_workload`: `{"ns":..,"pod":..}` or
+    /// `{"ns":..,"external_workload":..}`.
+    pub workload: String,
+    /// Sent as `GetDestination.context_token`.
+    pub context: String,
+    #[serde(serialize_with = "crate::config::ser_duration")]
+    pub outbound_idle_timeout: Duration,
+    #[serde(serialize_with = "crate::config::ser_duration")]
+    pub inbound_idle_timeout: Duration,
+    /// How long a request waits for the first answer about a destination it has never seen.
+    #[serde(serialize_with = "crate::config::ser_duration")]
+    pub initial_timeout: Duration,
+    /// The inbound policy until the control plane answers, and for ports it does not know.
+    pub default_inbound_policy: DefaultPolicy,
+    #[serde(serialize_with = "ser_networks")]
+    pub cluster_networks: Vec<ipnet::IpNet>,
+    /// Inbound ports watched from start-up and never expired.
+    pub inbound_ports: BTreeSet<u16>,
+    /// Whether loopback clients pass every inbound policy (see [`ServerPolicy::with_localhost`]).
+    pub trust_loopback: bool,
+}
+
+impl DiscoveryConfig {
+    fn loopback(&self, policy: ServerPolicy) -> ServerPolicy {
+        if self.trust_loopback {
+            policy.with_localhost()
+        } else {
+            policy
+        }
+    }
+}
+
+fn ser_networks<S: serde::Serializer>(n: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(n.iter().map(|n| n.to_string()))
+}
+
+/// What the control plane said about one thing.
+#[derive(Debug)]
+pub enum Answer<T> {
+    /// No answer yet.
+    Pending,
+    Found(Arc<T>),
+    /// The control plane does not know it (`NotFound`/`Unimplemented`): fall back.
+    NotFound,
+    /// The control plane answered with something unusable; requests fail with this reason.
+    Invalid(Arc<str>),
+}
+
+// Not derived: cloning an answer clones an `Arc`, whatever `T` is.
+impl<T> Clone for Answer<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Pending => Self::Pending,
+            Self::Found(t) => Self::Found(t.clone()),
+            Self::NotFound => Self::NotFound,
+            Self::Invalid(r) => Self::Invalid(r.clone()),
+        }
+    }
+}
+
+/// The key of an outbound policy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Authority(Authority),
+    Addr(SocketAddr),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Authority(a) => a.fmt(f),
+            Self::Addr(a) => a.fmt(f),
+        }
+    }
+}
+
+/// The endpoints of one balancer, fed by `Destination.Get`.
+pub struct Endpoints {
+    pub pool: Arc<Pool<Endpoint>>,
+    /// True once the first update arrived (an empty set included).
+    ready: watch::Receiver<bool>,
+}
+
+pub struct Discovery {
+    cfg: DiscoveryConfig,
+    dst: Option<DestinationClient<Channel>>,
+    outbound_client: Option<OutboundPoliciesClient<Channel>>,
+    inbound_client: Option<InboundServerPoliciesClient<Channel>>,
+    /// Each target's policy, with the retry budget its routes share.
+    outbound: Cache<Target, (watch::Receiver<Answer<OutboundPolicy>>, Arc<Budget>)>,
+    endpoints: Cache<String, Arc<Endpoints>>,
+    inbound: Cache<u16, watch::Receiver<Answer<ServerPolicy>>>,
+    default_inbound: Arc<ServerPolicy>,
+}
+
+fn channel(addr: SocketAddr) -> Channel {
+    // Plaintext h2c, as Linkerd's proxy uses for a loopback control plane. `connect_lazy` dials
+    // on first use and again after the connection is lost.
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("an http URI built from a socket address is valid")
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .connect_lazy()
+}
+
+impl Discovery {
+    /// Builds the clients (no connection is made until something is looked up) and starts the
+    /// eager inbound watches and the idle sweeper. Must be called inside a tokio runtime.
+    pub fn spawn(cfg: DiscoveryConfig) -> Arc<Self> {
+        let dst = cfg.destination_addr.map(|a| DestinationClient::new(channel(a)));
+        let policy = cfg.policy_addr.map(channel);
+        let default_inbound = Arc::new(cfg.loopback(ServerPolicy::default_for(cfg.default_inbound_policy, &cfg.cluster_networks)));
+        let this = Arc::new(Self {
+            outbound_client: policy.clone().map(OutboundPoliciesClient::new),
+            inbound_client: policy.map(InboundServerPoliciesClient::new),
+            dst,
+            outbound: Cache::new(cfg.outbound_idle_timeout),
+            endpoints: Cache::new(cfg.outbound_idle_timeout),
+            inbound: Cache::new(cfg.inbound_idle_timeout),
+            default_inbound,
+            cfg,
+        });
+        for port in this.cfg.inbound_ports.clone() {
+            this.inbound_watch(port, true);
+        }
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                let now = Instant::now();
+                this.outbound.sweep(now);
+                this.endpoints.sweep(now);
+                this.inbound.sweep(now);
+            }
+        });
+        this
+    }
+
+    pub fn config(&self) -> &DiscoveryConfig {
+        &self.cfg
+    }
+
+    pub fn has_policy(&self) -> bool {
+        self.outbound_client.is_some()
+    }
+
+    /// The outbound policy for `target`, waiting up to the initial timeout for a first answer,
+    /// and the retry budget of that destination: retries may add at most a fifth to its load
+    /// (plus 10 per second), however many routes retry.
+    pub async fn outbound(&self, target: &Target) -> Result<(Answer<OutboundPolicy>, Arc<Budget>), ProxyError> {
+        let Some(client) = &self.outbound_client else { return Ok((Answer::NotFound, Arc::new(Budget::new(Duration::from_secs(10), 10, 0.2)))) };
+        let (mut rx, budget) = self.outbound.get_or_insert(target.clone(), false, || {
+            let (tx, rx) = watch::channel(Answer::Pending);
+            let spec = TrafficSpec {
+                source_workload: self.cfg.workload.clone(),
+                target: Some(match target {
+                    Target::Authority(a) => traffic_spec::Target::Authority(a.to_string()),
+                    Target::Addr(a) => traffic_spec::Target::Addr((*a).into()),
+                }),
+            };
+            let client = client.clone();
+            let what = format!("outbound policy for {target}");
+            let task = tokio::spawn(follow(
+                what,
+                move || {
+                    let (mut client, spec) = (client.clone(), spec.clone());
+                    async move { client.watch(spec).await.map(tonic::Response::into_inner) }
+                },
+                move |event| {
+                    let answer = match event {
+                        Event::Message(m) => match OutboundPolicy::try_from(m) {
+                            Ok(p) => Answer::Found(Arc::new(p)),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "the control plane sent an invalid outbound policy");
+                                Answer::Invalid(format!("invalid outbound policy from the control plane: {e}").into())
+                            }
+                        },
+                        Event::NotFound => Answer::NotFound,
+                        Event::Rejected(s) => Answer::Invalid(format!("the control plane refused the lookup: {}", s.message()).into()),
+                    };
+                    tx.send_replace(answer);
+                },
+            ));
+            ((rx, Arc::new(Budget::new(Duration::from_secs(10), 10, 0.2))), task)
+        });
+        Ok((self.first_answer(&mut rx, target).await?, budget))
+    }
+
+    async fn first_answer<T>(&self, rx: &mut watch::Receiver<Answer<T>>, what: &(dyn std::fmt::Display + Sync)) -> Result<Answer<T>, ProxyError> {
+        if !matches!(*rx.borrow(), Answer::Pending) {
+            return Ok(rx.borrow().clone());
+        }
+        match tokio::time::timeout(self.cfg.initial_timeout, rx.wait_for(|a| !matches!(a, Answer::Pending))).await {
+            Ok(Ok(a)) => Ok(a.clone()),
+            _ => Err(ProxyError::DiscoveryTimeout { what: what.to_string(), timeout: self.cfg.initial_timeout }),
+        }
+    }
+
+    /// The endpoints behind a balancer's path. The pool is created with the first caller's
+    /// load and failure-accrual settings; the control plane sends the same ones for a path.
+    pub async fn endpoints(&self, path: &str, load: &Load, accrual: Option<&FailureAccrual>) -> Result<Arc<Endpoints>, ProxyError> {
+        let Some(client) = &self.dst else {
+            return Err(ProxyError::NoDiscovery { path: path.to_string() });
+        };
+        let entry = self.endpoints.get_or_insert(path.to_string(), false, || {
+            let pool = Arc::new(Pool::new(load, accrual));
+            let (tx, ready) = watch::channel(false);
+            let req = GetDestination { scheme: String::new(), path: path.to_string(), context_token: self.cfg.context.clone() };
+            let client = client.clone();
+            let task_pool = pool.clone();
+            let what = format!("endpoints of {path}");
+            let task = tokio::spawn(follow(
+                what,
+                move || {
+                    let (mut client, req) = (client.clone(), req.clone());
+                    async move { client.get(req).await.map(tonic::Response::into_inner) }
+                },
+                move |event| {
+                    match event {
+                        Event::Message(m) => apply_update(&task_pool, m),
+                        // The service is gone: no endpoints until it comes back.
+                        Event::NotFound | Event::Rejected(_) => task_pool.reset(Vec::new()),
+                    }
+                    tx.send_replace(true);
+                },
+            ));
+            (Arc::new(Endpoints { pool, ready }), task)
+        });
+        let mut ready = entry.ready.clone();
+        if !*ready.borrow() {
+            let waited = tokio::time::timeout(self.cfg.initial_timeout, ready.wait_for(|r| *r)).await;
+            if !matches!(waited, Ok(Ok(_))) {
+                return Err(ProxyError::DiscoveryTimeout { what: format!("endpoints of {path}"), timeout: self.cfg.initial_timeout });
+            }
+        }
+        Ok(entry)
+    }
+
+    /// The policy of a local inbound port: the control plane's answer once there is one, the
+    /// default policy until then (inbound never waits for the control plane).
+    pub fn inbound(&self, port: u16) -> Arc<ServerPolicy> {
+        if self.inbound_client.is_none() {
+            return self.default_inbound.clone();
+        }
+        let pinned = self.cfg.inbound_ports.contains(&port);
+        let rx = self.inbound_watch(port, pinned);
+        let answer = rx.borrow().clone();
+        match answer {
+            Answer::Found(p) => p,
+            Answer::Invalid(reason) => Arc::new(ServerPolicy::invalid(&reason)),
+            Answer::Pending | Answer::NotFound => self.default_inbound.clone(),
+        }
+    }
+
+    fn inbound_watch(&self, port: u16, pinned: bool) -> watch::Receiver<Answer<ServerPolicy>> {
+        let Some(client) = &self.inbound_client else {
+            let (_, rx) = watch::channel(Answer::NotFound);
+            return rx;
+        };
+        self.inbound.get_or_insert(port, pinned, || {
+            let (tx, rx) = watch::channel(Answer::Pending);
+            let spec = PortSpec { workload: self.cfg.workload.clone(), port: u32::from(port) };
+            let client = client.clone();
+            let cfg = self.cfg.clone();
+            let task = tokio::spawn(follow(
+                format!("inbound policy for port {port}"),
+                move || {
+                    let (mut client, spec) = (client.clone(), spec.clone());
+                    async move { client.watch_port(spec).await.map(tonic::Response::into_inner) }
+                },
+                move |event| {
+                    let answer = match event {
+                        Event::Message(m) => match ServerPolicy::try_from(m) {
+                            Ok(p) => Answer::Found(Arc::new(cfg.loopback(p))),
+                            Err(e) => {
+                                tracing::warn!(error = %e, port, "the control plane sent an invalid inbound policy");
+                                Answer::Invalid(format!("invalid inbound policy from the control plane: {e}").into())
+                            }
+                        },
+                        Event::NotFound | Event::Rejected(_) => Answer::NotFound,
+                    };
+                    tx.send_replace(answer);
+                },
+            ));
+            (rx, task)
+        })
+    }
+}
+
+/// Applies one `Destination.Get` update to a pool.
+fn apply_update(pool: &Pool<Endpoint>, m: linkerd2_proxy_api::destination::Update) {
+    match m.update {
+        Some(update::Update::Add(set)) => {
+            let mut eps = Vec::with_capacity(set.addrs.len());
+            for a in &set.addrs {
+                match outbound::endpoint(a) {
+                    Ok((ep, _labels)) => eps.push(ep),
+                    Err(e) => tracing::warn!(error = %e, "skipping an invalid endpoint from the control plane"),
+                }
+            }
+            pool.update_add(eps);
+        }
+        Some(update::Update::Remove(set)) => {
+            let gone: Vec<Endpoint> = set
+                .addrs
+                .into_iter()
+                .filter_map(|a| {
+                    let ip = std::net::IpAddr::try_from(a.ip?).ok()?;
+                    Some(SocketAddr::new(ip, u16::try_from(a.port).ok()?))
+                })
+                .flat_map(|addr| pool.endpoints().into_iter().filter(move |e| e.addr == addr))
+                .collect();
+            pool.update_remove(&gone);
+        }
+        Some(update::Update::NoEndpoints(_)) => pool.reset(Vec::new()),
+        None => {}
+    }
+}
+
+enum Event<M> {
+    Message(M),
+    NotFound,
+    /// `InvalidArgument` / `FailedPrecondition`: the control plane will never answer this lookup.
+    Rejected(Status),
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A target the control plane does not know is asked about again this often, so a manifest
+/// that adds it takes effect without waiting for the cache to expire.
+const NOT_FOUND_RETRY: Duration = Duration::from_secs(5);
+
+/// Opens a stream, hands every message to `on_event`, and reopens it after errors with jittered
+/// exponential backoff. Runs until its task is aborted (the cache entry expired).
+async fn follow<M, F, Fut>(what: String, mut open: F, mut on_event: impl FnMut(Event<M>))
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<tonic::Streaming<M>, Status>>,
+{
+    let mut failures = 0u32;
+    loop {
+        let wait = match open().await {
+            Ok(mut stream) => loop {
+                match stream.message().await {
+                    Ok(Some(m)) => {
+                        failures = 0;
+                        on_event(Event::Message(m));
+                    }
+                    Ok(None) => {
+                        tracing::debug!(%what, "the control plane ended the stream; reopening");
+                        break BACKOFF_MIN;
+                    }
+                    Err(status) => {
+                        failures += 1;
+                        tracing::info!(%what, error = %status.message(), code = ?status.code(), "discovery stream failed; keeping the last answer");
+                        break backoff(failures);
+                    }
+                }
+            },
+            Err(s) if matches!(s.code(), Code::NotFound | Code::Unimplemented) => {
+                on_event(Event::NotFound);
+                NOT_FOUND_RETRY
+            }
+            Err(s) if matches!(s.code(), Code::InvalidArgument | Code::FailedPrecondition) => {
+                tracing::info!(%what, error = %s.message(), "the control plane rejected the lookup");
+                on_event(Event::Rejected(s));
+                NOT_FOUND_RETRY
+            }
+            Err(s) => {
+                failures += 1;
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::warn!(%what, error = %s.message(), code = ?s.code(), failures, "cannot reach the control plane; keeping the last answer");
+                }
+                backoff(failures)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// 100 ms doubling to 10 s, with up to half of it as jitter so proxies do not reconnect in step.
+fn backoff(failures: u32) -> Duration {
+    let base = BACKOFF_MIN.saturating_mul(1 << failures.min(8)).min(BACKOFF_MAX);
+    base / 2 + base.mul_f64(fastrand::f64() / 2.0)
+}
+
+/// A map of watched answers, each kept alive by its stream task and dropped (aborting the task)
+/// once unused for the idle timeout.
+struct Cache<K, V> {
+    idle: Duration,
+    epoch: Instant,
+    map: Mutex<HashMap<K, Entry<V>>>,
+}
+
+struct Entry<V> {
+    value: V,
+    /// Milliseconds since the cache's epoch at the last use.
+    last_used: AtomicU64,
+    pinned: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<V> Drop for Entry<V> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Cache<K, V> {
+    fn new(idle: Duration) -> Self {
+        Self { idle, epoch: Instant::now(), map: Mutex::new(HashMap::new()) }
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn get_or_insert(&self, key: K, pinned: bool, make: impl FnOnce() -> (V, tokio::task::JoinHandle<()>)) -> V {
+        let now = self.now_ms(Instant::now());
+        // A poisoned lock means a panic while inserting into a map; the map is still valid.
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get(&key) {
+            e.last_used.store(now, Ordering::Relaxed);
+            return e.value.clone();
+        }
+        let (value, task) = make();
+        map.insert(key, Entry { value: value.clone(), last_used: AtomicU64::new(now), pinned, task });
+        value
+    }
+
+    fn sweep(&self, now: Instant) {
+        let now = self.now_ms(now);
+        let idle = u64::try_from(self.idle.as_millis()).unwrap_or(u64::MAX);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, e| e.pinned || now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_entries_expire_with_their_task_and_pinned_ones_stay() {
+        let cache: Cache<u16, u32> = Cache::new(Duration::from_secs(5));
+        let (alive_tx, alive_rx) = tokio::sync::oneshot::channel::<()>();
+        cache.get_or_insert(1, false, || {
+            (1, tokio::spawn(async move {
+                let _keep = alive_tx;
+                std::future::pending::<()>().await
+            }))
+        });
+        cache.get_or_insert(2, true, || (2, tokio::spawn(std::future::pending())));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        cache.sweep(Instant::now());
+        assert_eq!(cache.len(), 2);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        cache.sweep(Instant::now());
+        assert_eq!(cache.len(), 1, "the unpinned entry expired");
+        // Aborting the task dropped its sender.
+        assert!(alive_rx.await.is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        for f in 1..40 {
+            let d = backoff(f);
+            assert!(d >= BACKOFF_MIN / 2 && d <= BACKOFF_MAX, "{d:?}");
+        }
+        assert!(backoff(20) >= BACKOFF_MAX / 2);
+    }
+}

@@ -1,0 +1,330 @@
+//! The outbound path of a destination the control plane has a policy for (LINKERD-WIRE.md §4.2,
+//! §8), in the order a request takes it:
+//! `serve` (route → the rule's filters → request timeout) → `attempts` (body buffering, retries
+//! within the budget) → `send_once` (backend by weight → its filters → balancer → endpoint,
+//! per-attempt timeout, load and breaker feedback) → [`call_endpoint`](super::forward::call_endpoint).
+
+use super::{body::grpc_status, forward::call_endpoint, full, Body, Ctx, ReqBody, Routed};
+use crate::{
+    balance,
+    discovery::Target,
+    error::ProxyError,
+    metrics::route::{BackendLabels, BackendStatusLabels, Resource, RouteLabels, StatusLabels},
+    policy::outbound::{BackendKind, Filter, HttpPolicy, Meta, OutboundPolicy, Rule},
+    retry::{self, RetryPolicy},
+    route::{self, RequestInfo},
+};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use knit_core::destination::Authority;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+/// A request bound for a destination with an outbound policy.
+pub struct Logical {
+    pub policy: Arc<OutboundPolicy>,
+    pub budget: Arc<retry::Budget>,
+    pub target: Target,
+    /// The name the request was addressed by, for the `authority` label.
+    pub authority: Option<Authority>,
+}
+
+pub fn resource(meta: &Meta) -> Resource {
+    match meta {
+        Meta::Default(name) => Resource { kind: "default".into(), name: name.clone(), ..Default::default() },
+        Meta::Resource { group, kind, name, namespace, port, .. } => Resource {
+            group: group.clone(),
+            kind: kind.clone(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            port: (*port != 0).then_some(*port),
+        },
+    }
+}
+
+pub async fn serve(mut req: Request<ReqBody>, l: Logical, ctx: &Ctx, started: Instant) -> Result<Response<Body>, ProxyError> {
+    let Some(http) = l.policy.protocol.http(req.version()) else {
+        let reason = format!("the policy of {} says the destination is not HTTP, but an HTTP request arrived", l.target);
+        return Err(ProxyError::InvalidPolicy(reason.into()));
+    };
+    let (ri, rule_i) = route::select(&*http.routes, &RequestInfo::new(&req)).ok_or_else(|| ProxyError::RouteNotFound {
+        target: l.target.to_string(),
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+    })?;
+    let route = &http.routes[ri];
+    let rule = &route.rules[rule_i];
+    let labels = RouteLabels::new(&resource(&l.policy.meta), &resource(&route.meta));
+
+    let mut response_headers = Vec::new();
+    if let Some(rsp) = apply_filters(&rule.filters, &mut req, &mut response_headers)? {
+        record_route(ctx, &labels, &Ok(rsp.status()), started);
+        return Ok(rsp);
+    }
+    let name = resource(&route.meta).name;
+    let result = match rule.timeouts.request {
+        Some(t) => match tokio::time::timeout(t, attempts(req, rule, http, &l, ctx, &labels)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::RequestTimeout { route: name, which: "request", timeout: t }),
+        },
+        None => attempts(req, rule, http, &l, ctx, &labels).await,
+    };
+    record_route(ctx, &labels, &result.as_ref().map(|r| r.status()).map_err(|e| e.metric_label()), started);
+    result.map(|mut rsp| {
+        for m in response_headers {
+            m.apply(rsp.headers_mut());
+        }
+        rsp
+    })
+}
+
+fn record_route(ctx: &Ctx, labels: &RouteLabels, result: &Result<StatusCode, &'static str>, started: Instant) {
+    let m = &ctx.side.metrics.route;
+    m.request_duration.get_or_create(labels).observe(started.elapsed().as_secs_f64());
+    let (http_status, error) = match result {
+        Ok(s) => (s.as_str().to_string(), String::new()),
+        Err(e) => (String::new(), (*e).to_string()),
+    };
+    m.request_statuses.get_or_create(&StatusLabels { route: labels.clone(), http_status, error }).inc();
+}
+
+/// Applies a rule's (or a backend's) filters to the request. A filter that answers by itself
+/// (an injected failure, a redirect) returns the response.
+pub(super) fn apply_filters<'f, B>(
+    filters: &'f [Filter],
+    req: &mut Request<B>,
+    response_headers: &mut Vec<&'f crate::policy::outbound::HeaderModifier>,
+) -> Result<Option<Response<Body>>, ProxyError> {
+    for f in filters {
+        match f {
+            Filter::FailureInjector { status, message, numerator, denominator } => {
+                if *denominator > 0 && fastrand::u32(0..*denominator) < *numerator {
+                    let mut rsp = Response::new(full(format!("{message}\n")));
+                    *rsp.status_mut() = *status;
+                    if let Ok(v) = HeaderValue::from_str(message) {
+                        rsp.headers_mut().insert(super::headers::L5D_PROXY_ERROR, v);
+                    }
+                    return Ok(Some(rsp));
+                }
+            }
+            Filter::GrpcFailureInjector { code, message, numerator, denominator } => {
+                if *denominator > 0 && fastrand::u32(0..*denominator) < *numerator {
+                    let mut rsp = Response::new(full(""));
+                    rsp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                    rsp.headers_mut().insert("grpc-status", HeaderValue::from(*code));
+                    if let Ok(v) = HeaderValue::from_str(message) {
+                        rsp.headers_mut().insert("grpc-message", v);
+                    }
+                    return Ok(Some(rsp));
+                }
+            }
+            Filter::RequestHeaders(m) => m.apply(req.headers_mut()),
+            Filter::ResponseHeaders(m) => response_headers.push(m),
+            Filter::Redirect { scheme, host, path, port, status } => {
+                return Ok(Some(redirect(req, scheme.as_ref(), host.as_deref(), path.as_ref(), *port, *status)));
+            }
+            Filter::InternalError(reason) => return Err(ProxyError::InvalidPolicy(format!("route filter: {reason}").into())),
+            Filter::Forbidden => return Err(ProxyError::InvalidPolicy("the route forbids this destination".into())),
+        }
+    }
+    Ok(None)
+}
+
+fn redirect<B>(
+    req: &Request<B>,
+    scheme: Option<&http::uri::Scheme>,
+    host: Option<&str>,
+    path: Option<&crate::policy::outbound::PathModifier>,
+    port: Option<u16>,
+    status: StatusCode,
+) -> Response<Body> {
+    let req_host = req.uri().host().map(str::to_string).or_else(|| {
+        req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| h.split(':').next().unwrap_or(h).to_string())
+    });
+    let scheme = scheme.map_or("http", |s| s.as_str());
+    let host = host.map(str::to_string).or(req_host).unwrap_or_default();
+    let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+    let path = match path {
+        Some(m) => m.apply(req.uri().path()),
+        None => req.uri().path().to_string(),
+    };
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let mut rsp = Response::new(full(""));
+    *rsp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{port}{path}{query}")) {
+        rsp.headers_mut().insert(header::LOCATION, v);
+    }
+    rsp
+}
+
+/// What a retry needs to send the request again: the head, and the whole body (buffered up to
+/// the policy's limit; a larger body is sent once and never retried).
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: retry::Buffered<ReqBody>,
+}
+
+impl Replay {
+    fn request(&self) -> Option<Request<ReqBody>> {
+        let mut req = Request::new(self.body.replay()?.map_err(|never| match never {}).boxed());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        Some(req)
+    }
+}
+
+/// Sends the request, and again while the rule's retry policy, the retry budget and the
+/// buffered body allow. Tunnels (`Upgrade`, `CONNECT`) are never retried.
+async fn attempts(req: Request<ReqBody>, rule: &Rule, http: &HttpPolicy, l: &Logical, ctx: &Ctx, labels: &RouteLabels) -> Result<Response<Body>, ProxyError> {
+    let Some(policy) = rule.retry.as_ref().filter(|r| r.max_retries > 0 && !super::headers::is_tunnel(&req)) else {
+        return send_once(req, rule, http, l, ctx, labels, None).await;
+    };
+    l.budget.deposit(Instant::now());
+    // Only a body whose length is known up front (Content-Length, or none) is buffered for
+    // replays: waiting for the end of an open-ended stream could wait for ever on a client that
+    // expects the response first (bidirectional streams).
+    let known = http_body::Body::size_hint(req.body()).exact().is_some_and(|n| n <= policy.max_request_bytes as u64);
+    if !known {
+        ctx.side.metrics.route.retry_overflow.get_or_create(labels).inc();
+        return send_once(req, rule, http, l, ctx, labels, None).await;
+    }
+    let (parts, body) = req.into_parts();
+    let buffered = retry::buffer_body(body, policy.max_request_bytes).await.map_err(|e| ProxyError::Upstream {
+        addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        source: format!("reading the request body: {e}").into(),
+    })?;
+    // The first attempt keeps the client's request head (and its extensions); replays copy it.
+    let (first, replay) = match buffered.replay() {
+        Some(body) => {
+            let replay = Replay { method: parts.method.clone(), uri: parts.uri.clone(), version: parts.version, headers: parts.headers.clone(), body: buffered };
+            (Request::from_parts(parts, body.map_err(|never| match never {}).boxed()), Some(replay))
+        }
+        None => (Request::from_parts(parts, buffered.stream().boxed()), None),
+    };
+    let m = &ctx.side.metrics.route;
+    let mut rsp = send_once(first, rule, http, l, ctx, labels, Some(policy)).await;
+    let mut attempt = 0;
+    loop {
+        if !should_retry(policy, &rsp) {
+            if attempt > 0 && rsp.as_ref().is_ok_and(|r| !policy.retryable(r.status(), grpc(r.headers()))) {
+                m.retry_successes.get_or_create(labels).inc();
+            }
+            return rsp;
+        }
+        if attempt >= policy.max_retries {
+            m.retry_limit_exceeded.get_or_create(labels).inc();
+            return rsp;
+        }
+        let Some(next) = replay.as_ref().and_then(Replay::request) else {
+            // The body was larger than the buffer allows: it cannot be sent again.
+            m.retry_overflow.get_or_create(labels).inc();
+            return rsp;
+        };
+        if !l.budget.withdraw(Instant::now()) {
+            m.retry_overflow.get_or_create(labels).inc();
+            return rsp;
+        }
+        let hint = rsp.as_ref().ok().and_then(|r| retry::parse_retry_after(r.headers(), SystemTime::now()));
+        let delay = policy.backoff.as_ref().map_or(Duration::ZERO, |b| b.delay(attempt, hint, &mut fastrand::Rng::new()));
+        // The response being retried is dropped unread; its connection stays usable.
+        drop(rsp);
+        tokio::time::sleep(delay).await;
+        m.retry_requests.get_or_create(labels).inc();
+        attempt += 1;
+        rsp = send_once(next, rule, http, l, ctx, labels, Some(policy)).await;
+    }
+}
+
+fn grpc(headers: &HeaderMap) -> Option<i32> {
+    grpc_status(headers).and_then(|s| i32::try_from(s).ok())
+}
+
+fn should_retry(policy: &RetryPolicy, rsp: &Result<Response<Body>, ProxyError>) -> bool {
+    match rsp {
+        Ok(r) => policy.retryable(r.status(), grpc(r.headers())),
+        Err(e) => e.retryable(),
+    }
+}
+
+/// One attempt: a backend by weight, its filters, an endpoint from its balancer, and the
+/// endpoint's answer fed back into the balancer's load and breaker.
+async fn send_once(
+    mut req: Request<ReqBody>,
+    rule: &Rule,
+    http: &HttpPolicy,
+    l: &Logical,
+    ctx: &Ctx,
+    labels: &RouteLabels,
+    retry: Option<&RetryPolicy>,
+) -> Result<Response<Body>, ProxyError> {
+    let backend = rule.backends.pick(&mut fastrand::Rng::new()).ok_or_else(|| ProxyError::BackendFailed {
+        backend: resource(&l.policy.meta).name,
+        message: "the route has no backends".into(),
+    })?;
+    let backend_resource = resource(&backend.backend.meta);
+    let backend_labels = BackendLabels::new(labels.clone(), &backend_resource);
+    let m = &ctx.side.metrics.route;
+    m.backend_requests.get_or_create(&backend_labels).inc();
+    let mut response_headers = Vec::new();
+    if let Some(rsp) = apply_filters(&backend.filters, &mut req, &mut response_headers)? {
+        return Ok(rsp);
+    }
+    let (endpoint, picked) = match &backend.backend.kind {
+        BackendKind::Balancer { path, load } => {
+            let eps = ctx.side.discovery.endpoints(path, load, http.failure_accrual.as_ref()).await?;
+            let picked = eps.pool.pick(Instant::now(), &mut fastrand::Rng::new()).map_err(|n| ProxyError::NoEndpoints {
+                backend: path.clone(),
+                total: n.total,
+                ejected: n.ejected,
+            })?;
+            (picked.endpoint().clone(), Some(picked))
+        }
+        BackendKind::Forward(ep) => (ep.clone(), None),
+        BackendKind::Fail { message } => {
+            return Err(ProxyError::BackendFailed { backend: backend_resource.name.clone(), message: message.clone() });
+        }
+    };
+    let routed = Routed { endpoint, authority: l.authority.clone() };
+    let started = Instant::now();
+    let per_attempt = retry.and_then(|r| r.timeout).or(rule.timeouts.response);
+    let result = match per_attempt {
+        Some(t) => match tokio::time::timeout(t, call_endpoint(req, &routed, ctx, started)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::RequestTimeout { route: resource(&backend.backend.meta).name, which: "response", timeout: t }),
+        },
+        None => call_endpoint(req, &routed, ctx, started).await,
+    };
+    let elapsed = started.elapsed();
+    if let Some(picked) = picked {
+        let outcome = match &result {
+            Ok(r) => {
+                let mut o = balance::classify(r.status(), grpc(r.headers()));
+                if let balance::Outcome::Failure { retry_after, .. } = &mut o {
+                    *retry_after = retry::parse_retry_after(r.headers(), SystemTime::now());
+                }
+                o
+            }
+            Err(_) => balance::Outcome::Failure { rate_limited: false, retry_after: None },
+        };
+        picked.finish(outcome, elapsed, Instant::now());
+    }
+    m.backend_duration.get_or_create(&backend_labels).observe(elapsed.as_secs_f64());
+    let (http_status, error) = match &result {
+        Ok(r) => (r.status().as_str().to_string(), String::new()),
+        Err(e) => (String::new(), e.metric_label().to_string()),
+    };
+    m.backend_statuses.get_or_create(&BackendStatusLabels { backend: backend_labels, http_status, error }).inc();
+    result.map(|mut rsp| {
+        for h in response_headers {
+            h.apply(rsp.headers_mut());
+        }
+        rsp
+    })
+}

@@ -1,0 +1,9 @@
+//! Discovery end to end: knit-control in local mode serving a manifest directory, knit-proxies
+//! certified by it and discovering routes, splits, endpoints and policy from it, and test
+//! backends that say who answered. Manifests are edited while traffic flows.
+
+mod fixture;
+mod policy;
+mod routing;
+
+
