@@ -1,27 +1,28 @@
 //! `knit demo`: a small meshed application on this machine, with live golden metrics.
 //!
-//! Four workloads (a web front end, books v1 and v2, authors), each behind its own knit-proxy.
-//! Traffic enters web's proxy, web calls books and authors through its outbound listener, and
-//! those calls cross the mesh hop (HTTP/1 carried as HTTP/2 with Linkerd's transport header) to
-//! the other proxies. The table is read from each proxy's own metrics.
-//!
-//! knit-control runs in this process too and certifies every proxy, so every hop between proxies
-//! is mutual TLS. Until it serves discovery, the destination table stands in for it; the split is
-//! 9 books-v1 endpoints to 1 books-v2.
+//! Five workloads (web, books v1 and v2, two authors replicas), each behind its own knit-proxy,
+//! and knit-control in this process, serving a directory of Kubernetes-shaped manifests (local
+//! mode): Services, ExternalWorkloads for the demo's processes, a Server with an
+//! AuthorizationPolicy, and the HTTPRoute that splits books 90/10 between v1 and v2. Traffic
+//! enters web's proxy; web calls books and authors through its outbound listener, whose routes,
+//! split, retries and balancer come from knit-control; every hop between proxies is mutual TLS
+//! with identities knit-control issued. The table is read from each proxy's own metrics.
+
+mod apps;
 
 use crate::prom;
 use anyhow::Context as _;
+use apps::App;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper_util::{client::legacy::Client, rt::{TokioExecutor, TokioIo}};
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use knit_proxy::{config::Config, metrics::Metrics, Proxy};
 use std::{
     collections::BTreeMap,
-    convert::Infallible,
     io::IsTerminal,
     net::SocketAddr,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
@@ -38,19 +39,34 @@ pub struct Args {
     /// Seconds between table refreshes.
     #[arg(long, default_value_t = 2)]
     interval: u64,
+    /// Write the demo's manifests here and keep them (an existing books-split.yaml is kept, so
+    /// your edits survive a restart); default: a temporary directory removed on exit.
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     knit_core::parse::duration(s).map_err(|e| e.to_string())
 }
 
-/// How a demo application answers.
-#[derive(Clone, Copy)]
-enum App {
-    Web { outbound: SocketAddr },
-    Books { min_ms: u64, max_ms: u64, fail_per_mille: u64 },
-    Authors { limited_per_mille: u64 },
+const NAMESPACE: &str = "demo";
+const APP_MANIFESTS: &str = include_str!("demo/app.yaml");
+const SPLIT_MANIFEST: &str = include_str!("demo/books-split.yaml");
+
+/// One workload of the demo: its process, its labels and service account.
+struct Spec {
+    name: &'static str,
+    service_account: &'static str,
+    labels: &'static [(&'static str, &'static str)],
 }
+
+const WEB: Spec = Spec { name: "web", service_account: "web", labels: &[("app", "web")] };
+const BACKENDS: [(Spec, App); 4] = [
+    (Spec { name: "books-v1", service_account: "books", labels: &[("app", "books"), ("version", "v1")] }, App::Books { min_ms: 5, max_ms: 15, fail_per_mille: 0 }),
+    (Spec { name: "books-v2", service_account: "books", labels: &[("app", "books"), ("version", "v2")] }, App::Books { min_ms: 30, max_ms: 60, fail_per_mille: 50 }),
+    (Spec { name: "authors-1", service_account: "authors", labels: &[("app", "authors")] }, App::Authors { limited_per_mille: 300 }),
+    (Spec { name: "authors-2", service_account: "authors", labels: &[("app", "authors")] }, App::Authors { limited_per_mille: 0 }),
+];
 
 pub fn main(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -62,118 +78,137 @@ struct Workload {
     metrics: Metrics,
 }
 
-/// The demo's identity material and control plane.
+/// The demo's manifest directory, identity material and control plane.
 struct Mesh {
-    dir: std::path::PathBuf,
-    identity_addr: SocketAddr,
+    /// Identity material and tokens (always temporary).
+    secrets: PathBuf,
+    manifests: PathBuf,
+    keep_manifests: bool,
+    control: knit_control::Addrs,
     tokens: knit_identity::token::TokenKey,
 }
 
 impl Mesh {
-    async fn start(stop: &watch::Receiver<bool>) -> anyhow::Result<Self> {
+    /// Writes the manifests, creates identity material and binds knit-control (it serves once
+    /// `run` is spawned).
+    async fn bind(dir: Option<PathBuf>) -> anyhow::Result<(Self, knit_control::Control)> {
         use knit_identity::layout;
-        let dir = std::env::temp_dir().join(format!("knit-demo-{}", std::process::id()));
+        let secrets = std::env::temp_dir().join(format!("knit-demo-{}", std::process::id()));
+        let keep_manifests = dir.is_some();
+        let manifests = dir.unwrap_or_else(|| secrets.join("manifests"));
+        std::fs::create_dir_all(&manifests).with_context(|| format!("creating {}", manifests.display()))?;
+        std::fs::write(manifests.join("app.yaml"), APP_MANIFESTS)?;
+        let split = manifests.join("books-split.yaml");
+        if !split.exists() {
+            std::fs::write(&split, SPLIT_MANIFEST)?;
+        }
         let day = Duration::from_secs(86_400);
         let params = layout::Params { anchor_lifetime: 30 * day, issuer_lifetime: 7 * day, ..Default::default() };
-        let material = layout::init(&dir, &params).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let config = knit_control::config::Config::local(knit_control::config::IdentityConfig::for_dir(&dir));
+        let material = layout::init(&secrets.join("identity"), &params).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut config = knit_control::config::Config::local(knit_control::config::IdentityConfig::for_dir(secrets.join("identity")));
+        config.discovery.config_dir = Some(manifests.clone());
         let control = knit_control::Control::bind(config).await?;
-        let identity_addr = control.addrs().identity;
-        let mut stop = stop.clone();
-        tokio::spawn(control.run(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }));
-        Ok(Self { dir, identity_addr, tokens: material.token_key })
+        let mesh = Self { secrets, manifests, keep_manifests, control: control.addrs(), tokens: material.token_key };
+        Ok((mesh, control))
     }
 
-    fn identity_name(workload: &str) -> String {
-        knit_identity::identity_name(workload, "demo", "knit", "cluster.local")
+    fn identity_name(service_account: &str) -> String {
+        knit_identity::identity_name(service_account, NAMESPACE, "knit", "cluster.local")
     }
 
-    /// Identity settings for a workload's proxy, with a token for it.
-    fn proxy_identity(&self, workload: &str) -> anyhow::Result<knit_proxy::identity::IdentityConfig> {
-        let name = Self::identity_name(workload);
+    /// A proxy's configuration: identity from knit-control (with a token for its service
+    /// account) and discovery from knit-control as the workload `spec.name`.
+    fn proxy_config(&self, spec: &Spec, app: SocketAddr) -> anyhow::Result<Config> {
+        let name = Self::identity_name(spec.service_account);
         let expires_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64 + 86_400;
-        let token_file = self.dir.join(format!("{workload}.token"));
+        let token_file = self.secrets.join(format!("{}.token", spec.name));
         std::fs::write(&token_file, self.tokens.sign(&knit_identity::token::Claims { identity: name.clone(), expires_at }))?;
-        Ok(knit_proxy::identity::IdentityConfig {
+        let mut config = Config::loopback();
+        config.shutdown_grace_period = Duration::from_secs(5);
+        config.inbound.target_addr = Some(app);
+        config.identity = Some(knit_proxy::identity::IdentityConfig {
             local_name: name,
-            trust_anchors: self.dir.join(knit_identity::layout::TRUST_ANCHORS),
+            trust_anchors: self.secrets.join("identity").join(knit_identity::layout::TRUST_ANCHORS),
             token_file,
-            svc_addr: self.identity_addr,
+            svc_addr: self.control.identity,
             min_refresh: Duration::from_secs(10),
             max_refresh: Duration::from_secs(86_400),
-        })
+        });
+        let d = &mut config.discovery;
+        d.destination_addr = Some(self.control.destination);
+        d.policy_addr = Some(self.control.policy);
+        d.workload = format!(r#"{{"ns":"{NAMESPACE}","external_workload":"{}"}}"#, spec.name);
+        d.inbound_ports = [app.port()].into();
+        Ok(config)
+    }
+
+    /// The ExternalWorkloads: where each demo process and its proxy listen. Written once the
+    /// proxies are bound, because their ports are only known then.
+    fn write_workloads(&self, placed: &[(&Spec, SocketAddr, u16)]) -> anyhow::Result<()> {
+        let mut out = String::from("# Written by `knit demo` at start-up: where each workload and its proxy listen.\n");
+        for (spec, app, inbound) in placed {
+            let id = Self::identity_name(spec.service_account);
+            let labels: String = spec.labels.iter().map(|(k, v)| format!("    {k}: {v}\n")).collect();
+            out.push_str(&format!(
+                "---\napiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n  labels:\n{labels}  annotations:\n    knit.dev/proxy-inbound-port: \"{inbound}\"\nspec:\n  meshTLS:\n    identity: {id}\n    serverName: {id}\n  workloadIPs:\n    - ip: {ip}\n  ports:\n    - name: http\n      port: {port}\n",
+                name = spec.name,
+                ip = app.ip(),
+                port = app.port(),
+            ));
+        }
+        let path = self.manifests.join("workloads.yaml");
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
     }
 }
 
 impl Drop for Mesh {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.secrets);
+        if self.keep_manifests {
+            let _ = std::fs::remove_file(self.manifests.join("workloads.yaml"));
+        }
     }
-}
-
-async fn start_proxy(name: &'static str, mesh: &Mesh, configure: impl FnOnce(&mut Config), stop: &watch::Receiver<bool>) -> anyhow::Result<(Workload, knit_proxy::Addrs, tokio::task::JoinHandle<bool>)> {
-    let mut config = Config::loopback();
-    config.shutdown_grace_period = Duration::from_secs(5);
-    config.identity = Some(mesh.proxy_identity(name)?);
-    configure(&mut config);
-    let proxy = Proxy::bind(config, None).await.with_context(|| format!("starting {name}'s proxy"))?;
-    let addrs = proxy.addrs();
-    let metrics = proxy.metrics().clone();
-    let mut stop = stop.clone();
-    let task = tokio::spawn(proxy.run(async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }));
-    Ok((Workload { name, metrics }, addrs, task))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mesh = Mesh::start(&stop_rx).await.context("starting knit-control")?;
-    let mut workloads = Vec::new();
-    let mut tasks = Vec::new();
+    let until_stopped = |rx: &watch::Receiver<bool>| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (mesh, control) = Mesh::bind(args.dir.clone()).await.context("starting knit-control")?;
 
-    let books_v1 = serve_app(App::Books { min_ms: 5, max_ms: 15, fail_per_mille: 0 }).await?;
-    let books_v2 = serve_app(App::Books { min_ms: 30, max_ms: 60, fail_per_mille: 50 }).await?;
-    let authors = serve_app(App::Authors { limited_per_mille: 100 }).await?;
-    let mut meshed = BTreeMap::new();
-    for (name, app) in [("books-v1", books_v1), ("books-v2", books_v2), ("authors", authors)] {
-        let (w, addrs, task) = start_proxy(name, &mesh, |c| c.inbound.target_addr = Some(app), &stop_rx).await?;
-        meshed.insert(name, format!("{app}@{}#{}", addrs.inbound.port(), Mesh::identity_name(name)));
-        workloads.push(w);
-        tasks.push(task);
-    }
-    let books = std::iter::repeat_n(meshed["books-v1"].as_str(), 9).chain([meshed["books-v2"].as_str()]).collect::<Vec<_>>().join("|");
-    let table = format!("books:8080={books},authors:8080={}", meshed["authors"]);
-    // web's outbound listener is known only once its proxy is bound, so web's app learns it then.
+    // Every process and proxy binds first; the workloads manifest then says where they are.
     let web_listener = TcpListener::bind("127.0.0.1:0").await?;
     let web_app = web_listener.local_addr()?;
-    let (web, web_addrs, task) = start_proxy(
-        "web",
-        &mesh,
-        |c| {
-            c.inbound.target_addr = Some(web_app);
-            c.outbound.endpoints = table.parse().expect("the demo's table is well-formed");
-        },
-        &stop_rx,
-    )
-    .await?;
-    tokio::spawn(accept_app(web_listener, App::Web { outbound: web_addrs.outbound }));
-    workloads.insert(0, web);
-    tasks.push(task);
-
-    // Proxies serve nothing until certified; start the traffic once they are.
-    for (i, w) in workloads.iter().enumerate() {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while w.metrics.identity.refreshes.get() == 0 {
-            anyhow::ensure!(Instant::now() < deadline, "{}'s proxy got no certificate from knit-control within 10s", workloads[i].name);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let web_proxy = Proxy::bind(mesh.proxy_config(&WEB, web_app)?, None).await.context("starting web's proxy")?;
+    let web_addrs = web_proxy.addrs();
+    let mut placed = vec![(&WEB, web_app, web_addrs.inbound.port())];
+    let mut proxies = vec![(WEB.name, web_proxy)];
+    for (spec, app) in &BACKENDS {
+        let addr = apps::serve_app(*app).await?;
+        let proxy = Proxy::bind(mesh.proxy_config(spec, addr)?, None).await.with_context(|| format!("starting {}'s proxy", spec.name))?;
+        placed.push((spec, addr, proxy.addrs().inbound.port()));
+        proxies.push((spec.name, proxy));
     }
+    tokio::spawn(apps::accept_app(web_listener, App::Web { outbound: web_addrs.outbound }));
+    mesh.write_workloads(&placed)?;
+    let control_task = tokio::spawn(control.run(until_stopped(&stop_rx)));
+
+    let mut workloads = Vec::new();
+    let mut tasks = Vec::new();
+    for (name, proxy) in proxies {
+        workloads.push(Workload { name, metrics: proxy.metrics().clone() });
+        tasks.push(tokio::spawn(proxy.run(until_stopped(&stop_rx))));
+    }
+    // Proxies serve nothing until certified, and web's routes need knit-control's answers:
+    // start the traffic once a request goes through.
+    warm_up(web_addrs.inbound).await?;
     let sent = std::sync::Arc::new(AtomicU64::new(0));
     tokio::spawn(generate(web_addrs.inbound, args.rps, sent.clone(), stop_rx.clone()));
-    print_intro(&web_addrs, args.duration);
+    print_intro(&web_addrs, &mesh.manifests, args.duration);
 
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut previous: Vec<Snapshot> = workloads.iter().map(|w| Snapshot::read(&w.metrics)).collect();
@@ -208,20 +243,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for t in tasks {
         let _ = t.await;
     }
+    if let Ok(Err(e)) = control_task.await {
+        eprintln!("knit-control: {e:#}");
+    }
     println!("stopped cleanly.");
     Ok(())
 }
 
-fn print_intro(web: &knit_proxy::Addrs, duration: Option<Duration>) {
-    println!("Knit demo: web -> books (v1 90% / v2 10%) and authors, each workload behind its own knit-proxy.");
-    println!("  - traffic enters web's proxy at http://{} ; web calls books and authors through its outbound", web.inbound);
-    println!("    listener {}, which carries the calls over one HTTP/2 connection per peer proxy.", web.outbound);
-    println!("  - knit-control (in this process) certified every proxy: hops between proxies are mutual TLS 1.3,");
-    println!("    and each app sees its caller's identity in l5d-client-id (MTLS% counts inbound requests over mTLS).");
-    println!("  - books-v2 is slower and fails 5% of requests; authors answers 429 to 10% (rate limited).");
-    println!("  - numbers are the INBOUND golden metrics each proxy exports (as `knit viz stat` will show).");
-    println!("  - the split is the destination table (KNIT_PROXY_OUTBOUND_ENDPOINTS: 9 v1 endpoints, 1 v2);");
-    println!("    once knit-control serves discovery, it comes from a TrafficSplit/HTTPRoute manifest you edit.");
+/// Waits until a request through web's proxy succeeds end to end (certificates issued, routes
+/// and endpoints discovered), for at most 20 s.
+async fn warm_up(web: SocketAddr) -> anyhow::Result<()> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        let req = Request::get(format!("http://{web}/")).header("host", "web:8080").body(Empty::new()).expect("valid request");
+        match client.request(req).await {
+            Ok(rsp) if rsp.status().is_success() => return Ok(()),
+            Ok(rsp) => {
+                last = format!("status {}", rsp.status());
+                let _ = rsp.into_body().collect().await;
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the demo did not come up within 20s: the last request to web answered {last}")
+}
+
+fn print_intro(web: &knit_proxy::Addrs, manifests: &Path, duration: Option<Duration>) {
+    println!("Knit demo: web calls books (split 90% v1 / 10% v2) and authors (two replicas), each workload behind");
+    println!("its own knit-proxy, with knit-control serving identity, discovery and policy from a manifest directory.");
+    println!("  - traffic enters web's proxy at http://{}; web calls books and authors through its outbound", web.inbound);
+    println!("    listener {}: routes, the split, retries and the load balancer come from knit-control.", web.outbound);
+    println!("  - every hop between proxies is mutual TLS 1.3 (MTLS% counts inbound requests over mTLS); books only");
+    println!("    accepts web's identity (a Server with an AuthorizationPolicy).");
+    println!("  - books-v2 is slower and fails 5% of requests (books retries 5xx once); authors-1 answers 30% of");
+    println!("    requests with 429 and Retry-After: 1, so the balancer sends most authors traffic to authors-2.");
+    println!("  - numbers are the INBOUND golden metrics each proxy exports.");
+    println!("  - change the split: edit the weights in {} and save;", manifests.join("books-split.yaml").display());
+    println!("    within a second the RPS of books-v1 and books-v2 follows. All manifests: {}", manifests.display());
     println!("  - try: curl -s http://{}/ ; metrics of web's proxy: curl -s http://{}/metrics", web.inbound, web.admin);
     match duration {
         Some(d) => println!("  running for {d:?}; Ctrl-C stops earlier.\n"),
@@ -314,74 +375,3 @@ async fn generate(web: SocketAddr, rps: u32, sent: std::sync::Arc<AtomicU64>, mu
     }
 }
 
-async fn serve_app(app: App) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(accept_app(listener, app));
-    Ok(addr)
-}
-
-async fn accept_app(listener: TcpListener, app: App) {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    while let Ok((tcp, _)) = listener.accept().await {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| answer(app, req, client.clone()));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
-        });
-    }
-}
-
-static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
-
-/// A cheap pseudo-random number in 0..n (xorshift): the demo needs variety, not statistics.
-fn rand_below(n: u64) -> u64 {
-    let mut x = SEED.load(Ordering::Relaxed);
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    SEED.store(x, Ordering::Relaxed);
-    x % n.max(1)
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r
-}
-
-async fn answer(app: App, _req: Request<Incoming>, client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(match app {
-        App::Books { min_ms, max_ms, fail_per_mille } => {
-            tokio::time::sleep(Duration::from_millis(min_ms + rand_below(max_ms - min_ms + 1))).await;
-            if rand_below(1000) < fail_per_mille { text(StatusCode::INTERNAL_SERVER_ERROR, "books failed\n") } else { text(StatusCode::OK, "[books]\n") }
-        }
-        App::Authors { limited_per_mille } => {
-            if rand_below(1000) < limited_per_mille {
-                let mut r = text(StatusCode::TOO_MANY_REQUESTS, "slow down\n");
-                r.headers_mut().insert("retry-after", http::HeaderValue::from_static("1"));
-                r
-            } else {
-                text(StatusCode::OK, "[authors]\n")
-            }
-        }
-        App::Web { outbound } => {
-            let call = |host: &'static str, path: &'static str| {
-                let client = client.clone();
-                async move {
-                    let req = Request::get(format!("http://{outbound}{path}")).header("host", host).body(Empty::new()).expect("valid request");
-                    match client.request(req).await {
-                        Ok(rsp) => {
-                            let ok = rsp.status().is_success();
-                            let _ = rsp.into_body().collect().await;
-                            ok
-                        }
-                        Err(_) => false,
-                    }
-                }
-            };
-            let (books, authors) = tokio::join!(call("books:8080", "/books"), call("authors:8080", "/authors"));
-            if books && authors { text(StatusCode::OK, "web page\n") } else { text(StatusCode::BAD_GATEWAY, "a dependency failed\n") }
-        }
-    })
-}

@@ -76,3 +76,30 @@ fn demo_runs_for_a_duration_and_exits_cleanly() {
     let web = out.lines().rev().find(|l| l.starts_with("web ")).expect("a web row");
     assert!(web.contains('%'), "{web}");
 }
+
+/// The demo's promise: edit the split manifest while it runs, and the traffic follows.
+#[test]
+fn demo_follows_an_edited_split() {
+    let dir = temp_dir("demo-split");
+    let child = Command::new(env!("CARGO_BIN_EXE_knit"))
+        .args(["demo", "--duration", "9s", "--interval", "1", "--dir", &dir])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run knit demo");
+    let split = std::path::Path::new(&dir).join("books-split.yaml");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !split.exists() {
+        assert!(std::time::Instant::now() < deadline, "the demo writes its manifests into --dir");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let text = std::fs::read_to_string(&split).unwrap().replace("weight: 90", "weight: 0").replace("weight: 10", "weight: 100");
+    std::fs::write(&split, text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    // The last table: books-v1 gets nothing, books-v2 everything.
+    let row = |name: &str| text.lines().rev().find(|l| l.starts_with(name)).unwrap_or_default().split_whitespace().nth(2).and_then(|r| r.parse::<f64>().ok()).unwrap_or(0.0);
+    assert!(row("books-v1 ") == 0.0 && row("books-v2 ") > 10.0, "after the edit: v1 {} rps, v2 {} rps\n{text}", row("books-v1 "), row("books-v2 "));
+}
