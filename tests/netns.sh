@@ -178,6 +178,80 @@ check "mTLS: a's proxy sent it over TLS to b's identity" \
 check "mTLS: b's proxy saw a's identity" \
     test "$(metric "$B" request_total 'direction="inbound"' 'tls="true"' "client_id=\"a.$ID_SUFFIX\"")" -ge 1
 
+# --- discovery and policy from knit-control: a Service ClusterIP, endpoints, authorization ---
+# a calls the Service's ClusterIP (10.96.0.10:80, routed through the veth like a cluster's
+# virtual IP); a's proxy learns the Service's policy and endpoints from knit-control and reaches
+# b's app over mTLS; b's proxy admits only a's identity (a Server and an AuthorizationPolicy).
+mkdir -p "$TMP/manifests"
+cat >"$TMP/manifests/app.yaml" <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: hello, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: hello}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata: {name: b, namespace: default, labels: {app: hello}}
+spec:
+  meshTLS: {identity: b.$ID_SUFFIX, serverName: b.$ID_SUFFIX}
+  workloadIPs: [{ip: 10.231.0.2}]
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: hello-http, namespace: default}
+spec:
+  externalWorkloadSelector: {matchLabels: {app: hello}}
+  port: http
+  proxyProtocol: HTTP/1
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {name: a-only, namespace: default}
+spec:
+  identities: [a.$ID_SUFFIX]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: hello-from-a, namespace: default}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: hello-http}
+  requiredAuthenticationRefs: [{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: a-only}]
+YAML
+chmod -R a+rX "$TMP/manifests"
+in_b "$TMP/knit-proxy" init --proxy-uid 2102 --skip-inbound-ports 18080,18086,18090 2>>"$TMP/init.log"
+kill "$LAST_PID" 2>/dev/null; wait "$LAST_PID" 2>/dev/null
+for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+wait 2>/dev/null
+PIDS=()
+(cd "$TMP/www" && exec ip netns exec "$B" python3 -m http.server 8080 --bind 0.0.0.0 >"$TMP/app2.log" 2>&1) &
+PIDS+=($!)
+ip netns exec "$B" "$CONTROL" --identity-dir "$TMP/id" --identity-addr 10.231.0.2:18080 --admin-addr 127.0.0.1:19990 \
+    --destination-addr 10.231.0.2:18086 --policy-addr 10.231.0.2:18090 --config-dir "$TMP/manifests" 2>"$TMP/control2.log" &
+PIDS+=($!)
+ip -n "$A" route add 10.96.0.0/16 dev "kva$$"
+discovery_env() { # name, workload
+    # Quoted: unquoted, the braces and comma would be brace-expanded into two words.
+    echo KNIT_PROXY_DESTINATION_SVC_ADDR=10.231.0.2:18086 KNIT_PROXY_POLICY_SVC_ADDR=10.231.0.2:18090 \
+        "KNIT_PROXY_POLICY_WORKLOAD={\"ns\":\"default\",\"external_workload\":\"$2\"}"
+}
+start_proxy "$B" proxy-b-discovery $(identity_env b) $(discovery_env b b) KNIT_PROXY_INBOUND_PORTS=8080
+start_proxy "$A" proxy-a-discovery $(identity_env a) $(discovery_env a a)
+out=$(in_a curl -fsS --max-time 10 http://10.96.0.10/hello.txt 2>&1)
+check "discovery: curl from a to the Service's ClusterIP reaches b" test "$out" = hello-from-b
+check "discovery: a's proxy routed it by the Service's policy" \
+    test "$(metric "$A" outbound_http_route_request_statuses_total 'parent_name="hello"' 'http_status="200"')" -ge 1
+check "discovery: over mTLS to the endpoint knit-control named" \
+    test "$(metric "$A" request_total 'direction="outbound"' 'target_addr="10.231.0.2:8080"' "server_id=\"b.$ID_SUFFIX\"")" -ge 1
+check "policy: b's proxy authorized a's identity" \
+    test "$(metric "$B" inbound_http_authz_allow_total 'srv_name="hello-http"' 'authz_name="hello-from-a"')" -ge 1
+# The proxy's own UID is not intercepted: a plaintext request from a to b carries no identity.
+code=$(in_a setpriv --reuid=2102 --regid=2102 --clear-groups curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://10.231.0.2:8080/hello.txt)
+check "policy: a request without a's identity is refused with 403" test "$code" = 403
+
 # --- graceful exit and rule removal ----------------------------------------------------------
 kill -TERM "$LAST_PID" 2>/dev/null
 wait "$LAST_PID"

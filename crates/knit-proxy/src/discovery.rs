@@ -307,6 +307,21 @@ impl Discovery {
         }
     }
 
+    /// Waits, at most the initial timeout, for the control plane's first answer on every port of
+    /// `KNIT_PROXY_INBOUND_PORTS`, so that the proxy never serves them under the default policy
+    /// by mistake (a Server may be stricter). Past the timeout, the default applies until the
+    /// control plane answers.
+    pub async fn inbound_ready(&self) {
+        let deadline = Instant::now() + self.cfg.initial_timeout;
+        for port in self.cfg.inbound_ports.clone() {
+            let mut rx = self.inbound_watch(port, true);
+            if tokio::time::timeout_at(deadline, rx.wait_for(|a| !matches!(a, Answer::Pending))).await.is_err() {
+                tracing::warn!(port, timeout = ?self.cfg.initial_timeout, "no inbound policy from the control plane yet; serving under the default policy until it answers");
+                return;
+            }
+        }
+    }
+
     fn inbound_watch(&self, port: u16, pinned: bool) -> watch::Receiver<Answer<ServerPolicy>> {
         let Some(client) = &self.inbound_client else {
             let (_, rx) = watch::channel(Answer::NotFound);

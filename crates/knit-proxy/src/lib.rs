@@ -104,8 +104,8 @@ impl Proxy {
         let addrs = self.addrs();
         let (signal, watch) = drain::channel();
         let (shutdown_tx, mut shutdown_rx) = mpsc::channel(1);
-        // Without mesh identity the proxy is ready at once; with it, once it has a certificate.
-        let ready = Arc::new(AtomicBool::new(self.config.identity.is_none()));
+        // Ready once it has a certificate (with mesh identity) and its inbound policies.
+        let ready = Arc::new(AtomicBool::new(false));
         let admin = admin::Admin {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
@@ -139,14 +139,19 @@ impl Proxy {
         // Listeners are bound (connections queue in the backlog) but not served until the proxy
         // has a certificate, as Linkerd's proxy does: nothing is ever proxied without identity.
         tokio::pin!(shutdown);
-        if let Some(mut id) = identity.clone() {
-            tracing::info!(identity = %id.name, "waiting for a certificate from the identity service");
-            tokio::select! {
-                _ = id.ready() => ready.store(true, std::sync::atomic::Ordering::Release),
-                _ = &mut shutdown => {
-                    admin_task.abort();
-                    return true;
-                }
+        // Likewise, the inbound ports named at start-up wait for their policy.
+        let started = async {
+            if let Some(mut id) = identity.clone() {
+                tracing::info!(identity = %id.name, "waiting for a certificate from the identity service");
+                id.ready().await;
+            }
+            discovery.inbound_ready().await;
+        };
+        tokio::select! {
+            () = started => ready.store(true, std::sync::atomic::Ordering::Release),
+            _ = &mut shutdown => {
+                admin_task.abort();
+                return true;
             }
         }
 

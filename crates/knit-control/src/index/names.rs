@@ -100,17 +100,19 @@ pub fn parse_workload(s: &str) -> Result<(String, String), NameError> {
         pod: Option<String>,
     }
     let bad = || NameError::BadWorkload(s.to_string());
-    if s.trim_start().starts_with('{') {
+    // Kubernetes names: lower-case letters, digits, '-' and '.'.
+    let valid = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let (ns, name) = if s.trim_start().starts_with('{') {
         let j: Json = serde_json::from_str(s).map_err(|_| bad())?;
-        let name = j.external_workload.or(j.pod).ok_or_else(bad)?;
-        if j.ns.is_empty() || name.is_empty() {
-            return Err(bad());
-        }
-        return Ok((j.ns, name));
-    }
-    match s.split_once(':') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok((ns.to_string(), name.to_string())),
-        _ => Err(bad()),
+        (j.ns, j.external_workload.or(j.pod).ok_or_else(bad)?)
+    } else {
+        let (ns, name) = s.split_once(':').ok_or_else(bad)?;
+        (ns.to_string(), name.to_string())
+    };
+    if valid(&ns) && valid(&name) {
+        Ok((ns, name))
+    } else {
+        Err(bad())
     }
 }
 
@@ -156,7 +158,7 @@ mod tests {
         assert_eq!(parse_workload(r#"{"ns":"demo","external_workload":"web"}"#), Ok(("demo".into(), "web".into())));
         assert_eq!(parse_workload(r#"{"ns":"demo","pod":"web-1"}"#), Ok(("demo".into(), "web-1".into())));
         assert_eq!(parse_workload("demo:web"), Ok(("demo".into(), "web".into())));
-        for bad in [r#"{"ns":"demo"}"#, "{", "web", r#"{"ns":"","pod":"x"}"#] {
+        for bad in [r#"{"ns":"demo"}"#, "{", "web", r#"{"ns":"","pod":"x"}"#, r#""external_workload":"b""#] {
             assert!(parse_workload(bad).is_err(), "{bad}");
         }
         assert_eq!(source_namespace(r#"{"ns":"demo","external_workload":"web"}"#), "demo");
