@@ -187,3 +187,20 @@ spec: {targetRef: {group: policy.linkerd.io, kind: Server, name: books-http}, to
     let other = index.inbound(&WorkloadPort { port: 9000, ..key });
     assert_eq!(other.borrow().as_ref().as_ref().unwrap().labels["kind"], "default");
 }
+
+#[test]
+fn a_grpcroute_makes_the_service_grpc_with_rpc_matches_and_grpc_retries() {
+    let index = index();
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: books, namespace: demo, annotations: {retry.linkerd.io/grpc: 'unavailable,resource-exhausted'}}\nspec: {selector: {app: books}, ports: [{port: 8080}]}\n";
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: demo}\nspec:\n  parentRefs: [{kind: Service, name: books, port: 8080}]\n  rules: [{matches: [{method: {service: books.Books, method: List}}]}]\n";
+    load(&index, "svc.yaml", svc);
+    load(&index, "route.yaml", route);
+    let policy = index.outbound(&books()).borrow().as_ref().clone().unwrap();
+    let Some(proxy_protocol::Kind::Grpc(g)) = policy.protocol.unwrap().kind else { panic!("grpc expected") };
+    let rule = &g.routes[0].rules[0];
+    let rpc = rule.matches[0].rpc.as_ref().unwrap();
+    assert_eq!((rpc.service.as_str(), rpc.method.as_str()), ("books.Books", "List"));
+    let c = rule.retry.as_ref().unwrap().conditions.as_ref().unwrap();
+    assert!(c.unavailable && c.resource_exhausted && !c.internal);
+    assert!(g.routes[0].metadata.is_some());
+}
