@@ -1,10 +1,14 @@
-"""Turns bench/out/results.jsonl into bench/RESULTS.md (standard library only)."""
+"""Turns bench/out/results.jsonl into bench/RESULTS.md (standard library only).
+
+`report.py discovery RAW ...` instead writes the discovery section (bench/discovery.sh) into the
+existing RESULTS.md, between its markers, keeping the rest of the file."""
 import argparse
 import datetime
 import json
 import os
 import platform
 import statistics
+import sys
 
 SETUPS = ("direct", "haproxy", "knit-1hop", "knit-2hop", "knit-2hop-mtls")
 
@@ -176,5 +180,111 @@ def main():
     print("\n".join(out))
 
 
+DISCOVERY_BEGIN = "<!-- discovery: written by bench/discovery.sh through report.py; the rest of the file by bench/run.sh -->"
+DISCOVERY_END = "<!-- end of discovery -->"
+
+
+def ordinal(n):
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def discovery_section(rows, command, ticks):
+    """The discovery benchmark's section: knit-control under churn, then P2C against round robin."""
+    out = []
+    w = out.append
+    w(DISCOVERY_BEGIN)
+    w("## Discovery: knit-control under endpoint churn, and P2C against round robin\n")
+    w(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+    w(f"- machine: {machine()}")
+    w(f"- command: `{command}`")
+    w("- knit-control and the proxies pinned to CPU 1; the load generator, the watchers and the backends to CPU 0\n")
+
+    churn = [r for r in rows if r["kind"] == "churn"]
+    if churn:
+        c = churn[0]["result"]
+        w("### knit-control under churn\n")
+        w(f"{c['services']:,} Services with {c['workloads']:,} ExternalWorkloads in {c['files']} manifest files (`--config-dir`); "
+          f"{c['streams']} `Destination.Get` streams (every {ordinal(c['services'] // c['streams'])} Service) and {c['policy_streams']} "
+          f"`OutboundPolicies.Watch` streams. The churn rewrites one file {c['writes_per_second']} times a second, each rewrite giving "
+          f"{c['replacements_per_write']} watched workloads a new IP ({c['replacements_per_write'] * c['writes_per_second']} endpoint "
+          "replacements per second). Latency runs from the file's rename to the watcher receiving the `add` that names the new IP, "
+          "so it includes the directory poll interval (knit-control stats the directory, then re-reads changed files).\n")
+        w("| poll interval | churn s | replacements | delivered | missing | p50 ms | p90 ms | p99 ms | max ms | update messages | CPU s during churn | CPU ms per replacement |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in churn:
+            x = r["result"]
+            cpu = r["result"]["cpu_ticks"] / ticks
+            per = f"{cpu / x['replacements'] * 1000:.2f}" if x["replacements"] else "-"
+            w(f"| {r['poll_ms']} ms | {x['churn_s']:.1f} | {x['replacements']} | {x['delivered']} | {x['missing']} | {x['p50_ms']:.1f} | "
+              f"{x['p90_ms']:.1f} | {x['p99_ms']:.1f} | {x['max_ms']:.1f} | {x['update_messages']} | {cpu:.2f} | {per} |")
+        w("")
+        w("| poll interval | RSS with the index loaded | RSS with the streams open | RSS after churn | peak RSS (VmHWM) | first answer s | all streams answered in s | streams failed / ended |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in churn:
+            x = r["result"]
+            w(f"| {r['poll_ms']} ms | {x['rss_kb_before'] / 1024:.1f} MiB | {x['rss_kb_streams'] / 1024:.1f} MiB | {x['rss_kb_after'] / 1024:.1f} MiB | "
+              f"{x['hwm_kb_after'] / 1024:.1f} MiB | {x['first_answer_s']:.2f} | {x['subscribe_s']:.2f} | {x['stream_failures']} / {x['streams_ended']} |")
+        errors = sorted({r["result"]["first_error"] for r in churn if r["result"]["first_error"]})
+        for e in errors:
+            w(f"\nA stream reported: `{e}`")
+        w("")
+
+    bal = [r for r in rows if r["kind"] == "balance"]
+    if bal:
+        b = bal[0]
+        w("### Load balancing: knit P2C against round robin\n")
+        w(f"{b['rate']} rps over {b['conns']} connections (open loop) through one knit-proxy's outbound listener to a Service with "
+          f"three endpoints: **slow** = two healthy + one answering {b['slow_ms']} ms late; **limited** = two healthy + one answering "
+          f"{'every' if b['rl_every'] == 1 else 'every ' + ordinal(b['rl_every'])} request with 429 and `Retry-After: {b['retry_after']}`. "
+          "**RR**: the proxy's static table (`KNIT_PROXY_OUTBOUND_ENDPOINTS`), round robin. **P2C**: endpoints and policy from "
+          "knit-control (`BalanceP2c` with PeakEWMA; `PenaltyPeakEwma` for *limited*, annotated "
+          "`balancer.alpha.linkerd.io/penalize-failures`). No retries: a 429 reaches the client. Non-2xx counts responses that "
+          "were not 2xx and requests that failed.\n")
+        w("| case | setup | requests | p50 ms | p90 ms | p99 ms | max ms | non-2xx |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|")
+        res = {}
+        for r in bal:
+            x = r["result"]
+            res[(r["case"], r["setup"])] = x
+            w(f"| {r['case']} | {r['setup']} | {x['requests']} | {x['p50_ms']:.3f} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} | {x['max_ms']:.3f} | {x['errors']} |")
+        w("")
+        w("| case | RR / P2C p50 | RR / P2C p99 | non-2xx RR → P2C |")
+        w("|---|---:|---:|---:|")
+        ratio = lambda a, b: f"{a / b:.2f}×" if b > 0 else "n/a"
+        for case in dict.fromkeys(r["case"] for r in bal):
+            rr, p2c = res.get((case, "RR")), res.get((case, "P2C"))
+            if rr and p2c:
+                w(f"| {case} | {ratio(rr['p50_ms'], p2c['p50_ms'])} | {ratio(rr['p99_ms'], p2c['p99_ms'])} | {rr['errors']} → {p2c['errors']} |")
+        w("")
+    w(DISCOVERY_END)
+    return "\n".join(out)
+
+
+def discovery_main(argv):
+    """Replaces (or appends) the discovery section of RESULTS.md, keeping the rest of the file."""
+    ap = argparse.ArgumentParser(prog="report.py discovery")
+    ap.add_argument("raw")
+    ap.add_argument("--command", required=True)
+    ap.add_argument("--ticks", type=int, default=100)
+    ap.add_argument("--results", required=True)
+    a = ap.parse_args(argv)
+    rows = [json.loads(l) for l in open(a.raw) if l.strip()]
+    section = discovery_section(rows, a.command, a.ticks)
+    try:
+        text = open(a.results).read()
+    except FileNotFoundError:
+        text = ""
+    start, end = text.find(DISCOVERY_BEGIN), text.find(DISCOVERY_END)
+    if start >= 0 and end > start:
+        text = text[:start] + section + text[end + len(DISCOVERY_END):]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section + "\n"
+    with open(a.results, "w") as f:
+        f.write(text)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "discovery":
+        discovery_main(sys.argv[2:])
+    else:
+        main()

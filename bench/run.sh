@@ -22,22 +22,7 @@ OUT=bench/out
 mkdir -p "$OUT"
 RAW="$OUT/results.jsonl"
 : >"$RAW"
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # url [log]
-    for _ in $(seq 200); do curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0; sleep 0.05; done
-    echo "bench: $1 not ready"
-    [ -n "${2:-}" ] && tail -n 20 "$2"
-    exit 1
-}
+source bench/lib.sh
 
 # --- backend --------------------------------------------------------------------------------
 taskset -c 0 "$L" serve --port-file "$TMP/backend" >/dev/null &
@@ -54,17 +39,6 @@ PIDS+=($HA_PID)
 wait_http "http://127.0.0.1:$HA_H1/" "$TMP/haproxy.log"
 
 # --- knit-proxy: one hop, and the meshed pair -------------------------------------------------
-start_knit() { # name, extra env...
-    local name=$1; shift
-    local in=$(free_port) out=$(free_port) admin=$(free_port)
-    env KNIT_PROXY_INBOUND_LISTEN_ADDR=127.0.0.1:$in KNIT_PROXY_OUTBOUND_LISTEN_ADDR=127.0.0.1:$out \
-        KNIT_PROXY_ADMIN_LISTEN_ADDR=127.0.0.1:$admin KNIT_PROXY_CORES=1 KNIT_PROXY_LOG=warn \
-        KNIT_PROXY_SHUTDOWN_GRACE_PERIOD=1s "$@" \
-        taskset -c 1 "$P" 2>"$TMP/$name.log" &
-    PIDS+=($!)
-    eval "${name}_PID=$! ${name}_IN=$in ${name}_OUT=$out ${name}_ADMIN=$admin"
-    wait_http "http://127.0.0.1:$admin/ready" "$TMP/$name.log"
-}
 start_knit K1 KNIT_PROXY_OUTBOUND_ENDPOINTS="backend.bench:8080=$BACKEND"
 start_knit KS
 start_knit KC KNIT_PROXY_OUTBOUND_ENDPOINTS="backend.bench:8080=$BACKEND@$KS_IN"
@@ -132,3 +106,5 @@ PEAK="{\"knit-1hop\":$(hwm_kb "$K1_PID"),\"knit-2hop\":$(hwm_kb "$KC_PID $KS_PID
 CMD="bench/run.sh${1:+ $1}"
 python3 bench/report.py "$RAW" --idle-rss-kb "$K1_IDLE_RSS" --peak-rss "$PEAK" --command "$CMD" --ticks "$(getconf CLK_TCK)" >bench/RESULTS.md
 echo "wrote bench/RESULTS.md"
+# Discovery (knit-control under churn, P2C against round robin) adds its section; KNIT_BENCH_DISCOVERY=0 skips it.
+[ "${KNIT_BENCH_DISCOVERY:-1}" = 0 ] || bench/discovery.sh ${1:+"$1"}

@@ -2,8 +2,10 @@
 //!
 //! `run` is open-loop: every request has an intended send time on a fixed schedule, and its
 //! latency is measured from that time, so a slow response delays no measurement out of the
-//! histogram (no coordinated omission). `--max` is closed-loop, for throughput.
+//! histogram (no coordinated omission). `--max` is closed-loop, for throughput. `control`
+//! measures knit-control's discovery under endpoint churn.
 
+mod control;
 mod load;
 mod serve;
 
@@ -22,11 +24,14 @@ enum Command {
     Serve(serve::Args),
     /// Send load and print one JSON line of results.
     Run(load::Args),
+    /// knit-control under churn: write manifests, or watch streams while rewriting them.
+    Control(control::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve::main(args),
         Command::Run(args) => load::main(args),
+        Command::Control(args) => control::main(args),
     }
 }
