@@ -23,9 +23,11 @@ use tonic::{
 };
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
+/// A view of the index: `None` once what it describes is gone.
+type View<T> = watch::Receiver<Arc<Option<T>>>;
 
 /// Forwards every new value of a view; ends the stream with NotFound if what it describes goes away.
-fn follow<T, M>(mut rx: watch::Receiver<Arc<Option<T>>>, what: String, to_message: impl Fn(&T) -> M + Send + 'static) -> Stream<M>
+fn follow<T, M>(mut rx: View<T>, what: String, to_message: impl Fn(&T) -> M + Send + 'static) -> Stream<M>
 where
     T: Send + Sync + 'static,
     M: Send + 'static,
@@ -142,7 +144,7 @@ pub fn diff(sent: &mut BTreeMap<SocketAddr, dst::WeightedAddr>, now: Option<&cra
 pub struct OutboundService(pub Arc<Index>);
 
 impl OutboundService {
-    fn subscribe(&self, spec: outb::TrafficSpec) -> Result<(watch::Receiver<Arc<Option<outb::OutboundPolicy>>>, SvcPort), Status> {
+    fn subscribe(&self, spec: outb::TrafficSpec) -> Result<(View<outb::OutboundPolicy>, SvcPort), Status> {
         let ns = names::source_namespace(&spec.source_workload);
         let target = match spec.target {
             Some(traffic_spec::Target::Authority(a)) => names::parse_target(&a, &ns, &self.0.config().cluster_domain)
@@ -180,7 +182,7 @@ impl OutboundPolicies for OutboundService {
 pub struct InboundService(pub Arc<Index>);
 
 impl InboundService {
-    fn subscribe(&self, spec: inb::PortSpec) -> Result<(watch::Receiver<Arc<Option<inb::Server>>>, String), Status> {
+    fn subscribe(&self, spec: inb::PortSpec) -> Result<(View<inb::Server>, String), Status> {
         let (ns, workload) = names::parse_workload(&spec.workload).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let port = u16::try_from(spec.port).ok().filter(|p| *p != 0).ok_or_else(|| Status::invalid_argument(format!("port {} is out of range", spec.port)))?;
         let what = format!("workload {ns}/{workload}");

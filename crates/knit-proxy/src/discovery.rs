@@ -438,7 +438,7 @@ where
             }
             Err(s) => {
                 failures += 1;
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(%what, error = %s.message(), code = ?s.code(), failures, "cannot reach the control plane; keeping the last answer");
                 }
                 backoff(failures)

@@ -50,7 +50,7 @@ pub fn validate(resource: Resource) -> Result<Resource, Invalid> {
                 return Err(("spec".into(), "identities or identityRefs must list at least one identity".into()));
             }
             for (i, id) in m.spec.identities.iter().enumerate() {
-                if id.is_empty() || (id.contains('*') && id != "*" && !id.strip_prefix("*.").is_some_and(|s| !s.contains('*'))) {
+                if id.is_empty() || (id.contains('*') && id != "*" && id.strip_prefix("*.").is_none_or(|s| s.contains('*'))) {
                     return Err((format!("spec.identities[{i}]"), format!("expected an identity, \"*\" or \"*.SUFFIX\", found {id:?}")));
                 }
             }

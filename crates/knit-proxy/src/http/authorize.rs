@@ -25,6 +25,8 @@ pub(crate) fn server_labels(policy: &ServerPolicy, port: u16) -> ServerLabels {
     ServerLabels { srv_group: meta.group.clone(), srv_kind: meta.kind.clone(), srv_name: meta.name.clone(), srv_port: port.to_string() }
 }
 
+// `Refused` is the pair every planner returns; refusals are rare, so its size costs little.
+#[allow(clippy::result_large_err)]
 pub(super) fn plan<B>(req: &mut Request<B>, ctx: &Ctx) -> Result<Plan, Refused> {
     let Dest::Endpoint(target) = &ctx.dest else { return Err((ProxyError::NoTarget, None)) };
     let routed = Routed::to(target.clone());

@@ -318,7 +318,7 @@ impl TryFrom<api::Server> for ServerPolicy {
         let kind = s.protocol.as_ref().and_then(|p| p.kind.as_ref()).ok_or_else(|| InvalidPolicy::missing("protocol"))?;
         let (protocol, routes, limit) = match kind {
             Kind::Detect(d) => {
-                let timeout = d.timeout.clone().ok_or_else(|| InvalidPolicy::missing("protocol.detect.timeout"))?;
+                let timeout = d.timeout.ok_or_else(|| InvalidPolicy::missing("protocol.detect.timeout"))?;
                 let timeout = Duration::try_from(timeout).map_err(|e| InvalidPolicy::new("protocol.detect.timeout", e.to_string()))?;
                 (Protocol::Detect { timeout }, &d.http_routes[..], d.http_local_rate_limit.as_ref())
             }
@@ -339,7 +339,7 @@ fn authorization(a: &api::Authz) -> Result<Authorization, InvalidPolicy> {
     if a.networks.is_empty() {
         return Err(InvalidPolicy::new("networks", "expected at least one network"));
     }
-    let net = |n: &linkerd2_proxy_api::net::IpNetwork| IpNet::try_from(n.clone()).map_err(|e| InvalidPolicy::new("net", e.to_string()));
+    let net = |n: &linkerd2_proxy_api::net::IpNetwork| IpNet::try_from(*n).map_err(|e| InvalidPolicy::new("net", e.to_string()));
     let networks = out::each(&a.networks, "networks", |n| {
         let main = net(n.net.as_ref().ok_or_else(|| InvalidPolicy::missing("net"))?)?;
         Ok(Network { net: main, except: out::each(&n.except, "except", net)? })

@@ -79,7 +79,7 @@ async fn answer(name: &str, behaviour: Behaviour, n: u64, req: Request<Incoming>
     let mut rsp = Response::new(Full::new(Bytes::from(format!("{name} {client_id}\n"))));
     match behaviour {
         Behaviour::Ok => {}
-        Behaviour::FailEvery(k) if n % k == 0 => *rsp.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
+        Behaviour::FailEvery(k) if n.is_multiple_of(k) => *rsp.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
         Behaviour::FailEvery(_) => {}
         Behaviour::RateLimited { secs } => {
             *rsp.status_mut() = StatusCode::TOO_MANY_REQUESTS;

@@ -129,7 +129,7 @@ async fn a_control_plane_restart_under_traffic_fails_no_request() {
     let (_v1, _v2, _proxies) = books(&mesh, Behaviour::Ok).await;
     mesh.write("split.yaml", &split(50, 50)).await;
     let web = mesh.proxy("web", "web", None).await;
-    assert_eq!(count_from(&send(web.addrs.outbound, "books:8080", "/", 20).await, "books-v1") > 0, true);
+    assert!(count_from(&send(web.addrs.outbound, "books:8080", "/", 20).await, "books-v1") > 0);
     let outbound = web.addrs.outbound;
     let traffic = tokio::spawn(async move {
         let mut all = Vec::new();
