@@ -8,7 +8,7 @@
 
 use crate::index::{
     names::{self, ProfileKey, Target},
-    Index, SvcPort, WorkloadPort,
+    Endpoints, EndpointsView, Index, SvcPort, WorkloadPort,
 };
 use linkerd2_proxy_api::{
     destination::{self as dst, destination_server::Destination, update, Update},
@@ -78,16 +78,19 @@ impl Destination for DestinationService {
         }
         let (tx, out) = mpsc::channel(4);
         tokio::spawn(async move {
-            let mut sent = BTreeMap::new();
-            let mut first = true;
+            // What this client was last sent is the index's own snapshot (shared with every
+            // stream that saw it), not a copy per stream.
+            let mut sent: Option<Arc<EndpointsView>> = None;
             loop {
                 let view = rx.borrow_and_update().clone();
-                for u in diff(&mut sent, view.as_ref().as_ref(), first) {
+                let before = sent.as_deref().and_then(Option::as_ref);
+                for u in diff(before, view.as_ref().as_ref(), sent.is_none()) {
                     if tx.send(Ok(Update { update: Some(u) })).await.is_err() {
                         return;
                     }
                 }
-                first = false;
+                // After `no_endpoints{exists: false}`, start over as a new stream would.
+                sent = view.is_some().then_some(view);
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
@@ -117,26 +120,26 @@ impl Destination for DestinationService {
     }
 }
 
-/// The updates that take a client from `sent` to `now`, and records `now` as sent.
+/// The updates that take a client from `before` (what it was sent) to `now`.
 ///
 /// The first message is always an `add`, even of no addresses: the API asks for a message at once
 /// and for no `no_endpoints` before an `add`, and an empty `add` satisfies both. A Service that
 /// goes away becomes `no_endpoints{exists: false}`.
-pub fn diff(sent: &mut BTreeMap<SocketAddr, dst::WeightedAddr>, now: Option<&crate::index::Endpoints>, first: bool) -> Vec<update::Update> {
+pub fn diff(before: Option<&Endpoints>, now: Option<&Endpoints>, first: bool) -> Vec<update::Update> {
     let Some(now) = now else {
-        sent.clear();
         return vec![update::Update::NoEndpoints(dst::NoEndpoints { exists: false })];
     };
+    let nothing = BTreeMap::new();
+    let sent = before.map_or(&nothing, |b| &b.addrs);
     let mut out = Vec::new();
-    let removed: Vec<SocketAddr> = sent.keys().filter(|a| !now.addrs.contains_key(a)).copied().collect();
+    let removed: Vec<_> = sent.keys().filter(|a| !now.addrs.contains_key(a)).map(|a| (*a).into()).collect();
     if !removed.is_empty() {
-        out.push(update::Update::Remove(dst::AddrSet { addrs: removed.iter().map(|a| (*a).into()).collect() }));
+        out.push(update::Update::Remove(dst::AddrSet { addrs: removed }));
     }
     let added: Vec<dst::WeightedAddr> = now.addrs.iter().filter(|(a, w)| sent.get(a) != Some(w)).map(|(_, w)| w.clone()).collect();
     if !added.is_empty() || first {
         out.push(update::Update::Add(dst::WeightedAddrSet { addrs: added, metric_labels: now.labels.clone() }));
     }
-    *sent = now.addrs.clone();
     out
 }
 

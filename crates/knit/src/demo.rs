@@ -139,6 +139,9 @@ impl Mesh {
         d.policy_addr = Some(self.control.policy);
         d.workload = format!(r#"{{"ns":"{NAMESPACE}","external_workload":"{}"}}"#, spec.name);
         d.inbound_ports = [app.port()].into();
+        // Every demo workload shares 127.0.0.1: trusting loopback would let any of them past
+        // books' AuthorizationPolicy.
+        d.trust_loopback = false;
         Ok(config)
     }
 

@@ -204,3 +204,22 @@ fn a_grpcroute_makes_the_service_grpc_with_rpc_matches_and_grpc_retries() {
     assert!(c.unavailable && c.resource_exhausted && !c.internal);
     assert!(g.routes[0].metadata.is_some());
 }
+
+#[test]
+fn apply_delete_and_a_resource_two_sources_define() {
+    let index = index();
+    let (resources, _) = parse("a.yaml", SERVICES);
+    let svc = resources[0].clone();
+    index.apply("kubernetes", svc.clone());
+    let mut rx = index.endpoints(&books());
+    assert!(rx.borrow_and_update().is_some());
+    // A second source defines the same Service: the later definition owns it, so the first
+    // source's delete leaves it in place and only the owner's removes it.
+    index.apply("files", svc.clone());
+    index.delete("kubernetes", &svc.key());
+    assert!(!rx.has_changed().unwrap() && rx.borrow().is_some());
+    index.delete("files", &svc.key());
+    assert!(rx.has_changed().unwrap());
+    assert!(rx.borrow_and_update().is_none(), "the Service is gone");
+    assert_eq!(index.stats().resources.get("Service"), None);
+}

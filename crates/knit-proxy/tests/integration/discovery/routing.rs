@@ -146,3 +146,25 @@ async fn a_control_plane_restart_under_traffic_fails_no_request() {
     assert_eq!(all.len(), 300);
     assert!(failed.is_empty(), "{} of 300 requests failed across the restart: {:?}", failed.len(), failed.first());
 }
+
+#[tokio::test]
+async fn failure_accrual_ejects_an_endpoint_that_keeps_failing() {
+    let mesh = LocalMesh::start("accrual").await;
+    let broken = Backend::start("orders-1", Behaviour::FailEvery(1)).await;
+    let healthy = Backend::start("orders-2", Behaviour::Ok).await;
+    let _p1 = mesh.workload(&broken, "orders", &[("app", "orders")]).await;
+    let _p2 = mesh.workload(&healthy, "orders", &[("app", "orders")]).await;
+    let accrual = [
+        ("balancer.linkerd.io/failure-accrual", "consecutive"),
+        ("balancer.linkerd.io/failure-accrual-consecutive-max-failures", "3"),
+        ("balancer.linkerd.io/failure-accrual-consecutive-min-penalty", "30s"),
+    ];
+    mesh.write("services.yaml", &service("orders", &[("app", "orders")], &accrual)).await;
+    let web = mesh.proxy("web", "web", None).await;
+    let results = send(web.addrs.outbound, "orders:8080", "/", 100).await;
+    let failed = results.iter().filter(|(s, _)| *s == 503).count();
+    // Fast failures look cheap to PeakEWMA, so without the breaker the broken endpoint would
+    // take most requests; three consecutive failures eject it for the 30 s penalty.
+    assert!(failed <= 3, "{failed} of 100 requests reached the failing endpoint");
+    assert_eq!(count_from(&results, "orders-2") + failed, 100);
+}
