@@ -162,11 +162,50 @@ fn addr(s: &str) -> Result<SocketAddr, String> {
     s.trim().parse().map_err(|_| "expected IP:PORT".to_string())
 }
 
+/// A control-plane service's address: `IP:PORT`, or `DNS-NAME:PORT` (in Kubernetes, a headless
+/// Service), resolved again on every connection so that the control plane's pods may change.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub struct ControlAddr(String);
+
+impl From<SocketAddr> for ControlAddr {
+    fn from(a: SocketAddr) -> Self {
+        Self(a.to_string())
+    }
+}
+
+impl std::fmt::Display for ControlAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn control_addr(s: &str) -> Result<ControlAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a.into());
+    }
+    let bad = || "expected IP:PORT or DNS-NAME:PORT".to_string();
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    if !knit_identity::is_dns_name(&host.trim_end_matches('.').to_ascii_lowercase()) {
+        return Err(bad());
+    }
+    Ok(ControlAddr(s.to_string()))
+}
+
 fn optional_addr(s: &str) -> Result<Option<SocketAddr>, String> {
     if s.trim().is_empty() {
         return Ok(None);
     }
     addr(s).map(Some)
+}
+
+fn optional_control_addr(s: &str) -> Result<Option<ControlAddr>, String> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    control_addr(s).map(Some)
 }
 
 fn positive<T: std::str::FromStr + PartialOrd + Default>(s: &str) -> Result<T, String> {
@@ -289,9 +328,13 @@ fn identity_config(r: &mut Reader<'_>) -> Option<crate::identity::IdentityConfig
             }
         }
     };
-    let trust_anchors = required("KNIT_PROXY_IDENTITY_TRUST_ANCHORS_FILE");
+    // Inline anchors (the Kubernetes injector) or a file (local mode); inline wins.
+    let trust_anchors = match r.env.var("KNIT_PROXY_IDENTITY_TRUST_ANCHORS").filter(|v| !v.trim().is_empty()) {
+        Some(pem) => Some(crate::identity::TrustAnchors::Pem(pem)),
+        None => required("KNIT_PROXY_IDENTITY_TRUST_ANCHORS_FILE").map(crate::identity::TrustAnchors::File),
+    };
     let token_file = required("KNIT_PROXY_IDENTITY_TOKEN_FILE");
-    let svc_addr = r.get("KNIT_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080", addr);
+    let svc_addr = r.get("KNIT_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080", control_addr);
     let min_refresh = r.get("KNIT_PROXY_IDENTITY_MIN_REFRESH", "10s", parse::duration);
     let max_refresh = r.get("KNIT_PROXY_IDENTITY_MAX_REFRESH", "24h", parse::duration);
     Some(crate::identity::IdentityConfig {
@@ -313,8 +356,8 @@ fn networks(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
 /// The discovery variables. The workload is required once a policy service is configured: the
 /// control plane cannot answer `WatchPort` without knowing which workload asks.
 fn discovery_config(r: &mut Reader<'_>) -> Option<crate::discovery::DiscoveryConfig> {
-    let destination_addr = r.get("KNIT_PROXY_DESTINATION_SVC_ADDR", "", optional_addr);
-    let policy_addr = r.get("KNIT_PROXY_POLICY_SVC_ADDR", "", optional_addr);
+    let destination_addr = r.get("KNIT_PROXY_DESTINATION_SVC_ADDR", "", optional_control_addr);
+    let policy_addr = r.get("KNIT_PROXY_POLICY_SVC_ADDR", "", optional_control_addr);
     let workload = r.env.var("KNIT_PROXY_POLICY_WORKLOAD").unwrap_or_default();
     if matches!(policy_addr, Some(Some(_))) && workload.trim().is_empty() {
         r.errors.push(VarError {
@@ -402,5 +445,29 @@ mod tests {
     fn silent_timeout_may_not_exceed_detect_timeout() {
         let e = Config::from_env(&env(&[("KNIT_PROXY_DETECT_SILENT_TIMEOUT", "20s")])).unwrap_err();
         assert_eq!(e.0[0].name, "KNIT_PROXY_DETECT_SILENT_TIMEOUT");
+    }
+
+    #[test]
+    fn control_plane_addresses_may_be_dns_names() {
+        assert_eq!(control_addr("10.0.0.1:8086").unwrap().to_string(), "10.0.0.1:8086");
+        assert_eq!(control_addr("knit-dst-headless.knit.svc.cluster.local.:8086").unwrap().to_string(), "knit-dst-headless.knit.svc.cluster.local.:8086");
+        assert_eq!(control_addr("[::1]:8090").unwrap().to_string(), "[::1]:8090");
+        for bad in ["knit-dst:0", "knit-dst", "bad_name:8086", ":8086", "a:b:8086"] {
+            assert!(control_addr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn inline_trust_anchors_win_over_the_file() {
+        let c = Config::from_env(&env(&[
+            ("KNIT_PROXY_IDENTITY_LOCAL_NAME", "web.demo.serviceaccount.identity.knit.cluster.local"),
+            ("KNIT_PROXY_IDENTITY_TRUST_ANCHORS", "-----BEGIN CERTIFICATE-----"),
+            ("KNIT_PROXY_IDENTITY_TOKEN_FILE", "/var/run/secrets/tokens/knit-identity-token"),
+            ("KNIT_PROXY_IDENTITY_SVC_ADDR", "knit-identity.knit.svc.cluster.local.:8080"),
+        ]))
+        .unwrap();
+        let id = c.identity.expect("identity configured");
+        assert!(matches!(id.trust_anchors, crate::identity::TrustAnchors::Pem(_)));
+        assert_eq!(id.svc_addr.to_string(), "knit-identity.knit.svc.cluster.local.:8080");
     }
 }

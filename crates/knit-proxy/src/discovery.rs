@@ -14,6 +14,7 @@
 
 use crate::{
     balance::Pool,
+    config::ControlAddr,
     error::ProxyError,
     policy::{
         inbound::{DefaultPolicy, ServerPolicy},
@@ -45,10 +46,10 @@ use tonic::{transport::Channel, Code, Status};
 pub struct DiscoveryConfig {
     /// `Destination` service; without it, balancers have no endpoints and only `Forward`
     /// backends and the static destination table work.
-    pub destination_addr: Option<SocketAddr>,
+    pub destination_addr: Option<ControlAddr>,
     /// `OutboundPolicies` and `InboundServerPolicies`; without it, outbound traffic goes where the
     /// destination table or DNS say and every inbound port has the default policy.
-    pub policy_addr: Option<SocketAddr>,
+    pub policy_addr: Option<ControlAddr>,
     /// Sent as `PortSpec.workload` and `TrafficSpec.source_workload`: `{"ns":..,"pod":..}` or
     /// `{"ns":..,"external_workload":..}`.
     pub workload: String,
@@ -144,11 +145,11 @@ pub struct Discovery {
     default_inbound: Arc<ServerPolicy>,
 }
 
-fn channel(addr: SocketAddr) -> Channel {
+fn channel(addr: ControlAddr) -> Channel {
     // Plaintext h2c, as Linkerd's proxy uses for a loopback control plane. `connect_lazy` dials
     // on first use and again after the connection is lost.
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("an http URI built from a socket address is valid")
+        .expect("an http URI built from a validated HOST:PORT is valid")
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -160,8 +161,8 @@ impl Discovery {
     /// Builds the clients (no connection is made until something is looked up) and starts the
     /// eager inbound watches and the idle sweeper. Must be called inside a tokio runtime.
     pub fn spawn(cfg: DiscoveryConfig) -> Arc<Self> {
-        let dst = cfg.destination_addr.map(|a| DestinationClient::new(channel(a)));
-        let policy = cfg.policy_addr.map(channel);
+        let dst = cfg.destination_addr.clone().map(|a| DestinationClient::new(channel(a)));
+        let policy = cfg.policy_addr.clone().map(channel);
         let default_inbound = Arc::new(cfg.loopback(ServerPolicy::default_for(cfg.default_inbound_policy, &cfg.cluster_networks)));
         let this = Arc::new(Self {
             outbound_client: policy.clone().map(OutboundPoliciesClient::new),

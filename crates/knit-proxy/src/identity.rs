@@ -16,7 +16,6 @@ use rustls::{
     ClientConfig, RootCertStore, ServerConfig,
 };
 use std::{
-    net::SocketAddr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -29,15 +28,34 @@ pub const TRANSPORT_ALPN: &[u8] = knit_core::transport_header::ALPN;
 pub struct IdentityConfig {
     /// This proxy's identity, also its TLS server name.
     pub local_name: String,
-    /// PEM bundle of trust anchors, re-read when it changes.
-    pub trust_anchors: PathBuf,
+    pub trust_anchors: TrustAnchors,
     /// The token presented to Certify, re-read on every call.
     pub token_file: PathBuf,
-    pub svc_addr: SocketAddr,
+    pub svc_addr: crate::config::ControlAddr,
     #[serde(serialize_with = "crate::config::ser_duration")]
     pub min_refresh: Duration,
     #[serde(serialize_with = "crate::config::ser_duration")]
     pub max_refresh: Duration,
+}
+
+/// Where the trust anchors come from.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustAnchors {
+    /// A PEM bundle file, re-read when it changes (local mode: rotation without a restart).
+    File(PathBuf),
+    /// A PEM bundle given inline (`KNIT_PROXY_IDENTITY_TRUST_ANCHORS`): what the Kubernetes
+    /// injector sets, since a pod cannot mount the control plane's ConfigMap from another namespace.
+    Pem(String),
+}
+
+impl TrustAnchors {
+    fn source(&self) -> String {
+        match self {
+            TrustAnchors::File(p) => p.display().to_string(),
+            TrustAnchors::Pem(_) => "KNIT_PROXY_IDENTITY_TRUST_ANCHORS".to_string(),
+        }
+    }
 }
 
 /// The material a TLS handshake needs, replaced as a whole on refresh or anchor change.
@@ -80,7 +98,7 @@ pub enum IdentityError {
     #[error("the trust anchors in {0} hold no usable certificate")]
     NoAnchors(String),
     #[error("identity service {addr}: {message}")]
-    Certify { addr: SocketAddr, message: String },
+    Certify { addr: crate::config::ControlAddr, message: String },
     #[error("the certificate from the identity service is unusable: {0}")]
     BadCert(String),
 }
@@ -89,17 +107,20 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, IdentityError> {
     std::fs::read(path).map_err(|source| IdentityError::Read { path: path.display().to_string(), source })
 }
 
-fn anchors(path: &PathBuf) -> Result<(RootCertStore, Vec<String>), IdentityError> {
-    let pem = String::from_utf8_lossy(&read(path)?).into_owned();
+fn anchors(source: &TrustAnchors) -> Result<(RootCertStore, Vec<String>), IdentityError> {
+    let pem = match source {
+        TrustAnchors::File(path) => String::from_utf8_lossy(&read(path)?).into_owned(),
+        TrustAnchors::Pem(pem) => pem.clone(),
+    };
     let mut store = RootCertStore::empty();
     let mut names = Vec::new();
-    for der in pem_certs(&pem).map_err(|_| IdentityError::NoAnchors(path.display().to_string()))? {
+    for der in pem_certs(&pem).map_err(|_| IdentityError::NoAnchors(source.source()))? {
         if store.add(CertificateDer::from(der.clone())).is_ok() {
             names.push(CertInfo::from_der(&der).map(|i| i.subject).unwrap_or_default());
         }
     }
     if store.is_empty() {
-        return Err(IdentityError::NoAnchors(path.display().to_string()));
+        return Err(IdentityError::NoAnchors(source.source()));
     }
     Ok((store, names))
 }
@@ -166,9 +187,12 @@ pub fn spawn(cfg: IdentityConfig, metrics: IdentityMetrics) -> Identity {
     Identity { name, creds: rx }
 }
 
-/// A fingerprint of the anchors file, to notice a new bundle.
-fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
+/// A fingerprint of the anchors file, to notice a new bundle (inline anchors never change).
+fn stamp(source: &TrustAnchors) -> Option<(SystemTime, u64)> {
+    match source {
+        TrustAnchors::File(path) => std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len()))),
+        TrustAnchors::Pem(_) => None,
+    }
 }
 
 async fn certify_loop(cfg: IdentityConfig, tx: watch::Sender<Option<Arc<Creds>>>, metrics: IdentityMetrics) {
@@ -234,8 +258,8 @@ async fn certify_loop(cfg: IdentityConfig, tx: watch::Sender<Option<Arc<Creds>>>
 }
 
 async fn certify_once(cfg: &IdentityConfig, csr: &[u8]) -> Result<(Vec<Vec<u8>>, SystemTime), IdentityError> {
-    let addr = cfg.svc_addr;
-    let err = |message: String| IdentityError::Certify { addr, message };
+    let addr = &cfg.svc_addr;
+    let err = |message: String| IdentityError::Certify { addr: addr.clone(), message };
     let token = read(&cfg.token_file)?;
     // A new channel per call, as Linkerd's proxy does: nothing stale survives a failure.
     let mut client = IdentityClient::connect(format!("http://{addr}")).await.map_err(|e| err(format!("cannot connect: {e}")))?;

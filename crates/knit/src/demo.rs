@@ -128,15 +128,15 @@ impl Mesh {
         config.inbound.target_addr = Some(app);
         config.identity = Some(knit_proxy::identity::IdentityConfig {
             local_name: name,
-            trust_anchors: self.secrets.join("identity").join(knit_identity::layout::TRUST_ANCHORS),
+            trust_anchors: knit_proxy::identity::TrustAnchors::File(self.secrets.join("identity").join(knit_identity::layout::TRUST_ANCHORS)),
             token_file,
-            svc_addr: self.control.identity,
+            svc_addr: self.control.identity.into(),
             min_refresh: Duration::from_secs(10),
             max_refresh: Duration::from_secs(86_400),
         });
         let d = &mut config.discovery;
-        d.destination_addr = Some(self.control.destination);
-        d.policy_addr = Some(self.control.policy);
+        d.destination_addr = Some(self.control.destination.into());
+        d.policy_addr = Some(self.control.policy.into());
         d.workload = format!(r#"{{"ns":"{NAMESPACE}","external_workload":"{}"}}"#, spec.name);
         d.inbound_ports = [app.port()].into();
         // Every demo workload shares 127.0.0.1: trusting loopback would let any of them past

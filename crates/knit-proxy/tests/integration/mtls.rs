@@ -4,7 +4,7 @@
 use crate::harness::{get, request, run, server, TestProxy};
 use knit_control::{config::{Config as ControlConfig, IdentityConfig as ControlIdentity}, Control};
 use knit_identity::{create, layout, token::{Claims, TokenKey}};
-use knit_proxy::identity::IdentityConfig;
+use knit_proxy::identity::{IdentityConfig, TrustAnchors};
 use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -49,9 +49,9 @@ impl Pki {
         std::fs::write(&token_file, self.key.sign(&Claims { identity: name.into(), expires_at })).unwrap();
         IdentityConfig {
             local_name: name.into(),
-            trust_anchors: self.dir.join(layout::TRUST_ANCHORS),
+            trust_anchors: TrustAnchors::File(self.dir.join(layout::TRUST_ANCHORS)),
             token_file,
-            svc_addr: self.identity,
+            svc_addr: self.identity.into(),
             min_refresh: self.min_refresh,
             max_refresh: DAY,
         }
@@ -167,9 +167,9 @@ async fn a_proxy_is_not_ready_without_a_certificate() {
     std::fs::write(dir.join("token"), "knit1.x.y").unwrap();
     let cfg = IdentityConfig {
         local_name: WEB.into(),
-        trust_anchors: dir.join("anchors.pem"),
+        trust_anchors: TrustAnchors::File(dir.join("anchors.pem")),
         token_file: dir.join("token"),
-        svc_addr: dead,
+        svc_addr: dead.into(),
         min_refresh: Duration::from_secs(10),
         max_refresh: DAY,
     };

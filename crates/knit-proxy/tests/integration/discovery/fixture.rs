@@ -166,9 +166,9 @@ impl LocalMesh {
         std::fs::write(&token_file, self.tokens.sign(&Claims { identity: name.clone(), expires_at })).unwrap();
         let id = knit_proxy::identity::IdentityConfig {
             local_name: name,
-            trust_anchors: self.dir.join("identity").join(layout::TRUST_ANCHORS),
+            trust_anchors: knit_proxy::identity::TrustAnchors::File(self.dir.join("identity").join(layout::TRUST_ANCHORS)),
             token_file,
-            svc_addr: self.control.identity,
+            svc_addr: self.control.identity.into(),
             min_refresh: Duration::from_secs(10),
             max_refresh: Duration::from_secs(86_400),
         };
@@ -177,8 +177,8 @@ impl LocalMesh {
         let proxy = TestProxy::start(move |c| {
             c.identity = Some(id);
             c.inbound.target_addr = app;
-            c.discovery.destination_addr = Some(dst);
-            c.discovery.policy_addr = Some(pol);
+            c.discovery.destination_addr = Some(dst.into());
+            c.discovery.policy_addr = Some(pol.into());
             c.discovery.workload = workload_json;
             c.discovery.inbound_ports = app.map(|a| a.port()).into_iter().collect();
             // Every workload shares 127.0.0.1 here: loopback must not pass every policy.
