@@ -601,7 +601,7 @@ pub fn parse(file: &str, text: &str) -> (Vec<Resource>, Vec<String>) {
     let mut errors = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let n = i + 1;
-        let value = match serde_yaml::Value::deserialize(doc) {
+        let value = match serde_json::Value::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
                 // A syntax error ends the file's documents: the YAML stream cannot be resynchronised.
@@ -621,8 +621,10 @@ pub fn parse(file: &str, text: &str) -> (Vec<Resource>, Vec<String>) {
     (resources, errors)
 }
 
-/// `Ok(None)` for a kind Knit does not serve (Deployments and the like live in the same files).
-fn parse_document(value: serde_yaml::Value) -> Result<Option<Resource>, String> {
+/// Parses one object in its Kubernetes API shape (a manifest document, or an object from the
+/// Kubernetes API): `Ok(None)` for a kind Knit does not serve (Deployments and the like live in
+/// the same files), `Err` with ` (KIND NS/NAME): FIELD: REASON` for one it cannot use.
+pub fn parse_document(value: serde_json::Value) -> Result<Option<Resource>, String> {
     let text = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_string);
     let (Some(api_version), Some(kind_name)) = (text("apiVersion"), text("kind")) else {
         return Err(": apiVersion and kind are required".to_string());
@@ -635,7 +637,7 @@ fn parse_document(value: serde_yaml::Value) -> Result<Option<Resource>, String> 
         tracing::debug!("skipping {api_version} {kind_name}: not a kind Knit serves");
         return Ok(None);
     };
-    fn de<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, String> {
+    fn de<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
         serde_path_to_error::deserialize(v).map_err(|e| format!("{}: {}", e.path(), e.inner()))
     }
     let parsed = || -> Result<Resource, String> {
