@@ -26,6 +26,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     #[command(flatten)]
     pub discovery: DiscoveryConfig,
+    #[command(flatten)]
+    pub webhook: WebhookConfig,
     /// Log filter (tracing env-filter syntax).
     #[arg(long, env = "KNIT_CONTROL_LOG", default_value = "warn,knit_control=info")]
     pub log: String,
@@ -50,6 +52,7 @@ impl Config {
                 cluster_networks: DEFAULT_CLUSTER_NETWORKS.split(',').filter_map(|n| n.parse().ok()).collect(),
                 default_inbound_policy: "all-unauthenticated".into(),
             },
+            webhook: WebhookConfig { webhook_addr: any, webhook_tls_cert: None, webhook_tls_key: None, inject_values: None },
             log: "warn,knit_control=info".into(),
         }
     }
@@ -88,6 +91,21 @@ pub struct DiscoveryConfig {
     /// cluster-unauthenticated, cluster-authenticated, deny, audit).
     #[arg(long, env = "KNIT_CONTROL_DEFAULT_INBOUND_POLICY", default_value = "all-unauthenticated", value_parser = default_policy)]
     pub default_inbound_policy: String,
+}
+
+/// The proxy injector's admission webhook; it runs when given a serving certificate.
+#[derive(Clone, Debug, clap::Args)]
+pub struct WebhookConfig {
+    #[arg(long, env = "KNIT_CONTROL_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    pub webhook_addr: SocketAddr,
+    /// The webhook's serving certificate (PEM), for the name `knit-proxy-injector.NS.svc`.
+    #[arg(long, env = "KNIT_CONTROL_WEBHOOK_TLS_CERT", requires = "webhook_tls_key")]
+    pub webhook_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "KNIT_CONTROL_WEBHOOK_TLS_KEY", requires = "webhook_tls_cert")]
+    pub webhook_tls_key: Option<PathBuf>,
+    /// The injector's values (YAML, as `knit install` renders into the knit-config ConfigMap).
+    #[arg(long, env = "KNIT_CONTROL_INJECT_VALUES")]
+    pub inject_values: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, clap::Args)]

@@ -16,8 +16,11 @@ pub mod config;
 pub mod grpc;
 pub mod identity;
 pub mod index;
+pub mod k8s;
+pub mod inject;
 pub mod local;
 pub mod resources;
+pub mod webhook;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
@@ -31,6 +34,35 @@ pub struct Control {
     service: Arc<identity::Service>,
     index: Arc<index::Index>,
     local: Option<local::LocalSource>,
+    webhook: Option<Webhook>,
+}
+
+/// The injector's listener and what it serves with.
+struct Webhook {
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    injector: Arc<inject::Injector>,
+}
+
+impl Webhook {
+    async fn bind(config: &config::Config) -> anyhow::Result<Option<Self>> {
+        let w = &config.webhook;
+        let (Some(cert), Some(key)) = (&w.webhook_tls_cert, &w.webhook_tls_key) else { return Ok(None) };
+        let tls = webhook::tls_config(cert, key)?;
+        let mut values = match &w.inject_values {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading the injector values {}: {e}", path.display()))?;
+                serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("the injector values {}: {e}", path.display()))?
+            }
+            None => inject::Values::default(),
+        };
+        if values.trust_anchors_pem.is_empty() {
+            let path = config.identity.trust_anchors();
+            values.trust_anchors_pem = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading the trust anchors {}: {e}", path.display()))?;
+        }
+        let listener = bind("webhook", w.webhook_addr).await?;
+        Ok(Some(Self { listener, tls, injector: Arc::new(inject::Injector::new(values)) }))
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -39,6 +71,8 @@ pub struct Addrs {
     pub destination: SocketAddr,
     pub policy: SocketAddr,
     pub admin: SocketAddr,
+    /// Only when the webhook has a serving certificate.
+    pub webhook: Option<SocketAddr>,
 }
 
 async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -64,6 +98,7 @@ impl Control {
             destination: bind("destination", config.destination_addr).await?,
             policy: bind("policy", config.policy_addr).await?,
             admin: bind("admin", config.admin_addr).await?,
+            webhook: Webhook::bind(&config).await?,
             service: Arc::new(service),
             index,
             local,
@@ -77,6 +112,7 @@ impl Control {
             destination: self.destination.local_addr().expect("bound"),
             policy: self.policy.local_addr().expect("bound"),
             admin: self.admin.local_addr().expect("bound"),
+            webhook: self.webhook.as_ref().map(|w| w.listener.local_addr().expect("bound")),
         }
     }
 
@@ -92,6 +128,10 @@ impl Control {
             tokio::spawn(identity::watch_files(self.service.clone(), self.config.identity.clone())),
             tokio::spawn(admin::serve(self.admin, self.service.clone())),
         ];
+        if let Some(w) = self.webhook {
+            let namespaces: Arc<dyn webhook::Namespaces> = Arc::new(std::collections::BTreeMap::<String, std::collections::BTreeMap<String, String>>::new());
+            tasks.push(tokio::spawn(webhook::serve(w.listener, w.tls, w.injector, namespaces)));
+        }
         if let Some(local) = self.local {
             tasks.push(tokio::spawn(local.run(self.config.discovery.config_poll_interval)));
         }

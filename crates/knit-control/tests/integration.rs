@@ -144,3 +144,6 @@ async fn an_untrusted_issuer_stops_start_up_with_the_reason() {
 
 #[path = "integration/discovery.rs"]
 mod discovery;
+
+#[path = "integration/webhook.rs"]
+mod webhook;

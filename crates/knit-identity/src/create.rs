@@ -50,3 +50,23 @@ pub fn issuer(common_name: &str, lifetime: Duration, anchor: &Credentials) -> Re
     let cert = params.signed_by(&key, &anchor_issuer)?;
     Ok(Credentials { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
+
+/// A TLS server certificate for `dns_names`, signed by `ca`: the injector webhook's serving
+/// certificate, which the API server checks against the `caBundle` of the webhook configuration.
+pub fn server(dns_names: &[String], lifetime: Duration, ca: &Credentials) -> Result<Credentials, CreateError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let ca_issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(dns_names.to_vec())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(first) = dns_names.first() {
+        params.distinguished_name.push(DnType::CommonName, first.as_str());
+    }
+    params.not_before = crate::now() - ::time::Duration::minutes(5);
+    params.not_after = crate::now() + lifetime;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &ca_issuer)?;
+    Ok(Credentials { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
