@@ -32,6 +32,7 @@ pub mod retry;
 pub mod route;
 pub mod tcp;
 pub mod tls;
+pub mod wait;
 
 use config::Config;
 use knit_core::destination::Authority;

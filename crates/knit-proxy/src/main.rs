@@ -1,19 +1,21 @@
 //! The `knit-proxy` binary: `knit-proxy` runs the proxy from `KNIT_PROXY_*` variables;
-//! `knit-proxy init` programs iptables for transparent interception.
+//! `knit-proxy init` programs iptables for transparent interception; `knit-proxy await` waits
+//! for a running proxy to be ready.
 
-use knit_proxy::{config, init, log, Proxy};
+use knit_proxy::{config, init, log, wait, Proxy};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("init") => init::main(&args[1..]),
+        Some("await") => wait::main(&args[1..]),
         Some("--version" | "-V") => {
             println!("knit-proxy {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         Some("--help" | "-h") => {
-            println!("usage: knit-proxy            run the proxy, configured by KNIT_PROXY_* variables\n       knit-proxy init --help  program iptables for transparent interception");
+            println!("usage: knit-proxy            run the proxy, configured by KNIT_PROXY_* variables\n       knit-proxy init --help  program iptables for transparent interception\n       knit-proxy await [--timeout 2m] [--admin 127.0.0.1:4191]  wait until the proxy is ready");
             ExitCode::SUCCESS
         }
         Some(other) => {

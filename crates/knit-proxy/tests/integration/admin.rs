@@ -54,3 +54,20 @@ async fn json_logs_with_an_access_log_line_per_request() {
     assert!(found, "no JSON access-log line in:\n{}", proxy.log.lock().unwrap());
     proxy.child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn await_returns_once_the_proxy_is_ready_and_fails_on_timeout() {
+    let proxy = TestProxy::start(|_| {}).await;
+    let run = |admin: String, timeout: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_knit-proxy")).args(["await", "--timeout", timeout, "--admin", &admin]).output()
+    };
+    let ok = run(proxy.addrs.admin.to_string(), "5s").await.unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // Nothing listens on a port just released.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let failed = run(dead.clone(), "300ms").await.unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains(&format!("{dead}/ready did not answer 200")));
+    let bad = run(dead, "soon").await.unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+}
