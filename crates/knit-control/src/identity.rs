@@ -1,6 +1,12 @@
 //! `Identity.Certify`: authenticate the caller's token, check that it names the identity the
 //! request asks for, and have the CA sign the CSR. The issuer, anchors and token key are files,
 //! reloaded when they change, so rotating them needs no restart.
+//!
+//! Tokens are checked by a [`TokenValidator`]: in local mode, [`LocalTokens`] (signed with the
+//! control plane's token key); in a cluster, [`tokenreview::KubernetesTokens`] (a ServiceAccount
+//! token, checked by the API server's TokenReview, LINKERD-WIRE.md §2.4).
+
+pub mod tokenreview;
 
 use crate::config::IdentityConfig;
 use knit_identity::{ca::Ca, token::TokenKey};
@@ -12,16 +18,22 @@ use prometheus_client::{
     registry::Registry,
 };
 use std::{
+    future::Future,
+    pin::Pin,
     sync::{Arc, RwLock},
     time::{SystemTime, UNIX_EPOCH},
 };
 use tonic::{Request, Response, Status};
 
-/// How a caller proves which workload it is: a local-mode token now, a Kubernetes ServiceAccount
-/// token checked by TokenReview with the Kubernetes issue. Returns the identity it vouches for.
+/// How a caller proves which workload it is: a local-mode token, or a Kubernetes ServiceAccount
+/// token checked by TokenReview. Resolves to the identity the token vouches for.
 pub trait TokenValidator: Send + Sync {
-    fn validate(&self, token: &[u8]) -> Result<String, Rejection>;
+    fn validate<'a>(&'a self, token: &'a [u8]) -> Validation<'a>;
 }
+
+/// A validation under way. Boxed, so that `Arc<dyn TokenValidator>` works with validators that
+/// wait for an API (TokenReview) as with those that answer at once.
+pub type Validation<'a> = Pin<Box<dyn Future<Output = Result<String, Rejection>> + Send + 'a>>;
 
 /// Why a token was refused; the message is sent to the caller and logged.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +47,13 @@ pub struct Rejection {
 pub struct LocalTokens(TokenKey);
 
 impl TokenValidator for LocalTokens {
-    fn validate(&self, token: &[u8]) -> Result<String, Rejection> {
+    fn validate<'a>(&'a self, token: &'a [u8]) -> Validation<'a> {
+        Box::pin(std::future::ready(self.check(token)))
+    }
+}
+
+impl LocalTokens {
+    fn check(&self, token: &[u8]) -> Result<String, Rejection> {
         let text = std::str::from_utf8(token).map_err(|_| Rejection { reason: "token_invalid", message: "the token is not UTF-8".into() })?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         self.0.verify(text, now).map(|c| c.identity).map_err(|e| {
@@ -52,6 +70,8 @@ struct State {
 
 pub struct Service {
     state: Arc<RwLock<State>>,
+    /// The validator given at load (TokenReview), kept across reloads; `None`: the local token key.
+    tokens: Option<Arc<dyn TokenValidator>>,
     pub registry: Registry,
     issued: Counter,
     failures: Family<ReasonLabel, Counter>,
@@ -72,20 +92,34 @@ fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
 }
 
-fn load_state(cfg: &IdentityConfig) -> anyhow::Result<State> {
+/// Reads the identity files. With `tokens` given (TokenReview), the local token key is not read:
+/// a cluster has no use for one.
+fn load_state(cfg: &IdentityConfig, tokens: Option<&Arc<dyn TokenValidator>>) -> anyhow::Result<State> {
     let text = |p: std::path::PathBuf| -> anyhow::Result<String> { Ok(String::from_utf8_lossy(&read(&p)?).into_owned()) };
     let ca = Ca::load(&text(cfg.issuer_cert())?, &text(cfg.issuer_key())?, &text(cfg.trust_anchors())?, cfg.issuance_lifetime, cfg.clock_skew)
         .map_err(|e| anyhow::anyhow!("issuer {}: {e}", cfg.issuer_cert().display()))?;
-    let key = TokenKey::new(&read(&cfg.token_key())?).map_err(|e| anyhow::anyhow!("token key {}: {e}", cfg.token_key().display()))?;
-    Ok(State { ca: Arc::new(ca), tokens: Arc::new(LocalTokens(key)) })
+    let tokens = match tokens {
+        Some(t) => t.clone(),
+        None => {
+            let key = TokenKey::new(&read(&cfg.token_key())?).map_err(|e| anyhow::anyhow!("token key {}: {e}", cfg.token_key().display()))?;
+            Arc::new(LocalTokens(key))
+        }
+    };
+    Ok(State { ca: Arc::new(ca), tokens })
 }
 
 impl Service {
     pub fn load(cfg: &IdentityConfig) -> anyhow::Result<Self> {
-        Ok(Self::new(load_state(cfg)?))
+        Self::load_with(cfg, None)
     }
 
-    fn new(state: State) -> Self {
+    /// Like `load`, with callers' tokens checked by `tokens` (when given) instead of the local
+    /// token key.
+    pub fn load_with(cfg: &IdentityConfig, tokens: Option<Arc<dyn TokenValidator>>) -> anyhow::Result<Self> {
+        Ok(Self::new(load_state(cfg, tokens.as_ref())?, tokens))
+    }
+
+    fn new(state: State, tokens: Option<Arc<dyn TokenValidator>>) -> Self {
         let mut registry = Registry::default();
         let issued = Counter::default();
         let failures = Family::<ReasonLabel, Counter>::default();
@@ -95,7 +129,7 @@ impl Service {
         registry.register("identity_reloads", "Reloads of the identity files, by result", reloads.clone());
         let state = Arc::new(RwLock::new(state));
         registry.register_collector(Box::new(ExpiryCollector(state.clone())));
-        Self { state, registry, issued, failures, reloads }
+        Self { state, tokens, registry, issued, failures, reloads }
     }
 
     /// The current CA (for metrics, `knit check` and tests).
@@ -109,7 +143,7 @@ impl Service {
         status
     }
 
-    fn certify_sync(&self, req: CertifyRequest) -> Result<CertifyResponse, Status> {
+    async fn certify_request(&self, req: CertifyRequest) -> Result<CertifyResponse, Status> {
         let id = req.identity.as_str();
         for (field, empty) in [("identity", id.is_empty()), ("token", req.token.is_empty()), ("certificate_signing_request", req.certificate_signing_request.is_empty())] {
             if empty {
@@ -120,7 +154,11 @@ impl Service {
             let s = self.state.read().unwrap_or_else(|p| p.into_inner());
             (s.ca.clone(), s.tokens.clone())
         };
-        let vouched = tokens.validate(&req.token).map_err(|r| self.fail(id, r.reason, Status::unauthenticated(r.message)))?;
+        let vouched = tokens.validate(&req.token).await.map_err(|r| {
+            // The API server failing a TokenReview is not the caller's fault: the proxy should retry.
+            let status = if r.reason == tokenreview::FAILED { Status::unavailable(r.message) } else { Status::unauthenticated(r.message) };
+            self.fail(id, r.reason, status)
+        })?;
         if vouched != id {
             let msg = format!("the token vouches for {vouched:?}, but the request asks for {id:?}");
             return Err(self.fail(id, "identity_mismatch", Status::permission_denied(msg)));
@@ -155,7 +193,7 @@ impl Service {
 impl Identity for Service {
     async fn certify(&self, request: Request<CertifyRequest>) -> Result<Response<CertifyResponse>, Status> {
         // Signing is a few hundred microseconds of CPU: not worth a blocking-pool hop.
-        self.certify_sync(request.into_inner()).map(Response::new)
+        self.certify_request(request.into_inner()).await.map(Response::new)
     }
 }
 
@@ -177,7 +215,7 @@ pub async fn watch_files(service: Arc<Service>, cfg: IdentityConfig) {
         let now = fingerprint(&cfg);
         if now != seen {
             seen = now;
-            service.reloaded(load_state(&cfg));
+            service.reloaded(load_state(&cfg, service.tokens.as_ref()));
         }
     }
 }
