@@ -17,17 +17,21 @@ use prometheus_client::{
 use std::{convert::Infallible, sync::Arc};
 use tokio::net::TcpListener;
 
-pub async fn serve(listener: TcpListener, service: Arc<Service>) {
+/// `kubernetes`: the Kubernetes source's status; `/ready` waits for its first listings.
+pub async fn serve(listener: TcpListener, service: Arc<Service>, kubernetes: Option<crate::k8s::Status>) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else { continue };
-        let service = service.clone();
+        let (service, kubernetes) = (service.clone(), kubernetes.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let service = service.clone();
+                let (service, kubernetes) = (service.clone(), kubernetes.clone());
                 async move {
                     let (status, body) = match req.uri().path() {
                         "/metrics" => (StatusCode::OK, metrics(&service)),
-                        "/ready" => (StatusCode::OK, "ready\n".to_string()),
+                        "/ready" => match kubernetes.filter(|k| !k.ready()) {
+                            Some(k) => (StatusCode::SERVICE_UNAVAILABLE, format!("waiting for the first listing of: {}\n", k.pending().join(", "))),
+                            None => (StatusCode::OK, "ready\n".to_string()),
+                        },
                         "/live" => (StatusCode::OK, "live\n".to_string()),
                         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
                     };
@@ -48,13 +52,14 @@ fn metrics(service: &Service) -> String {
     out
 }
 
-pub fn register(registry: &mut Registry, index: Arc<Index>, files: Option<Files>) {
-    registry.register_collector(Box::new(IndexCollector { index, files }));
+pub fn register(registry: &mut Registry, index: Arc<Index>, files: Option<Files>, kubernetes: Option<crate::k8s::Status>) {
+    registry.register_collector(Box::new(IndexCollector { index, files, kubernetes }));
 }
 
 struct IndexCollector {
     index: Arc<Index>,
     files: Option<Files>,
+    kubernetes: Option<crate::k8s::Status>,
 }
 
 impl std::fmt::Debug for IndexCollector {
@@ -80,6 +85,10 @@ impl Collector for IndexCollector {
         }
         let c = ConstCounter::new(stats.published);
         c.encode(enc.encode_descriptor("index_updates_published", "View changes published to watchers", None, c.metric_type())?)?;
+        if let Some(k) = &self.kubernetes {
+            let c = ConstCounter::new(k.invalid());
+            c.encode(enc.encode_descriptor("kubernetes_invalid_objects", "Objects from the Kubernetes API refused as invalid (counted at each event)", None, c.metric_type())?)?;
+        }
         if let Some(files) = &self.files {
             let files = files.lock().unwrap_or_else(|p| p.into_inner());
             let mut family = enc.encode_descriptor("manifest_invalid_documents", "Documents skipped as invalid in each manifest file, as last read", None, MetricType::Gauge)?;

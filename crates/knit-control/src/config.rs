@@ -46,8 +46,10 @@ impl Config {
             identity,
             discovery: DiscoveryConfig {
                 config_dir: None,
+                kubernetes: false,
                 config_poll_interval: Duration::from_millis(100),
                 cluster_domain: "cluster.local".into(),
+                identity_trust_domain: None,
                 control_plane_namespace: "knit".into(),
                 cluster_networks: DEFAULT_CLUSTER_NETWORKS.split(',').filter_map(|n| n.parse().ok()).collect(),
                 default_inbound_policy: "all-unauthenticated".into(),
@@ -76,11 +78,19 @@ pub struct DiscoveryConfig {
     /// NotFound for everything.
     #[arg(long, env = "KNIT_CONTROL_CONFIG_DIR")]
     pub config_dir: Option<PathBuf>,
+    /// Watch the Kubernetes API (in-cluster config or KUBECONFIG) for Namespaces, Services, Pods
+    /// and the policy, route, workload and split resources, and check proxies' tokens with
+    /// TokenReview. May be combined with --config-dir.
+    #[arg(long, env = "KNIT_CONTROL_KUBERNETES")]
+    pub kubernetes: bool,
     /// How often the manifest directory is checked for changes.
     #[arg(long, env = "KNIT_CONTROL_CONFIG_POLL_INTERVAL", default_value = "100ms", value_parser = duration)]
     pub config_poll_interval: Duration,
     #[arg(long, env = "KNIT_CONTROL_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// The last part of every identity name; the cluster domain when not given.
+    #[arg(long, env = "KNIT_CONTROL_IDENTITY_TRUST_DOMAIN")]
+    pub identity_trust_domain: Option<String>,
     /// The control plane's namespace, part of every proxy identity (SA.NS.serviceaccount.identity.THIS.DOMAIN).
     #[arg(long, env = "KNIT_CONTROL_NAMESPACE", default_value = "knit")]
     pub control_plane_namespace: String,
@@ -91,6 +101,12 @@ pub struct DiscoveryConfig {
     /// cluster-unauthenticated, cluster-authenticated, deny, audit).
     #[arg(long, env = "KNIT_CONTROL_DEFAULT_INBOUND_POLICY", default_value = "all-unauthenticated", value_parser = default_policy)]
     pub default_inbound_policy: String,
+}
+
+impl DiscoveryConfig {
+    pub fn trust_domain(&self) -> String {
+        self.identity_trust_domain.clone().unwrap_or_else(|| self.cluster_domain.clone())
+    }
 }
 
 /// The proxy injector's admission webhook; it runs when given a serving certificate.

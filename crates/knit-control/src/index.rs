@@ -36,6 +36,8 @@ mod tests;
 #[derive(Clone, Debug)]
 pub struct IndexConfig {
     pub cluster_domain: String,
+    /// The last part of identity names (Linkerd's identityTrustDomain), usually the cluster domain.
+    pub trust_domain: String,
     /// The control plane's namespace: part of every identity name (`SA.NS.serviceaccount.identity.CP_NS.DOMAIN`).
     pub control_plane_ns: String,
     pub cluster_networks: Vec<ipnet::IpNet>,
@@ -45,7 +47,7 @@ pub struct IndexConfig {
 
 impl IndexConfig {
     pub fn identity(&self, service_account: &str, ns: &str) -> String {
-        format!("{service_account}.{ns}.serviceaccount.identity.{}.{}", self.control_plane_ns, self.cluster_domain)
+        format!("{service_account}.{ns}.serviceaccount.identity.{}.{}", self.control_plane_ns, self.trust_domain)
     }
 
     pub fn authority(&self, svc: &SvcPort) -> String {

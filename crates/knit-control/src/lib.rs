@@ -5,8 +5,9 @@
 //! - Destination (`Destination.Get`, `GetProfile`, 8086) and policy (`InboundServerPolicies`,
 //!   `OutboundPolicies`, 8090): views of one [`index::Index`] of Kubernetes-shaped resources,
 //!   streamed as they change (§3, §4).
-//! - Sources feed the index: in local mode, a directory of manifests ([`local`]); the Kubernetes
-//!   source is the next issue.
+//! - Sources feed the index: in local mode, a directory of manifests ([`local`]); in a cluster,
+//!   the Kubernetes API ([`k8s`]), whose TokenReview also authenticates proxies.
+//! - The proxy injector's admission webhook (9443, [`webhook`], [`inject`]).
 //! - Admin (9990): `/metrics`, `/ready`, `/live`.
 //!
 //! Like the proxy, a [`Control`] binds first and then runs until its shutdown future completes.
@@ -35,6 +36,7 @@ pub struct Control {
     index: Arc<index::Index>,
     local: Option<local::LocalSource>,
     webhook: Option<Webhook>,
+    kubernetes: Option<(kube::Client, k8s::Status)>,
 }
 
 /// The injector's listener and what it serves with.
@@ -86,19 +88,33 @@ impl Control {
         let d = &config.discovery;
         let index = Arc::new(index::Index::new(index::IndexConfig {
             cluster_domain: d.cluster_domain.clone(),
+            trust_domain: d.trust_domain(),
             control_plane_ns: d.control_plane_namespace.clone(),
             cluster_networks: d.cluster_networks.clone(),
             default_inbound_policy: d.default_inbound_policy.clone(),
         }));
         let local = d.config_dir.as_deref().map(|dir| local::LocalSource::load(dir, index.clone())).transpose()?;
-        let mut service = identity::Service::load(&config.identity)?;
-        admin::register(&mut service.registry, index.clone(), local.as_ref().map(local::LocalSource::files));
+        let kubernetes = if d.kubernetes {
+            let client = kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API (in-cluster config or KUBECONFIG): {e}"))?;
+            Some((client, k8s::Status::default()))
+        } else {
+            None
+        };
+        // In Kubernetes, proxies prove who they are with ServiceAccount tokens (TokenReview).
+        let tokens = kubernetes.as_ref().map(|(client, _)| -> Arc<dyn identity::TokenValidator> {
+            let naming = identity::tokenreview::Naming { control_plane_ns: d.control_plane_namespace.clone(), trust_domain: d.trust_domain() };
+            Arc::new(identity::tokenreview::KubernetesTokens::new(client.clone(), naming))
+        });
+        let mut service = identity::Service::load_with(&config.identity, tokens)?;
+        let k8s_status = kubernetes.as_ref().map(|(_, s)| s.clone());
+        admin::register(&mut service.registry, index.clone(), local.as_ref().map(local::LocalSource::files), k8s_status);
         Ok(Self {
             identity: bind("identity", config.identity_addr).await?,
             destination: bind("destination", config.destination_addr).await?,
             policy: bind("policy", config.policy_addr).await?,
             admin: bind("admin", config.admin_addr).await?,
             webhook: Webhook::bind(&config).await?,
+            kubernetes,
             service: Arc::new(service),
             index,
             local,
@@ -126,11 +142,17 @@ impl Control {
         let addrs = self.addrs();
         let mut tasks = vec![
             tokio::spawn(identity::watch_files(self.service.clone(), self.config.identity.clone())),
-            tokio::spawn(admin::serve(self.admin, self.service.clone())),
+            tokio::spawn(admin::serve(self.admin, self.service.clone(), self.kubernetes.as_ref().map(|(_, s)| s.clone()))),
         ];
         if let Some(w) = self.webhook {
-            let namespaces: Arc<dyn webhook::Namespaces> = Arc::new(std::collections::BTreeMap::<String, std::collections::BTreeMap<String, String>>::new());
+            let namespaces: Arc<dyn webhook::Namespaces> = match &self.kubernetes {
+                Some((client, _)) => Arc::new(webhook::ApiNamespaces(client.clone())),
+                None => Arc::new(std::collections::BTreeMap::<String, std::collections::BTreeMap<String, String>>::new()),
+            };
             tasks.push(tokio::spawn(webhook::serve(w.listener, w.tls, w.injector, namespaces)));
+        }
+        if let Some((client, status)) = self.kubernetes {
+            tasks.push(tokio::spawn(k8s::run(client, self.index.clone(), status)));
         }
         if let Some(local) = self.local {
             tasks.push(tokio::spawn(local.run(self.config.discovery.config_poll_interval)));

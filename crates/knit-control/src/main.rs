@@ -4,6 +4,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let config = knit_control::config::Config::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
@@ -40,4 +41,16 @@ async fn shutdown_signal() {
         _ => std::future::pending().await,
     }
     tracing::info!("shutting down");
+}
+
+/// glibc gives each thread that allocates its own malloc arena and rarely returns their memory:
+/// under manifest churn, knit-control's RSS crept from 56 MiB to 80 MiB in a minute with the
+/// default arenas and stayed flat with one. One arena costs little here: every index update
+/// already serialises on the index lock.
+fn limit_malloc_arenas() {
+    // SAFETY: `mallopt` only sets an allocator parameter. It runs first thing in `main`, before
+    // any thread exists, so no allocation can race with the change.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }

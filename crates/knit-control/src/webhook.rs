@@ -22,15 +22,32 @@ use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use std::{collections::BTreeMap, convert::Infallible, path::Path, sync::Arc};
 use tokio::net::TcpListener;
 
+type Annotations = BTreeMap<String, String>;
+type Lookup<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Annotations, String>> + Send + 'a>>;
+
 /// The annotations of a namespace, which pods inherit (`knit.dev/inject` and `config.*`).
 pub trait Namespaces: Send + Sync {
-    fn annotations(&self, namespace: &str) -> BTreeMap<String, String>;
+    fn annotations<'a>(&'a self, namespace: &'a str) -> Lookup<'a>;
 }
 
-/// Namespaces known up front: `knit inject` and tests.
-impl Namespaces for BTreeMap<String, BTreeMap<String, String>> {
-    fn annotations(&self, namespace: &str) -> BTreeMap<String, String> {
-        self.get(namespace).cloned().unwrap_or_default()
+/// Namespaces known up front (tests, and no cluster).
+impl Namespaces for BTreeMap<String, Annotations> {
+    fn annotations<'a>(&'a self, namespace: &'a str) -> Lookup<'a> {
+        Box::pin(std::future::ready(Ok(self.get(namespace).cloned().unwrap_or_default())))
+    }
+}
+
+/// Read from the API server at admission time, as Linkerd's injector does: the answer is always
+/// the namespace as it is now, and nothing is cached between pod creations.
+pub struct ApiNamespaces(pub kube::Client);
+
+impl Namespaces for ApiNamespaces {
+    fn annotations<'a>(&'a self, namespace: &'a str) -> Lookup<'a> {
+        Box::pin(async move {
+            let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(self.0.clone());
+            let ns = api.get(namespace).await.map_err(|e| format!("reading namespace {namespace}: {e}"))?;
+            Ok(ns.metadata.annotations.unwrap_or_default().into_iter().collect())
+        })
     }
 }
 
@@ -54,8 +71,9 @@ fn response(uid: &str, verdict: Result<Option<(json_patch::Patch, Vec<String>)>,
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": rsp})
 }
 
-/// An AdmissionReview response for one request body.
-pub fn review(injector: &Injector, namespaces: &dyn Namespaces, body: &[u8]) -> Result<Value, String> {
+/// An AdmissionReview response for one request body; `Err` for a body that is not one, or a
+/// namespace that cannot be read (the API server then applies the webhook's failure policy).
+pub async fn review(injector: &Injector, namespaces: &dyn Namespaces, body: &[u8]) -> Result<Value, String> {
     let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
     let req: AdmissionRequest<DynamicObject> = review.try_into().map_err(|e| format!("the AdmissionReview has no request: {e}"))?;
     let uid = req.uid.as_str();
@@ -71,7 +89,8 @@ pub fn review(injector: &Injector, namespaces: &dyn Namespaces, body: &[u8]) -> 
     pod["metadata"]["namespace"] = Value::String(ns.clone());
     let name = pod.pointer("/metadata/name").or_else(|| pod.pointer("/metadata/generateName")).and_then(|n| n.as_str()).unwrap_or("?").to_string();
     let owner = Owner::of_pod(&pod);
-    match injector.inject(&pod, "", &namespaces.annotations(&ns), owner.as_ref()) {
+    let ns_annotations = namespaces.annotations(&ns).await?;
+    match injector.inject(&pod, "", &ns_annotations, owner.as_ref()) {
         Ok(Outcome::Inject { patch, warnings }) => {
             tracing::info!(pod = %format!("{ns}/{name}"), "injected");
             Ok(response(uid, Ok(Some((patch, warnings)))))
@@ -137,8 +156,11 @@ async fn handle(req: http::Request<hyper::body::Incoming>, injector: &Injector, 
         Ok(b) => b.to_bytes(),
         Err(e) => return reply(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("reading the body: {e}")}).to_string().into_bytes()),
     };
-    match review(injector, namespaces, &body) {
+    match review(injector, namespaces, &body).await {
         Ok(review) => reply(StatusCode::OK, review.to_string().into_bytes()),
-        Err(e) => reply(StatusCode::BAD_REQUEST, json!({ "error": e }).to_string().into_bytes()),
+        Err(e) => {
+            tracing::warn!(error = %e, "admission review failed");
+            reply(StatusCode::BAD_REQUEST, json!({ "error": e }).to_string().into_bytes())
+        }
     }
 }

@@ -9,6 +9,7 @@ use linkerd2_proxy_api::{
 fn index() -> Index {
     Index::new(IndexConfig {
         cluster_domain: "cluster.local".into(),
+        trust_domain: "cluster.local".into(),
         control_plane_ns: "knit".into(),
         cluster_networks: vec!["10.0.0.0/8".parse().unwrap()],
         default_inbound_policy: "all-unauthenticated".into(),
