@@ -2,6 +2,8 @@
 
 mod demo;
 mod identity;
+mod inject;
+mod install;
 mod prom;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,16 @@ enum Command {
     Identity(identity::Command),
     /// Check the local installation: trust anchors, issuer, chain and expiry.
     Check(identity::CheckArgs),
+    /// Print the control plane's Kubernetes manifests: `knit install | kubectl apply -f -`.
+    Install(install::InstallArgs),
+    /// Print the manifests of a new version that keep the installation's trust anchors and issuer.
+    Upgrade(install::UpgradeArgs),
+    /// Print what removes Knit: `knit uninstall | kubectl delete -f -`.
+    Uninstall(install::UninstallArgs),
+    /// Mesh the workloads of a manifest as the proxy injector would: `knit inject app.yaml --from install.yaml`.
+    Inject(inject::InjectArgs),
+    /// Remove what `knit inject` (or the injector) added.
+    Uninject(inject::UninjectArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +43,11 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::main(args),
         Command::Identity(cmd) => identity::main(cmd),
         Command::Check(args) => identity::check(args),
+        Command::Install(args) => install::install(args),
+        Command::Upgrade(args) => install::upgrade(args),
+        Command::Uninstall(args) => install::uninstall(args),
+        Command::Inject(args) => inject::inject(args),
+        Command::Uninject(args) => inject::uninject_cmd(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

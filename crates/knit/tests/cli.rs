@@ -103,3 +103,111 @@ fn demo_follows_an_edited_split() {
     let row = |name: &str| text.lines().rev().find(|l| l.starts_with(name)).unwrap_or_default().split_whitespace().nth(2).and_then(|r| r.parse::<f64>().ok()).unwrap_or(0.0);
     assert!(row("books-v1 ") == 0.0 && row("books-v2 ") > 10.0, "after the edit: v1 {} rps, v2 {} rps\n{text}", row("books-v1 "), row("books-v2 "));
 }
+
+/// Runs knit with `stdin`, returning success, stdout and stderr apart.
+fn knit_io(args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_knit"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run knit");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Validates a YAML stream strictly against the Kubernetes schemas of `version` with the PyPI
+/// package kubernetes-validate (scripts/test.sh installs it).
+fn kubernetes_validate(yaml: &str, version: &str, name: &str) {
+    let file = format!("{}.yaml", temp_dir(name));
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new("kubernetes-validate").args(["-k", version, "--strict", "--quiet", &file]).output().expect("kubernetes-validate is installed (scripts/test.sh installs it)");
+    assert!(out.status.success(), "{file} against {version}:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+fn injector_corpus() -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../knit-control/tests/inject");
+    ["pod", "deployment", "statefulset", "job", "cronjob", "hostnetwork"].iter().map(|f| format!("---\n{}", std::fs::read_to_string(dir.join(format!("{f}.yaml"))).unwrap())).collect()
+}
+
+#[test]
+fn install_validates_against_kubernetes_1_29_and_newer() {
+    for (mode, args) in [("default", vec!["install"]), ("ha", vec!["install", "--ha"])] {
+        let (ok, out, err) = knit_io(&args, "");
+        assert!(ok, "{err}");
+        for version in ["1.29.0", "1.33.0", "1.37.0"] {
+            kubernetes_validate(&out, version, &format!("install-{mode}-{version}"));
+        }
+    }
+}
+
+#[test]
+fn inject_meshes_a_corpus_that_stays_valid_and_uninject_restores_it() {
+    let (ok, install, err) = knit_io(&["install"], "");
+    assert!(ok, "{err}");
+    let dir = temp_dir("inject");
+    std::fs::create_dir_all(&dir).unwrap();
+    let install_file = format!("{dir}/install.yaml");
+    std::fs::write(&install_file, &install).unwrap();
+    let corpus = injector_corpus();
+    let (ok, injected, err) = knit_io(&["inject", "-", "--from", &install_file], &corpus);
+    assert!(ok, "{err}");
+    assert!(err.contains("5 workload(s) injected") && err.contains("skipped DaemonSet node-agent") && err.contains("hostNetwork"), "{err}");
+    // Containers (they have an image) named knit-proxy, wherever the pod template is.
+    fn proxies(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Object(m) => usize::from(m.get("name").is_some_and(|n| n == "knit-proxy") && m.contains_key("image")) + m.values().map(proxies).sum::<usize>(),
+            serde_json::Value::Array(a) => a.iter().map(proxies).sum(),
+            _ => 0,
+        }
+    }
+    let parse = |s: &str| -> Vec<serde_json::Value> { serde_yaml::Deserializer::from_str(s).map(|d| serde::Deserialize::deserialize(d).unwrap()).filter(|v: &serde_json::Value| !v.is_null()).collect() };
+    assert_eq!(parse(&injected).iter().map(proxies).sum::<usize>(), 5, "{injected}");
+    for version in ["1.29.0", "1.33.0", "1.37.0"] {
+        kubernetes_validate(&injected, version, &format!("injected-{version}"));
+    }
+    // Injecting again changes nothing; uninjecting gives the original documents back.
+    let (ok, twice, _) = knit_io(&["inject", "-", "--from", &install_file], &injected);
+    assert!(ok && twice == injected);
+    let (ok, restored, _) = knit_io(&["uninject", "-"], &injected);
+    assert!(ok);
+    assert_eq!(parse(&restored), parse(&corpus));
+}
+
+#[test]
+fn inject_and_upgrade_refuse_bad_input_by_name() {
+    let (ok, _, err) = knit_io(&["inject", "-", "--identity-trust-anchors-file", "/dev/null"], "kind: Pod\nmetadata: {name: a}\n---\n: [\n");
+    assert!(!ok && err.contains("-: document 2"), "{err}");
+    let bad = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  annotations: {config.linkerd.io/proxy-cpu-request: lots}\nspec:\n  containers: [{name: app, image: x}]\n";
+    let (ok, _, err) = knit_io(&["inject", "-", "--identity-trust-anchors-file", "/dev/null"], bad);
+    assert!(!ok && err.contains("Pod web") && err.contains("config.linkerd.io/proxy-cpu-request"), "{err}");
+    let (ok, _, err) = knit_io(&["inject", "-"], bad);
+    assert!(!ok && err.contains("--from"), "{err}");
+    let (ok, _, err) = knit_io(&["upgrade", "--from", "-"], "kind: ConfigMap\nmetadata: {name: other, namespace: knit}\n");
+    assert!(!ok && err.contains("knit-identity-trust-roots"), "{err}");
+}
+
+#[test]
+fn upgrade_keeps_the_trust_anchor_and_issuer_and_uninstall_lists_everything() {
+    let (ok, install, _) = knit_io(&["install"], "");
+    assert!(ok);
+    let (ok, upgraded, err) = knit_io(&["upgrade", "--from", "-", "--image-version", "0.2.0"], &install);
+    assert!(ok, "{err}");
+    let secret = |s: &str, name: &str| -> String {
+        let start = s.find(&format!("name: {name}\n")).unwrap_or_else(|| panic!("{name}"));
+        s[start..].split("---").next().unwrap().to_string()
+    };
+    for kept in ["knit-identity-issuer", "knit-identity-trust-roots", "knit-proxy-injector-tls"] {
+        assert_eq!(secret(&upgraded, kept), secret(&install, kept), "{kept} is kept");
+    }
+    assert!(upgraded.contains("knit-control:0.2.0"));
+    let (ok, uninstall, err) = knit_io(&["uninstall"], "");
+    assert!(ok && err.contains("CRDs"), "{err}");
+    for kind in ["Namespace", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration", "CustomResourceDefinition", "Deployment"] {
+        assert!(uninstall.contains(&format!("kind: {kind}\n")), "{kind}: {uninstall}");
+    }
+    assert!(!uninstall.contains("BEGIN CERTIFICATE"));
+}

@@ -1,0 +1,135 @@
+//! `knit inject` and `knit uninject`: rewrite manifests the way the admission webhook would mesh
+//! them, for GitOps and review. Every document is kept, in order; the workloads among them
+//! (Pod, Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, ReplicationController, and
+//! the same inside a `List`) are injected with the webhook's own patch, after adding
+//! `knit.dev/inject: enabled` to their pod template as `linkerd inject` does.
+
+use crate::install::{OptionArgs, Options};
+use anyhow::{anyhow, Context};
+use clap::Args;
+use knit_control::inject::{pod_template_path, uninject, Injector, Outcome, Owner, KNIT_INJECT};
+use serde_json::Value;
+use std::{collections::BTreeMap, io::Read, path::{Path, PathBuf}};
+
+#[derive(Args, Clone, Debug)]
+pub struct InjectArgs {
+    /// A manifest file, or `-` for stdin.
+    pub file: PathBuf,
+    /// The trust anchors proxies get (PEM); by default the installation's, read from the
+    /// manifests of `knit install` given with --from.
+    #[arg(long)]
+    pub identity_trust_anchors_file: Option<PathBuf>,
+    /// The installation's manifests (`knit install` output), to take the trust anchors from.
+    #[arg(long, conflicts_with = "identity_trust_anchors_file")]
+    pub from: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: OptionArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct UninjectArgs {
+    /// A manifest file, or `-` for stdin.
+    pub file: PathBuf,
+}
+
+pub fn read_input(path: &Path) -> anyhow::Result<String> {
+    if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+/// The documents of a YAML stream; an unreadable one is an error naming it.
+fn documents(text: &str, file: &Path) -> anyhow::Result<Vec<Value>> {
+    let mut docs = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| anyhow!("{}: document {}: {e}", file.display(), i + 1))?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+/// Applies `f` to every workload in `doc` (or in the items of a `List`).
+fn each_workload(doc: &mut Value, f: &mut dyn FnMut(&mut Value, &'static str) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    if doc["kind"] == "List" {
+        for item in doc["items"].as_array_mut().into_iter().flatten() {
+            each_workload(item, f)?;
+        }
+        return Ok(());
+    }
+    match doc["kind"].as_str().and_then(pod_template_path) {
+        Some(base) => f(doc, base),
+        None => Ok(()),
+    }
+}
+
+fn label(doc: &Value) -> String {
+    format!("{} {}", doc["kind"].as_str().unwrap_or("?"), doc["metadata"]["name"].as_str().unwrap_or("?"))
+}
+
+/// The injector's values of an installation: its knit-config ConfigMap, as the webhook reads it.
+fn installed_values(manifests: &str, ns: &str) -> anyhow::Result<knit_control::inject::Values> {
+    let docs = documents(manifests, Path::new("--from"))?;
+    let objects = docs.iter().flat_map(|d| if d["kind"] == "List" { d["items"].as_array().cloned().unwrap_or_default() } else { vec![d.clone()] });
+    let config = objects
+        .filter(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "knit-config" && o["metadata"]["namespace"] == ns)
+        .find_map(|o| o["data"]["values.yaml"].as_str().map(str::to_string))
+        .ok_or_else(|| anyhow!("--from has no ConfigMap {ns}/knit-config with values.yaml; pass the output of knit install (or `kubectl get -n {ns} configmap knit-config -o yaml`)"))?;
+    serde_yaml::from_str(&config).map_err(|e| anyhow!("{ns}/knit-config values.yaml: {e}"))
+}
+
+pub fn inject(args: InjectArgs) -> anyhow::Result<()> {
+    let options = Options::new(&args.options, false, false);
+    let values = match (&args.identity_trust_anchors_file, &args.from) {
+        (Some(file), _) => options.inject_values(&read_input(file)?),
+        (None, Some(from)) => installed_values(&read_input(from)?, &options.namespace)?,
+        (None, None) => return Err(anyhow!("proxies need the installation's trust anchors: pass --from with the output of knit install, or --identity-trust-anchors-file")),
+    };
+    let injector = Injector::new(values);
+    let mut docs = documents(&read_input(&args.file)?, &args.file)?;
+    let (mut injected, mut skipped) = (0, Vec::new());
+    for doc in &mut docs {
+        each_workload(doc, &mut |w, base| {
+            let name = label(w);
+            // Injected as the webhook would see it once `knit.dev/inject: enabled` is set.
+            let mut candidate = w.clone();
+            let template = candidate.pointer_mut(base).ok_or_else(|| anyhow!("{name} has no pod template"))?;
+            template["metadata"]["annotations"][KNIT_INJECT] = Value::String("enabled".into());
+            let kind = w["kind"].as_str().unwrap_or("Pod");
+            let owner = (kind != "Pod").then(|| Owner { kind: kind.to_string(), name: w["metadata"]["name"].as_str().unwrap_or("").to_string() });
+            match injector.inject(&candidate, base, &BTreeMap::new(), owner.as_ref()).map_err(|e| anyhow!("{name}: {e}"))? {
+                Outcome::Inject { patch, warnings } => {
+                    json_patch::patch(&mut candidate, &patch).map_err(|e| anyhow!("{name}: applying the patch: {e}"))?;
+                    warnings.iter().for_each(|m| eprintln!("knit inject: {name}: {m}"));
+                    *w = candidate;
+                    injected += 1;
+                }
+                Outcome::Skip(reason) => skipped.push(format!("{name}: {reason}")),
+            }
+            Ok(())
+        })?;
+    }
+    print!("{}", crate::install::to_yaml(&docs));
+    eprintln!("knit inject: {injected} workload(s) injected");
+    skipped.iter().for_each(|s| eprintln!("knit inject: skipped {s}"));
+    Ok(())
+}
+
+pub fn uninject_cmd(args: UninjectArgs) -> anyhow::Result<()> {
+    let mut docs = documents(&read_input(&args.file)?, &args.file)?;
+    let mut n = 0;
+    for doc in &mut docs {
+        each_workload(doc, &mut |w, base| {
+            n += usize::from(uninject(w, base));
+            Ok(())
+        })?;
+    }
+    print!("{}", crate::install::to_yaml(&docs));
+    eprintln!("knit uninject: {n} workload(s) uninjected");
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! `knit install`, `knit upgrade` and `knit uninstall`: the control plane as Kubernetes manifests,
+//! for `knit install | kubectl apply -f -`.
+//!
+//! [`render`] is a pure function of [`Options`] and the identity [`Material`]; the Helm chart in
+//! `charts/knit` renders the same objects (a test compares them), and both are validated against
+//! the Kubernetes schemas in CI. The objects are written as JSON here because that is what the
+//! chart and the validator compare; their field names are checked by that strict validation.
+//!
+//! What runs needs little: knit-control reads (get/list/watch) the resources it serves and
+//! creates TokenReviews; it writes nothing else to the API, so its replicas serve side by side
+//! without a leader (no Lease). Installing needs the right to create CRDs, a ClusterRole and
+//! its binding, and a MutatingWebhookConfiguration: cluster-admin, or an equivalent role, once.
+
+mod material;
+mod objects;
+
+pub use material::Material;
+
+use clap::Args;
+use serde_json::Value;
+use std::path::PathBuf;
+
+#[derive(Args, Clone, Debug)]
+pub struct InstallArgs {
+    /// High availability: three control-plane replicas spread over nodes, with a PodDisruptionBudget.
+    #[arg(long)]
+    pub ha: bool,
+    /// Leave the CRDs out (they are already installed, e.g. Linkerd's).
+    #[arg(long)]
+    pub skip_crds: bool,
+    #[command(flatten)]
+    pub options: OptionArgs,
+    #[command(flatten)]
+    pub material: material::MaterialArgs,
+}
+
+/// Settings with Linkerd's names where Linkerd has them.
+#[derive(Args, Clone, Debug)]
+pub struct OptionArgs {
+    /// The control plane's namespace.
+    #[arg(long, default_value = "knit")]
+    pub namespace: String,
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Defaults to the cluster domain.
+    #[arg(long)]
+    pub identity_trust_domain: Option<String>,
+    #[arg(long, default_value = "ghcr.io/knit-mesh/knit-control")]
+    pub controller_image: String,
+    #[arg(long, default_value = "ghcr.io/knit-mesh/knit-proxy")]
+    pub proxy_image: String,
+    /// The image tag of both images.
+    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+    pub image_version: String,
+    #[arg(long, default_value = "all-unauthenticated", value_parser = ["all-unauthenticated", "all-authenticated", "cluster-unauthenticated", "cluster-authenticated", "deny", "audit"])]
+    pub default_inbound_policy: String,
+    #[arg(long, default_value = knit_control::config::DEFAULT_CLUSTER_NETWORKS)]
+    pub cluster_networks: String,
+    /// Control-plane log filter.
+    #[arg(long, default_value = "warn,knit_control=info")]
+    pub controller_log_level: String,
+    /// Proxies as classic sidecars (for Kubernetes before 1.29) instead of native ones.
+    #[arg(long)]
+    pub disable_native_sidecar: bool,
+}
+
+/// Everything [`render`] needs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub ha: bool,
+    pub crds: bool,
+    pub namespace: String,
+    pub cluster_domain: String,
+    pub trust_domain: String,
+    pub controller_image: String,
+    pub proxy_image: String,
+    pub version: String,
+    pub default_inbound_policy: String,
+    pub cluster_networks: String,
+    pub controller_log_level: String,
+    pub native_sidecar: bool,
+}
+
+impl Options {
+    pub fn new(a: &OptionArgs, ha: bool, crds: bool) -> Self {
+        Self {
+            ha,
+            crds,
+            namespace: a.namespace.clone(),
+            cluster_domain: a.cluster_domain.clone(),
+            trust_domain: a.identity_trust_domain.clone().unwrap_or_else(|| a.cluster_domain.clone()),
+            controller_image: a.controller_image.clone(),
+            proxy_image: a.proxy_image.clone(),
+            version: a.image_version.clone(),
+            default_inbound_policy: a.default_inbound_policy.clone(),
+            cluster_networks: a.cluster_networks.clone(),
+            controller_log_level: a.controller_log_level.clone(),
+            native_sidecar: !a.disable_native_sidecar,
+        }
+    }
+
+    /// The injector's values, as the webhook reads them from the knit-config ConfigMap.
+    pub fn inject_values(&self, anchors_pem: &str) -> knit_control::inject::Values {
+        let mut v = knit_control::inject::Values {
+            control_plane_namespace: self.namespace.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+            trust_domain: self.trust_domain.clone(),
+            trust_anchors_pem: anchors_pem.to_string(),
+            default_inbound_policy: self.default_inbound_policy.clone(),
+            cluster_networks: self.cluster_networks.clone(),
+            native_sidecar: self.native_sidecar,
+            ..Default::default()
+        };
+        v.proxy.image = self.proxy_image.clone();
+        v.proxy.version = self.version.clone();
+        v
+    }
+}
+
+/// The CRDs, one file each, shared with the Helm chart.
+pub const CRDS: [&str; 8] = [
+    include_str!("../../../charts/knit/crds/authorization-policy.yaml"),
+    include_str!("../../../charts/knit/crds/external-workload.yaml"),
+    include_str!("../../../charts/knit/crds/http-local-ratelimit-policy.yaml"),
+    include_str!("../../../charts/knit/crds/httproute.yaml"),
+    include_str!("../../../charts/knit/crds/meshtls-authentication.yaml"),
+    include_str!("../../../charts/knit/crds/network-authentication.yaml"),
+    include_str!("../../../charts/knit/crds/server.yaml"),
+    include_str!("../../../charts/knit/crds/traffic-split.yaml"),
+];
+
+/// Every object of an installation, in the order `kubectl apply` needs them.
+pub fn render(o: &Options, m: &Material) -> Vec<Value> {
+    let mut out = Vec::new();
+    if o.crds {
+        out.extend(CRDS.iter().map(|text| serde_yaml::from_str::<Value>(text).expect("the CRDs shipped in the binary parse (tested)")));
+    }
+    out.extend(objects::control_plane(o, m));
+    out
+}
+
+/// A YAML stream of `objects`, `---` between documents.
+pub fn to_yaml(objects: &[Value]) -> String {
+    objects.iter().map(|o| format!("---\n{}", serde_yaml::to_string(o).expect("JSON values serialise as YAML"))).collect()
+}
+
+pub fn install(args: InstallArgs) -> anyhow::Result<()> {
+    let options = Options::new(&args.options, args.ha, !args.skip_crds);
+    let material = Material::load_or_generate(&args.material, &options)?;
+    print!("{}", to_yaml(&render(&options, &material)));
+    Ok(())
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct UpgradeArgs {
+    /// The installation's current manifests (`knit install` output, or `kubectl get -n knit
+    /// secret,configmap -o yaml`), `-` for stdin: its trust anchors, issuer and webhook
+    /// certificate are kept.
+    #[arg(long)]
+    pub from: PathBuf,
+    #[arg(long)]
+    pub ha: bool,
+    #[arg(long)]
+    pub skip_crds: bool,
+    #[command(flatten)]
+    pub options: OptionArgs,
+}
+
+pub fn upgrade(args: UpgradeArgs) -> anyhow::Result<()> {
+    let text = crate::inject::read_input(&args.from)?;
+    let options = Options::new(&args.options, args.ha, !args.skip_crds);
+    let material = Material::from_manifests(&text, &options.namespace)?;
+    print!("{}", to_yaml(&render(&options, &material)));
+    Ok(())
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct UninstallArgs {
+    #[arg(long, default_value = "knit")]
+    pub namespace: String,
+}
+
+/// Every object `knit install` creates, as references, for `kubectl delete -f -`.
+pub fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    let options = Options::new(&OptionArgs { namespace: args.namespace, ..default_option_args() }, true, true);
+    let material = Material::placeholder();
+    let refs: Vec<Value> = render(&options, &material)
+        .into_iter()
+        .map(|o| {
+            let mut meta = serde_json::Map::new();
+            for field in ["name", "namespace"] {
+                if let Some(v) = o["metadata"].get(field) {
+                    meta.insert(field.into(), v.clone());
+                }
+            }
+            serde_json::json!({"apiVersion": o["apiVersion"], "kind": o["kind"], "metadata": meta})
+        })
+        .rev()
+        .collect();
+    eprintln!("knit uninstall: the CRDs are included: deleting them deletes every Server, AuthorizationPolicy, HTTPRoute (policy.linkerd.io), ExternalWorkload and TrafficSplit in the cluster");
+    print!("{}", to_yaml(&refs));
+    Ok(())
+}
+
+fn default_option_args() -> OptionArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        o: OptionArgs,
+    }
+    Defaults::parse_from(["knit"]).o
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,134 @@
+//! The certificates an installation carries: the identity trust anchors and issuer (generated,
+//! given as files, or kept from the current installation by `knit upgrade`), and the webhook's
+//! serving certificate with the CA the API server checks it against.
+
+use super::Options;
+use anyhow::{anyhow, bail, Context};
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use clap::Args;
+use knit_identity::{ca::Ca, create::{self, Credentials}, inspect::CertInfo};
+use serde_json::Value;
+use std::{path::PathBuf, time::Duration};
+
+const DAY: Duration = Duration::from_secs(86_400);
+/// A webhook certificate closer than this to its expiry is replaced by `knit upgrade`.
+const WEBHOOK_RENEW_BEFORE: time::Duration = time::Duration::days(60);
+
+#[derive(Args, Clone, Debug)]
+pub struct MaterialArgs {
+    /// PEM bundle of trust anchors (Linkerd's --identity-trust-anchors-file). With the issuer
+    /// files; all three are generated when none is given.
+    #[arg(long, requires_all = ["identity_issuer_certificate_file", "identity_issuer_key_file"])]
+    pub identity_trust_anchors_file: Option<PathBuf>,
+    #[arg(long, requires = "identity_trust_anchors_file")]
+    pub identity_issuer_certificate_file: Option<PathBuf>,
+    #[arg(long, requires = "identity_trust_anchors_file")]
+    pub identity_issuer_key_file: Option<PathBuf>,
+    /// The webhook's CA, serving certificate and key (PEM); generated when not given.
+    #[arg(long, requires_all = ["webhook_cert_file", "webhook_key_file"])]
+    pub webhook_ca_file: Option<PathBuf>,
+    #[arg(long, requires = "webhook_ca_file")]
+    pub webhook_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "webhook_ca_file")]
+    pub webhook_key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Material {
+    pub anchors_pem: String,
+    pub issuer: Credentials,
+    pub webhook_ca_pem: String,
+    pub webhook: Credentials,
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The webhook Service's DNS names, as the API server dials it.
+fn webhook_names(ns: &str) -> Vec<String> {
+    vec![format!("knit-proxy-injector.{ns}.svc"), format!("knit-proxy-injector.{ns}.svc.cluster.local")]
+}
+
+fn new_webhook(ns: &str) -> anyhow::Result<(String, Credentials)> {
+    let ca = create::trust_anchor(&format!("webhook.{ns}.knit"), 3650 * DAY)?;
+    let cert = create::server(&webhook_names(ns), 365 * DAY, &ca)?;
+    Ok((ca.cert_pem, cert))
+}
+
+impl Material {
+    pub fn load_or_generate(a: &MaterialArgs, o: &Options) -> anyhow::Result<Self> {
+        let (anchors_pem, issuer) = match (&a.identity_trust_anchors_file, &a.identity_issuer_certificate_file, &a.identity_issuer_key_file) {
+            (Some(anchors), Some(cert), Some(key)) => (read(anchors)?, Credentials { cert_pem: read(cert)?, key_pem: read(key)? }),
+            _ => {
+                let anchor = create::trust_anchor(&format!("root.{}.{}", o.namespace, o.trust_domain), 3650 * DAY)?;
+                let issuer = create::issuer(&format!("identity.{}.{}", o.namespace, o.trust_domain), 365 * DAY, &anchor)?;
+                (anchor.cert_pem, issuer)
+            }
+        };
+        let (webhook_ca_pem, webhook) = match (&a.webhook_ca_file, &a.webhook_cert_file, &a.webhook_key_file) {
+            (Some(ca), Some(cert), Some(key)) => (read(ca)?, Credentials { cert_pem: read(cert)?, key_pem: read(key)? }),
+            _ => new_webhook(&o.namespace)?,
+        };
+        let m = Self { anchors_pem, issuer, webhook_ca_pem, webhook };
+        m.check()?;
+        Ok(m)
+    }
+
+    /// Refuses an issuer that does not chain to the anchors or has expired: an installation with
+    /// it would never certify a proxy.
+    pub fn check(&self) -> anyhow::Result<()> {
+        Ca::load(&self.issuer.cert_pem, &self.issuer.key_pem, &self.anchors_pem, DAY, Duration::ZERO).map_err(|e| anyhow!("the identity issuer: {e}"))?;
+        Ok(())
+    }
+
+    /// The material of an installation, from its manifests (a YAML stream, or a `List`).
+    pub fn from_manifests(text: &str, ns: &str) -> anyhow::Result<Self> {
+        let mut objects = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let v: Value = serde::Deserialize::deserialize(doc).context("the current manifests are not YAML")?;
+            match v["kind"].as_str() {
+                Some("List") => objects.extend(v["items"].as_array().cloned().unwrap_or_default()),
+                Some(_) => objects.push(v),
+                None => {}
+            }
+        }
+        let find = |kind: &str, name: &str| objects.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name && o["metadata"]["namespace"] == ns);
+        let field = |kind: &str, name: &str, key: &str| -> anyhow::Result<String> {
+            let o = find(kind, name).ok_or_else(|| anyhow!("the current manifests have no {kind} {ns}/{name}; pass `kubectl get -n {ns} secret,configmap -o yaml` or the output of knit install"))?;
+            let decoded = match (o["data"][key].as_str(), o["stringData"][key].as_str()) {
+                (Some(d), _) if kind == "Secret" => String::from_utf8(B64.decode(d).with_context(|| format!("{kind} {name}: {key} is not base64"))?)?,
+                (Some(d), _) | (None, Some(d)) => d.to_string(),
+                (None, None) => bail!("{kind} {ns}/{name} has no {key}"),
+            };
+            Ok(decoded)
+        };
+        let anchors_pem = field("ConfigMap", "knit-identity-trust-roots", "ca-bundle.crt")?;
+        let issuer = Credentials { cert_pem: field("Secret", "knit-identity-issuer", "tls.crt")?, key_pem: field("Secret", "knit-identity-issuer", "tls.key")? };
+        let webhook = field("Secret", "knit-proxy-injector-tls", "tls.crt").and_then(|cert| {
+            let key = field("Secret", "knit-proxy-injector-tls", "tls.key")?;
+            let ca = field("Secret", "knit-proxy-injector-tls", "ca.crt")?;
+            Ok((ca, Credentials { cert_pem: cert, key_pem: key }))
+        });
+        let (webhook_ca_pem, webhook) = match webhook {
+            Ok((ca, cert)) if CertInfo::from_pem(&cert.cert_pem).is_ok_and(|i| i.expires_in() > WEBHOOK_RENEW_BEFORE) => (ca, cert),
+            _ => new_webhook(ns)?,
+        };
+        let m = Self { anchors_pem, issuer, webhook_ca_pem, webhook };
+        m.check()?;
+        Ok(m)
+    }
+
+    /// Stand-in certificates, for rendering object references (`knit uninstall`).
+    pub fn placeholder() -> Self {
+        let empty = Credentials { cert_pem: String::new(), key_pem: String::new() };
+        Self { anchors_pem: String::new(), issuer: empty.clone(), webhook_ca_pem: String::new(), webhook: empty }
+    }
+}
+
+#[cfg(test)]
+impl MaterialArgs {
+    pub fn default_for_tests() -> Self {
+        Self { identity_trust_anchors_file: None, identity_issuer_certificate_file: None, identity_issuer_key_file: None, webhook_ca_file: None, webhook_cert_file: None, webhook_key_file: None }
+    }
+}

@@ -1,0 +1,170 @@
+//! The control plane's objects. Mirrored by `charts/knit/templates/`: change both together (the
+//! chart test compares them object by object).
+
+use super::{Material, Options};
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use serde_json::{json, Value};
+
+const CONTROL: &str = "knit-control";
+/// The control plane's own UID (the proxy's is 2102).
+const CONTROL_UID: i64 = 2103;
+
+fn labels(o: &Options, component: &str) -> Value {
+    json!({"app.kubernetes.io/part-of": "knit", "app.kubernetes.io/component": component, "knit.dev/control-plane-ns": o.namespace})
+}
+
+fn meta(o: &Options, name: &str, component: &str) -> Value {
+    json!({"name": name, "namespace": o.namespace, "labels": labels(o, component)})
+}
+
+fn cluster_meta(o: &Options, name: &str) -> Value {
+    let mut m = meta(o, name, "control-plane");
+    m.as_object_mut().map(|m| m.remove("namespace"));
+    m
+}
+
+pub fn control_plane(o: &Options, m: &Material) -> Vec<Value> {
+    let mut out = vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": o.namespace,
+            "labels": {"app.kubernetes.io/part-of": "knit", "knit.dev/is-control-plane": "true", "config.linkerd.io/admission-webhooks": "disabled",
+                       "pod-security.kubernetes.io/enforce": "restricted"},
+        }}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(o, CONTROL, "control-plane")}),
+        cluster_role(o),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": cluster_meta(o, &format!("knit-control-{}", o.namespace)),
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("knit-control-{}", o.namespace)},
+               "subjects": [{"kind": "ServiceAccount", "name": CONTROL, "namespace": o.namespace}]}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(o, "knit-identity-trust-roots", "identity"),
+               "data": {"ca-bundle.crt": m.anchors_pem}}),
+        secret(o, "knit-identity-issuer", "identity", &[("tls.crt", &m.issuer.cert_pem), ("tls.key", &m.issuer.key_pem)]),
+        secret(o, "knit-proxy-injector-tls", "proxy-injector", &[("ca.crt", &m.webhook_ca_pem), ("tls.crt", &m.webhook.cert_pem), ("tls.key", &m.webhook.key_pem)]),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(o, "knit-config", "control-plane"),
+               "data": {"values.yaml": serde_yaml::to_string(&o.inject_values(&m.anchors_pem)).expect("values serialise")}}),
+        deployment(o),
+    ];
+    for (name, port, target, component) in [
+        ("knit-identity", 8080, 8080, "identity"),
+        ("knit-destination", 8086, 8086, "destination"),
+        ("knit-policy", 8090, 8090, "policy"),
+        ("knit-proxy-injector", 443, 9443, "proxy-injector"),
+    ] {
+        out.push(json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(o, name, component), "spec": {
+            "type": "ClusterIP",
+            "selector": {"app.kubernetes.io/name": CONTROL},
+            "ports": [{"name": "grpc", "port": port, "targetPort": target, "protocol": "TCP"}],
+        }}));
+    }
+    if let Some(Value::Object(p)) = out.last_mut().and_then(|s| s.pointer_mut("/spec/ports/0")) {
+        p.insert("name".into(), json!("https"));
+    }
+    if o.ha {
+        out.push(json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta(o, CONTROL, "control-plane"),
+                        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": CONTROL}}}}));
+    }
+    out.push(webhook_config(o, m));
+    out
+}
+
+fn secret(o: &Options, name: &str, component: &str, entries: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = entries.iter().map(|(k, v)| (k.to_string(), json!(B64.encode(v)))).collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta(o, name, component), "data": data})
+}
+
+/// Read access to what the control plane serves, and TokenReview: nothing else.
+fn cluster_role(o: &Options) -> Value {
+    let read = json!(["get", "list", "watch"]);
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta(o, &format!("knit-control-{}", o.namespace)), "rules": [
+        {"apiGroups": [""], "resources": ["namespaces", "services", "pods", "serviceaccounts"], "verbs": read},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
+        {"apiGroups": ["policy.linkerd.io"], "resources": ["servers", "authorizationpolicies", "meshtlsauthentications", "networkauthentications", "httproutes", "httplocalratelimitpolicies"], "verbs": read},
+        {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"], "verbs": read},
+        {"apiGroups": ["workload.linkerd.io"], "resources": ["externalworkloads"], "verbs": read},
+        {"apiGroups": ["split.smi-spec.io"], "resources": ["trafficsplits"], "verbs": read},
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    ]})
+}
+
+fn deployment(o: &Options) -> Value {
+    let replicas = if o.ha { 3 } else { 1 };
+    let args = [
+        "--kubernetes".to_string(),
+        format!("--control-plane-namespace={}", o.namespace),
+        format!("--cluster-domain={}", o.cluster_domain),
+        format!("--identity-trust-domain={}", o.trust_domain),
+        format!("--cluster-networks={}", o.cluster_networks),
+        format!("--default-inbound-policy={}", o.default_inbound_policy),
+        "--trust-anchors=/var/run/knit/identity/trust-roots/ca-bundle.crt".to_string(),
+        "--issuer-cert=/var/run/knit/identity/issuer/tls.crt".to_string(),
+        "--issuer-key=/var/run/knit/identity/issuer/tls.key".to_string(),
+        "--webhook-tls-cert=/var/run/knit/webhook/tls.crt".to_string(),
+        "--webhook-tls-key=/var/run/knit/webhook/tls.key".to_string(),
+        "--inject-values=/var/run/knit/config/values.yaml".to_string(),
+        format!("--log={}", o.controller_log_level),
+    ];
+    let probe = |path: &str| json!({"httpGet": {"path": path, "port": 9990}, "periodSeconds": 10});
+    let mut pod_spec = json!({
+        "serviceAccountName": CONTROL,
+        "automountServiceAccountToken": true,
+        "securityContext": {"runAsNonRoot": true, "runAsUser": CONTROL_UID, "runAsGroup": CONTROL_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": CONTROL,
+            "image": format!("{}:{}", o.controller_image, o.version),
+            "imagePullPolicy": "IfNotPresent",
+            "args": args,
+            "ports": [
+                {"name": "identity", "containerPort": 8080}, {"name": "destination", "containerPort": 8086},
+                {"name": "policy", "containerPort": 8090}, {"name": "webhook", "containerPort": 9443}, {"name": "admin", "containerPort": 9990},
+            ],
+            "livenessProbe": probe("/live"),
+            "readinessProbe": probe("/ready"),
+            "resources": {"requests": {"cpu": "100m", "memory": "50Mi"}, "limits": {"memory": "250Mi"}},
+            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [
+                {"name": "trust-roots", "mountPath": "/var/run/knit/identity/trust-roots", "readOnly": true},
+                {"name": "issuer", "mountPath": "/var/run/knit/identity/issuer", "readOnly": true},
+                {"name": "webhook-tls", "mountPath": "/var/run/knit/webhook", "readOnly": true},
+                {"name": "config", "mountPath": "/var/run/knit/config", "readOnly": true},
+            ],
+        }],
+        "volumes": [
+            {"name": "trust-roots", "configMap": {"name": "knit-identity-trust-roots"}},
+            {"name": "issuer", "secret": {"secretName": "knit-identity-issuer"}},
+            {"name": "webhook-tls", "secret": {"secretName": "knit-proxy-injector-tls"}},
+            {"name": "config", "configMap": {"name": "knit-config"}},
+        ],
+    });
+    if o.ha {
+        pod_spec["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app.kubernetes.io/name": CONTROL}}, "topologyKey": "kubernetes.io/hostname"},
+        ]}});
+    }
+    let mut pod_labels = labels(o, "control-plane");
+    pod_labels["app.kubernetes.io/name"] = json!(CONTROL);
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(o, CONTROL, "control-plane"), "spec": {
+        "replicas": replicas,
+        "selector": {"matchLabels": {"app.kubernetes.io/name": CONTROL}},
+        "strategy": {"rollingUpdate": {"maxUnavailable": if o.ha { 1 } else { 0 }, "maxSurge": 1}},
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+    }})
+}
+
+fn webhook_config(o: &Options, m: &Material) -> Value {
+    json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration", "metadata": cluster_meta(o, &format!("knit-proxy-injector-{}", o.namespace)), "webhooks": [{
+        "name": format!("knit-proxy-injector.{}.knit.dev", o.namespace),
+        "clientConfig": {"service": {"name": "knit-proxy-injector", "namespace": o.namespace, "path": "/inject", "port": 443}, "caBundle": B64.encode(&m.webhook_ca_pem)},
+        "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
+        // Never the control plane's own namespace or the system's.
+        "namespaceSelector": {"matchExpressions": [
+            {"key": "config.linkerd.io/admission-webhooks", "operator": "NotIn", "values": ["disabled"]},
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "kube-node-lease"]},
+        ]},
+        // As Linkerd: a control plane that is down does not stop pods from being created (they
+        // start unmeshed, and `knit check` reports the webhook).
+        "failurePolicy": "Ignore",
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 10,
+        "reinvocationPolicy": "IfNeeded",
+    }]})
+}

@@ -1,0 +1,72 @@
+//! The install renderer's invariants; the Kubernetes schemas and the Helm chart are checked by
+//! the CLI tests.
+
+use super::*;
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use material::MaterialArgs;
+
+fn options(ha: bool) -> Options {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct A {
+        #[command(flatten)]
+        o: OptionArgs,
+    }
+    Options::new(&A::parse_from(["knit"]).o, ha, true)
+}
+
+fn material() -> Material {
+    Material::load_or_generate(&MaterialArgs::default_for_tests(), &options(false)).unwrap()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name).unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn default_and_ha_modes() {
+    let m = material();
+    let one = render(&options(false), &m);
+    let ha = render(&options(true), &m);
+    assert_eq!(find(&one, "Deployment", "knit-control")["spec"]["replicas"], 1);
+    assert_eq!(find(&ha, "Deployment", "knit-control")["spec"]["replicas"], 3);
+    assert!(find(&ha, "Deployment", "knit-control")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"].is_object());
+    assert!(one.iter().all(|o| o["kind"] != "PodDisruptionBudget"));
+    assert_eq!(find(&ha, "PodDisruptionBudget", "knit-control")["spec"]["maxUnavailable"], 1);
+    assert_eq!(one.iter().filter(|o| o["kind"] == "CustomResourceDefinition").count(), CRDS.len());
+}
+
+#[test]
+fn the_webhook_trusts_its_serving_certificate_and_proxies_get_the_anchors() {
+    let m = material();
+    let objects = render(&options(false), &m);
+    let hook = find(&objects, "MutatingWebhookConfiguration", "knit-proxy-injector-knit");
+    let ca = String::from_utf8(B64.decode(hook["webhooks"][0]["clientConfig"]["caBundle"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(ca, m.webhook_ca_pem);
+    let values: knit_control::inject::Values = serde_yaml::from_str(find(&objects, "ConfigMap", "knit-config")["data"]["values.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(values.trust_anchors_pem, m.anchors_pem);
+    assert_eq!(values.control_plane_namespace, "knit");
+}
+
+#[test]
+fn least_privilege() {
+    let objects = render(&options(false), &material());
+    let role = find(&objects, "ClusterRole", "knit-control-knit");
+    for rule in role["rules"].as_array().unwrap() {
+        let verbs: Vec<&str> = rule["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let resources = rule["resources"].to_string();
+        assert!(verbs == ["get", "list", "watch"] || (resources.contains("tokenreviews") && verbs == ["create"]), "{rule}");
+        assert!(!resources.contains("secrets") && !resources.contains('*'), "{rule}");
+    }
+}
+
+#[test]
+fn upgrade_keeps_the_identity_and_uninstall_lists_everything() {
+    let o = options(false);
+    let m = material();
+    let first = to_yaml(&render(&o, &m));
+    let kept = Material::from_manifests(&first, "knit").unwrap();
+    assert_eq!((kept.anchors_pem.as_str(), kept.issuer.cert_pem.as_str(), kept.webhook.cert_pem.as_str()), (m.anchors_pem.as_str(), m.issuer.cert_pem.as_str(), m.webhook.cert_pem.as_str()));
+    let err = Material::from_manifests("kind: ConfigMap\nmetadata: {name: x, namespace: knit}\n", "knit").unwrap_err().to_string();
+    assert!(err.contains("knit-identity-trust-roots") && err.contains("kubectl get -n knit secret,configmap -o yaml"), "{err}");
+}
