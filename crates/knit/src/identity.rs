@@ -128,15 +128,32 @@ const WARN_BEFORE: time::Duration = time::Duration::days(30);
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
-    #[arg(long, default_value = "identity")]
-    dir: PathBuf,
+    /// Local mode: check the identity directory (as `knit identity init` wrote it). Without it,
+    /// the installation in the Kubernetes cluster of KUBECONFIG is checked.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Before installing: the cluster's version and the permissions installing needs.
+    #[arg(long, conflicts_with = "dir")]
+    pre: bool,
+    /// The control plane's namespace in the cluster.
+    #[arg(long, default_value = "knit")]
+    namespace: String,
     /// A proxy's admin address (repeatable): its certificate's expiry is checked too.
     #[arg(long = "proxy")]
     proxies: Vec<std::net::SocketAddr>,
 }
 
+struct LocalCheck {
+    dir: PathBuf,
+    proxies: Vec<std::net::SocketAddr>,
+}
+
 /// `knit check`, the local-mode part: anchors, issuer, and that the issuer chains to an anchor.
 pub fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let Some(dir) = args.dir.clone() else {
+        return crate::check::kubernetes(args.pre, &args.namespace);
+    };
+    let args = LocalCheck { dir, proxies: args.proxies };
     let mut failed = 0;
     let mut report = |ok: Result<String, String>, what: &str| match ok {
         Ok(msg) => println!("√ {what}: {msg}"),
@@ -203,6 +220,11 @@ fn proxy_cert(admin: std::net::SocketAddr) -> Result<String, String> {
         return Err(format!("EXPIRED {}: the proxy cannot refresh it; check that knit-control is reachable", relative(at)));
     }
     Ok(format!("valid, expires {} (refreshed at 70% of its lifetime)", relative(at)))
+}
+
+/// The expiry verdict of the first certificate in `pem`.
+pub fn cert_expiry(pem: &str) -> Result<String, String> {
+    CertInfo::from_pem(pem).map_err(|e| e.to_string()).and_then(|info| expiry(&info))
 }
 
 fn expiry(info: &CertInfo) -> Result<String, String> {

@@ -169,7 +169,8 @@ pub struct UpgradeArgs {
 pub fn upgrade(args: UpgradeArgs) -> anyhow::Result<()> {
     let text = crate::inject::read_input(&args.from)?;
     let options = Options::new(&args.options, args.ha, !args.skip_crds);
-    let material = Material::from_manifests(&text, &options.namespace)?;
+    let material = Material::from_manifests(&text, &options.namespace)?.renew_webhook(&options.namespace)?;
+    material.check()?;
     print!("{}", to_yaml(&render(&options, &material)));
     Ok(())
 }

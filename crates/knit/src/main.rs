@@ -1,5 +1,6 @@
 //! `knit`: Knit's command-line interface.
 
+mod check;
 mod demo;
 mod identity;
 mod inject;
@@ -23,7 +24,7 @@ enum Command {
     /// Trust anchors, issuers and local-mode tokens.
     #[command(subcommand)]
     Identity(identity::Command),
-    /// Check the local installation: trust anchors, issuer, chain and expiry.
+    /// Check an installation: in a cluster (--pre before installing), or local mode's (--dir).
     Check(identity::CheckArgs),
     /// Print the control plane's Kubernetes manifests: `knit install | kubectl apply -f -`.
     Install(install::InstallArgs),

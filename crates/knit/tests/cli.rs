@@ -211,3 +211,136 @@ fn upgrade_keeps_the_trust_anchor_and_issuer_and_uninstall_lists_everything() {
     }
     assert!(!uninstall.contains("BEGIN CERTIFICATE"));
 }
+
+/// A stand-in Kubernetes API server on 127.0.0.1: answers GETs of the objects it holds by their
+/// API path, 404 (a real Status) otherwise, and SelfSubjectAccessReviews with `allowed`. Real
+/// HTTP/1.1 with keep-alive, as kube's client speaks it.
+struct FakeApi {
+    addr: std::net::SocketAddr,
+}
+
+impl FakeApi {
+    fn start(objects: std::collections::HashMap<String, serde_json::Value>, allowed: bool) -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let objects = std::sync::Arc::new(objects);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let objects = objects.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut out = stream;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut parts = line.split_whitespace();
+                        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").split('?').next().unwrap_or("").to_string());
+                        let mut length = 0;
+                        loop {
+                            let mut h = String::new();
+                            reader.read_line(&mut h).unwrap();
+                            if h == "\r\n" || h.is_empty() {
+                                break;
+                            }
+                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        let (status, json) = if method == "POST" && path.ends_with("/selfsubjectaccessreviews") {
+                            let mut review: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                            review["status"] = serde_json::json!({"allowed": allowed});
+                            (201, review)
+                        } else if let Some(o) = objects.get(&path) {
+                            (200, o.clone())
+                        } else {
+                            (404, serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("{path} not found"), "reason": "NotFound", "code": 404}))
+                        };
+                        let body = json.to_string();
+                        let _ = write!(out, "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    }
+                });
+            }
+        });
+        Self { addr }
+    }
+
+    fn kubeconfig(&self, name: &str) -> String {
+        let path = format!("{}.kubeconfig", temp_dir(name));
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\nusers: [{{name: me, user: {{token: t}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: me}}}}]\ncurrent-context: fake\n",
+            self.addr
+        );
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+}
+
+/// The API path of an object as `kubectl get` would fetch it.
+fn api_path(o: &serde_json::Value) -> String {
+    let (api_version, kind, name) = (o["apiVersion"].as_str().unwrap(), o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap());
+    let plural = match kind {
+        "CustomResourceDefinition" => "customresourcedefinitions".to_string(),
+        "MutatingWebhookConfiguration" => "mutatingwebhookconfigurations".to_string(),
+        "PodDisruptionBudget" => "poddisruptionbudgets".to_string(),
+        k => format!("{}s", k.to_ascii_lowercase()),
+    };
+    let prefix = if api_version == "v1" { "/api/v1".to_string() } else { format!("/apis/{api_version}") };
+    match o["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{prefix}/namespaces/{ns}/{plural}/{name}"),
+        None => format!("{prefix}/{plural}/{name}"),
+    }
+}
+
+fn knit_with_kubeconfig(args: &[&str], kubeconfig: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_knit")).args(args).env("KUBECONFIG", kubeconfig).output().expect("run knit");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn check_reads_a_cluster_and_says_how_to_fix_what_is_wrong() {
+    let (ok, install, _) = knit_io(&["install"], "");
+    assert!(ok);
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&install).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let mut objects: std::collections::HashMap<String, serde_json::Value> = docs.iter().map(|o| (api_path(o), o.clone())).collect();
+    objects.insert("/version".into(), serde_json::json!({"major": "1", "minor": "31", "gitVersion": "v1.31.4", "gitCommit": "a", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23", "compiler": "gc", "platform": "linux/amd64"}));
+    let deployment = "/apis/apps/v1/namespaces/knit/deployments/knit-control".to_string();
+    objects.get_mut(&deployment).unwrap()["status"] = serde_json::json!({"replicas": 1, "readyReplicas": 1});
+
+    let healthy = FakeApi::start(objects.clone(), true);
+    let (ok, out) = knit_with_kubeconfig(&["check"], &healthy.kubeconfig("check-healthy"));
+    assert!(ok, "{out}");
+    for line in ["√ Kubernetes API: reachable, version v1.31.4", "√ CRD servers.policy.linkerd.io: installed", "√ knit-control: 1/1 replicas ready", "√ identity issuer: chains to the trust anchors", "its caBundle signs the serving certificate"] {
+        assert!(out.contains(line), "{line}\n{out}");
+    }
+
+    // Not ready, a CRD missing, a webhook whose caBundle is someone else's.
+    let mut broken = objects.clone();
+    broken.get_mut(&deployment).unwrap()["status"] = serde_json::json!({"replicas": 1, "readyReplicas": 0});
+    broken.remove("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servers.policy.linkerd.io");
+    let hook = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/knit-proxy-injector-knit";
+    broken.get_mut(hook).unwrap()["webhooks"][0]["clientConfig"]["caBundle"] = serde_json::json!("LS0tLS1CRUdJTg==");
+    let api = FakeApi::start(broken, true);
+    let (ok, out) = knit_with_kubeconfig(&["check"], &api.kubeconfig("check-broken"));
+    assert!(!ok && out.contains("3 check(s) failed"), "{out}");
+    assert!(out.contains("× CRD servers.policy.linkerd.io: not found; fix: knit install"), "{out}");
+    assert!(out.contains("× knit-control: 0/1 replicas ready; fix: kubectl -n knit describe deployment knit-control"), "{out}");
+    assert!(out.contains("× proxy injector webhook: its caBundle is not the CA"), "{out}");
+
+    // Before installing: no namespace yet, and the permissions installing needs.
+    let fresh = FakeApi::start([("/version".to_string(), objects["/version"].clone())].into(), true);
+    let (ok, out) = knit_with_kubeconfig(&["check", "--pre"], &fresh.kubeconfig("check-pre"));
+    assert!(ok && out.contains("√ control-plane namespace: knit does not exist yet") && out.contains("√ may create customresourcedefinitions: yes"), "{out}");
+    let denied = FakeApi::start([("/version".to_string(), objects["/version"].clone())].into(), false);
+    let (ok, out) = knit_with_kubeconfig(&["check", "--pre"], &denied.kubeconfig("check-denied"));
+    assert!(!ok && out.contains("× may create clusterroles: no; fix: installing needs cluster-admin"), "{out}");
+
+    // No cluster at all.
+    let (ok, out) = knit_with_kubeconfig(&["check"], "/nonexistent/kubeconfig");
+    assert!(!ok && out.contains("× Kubernetes API") && out.contains("fix:"), "{out}");
+}

@@ -105,18 +105,17 @@ impl Material {
         };
         let anchors_pem = field("ConfigMap", "knit-identity-trust-roots", "ca-bundle.crt")?;
         let issuer = Credentials { cert_pem: field("Secret", "knit-identity-issuer", "tls.crt")?, key_pem: field("Secret", "knit-identity-issuer", "tls.key")? };
-        let webhook = field("Secret", "knit-proxy-injector-tls", "tls.crt").and_then(|cert| {
-            let key = field("Secret", "knit-proxy-injector-tls", "tls.key")?;
-            let ca = field("Secret", "knit-proxy-injector-tls", "ca.crt")?;
-            Ok((ca, Credentials { cert_pem: cert, key_pem: key }))
-        });
-        let (webhook_ca_pem, webhook) = match webhook {
-            Ok((ca, cert)) if CertInfo::from_pem(&cert.cert_pem).is_ok_and(|i| i.expires_in() > WEBHOOK_RENEW_BEFORE) => (ca, cert),
-            _ => new_webhook(ns)?,
-        };
-        let m = Self { anchors_pem, issuer, webhook_ca_pem, webhook };
-        m.check()?;
-        Ok(m)
+        let webhook = Credentials { cert_pem: field("Secret", "knit-proxy-injector-tls", "tls.crt")?, key_pem: field("Secret", "knit-proxy-injector-tls", "tls.key")? };
+        let webhook_ca_pem = field("Secret", "knit-proxy-injector-tls", "ca.crt")?;
+        Ok(Self { anchors_pem, issuer, webhook_ca_pem, webhook })
+    }
+
+    /// A new webhook certificate when the current one expires within 60 days (`knit upgrade`).
+    pub fn renew_webhook(mut self, ns: &str) -> anyhow::Result<Self> {
+        if !CertInfo::from_pem(&self.webhook.cert_pem).is_ok_and(|i| i.expires_in() > WEBHOOK_RENEW_BEFORE) {
+            (self.webhook_ca_pem, self.webhook) = new_webhook(ns)?;
+        }
+        Ok(self)
     }
 
     /// Stand-in certificates, for rendering object references (`knit uninstall`).
