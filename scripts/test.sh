@@ -2,7 +2,8 @@
 # Knit's test command: installs what the tests need (only what is missing), then runs every test.
 #   scripts/test.sh
 # Debian packages: curl, nghttp2-client (nghttp, h2load), redis-server, redis-tools, iptables,
-# iproute2, util-linux (setpriv); Python: grpcio, grpcio-tools.
+# iproute2, util-linux (setpriv), unzip; Python: grpcio, grpcio-tools, kubernetes-validate, jsonschema;
+# helm (scripts/install-tools.sh, into target/tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,13 +18,17 @@ if ((${#need[@]})); then
     "${sudo_cmd[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi
-if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
-    echo "==> installing Python grpcio and grpcio-tools"
-    python3 -m pip install --quiet grpcio grpcio-tools
+if ! python3 -c 'import grpc, grpc_tools, kubernetes_validate, jsonschema' 2>/dev/null || ! command -v kubernetes-validate >/dev/null; then
+    echo "==> installing Python grpcio, grpcio-tools, kubernetes-validate and jsonschema"
+    python3 -m pip install --quiet grpcio grpcio-tools kubernetes-validate jsonschema
 fi
+scripts/install-tools.sh
 
 echo "==> building"
 cargo build --workspace --all-targets --locked
+
+echo "==> CRD schemas"
+python3 tests/k8s/validate_crds.py
 
 echo "==> cargo test"
 cargo test --workspace --locked

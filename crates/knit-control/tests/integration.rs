@@ -147,3 +147,18 @@ mod discovery;
 
 #[path = "integration/webhook.rs"]
 mod webhook;
+
+#[test]
+fn kubernetes_mode_without_a_cluster_stops_with_the_reason() {
+    let pki = pki("nocluster");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_knit-control"))
+        .args(["--kubernetes", "--identity-dir"])
+        .arg(&pki.dir)
+        .env("KUBECONFIG", pki.dir.join("no-such-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)"), "{err}");
+}

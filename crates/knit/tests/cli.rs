@@ -344,3 +344,173 @@ fn check_reads_a_cluster_and_says_how_to_fix_what_is_wrong() {
     let (ok, out) = knit_with_kubeconfig(&["check"], "/nonexistent/kubeconfig");
     assert!(!ok && out.contains("× Kubernetes API") && out.contains("fix:"), "{out}");
 }
+
+/// The Helm chart (charts/knit) against `knit install`: the same objects, field for field. In a
+/// module, so its helpers keep short names beside the rest of this file.
+mod chart {
+    use super::{temp_dir, Command};
+    use serde_json::Value;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::PathBuf;
+
+    /// A certificate `knit install` takes as a file and the chart as a `--set-file` value, and the
+    /// object and key of `knit install`'s output it ends up in.
+    struct Certificate {
+        flag: &'static str,
+        value: &'static str,
+        kind: &'static str,
+        name: &'static str,
+        key: &'static str,
+    }
+
+    const CERTIFICATES: [Certificate; 6] = [
+        Certificate { flag: "--identity-trust-anchors-file", value: "identityTrustAnchorsPEM", kind: "ConfigMap", name: "knit-identity-trust-roots", key: "ca-bundle.crt" },
+        Certificate { flag: "--identity-issuer-certificate-file", value: "identity.issuer.tls.crtPEM", kind: "Secret", name: "knit-identity-issuer", key: "tls.crt" },
+        Certificate { flag: "--identity-issuer-key-file", value: "identity.issuer.tls.keyPEM", kind: "Secret", name: "knit-identity-issuer", key: "tls.key" },
+        Certificate { flag: "--webhook-ca-file", value: "webhook.caPEM", kind: "Secret", name: "knit-proxy-injector-tls", key: "ca.crt" },
+        Certificate { flag: "--webhook-cert-file", value: "webhook.crtPEM", kind: "Secret", name: "knit-proxy-injector-tls", key: "tls.crt" },
+        Certificate { flag: "--webhook-key-file", value: "webhook.keyPEM", kind: "Secret", name: "knit-proxy-injector-tls", key: "tls.key" },
+    ];
+
+    fn repo() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    /// Helm: $KNIT_HELM, else target/tools/helm (scripts/install-tools.sh), else `helm` on PATH.
+    fn helm() -> PathBuf {
+        if let Some(path) = std::env::var_os("KNIT_HELM") {
+            return path.into();
+        }
+        let tools = repo().join("target/tools/helm");
+        if tools.exists() {
+            return tools;
+        }
+        if Command::new("helm").arg("version").output().is_ok_and(|o| o.status.success()) {
+            return "helm".into();
+        }
+        panic!("no helm: run scripts/install-tools.sh (it installs helm into target/tools), or set KNIT_HELM to a helm binary");
+    }
+
+    /// stdout of a command that must succeed. Not `knit()`: that one mixes stderr into the YAML.
+    fn stdout_of(cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+        assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+
+    /// The objects of a YAML stream by (kind, namespace, name); empty documents (Helm's templates
+    /// that render nothing) left out. Comments, Helm's `# Source:` lines among them, are not data.
+    fn objects(stream: &str) -> BTreeMap<(String, String, String), Value> {
+        let mut out = BTreeMap::new();
+        for doc in serde_yaml::Deserializer::from_str(stream) {
+            let v: Value = serde::Deserialize::deserialize(doc).expect("a YAML document");
+            if v.is_null() {
+                continue;
+            }
+            let field = |f: &str| v["metadata"][f].as_str().unwrap_or_default().to_string();
+            let key = (v["kind"].as_str().unwrap_or_default().to_string(), field("namespace"), field("name"));
+            assert!(out.insert(key.clone(), v).is_none(), "{key:?} twice");
+        }
+        out
+    }
+
+    /// Writes the certificates of a fresh `knit install` into `dir`: flag, chart value and file of each.
+    fn write_certificates(dir: &str) -> Vec<(&'static str, &'static str, String)> {
+        use base64::Engine;
+        std::fs::create_dir_all(dir).unwrap();
+        let installed = objects(&stdout_of(Command::new(env!("CARGO_BIN_EXE_knit")).args(["install", "--skip-crds"])));
+        CERTIFICATES
+            .iter()
+            .map(|c| {
+                let object = installed.get(&(c.kind.to_string(), "knit".to_string(), c.name.to_string())).unwrap_or_else(|| panic!("knit install renders no {} {}", c.kind, c.name));
+                let data = object["data"][c.key].as_str().unwrap_or_else(|| panic!("{} {} has no {}", c.kind, c.name, c.key));
+                let pem = if c.kind == "Secret" { base64::engine::general_purpose::STANDARD.decode(data).expect("base64") } else { data.as_bytes().to_vec() };
+                let path = format!("{dir}/{}.pem", c.value);
+                std::fs::write(&path, pem).unwrap();
+                (c.flag, c.value, path)
+            })
+            .collect()
+    }
+
+    /// Where `a` (knit install's) and `b` (the chart's) first differ, as a JSON path and both values;
+    /// for multi-line strings (the knit-config values.yaml) the first differing line.
+    fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => x.keys().chain(y.keys()).collect::<BTreeSet<_>>().into_iter().find_map(|k| {
+                let p = format!("{path}/{k}");
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => first_difference(u, v, &p),
+                    (u, v) => Some(format!("{p}: knit install has {}, helm template has {}", u.map_or("nothing".into(), Value::to_string), v.map_or("nothing".into(), Value::to_string))),
+                }
+            }),
+            (Value::Array(x), Value::Array(y)) => x
+                .iter()
+                .zip(y)
+                .enumerate()
+                .find_map(|(i, (u, v))| first_difference(u, v, &format!("{path}/{i}")))
+                .or_else(|| (x.len() != y.len()).then(|| format!("{path}: knit install has {} items, helm template has {}", x.len(), y.len()))),
+            (Value::String(x), Value::String(y)) if x.contains('\n') && x != y => Some(match x.lines().zip(y.lines()).enumerate().find(|(_, (u, v))| u != v) {
+                Some((n, (u, v))) => format!("{path}, line {}: knit install has {u:?}, helm template has {v:?}", n + 1),
+                None => format!("{path}: knit install has {x:?}, helm template has {y:?}"),
+            }),
+            _ => (a != b).then(|| format!("{path}: knit install has {a}, helm template has {b}")),
+        }
+    }
+
+    #[test]
+    fn helm_chart_renders_what_knit_install_renders() {
+        let helm = helm();
+        let certificates = write_certificates(&temp_dir("helm-chart"));
+        // (knit install flags, helm template flags): the defaults, --ha, and every other flag changed.
+        let cases: [(&[&str], &[&str]); 3] = [
+            (&[], &[]),
+            (&["--ha"], &["--set", "ha=true"]),
+            (
+                &["--namespace=mesh", "--cluster-domain=corp.example", "--identity-trust-domain=id.example", "--controller-image=registry.example/control",
+                  "--proxy-image=registry.example/proxy", "--image-version=1.10", "--default-inbound-policy=deny", "--cluster-networks=10.0.0.0/8,fd00::/8",
+                  "--controller-log-level=debug", "--disable-native-sidecar"],
+                &["--set-string", "namespace=mesh,clusterDomain=corp.example,identityTrustDomain=id.example,controllerImage=registry.example/control",
+                  "--set-string", "proxyImage=registry.example/proxy,imageVersion=1.10,defaultInboundPolicy=deny,controllerLogLevel=debug",
+                  "--set-string", r"clusterNetworks=10.0.0.0/8\,fd00::/8", "--set", "disableNativeSidecar=true"],
+            ),
+        ];
+        for (knit_flags, helm_flags) in cases {
+            let mut knit = Command::new(env!("CARGO_BIN_EXE_knit"));
+            knit.arg("install").args(knit_flags);
+            let mut chart = Command::new(&helm);
+            chart.args(["template", "knit"]).arg(repo().join("charts/knit")).arg("--include-crds").args(helm_flags);
+            for (flag, value, path) in &certificates {
+                knit.arg(flag).arg(path);
+                chart.args(["--set-file", &format!("{value}={path}")]);
+            }
+            let (want, got) = (objects(&stdout_of(&mut knit)), objects(&stdout_of(&mut chart)));
+            assert!(want.keys().any(|(kind, ..)| kind == "Deployment") && want.keys().any(|(kind, ..)| kind == "CustomResourceDefinition"), "knit install {knit_flags:?} renders the control plane and the CRDs");
+            let (only_knit, only_chart): (Vec<_>, Vec<_>) = (want.keys().filter(|k| !got.contains_key(*k)).collect(), got.keys().filter(|k| !want.contains_key(*k)).collect());
+            assert!(only_knit.is_empty() && only_chart.is_empty(), "with {knit_flags:?}: only knit install renders {only_knit:?}; only the chart renders {only_chart:?}");
+            for (key, object) in &want {
+                if let Some(d) = first_difference(object, &got[key], "") {
+                    panic!("with {knit_flags:?}, {} {}/{}: {d}", key.0, key.1, key.2);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn helm_chart_refuses_missing_certificates() {
+        let helm = helm();
+        let render = |sets: &[String]| {
+            let out = Command::new(&helm).args(["template", "knit"]).arg(repo().join("charts/knit")).args(sets).output().unwrap_or_else(|e| panic!("run {}: {e}", helm.display()));
+            (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        let (ok, err) = render(&[]);
+        assert!(!ok && err.contains("the certificates are required") && err.contains("knit install") && err.contains("openssl"), "{err}");
+        for c in &CERTIFICATES {
+            assert!(err.contains(&format!("--set-file {}=", c.value)), "every missing certificate is named at once: {err}");
+        }
+        // All but the webhook key: only that one is asked for.
+        let certificates = write_certificates(&temp_dir("helm-chart-missing"));
+        let sets: Vec<String> = certificates.iter().filter(|(_, value, _)| *value != "webhook.keyPEM").flat_map(|(_, value, path)| ["--set-file".to_string(), format!("{value}={path}")]).collect();
+        let (ok, err) = render(&sets);
+        assert!(!ok && err.contains("--set-file webhook.keyPEM=") && !err.contains("identityTrustAnchorsPEM="), "{err}");
+    }
+}

@@ -75,8 +75,8 @@ fn secret(o: &Options, name: &str, component: &str, entries: &[(&str, &str)]) ->
 fn cluster_role(o: &Options) -> Value {
     let read = json!(["get", "list", "watch"]);
     json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta(o, &format!("knit-control-{}", o.namespace)), "rules": [
-        {"apiGroups": [""], "resources": ["namespaces", "services", "pods", "serviceaccounts"], "verbs": read},
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
+        // Endpoints come from Ready Pods and Service selectors (not EndpointSlices, yet).
+        {"apiGroups": [""], "resources": ["namespaces", "services", "pods"], "verbs": read},
         {"apiGroups": ["policy.linkerd.io"], "resources": ["servers", "authorizationpolicies", "meshtlsauthentications", "networkauthentications", "httproutes", "httplocalratelimitpolicies"], "verbs": read},
         {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"], "verbs": read},
         {"apiGroups": ["workload.linkerd.io"], "resources": ["externalworkloads"], "verbs": read},
