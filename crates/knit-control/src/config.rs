@@ -22,6 +22,11 @@ pub struct Config {
     /// Policy gRPC (InboundServerPolicies, OutboundPolicies).
     #[arg(long, env = "KNIT_CONTROL_POLICY_ADDR", default_value = "0.0.0.0:8090")]
     pub policy_addr: SocketAddr,
+    /// Serve identity, destination and policy over TLS with a certificate for this identity,
+    /// signed by the control plane's own issuer (in a cluster; proxies check it with
+    /// KNIT_PROXY_*_SVC_NAME). Without it they are plaintext h2c, for loopback.
+    #[arg(long, env = "KNIT_CONTROL_SERVE_TLS_IDENTITY")]
+    pub serve_tls_identity: Option<String>,
     #[command(flatten)]
     pub identity: IdentityConfig,
     #[command(flatten)]
@@ -43,6 +48,7 @@ impl Config {
             admin_addr: any,
             destination_addr: any,
             policy_addr: any,
+            serve_tls_identity: None,
             identity,
             discovery: DiscoveryConfig {
                 config_dir: None,

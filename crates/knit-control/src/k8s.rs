@@ -157,6 +157,8 @@ impl Status {
 }
 
 /// One watch event, as the merged stream carries it.
+// Events are handled one at a time as they arrive; boxing Pods would only add an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Input {
     Namespace(Event<Namespace>),

@@ -21,6 +21,7 @@ pub mod k8s;
 pub mod inject;
 pub mod local;
 pub mod resources;
+pub mod tls;
 pub mod webhook;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
@@ -37,6 +38,10 @@ pub struct Control {
     local: Option<local::LocalSource>,
     webhook: Option<Webhook>,
     kubernetes: Option<(kube::Client, k8s::Status)>,
+    /// The gRPC ports' TLS configuration, when they serve TLS.
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Renews the control plane's own certificate.
+    tls_renewal: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 /// The injector's listener and what it serves with.
@@ -108,14 +113,24 @@ impl Control {
         let mut service = identity::Service::load_with(&config.identity, tokens)?;
         let k8s_status = kubernetes.as_ref().map(|(_, s)| s.clone());
         admin::register(&mut service.registry, index.clone(), local.as_ref().map(local::LocalSource::files), k8s_status);
+        let service = Arc::new(service);
+        let (tls, tls_renewal) = match &config.serve_tls_identity {
+            Some(name) => {
+                let (cfg, renewal) = tls::serve_config(service.clone(), name.clone())?;
+                (Some(cfg), Some(Box::pin(renewal) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>))
+            }
+            None => (None, None),
+        };
         Ok(Self {
+            tls,
+            tls_renewal,
             identity: bind("identity", config.identity_addr).await?,
             destination: bind("destination", config.destination_addr).await?,
             policy: bind("policy", config.policy_addr).await?,
             admin: bind("admin", config.admin_addr).await?,
             webhook: Webhook::bind(&config).await?,
             kubernetes,
-            service: Arc::new(service),
+            service,
             index,
             local,
             config,
@@ -138,7 +153,7 @@ impl Control {
 
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         use linkerd2_proxy_api::{destination::destination_server::DestinationServer, identity::identity_server::IdentityServer};
-        use tonic::transport::{server::TcpIncoming, Server};
+        use tonic::transport::server::TcpIncoming;
         let addrs = self.addrs();
         let mut tasks = vec![
             tokio::spawn(identity::watch_files(self.service.clone(), self.config.identity.clone())),
@@ -154,6 +169,9 @@ impl Control {
         if let Some((client, status)) = self.kubernetes {
             tasks.push(tokio::spawn(k8s::run(client, self.index.clone(), status)));
         }
+        if let Some(renewal) = self.tls_renewal {
+            tasks.push(tokio::spawn(renewal));
+        }
         if let Some(local) = self.local {
             tasks.push(tokio::spawn(local.run(self.config.discovery.config_poll_interval)));
         }
@@ -166,22 +184,53 @@ impl Control {
                 let _ = stop.wait_for(|s| *s).await;
             }
         };
-        let incoming = |l: TcpListener| TcpIncoming::from(l).with_nodelay(Some(true));
-        let identity = Server::builder().serve_with_incoming_shutdown(IdentityServer::from_arc(self.service.clone()), incoming(self.identity), signal());
-        let destination = Server::builder().serve_with_incoming_shutdown(DestinationServer::new(grpc::DestinationService(self.index.clone())), incoming(self.destination), signal());
-        let policy = Server::builder().serve_with_incoming_shutdown(grpc::PolicyServers::new(self.index.clone()), incoming(self.policy), signal());
-        let servers = async { tokio::try_join!(identity, destination, policy) };
+        let services = GrpcServices {
+            identity: IdentityServer::from_arc(self.service.clone()),
+            destination: DestinationServer::new(grpc::DestinationService(self.index.clone())),
+            policy: grpc::PolicyServers::new(self.index.clone()),
+        };
+        let listeners = [self.identity, self.destination, self.policy];
+        let servers: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match self.tls {
+            Some(tls) => Box::pin(services.serve(listeners, move |l| tls::incoming(l, tls.clone()), signal)),
+            None => Box::pin(services.serve(listeners, |l| TcpIncoming::from(l).with_nodelay(Some(true)), signal)),
+        };
         tokio::pin!(servers);
         let result = tokio::select! {
-            r = &mut servers => r.map(drop),
+            r = &mut servers => r,
             () = shutdown => {
                 let _ = stop_tx.send(true);
-                servers.await.map(drop)
+                servers.await
             }
         };
         for t in tasks {
             t.abort();
         }
         result.map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
+    }
+}
+
+/// The three gRPC ports' services.
+struct GrpcServices {
+    identity: linkerd2_proxy_api::identity::identity_server::IdentityServer<identity::Service>,
+    destination: linkerd2_proxy_api::destination::destination_server::DestinationServer<grpc::DestinationService>,
+    policy: grpc::PolicyServers,
+}
+
+impl GrpcServices {
+    /// Serves identity, destination and policy on their listeners, with connections from
+    /// `incoming` (plain TCP or TLS), until `signal` resolves.
+    async fn serve<St, Io, Sig>(self, [identity, destination, policy]: [TcpListener; 3], incoming: impl Fn(TcpListener) -> St, signal: impl Fn() -> Sig) -> Result<(), tonic::transport::Error>
+    where
+        St: futures_util::Stream<Item = Result<Io, std::io::Error>> + Send + 'static,
+        Io: tonic::transport::server::Connected + tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+        Sig: Future<Output = ()> + Send,
+    {
+        use tonic::transport::Server;
+        tokio::try_join!(
+            Server::builder().serve_with_incoming_shutdown(self.identity, incoming(identity), signal()),
+            Server::builder().serve_with_incoming_shutdown(self.destination, incoming(destination), signal()),
+            Server::builder().serve_with_incoming_shutdown(self.policy, incoming(policy), signal()),
+        )
+        .map(drop)
     }
 }

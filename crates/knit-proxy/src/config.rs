@@ -162,23 +162,7 @@ fn addr(s: &str) -> Result<SocketAddr, String> {
     s.trim().parse().map_err(|_| "expected IP:PORT".to_string())
 }
 
-/// A control-plane service's address: `IP:PORT`, or `DNS-NAME:PORT` (in Kubernetes, a headless
-/// Service), resolved again on every connection so that the control plane's pods may change.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(transparent)]
-pub struct ControlAddr(String);
-
-impl From<SocketAddr> for ControlAddr {
-    fn from(a: SocketAddr) -> Self {
-        Self(a.to_string())
-    }
-}
-
-impl std::fmt::Display for ControlAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::control::ControlAddr;
 
 fn control_addr(s: &str) -> Result<ControlAddr, String> {
     let s = s.trim();
@@ -191,7 +175,7 @@ fn control_addr(s: &str) -> Result<ControlAddr, String> {
     if !knit_identity::is_dns_name(&host.trim_end_matches('.').to_ascii_lowercase()) {
         return Err(bad());
     }
-    Ok(ControlAddr(s.to_string()))
+    Ok(ControlAddr { addr: s.to_string(), tls_name: None })
 }
 
 fn optional_addr(s: &str) -> Result<Option<SocketAddr>, String> {
@@ -199,6 +183,12 @@ fn optional_addr(s: &str) -> Result<Option<SocketAddr>, String> {
         return Ok(None);
     }
     addr(s).map(Some)
+}
+
+/// The identity `var` names, which the service must prove with TLS (a cluster); unset, plaintext.
+fn with_tls_name(r: &Reader<'_>, addr: ControlAddr, var: &str) -> ControlAddr {
+    let tls_name = r.env.var(var).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    ControlAddr { tls_name, ..addr }
 }
 
 fn optional_control_addr(s: &str) -> Result<Option<ControlAddr>, String> {
@@ -334,7 +324,7 @@ fn identity_config(r: &mut Reader<'_>) -> Option<crate::identity::IdentityConfig
         None => required("KNIT_PROXY_IDENTITY_TRUST_ANCHORS_FILE").map(crate::identity::TrustAnchors::File),
     };
     let token_file = required("KNIT_PROXY_IDENTITY_TOKEN_FILE");
-    let svc_addr = r.get("KNIT_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080", control_addr);
+    let svc_addr = r.get("KNIT_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080", control_addr).map(|a| with_tls_name(r, a, "KNIT_PROXY_IDENTITY_SVC_NAME"));
     let min_refresh = r.get("KNIT_PROXY_IDENTITY_MIN_REFRESH", "10s", parse::duration);
     let max_refresh = r.get("KNIT_PROXY_IDENTITY_MAX_REFRESH", "24h", parse::duration);
     Some(crate::identity::IdentityConfig {
@@ -356,8 +346,8 @@ fn networks(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
 /// The discovery variables. The workload is required once a policy service is configured: the
 /// control plane cannot answer `WatchPort` without knowing which workload asks.
 fn discovery_config(r: &mut Reader<'_>) -> Option<crate::discovery::DiscoveryConfig> {
-    let destination_addr = r.get("KNIT_PROXY_DESTINATION_SVC_ADDR", "", optional_control_addr);
-    let policy_addr = r.get("KNIT_PROXY_POLICY_SVC_ADDR", "", optional_control_addr);
+    let destination_addr = r.get("KNIT_PROXY_DESTINATION_SVC_ADDR", "", optional_control_addr).map(|a| a.map(|a| with_tls_name(r, a, "KNIT_PROXY_DESTINATION_SVC_NAME")));
+    let policy_addr = r.get("KNIT_PROXY_POLICY_SVC_ADDR", "", optional_control_addr).map(|a| a.map(|a| with_tls_name(r, a, "KNIT_PROXY_POLICY_SVC_NAME")));
     let workload = r.env.var("KNIT_PROXY_POLICY_WORKLOAD").unwrap_or_default();
     if matches!(policy_addr, Some(Some(_))) && workload.trim().is_empty() {
         r.errors.push(VarError {
@@ -469,5 +459,25 @@ mod tests {
         let id = c.identity.expect("identity configured");
         assert!(matches!(id.trust_anchors, crate::identity::TrustAnchors::Pem(_)));
         assert_eq!(id.svc_addr.to_string(), "knit-identity.knit.svc.cluster.local.:8080");
+        assert_eq!(id.svc_addr.tls_name, None, "plaintext without a name");
+    }
+
+    #[test]
+    fn svc_names_ask_for_tls_to_the_control_plane() {
+        let name = "knit-control.knit.serviceaccount.identity.knit.cluster.local";
+        let c = Config::from_env(&env(&[
+            ("KNIT_PROXY_IDENTITY_LOCAL_NAME", "web.demo.serviceaccount.identity.knit.cluster.local"),
+            ("KNIT_PROXY_IDENTITY_TRUST_ANCHORS", "-----BEGIN CERTIFICATE-----"),
+            ("KNIT_PROXY_IDENTITY_TOKEN_FILE", "/var/run/secrets/tokens/knit-identity-token"),
+            ("KNIT_PROXY_IDENTITY_SVC_NAME", name),
+            ("KNIT_PROXY_DESTINATION_SVC_ADDR", "knit-destination.knit.svc.cluster.local.:8086"),
+            ("KNIT_PROXY_DESTINATION_SVC_NAME", name),
+            ("KNIT_PROXY_POLICY_SVC_ADDR", "knit-policy.knit.svc.cluster.local.:8090"),
+            ("KNIT_PROXY_POLICY_WORKLOAD", r#"{"ns":"demo","pod":"web-0"}"#),
+        ]))
+        .unwrap();
+        assert_eq!(c.identity.unwrap().svc_addr.tls_name.as_deref(), Some(name));
+        assert_eq!(c.discovery.destination_addr.unwrap().tls_name.as_deref(), Some(name));
+        assert_eq!(c.discovery.policy_addr.unwrap().tls_name, None, "each service has its own name");
     }
 }

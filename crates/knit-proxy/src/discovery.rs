@@ -145,24 +145,13 @@ pub struct Discovery {
     default_inbound: Arc<ServerPolicy>,
 }
 
-fn channel(addr: ControlAddr) -> Channel {
-    // Plaintext h2c, as Linkerd's proxy uses for a loopback control plane. `connect_lazy` dials
-    // on first use and again after the connection is lost.
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("an http URI built from a validated HOST:PORT is valid")
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .connect_lazy()
-}
-
 impl Discovery {
     /// Builds the clients (no connection is made until something is looked up) and starts the
     /// eager inbound watches and the idle sweeper. Must be called inside a tokio runtime.
-    pub fn spawn(cfg: DiscoveryConfig) -> Arc<Self> {
-        let dst = cfg.destination_addr.clone().map(|a| DestinationClient::new(channel(a)));
-        let policy = cfg.policy_addr.clone().map(channel);
+    /// `tls`: how to reach a control plane that serves TLS (its addresses name its identity).
+    pub fn spawn(cfg: DiscoveryConfig, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Arc<Self>, crate::control::ChannelError> {
+        let dst = cfg.destination_addr.as_ref().map(|a| crate::control::channel(a, tls)).transpose()?.map(DestinationClient::new);
+        let policy = cfg.policy_addr.as_ref().map(|a| crate::control::channel(a, tls)).transpose()?;
         let default_inbound = Arc::new(cfg.loopback(ServerPolicy::default_for(cfg.default_inbound_policy, &cfg.cluster_networks)));
         let this = Arc::new(Self {
             outbound_client: policy.clone().map(OutboundPoliciesClient::new),
@@ -189,7 +178,7 @@ impl Discovery {
                 this.inbound.sweep(now);
             }
         });
-        this
+        Ok(this)
     }
 
     pub fn config(&self) -> &DiscoveryConfig {

@@ -107,6 +107,11 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, IdentityError> {
     std::fs::read(path).map_err(|source| IdentityError::Read { path: path.display().to_string(), source })
 }
 
+/// The trust anchors as a root store (also what the control plane's certificate is checked with).
+pub fn anchor_roots(source: &TrustAnchors) -> Result<RootCertStore, IdentityError> {
+    anchors(source).map(|(roots, _)| roots)
+}
+
 fn anchors(source: &TrustAnchors) -> Result<(RootCertStore, Vec<String>), IdentityError> {
     let pem = match source {
         TrustAnchors::File(path) => String::from_utf8_lossy(&read(path)?).into_owned(),
@@ -262,7 +267,13 @@ async fn certify_once(cfg: &IdentityConfig, csr: &[u8]) -> Result<(Vec<Vec<u8>>,
     let err = |message: String| IdentityError::Certify { addr: addr.clone(), message };
     let token = read(&cfg.token_file)?;
     // A new channel per call, as Linkerd's proxy does: nothing stale survives a failure.
-    let mut client = IdentityClient::connect(format!("http://{addr}")).await.map_err(|e| err(format!("cannot connect: {e}")))?;
+    // The anchors of the moment: the identity service's certificate is checked with them.
+    let tls = match addr.tls_name {
+        Some(_) => Some(crate::control::client_config(anchor_roots(&cfg.trust_anchors)?)),
+        None => None,
+    };
+    let channel = crate::control::channel(addr, tls.as_ref()).map_err(|e| err(e.to_string()))?;
+    let mut client = IdentityClient::new(channel);
     let req = CertifyRequest { identity: cfg.local_name.clone(), token, certificate_signing_request: csr.to_vec() };
     let rsp = tokio::time::timeout(Duration::from_secs(10), client.certify(req))
         .await

@@ -12,6 +12,7 @@ pub mod accrual;
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
@@ -47,6 +48,8 @@ use tokio::{net::TcpListener, sync::mpsc};
 
 /// A proxy whose listeners are bound but not yet serving.
 pub struct Proxy {
+    /// How to reach a control plane that serves TLS.
+    control_tls: Option<Arc<rustls::ClientConfig>>,
     config: Arc<Config>,
     metrics: Metrics,
     log: Option<log::LogLevel>,
@@ -66,6 +69,24 @@ pub struct Addrs {
     pub forwards: Vec<(SocketAddr, Authority)>,
 }
 
+/// TLS for the control plane, when the configuration names its identity: checked here, so that
+/// a name without trust anchors stops start-up with the reason.
+fn control_tls(config: &Config) -> stdio::Result<Option<Arc<rustls::ClientConfig>>> {
+    let d = &config.discovery;
+    let addrs: Vec<&control::ControlAddr> = d.destination_addr.iter().chain(&d.policy_addr).chain(config.identity.as_ref().map(|i| &i.svc_addr)).collect();
+    if addrs.iter().all(|a| a.tls_name.is_none()) {
+        return Ok(None);
+    }
+    let invalid = |e: String| stdio::Error::new(stdio::ErrorKind::InvalidInput, e);
+    let identity = config.identity.as_ref().ok_or_else(|| invalid("a control-plane TLS name (KNIT_PROXY_*_SVC_NAME) needs the identity configuration (KNIT_PROXY_IDENTITY_*)".into()))?;
+    let roots = identity::anchor_roots(&identity.trust_anchors).map_err(|e| invalid(e.to_string()))?;
+    let tls = control::client_config(roots);
+    for a in addrs {
+        control::channel(a, Some(&tls)).map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(Some(tls))
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> stdio::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| stdio::Error::new(e.kind(), format!("binding the {what} listener on {addr}: {e}")))
 }
@@ -82,7 +103,8 @@ impl Proxy {
             let addr = SocketAddr::new(config.outbound.listen_addr.ip(), *port);
             forwards.push((bind(addr, &format!("port-forward {authority}")).await?, authority.clone()));
         }
-        Ok(Self { config: Arc::new(config), metrics: Metrics::new(), log, inbound, outbound, forwards, admin })
+        let control_tls = control_tls(&config)?;
+        Ok(Self { config: Arc::new(config), control_tls, metrics: Metrics::new(), log, inbound, outbound, forwards, admin })
     }
 
     pub fn addrs(&self) -> Addrs {
@@ -118,7 +140,7 @@ impl Proxy {
 
         let identity = self.config.identity.clone().map(|cfg| identity::spawn(cfg, self.metrics.identity.clone()));
         let log = Arc::new(tls::LogOnce::default());
-        let discovery = discovery::Discovery::spawn(self.config.discovery.clone());
+        let discovery = discovery::Discovery::spawn(self.config.discovery.clone(), self.control_tls.as_ref()).expect("control-plane channels are checked by Proxy::bind");
         let side = |direction, own_addrs: Vec<SocketAddr>, timeout| {
             let dialer = tcp::Dialer { direction, timeout, metrics: self.metrics.clone(), identity: identity.clone(), log: log.clone() };
             Arc::new(http::Side {

@@ -107,6 +107,12 @@ impl Values {
         format!("serviceaccount.identity.{}.{}", self.control_plane_namespace, self.trust_domain)
     }
 
+    /// The identity the control plane's gRPC ports prove with TLS (its ServiceAccount's), which
+    /// proxies are told to expect.
+    pub fn control_plane_identity(&self) -> String {
+        format!("knit-control.{}.{}", self.control_plane_namespace, self.identity_suffix())
+    }
+
     /// SHA-256 of the trust anchors, hex: the `linkerd.io/trust-root-sha256` annotation, so a
     /// rotation shows which pods still carry the old bundle.
     pub fn trust_root_sha256(&self) -> String {

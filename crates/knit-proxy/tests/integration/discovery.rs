@@ -2,6 +2,7 @@
 //! certified by it and discovering routes, splits, endpoints and policy from it, and test
 //! backends that say who answered. Manifests are edited while traffic flows.
 
+mod control_tls;
 mod fixture;
 mod policy;
 mod routing;

@@ -92,6 +92,7 @@ fn deployment(o: &Options) -> Value {
         format!("--control-plane-namespace={}", o.namespace),
         format!("--cluster-domain={}", o.cluster_domain),
         format!("--identity-trust-domain={}", o.trust_domain),
+        format!("--serve-tls-identity={CONTROL}.{ns}.serviceaccount.identity.{ns}.{}", o.trust_domain, ns = o.namespace),
         format!("--cluster-networks={}", o.cluster_networks),
         format!("--default-inbound-policy={}", o.default_inbound_policy),
         "--trust-anchors=/var/run/knit/identity/trust-roots/ca-bundle.crt".to_string(),

@@ -70,3 +70,16 @@ fn upgrade_keeps_the_identity_and_uninstall_lists_everything() {
     let err = Material::from_manifests("kind: ConfigMap\nmetadata: {name: x, namespace: knit}\n", "knit").unwrap_err().to_string();
     assert!(err.contains("knit-identity-trust-roots") && err.contains("kubectl get -n knit secret,configmap -o yaml"), "{err}");
 }
+
+#[test]
+fn the_control_plane_accepts_its_arguments_and_serves_tls_as_the_identity_proxies_expect() {
+    use clap::Parser;
+    let m = material();
+    let objects = render(&options(false), &m);
+    let container = &find(&objects, "Deployment", "knit-control")["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let config = knit_control::config::Config::try_parse_from(std::iter::once("knit-control").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("knit-control refuses the arguments knit install gives it: {e}"));
+    let values = knit_control::inject::Values::default();
+    assert_eq!(config.serve_tls_identity.as_deref(), Some(values.control_plane_identity().as_str()), "what the injector tells proxies to expect");
+}

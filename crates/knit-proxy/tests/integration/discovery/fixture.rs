@@ -23,6 +23,9 @@ use tokio::net::TcpListener;
 
 pub const NS: &str = "test";
 
+/// The identity knit-control proves on its gRPC ports when a test asks for TLS.
+pub const CONTROL_IDENTITY: &str = "knit-control.knit.serviceaccount.identity.knit.cluster.local";
+
 pub fn identity(service_account: &str) -> String {
     knit_identity::identity_name(service_account, NS, "knit", "cluster.local")
 }
@@ -96,27 +99,36 @@ pub struct LocalMesh {
     pub manifests: PathBuf,
     pub control: knit_control::Addrs,
     tokens: TokenKey,
+    /// Whether knit-control serves its gRPC ports with TLS as [`CONTROL_IDENTITY`].
+    tls: bool,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     workloads: std::sync::Mutex<Vec<String>>,
 }
 
 impl LocalMesh {
     pub async fn start(name: &str) -> Self {
+        Self::start_with(name, false).await
+    }
+
+    /// As a cluster runs it: the proxies reach knit-control over TLS and check its identity.
+    pub async fn start_tls(name: &str) -> Self {
+        Self::start_with(name, true).await
+    }
+
+    async fn start_with(name: &str, tls: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("knit-discovery-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         let material = layout::init(&dir.join("identity"), &layout::Params::default()).unwrap();
-        let (control, shutdown) = Self::start_control(&dir).await;
-        Self { dir, manifests, control, tokens: material.token_key, shutdown: Some(shutdown), workloads: Default::default() }
+        let any = "127.0.0.1:0".parse().unwrap();
+        let (control, shutdown) = Self::start_control_at(&dir, tls, [any; 3]).await;
+        Self { dir, manifests, control, tokens: material.token_key, tls, shutdown: Some(shutdown), workloads: Default::default() }
     }
 
-    async fn start_control(dir: &std::path::Path) -> (knit_control::Addrs, tokio::sync::oneshot::Sender<()>) {
-        Self::start_control_at(dir, "127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).await
-    }
-
-    async fn start_control_at(dir: &std::path::Path, identity: SocketAddr, destination: SocketAddr, policy: SocketAddr) -> (knit_control::Addrs, tokio::sync::oneshot::Sender<()>) {
+    async fn start_control_at(dir: &std::path::Path, tls: bool, [identity, destination, policy]: [SocketAddr; 3]) -> (knit_control::Addrs, tokio::sync::oneshot::Sender<()>) {
         let mut config = knit_control::config::Config::local(knit_control::config::IdentityConfig::for_dir(dir.join("identity")));
+        config.serve_tls_identity = tls.then(|| CONTROL_IDENTITY.to_string());
         config.discovery.config_dir = Some(dir.join("manifests"));
         config.identity_addr = identity;
         config.destination_addr = destination;
@@ -134,7 +146,7 @@ impl LocalMesh {
     pub async fn restart_control(&mut self, down_for: Duration) {
         let _ = self.shutdown.take().expect("running").send(());
         tokio::time::sleep(down_for).await;
-        let (control, shutdown) = Self::start_control_at(&self.dir, self.control.identity, self.control.destination, self.control.policy).await;
+        let (control, shutdown) = Self::start_control_at(&self.dir, self.tls, [self.control.identity, self.control.destination, self.control.policy]).await;
         assert_eq!(control.destination, self.control.destination);
         self.shutdown = Some(shutdown);
     }
@@ -157,28 +169,40 @@ impl LocalMesh {
         text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
     }
 
+    /// A ServiceAccount token for `identity`, written for `workload`.
+    pub fn token_file(&self, workload: &str, identity: &str) -> PathBuf {
+        let expires_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + 3600;
+        let token_file = self.dir.join(format!("{workload}.token"));
+        std::fs::write(&token_file, self.tokens.sign(&Claims { identity: identity.into(), expires_at })).unwrap();
+        token_file
+    }
+
+    pub fn trust_anchors_file(&self) -> PathBuf {
+        self.dir.join("identity").join(layout::TRUST_ANCHORS)
+    }
+
     /// A proxy certified as `service_account` that discovers from knit-control as workload
     /// `workload`; `app` is the application behind its inbound side.
     pub async fn proxy(&self, workload: &str, service_account: &str, app: Option<SocketAddr>) -> TestProxy {
+        let tls_name = self.tls.then(|| CONTROL_IDENTITY.to_string());
+        let control = |addr: SocketAddr| knit_proxy::config::ControlAddr { addr: addr.to_string(), tls_name: tls_name.clone() };
         let name = identity(service_account);
-        let expires_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + 3600;
-        let token_file = self.dir.join(format!("{workload}.token"));
-        std::fs::write(&token_file, self.tokens.sign(&Claims { identity: name.clone(), expires_at })).unwrap();
+        let token_file = self.token_file(workload, &name);
         let id = knit_proxy::identity::IdentityConfig {
             local_name: name,
-            trust_anchors: knit_proxy::identity::TrustAnchors::File(self.dir.join("identity").join(layout::TRUST_ANCHORS)),
+            trust_anchors: knit_proxy::identity::TrustAnchors::File(self.trust_anchors_file()),
             token_file,
-            svc_addr: self.control.identity.into(),
+            svc_addr: control(self.control.identity),
             min_refresh: Duration::from_secs(10),
             max_refresh: Duration::from_secs(86_400),
         };
-        let (dst, pol) = (self.control.destination, self.control.policy);
+        let (dst, pol) = (control(self.control.destination), control(self.control.policy));
         let workload_json = format!(r#"{{"ns":"{NS}","external_workload":"{workload}"}}"#);
         let proxy = TestProxy::start(move |c| {
             c.identity = Some(id);
             c.inbound.target_addr = app;
-            c.discovery.destination_addr = Some(dst.into());
-            c.discovery.policy_addr = Some(pol.into());
+            c.discovery.destination_addr = Some(dst);
+            c.discovery.policy_addr = Some(pol);
             c.discovery.workload = workload_json;
             c.discovery.inbound_ports = app.map(|a| a.port()).into_iter().collect();
             // Every workload shares 127.0.0.1 here: loopback must not pass every policy.

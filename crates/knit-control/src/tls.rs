@@ -1,0 +1,146 @@
+//! TLS on the control plane's gRPC ports (identity 8080, destination 8086, policy 8090), for a
+//! cluster, where proxies reach them across the pod network with ServiceAccount tokens in hand.
+//!
+//! The control plane certifies itself: its own CA signs a leaf for its identity
+//! (`knit-control.NS.serviceaccount.identity.NS.DOMAIN`), renewed at half its lifetime, so proxies
+//! check it against the trust anchors they already have and the name they are given
+//! (`KNIT_PROXY_*_SVC_NAME`), as Linkerd's proxies check its control plane. In local mode the
+//! ports stay plaintext on loopback.
+
+use crate::identity::Service;
+use futures_util::Stream;
+use rustls::{
+    crypto::aws_lc_rs,
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use std::{
+    pin::Pin,
+    sync::{Arc, RwLock},
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// The control plane's current serving certificate.
+#[derive(Debug)]
+pub struct Resolver(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// A leaf for `name` from the control plane's own CA, and when to renew it.
+fn issue(service: &Service, name: &str) -> anyhow::Result<(Arc<CertifiedKey>, Duration)> {
+    let local = knit_identity::csr::generate(name)?;
+    let issued = service.ca().certify(name, &local.csr_der).map_err(|e| anyhow::anyhow!("certifying the control plane as {name}: {e}"))?;
+    let mut chain = vec![CertificateDer::from(issued.leaf_der)];
+    chain.extend(issued.intermediates.into_iter().map(CertificateDer::from));
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(local.key.serialize_der()));
+    let signing = aws_lc_rs::sign::any_supported_type(&key).map_err(|e| anyhow::anyhow!("the control plane's key: {e}"))?;
+    let left = (issued.valid_until - time::OffsetDateTime::now_utc()).try_into().unwrap_or(Duration::from_secs(60));
+    Ok((Arc::new(CertifiedKey::new(chain, signing)), left / 2))
+}
+
+/// The serving configuration (h2 only: every port is gRPC) and the task that keeps its
+/// certificate fresh.
+pub fn serve_config(service: Arc<Service>, name: String) -> anyhow::Result<(Arc<rustls::ServerConfig>, impl std::future::Future<Output = ()>)> {
+    let (first, mut renew_in) = issue(&service, &name)?;
+    let resolver = Arc::new(Resolver(RwLock::new(first)));
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| anyhow::anyhow!("control-plane TLS: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let renew = async move {
+        loop {
+            tokio::time::sleep(renew_in).await;
+            renew_in = match issue(&service, &name) {
+                Ok((key, next)) => {
+                    *resolver.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+                    tracing::info!(identity = %name, "control-plane certificate renewed");
+                    next
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the control plane's certificate; retrying in 1 minute");
+                    Duration::from_secs(60)
+                }
+            };
+        }
+    };
+    Ok((Arc::new(config), renew))
+}
+
+/// A TLS connection as tonic's server takes it.
+pub struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
+
+impl Connected for TlsConn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.0.get_ref().0.connect_info()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Accepted connections after their handshake. Handshakes run in their own tasks, so a client
+/// that stalls in one holds up nobody; a failed one is logged and dropped.
+pub fn incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> impl Stream<Item = Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            // Ends, closing the listener, once the server stops taking connections.
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = tx.closed() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, most likely: pause rather than spin.
+                    tracing::warn!(error = %e, "control-plane accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(TlsConn(tls))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "control-plane TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "control-plane TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+}

@@ -1,0 +1,100 @@
+//! Connections to the control plane (identity, destination, policy): plaintext h2c when it is on
+//! loopback (local mode), TLS 1.3 when it is across a network (Kubernetes), with its certificate
+//! checked against the mesh's trust anchors and the identity it must present
+//! (`KNIT_PROXY_*_SVC_NAME`, as Linkerd's `LINKERD2_PROXY_*_SVC_NAME`).
+
+use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, task::{Context, Poll}, time::Duration};
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// A control-plane service: `IP:PORT` or `DNS-NAME:PORT` (resolved again on every connection, so
+/// that the control plane's pods may change), and the identity it proves with TLS, if any.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ControlAddr {
+    pub addr: String,
+    pub tls_name: Option<String>,
+}
+
+impl From<SocketAddr> for ControlAddr {
+    fn from(a: SocketAddr) -> Self {
+        Self { addr: a.to_string(), tls_name: None }
+    }
+}
+
+impl std::fmt::Display for ControlAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tls_name {
+            Some(name) => write!(f, "{} (TLS, {name})", self.addr),
+            None => f.write_str(&self.addr),
+        }
+    }
+}
+
+/// Client TLS for the control plane: TLS 1.3, h2, the trust anchors as roots, no client certificate.
+pub fn client_config(roots: RootCertStore) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("aws-lc-rs supports TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("{0}: the control plane's TLS name needs the trust anchors (KNIT_PROXY_IDENTITY_TRUST_ANCHORS[_FILE])")]
+    NoAnchors(String),
+    #[error("{0}: {1:?} is not a TLS server name")]
+    BadName(String, String),
+}
+
+/// A lazily connecting channel: it dials on first use and again after the connection is lost.
+pub fn channel(addr: &ControlAddr, tls: Option<&Arc<ClientConfig>>) -> Result<Channel, ChannelError> {
+    let endpoint = Endpoint::from_shared(format!("http://{}", addr.addr))
+        .expect("an http URI built from a validated HOST:PORT is valid")
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(3));
+    let Some(name) = &addr.tls_name else { return Ok(endpoint.connect_lazy()) };
+    let config = tls.ok_or_else(|| ChannelError::NoAnchors(addr.addr.clone()))?.clone();
+    let server_name = ServerName::try_from(name.clone()).map_err(|_| ChannelError::BadName(addr.addr.clone(), name.clone()))?;
+    Ok(endpoint.connect_with_connector_lazy(TlsConnect { config, name: server_name, addr: addr.addr.clone() }))
+}
+
+/// Dials the control plane and completes the TLS handshake, for tonic's channel.
+#[derive(Clone)]
+struct TlsConnect {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    addr: String,
+}
+
+type Io = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl tower_service::Service<http::Uri> for TlsConnect {
+    type Response = Io;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Io, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to the control plane at {}", this.addr));
+            let tcp = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(this.addr.as_str())).await.map_err(|_| timed_out())??;
+            tcp.set_nodelay(true)?;
+            let handshake = tokio_rustls::TlsConnector::from(this.config.clone()).connect(this.name.clone(), tcp);
+            let tls = tokio::time::timeout(Duration::from_secs(10), handshake).await.map_err(|_| timed_out())?.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("TLS to the control plane at {} (expected identity {}): {e}", this.addr, this.name.to_str()))
+            })?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
