@@ -2,14 +2,14 @@
 # Knit's test command: installs what the tests need (only what is missing), then runs every test.
 #   scripts/test.sh
 # Debian packages: curl, nghttp2-client (nghttp, h2load), redis-server, redis-tools, iptables,
-# iproute2, util-linux (setpriv), unzip; Python: grpcio, grpcio-tools, kubernetes-validate, jsonschema;
+# iproute2, util-linux (setpriv), unzip, prometheus (prometheus, promtool); Python: grpcio, grpcio-tools, kubernetes-validate, jsonschema;
 # helm (scripts/install-tools.sh, into target/tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 for pair in curl:curl nghttp:nghttp2-client h2load:nghttp2-client redis-server:redis-server redis-cli:redis-tools \
-            iptables:iptables ip:iproute2 setpriv:util-linux; do
+            iptables:iptables ip:iproute2 setpriv:util-linux prometheus:prometheus promtool:prometheus; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then

@@ -33,6 +33,8 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     #[command(flatten)]
     pub webhook: WebhookConfig,
+    #[command(flatten)]
+    pub viz: VizConfig,
     /// Log filter (tracing env-filter syntax).
     #[arg(long, env = "KNIT_CONTROL_LOG", default_value = "warn,knit_control=info")]
     pub log: String,
@@ -61,6 +63,7 @@ impl Config {
                 default_inbound_policy: "all-unauthenticated".into(),
             },
             webhook: WebhookConfig { webhook_addr: any, webhook_tls_cert: None, webhook_tls_key: None, inject_values: None },
+            viz: VizConfig { viz_addr: any, viz_scrape_interval: Duration::from_secs(10), viz_retention: Duration::from_secs(120), prometheus_url: None },
             log: "warn,knit_control=info".into(),
         }
     }
@@ -128,6 +131,22 @@ pub struct WebhookConfig {
     /// The injector's values (YAML, as `knit install` renders into the knit-config ConfigMap).
     #[arg(long, env = "KNIT_CONTROL_INJECT_VALUES")]
     pub inject_values: Option<PathBuf>,
+}
+
+/// The viz API (golden metrics for `knit viz` and the dashboard).
+#[derive(Clone, Debug, clap::Args)]
+pub struct VizConfig {
+    #[arg(long, env = "KNIT_CONTROL_VIZ_ADDR", default_value = "0.0.0.0:8084")]
+    pub viz_addr: SocketAddr,
+    /// How often the built-in store scrapes each proxy.
+    #[arg(long, env = "KNIT_CONTROL_VIZ_SCRAPE_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub viz_scrape_interval: Duration,
+    /// How much history the built-in store keeps: the longest window a query may ask for.
+    #[arg(long, env = "KNIT_CONTROL_VIZ_RETENTION", default_value = "2m", value_parser = duration)]
+    pub viz_retention: Duration,
+    /// Answer viz queries from this Prometheus (http://HOST:PORT) instead of scraping.
+    #[arg(long, env = "KNIT_CONTROL_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
 }
 
 #[derive(Clone, Debug, clap::Args)]

@@ -22,6 +22,7 @@ pub mod inject;
 pub mod local;
 pub mod resources;
 pub mod tls;
+pub mod viz;
 pub mod webhook;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
@@ -33,6 +34,8 @@ pub struct Control {
     destination: TcpListener,
     policy: TcpListener,
     admin: TcpListener,
+    viz: TcpListener,
+    viz_api: viz::Viz,
     service: Arc<identity::Service>,
     index: Arc<index::Index>,
     local: Option<local::LocalSource>,
@@ -78,6 +81,7 @@ pub struct Addrs {
     pub destination: SocketAddr,
     pub policy: SocketAddr,
     pub admin: SocketAddr,
+    pub viz: SocketAddr,
     /// Only when the webhook has a serving certificate.
     pub webhook: Option<SocketAddr>,
 }
@@ -128,6 +132,8 @@ impl Control {
             destination: bind("destination", config.destination_addr).await?,
             policy: bind("policy", config.policy_addr).await?,
             admin: bind("admin", config.admin_addr).await?,
+            viz: bind("viz", config.viz.viz_addr).await?,
+            viz_api: viz::Viz::new(&config.viz)?,
             webhook: Webhook::bind(&config).await?,
             kubernetes,
             service,
@@ -143,6 +149,7 @@ impl Control {
             destination: self.destination.local_addr().expect("bound"),
             policy: self.policy.local_addr().expect("bound"),
             admin: self.admin.local_addr().expect("bound"),
+            viz: self.viz.local_addr().expect("bound"),
             webhook: self.webhook.as_ref().map(|w| w.listener.local_addr().expect("bound")),
         }
     }
@@ -169,6 +176,9 @@ impl Control {
         if let Some((client, status)) = self.kubernetes {
             tasks.push(tokio::spawn(k8s::run(client, self.index.clone(), status)));
         }
+        let scrape = matches!(self.viz_api.source, viz::query::Source::Store(_));
+        tasks.push(tokio::spawn(viz::store::run(self.viz_api.store.clone(), self.index.clone(), self.config.viz.viz_scrape_interval, scrape)));
+        tasks.push(tokio::spawn(viz::serve(self.viz, self.viz_api)));
         if let Some(renewal) = self.tls_renewal {
             tasks.push(tokio::spawn(renewal));
         }

@@ -10,7 +10,7 @@
 
 mod apps;
 
-use crate::prom;
+
 use anyhow::Context as _;
 use apps::App;
 use bytes::Bytes;
@@ -56,16 +56,18 @@ const SPLIT_MANIFEST: &str = include_str!("demo/books-split.yaml");
 /// One workload of the demo: its process, its labels and service account.
 struct Spec {
     name: &'static str,
+    /// What a cluster would call its Deployment (`linkerd.io/proxy-deployment`).
+    deployment: &'static str,
     service_account: &'static str,
     labels: &'static [(&'static str, &'static str)],
 }
 
-const WEB: Spec = Spec { name: "web", service_account: "web", labels: &[("app", "web")] };
+const WEB: Spec = Spec { name: "web", deployment: "web", service_account: "web", labels: &[("app", "web")] };
 const BACKENDS: [(Spec, App); 4] = [
-    (Spec { name: "books-v1", service_account: "books", labels: &[("app", "books"), ("version", "v1")] }, App::Books { min_ms: 5, max_ms: 15, fail_per_mille: 0 }),
-    (Spec { name: "books-v2", service_account: "books", labels: &[("app", "books"), ("version", "v2")] }, App::Books { min_ms: 30, max_ms: 60, fail_per_mille: 50 }),
-    (Spec { name: "authors-1", service_account: "authors", labels: &[("app", "authors")] }, App::Authors { limited_per_mille: 300 }),
-    (Spec { name: "authors-2", service_account: "authors", labels: &[("app", "authors")] }, App::Authors { limited_per_mille: 0 }),
+    (Spec { name: "books-v1", deployment: "books-v1", service_account: "books", labels: &[("app", "books"), ("version", "v1")] }, App::Books { min_ms: 5, max_ms: 15, fail_per_mille: 0 }),
+    (Spec { name: "books-v2", deployment: "books-v2", service_account: "books", labels: &[("app", "books"), ("version", "v2")] }, App::Books { min_ms: 30, max_ms: 60, fail_per_mille: 50 }),
+    (Spec { name: "authors-1", deployment: "authors", service_account: "authors", labels: &[("app", "authors")] }, App::Authors { limited_per_mille: 300 }),
+    (Spec { name: "authors-2", deployment: "authors", service_account: "authors", labels: &[("app", "authors")] }, App::Authors { limited_per_mille: 0 }),
 ];
 
 pub fn main(args: Args) -> anyhow::Result<()> {
@@ -107,7 +109,14 @@ impl Mesh {
         let material = layout::init(&secrets.join("identity"), &params).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut config = knit_control::config::Config::local(knit_control::config::IdentityConfig::for_dir(secrets.join("identity")));
         config.discovery.config_dir = Some(manifests.clone());
-        let control = knit_control::Control::bind(config).await?;
+        // `knit viz` finds the viz API at its default address, unless another mesh has it.
+        config.viz.viz_scrape_interval = Duration::from_secs(2);
+        let mut preferred = config.clone();
+        preferred.viz.viz_addr = SocketAddr::from(([127, 0, 0, 1], crate::viz::DEFAULT_PORT));
+        let control = match knit_control::Control::bind(preferred).await {
+            Ok(c) => c,
+            Err(_) => knit_control::Control::bind(config).await?,
+        };
         let mesh = Self { secrets, manifests, keep_manifests, control: control.addrs(), tokens: material.token_key };
         Ok((mesh, control))
     }
@@ -147,13 +156,14 @@ impl Mesh {
 
     /// The ExternalWorkloads: where each demo process and its proxy listen. Written once the
     /// proxies are bound, because their ports are only known then.
-    fn write_workloads(&self, placed: &[(&Spec, SocketAddr, u16)]) -> anyhow::Result<()> {
+    fn write_workloads(&self, placed: &[(&Spec, SocketAddr, knit_proxy::Addrs)]) -> anyhow::Result<()> {
         let mut out = String::from("# Written by `knit demo` at start-up: where each workload and its proxy listen.\n");
-        for (spec, app, inbound) in placed {
+        for (spec, app, proxy) in placed {
             let id = Self::identity_name(spec.service_account);
             let labels: String = spec.labels.iter().map(|(k, v)| format!("    {k}: {v}\n")).collect();
+            let (inbound, admin, deployment) = (proxy.inbound.port(), proxy.admin.port(), spec.deployment);
             out.push_str(&format!(
-                "---\napiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n  labels:\n{labels}  annotations:\n    knit.dev/proxy-inbound-port: \"{inbound}\"\nspec:\n  meshTLS:\n    identity: {id}\n    serverName: {id}\n  workloadIPs:\n    - ip: {ip}\n  ports:\n    - name: http\n      port: {port}\n",
+                "---\napiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n  labels:\n{labels}    linkerd.io/proxy-deployment: {deployment}\n  annotations:\n    knit.dev/proxy-inbound-port: \"{inbound}\"\n    knit.dev/proxy-admin-port: \"{admin}\"\nspec:\n  meshTLS:\n    identity: {id}\n    serverName: {id}\n  workloadIPs:\n    - ip: {ip}\n  ports:\n    - name: http\n      port: {port}\n",
                 name = spec.name,
                 ip = app.ip(),
                 port = app.port(),
@@ -188,12 +198,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let web_app = web_listener.local_addr()?;
     let web_proxy = Proxy::bind(mesh.proxy_config(&WEB, web_app)?, None).await.context("starting web's proxy")?;
     let web_addrs = web_proxy.addrs();
-    let mut placed = vec![(&WEB, web_app, web_addrs.inbound.port())];
+    let mut placed = vec![(&WEB, web_app, web_addrs.clone())];
     let mut proxies = vec![(WEB.name, web_proxy)];
     for (spec, app) in &BACKENDS {
         let addr = apps::serve_app(*app).await?;
         let proxy = Proxy::bind(mesh.proxy_config(spec, addr)?, None).await.with_context(|| format!("starting {}'s proxy", spec.name))?;
-        placed.push((spec, addr, proxy.addrs().inbound.port()));
+        placed.push((spec, addr, proxy.addrs()));
         proxies.push((spec.name, proxy));
     }
     tokio::spawn(apps::accept_app(web_listener, App::Web { outbound: web_addrs.outbound }));
@@ -211,7 +221,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     warm_up(web_addrs.inbound).await?;
     let sent = std::sync::Arc::new(AtomicU64::new(0));
     tokio::spawn(generate(web_addrs.inbound, args.rps, sent.clone(), stop_rx.clone()));
-    print_intro(&web_addrs, &mesh.manifests, args.duration);
+    print_intro(&web_addrs, mesh.control.viz, &mesh.manifests, args.duration);
 
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut previous: Vec<Snapshot> = workloads.iter().map(|w| Snapshot::read(&w.metrics)).collect();
@@ -274,7 +284,7 @@ async fn warm_up(web: SocketAddr) -> anyhow::Result<()> {
     anyhow::bail!("the demo did not come up within 20s: the last request to web answered {last}")
 }
 
-fn print_intro(web: &knit_proxy::Addrs, manifests: &Path, duration: Option<Duration>) {
+fn print_intro(web: &knit_proxy::Addrs, viz: SocketAddr, manifests: &Path, duration: Option<Duration>) {
     println!("Knit demo: web calls books (split 90% v1 / 10% v2) and authors (two replicas), each workload behind");
     println!("its own knit-proxy, with knit-control serving identity, discovery and policy from a manifest directory.");
     println!("  - traffic enters web's proxy at http://{}; web calls books and authors through its outbound", web.inbound);
@@ -287,6 +297,8 @@ fn print_intro(web: &knit_proxy::Addrs, manifests: &Path, duration: Option<Durat
     println!("  - change the split: edit the weights in {} and save;", manifests.join("books-split.yaml").display());
     println!("    within a second the RPS of books-v1 and books-v2 follows. All manifests: {}", manifests.display());
     println!("  - try: curl -s http://{}/ ; metrics of web's proxy: curl -s http://{}/metrics", web.inbound, web.admin);
+    let flag = if viz.port() == crate::viz::DEFAULT_PORT { String::new() } else { format!(" --viz-addr {viz}") };
+    println!("  - in another terminal: knit viz stat deploy -n {NAMESPACE}{flag}   (or --to deploy/books-v1, -o wide)");
     match duration {
         Some(d) => println!("  running for {d:?}; Ctrl-C stops earlier.\n"),
         None => println!("  Ctrl-C stops everything.\n"),
@@ -306,7 +318,7 @@ struct Snapshot {
 impl Snapshot {
     fn read(metrics: &Metrics) -> Self {
         let mut s = Snapshot::default();
-        for sample in prom::parse(&metrics.encode()) {
+        for sample in knit_control::viz::prom::parse(&metrics.encode()) {
             if sample.labels.get("direction").map(String::as_str) != Some("inbound") {
                 continue;
             }
@@ -350,7 +362,7 @@ fn print_table(workloads: &[Workload], before: &[Snapshot], now: &[Snapshot], el
                 (le, count - b.buckets.get(&(if le.is_finite() { le as u64 } else { u64::MAX })).copied().unwrap_or(0.0))
             })
             .collect();
-        let q = |q| prom::quantile(q, &buckets).map_or("-".to_string(), |v| format!("{v:.1}"));
+        let q = |q| knit_control::viz::prom::quantile(q, &buckets).map_or("-".to_string(), |v| format!("{v:.1}"));
         let rate = if total > 0.0 { format!("{:.2}%", 100.0 * ok / total) } else { "-".into() };
         let mtls = if total > 0.0 { format!("{:.0}", 100.0 * (n.mtls - b.mtls) / total) } else { "-".into() };
         println!("{:<10} {:>8} {:>8.1} {:>9} {:>9} {:>9} {:>6}", w.name, rate, total / secs, q(0.5), q(0.95), q(0.99), mtls);

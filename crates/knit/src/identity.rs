@@ -207,7 +207,7 @@ fn proxy_cert(admin: std::net::SocketAddr) -> Result<String, String> {
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: knit-check\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
     let mut body = String::new();
     s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-    let expiry = crate::prom::parse(&body)
+    let expiry = knit_control::viz::prom::parse(&body)
         .into_iter()
         .find(|s| s.name == "identity_cert_expiration_timestamp_seconds")
         .map(|s| s.value as i64)

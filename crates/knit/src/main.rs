@@ -5,7 +5,7 @@ mod demo;
 mod identity;
 mod inject;
 mod install;
-mod prom;
+mod viz;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -36,6 +36,9 @@ enum Command {
     Inject(inject::InjectArgs),
     /// Remove what `knit inject` (or the injector) added.
     Uninject(inject::UninjectArgs),
+    /// Golden metrics of the mesh: `knit viz stat deploy -n demo`.
+    #[command(subcommand)]
+    Viz(viz::Command),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Uninstall(args) => install::uninstall(args),
         Command::Inject(args) => inject::inject(args),
         Command::Uninject(args) => inject::uninject_cmd(args),
+        Command::Viz(cmd) => viz::main(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

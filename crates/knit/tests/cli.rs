@@ -345,6 +345,9 @@ fn check_reads_a_cluster_and_says_how_to_fix_what_is_wrong() {
     assert!(!ok && out.contains("× Kubernetes API") && out.contains("fix:"), "{out}");
 }
 
+#[path = "cli/viz.rs"]
+mod viz;
+
 /// The Helm chart (charts/knit) against `knit install`: the same objects, field for field. In a
 /// module, so its helpers keep short names beside the rest of this file.
 mod chart {

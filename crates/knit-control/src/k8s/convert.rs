@@ -98,6 +98,10 @@ pub fn pod(pod: &Pod, cfg: &IndexConfig) -> Option<ExternalWorkload> {
     if let Some(port) = proxy.and_then(|c| c.ports.iter().flatten().find(|p| PROXY_CONTAINERS.contains(&p.name.as_deref().unwrap_or("")))) {
         annotations.insert(INBOUND_PORT_ANNOTATION.to_string(), port.container_port.to_string());
     }
+    // Its admin port is where viz scrapes its metrics.
+    if let Some(port) = proxy.and_then(|c| c.ports.iter().flatten().find(|p| matches!(p.name.as_deref(), Some("knit-admin" | "linkerd-admin")))) {
+        annotations.insert(crate::viz::store::ADMIN_PORT_ANNOTATION.to_string(), port.container_port.to_string());
+    }
     let mesh_tls = proxy.is_some().then(|| {
         let identity = cfg.identity(spec.service_account_name.as_deref().unwrap_or("default"), &ns);
         MeshTls { server_name: Some(identity.clone()), identity }

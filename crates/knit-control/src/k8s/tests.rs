@@ -218,7 +218,9 @@ fn pods_that_cannot_take_traffic_are_not_workloads() {
     let w = convert::pod(&pod(1), &cfg).expect("a ready pod");
     let ports: Vec<_> = w.spec.ports.iter().map(|p| (p.name.as_deref().unwrap_or(""), p.port)).collect();
     assert_eq!(ports, [("http", 7000), ("knit-proxy", 4143), ("knit-admin", 4191)], "TCP ports of containers and native sidecars");
-    assert_eq!(w.spec.mesh_tls.map(|m| m.identity).as_deref(), Some(ID));
+    assert_eq!(w.spec.mesh_tls.clone().map(|m| m.identity).as_deref(), Some(ID));
+    let target = crate::viz::store::Target::of(&w).expect("viz scrapes the proxy's admin port");
+    assert_eq!((target.admin.port(), target.namespace.as_str()), (4191, w.metadata.namespace.as_str()));
     let changes: [fn(&mut Pod); 4] = [
         |p| p.spec.as_mut().unwrap().host_network = Some(true),
         |p| p.status.as_mut().unwrap().phase = Some("Succeeded".into()),

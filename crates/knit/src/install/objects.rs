@@ -116,6 +116,7 @@ fn deployment(o: &Options) -> Value {
             "ports": [
                 {"name": "identity", "containerPort": 8080}, {"name": "destination", "containerPort": 8086},
                 {"name": "policy", "containerPort": 8090}, {"name": "webhook", "containerPort": 9443}, {"name": "admin", "containerPort": 9990},
+                {"name": "viz", "containerPort": 8084},
             ],
             "livenessProbe": probe("/live"),
             "readinessProbe": probe("/ready"),

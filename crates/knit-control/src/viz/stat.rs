@@ -1,0 +1,189 @@
+//! `stat`: golden metrics per resource (namespace, deployment or pod), as `linkerd viz stat`.
+//!
+//! A plain stat reads the resources' own proxies, inbound. `--to R` reads the selected
+//! resources' outbound traffic to R; `--from R` reads R's outbound traffic, one row per
+//! destination (LINKERD-WIRE.md §5.4).
+
+use super::query::{Grouped, QueryError, Source};
+use std::{collections::BTreeMap, time::Duration};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Namespace,
+    Deployment,
+    Pod,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "ns" | "namespace" | "namespaces" => Ok(Kind::Namespace),
+            "deploy" | "deployment" | "deployments" => Ok(Kind::Deployment),
+            "po" | "pod" | "pods" => Ok(Kind::Pod),
+            other => Err(format!("unknown resource kind {other:?}: expected namespace (ns), deployment (deploy) or pod (po)")),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespace",
+            Kind::Deployment => "deployment",
+            Kind::Pod => "pod",
+        }
+    }
+}
+
+/// `KIND/NAME`, as `--to` and `--from` take it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resource {
+    pub kind: Kind,
+    pub name: String,
+}
+
+impl std::str::FromStr for Resource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, name) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected KIND/NAME, e.g. deploy/web"))?;
+        if name.is_empty() {
+            return Err(format!("{s:?}: the name is empty"));
+        }
+        Ok(Self { kind: Kind::parse(kind)?, name: name.to_string() })
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Query {
+    pub kind: Kind,
+    /// Only this namespace (of the rows' resources); all when `None`.
+    pub namespace: Option<String>,
+    pub window: Duration,
+    pub to: Option<Resource>,
+    pub from: Option<Resource>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Row {
+    pub namespace: String,
+    pub name: String,
+    /// Responses in the window.
+    pub requests: f64,
+    pub success_rate: Option<f64>,
+    pub rps: f64,
+    pub latency_ms_p50: Option<f64>,
+    pub latency_ms_p95: Option<f64>,
+    pub latency_ms_p99: Option<f64>,
+    /// Of the responses, the share that crossed mutual TLS.
+    pub mtls_rate: Option<f64>,
+    pub tcp_connections: f64,
+    pub read_bytes_per_sec: f64,
+    pub write_bytes_per_sec: f64,
+}
+
+/// The rows of `q`, sorted by namespace and name. `known`: resources to list even without
+/// traffic (the store's targets).
+pub async fn stat(source: &Source, q: &Query, known: &[(String, String)]) -> Result<Vec<Row>, QueryError> {
+    if q.to.is_some() && q.from.is_some() {
+        return Err(QueryError::Invalid("--to and --from together are not supported; use one".into()));
+    }
+    let kind = q.kind.label();
+    let (ns_label, name_label) = match &q.from {
+        Some(_) => ("dst_namespace".to_string(), format!("dst_{kind}")),
+        None => ("namespace".to_string(), kind.to_string()),
+    };
+    let mut matchers: Vec<(String, String)> = vec![("direction".into(), if q.to.is_some() || q.from.is_some() { "outbound" } else { "inbound" }.into())];
+    if let Some(ns) = &q.namespace {
+        matchers.push((ns_label.clone(), ns.clone()));
+    }
+    if let Some(to) = &q.to {
+        matchers.push((format!("dst_{}", to.kind.label()), to.name.clone()));
+    }
+    if let Some(from) = &q.from {
+        matchers.push((from.kind.label().into(), from.name.clone()));
+    }
+    let m: Vec<(&str, &str)> = matchers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // A namespace row is grouped by its namespace only.
+    let by: Vec<&str> = if q.kind == Kind::Namespace { vec![ns_label.as_str()] } else { vec![ns_label.as_str(), name_label.as_str()] };
+    let key = |g: &[String]| -> (String, String) { (g[0].clone(), g.last().cloned().unwrap_or_default()) };
+
+    let mut by_class = by.clone();
+    by_class.push("classification");
+    let mut by_tls = by.clone();
+    by_tls.push("tls");
+    let responses = source.increase("response_total", &m, &by_class, q.window).await?;
+    let tls = source.increase("response_total", &m, &by_tls, q.window).await?;
+    let quantiles = [
+        source.quantile(0.5, "response_latency_ms", &m, &by, q.window).await?,
+        source.quantile(0.95, "response_latency_ms", &m, &by, q.window).await?,
+        source.quantile(0.99, "response_latency_ms", &m, &by, q.window).await?,
+    ];
+    // TCP: the accepted side for a plain stat, the opened side toward destinations otherwise.
+    let peer = if q.to.is_some() || q.from.is_some() { "dst" } else { "src" };
+    let mut tcp_m = m.clone();
+    tcp_m.push(("peer", peer));
+    let conns = source.gauge("tcp_open_connections", &tcp_m, &by).await?;
+    let read = source.increase("tcp_read_bytes_total", &tcp_m, &by, q.window).await?;
+    let write = source.increase("tcp_write_bytes_total", &tcp_m, &by, q.window).await?;
+
+    let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
+    let empty = |(namespace, name): (String, String)| Row {
+        namespace,
+        name,
+        requests: 0.0,
+        success_rate: None,
+        rps: 0.0,
+        latency_ms_p50: None,
+        latency_ms_p95: None,
+        latency_ms_p99: None,
+        mtls_rate: None,
+        tcp_connections: 0.0,
+        read_bytes_per_sec: 0.0,
+        write_bytes_per_sec: 0.0,
+    };
+    if q.to.is_none() && q.from.is_none() {
+        for (ns, name) in known {
+            if q.namespace.as_ref().is_none_or(|n| n == ns) {
+                let k = if q.kind == Kind::Namespace { (ns.clone(), ns.clone()) } else { (ns.clone(), name.clone()) };
+                rows.entry(k.clone()).or_insert_with(|| empty(k));
+            }
+        }
+    }
+    let secs = q.window.as_secs_f64().max(1e-3);
+    let mut success: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for (g, n) in &responses {
+        let k = key(&g[..g.len() - 1]);
+        let row = rows.entry(k.clone()).or_insert_with(|| empty(k.clone()));
+        row.requests += n;
+        if g.last().map(String::as_str) == Some("success") {
+            *success.entry(k).or_default() += n;
+        }
+    }
+    let mut mtls: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for (g, n) in &tls {
+        if g.last().map(String::as_str) == Some("true") {
+            *mtls.entry(key(&g[..g.len() - 1])).or_default() += n;
+        }
+    }
+    let each = |grouped: &Grouped, rows: &mut BTreeMap<(String, String), Row>, set: &dyn Fn(&mut Row, f64)| {
+        for (g, v) in grouped {
+            let k = key(g);
+            set(rows.entry(k.clone()).or_insert_with(|| empty(k)), *v);
+        }
+    };
+    each(&quantiles[0], &mut rows, &|r, v| r.latency_ms_p50 = Some(v));
+    each(&quantiles[1], &mut rows, &|r, v| r.latency_ms_p95 = Some(v));
+    each(&quantiles[2], &mut rows, &|r, v| r.latency_ms_p99 = Some(v));
+    each(&conns, &mut rows, &|r, v| r.tcp_connections = v);
+    each(&read, &mut rows, &|r, v| r.read_bytes_per_sec = v / secs);
+    each(&write, &mut rows, &|r, v| r.write_bytes_per_sec = v / secs);
+    for (k, row) in rows.iter_mut() {
+        row.rps = row.requests / secs;
+        if row.requests > 0.0 {
+            row.success_rate = Some(success.get(k).copied().unwrap_or(0.0) / row.requests);
+            row.mtls_rate = Some(mtls.get(k).copied().unwrap_or(0.0) / row.requests);
+        }
+    }
+    // Series of resources nobody names (no dst_* label: an address outside the mesh).
+    rows.retain(|(_, name), _| !name.is_empty());
+    Ok(rows.into_values().collect())
+}

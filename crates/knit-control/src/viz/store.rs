@@ -1,0 +1,316 @@
+//! The built-in metrics store: knit-control scrapes every meshed workload's proxy and keeps a
+//! bounded window of the golden-metric series, labelled as Prometheus would label them after
+//! Linkerd's relabelling (`namespace`, `deployment`, `pod`), plus `dst_namespace`,
+//! `dst_deployment` and `dst_pod` on outbound series, found from the endpoint address.
+//!
+//! Memory: one entry per series (its labels, about 300 bytes) and one 16-byte sample per scrape
+//! within the retention. Series of a target that is gone, or that stopped appearing, are dropped
+//! once older than the retention.
+
+use super::prom;
+use crate::resources::ExternalWorkload;
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// The annotation naming the port of a workload's proxy admin server (metrics).
+pub const ADMIN_PORT_ANNOTATION: &str = "knit.dev/proxy-admin-port";
+/// The label Linkerd's injector gives a Deployment's pods.
+pub const DEPLOYMENT_LABEL: &str = "linkerd.io/proxy-deployment";
+
+/// The families a stat, an edge or a Grafana panel reads. Everything else is not stored.
+pub const FAMILIES: [&str; 5] = ["response_total", "response_latency_ms_bucket", "tcp_open_connections", "tcp_read_bytes_total", "tcp_write_bytes_total"];
+
+/// The proxy labels kept; the address labels are replaced by `dst_*` labels.
+const KEPT_LABELS: [&str; 10] = ["direction", "authority", "tls", "client_id", "server_id", "no_tls_reason", "classification", "status_code", "le", "peer"];
+
+pub type Labels = BTreeMap<String, String>;
+
+/// A proxy to scrape, and the labels its series get.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Target {
+    pub admin: SocketAddr,
+    pub namespace: String,
+    pub deployment: String,
+    pub pod: String,
+    /// Where the workload serves (its IPs and ports), to name the destination of outbound calls.
+    #[serde(skip)]
+    pub serves: Vec<SocketAddr>,
+}
+
+impl Target {
+    /// The workload's proxy, if it declares an admin port and has an IP.
+    pub fn of(w: &ExternalWorkload) -> Option<Self> {
+        let port: u16 = w.metadata.annotations.get(ADMIN_PORT_ANNOTATION)?.parse().ok()?;
+        let ip = w.spec.workload_ips.first()?.ip;
+        let serves = w.spec.workload_ips.iter().flat_map(|ip| w.spec.ports.iter().map(move |p| SocketAddr::new(ip.ip, p.port))).collect();
+        Some(Self {
+            admin: SocketAddr::new(ip, port),
+            namespace: w.metadata.namespace.clone(),
+            deployment: w.metadata.labels.get(DEPLOYMENT_LABEL).cloned().unwrap_or_else(|| w.metadata.name.clone()),
+            pod: w.metadata.name.clone(),
+            serves,
+        })
+    }
+
+    fn labels(&self) -> [(&'static str, &str); 3] {
+        [("namespace", &self.namespace), ("deployment", &self.deployment), ("pod", &self.pod)]
+    }
+}
+
+/// How a target's last scrape went.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Health {
+    pub up: bool,
+    pub error: Option<String>,
+    pub series: usize,
+}
+
+struct Series {
+    labels: Arc<Labels>,
+    samples: VecDeque<(Instant, f64)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    targets: Vec<Target>,
+    health: HashMap<SocketAddr, Health>,
+    /// Keyed by the target and the canonical `name{labels}`.
+    series: HashMap<(SocketAddr, String), Series>,
+    /// When each target was last scraped: a series new since then started from zero.
+    last_scrape: HashMap<SocketAddr, Instant>,
+}
+
+pub struct Store {
+    retention: Duration,
+    inner: Mutex<Inner>,
+}
+
+/// One series as a query sees it.
+pub struct View<'a> {
+    pub labels: &'a Labels,
+    samples: &'a VecDeque<(Instant, f64)>,
+}
+
+impl View<'_> {
+    /// The counter's increase over `window` ending at `now`, from the last sample at or before
+    /// the window's start (or the first sample) to the newest; a counter that went down was
+    /// reset and counts from zero. No extrapolation.
+    pub fn increase(&self, now: Instant, window: Duration) -> f64 {
+        let start = now.checked_sub(window).unwrap_or(now);
+        let from = self.samples.iter().rposition(|(t, _)| *t <= start).unwrap_or(0);
+        let mut prev = self.samples[from].1;
+        let mut total = 0.0;
+        for &(_, v) in self.samples.iter().skip(from + 1) {
+            total += if v >= prev { v - prev } else { v };
+            prev = v;
+        }
+        total
+    }
+
+    pub fn latest(&self) -> f64 {
+        self.samples.back().map_or(0.0, |s| s.1)
+    }
+}
+
+impl Store {
+    pub fn new(retention: Duration) -> Self {
+        Self { retention, inner: Mutex::new(Inner::default()) }
+    }
+
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_targets(&self, targets: Vec<Target>) {
+        let mut inner = self.lock();
+        inner.health.retain(|a, _| targets.iter().any(|t| t.admin == *a));
+        inner.targets = targets;
+    }
+
+    pub fn targets(&self) -> Vec<(Target, Health)> {
+        let inner = self.lock();
+        inner.targets.iter().map(|t| (t.clone(), inner.health.get(&t.admin).cloned().unwrap_or_default())).collect()
+    }
+
+    /// Records one scrape of `target` taken at `at`: its text, or why it failed.
+    pub fn record(&self, target: &Target, at: Instant, scraped: Result<String, String>) {
+        let mut inner = self.lock();
+        let text = match scraped {
+            Ok(text) => text,
+            Err(error) => {
+                inner.health.insert(target.admin, Health { up: false, error: Some(error), series: 0 });
+                return;
+            }
+        };
+        let previous = inner.last_scrape.insert(target.admin, at);
+        // `dst_*` labels of outbound series, by the endpoint address they name.
+        let by_addr: HashMap<SocketAddr, [(&'static str, String); 3]> = inner
+            .targets
+            .iter()
+            .flat_map(|t| t.serves.iter().map(move |a| (*a, [("dst_namespace", t.namespace.clone()), ("dst_deployment", t.deployment.clone()), ("dst_pod", t.pod.clone())])))
+            .collect();
+        // Series that differ only in labels not kept (`error`, the address labels) are summed.
+        let mut scraped: HashMap<String, (Labels, f64)> = HashMap::new();
+        for sample in prom::parse(&text) {
+            if !FAMILIES.contains(&sample.name.as_str()) {
+                continue;
+            }
+            let mut labels: Labels = sample.labels.iter().filter(|(k, _)| KEPT_LABELS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+            for (k, v) in target.labels() {
+                labels.insert(k.to_string(), v.to_string());
+            }
+            if sample.labels.get("direction").map(String::as_str) == Some("outbound") {
+                let dst = sample.labels.get("target_addr").and_then(|a| a.parse().ok()).and_then(|a| by_addr.get(&a));
+                for (k, v) in dst.into_iter().flatten() {
+                    labels.insert(k.to_string(), v.clone());
+                }
+            }
+            labels.insert("__name__".to_string(), sample.name);
+            scraped.entry(series_key(&labels)).or_insert_with(|| (labels, 0.0)).1 += sample.value;
+        }
+        let count = scraped.len();
+        for (key, (labels, value)) in scraped {
+            let series = inner.series.entry((target.admin, key)).or_insert_with(|| {
+                // New on a target seen before: it counted from zero since the last scrape.
+                let samples = previous.map(|p| (p, 0.0)).into_iter().collect();
+                Series { labels: Arc::new(labels), samples }
+            });
+            series.samples.push_back((at, value));
+        }
+        inner.health.insert(target.admin, Health { up: true, error: None, series: count });
+    }
+
+    /// Drops samples older than the retention (keeping one before it, the baseline of a full
+    /// window) and series with none left.
+    pub fn expire(&self, now: Instant) {
+        let horizon = now.checked_sub(self.retention).unwrap_or(now);
+        let mut inner = self.lock();
+        inner.series.retain(|_, s| {
+            while s.samples.len() > 1 && s.samples[1].0 <= horizon {
+                s.samples.pop_front();
+            }
+            s.samples.back().is_some_and(|(t, _)| *t > horizon)
+        });
+    }
+
+    /// Calls `f` with every series of `name` whose labels match every `matchers` pair.
+    pub fn each(&self, name: &str, matchers: &[(&str, &str)], mut f: impl FnMut(View<'_>)) {
+        let inner = self.lock();
+        for s in inner.series.values() {
+            if s.labels.get("__name__").map(String::as_str) == Some(name) && matchers.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)) {
+                f(View { labels: &s.labels, samples: &s.samples });
+            }
+        }
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.lock().series.len()
+    }
+}
+
+fn series_key(labels: &Labels) -> String {
+    let mut key = String::new();
+    for (k, v) in labels {
+        key.push_str(&format!("|{k}={v}"));
+    }
+    key
+}
+
+/// Follows the index's workloads as targets and, with `scrape`, scrapes each every `interval`
+/// (without it, Prometheus scrapes them and only the target list is kept).
+pub async fn run(store: Arc<Store>, index: Arc<crate::index::Index>, interval: Duration, scrape: bool) {
+    use http_body_util::{BodyExt, Empty};
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let targets: Vec<Target> = index.workloads_all().iter().filter_map(|w| Target::of(w)).collect();
+        store.set_targets(targets.clone());
+        if !scrape {
+            continue;
+        }
+        let scrapes = targets.into_iter().map(|t| {
+            let client = client.clone();
+            async move {
+                let uri = format!("http://{}/metrics", t.admin);
+                let req = http::Request::get(uri).body(Empty::new()).expect("a URI from a socket address is valid");
+                let result = match tokio::time::timeout(interval.min(Duration::from_secs(5)), client.request(req)).await {
+                    Err(_) => Err("timed out".to_string()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Ok(rsp)) if !rsp.status().is_success() => Err(format!("HTTP {}", rsp.status())),
+                    Ok(Ok(rsp)) => match rsp.into_body().collect().await {
+                        Ok(b) => Ok(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                };
+                (t, result)
+            }
+        });
+        for (target, result) in futures_util::future::join_all(scrapes).await {
+            if let Err(e) = &result {
+                tracing::debug!(target = %target.admin, pod = %target.pod, error = %e, "scrape failed");
+            }
+            store.record(&target, Instant::now(), result);
+        }
+        store.expire(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(pod: &str, admin: u16, serves: u16) -> Target {
+        let ip = std::net::Ipv4Addr::LOCALHOST.into();
+        Target { admin: SocketAddr::new(ip, admin), namespace: "demo".into(), deployment: pod.into(), pod: pod.into(), serves: vec![SocketAddr::new(ip, serves)] }
+    }
+
+    fn sum_increase(store: &Store, name: &str, matchers: &[(&str, &str)], now: Instant, window: Duration) -> f64 {
+        let mut total = 0.0;
+        store.each(name, matchers, |v| total += v.increase(now, window));
+        total
+    }
+
+    #[test]
+    fn increases_count_resets_and_series_born_between_scrapes() {
+        let store = Store::new(Duration::from_secs(60));
+        let (web, books) = (target("web", 1, 10), target("books", 2, 20));
+        store.set_targets(vec![web.clone(), books.clone()]);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let out = |n: u32, code: u16| format!("response_total{{direction=\"outbound\",target_addr=\"127.0.0.1:20\",status_code=\"{code}\",classification=\"success\",tls=\"true\"}} {n}\n");
+        store.record(&web, at(0), Ok(out(10, 200)));
+        // Two proxy series that differ only in a label not kept count as one.
+        store.record(&web, at(10), Ok(out(20, 200) + &out(5, 200).replace("tls=", "error=\"x\",tls=") + &out(3, 201)));
+        // A restart: the counter starts again.
+        store.record(&web, at(20), Ok(out(4, 200) + &out(3, 201)));
+        let now = at(20);
+        assert_eq!(sum_increase(&store, "response_total", &[("deployment", "web"), ("status_code", "200")], now, Duration::from_secs(20)), 19.0);
+        assert_eq!(sum_increase(&store, "response_total", &[("status_code", "201")], now, Duration::from_secs(20)), 3.0, "born between scrapes: from zero");
+        assert_eq!(sum_increase(&store, "response_total", &[("dst_deployment", "books")], now, Duration::from_secs(10)), 4.0, "the endpoint address names the destination");
+        store.expire(at(200));
+        assert_eq!(store.series_count(), 0, "expired past the retention");
+    }
+
+    #[test]
+    fn failures_and_unwanted_families_are_not_stored() {
+        let store = Store::new(Duration::from_secs(60));
+        let web = target("web", 1, 10);
+        store.record(&web, Instant::now(), Ok("process_cpu_seconds_total 3\nrequest_total{direction=\"inbound\"} 1\n".into()));
+        assert_eq!(store.series_count(), 0);
+        store.record(&web, Instant::now(), Err("connection refused".into()));
+        store.set_targets(vec![web.clone()]);
+        let (_, health) = store.targets().pop().unwrap();
+        assert!(!health.up);
+    }
+}

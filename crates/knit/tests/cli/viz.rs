@@ -1,0 +1,243 @@
+//! `knit viz stat` against known traffic: knit-control in local mode knows two workloads (web and
+//! books) and scrapes their proxies; a client sends a known number of requests through web's
+//! proxy to books, whose backend fails every 4th. Then a real Prometheus, configured with the
+//! shipped `viz/prometheus-local.yml`, scrapes the same proxies, and `knit viz stat --prometheus`
+//! must agree with the built-in store.
+
+use super::temp_dir;
+use std::{
+    net::SocketAddr,
+    process::Command,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+/// web and books, each behind a knit-proxy, and knit-control watching them.
+struct Mesh {
+    rt: tokio::runtime::Runtime,
+    viz: SocketAddr,
+    web_outbound: SocketAddr,
+    dir: String,
+}
+
+/// Answers 500 to every 4th request, 200 otherwise.
+async fn backend() -> SocketAddr {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                    let status = if n.is_multiple_of(4) { 500 } else { 200 };
+                    async move { http::Response::builder().status(status).body(http_body_util::Full::new(bytes::Bytes::from_static(b"book\n"))) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+impl Mesh {
+    fn start(name: &str) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let dir = temp_dir(name);
+        let (viz, web_outbound) = rt.block_on(async {
+            let books_app = backend().await;
+            let mut books = knit_proxy::config::Config::loopback();
+            books.inbound.target_addr = Some(books_app);
+            let books = knit_proxy::Proxy::bind(books, None).await.unwrap();
+            let books_addrs = books.addrs();
+            let mut web = knit_proxy::config::Config::loopback();
+            // Meshed (through books' inbound port), without discovery: the table names the hop.
+            web.outbound.endpoints = format!("books.test.svc.cluster.local:8080={books_app}@{}", books_addrs.inbound.port()).parse().unwrap();
+            let web = knit_proxy::Proxy::bind(web, None).await.unwrap();
+            let web_addrs = web.addrs();
+            tokio::spawn(books.run(std::future::pending()));
+            tokio::spawn(web.run(std::future::pending()));
+
+            let manifests = format!("{dir}/manifests");
+            std::fs::create_dir_all(&manifests).unwrap();
+            let workload = |name: &str, app: SocketAddr, admin: SocketAddr| {
+                format!("apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: {name}-0\n  namespace: test\n  labels:\n    app: {name}\n    linkerd.io/proxy-deployment: {name}\n  annotations:\n    knit.dev/proxy-admin-port: \"{}\"\nspec:\n  workloadIPs:\n    - ip: 127.0.0.1\n  ports:\n    - name: http\n      port: {}\n", admin.port(), app.port())
+            };
+            let doc = [workload("books", books_app, books_addrs.admin), workload("web", SocketAddr::from(([127, 0, 0, 1], 9)), web_addrs.admin)].join("---\n");
+            std::fs::write(format!("{manifests}/workloads.yaml"), doc).unwrap();
+            knit_identity::layout::init(std::path::Path::new(&format!("{dir}/identity")), &Default::default()).unwrap();
+            let mut config = knit_control::config::Config::local(knit_control::config::IdentityConfig::for_dir(format!("{dir}/identity")));
+            config.discovery.config_dir = Some(manifests.into());
+            config.viz.viz_scrape_interval = Duration::from_millis(250);
+            let control = knit_control::Control::bind(config).await.unwrap();
+            let viz = control.addrs().viz;
+            tokio::spawn(control.run(std::future::pending()));
+            (viz, web_addrs.outbound)
+        });
+        Self { rt, viz, web_outbound, dir }
+    }
+
+    /// Sends `n` requests for books through web's proxy at `rps`; returns (ok, failed).
+    fn send(&self, n: u64, rps: u64) -> (u64, u64) {
+        self.rt.block_on(send(self.web_outbound, n, rps))
+    }
+
+    fn stat(&self, args: &[&str]) -> serde_json::Value {
+        let viz = self.viz.to_string();
+        let out = Command::new(env!("CARGO_BIN_EXE_knit")).args(["viz", "stat"]).args(args).args(["-o", "json", "--viz-addr", &viz]).output().unwrap();
+        assert!(out.status.success(), "knit viz stat {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+async fn send(outbound: SocketAddr, n: u64, rps: u64) -> (u64, u64) {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rps));
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..n {
+        ticker.tick().await;
+        let req = http::Request::get(format!("http://{outbound}/")).header("host", "books.test.svc.cluster.local:8080").body(http_body_util::Empty::new()).unwrap();
+        use http_body_util::BodyExt;
+        // Read every body to its end, as a well-behaved client does.
+        let answered = match client.request(req).await {
+            Ok(rsp) => {
+                let status = rsp.status();
+                rsp.into_body().collect().await.is_ok() && status == 200
+            }
+            Err(_) => false,
+        };
+        if answered {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    (ok, failed)
+}
+
+fn row<'a>(rows: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    rows.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no row {name} in {rows:#}"))
+}
+
+/// Waits (up to 10 s) until `check` holds for the rows of `args`.
+fn eventually(mesh: &Mesh, args: &[&str], check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = mesh.stat(args);
+        if check(&rows) || Instant::now() > deadline {
+            return rows;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn stat_counts_known_traffic() {
+    let mesh = Mesh::start("viz-known");
+    // Both proxies are scraped before any traffic: every series is born between scrapes.
+    eventually(&mesh, &["deploy", "-n", "test"], |rows| rows.as_array().is_some_and(|r| r.len() == 2));
+    let (ok, failed) = mesh.send(400, 200);
+    assert_eq!((ok, failed), (300, 100), "the backend fails every 4th request");
+
+    let args = ["deploy", "-n", "test", "-t", "60s"];
+    let rows = eventually(&mesh, &args, |rows| row(rows, "books")["requests"] == 400.0);
+    let books = row(&rows, "books");
+    assert_eq!(books["requests"], 400.0, "{rows:#}");
+    assert_eq!(books["success_rate"], 0.75);
+    assert_eq!(books["mtls_rate"], 0.0, "no identity here: plaintext between the proxies");
+    assert!(books["latency_ms_p50"].as_f64().is_some() && books["tcp_connections"].as_f64() >= Some(1.0), "{books}");
+    assert_eq!(row(&rows, "web")["requests"], 0.0, "web received nothing: its row is listed, empty");
+
+    // web's outbound traffic, named by where it went.
+    let to = mesh.stat(&["deploy", "-n", "test", "--to", "deploy/books", "-t", "60s"]);
+    assert_eq!(to.as_array().unwrap().len(), 1, "{to:#}");
+    assert_eq!((row(&to, "web")["requests"].clone(), row(&to, "web")["success_rate"].clone()), (400.0.into(), 0.75.into()));
+    let from = mesh.stat(&["deploy", "--from", "deploy/web", "-t", "60s"]);
+    assert_eq!(row(&from, "books")["requests"], 400.0, "{from:#}");
+    let pods = mesh.stat(&["po", "-n", "test", "-t", "60s"]);
+    assert_eq!(row(&pods, "books-0")["requests"], 400.0);
+
+    // The table a person reads.
+    let viz = mesh.viz.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_knit")).args(["viz", "stat", "deploy", "-n", "test", "-t", "60s", "--viz-addr", &viz]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let books_line = table.lines().find(|l| l.starts_with("books")).unwrap_or_else(|| panic!("{table}"));
+    assert!(table.starts_with("NAME") && books_line.contains("75.00%"), "{table}");
+
+    // Bad input: said clearly, nothing served is lost.
+    let bad = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_knit")).args(["viz", "stat"]).args(args).output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(bad(&["deploy", "-t", "10m", "--viz-addr", &viz]).contains("longer than the store keeps"));
+    assert!(bad(&["svc", "--viz-addr", &viz]).contains("unknown resource kind"));
+    assert!(bad(&["deploy", "--viz-addr", "127.0.0.1:1"]).contains("cannot reach knit-control's viz API"));
+    assert!(bad(&["deploy", "--prometheus", "127.0.0.1:9090"]).contains("expected http://HOST:PORT"));
+    assert_eq!(mesh.stat(&["deploy", "-n", "test", "-t", "60s"]), rows, "still served");
+    let _ = std::fs::remove_dir_all(&mesh.dir);
+}
+
+/// Debian's Prometheus, with the shipped configuration pointed at this mesh's knit-control.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn prometheus(dir: &str, viz: SocketAddr) -> Prometheus {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../viz/prometheus-local.yml")).unwrap();
+    let config = shipped.replace("127.0.0.1:8084", &viz.to_string()).replace("10s", "1s");
+    let path = format!("{dir}/prometheus.yml");
+    std::fs::write(&path, config).unwrap();
+    let check = Command::new("promtool").args(["check", "config", &path]).output().expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("prometheus")
+        .args([&format!("--config.file={path}"), &format!("--storage.tsdb.path={dir}/tsdb"), &format!("--web.listen-address=127.0.0.1:{port}"), "--log.level=warn"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian's package; scripts/test.sh installs it)");
+    Prometheus { child, url: format!("http://127.0.0.1:{port}") }
+}
+
+#[test]
+fn prometheus_with_the_shipped_configuration_agrees_with_the_built_in_store() {
+    let mesh = Mesh::start("viz-prometheus");
+    let prom = prometheus(&mesh.dir, mesh.viz);
+    // Steady traffic (40 rps, one in four failing) in the background, long enough to fill the
+    // 10 s window on both sides.
+    let traffic = mesh.rt.spawn(send(mesh.web_outbound, 40 * 20, 40));
+    std::thread::sleep(Duration::from_secs(15));
+    let args = ["deploy", "-n", "test", "-t", "10s"];
+    let builtin = mesh.stat(&args);
+    let viz = mesh.viz.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_knit")).args(["viz", "stat"]).args(args).args(["-o", "json", "--viz-addr", &viz, "--prometheus", &prom.url]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let from_prometheus: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let _ = mesh.rt.block_on(traffic);
+    let (b, p) = (row(&builtin, "books"), row(&from_prometheus, "books"));
+    let near = |x: &serde_json::Value, y: &serde_json::Value, tolerance: f64| {
+        let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+        (x - y).abs() <= tolerance * x.abs().max(y.abs())
+    };
+    eprintln!("built-in: {b}\nprometheus: {p}");
+    // Both see 40 rps with 75% success; Prometheus extrapolates increase() to the window's edges,
+    // the store does not, so rates agree within 15%.
+    assert!(near(&b["success_rate"], &p["success_rate"], 0.05) && near(&b["success_rate"], &0.75.into(), 0.05), "success rates: built-in {b}, prometheus {p}");
+    assert!(near(&b["rps"], &p["rps"], 0.15) && near(&b["rps"], &40.0.into(), 0.15), "rps: built-in {b}, prometheus {p}");
+    assert!(near(&b["latency_ms_p50"], &p["latency_ms_p50"], 0.5), "p50: built-in {b}, prometheus {p}");
+    assert_eq!(b["tcp_connections"], p["tcp_connections"]);
+}
