@@ -6,10 +6,16 @@
 //!
 //! HTTP API (JSON):
 //! - `GET /api/stat?kind=deployment&namespace=NS&window=30s&to=KIND/NAME&from=KIND/NAME`
+//!   Paging for large meshes: `limit`, `offset`, `sort=name|rps|success_rate|latency_ms_p99`
+//!   (names ascending, numbers descending), `order=asc|desc`, `filter=SUBSTRING` (of the
+//!   namespace or name); the answer says `total`.
+//! - `GET /api/edges?namespace=NS&window=30s`: deployment-to-deployment edges, mTLS and identities.
+//! - `GET /api/certificates`: each proxy's identity and certificate expiry.
 //! - `GET /api/targets`: the scrape targets in Prometheus' HTTP service discovery format, with
 //!   the `namespace`, `deployment` and `pod` labels (what `viz/prometheus.yml` uses).
 //! - `GET /api/scrapes`: each target's last scrape (up, error, series).
 
+pub mod edges;
 pub mod prom;
 pub mod query;
 pub mod stat;
@@ -72,10 +78,36 @@ impl Viz {
             "/api/stat" => match self.stat_query(&params) {
                 Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                 Ok(q) => match stat::stat(&self.source, &q, &self.known(q.kind)).await {
-                    Ok(rows) => (StatusCode::OK, serde_json::json!({ "window_secs": q.window.as_secs_f64(), "rows": rows })),
+                    Ok(rows) => match page(rows, &params) {
+                        Ok((total, rows)) => (StatusCode::OK, serde_json::json!({ "window_secs": q.window.as_secs_f64(), "total": total, "rows": rows })),
+                        Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
+                    },
                     Err(e) => (StatusCode::BAD_GATEWAY, serde_json::json!({ "error": e.to_string() })),
                 },
             },
+            "/api/edges" => match window(&params, self) {
+                Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
+                Ok(w) => {
+                    let identities = self.store.targets().into_iter().filter_map(|(t, _)| Some(((t.namespace, t.deployment), t.identity?))).collect();
+                    match edges::edges(&self.source, params.get("namespace").map(String::as_str).filter(|n| !n.is_empty()), w, &identities).await {
+                        Ok(edges) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "edges": edges })),
+                        Err(e) => (StatusCode::BAD_GATEWAY, serde_json::json!({ "error": e.to_string() })),
+                    }
+                }
+            },
+            "/api/certificates" => {
+                let mut expiry = BTreeMap::new();
+                self.store.each("identity_cert_expiration_timestamp_seconds", &[], |v| {
+                    expiry.insert(v.labels.get("pod").cloned().unwrap_or_default(), v.latest());
+                });
+                let all: Vec<serde_json::Value> = self
+                    .store
+                    .targets()
+                    .into_iter()
+                    .map(|(t, _)| serde_json::json!({"namespace": t.namespace, "deployment": t.deployment, "pod": t.pod, "identity": t.identity, "expires_at": expiry.get(&t.pod).filter(|e| **e > 0.0)}))
+                    .collect();
+                (StatusCode::OK, serde_json::json!({ "certificates": all }))
+            }
             "/api/targets" => {
                 let groups: Vec<serde_json::Value> = self
                     .store
@@ -95,21 +127,59 @@ impl Viz {
 
     fn stat_query(&self, p: &BTreeMap<String, String>) -> Result<stat::Query, String> {
         let kind = stat::Kind::parse(p.get("kind").map_or("deployment", String::as_str))?;
-        let window = match p.get("window") {
-            Some(w) => knit_core::parse::duration(w).map_err(|e| format!("window: {e}"))?,
-            None => Duration::from_secs(30),
-        };
-        if window.is_zero() {
-            return Err("window: must be more than zero".into());
-        }
-        if let query::Source::Store(store) = &self.source {
-            if window > store.retention() {
-                return Err(format!("window: {window:?} is longer than the store keeps ({:?}, --viz-retention)", store.retention()));
-            }
-        }
+        let window = window(p, self)?;
         let resource = |k: &str| p.get(k).filter(|v| !v.is_empty()).map(|v| v.parse::<stat::Resource>().map_err(|e| format!("{k}: {e}"))).transpose();
         Ok(stat::Query { kind, namespace: p.get("namespace").filter(|n| !n.is_empty()).cloned(), window, to: resource("to")?, from: resource("from")? })
     }
+}
+
+/// The `window` parameter (30 s by default), no longer than the store keeps.
+fn window(p: &BTreeMap<String, String>, viz: &Viz) -> Result<Duration, String> {
+    let window = match p.get("window") {
+        Some(w) => knit_core::parse::duration(w).map_err(|e| format!("window: {e}"))?,
+        None => Duration::from_secs(30),
+    };
+    if window.is_zero() {
+        return Err("window: must be more than zero".into());
+    }
+    if let query::Source::Store(store) = &viz.source {
+        if window > store.retention() {
+            return Err(format!("window: {window:?} is longer than the store keeps ({:?}, --viz-retention)", store.retention()));
+        }
+    }
+    Ok(window)
+}
+
+/// Filters, sorts and pages rows (`filter`, `sort`, `offset`, `limit`); returns the total that
+/// matched the filter and the page.
+fn page(mut rows: Vec<stat::Row>, p: &BTreeMap<String, String>) -> Result<(usize, Vec<stat::Row>), String> {
+    if let Some(f) = p.get("filter").filter(|f| !f.is_empty()) {
+        rows.retain(|r| r.name.contains(f.as_str()) || r.namespace.contains(f.as_str()));
+    }
+    let key = |r: &stat::Row, field: &str| -> f64 {
+        match field {
+            "rps" => r.rps,
+            "success_rate" => r.success_rate.unwrap_or(-1.0),
+            "latency_ms_p99" => r.latency_ms_p99.unwrap_or(-1.0),
+            _ => 0.0,
+        }
+    };
+    match p.get("sort").map(String::as_str).unwrap_or("name") {
+        "name" => {}
+        field @ ("rps" | "success_rate" | "latency_ms_p99") => rows.sort_by(|a, b| key(b, field).total_cmp(&key(a, field))),
+        other => return Err(format!("sort: {other:?}: expected name, rps, success_rate or latency_ms_p99")),
+    }
+    match p.get("order").map(String::as_str) {
+        None | Some("") => {}
+        Some("asc") if p.get("sort").is_some_and(|s| s != "name") => rows.reverse(),
+        Some("desc") if p.get("sort").is_none_or(|s| s == "name") => rows.reverse(),
+        Some("asc" | "desc") => {}
+        Some(other) => return Err(format!("order: {other:?}: expected asc or desc")),
+    }
+    let number = |k: &str, default: usize| p.get(k).map_or(Ok(default), |v| v.parse::<usize>().map_err(|_| format!("{k}: {v:?} is not a number")));
+    let (offset, limit) = (number("offset", 0)?, number("limit", usize::MAX)?);
+    let total = rows.len();
+    Ok((total, rows.into_iter().skip(offset).take(limit).collect()))
 }
 
 fn decode(s: &str) -> String {
@@ -135,6 +205,16 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The dashboard's files, built into the binary (no build step: plain HTML, CSS and JavaScript).
+fn dashboard(path: &str) -> Option<(&'static str, &'static str)> {
+    match path {
+        "/" | "/index.html" => Some(("text/html; charset=utf-8", include_str!("viz/dashboard/index.html"))),
+        "/app.js" => Some(("text/javascript; charset=utf-8", include_str!("viz/dashboard/app.js"))),
+        "/app.css" => Some(("text/css; charset=utf-8", include_str!("viz/dashboard/app.css"))),
+        _ => None,
+    }
+}
+
 pub async fn serve(listener: TcpListener, viz: Viz) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -146,15 +226,21 @@ pub async fn serve(listener: TcpListener, viz: Viz) {
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let viz = viz.clone();
                 async move {
+                    let path = req.uri().path();
+                    if let Some((content_type, body)) = dashboard(path) {
+                        let mut rsp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                        rsp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+                        return Ok::<_, Infallible>(rsp);
+                    }
                     let (status, body) = if req.method() == http::Method::GET {
-                        viz.answer(req.uri().path(), req.uri().query().unwrap_or("")).await
+                        viz.answer(path, req.uri().query().unwrap_or("")).await
                     } else {
                         (StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({ "error": "only GET" }))
                     };
                     let mut rsp = Response::new(Full::new(Bytes::from(body.to_string())));
                     *rsp.status_mut() = status;
                     rsp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-                    Ok::<_, Infallible>(rsp)
+                    Ok(rsp)
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;

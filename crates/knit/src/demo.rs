@@ -297,6 +297,7 @@ fn print_intro(web: &knit_proxy::Addrs, viz: SocketAddr, manifests: &Path, durat
     println!("  - change the split: edit the weights in {} and save;", manifests.join("books-split.yaml").display());
     println!("    within a second the RPS of books-v1 and books-v2 follows. All manifests: {}", manifests.display());
     println!("  - try: curl -s http://{}/ ; metrics of web's proxy: curl -s http://{}/metrics", web.inbound, web.admin);
+    println!("  - dashboard: http://{viz}/");
     let flag = if viz.port() == crate::viz::DEFAULT_PORT { String::new() } else { format!(" --viz-addr {viz}") };
     println!("  - in another terminal: knit viz stat deploy -n {NAMESPACE}{flag}   (or --to deploy/books-v1, -o wide)");
     match duration {

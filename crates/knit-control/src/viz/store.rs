@@ -22,7 +22,14 @@ pub const ADMIN_PORT_ANNOTATION: &str = "knit.dev/proxy-admin-port";
 pub const DEPLOYMENT_LABEL: &str = "linkerd.io/proxy-deployment";
 
 /// The families a stat, an edge or a Grafana panel reads. Everything else is not stored.
-pub const FAMILIES: [&str; 5] = ["response_total", "response_latency_ms_bucket", "tcp_open_connections", "tcp_read_bytes_total", "tcp_write_bytes_total"];
+pub const FAMILIES: [&str; 6] = [
+    "response_total",
+    "response_latency_ms_bucket",
+    "tcp_open_connections",
+    "tcp_read_bytes_total",
+    "tcp_write_bytes_total",
+    "identity_cert_expiration_timestamp_seconds",
+];
 
 /// The proxy labels kept; the address labels are replaced by `dst_*` labels.
 const KEPT_LABELS: [&str; 10] = ["direction", "authority", "tls", "client_id", "server_id", "no_tls_reason", "classification", "status_code", "le", "peer"];
@@ -36,6 +43,8 @@ pub struct Target {
     pub namespace: String,
     pub deployment: String,
     pub pod: String,
+    /// The identity its proxy proves, when meshed.
+    pub identity: Option<String>,
     /// Where the workload serves (its IPs and ports), to name the destination of outbound calls.
     #[serde(skip)]
     pub serves: Vec<SocketAddr>,
@@ -52,6 +61,7 @@ impl Target {
             namespace: w.metadata.namespace.clone(),
             deployment: w.metadata.labels.get(DEPLOYMENT_LABEL).cloned().unwrap_or_else(|| w.metadata.name.clone()),
             pod: w.metadata.name.clone(),
+            identity: w.spec.mesh_tls.as_ref().map(|m| m.identity.clone()),
             serves,
         })
     }
@@ -78,8 +88,8 @@ struct Series {
 struct Inner {
     targets: Vec<Target>,
     health: HashMap<SocketAddr, Health>,
-    /// Keyed by the target and the canonical `name{labels}`.
-    series: HashMap<(SocketAddr, String), Series>,
+    /// By family, then by the target and the canonical labels.
+    series: HashMap<String, HashMap<(SocketAddr, String), Series>>,
     /// When each target was last scraped: a series new since then started from zero.
     last_scrape: HashMap<SocketAddr, Instant>,
 }
@@ -178,7 +188,8 @@ impl Store {
         }
         let count = scraped.len();
         for (key, (labels, value)) in scraped {
-            let series = inner.series.entry((target.admin, key)).or_insert_with(|| {
+            let family = inner.series.entry(labels["__name__"].clone()).or_default();
+            let series = family.entry((target.admin, key)).or_insert_with(|| {
                 // New on a target seen before: it counted from zero since the last scrape.
                 let samples = previous.map(|p| (p, 0.0)).into_iter().collect();
                 Series { labels: Arc::new(labels), samples }
@@ -193,26 +204,28 @@ impl Store {
     pub fn expire(&self, now: Instant) {
         let horizon = now.checked_sub(self.retention).unwrap_or(now);
         let mut inner = self.lock();
-        inner.series.retain(|_, s| {
-            while s.samples.len() > 1 && s.samples[1].0 <= horizon {
-                s.samples.pop_front();
-            }
-            s.samples.back().is_some_and(|(t, _)| *t > horizon)
-        });
+        for family in inner.series.values_mut() {
+            family.retain(|_, s| {
+                while s.samples.len() > 1 && s.samples[1].0 <= horizon {
+                    s.samples.pop_front();
+                }
+                s.samples.back().is_some_and(|(t, _)| *t > horizon)
+            });
+        }
     }
 
     /// Calls `f` with every series of `name` whose labels match every `matchers` pair.
     pub fn each(&self, name: &str, matchers: &[(&str, &str)], mut f: impl FnMut(View<'_>)) {
         let inner = self.lock();
-        for s in inner.series.values() {
-            if s.labels.get("__name__").map(String::as_str) == Some(name) && matchers.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)) {
+        for s in inner.series.get(name).into_iter().flat_map(HashMap::values) {
+            if matchers.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)) {
                 f(View { labels: &s.labels, samples: &s.samples });
             }
         }
     }
 
     pub fn series_count(&self) -> usize {
-        self.lock().series.len()
+        self.lock().series.values().map(HashMap::len).sum()
     }
 }
 
@@ -272,7 +285,7 @@ mod tests {
 
     fn target(pod: &str, admin: u16, serves: u16) -> Target {
         let ip = std::net::Ipv4Addr::LOCALHOST.into();
-        Target { admin: SocketAddr::new(ip, admin), namespace: "demo".into(), deployment: pod.into(), pod: pod.into(), serves: vec![SocketAddr::new(ip, serves)] }
+        Target { admin: SocketAddr::new(ip, admin), namespace: "demo".into(), deployment: pod.into(), pod: pod.into(), identity: None, serves: vec![SocketAddr::new(ip, serves)] }
     }
 
     fn sum_increase(store: &Store, name: &str, matchers: &[(&str, &str)], now: Instant, window: Duration) -> f64 {

@@ -1,0 +1,1 @@
+// Knit dashboard
