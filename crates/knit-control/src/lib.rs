@@ -133,7 +133,7 @@ impl Control {
             policy: bind("policy", config.policy_addr).await?,
             admin: bind("admin", config.admin_addr).await?,
             viz: bind("viz", config.viz.viz_addr).await?,
-            viz_api: viz::Viz::new(&config.viz)?,
+            viz_api: viz::Viz::new(&config.viz, index.clone(), Arc::new(viz::tap::Client::new(service.clone(), index.config().identity("knit-control", &config.discovery.control_plane_namespace))))?,
             webhook: Webhook::bind(&config).await?,
             kubernetes,
             service,

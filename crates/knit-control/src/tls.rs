@@ -38,7 +38,7 @@ impl ResolvesServerCert for Resolver {
 }
 
 /// A leaf for `name` from the control plane's own CA, and when to renew it.
-fn issue(service: &Service, name: &str) -> anyhow::Result<(Arc<CertifiedKey>, Duration)> {
+pub(crate) fn issue(service: &Service, name: &str) -> anyhow::Result<(Arc<CertifiedKey>, Duration)> {
     let local = knit_identity::csr::generate(name)?;
     let issued = service.ca().certify(name, &local.csr_der).map_err(|e| anyhow::anyhow!("certifying the control plane as {name}: {e}"))?;
     let mut chain = vec![CertificateDer::from(issued.leaf_der)];

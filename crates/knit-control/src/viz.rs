@@ -11,6 +11,9 @@
 //!   namespace or name); the answer says `total`.
 //! - `GET /api/edges?namespace=NS&window=30s`: deployment-to-deployment edges, mTLS and identities.
 //! - `GET /api/certificates`: each proxy's identity and certificate expiry.
+//! - `GET /api/tap?namespace=NS&resource=KIND/NAME&method=GET&path=PREFIX&authority=PREFIX&max_rps=100`:
+//!   a live stream of requests (newline-delimited JSON, one object per completed request, or
+//!   `{"error": ...}` for a proxy that cannot be tapped) until the client goes away.
 //! - `GET /api/targets`: the scrape targets in Prometheus' HTTP service discovery format, with
 //!   the `namespace`, `deployment` and `pod` labels (what `viz/prometheus.yml` uses).
 //! - `GET /api/scrapes`: each target's last scrape (up, error, series).
@@ -20,6 +23,7 @@ pub mod prom;
 pub mod query;
 pub mod stat;
 pub mod store;
+pub mod tap;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -31,27 +35,34 @@ use tokio::net::TcpListener;
 /// What the API answers from.
 #[derive(Clone)]
 pub struct Viz {
+    /// Where the workloads (the proxies to scrape and tap) come from.
+    pub index: Arc<crate::index::Index>,
     pub store: Arc<store::Store>,
     pub source: query::Source,
+    pub tap: Arc<tap::Client>,
 }
 
 impl Viz {
-    pub fn new(config: &crate::config::VizConfig) -> Result<Self, query::QueryError> {
+    pub fn new(config: &crate::config::VizConfig, index: Arc<crate::index::Index>, tap: Arc<tap::Client>) -> Result<Self, query::QueryError> {
         let store = Arc::new(store::Store::new(config.viz_retention));
         let source = match &config.prometheus_url {
             Some(url) => query::Source::Prometheus(Arc::new(query::Prometheus::new(url)?)),
             None => query::Source::Store(store.clone()),
         };
-        Ok(Self { store, source })
+        Ok(Self { index, store, source, tap })
+    }
+
+    /// The meshed workloads' proxies, as the index knows them now.
+    pub fn targets(&self) -> Vec<store::Target> {
+        store::targets(&self.index)
     }
 
     /// The resources a stat of `kind` lists even without traffic: one per scrape target.
     pub fn known(&self, kind: stat::Kind) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = self
-            .store
             .targets()
             .into_iter()
-            .map(|(t, _)| {
+            .map(|t| {
                 let name = match kind {
                     stat::Kind::Namespace => t.namespace.clone(),
                     stat::Kind::Deployment => t.deployment,
@@ -65,30 +76,64 @@ impl Viz {
         out
     }
 
-    async fn answer(&self, path: &str, query: &str) -> (StatusCode, serde_json::Value) {
-        let params: BTreeMap<String, String> = query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (decode(k), decode(v))
+    /// `/api/tap`: the targets it selects are tapped until the response body is dropped.
+    fn tap(&self, params: &BTreeMap<String, String>) -> Result<Response<Body>, (StatusCode, serde_json::Value)> {
+        let bad = |e: String| (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e }));
+        let namespace = params.get("namespace").filter(|n| !n.is_empty());
+        let resource = params.get("resource").filter(|r| !r.is_empty()).map(|r| r.parse::<stat::Resource>()).transpose().map_err(|e| bad(format!("resource: {e}")))?;
+        let max_rps = params.get("max_rps").map_or(Ok(100), |v| v.parse::<u32>().map_err(|_| bad(format!("max_rps: {v:?} is not a number"))))?;
+        let targets: Vec<store::Target> = self
+            .targets()
+            .into_iter()
+            .filter(|t| namespace.is_none_or(|n| *n == t.namespace))
+            .filter(|t| match &resource {
+                None => true,
+                Some(r) => match r.kind {
+                    stat::Kind::Namespace => t.namespace == r.name,
+                    stat::Kind::Deployment => t.deployment == r.name,
+                    stat::Kind::Pod => t.pod == r.name,
+                },
             })
             .collect();
+        if targets.is_empty() {
+            return Err((StatusCode::NOT_FOUND, serde_json::json!({ "error": "no meshed workload matches; see /api/targets" })));
+        }
+        let filter = tap::Filter {
+            method: params.get("method").filter(|m| !m.is_empty()).cloned(),
+            path_prefix: params.get("path").filter(|p| !p.is_empty()).cloned(),
+            authority_prefix: params.get("authority").filter(|a| !a.is_empty()).cloned(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(self.tap.clone().run(targets, filter, max_rps, tx));
+        let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+            let item = rx.recv().await?;
+            let json = match item {
+                Ok(t) => serde_json::to_value(t).unwrap_or_default(),
+                Err(e) => serde_json::json!({ "error": e }),
+            };
+            Some((Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(format!("{json}\n")))), rx))
+        });
+        let mut rsp = Response::new(http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(lines)));
+        rsp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+        Ok(rsp)
+    }
+
+    async fn answer(&self, path: &str, params: &BTreeMap<String, String>) -> (StatusCode, serde_json::Value) {
         match path {
-            "/api/stat" => match self.stat_query(&params) {
+            "/api/stat" => match self.stat_query(params) {
                 Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                 Ok(q) => match stat::stat(&self.source, &q, &self.known(q.kind)).await {
-                    Ok(rows) => match page(rows, &params) {
+                    Ok(rows) => match page(rows, params) {
                         Ok((total, rows)) => (StatusCode::OK, serde_json::json!({ "window_secs": q.window.as_secs_f64(), "total": total, "rows": rows })),
                         Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                     },
                     Err(e) => (StatusCode::BAD_GATEWAY, serde_json::json!({ "error": e.to_string() })),
                 },
             },
-            "/api/edges" => match window(&params, self) {
+            "/api/edges" => match window(params, self) {
                 Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                 Ok(w) => {
-                    let identities = self.store.targets().into_iter().filter_map(|(t, _)| Some(((t.namespace, t.deployment), t.identity?))).collect();
+                    let identities = self.targets().into_iter().filter_map(|t| Some(((t.namespace, t.deployment), t.identity?))).collect();
                     match edges::edges(&self.source, params.get("namespace").map(String::as_str).filter(|n| !n.is_empty()), w, &identities).await {
                         Ok(edges) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "edges": edges })),
                         Err(e) => (StatusCode::BAD_GATEWAY, serde_json::json!({ "error": e.to_string() })),
@@ -101,19 +146,17 @@ impl Viz {
                     expiry.insert(v.labels.get("pod").cloned().unwrap_or_default(), v.latest());
                 });
                 let all: Vec<serde_json::Value> = self
-                    .store
                     .targets()
                     .into_iter()
-                    .map(|(t, _)| serde_json::json!({"namespace": t.namespace, "deployment": t.deployment, "pod": t.pod, "identity": t.identity, "expires_at": expiry.get(&t.pod).filter(|e| **e > 0.0)}))
+                    .map(|t| serde_json::json!({"namespace": t.namespace, "deployment": t.deployment, "pod": t.pod, "identity": t.identity, "expires_at": expiry.get(&t.pod).filter(|e| **e > 0.0)}))
                     .collect();
                 (StatusCode::OK, serde_json::json!({ "certificates": all }))
             }
             "/api/targets" => {
                 let groups: Vec<serde_json::Value> = self
-                    .store
                     .targets()
                     .into_iter()
-                    .map(|(t, _)| serde_json::json!({"targets": [t.admin.to_string()], "labels": {"namespace": t.namespace, "deployment": t.deployment, "pod": t.pod}}))
+                    .map(|t| serde_json::json!({"targets": [t.admin.to_string()], "labels": {"namespace": t.namespace, "deployment": t.deployment, "pod": t.pod}}))
                     .collect();
                 (StatusCode::OK, serde_json::Value::Array(groups))
             }
@@ -215,6 +258,26 @@ fn dashboard(path: &str) -> Option<(&'static str, &'static str)> {
     }
 }
 
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn params(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut rsp = Response::new(http_body_util::BodyExt::boxed(Full::new(Bytes::from(body.to_string()))));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    rsp
+}
+
 pub async fn serve(listener: TcpListener, viz: Viz) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -228,19 +291,19 @@ pub async fn serve(listener: TcpListener, viz: Viz) {
                 async move {
                     let path = req.uri().path();
                     if let Some((content_type, body)) = dashboard(path) {
-                        let mut rsp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                        let mut rsp = Response::new(http_body_util::BodyExt::boxed(Full::new(Bytes::from_static(body.as_bytes()))));
                         rsp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
                         return Ok::<_, Infallible>(rsp);
                     }
-                    let (status, body) = if req.method() == http::Method::GET {
-                        viz.answer(path, req.uri().query().unwrap_or("")).await
-                    } else {
-                        (StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({ "error": "only GET" }))
-                    };
-                    let mut rsp = Response::new(Full::new(Bytes::from(body.to_string())));
-                    *rsp.status_mut() = status;
-                    rsp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-                    Ok(rsp)
+                    if req.method() != http::Method::GET {
+                        return Ok(json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({ "error": "only GET" })));
+                    }
+                    let params = params(req.uri().query().unwrap_or(""));
+                    if path == "/api/tap" {
+                        return Ok(viz.tap(&params).unwrap_or_else(|(status, body)| json(status, body)));
+                    }
+                    let (status, body) = viz.answer(path, &params).await;
+                    Ok(json(status, body))
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;

@@ -76,6 +76,8 @@ pub struct Ca {
     pub issuer_info: CertInfo,
     chain: Vec<Vec<u8>>,
     pub anchors: Vec<CertInfo>,
+    /// The trust anchors as they were loaded (DER), for building root stores.
+    pub anchors_der: Vec<Vec<u8>>,
     pub lifetime: Duration,
     pub skew: Duration,
 }
@@ -105,8 +107,9 @@ impl Ca {
         }
         let issuer_info = CertInfo::from_der(issuer_der).map_err(|e| LoadError::Parse(e.to_string()))?;
         let issuer = Issuer::from_ca_cert_der(&issuer_der.clone().into(), key).map_err(|e| LoadError::Parse(e.to_string()))?;
+        let anchors_der = anchors.clone();
         let anchors = anchors.iter().filter_map(|a| CertInfo::from_der(a).ok()).collect();
-        Ok(Self { issuer, issuer_info, chain, anchors, lifetime, skew })
+        Ok(Self { issuer, issuer_info, chain, anchors, anchors_der, lifetime, skew })
     }
 
     /// Validates `csr` (DER, or PEM) for `identity` and signs a leaf for it.

@@ -33,6 +33,17 @@ pub struct Config {
     pub identity: Option<crate::identity::IdentityConfig>,
     /// Destination and policy discovery from the control plane.
     pub discovery: crate::discovery::DiscoveryConfig,
+    /// The tap server, on when `KNIT_PROXY_TAP_SVC_NAME` names who may tap.
+    pub tap: Option<TapConfig>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TapConfig {
+    pub listen_addr: SocketAddr,
+    /// The only identity allowed to tap (the viz component's), proven with mTLS.
+    pub svc_name: String,
+    /// Requests per second one subscriber may see; beyond it requests are not tapped.
+    pub max_rps: u32,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -255,6 +266,7 @@ impl Config {
         }
         let identity = identity_config(&mut r);
         let discovery = discovery_config(&mut r);
+        let tap = tap_config(&mut r, identity.is_some());
         if !r.errors.is_empty() {
             return Err(ConfigError(r.errors));
         }
@@ -286,6 +298,7 @@ impl Config {
             cores: cores.expect(m),
             identity,
             discovery: discovery.expect(m),
+            tap: tap.expect(m),
         })
     }
 
@@ -301,6 +314,25 @@ impl Config {
         .collect();
         Self::from_env(&env).expect("the loopback defaults are valid")
     }
+}
+
+/// The tap variables: on only with a name to authorize, and only with mesh identity (tap is
+/// served over mTLS alone).
+fn tap_config(r: &mut Reader<'_>, identity: bool) -> Option<Option<TapConfig>> {
+    let listen = r.get("KNIT_PROXY_TAP_LISTEN_ADDR", "0.0.0.0:4190", addr);
+    let max_rps = r.get("KNIT_PROXY_TAP_MAX_RPS", "100", positive::<u32>);
+    let Some(svc_name) = r.env.var("KNIT_PROXY_TAP_SVC_NAME").map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) else {
+        return Some(None);
+    };
+    if !knit_identity::is_dns_name(&svc_name) {
+        r.errors.push(VarError { name: "KNIT_PROXY_TAP_SVC_NAME".into(), value: svc_name, reason: "expected the identity allowed to tap (a lower-case DNS name)".into() });
+        return None;
+    }
+    if !identity {
+        r.errors.push(VarError { name: "KNIT_PROXY_TAP_SVC_NAME".into(), value: svc_name, reason: "tap is served over mTLS only: set the identity variables (KNIT_PROXY_IDENTITY_*)".into() });
+        return None;
+    }
+    Some(Some(TapConfig { listen_addr: listen?, svc_name, max_rps: max_rps? }))
 }
 
 /// The identity variables: all or nothing, keyed on `KNIT_PROXY_IDENTITY_LOCAL_NAME`.

@@ -48,6 +48,7 @@ pub struct Side {
     pub metrics: Metrics,
     pub resolver: Arc<Resolver>,
     pub discovery: Arc<crate::discovery::Discovery>,
+    pub taps: Arc<crate::tap::Taps>,
     pub config: Arc<crate::config::Config>,
     /// Addresses this proxy listens on; forwarding to one of them would loop.
     pub own_addrs: Vec<SocketAddr>,

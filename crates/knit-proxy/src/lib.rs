@@ -31,6 +31,7 @@ pub mod ratelimit;
 pub mod resolve;
 pub mod retry;
 pub mod route;
+pub mod tap;
 pub mod tcp;
 pub mod tls;
 pub mod wait;
@@ -57,6 +58,7 @@ pub struct Proxy {
     outbound: TcpListener,
     forwards: Vec<(TcpListener, Authority)>,
     admin: TcpListener,
+    tap: Option<TcpListener>,
 }
 
 /// The addresses a bound proxy listens on.
@@ -65,6 +67,8 @@ pub struct Addrs {
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
+    /// The tap server, when `KNIT_PROXY_TAP_SVC_NAME` turns it on.
+    pub tap: Option<SocketAddr>,
     /// Each port forward's listener and the destination it forwards to.
     pub forwards: Vec<(SocketAddr, Authority)>,
 }
@@ -98,13 +102,17 @@ impl Proxy {
         let inbound = bind(config.inbound.listen_addr, "inbound").await?;
         let outbound = bind(config.outbound.listen_addr, "outbound").await?;
         let admin = bind(config.admin.listen_addr, "admin").await?;
+        let tap = match &config.tap {
+            Some(t) => Some(bind(t.listen_addr, "tap").await?),
+            None => None,
+        };
         let mut forwards = Vec::new();
         for (port, authority) in &config.outbound.port_forwards {
             let addr = SocketAddr::new(config.outbound.listen_addr.ip(), *port);
             forwards.push((bind(addr, &format!("port-forward {authority}")).await?, authority.clone()));
         }
         let control_tls = control_tls(&config)?;
-        Ok(Self { config: Arc::new(config), control_tls, metrics: Metrics::new(), log, inbound, outbound, forwards, admin })
+        Ok(Self { config: Arc::new(config), control_tls, metrics: Metrics::new(), log, inbound, outbound, forwards, admin, tap })
     }
 
     pub fn addrs(&self) -> Addrs {
@@ -113,6 +121,7 @@ impl Proxy {
             inbound: addr(&self.inbound),
             outbound: addr(&self.outbound),
             admin: addr(&self.admin),
+            tap: self.tap.as_ref().map(addr),
             forwards: self.forwards.iter().map(|(l, a)| (addr(l), a.clone())).collect(),
         }
     }
@@ -140,6 +149,7 @@ impl Proxy {
 
         let identity = self.config.identity.clone().map(|cfg| identity::spawn(cfg, self.metrics.identity.clone()));
         let log = Arc::new(tls::LogOnce::default());
+        let taps = tap::Taps::new(self.config.tap.as_ref().map_or(100, |t| t.max_rps));
         let discovery = discovery::Discovery::spawn(self.config.discovery.clone(), self.control_tls.as_ref()).expect("control-plane channels are checked by Proxy::bind");
         let side = |direction, own_addrs: Vec<SocketAddr>, timeout| {
             let dialer = tcp::Dialer { direction, timeout, metrics: self.metrics.clone(), identity: identity.clone(), log: log.clone() };
@@ -150,6 +160,7 @@ impl Proxy {
                 metrics: self.metrics.clone(),
                 resolver: Arc::new(resolve::Resolver::new(self.config.outbound.endpoints.clone())),
                 discovery: discovery.clone(),
+                taps: taps.clone(),
                 config: self.config.clone(),
                 own_addrs,
             })
@@ -193,6 +204,11 @@ impl Proxy {
             }));
         }
         drop(watch);
+        // Tap ends with the process, not with draining: it carries no traffic.
+        let tap_task = match (self.tap, &self.config.tap, &identity) {
+            (Some(listener), Some(cfg), Some(id)) => Some(tokio::spawn(tap::serve(listener, taps, id.clone(), cfg.svc_name.clone(), self.metrics.identity.clone()))),
+            _ => None,
+        };
         tracing::info!(inbound = %addrs.inbound, outbound = %addrs.outbound, admin = %addrs.admin, "serving");
 
         tokio::select! {
@@ -209,6 +225,9 @@ impl Proxy {
             tracing::warn!(grace = ?grace, "grace period ended with work still in flight");
         }
         admin_task.abort();
+        if let Some(t) = tap_task {
+            t.abort();
+        }
         drained
     }
 }

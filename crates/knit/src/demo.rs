@@ -134,6 +134,12 @@ impl Mesh {
         std::fs::write(&token_file, self.tokens.sign(&knit_identity::token::Claims { identity: name.clone(), expires_at }))?;
         let mut config = Config::loopback();
         config.shutdown_grace_period = Duration::from_secs(5);
+        // knit-control taps the demo's proxies (`knit viz tap`) as its own identity.
+        config.tap = Some(knit_proxy::config::TapConfig {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            svc_name: knit_identity::identity_name("knit-control", "knit", "knit", "cluster.local"),
+            max_rps: 100,
+        });
         config.inbound.target_addr = Some(app);
         config.identity = Some(knit_proxy::identity::IdentityConfig {
             local_name: name,
@@ -162,8 +168,9 @@ impl Mesh {
             let id = Self::identity_name(spec.service_account);
             let labels: String = spec.labels.iter().map(|(k, v)| format!("    {k}: {v}\n")).collect();
             let (inbound, admin, deployment) = (proxy.inbound.port(), proxy.admin.port(), spec.deployment);
+            let tap = proxy.tap.map_or(String::new(), |t| format!("    knit.dev/proxy-tap-port: \"{}\"\n", t.port()));
             out.push_str(&format!(
-                "---\napiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n  labels:\n{labels}    linkerd.io/proxy-deployment: {deployment}\n  annotations:\n    knit.dev/proxy-inbound-port: \"{inbound}\"\n    knit.dev/proxy-admin-port: \"{admin}\"\nspec:\n  meshTLS:\n    identity: {id}\n    serverName: {id}\n  workloadIPs:\n    - ip: {ip}\n  ports:\n    - name: http\n      port: {port}\n",
+                "---\napiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n  labels:\n{labels}    linkerd.io/proxy-deployment: {deployment}\n  annotations:\n    knit.dev/proxy-inbound-port: \"{inbound}\"\n    knit.dev/proxy-admin-port: \"{admin}\"\n{tap}spec:\n  meshTLS:\n    identity: {id}\n    serverName: {id}\n  workloadIPs:\n    - ip: {ip}\n  ports:\n    - name: http\n      port: {port}\n",
                 name = spec.name,
                 ip = app.ip(),
                 port = app.port(),

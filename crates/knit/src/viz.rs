@@ -11,6 +11,54 @@ pub const DEFAULT_PORT: u16 = 8084;
 pub enum Command {
     /// Success rate, requests per second, latency and TCP connections per resource.
     Stat(StatArgs),
+    /// Who talks to whom, and whether it is mutual TLS, with the identities.
+    Edges(EdgesArgs),
+    /// A live stream of requests through the proxies of a resource.
+    Tap(TapArgs),
+    /// A live table of a resource's busiest paths.
+    Top(TapArgs),
+}
+
+#[derive(clap::Args)]
+pub struct EdgesArgs {
+    /// Only edges touching this namespace.
+    #[arg(short, long)]
+    namespace: Option<String>,
+    #[arg(short = 't', long = "time-window", default_value = "30s", value_parser = parse_duration)]
+    window: Duration,
+    /// table or json.
+    #[arg(short, long, default_value = "table")]
+    output: Output,
+    #[arg(long, env = "KNIT_VIZ_ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
+    viz_addr: SocketAddr,
+}
+
+#[derive(clap::Args)]
+pub struct TapArgs {
+    /// What to tap: KIND/NAME (deploy/web, po/web-0, ns/demo).
+    resource: stat::Resource,
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// Only requests with this method.
+    #[arg(long)]
+    method: Option<String>,
+    /// Only requests whose path starts with this.
+    #[arg(long)]
+    path: Option<String>,
+    /// Only requests whose authority starts with this.
+    #[arg(long)]
+    authority: Option<String>,
+    /// At most this many requests per second are shown.
+    #[arg(long, default_value_t = 100)]
+    max_rps: u32,
+    /// Stop after this long (runs until Ctrl-C otherwise).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// table or json (tap: one line per request either way).
+    #[arg(short, long, default_value = "table")]
+    output: Output,
+    #[arg(long, env = "KNIT_VIZ_ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
+    viz_addr: SocketAddr,
 }
 
 #[derive(clap::Args)]
@@ -55,6 +103,9 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cmd {
         Command::Stat(args) => rt.block_on(stat_cmd(args)),
+        Command::Edges(args) => rt.block_on(edges_cmd(args)),
+        Command::Tap(args) => rt.block_on(tap_cmd(args, false)),
+        Command::Top(args) => rt.block_on(tap_cmd(args, true)),
     }
 }
 
@@ -72,33 +123,229 @@ async fn stat_cmd(args: StatArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The rows from knit-control's `/api/stat`.
-async fn fetch(viz: SocketAddr, q: &stat::Query) -> anyhow::Result<Vec<stat::Row>> {
-    use http_body_util::{BodyExt, Empty};
-    let mut params = vec![format!("kind={}", q.kind.label()), format!("window={}s", q.window.as_secs_f64())];
-    if let Some(ns) = &q.namespace {
-        params.push(format!("namespace={ns}"));
-    }
-    for (k, r) in [("to", &q.to), ("from", &q.from)] {
-        if let Some(r) = r {
-            params.push(format!("{k}={}/{}", r.kind.label(), r.name));
-        }
-    }
+/// Sends `GET /api/{path}?{params}` to knit-control's viz API; the response head.
+async fn get(viz: SocketAddr, path: &str, params: &[(&str, String)]) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
+    use http_body_util::Empty;
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
     let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let uri = format!("http://{viz}/api/stat?{}", params.join("&"));
+    let uri = format!("http://{viz}/api/{path}?{}", query.join("&"));
     let req = http::Request::get(&uri).body(Empty::new())?;
-    let rsp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+    tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .map_err(|_| anyhow::anyhow!("knit-control's viz API at {viz} did not answer within 10s"))?
-        .with_context(|| format!("cannot reach knit-control's viz API at {viz} (is knit-control or `knit demo` running? --viz-addr)"))?;
+        .with_context(|| format!("cannot reach knit-control's viz API at {viz} (is knit-control or `knit demo` running? --viz-addr)"))
+}
+
+/// A JSON answer of the viz API, or its error.
+async fn get_json(viz: SocketAddr, path: &str, params: &[(&str, String)]) -> anyhow::Result<serde_json::Value> {
+    use http_body_util::BodyExt;
+    let rsp = get(viz, path, params).await?;
     let status = rsp.status();
     let body = rsp.into_body().collect().await?.to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("{uri}: HTTP {status}, not JSON"))?;
+    let json: serde_json::Value = serde_json::from_slice(&body).with_context(|| format!("/api/{path}: HTTP {status}, not JSON"))?;
     if !status.is_success() {
         anyhow::bail!("{}", json["error"].as_str().unwrap_or("the viz API refused the query"));
     }
+    Ok(json)
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The rows from knit-control's `/api/stat`.
+async fn fetch(viz: SocketAddr, q: &stat::Query) -> anyhow::Result<Vec<stat::Row>> {
+    let mut params = vec![("kind", q.kind.label().to_string()), ("window", format!("{}s", q.window.as_secs_f64()))];
+    if let Some(ns) = &q.namespace {
+        params.push(("namespace", ns.clone()));
+    }
+    for (k, r) in [("to", &q.to), ("from", &q.from)] {
+        if let Some(r) = r {
+            params.push((k, format!("{}/{}", r.kind.label(), r.name)));
+        }
+    }
+    let json = get_json(viz, "stat", &params).await?;
     Ok(serde_json::from_value(json["rows"].clone())?)
+}
+
+async fn edges_cmd(args: EdgesArgs) -> anyhow::Result<()> {
+    let mut params = vec![("window", format!("{}s", args.window.as_secs_f64()))];
+    if let Some(ns) = &args.namespace {
+        params.push(("namespace", ns.clone()));
+    }
+    let json = get_json(args.viz_addr, "edges", &params).await?;
+    let edges: Vec<knit_control::viz::edges::Edge> = serde_json::from_value(json["edges"].clone())?;
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&edges)?);
+        return Ok(());
+    }
+    if edges.is_empty() {
+        println!("No edges found.");
+        return Ok(());
+    }
+    let mut lines = vec![["SRC", "DST", "SRC_NS", "DST_NS", "SECURED", "CLIENT_ID", "SERVER_ID"].map(String::from).to_vec()];
+    for e in &edges {
+        lines.push(vec![
+            e.src.clone(),
+            e.dst.clone(),
+            e.src_namespace.clone(),
+            e.dst_namespace.clone(),
+            if e.secured { "√".into() } else { "×".into() },
+            e.client_id.clone().unwrap_or_else(|| "-".into()),
+            e.server_id.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    print!("{}", columns(&lines));
+    Ok(())
+}
+
+async fn tap_cmd(args: TapArgs, top: bool) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let mut params = vec![("resource", format!("{}/{}", args.resource.kind.label(), args.resource.name)), ("max_rps", args.max_rps.to_string())];
+    for (k, v) in [("namespace", &args.namespace), ("method", &args.method), ("path", &args.path), ("authority", &args.authority)] {
+        if let Some(v) = v {
+            params.push((k, v.clone()));
+        }
+    }
+    let rsp = get(args.viz_addr, "tap", &params).await?;
+    if !rsp.status().is_success() {
+        let status = rsp.status();
+        let body = rsp.into_body().collect().await?.to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        anyhow::bail!("{}", json["error"].as_str().map_or_else(|| format!("HTTP {status}"), str::to_string));
+    }
+    let mut body = rsp.into_body();
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut buf = Vec::new();
+    let mut table = top::Table::default();
+    let mut redraw = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let ended = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = redraw.tick(), if top => {
+                table.print();
+                continue;
+            }
+            () = ended => break,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let Some(frame) = frame else { break };
+        let Ok(data) = frame?.into_data() else { continue };
+        buf.extend_from_slice(&data);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let json: serde_json::Value = serde_json::from_slice(&line)?;
+            if let Some(e) = json["error"].as_str() {
+                eprintln!("tap: {e}");
+                continue;
+            }
+            let t: knit_control::viz::tap::Tapped = serde_json::from_value(json)?;
+            if top {
+                table.add(&t);
+            } else if args.output == Output::Json {
+                println!("{}", serde_json::to_string(&t)?);
+            } else {
+                println!("{}", tap_line(&t));
+            }
+        }
+    }
+    if top {
+        table.print();
+    }
+    Ok(())
+}
+
+/// One request as a line: who, what, and how it went.
+fn tap_line(t: &knit_control::viz::tap::Tapped) -> String {
+    let dir = if t.direction == "inbound" { "in " } else { "out" };
+    let tls = if t.source_identity.is_some() && t.destination_identity.is_some() { "tls=true" } else { "tls=no_identity" };
+    let status = t.status.map_or("-".to_string(), |s| s.to_string());
+    let grpc = t.grpc_status.map_or(String::new(), |g| format!(" grpc-status={g}"));
+    let error = t.error.as_deref().map_or(String::new(), |e| format!(" error={e:?}"));
+    format!(
+        "{dir} {}/{} src={} dst={} {tls} :method={} :authority={} :path={} :status={status}{grpc} latency={:.1}ms bytes={}{error}",
+        t.namespace, t.pod, t.source, t.destination, t.method, t.authority, t.path, t.latency_ms, t.response_bytes
+    )
+}
+
+/// Pads columns to their widest cell.
+fn columns(lines: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..lines[0].len()).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for l in lines {
+        let cells: Vec<String> = l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+mod top {
+    use knit_control::viz::tap::Tapped;
+    use std::{collections::HashMap, io::IsTerminal};
+
+    #[derive(Default)]
+    struct Path {
+        count: u64,
+        success: u64,
+        best: f64,
+        worst: f64,
+        last: f64,
+    }
+
+    /// Requests by (source, destination, method, path), busiest first.
+    #[derive(Default)]
+    pub struct Table(HashMap<(String, String, String, String), Path>);
+
+    impl Table {
+        pub fn add(&mut self, t: &Tapped) {
+            let source = t.source_identity.as_deref().map_or_else(|| t.source.clone(), |id| id.split('.').next().unwrap_or(id).to_string());
+            let destination = t.destination_identity.as_deref().map_or_else(|| t.destination.clone(), |id| id.split('.').next().unwrap_or(id).to_string());
+            let p = self.0.entry((source, destination, t.method.clone(), t.path.clone())).or_default();
+            let ok = t.error.is_none() && t.status.is_some_and(|s| s < 500) && t.grpc_status.is_none_or(|g| g == 0);
+            p.count += 1;
+            p.success += u64::from(ok);
+            p.best = if p.count == 1 { t.latency_ms } else { p.best.min(t.latency_ms) };
+            p.worst = p.worst.max(t.latency_ms);
+            p.last = t.latency_ms;
+        }
+
+        pub fn print(&self) {
+            let mut rows: Vec<_> = self.0.iter().collect();
+            rows.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+            if std::io::stdout().is_terminal() {
+                print!("\x1b[2J\x1b[H");
+            }
+            let mut lines = vec![["SOURCE", "DESTINATION", "METHOD", "PATH", "COUNT", "BEST", "WORST", "LAST", "SUCCESS_RATE"].map(String::from).to_vec()];
+            for ((src, dst, method, path), p) in rows.into_iter().take(40) {
+                lines.push(vec![
+                    src.clone(),
+                    dst.clone(),
+                    method.clone(),
+                    path.clone(),
+                    p.count.to_string(),
+                    format!("{:.1}ms", p.best),
+                    format!("{:.1}ms", p.worst),
+                    format!("{:.1}ms", p.last),
+                    format!("{:.2}%", 100.0 * p.success as f64 / p.count.max(1) as f64),
+                ]);
+            }
+            print!("{}", super::columns(&lines));
+            println!();
+        }
+    }
 }
 
 fn table(rows: &[stat::Row], q: &stat::Query, wide: bool) -> String {
@@ -137,12 +384,5 @@ fn table(rows: &[stat::Row], q: &stat::Query, wide: bool) -> String {
         }
         lines.push(line);
     }
-    let widths: Vec<usize> = (0..header.len()).map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for l in lines {
-        let cells: Vec<String> = l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(cells.join("   ").trim_end());
-        out.push('\n');
-    }
-    out
+    columns(&lines)
 }

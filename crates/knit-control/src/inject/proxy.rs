@@ -67,6 +67,8 @@ pub fn proxy(values: &Values, s: &Settings, inbound_ports: &[i32]) -> Container 
         env("KNIT_PROXY_POLICY_WORKLOAD", r#"{"ns":"$(_pod_ns)","pod":"$(_pod_name)"}"#),
         env("KNIT_PROXY_IDENTITY_SVC_ADDR", values.service_addr("knit-identity", 8080)),
         env("KNIT_PROXY_IDENTITY_SVC_NAME", values.control_plane_identity()),
+        // knit-control taps proxies as itself.
+        env("KNIT_PROXY_TAP_SVC_NAME", values.control_plane_identity()),
         env("KNIT_PROXY_IDENTITY_LOCAL_NAME", format!("$(_pod_sa).$(_pod_ns).{}", values.identity_suffix())),
         env("KNIT_PROXY_IDENTITY_TOKEN_FILE", format!("{TOKEN_DIR}/{TOKEN_VOLUME}")),
         env("KNIT_PROXY_IDENTITY_TRUST_ANCHORS", &values.trust_anchors_pem),

@@ -60,7 +60,7 @@ fn pod_gets_a_native_sidecar_with_its_overrides() {
     assert_eq!(env(proxy, "KNIT_PROXY_OPAQUE_PORTS"), Some("6379,9000-9010"));
     assert_eq!(env(proxy, "KNIT_PROXY_IDENTITY_LOCAL_NAME"), Some("$(_pod_sa).$(_pod_ns).serviceaccount.identity.knit.cluster.local"));
     assert_eq!(env(proxy, "KNIT_PROXY_DESTINATION_SVC_ADDR"), Some("knit-destination.knit.svc.cluster.local.:8086"));
-    for var in ["KNIT_PROXY_DESTINATION_SVC_NAME", "KNIT_PROXY_POLICY_SVC_NAME", "KNIT_PROXY_IDENTITY_SVC_NAME"] {
+    for var in ["KNIT_PROXY_DESTINATION_SVC_NAME", "KNIT_PROXY_POLICY_SVC_NAME", "KNIT_PROXY_IDENTITY_SVC_NAME", "KNIT_PROXY_TAP_SVC_NAME"] {
         assert_eq!(env(proxy, var), Some("knit-control.knit.serviceaccount.identity.knit.cluster.local"), "{var}: the control plane proves this identity with TLS");
     }
     assert!(env(proxy, "KNIT_PROXY_IDENTITY_TRUST_ANCHORS").unwrap().starts_with("-----BEGIN CERTIFICATE-----"));

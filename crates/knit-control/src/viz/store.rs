@@ -18,6 +18,8 @@ use std::{
 
 /// The annotation naming the port of a workload's proxy admin server (metrics).
 pub const ADMIN_PORT_ANNOTATION: &str = "knit.dev/proxy-admin-port";
+/// The annotation naming the port of its tap server (default 4190).
+pub const TAP_PORT_ANNOTATION: &str = "knit.dev/proxy-tap-port";
 /// The label Linkerd's injector gives a Deployment's pods.
 pub const DEPLOYMENT_LABEL: &str = "linkerd.io/proxy-deployment";
 
@@ -45,6 +47,8 @@ pub struct Target {
     pub pod: String,
     /// The identity its proxy proves, when meshed.
     pub identity: Option<String>,
+    /// Its proxy's tap server.
+    pub tap: SocketAddr,
     /// Where the workload serves (its IPs and ports), to name the destination of outbound calls.
     #[serde(skip)]
     pub serves: Vec<SocketAddr>,
@@ -62,6 +66,7 @@ impl Target {
             deployment: w.metadata.labels.get(DEPLOYMENT_LABEL).cloned().unwrap_or_else(|| w.metadata.name.clone()),
             pod: w.metadata.name.clone(),
             identity: w.spec.mesh_tls.as_ref().map(|m| m.identity.clone()),
+            tap: SocketAddr::new(ip, w.metadata.annotations.get(TAP_PORT_ANNOTATION).and_then(|p| p.parse().ok()).unwrap_or(4190)),
             serves,
         })
     }
@@ -237,6 +242,11 @@ fn series_key(labels: &Labels) -> String {
     key
 }
 
+/// Every workload's proxy that declares its admin port.
+pub fn targets(index: &crate::index::Index) -> Vec<Target> {
+    index.workloads_all().iter().filter_map(|w| Target::of(w)).collect()
+}
+
 /// Follows the index's workloads as targets and, with `scrape`, scrapes each every `interval`
 /// (without it, Prometheus scrapes them and only the target list is kept).
 pub async fn run(store: Arc<Store>, index: Arc<crate::index::Index>, interval: Duration, scrape: bool) {
@@ -247,7 +257,7 @@ pub async fn run(store: Arc<Store>, index: Arc<crate::index::Index>, interval: D
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let targets: Vec<Target> = index.workloads_all().iter().filter_map(|w| Target::of(w)).collect();
+        let targets = targets(&index);
         store.set_targets(targets.clone());
         if !scrape {
             continue;
@@ -285,7 +295,7 @@ mod tests {
 
     fn target(pod: &str, admin: u16, serves: u16) -> Target {
         let ip = std::net::Ipv4Addr::LOCALHOST.into();
-        Target { admin: SocketAddr::new(ip, admin), namespace: "demo".into(), deployment: pod.into(), pod: pod.into(), identity: None, serves: vec![SocketAddr::new(ip, serves)] }
+        Target { admin: SocketAddr::new(ip, admin), namespace: "demo".into(), deployment: pod.into(), pod: pod.into(), identity: None, tap: SocketAddr::new(ip, 4190), serves: vec![SocketAddr::new(ip, serves)] }
     }
 
     fn sum_increase(store: &Store, name: &str, matchers: &[(&str, &str)], now: Instant, window: Duration) -> f64 {

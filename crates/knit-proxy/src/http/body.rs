@@ -16,10 +16,15 @@ pub struct Recorder {
     pub labels: StatusLabels,
     /// grpc-status from the response headers (a trailers-only response), if any.
     pub grpc_status: Option<u32>,
+    /// Set while someone taps this request: told of its end, with the bytes counted for it.
+    pub tap: Option<(crate::tap::TapRequest, u64)>,
 }
 
 impl Recorder {
     pub fn record(self, error: Option<&'static str>) {
+        if let Some((tap, bytes)) = self.tap {
+            tap.end(bytes, self.grpc_status, error.is_some());
+        }
         let http_failed = self.labels.status_code.is_none_or(|s| s >= 500);
         let grpc_failed = self.grpc_status.is_some_and(|s| s != 0);
         let classification = if error.is_some() || http_failed || grpc_failed { Classification::Failure } else { Classification::Success };
@@ -67,8 +72,13 @@ impl<B: Body<Data = Bytes>> Body for RecordBody<B> {
         let polled = this.inner.poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(trailers), Some(r)) = (frame.trailers_ref(), this.recorder.as_mut()) {
-                    r.grpc_status = grpc_status(trailers).or(r.grpc_status);
+                if let Some(r) = this.recorder.as_mut() {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        r.grpc_status = grpc_status(trailers).or(r.grpc_status);
+                    }
+                    if let (Some((_, bytes)), Some(data)) = (r.tap.as_mut(), frame.data_ref()) {
+                        *bytes += data.len() as u64;
+                    }
                 }
             }
             Poll::Ready(Some(Err(_))) => {

@@ -73,7 +73,7 @@ fn record_synthetic(ctx: &Ctx, target: Option<Routed>, status: StatusCode, error
     }
     let status = StatusLabels { target: labels, status_code: Some(status.as_u16()) };
     record_latency(side, &status, started);
-    Recorder { family: side.metrics.http.responses.clone(), labels: status, grpc_status: None }.record(error.map(ProxyError::metric_label));
+    Recorder { family: side.metrics.http.responses.clone(), labels: status, grpc_status: None, tap: None }.record(error.map(ProxyError::metric_label));
 }
 
 /// Sends one request (one attempt, when retrying) to one endpoint and records its golden
@@ -83,24 +83,55 @@ pub(super) async fn call_endpoint(req: Request<ReqBody>, routed: &Routed, ctx: &
     let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
     let labels = labels(ctx, Some(routed));
     side.metrics.http.requests.get_or_create(&labels).inc();
+    let mut tap = if side.taps.active() { start_tap(&req, routed, ctx) } else { None };
     let rsp = match forward(req, routed, ctx).await {
         Ok(rsp) => rsp,
         Err(e) => {
             side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e.metric_label())).inc();
             let status = StatusLabels { target: labels, status_code: Some(e.http_status().as_u16()) };
             record_latency(side, &status, started);
-            Recorder { family: side.metrics.http.responses.clone(), labels: status, grpc_status: None }.record(Some(e.metric_label()));
+            if let Some(t) = tap.as_mut() {
+                t.response(e.http_status().as_u16());
+            }
+            let tap = tap.map(|t| (t, 0));
+            Recorder { family: side.metrics.http.responses.clone(), labels: status, grpc_status: None, tap }.record(Some(e.metric_label()));
             return Err(e);
         }
     };
+    if let Some(t) = tap.as_mut() {
+        t.response(rsp.status().as_u16());
+    }
     let status = StatusLabels { target: labels, status_code: Some(rsp.status().as_u16()) };
     record_latency(side, &status, started);
     if side.config.log.access_log {
         tracing::info!(target: "access", client = %ctx.client, %method, %uri, ?version, status = rsp.status().as_u16(),
             latency_ms = started.elapsed().as_secs_f64() * 1e3, target_addr = %status.target.target_addr);
     }
-    let recorder = Recorder { family: side.metrics.http.responses.clone(), grpc_status: grpc_status(rsp.headers()), labels: status };
+    let recorder = Recorder { family: side.metrics.http.responses.clone(), grpc_status: grpc_status(rsp.headers()), labels: status, tap: tap.map(|t| (t, 0)) };
     Ok(rsp.map(|b| RecordBody::new(b, recorder).boxed()))
+}
+
+/// Offers the request to the tap subscribers (only called while someone taps).
+fn start_tap(req: &Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Option<crate::tap::TapRequest> {
+    let side = &ctx.side;
+    let own = side.dialer.identity.as_ref().map(|i| &*i.name);
+    let (source_id, destination_id) = match side.direction {
+        Direction::Inbound => (ctx.client_id.as_deref(), own),
+        Direction::Outbound => (own, routed.endpoint.meshed.as_ref().and_then(|m| m.identity.as_deref())),
+    };
+    let uri = req.uri();
+    let authority = uri.authority().map(|a| a.as_str()).or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
+    side.taps.request(&crate::tap::Meta {
+        direction: side.direction,
+        source: ctx.client,
+        destination: routed.endpoint.addr,
+        source_id,
+        destination_id,
+        method: req.method(),
+        scheme: uri.scheme_str(),
+        authority,
+        path: uri.path(),
+    })
 }
 
 /// Chooses the next hop's protocol:

@@ -6,5 +6,6 @@ mod control_tls;
 mod fixture;
 mod policy;
 mod routing;
+mod tap;
 
 

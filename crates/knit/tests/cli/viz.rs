@@ -2,7 +2,7 @@
 //! books) and scrapes their proxies; a client sends a known number of requests through web's
 //! proxy to books, whose backend fails every 4th. Then a real Prometheus, configured with the
 //! shipped `viz/prometheus-local.yml`, scrapes the same proxies, and `knit viz stat --prometheus`
-//! must agree with the built-in store.
+//! must agree with the built-in store, and the shipped Grafana dashboards' queries must run there.
 
 use super::temp_dir;
 use std::{
@@ -240,4 +240,143 @@ fn prometheus_with_the_shipped_configuration_agrees_with_the_built_in_store() {
     assert!(near(&b["rps"], &p["rps"], 0.15) && near(&b["rps"], &40.0.into(), 0.15), "rps: built-in {b}, prometheus {p}");
     assert!(near(&b["latency_ms_p50"], &p["latency_ms_p50"], 0.5), "p50: built-in {b}, prometheus {p}");
     assert_eq!(b["tcp_connections"], p["tcp_connections"]);
+    // The traffic ended a moment ago: still inside the dashboards' 10 s rate windows.
+    grafana_queries_run(&prom.url);
+}
+
+/// Every PromQL expression of the shipped Grafana dashboards as Grafana sends it for namespace
+/// test and `deployment`: (dashboard file, panel title, expression).
+fn grafana_queries(deployment: &str) -> Vec<(&'static str, String, String)> {
+    let mut out = Vec::new();
+    for file in ["knit-mesh.json", "knit-deployment.json"] {
+        let path = format!("{}/../../viz/grafana/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let board: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut panels: Vec<&serde_json::Value> = board["panels"].as_array().unwrap_or_else(|| panic!("{path}: no panels")).iter().collect();
+        while let Some(panel) = panels.pop() {
+            // A collapsed row keeps its panels inside it.
+            panels.extend(panel["panels"].as_array().into_iter().flatten());
+            let title = panel["title"].as_str().unwrap_or_default();
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap_or_else(|| panic!("{file}: a target of {title:?} has no expr"));
+                let expr = expr.replace("$namespace", "test").replace("$deployment", deployment).replace("$__rate_interval", "10s").replace("$__range", "1m");
+                out.push((file, title.to_string(), expr));
+            }
+        }
+    }
+    out
+}
+
+/// The series of an instant query, or Prometheus' reason for refusing it.
+fn prometheus_query(url: &str, promql: &str) -> Result<Vec<serde_json::Value>, String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-G", &format!("{url}/api/v1/query"), "--data-urlencode"])
+        .arg(format!("query={promql}"))
+        .output()
+        .expect("curl");
+    if !out.status.success() {
+        return Err(format!("curl: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))?;
+    if json["status"] != "success" {
+        return Err(format!("{}: {}", json["errorType"], json["error"]));
+    }
+    Ok(json["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// The value of one series of an instant query's result.
+fn sample(series: &serde_json::Value) -> f64 {
+    series["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// The shipped Grafana dashboards against this Prometheus: it accepts every panel's query, and
+/// the golden panels show the traffic (books' inbound; web's outbound, by authority).
+fn grafana_queries_run(url: &str) {
+    let golden = [
+        ("knit-mesh.json", "Success rate"),
+        ("knit-mesh.json", "Requests per second"),
+        ("knit-mesh.json", "Latency p50"),
+        ("knit-mesh.json", "Success rate by deployment"),
+        ("knit-mesh.json", "Requests per second by deployment"),
+        ("knit-mesh.json", "Latency by deployment"),
+        ("knit-mesh.json", "Deployments over the time range"),
+        ("knit-deployment.json", "Inbound success rate"),
+        ("knit-deployment.json", "Inbound requests per second"),
+        ("knit-deployment.json", "Inbound latency p50"),
+        ("knit-deployment.json", "Inbound latency"),
+    ];
+    let outbound = ["Outbound success rate by authority", "Outbound requests per second by authority", "Outbound authorities over the time range"];
+    let books = grafana_queries("books");
+    let web: Vec<_> = grafana_queries("web").into_iter().filter(|(_, title, _)| outbound.contains(&title.as_str())).collect();
+    for (file, title) in golden.iter().copied().chain(outbound.iter().map(|t| ("knit-deployment.json", *t))) {
+        assert!(books.iter().any(|(f, t, _)| *f == file && t == title), "{file} has no panel {title:?}");
+    }
+    for (file, title, expr) in &books {
+        let series = prometheus_query(url, expr).unwrap_or_else(|e| panic!("{file}, {title:?}: Prometheus refused {expr}: {e}"));
+        if !golden.contains(&(*file, title.as_str())) {
+            continue;
+        }
+        assert!(!series.is_empty(), "{file}, {title:?}: no data for {expr}");
+        if title.to_lowercase().contains("success rate") {
+            assert!(series.iter().all(|s| (sample(s) - 0.75).abs() < 0.05), "{file}, {title:?}: one in four failed, yet {expr} gives {series:?}");
+        }
+    }
+    // web called books: its outbound panels name the authority.
+    for (file, title, expr) in &web {
+        let series = prometheus_query(url, expr).unwrap_or_else(|e| panic!("{file}, {title:?} for web: Prometheus refused {expr}: {e}"));
+        assert!(!series.is_empty() && series.iter().all(|s| s["metric"]["authority"] == "books.test.svc.cluster.local:8080"), "{file}, {title:?} for web: {expr} gives {series:?}");
+    }
+    eprintln!("grafana: {} queries accepted, {} golden panels with data", books.len() + web.len(), golden.len() + outbound.len());
+}
+
+/// `knit viz tap`, `top` and `edges` against `knit demo`, whose proxies knit-control taps over
+/// mTLS.
+#[test]
+fn tap_top_and_edges_on_the_demo() {
+    use std::io::BufRead;
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_knit"))
+        .args(["demo", "--duration", "30s", "--interval", "10"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    let viz = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.trim().strip_prefix("- dashboard: http://").map(|a| a.trim_end_matches('/').to_string()))
+        .expect("the demo prints its dashboard address");
+    // Keep reading the demo's output so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let knit = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_knit")).args(["viz"]).args(args).args(["--viz-addr", &viz]).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    let (ok, out, err) = knit(&["tap", "deploy/books-v1", "-n", "demo", "--duration", "3s"]);
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.contains(":path=/books")).unwrap_or_else(|| panic!("books-v1's requests: {out}{err}"));
+    assert!(line.starts_with("in  demo/books-v1") && line.contains("tls=true") && line.contains(":status="), "{line}");
+
+    let (ok, out, err) = knit(&["tap", "deploy/web", "-n", "demo", "--path", "/authors", "-o", "json", "--duration", "3s"]);
+    assert!(ok, "{err}");
+    let tapped: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!tapped.is_empty() && tapped.iter().all(|t| t["path"].as_str().is_some_and(|p| p.starts_with("/authors"))), "{out}");
+    assert!(tapped.iter().any(|t| t["direction"] == "outbound" && t["destination_identity"].as_str().is_some_and(|i| i.starts_with("authors."))), "{out}");
+
+    let (ok, out, err) = knit(&["top", "deploy/books-v1", "-n", "demo", "--duration", "3s"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("COUNT") && out.lines().any(|l| l.starts_with("web") && l.contains("/books")), "{out}");
+
+    let (ok, out, err) = knit(&["edges", "-n", "demo", "-o", "json"]);
+    assert!(ok, "{err}");
+    let edges: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let web_books = edges.iter().find(|e| e["src"] == "web" && e["dst"] == "books-v1").unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(web_books["secured"], true);
+    assert!(web_books["client_id"].as_str().is_some_and(|c| c.starts_with("web.demo.")), "{web_books}");
+
+    let (ok, _, err) = knit(&["tap", "deploy/nope", "-n", "demo", "--duration", "1s"]);
+    assert!(!ok && err.contains("no meshed workload matches"), "{err}");
+    let _ = demo.kill();
+    let _ = demo.wait();
 }

@@ -207,6 +207,8 @@ impl LocalMesh {
             c.discovery.inbound_ports = app.map(|a| a.port()).into_iter().collect();
             // Every workload shares 127.0.0.1 here: loopback must not pass every policy.
             c.discovery.trust_loopback = false;
+            // knit-control may tap it, as its own identity.
+            c.tap = Some(knit_proxy::config::TapConfig { listen_addr: "127.0.0.1:0".parse().unwrap(), svc_name: CONTROL_IDENTITY.into(), max_rps: 20 });
         })
         .await;
         crate::integration::mtls::ready(proxy.addrs.admin).await;

@@ -1,0 +1,334 @@
+//! Tap (4190): `io.linkerd.proxy.tap.Tap/Observe`, a live stream of the HTTP requests this proxy
+//! forwards, for the viz component.
+//!
+//! - Served over mesh TLS only, and only to the identity `KNIT_PROXY_TAP_SVC_NAME` names; any
+//!   other client gets `Unauthenticated` (LINKERD-WIRE.md §9).
+//! - When nobody taps, a request costs one relaxed atomic load ([`Taps::active`]).
+//! - Each subscriber sees at most `KNIT_PROXY_TAP_MAX_RPS` requests per second and at most
+//!   `ObserveRequest.limit` in all; its events go through a bounded queue, and when the queue is
+//!   full events are dropped: a slow subscriber never slows traffic.
+
+use crate::metrics::Direction;
+use linkerd2_proxy_api::{
+    http_types,
+    net::TcpAddress,
+    tap::{
+        eos, observe_request::r#match::{self as m, Match as M},
+        tap_event::{self, http::{Event as HttpEvent, RequestInit, ResponseEnd, ResponseInit, StreamId}, EndpointMeta, Http, ProxyDirection},
+        tap_server::{Tap, TapServer},
+        Eos, ObserveRequest, TapEvent,
+    },
+};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+/// Events queued per subscriber before new ones are dropped.
+const QUEUE: usize = 1_000;
+
+/// What a tap match and event say about a request.
+pub struct Meta<'a> {
+    pub direction: Direction,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    /// The client's mesh identity (inbound) or this proxy's (outbound).
+    pub source_id: Option<&'a str>,
+    /// The server's mesh identity: the peer proxy's (outbound) or this proxy's (inbound).
+    pub destination_id: Option<&'a str>,
+    pub method: &'a http::Method,
+    pub scheme: Option<&'a str>,
+    pub authority: &'a str,
+    pub path: &'a str,
+}
+
+struct Subscriber {
+    matcher: Option<M>,
+    tx: mpsc::Sender<Result<TapEvent, Status>>,
+    /// Requests this subscriber may still see (`ObserveRequest.limit`).
+    remaining: AtomicU32,
+    /// Token bucket: (tokens, last refill).
+    bucket: Mutex<(f64, Instant)>,
+    max_rps: f64,
+}
+
+impl Subscriber {
+    fn admit(&self) -> bool {
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * self.max_rps).min(self.max_rps);
+        b.1 = now;
+        if b.0 < 1.0 {
+            return false;
+        }
+        let taken = self.remaining.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+        if taken {
+            b.0 -= 1.0;
+        }
+        taken
+    }
+
+    fn send(&self, event: TapEvent) {
+        // Full or gone: the event is dropped, the request goes on.
+        let _ = self.tx.try_send(Ok(event));
+    }
+}
+
+/// The live subscriptions, shared by the inbound and outbound sides.
+pub struct Taps {
+    active: AtomicUsize,
+    subscribers: Mutex<Vec<Arc<Subscriber>>>,
+    /// Stream ids: `base` is fixed per process, `stream` counts.
+    base: u32,
+    next: AtomicU64,
+    max_rps: u32,
+}
+
+impl Taps {
+    pub fn new(max_rps: u32) -> Arc<Self> {
+        let base = std::process::id();
+        Arc::new(Self { active: AtomicUsize::new(0), subscribers: Mutex::new(Vec::new()), base, next: AtomicU64::new(0), max_rps })
+    }
+
+    /// Whether anyone taps: the whole cost of tap on a request when nobody does.
+    #[inline]
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed) > 0
+    }
+
+    /// Emits `RequestInit` to every subscriber that wants this request, and returns the handle
+    /// that reports its response.
+    pub fn request(&self, meta: &Meta<'_>) -> Option<TapRequest> {
+        let subscribers: Vec<Arc<Subscriber>> = {
+            let subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+            subs.iter().filter(|s| s.matcher.as_ref().is_none_or(|m| matches(m, meta)) && s.admit()).cloned().collect()
+        };
+        if subscribers.is_empty() {
+            return None;
+        }
+        let id = StreamId { base: self.base, stream: self.next.fetch_add(1, Ordering::Relaxed) };
+        let (source_labels, destination_labels) = (tls_labels("client_id", meta.source_id), tls_labels("server_id", meta.destination_id));
+        let template = TapEvent {
+            source: Some(tcp(meta.source)),
+            source_meta: Some(EndpointMeta { labels: source_labels }),
+            route_meta: None,
+            destination: Some(tcp(meta.destination)),
+            destination_meta: Some(EndpointMeta { labels: destination_labels }),
+            proxy_direction: match meta.direction {
+                Direction::Inbound => ProxyDirection::Inbound,
+                Direction::Outbound => ProxyDirection::Outbound,
+            } as i32,
+            event: None,
+        };
+        let init = HttpEvent::RequestInit(RequestInit {
+            id: Some(id),
+            method: Some(meta.method.clone().into()),
+            scheme: meta.scheme.map(http_types::Scheme::from),
+            authority: meta.authority.to_string(),
+            path: meta.path.to_string(),
+            headers: None,
+        });
+        let tap = TapRequest { subscribers, template, id, started: Instant::now(), responded: None };
+        tap.emit(init);
+        Some(tap)
+    }
+
+    fn subscribe(&self, req: ObserveRequest) -> Observed {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let limit = if req.limit == 0 { u32::MAX } else { req.limit };
+        let sub = Arc::new(Subscriber {
+            matcher: req.r#match.and_then(|m| m.r#match),
+            tx,
+            remaining: AtomicU32::new(limit),
+            bucket: Mutex::new((f64::from(self.max_rps), Instant::now())),
+            max_rps: f64::from(self.max_rps),
+        });
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(sub.clone());
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Observed { rx, registry: None, sub: Some(sub) }
+    }
+
+    fn unsubscribe(&self, sub: &Arc<Subscriber>) {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = subs.iter().position(|s| Arc::ptr_eq(s, sub)) {
+            subs.swap_remove(i);
+            self.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn tls_labels(key: &str, id: Option<&str>) -> HashMap<String, String> {
+    match id {
+        Some(id) => HashMap::from([("tls".to_string(), "true".to_string()), (key.to_string(), id.to_string())]),
+        None => HashMap::from([("tls".to_string(), "no_identity".to_string())]),
+    }
+}
+
+fn tcp(addr: SocketAddr) -> TcpAddress {
+    TcpAddress { ip: Some(addr.ip().into()), port: u32::from(addr.port()) }
+}
+
+fn duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+/// One tapped request: reports its response head and its end.
+pub struct TapRequest {
+    subscribers: Vec<Arc<Subscriber>>,
+    template: TapEvent,
+    id: StreamId,
+    started: Instant,
+    responded: Option<Instant>,
+}
+
+impl TapRequest {
+    fn emit(&self, event: HttpEvent) {
+        let mut e = self.template.clone();
+        e.event = Some(tap_event::Event::Http(Http { event: Some(event) }));
+        for s in &self.subscribers {
+            s.send(e.clone());
+        }
+    }
+
+    pub fn response(&mut self, status: u16) {
+        self.responded = Some(Instant::now());
+        self.emit(HttpEvent::ResponseInit(ResponseInit { id: Some(self.id), since_request_init: Some(duration(self.started.elapsed())), http_status: u32::from(status), headers: None }));
+    }
+
+    /// The response's end: its body size, its gRPC status, or a reset when it did not end well.
+    pub fn end(self, response_bytes: u64, grpc_status: Option<u32>, reset: bool) {
+        let now = Instant::now();
+        let eos = match (reset, grpc_status) {
+            // h2's INTERNAL_ERROR: the stream did not end cleanly.
+            (true, _) => Some(Eos { end: Some(eos::End::ResetErrorCode(2)) }),
+            (false, Some(code)) => Some(Eos::from_grpc_status(code)),
+            (false, None) => None,
+        };
+        self.emit(HttpEvent::ResponseEnd(ResponseEnd {
+            id: Some(self.id),
+            since_request_init: Some(duration(now - self.started)),
+            since_response_init: Some(duration(now - self.responded.unwrap_or(now))),
+            response_bytes,
+            eos,
+            trailers: None,
+        }));
+    }
+}
+
+fn matches(m: &M, meta: &Meta<'_>) -> bool {
+    let string = |s: &m::http::StringMatch, value: &str| match &s.r#match {
+        Some(m::http::string_match::Match::Exact(e)) => value == e,
+        Some(m::http::string_match::Match::Prefix(p)) => value.starts_with(p.as_str()),
+        None => true,
+    };
+    let tcp = |t: &m::Tcp, addr: SocketAddr| match &t.r#match {
+        Some(m::tcp::Match::Netmask(n)) => {
+            let Some(ip) = n.ip.and_then(|ip| std::net::IpAddr::try_from(ip).ok()) else { return false };
+            ipnet::IpNet::new(ip, n.mask as u8).is_ok_and(|net| net.contains(&addr.ip()))
+        }
+        Some(m::tcp::Match::Ports(p)) => (p.min..=p.max.max(p.min)).contains(&u32::from(addr.port())),
+        None => true,
+    };
+    let sub = |m: &Option<M>| m.as_ref().is_none_or(|m| matches(m, meta));
+    match m {
+        M::All(seq) => seq.matches.iter().all(|x| sub(&x.r#match)),
+        M::Any(seq) => seq.matches.iter().any(|x| sub(&x.r#match)),
+        M::Not(x) => x.r#match.as_ref().is_some_and(|m| !matches(m, meta)),
+        M::Source(t) => tcp(t, meta.source),
+        M::Destination(t) => tcp(t, meta.destination),
+        M::Http(h) => match &h.r#match {
+            Some(m::http::Match::Method(want)) => http::Method::try_from(want.clone()).is_ok_and(|w| w == *meta.method),
+            Some(m::http::Match::Scheme(want)) => meta.scheme.is_some_and(|s| http_types::Scheme::from(s) == *want),
+            Some(m::http::Match::Authority(s)) => string(s, meta.authority),
+            Some(m::http::Match::Path(s)) => string(s, meta.path),
+            None => true,
+        },
+        // Knit's proxy keeps no destination or route labels to match on.
+        M::DestinationLabel(_) | M::RouteLabel(_) => false,
+    }
+}
+
+/// A subscriber's event stream; dropping it (the client went away) unsubscribes.
+pub struct Observed {
+    rx: mpsc::Receiver<Result<TapEvent, Status>>,
+    registry: Option<Arc<Taps>>,
+    sub: Option<Arc<Subscriber>>,
+}
+
+impl futures_util::Stream for Observed {
+    type Item = Result<TapEvent, Status>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if let (Some(registry), Some(sub)) = (self.registry.take(), self.sub.take()) {
+            registry.unsubscribe(&sub);
+        }
+    }
+}
+
+/// The gRPC service, for one connection whose client proved `peer` (if anything).
+pub struct TapService {
+    taps: Arc<Taps>,
+    peer: Option<String>,
+    allowed: Arc<str>,
+}
+
+#[tonic::async_trait]
+impl Tap for TapService {
+    type ObserveStream = Observed;
+
+    async fn observe(&self, req: Request<ObserveRequest>) -> Result<Response<Observed>, Status> {
+        if self.peer.as_deref() != Some(&*self.allowed) {
+            let seen = self.peer.as_deref().unwrap_or("no client certificate");
+            tracing::info!(peer = seen, allowed = %self.allowed, "tap refused");
+            return Err(Status::unauthenticated(format!("tap is only for {}; the client proved {seen}", self.allowed)));
+        }
+        let mut observed = self.taps.subscribe(req.into_inner());
+        observed.registry = Some(self.taps.clone());
+        Ok(Response::new(observed))
+    }
+}
+
+/// Serves tap on `listener` until the task is dropped: mesh TLS with the proxy's current
+/// certificate, then gRPC over HTTP/2.
+pub async fn serve(listener: tokio::net::TcpListener, taps: Arc<Taps>, identity: crate::identity::Identity, allowed: String, metrics: crate::metrics::IdentityMetrics) {
+    let allowed: Arc<str> = allowed.into();
+    let log = Arc::new(crate::tls::LogOnce::default());
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "tap accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Some(creds) = identity.current() else { continue };
+        let (taps, allowed, metrics, log) = (taps.clone(), allowed.clone(), metrics.clone(), log.clone());
+        tokio::spawn(async move {
+            let Ok((tls, client_id, _)) = crate::tls::accept(tcp, creds, peer, &metrics, &log).await else { return };
+            let svc = TapServer::new(TapService { taps, peer: client_id, allowed });
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                use tower_service::Service;
+                svc.clone().call(req)
+            });
+            if let Err(e) = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(io, svc).await {
+                tracing::debug!(%peer, error = %e, "tap connection ended");
+            }
+        });
+    }
+}

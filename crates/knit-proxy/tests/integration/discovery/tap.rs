@@ -1,0 +1,83 @@
+//! Tap: knit-control observes a proxy's requests over mTLS as its own identity; any other
+//! identity is refused; matches and the per-subscriber rate limit apply.
+
+use super::fixture::{count_from, identity, send, service, Backend, Behaviour, LocalMesh, CONTROL_IDENTITY, NS};
+use knit_control::viz::{store::Target, tap::{Client, Filter, Tapped}};
+use std::{sync::Arc, time::Duration};
+
+/// A tap client certified by the mesh's CA as `name`.
+fn client(mesh: &LocalMesh, name: &str) -> Arc<Client> {
+    let service = knit_control::identity::Service::load(&knit_control::config::IdentityConfig::for_dir(mesh.dir.join("identity"))).unwrap();
+    Arc::new(Client::new(Arc::new(service), name.to_string()))
+}
+
+/// Taps `target` with `filter` for `secs`, collecting what arrives.
+async fn collect(client: Arc<Client>, target: Target, filter: Filter, secs: u64) -> Vec<Result<Tapped, String>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
+    let task = tokio::spawn(client.run(vec![target], filter, 1000, tx));
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(secs), async {
+        while let Some(item) = rx.recv().await {
+            out.push(item);
+        }
+    })
+    .await;
+    task.abort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knit_control_taps_over_mtls_and_nobody_else_can() {
+    let mesh = LocalMesh::start("tap").await;
+    let books = Backend::start("books", Behaviour::Ok).await;
+    let books_proxy = mesh.workload(&books, "books", &[("app", "books")]).await;
+    mesh.write("services.yaml", &service("books", &[("app", "books")], &[])).await;
+    let web = mesh.proxy("web", "web", None).await;
+    assert_eq!(count_from(&send(web.addrs.outbound, "books:8080", "/warm", 5).await, "books"), 5);
+    let target = Target {
+        admin: books_proxy.addrs.admin,
+        namespace: NS.into(),
+        deployment: "books".into(),
+        pod: "books".into(),
+        identity: Some(identity("books")),
+        tap: books_proxy.addrs.tap.expect("tap is on"),
+        serves: vec![books.addr],
+    };
+
+    // Traffic to two paths while knit-control taps only one of them.
+    let outbound = web.addrs.outbound;
+    let traffic = tokio::spawn(async move {
+        for _ in 0..30 {
+            send(outbound, "books:8080", "/books/1", 1).await;
+            send(outbound, "books:8080", "/other", 1).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let filter = Filter { path_prefix: Some("/books".into()), ..Default::default() };
+    let seen = collect(client(&mesh, CONTROL_IDENTITY), target.clone(), filter, 3).await;
+    traffic.abort();
+    let tapped: Vec<&Tapped> = seen.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert!(!tapped.is_empty(), "requests were tapped: {seen:?}");
+    for t in &tapped {
+        assert_eq!((t.direction.as_str(), t.method.as_str(), t.path.as_str(), t.status), ("inbound", "GET", "/books/1", Some(200)), "{t:?}");
+        assert_eq!(t.source_identity.as_deref(), Some(identity("web").as_str()), "the client's identity, proven by mTLS");
+        assert_eq!(t.destination_identity.as_deref(), Some(identity("books").as_str()));
+        assert!(t.latency_ms > 0.0 && t.response_bytes > 0, "{t:?}");
+    }
+
+    // The per-subscriber limit (20 requests per second here) holds under a burst of 200.
+    let outbound = web.addrs.outbound;
+    let burst = tokio::spawn(async move { send(outbound, "books:8080", "/books/burst", 200).await });
+    let seen = collect(client(&mesh, CONTROL_IDENTITY), target.clone(), Filter::default(), 2).await;
+    let _ = burst.await;
+    let n = seen.iter().filter(|r| r.is_ok()).count();
+    assert!(n > 0 && n <= 20 * 3, "at most about 20 per second over 2 s (and a full bucket), got {n}");
+
+    // Another identity, from the same CA, is refused, and told why.
+    let intruder = format!("intruder.{NS}.serviceaccount.identity.knit.cluster.local");
+    let seen = collect(client(&mesh, &intruder), target, Filter::default(), 2).await;
+    let error = seen.iter().find_map(|r| r.as_ref().err()).unwrap_or_else(|| panic!("refused: {seen:?}"));
+    assert!(error.contains(&format!("tap is only for {CONTROL_IDENTITY}")) && error.contains(&intruder), "{error}");
+    assert!(seen.iter().all(|r| r.is_err()), "nothing tapped for the intruder");
+    assert!(books_proxy.metric("request_total", &[]).await > 0.0);
+}
