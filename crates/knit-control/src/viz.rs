@@ -10,6 +10,10 @@
 //!   (names ascending, numbers descending), `order=asc|desc`, `filter=SUBSTRING` (of the
 //!   namespace or name); the answer says `total`.
 //! - `GET /api/edges?namespace=NS&window=30s`: deployment-to-deployment edges, mTLS and identities.
+//! - `GET /api/routes?namespace=NS&deployment=NAME&window=30s`: the HTTP routes a deployment
+//!   calls, with success rate, rps and latency after retries.
+//! - `GET /api/authz?namespace=NS&deployment=NAME&window=30s`: its inbound authorization
+//!   decisions per server, route and authorization.
 //! - `GET /api/certificates`: each proxy's identity and certificate expiry.
 //! - `GET /api/tap?namespace=NS&resource=KIND/NAME&method=GET&path=PREFIX&authority=PREFIX&max_rps=100`:
 //!   a live stream of requests (newline-delimited JSON, one object per completed request, or
@@ -21,6 +25,7 @@
 pub mod edges;
 pub mod prom;
 pub mod query;
+pub mod routes;
 pub mod stat;
 pub mod store;
 pub mod tap;
@@ -59,6 +64,9 @@ impl Viz {
 
     /// The resources a stat of `kind` lists even without traffic: one per scrape target.
     pub fn known(&self, kind: stat::Kind) -> Vec<(String, String)> {
+        if kind == stat::Kind::Service {
+            return Vec::new();
+        }
         let mut out: Vec<(String, String)> = self
             .targets()
             .into_iter()
@@ -66,7 +74,7 @@ impl Viz {
                 let name = match kind {
                     stat::Kind::Namespace => t.namespace.clone(),
                     stat::Kind::Deployment => t.deployment,
-                    stat::Kind::Pod => t.pod,
+                    stat::Kind::Pod | stat::Kind::Service => t.pod,
                 };
                 (t.namespace, name)
             })
@@ -81,6 +89,9 @@ impl Viz {
         let bad = |e: String| (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e }));
         let namespace = params.get("namespace").filter(|n| !n.is_empty());
         let resource = params.get("resource").filter(|r| !r.is_empty()).map(|r| r.parse::<stat::Resource>()).transpose().map_err(|e| bad(format!("resource: {e}")))?;
+        if resource.as_ref().is_some_and(|r| r.kind == stat::Kind::Service) {
+            return Err(bad("resource: tap a deployment, pod or namespace (a service's traffic is in its callers' and its pods' proxies)".into()));
+        }
         let max_rps = params.get("max_rps").map_or(Ok(100), |v| v.parse::<u32>().map_err(|_| bad(format!("max_rps: {v:?} is not a number"))))?;
         let targets: Vec<store::Target> = self
             .targets()
@@ -92,6 +103,8 @@ impl Viz {
                     stat::Kind::Namespace => t.namespace == r.name,
                     stat::Kind::Deployment => t.deployment == r.name,
                     stat::Kind::Pod => t.pod == r.name,
+                    // Refused above.
+                    stat::Kind::Service => false,
                 },
             })
             .collect();
@@ -140,6 +153,24 @@ impl Viz {
                     }
                 }
             },
+            "/api/routes" | "/api/authz" => {
+                let (Some(ns), Some(deployment)) = (params.get("namespace").filter(|n| !n.is_empty()), params.get("deployment").filter(|d| !d.is_empty())) else {
+                    return (StatusCode::BAD_REQUEST, serde_json::json!({ "error": "namespace and deployment are required" }));
+                };
+                let w = match window(params, self) {
+                    Ok(w) => w,
+                    Err(e) => return (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
+                };
+                let rows = if path == "/api/routes" {
+                    routes::routes(&self.source, ns, deployment, w).await.map(|r| serde_json::json!(r))
+                } else {
+                    routes::authz(&self.source, ns, deployment, w).await.map(|r| serde_json::json!(r))
+                };
+                match rows {
+                    Ok(rows) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "rows": rows })),
+                    Err(e) => (StatusCode::BAD_GATEWAY, serde_json::json!({ "error": e.to_string() })),
+                }
+            }
             "/api/certificates" => {
                 let mut expiry = BTreeMap::new();
                 self.store.each("identity_cert_expiration_timestamp_seconds", &[], |v| {

@@ -17,6 +17,25 @@ pub enum Command {
     Tap(TapArgs),
     /// A live table of a resource's busiest paths.
     Top(TapArgs),
+    /// The HTTP routes a deployment calls: success rate, rps and latency after retries.
+    Routes(PolicyArgs),
+    /// A deployment's inbound authorization decisions per server, route and authorization.
+    Authz(PolicyArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PolicyArgs {
+    /// deploy/NAME
+    resource: stat::Resource,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    #[arg(short = 't', long = "time-window", default_value = "30s", value_parser = parse_duration)]
+    window: Duration,
+    /// table or json.
+    #[arg(short, long, default_value = "table")]
+    output: Output,
+    #[arg(long, env = "KNIT_VIZ_ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
+    viz_addr: SocketAddr,
 }
 
 #[derive(clap::Args)]
@@ -106,6 +125,8 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
         Command::Edges(args) => rt.block_on(edges_cmd(args)),
         Command::Tap(args) => rt.block_on(tap_cmd(args, false)),
         Command::Top(args) => rt.block_on(tap_cmd(args, true)),
+        Command::Routes(args) => rt.block_on(policy_cmd(args, "routes")),
+        Command::Authz(args) => rt.block_on(policy_cmd(args, "authz")),
     }
 }
 
@@ -202,6 +223,37 @@ async fn edges_cmd(args: EdgesArgs) -> anyhow::Result<()> {
         ]);
     }
     print!("{}", columns(&lines));
+    Ok(())
+}
+
+async fn policy_cmd(args: PolicyArgs, view: &str) -> anyhow::Result<()> {
+    use knit_control::viz::routes::{AuthzRow, RouteRow};
+    if args.resource.kind != stat::Kind::Deployment {
+        anyhow::bail!("{view} takes a deployment: deploy/NAME");
+    }
+    let params = [("namespace", args.namespace.clone()), ("deployment", args.resource.name.clone()), ("window", format!("{}s", args.window.as_secs_f64()))];
+    let json = get_json(args.viz_addr, view, &params).await?;
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&json["rows"])?);
+        return Ok(());
+    }
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v));
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}ms"));
+    let mut lines: Vec<Vec<String>>;
+    if view == "routes" {
+        let rows: Vec<RouteRow> = serde_json::from_value(json["rows"].clone())?;
+        lines = vec![["PARENT", "ROUTE", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"].map(String::from).to_vec()];
+        lines.extend(rows.iter().map(|r| vec![r.parent.clone(), r.route.clone(), pct(r.success_rate), format!("{:.1}rps", r.rps), ms(r.latency_ms_p50), ms(r.latency_ms_p95), ms(r.latency_ms_p99)]));
+    } else {
+        let rows: Vec<AuthzRow> = serde_json::from_value(json["rows"].clone())?;
+        lines = vec![["SERVER", "ROUTE", "AUTHORIZATION", "ALLOWED_RPS", "DENIED_RPS"].map(String::from).to_vec()];
+        lines.extend(rows.iter().map(|r| vec![r.server.clone(), r.route.clone(), r.authorization.clone(), format!("{:.1}", r.allowed_rps), format!("{:.1}", r.denied_rps)]));
+    }
+    if lines.len() == 1 {
+        println!("No traffic found.");
+    } else {
+        print!("{}", columns(&lines));
+    }
     Ok(())
 }
 

@@ -13,6 +13,8 @@ pub enum Kind {
     Namespace,
     Deployment,
     Pod,
+    /// Services, as their callers see them (outbound, by authority).
+    Service,
 }
 
 impl Kind {
@@ -21,7 +23,8 @@ impl Kind {
             "ns" | "namespace" | "namespaces" => Ok(Kind::Namespace),
             "deploy" | "deployment" | "deployments" => Ok(Kind::Deployment),
             "po" | "pod" | "pods" => Ok(Kind::Pod),
-            other => Err(format!("unknown resource kind {other:?}: expected namespace (ns), deployment (deploy) or pod (po)")),
+            "svc" | "service" | "services" => Ok(Kind::Service),
+            other => Err(format!("unknown resource kind {other:?}: expected namespace (ns), deployment (deploy), pod (po) or service (svc)")),
         }
     }
 
@@ -30,6 +33,7 @@ impl Kind {
             Kind::Namespace => "namespace",
             Kind::Deployment => "deployment",
             Kind::Pod => "pod",
+            Kind::Service => "service",
         }
     }
 }
@@ -86,6 +90,12 @@ pub async fn stat(source: &Source, q: &Query, known: &[(String, String)]) -> Res
     if q.to.is_some() && q.from.is_some() {
         return Err(QueryError::Invalid("--to and --from together are not supported; use one".into()));
     }
+    if q.kind == Kind::Service {
+        return services(source, q).await;
+    }
+    if q.to.as_ref().is_some_and(|r| r.kind == Kind::Service) || q.from.as_ref().is_some_and(|r| r.kind == Kind::Service) {
+        return Err(QueryError::Invalid("--to/--from a service: use `stat svc` (services are seen by their callers)".into()));
+    }
     let kind = q.kind.label();
     let (ns_label, name_label) = match &q.from {
         Some(_) => ("dst_namespace".to_string(), format!("dst_{kind}")),
@@ -105,50 +115,91 @@ pub async fn stat(source: &Source, q: &Query, known: &[(String, String)]) -> Res
     // A namespace row is grouped by its namespace only.
     let by: Vec<&str> = if q.kind == Kind::Namespace { vec![ns_label.as_str()] } else { vec![ns_label.as_str(), name_label.as_str()] };
     let key = |g: &[String]| -> (String, String) { (g[0].clone(), g.last().cloned().unwrap_or_default()) };
-
-    let mut by_class = by.clone();
-    by_class.push("classification");
-    let mut by_tls = by.clone();
-    by_tls.push("tls");
-    let responses = source.increase("response_total", &m, &by_class, q.window).await?;
-    let tls = source.increase("response_total", &m, &by_tls, q.window).await?;
-    let quantiles = [
-        source.quantile(0.5, "response_latency_ms", &m, &by, q.window).await?,
-        source.quantile(0.95, "response_latency_ms", &m, &by, q.window).await?,
-        source.quantile(0.99, "response_latency_ms", &m, &by, q.window).await?,
-    ];
-    // TCP: the accepted side for a plain stat, the opened side toward destinations otherwise.
     let peer = if q.to.is_some() || q.from.is_some() { "dst" } else { "src" };
-    let mut tcp_m = m.clone();
-    tcp_m.push(("peer", peer));
-    let conns = source.gauge("tcp_open_connections", &tcp_m, &by).await?;
-    let read = source.increase("tcp_read_bytes_total", &tcp_m, &by, q.window).await?;
-    let write = source.increase("tcp_write_bytes_total", &tcp_m, &by, q.window).await?;
-
-    let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
-    let empty = |(namespace, name): (String, String)| Row {
-        namespace,
-        name,
-        requests: 0.0,
-        success_rate: None,
-        rps: 0.0,
-        latency_ms_p50: None,
-        latency_ms_p95: None,
-        latency_ms_p99: None,
-        mtls_rate: None,
-        tcp_connections: 0.0,
-        read_bytes_per_sec: 0.0,
-        write_bytes_per_sec: 0.0,
-    };
+    let mut rows = rows(source, &m, &by, &key, q.window, peer).await?;
     if q.to.is_none() && q.from.is_none() {
         for (ns, name) in known {
             if q.namespace.as_ref().is_none_or(|n| n == ns) {
                 let k = if q.kind == Kind::Namespace { (ns.clone(), ns.clone()) } else { (ns.clone(), name.clone()) };
-                rows.entry(k.clone()).or_insert_with(|| empty(k));
+                rows.entry(k.clone()).or_insert_with(|| Row::empty(k));
             }
         }
     }
-    let secs = q.window.as_secs_f64().max(1e-3);
+    // Series of resources nobody names (no dst_* label: an address outside the mesh).
+    rows.retain(|(_, name), _| !name.is_empty());
+    Ok(rows.into_values().collect())
+}
+
+/// `stat svc`: each Service's traffic as its callers' proxies see it, from the `authority` label
+/// (`NAME.NS.svc.DOMAIN:PORT`); `--from` narrows it to one caller.
+async fn services(source: &Source, q: &Query) -> Result<Vec<Row>, QueryError> {
+    if q.to.is_some() {
+        return Err(QueryError::Invalid("stat svc takes --from (who calls), not --to".into()));
+    }
+    let mut matchers = vec![("direction".to_string(), "outbound".to_string())];
+    if let Some(from) = &q.from {
+        matchers.push((from.kind.label().into(), from.name.clone()));
+    }
+    let m: Vec<(&str, &str)> = matchers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // `NAME.NS.svc.DOMAIN:PORT`, `NAME.NS:PORT`, or `NAME:PORT` in the caller's namespace.
+    let key = |g: &[String]| -> (String, String) {
+        let (host, port) = g[0].rsplit_once(':').unwrap_or((&g[0], ""));
+        match host.split('.').collect::<Vec<_>>()[..] {
+            [name] => (g[1].clone(), format!("{name}:{port}")),
+            [name, ns] | [name, ns, "svc", ..] => (ns.to_string(), format!("{name}:{port}")),
+            _ => (String::new(), g[0].clone()),
+        }
+    };
+    let mut rows = rows(source, &m, &["authority", "namespace"], &key, q.window, "dst").await?;
+    rows.retain(|(ns, name), _| !name.is_empty() && q.namespace.as_ref().is_none_or(|n| n == ns));
+    Ok(rows.into_values().collect())
+}
+
+impl Row {
+    fn empty((namespace, name): (String, String)) -> Self {
+        Row {
+            namespace,
+            name,
+            requests: 0.0,
+            success_rate: None,
+            rps: 0.0,
+            latency_ms_p50: None,
+            latency_ms_p95: None,
+            latency_ms_p99: None,
+            mtls_rate: None,
+            tcp_connections: 0.0,
+            read_bytes_per_sec: 0.0,
+            write_bytes_per_sec: 0.0,
+        }
+    }
+}
+
+type Key<'a> = &'a (dyn Fn(&[String]) -> (String, String) + Sync);
+
+/// The golden metrics of the series matching `m`, grouped by `by` and keyed by `key`.
+async fn rows(source: &Source, m: &[(&str, &str)], by: &[&str], key: Key<'_>, window: Duration, peer: &str) -> Result<BTreeMap<(String, String), Row>, QueryError> {
+    let by = by.to_vec();
+    let mut by_class = by.clone();
+    by_class.push("classification");
+    let mut by_tls = by.clone();
+    by_tls.push("tls");
+    let responses = source.increase("response_total", &m, &by_class, window).await?;
+    let tls = source.increase("response_total", &m, &by_tls, window).await?;
+    let quantiles = [
+        source.quantile(0.5, "response_latency_ms", &m, &by, window).await?,
+        source.quantile(0.95, "response_latency_ms", &m, &by, window).await?,
+        source.quantile(0.99, "response_latency_ms", &m, &by, window).await?,
+    ];
+    // TCP: the accepted side for a plain stat, the opened side toward destinations otherwise.
+    let mut tcp_m = m.to_vec();
+    tcp_m.push(("peer", peer));
+    let conns = source.gauge("tcp_open_connections", &tcp_m, &by).await?;
+    let read = source.increase("tcp_read_bytes_total", &tcp_m, &by, window).await?;
+    let write = source.increase("tcp_write_bytes_total", &tcp_m, &by, window).await?;
+
+    let empty = Row::empty;
+    let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
+    let secs = window.as_secs_f64().max(1e-3);
     let mut success: BTreeMap<(String, String), f64> = BTreeMap::new();
     for (g, n) in &responses {
         let k = key(&g[..g.len() - 1]);
@@ -183,7 +234,5 @@ pub async fn stat(source: &Source, q: &Query, known: &[(String, String)]) -> Res
             row.mtls_rate = Some(mtls.get(k).copied().unwrap_or(0.0) / row.requests);
         }
     }
-    // Series of resources nobody names (no dst_* label: an address outside the mesh).
-    rows.retain(|(_, name), _| !name.is_empty());
-    Ok(rows.into_values().collect())
+    Ok(rows)
 }

@@ -24,17 +24,25 @@ pub const TAP_PORT_ANNOTATION: &str = "knit.dev/proxy-tap-port";
 pub const DEPLOYMENT_LABEL: &str = "linkerd.io/proxy-deployment";
 
 /// The families a stat, an edge or a Grafana panel reads. Everything else is not stored.
-pub const FAMILIES: [&str; 6] = [
+pub const FAMILIES: [&str; 10] = [
     "response_total",
     "response_latency_ms_bucket",
     "tcp_open_connections",
     "tcp_read_bytes_total",
     "tcp_write_bytes_total",
     "identity_cert_expiration_timestamp_seconds",
+    "outbound_http_route_request_statuses_total",
+    "outbound_http_route_request_duration_seconds_bucket",
+    "inbound_http_authz_allow_total",
+    "inbound_http_authz_deny_total",
 ];
 
 /// The proxy labels kept; the address labels are replaced by `dst_*` labels.
-const KEPT_LABELS: [&str; 10] = ["direction", "authority", "tls", "client_id", "server_id", "no_tls_reason", "classification", "status_code", "le", "peer"];
+const KEPT_LABELS: [&str; 23] = [
+    "direction", "authority", "tls", "client_id", "server_id", "no_tls_reason", "classification", "status_code", "le", "peer",
+    "http_status", "error", "parent_kind", "parent_namespace", "parent_name", "parent_port", "route_kind", "route_namespace", "route_name",
+    "srv_kind", "srv_name", "authz_kind", "authz_name",
+];
 
 pub type Labels = BTreeMap<String, String>;
 

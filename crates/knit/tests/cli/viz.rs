@@ -329,10 +329,10 @@ fn grafana_queries_run(url: &str) {
     eprintln!("grafana: {} queries accepted, {} golden panels with data", books.len() + web.len(), golden.len() + outbound.len());
 }
 
-/// `knit viz tap`, `top` and `edges` against `knit demo`, whose proxies knit-control taps over
-/// mTLS.
+/// `knit viz tap`, `top`, `edges`, `routes`, `authz` and `stat svc` against `knit demo`, whose
+/// proxies knit-control taps over mTLS.
 #[test]
-fn tap_top_and_edges_on_the_demo() {
+fn tap_top_edges_routes_and_authz_on_the_demo() {
     use std::io::BufRead;
     let mut demo = Command::new(env!("CARGO_BIN_EXE_knit"))
         .args(["demo", "--duration", "30s", "--interval", "10"])
@@ -374,6 +374,23 @@ fn tap_top_and_edges_on_the_demo() {
     let web_books = edges.iter().find(|e| e["src"] == "web" && e["dst"] == "books-v1").unwrap_or_else(|| panic!("{out}"));
     assert_eq!(web_books["secured"], true);
     assert!(web_books["client_id"].as_str().is_some_and(|c| c.starts_with("web.demo.")), "{web_books}");
+
+    let json = |args: &[&str]| {
+        let (ok, out, err) = knit(args);
+        assert!(ok, "{args:?}: {err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    };
+    let routes = json(&["routes", "deploy/web", "-n", "demo", "-o", "json"]);
+    let split = routes.as_array().unwrap().iter().find(|r| r["route"] == "HTTPRoute/books-split").unwrap_or_else(|| panic!("{routes:#}"));
+    assert!(split["parent"] == "demo/books:8080" && split["requests"].as_f64() > Some(0.0), "{split}");
+    let authz = json(&["authz", "deploy/books-v1", "-n", "demo", "-o", "json"]);
+    let allowed = authz.as_array().unwrap().iter().find(|r| r["authorization"] == "authorizationpolicy/books-from-web").unwrap_or_else(|| panic!("{authz:#}"));
+    assert!(allowed["allowed_rps"].as_f64() > Some(0.0) && allowed["server"] == "server/books-http", "{allowed}");
+    let services = json(&["stat", "svc", "-n", "demo", "-o", "json"]);
+    for name in ["books:8080", "authors:8080"] {
+        let row = services.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name}: {services:#}"));
+        assert!(row["namespace"] == "demo" && row["requests"].as_f64() > Some(0.0), "{row}");
+    }
 
     let (ok, _, err) = knit(&["tap", "deploy/nope", "-n", "demo", "--duration", "1s"]);
     assert!(!ok && err.contains("no meshed workload matches"), "{err}");
