@@ -183,12 +183,12 @@ async fn rows(source: &Source, m: &[(&str, &str)], by: &[&str], key: Key<'_>, wi
     by_class.push("classification");
     let mut by_tls = by.clone();
     by_tls.push("tls");
-    let responses = source.increase("response_total", &m, &by_class, window).await?;
-    let tls = source.increase("response_total", &m, &by_tls, window).await?;
+    let responses = source.increase("response_total", m, &by_class, window).await?;
+    let tls = source.increase("response_total", m, &by_tls, window).await?;
     let quantiles = [
-        source.quantile(0.5, "response_latency_ms", &m, &by, window).await?,
-        source.quantile(0.95, "response_latency_ms", &m, &by, window).await?,
-        source.quantile(0.99, "response_latency_ms", &m, &by, window).await?,
+        source.quantile(0.5, "response_latency_ms", m, &by, window).await?,
+        source.quantile(0.95, "response_latency_ms", m, &by, window).await?,
+        source.quantile(0.99, "response_latency_ms", m, &by, window).await?,
     ];
     // TCP: the accepted side for a plain stat, the opened side toward destinations otherwise.
     let mut tcp_m = m.to_vec();
