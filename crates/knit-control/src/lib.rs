@@ -185,7 +185,7 @@ impl Control {
         if let Some(local) = self.local {
             tasks.push(tokio::spawn(local.run(self.config.discovery.config_poll_interval)));
         }
-        tracing::info!(identity = %addrs.identity, destination = %addrs.destination, policy = %addrs.policy, admin = %addrs.admin, "serving");
+        tracing::info!(identity = %addrs.identity, destination = %addrs.destination, policy = %addrs.policy, admin = %addrs.admin, viz = %addrs.viz, "serving");
         // One shutdown signal, shared by the three gRPC servers.
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let signal = move || {

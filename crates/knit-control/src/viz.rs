@@ -15,7 +15,7 @@
 //! - `GET /api/authz?namespace=NS&deployment=NAME&window=30s`: its inbound authorization
 //!   decisions per server, route and authorization.
 //! - `GET /api/certificates`: each proxy's identity and certificate expiry.
-//! - `GET /api/tap?namespace=NS&resource=KIND/NAME&method=GET&path=PREFIX&authority=PREFIX&max_rps=100`:
+//! - `GET /api/tap?namespace=NS&resource=KIND/NAME&method=GET&path=PREFIX&authority=PREFIX&max_rps=100&limit=N`:
 //!   a live stream of requests (newline-delimited JSON, one object per completed request, or
 //!   `{"error": ...}` for a proxy that cannot be tapped) until the client goes away.
 //! - `GET /api/targets`: the scrape targets in Prometheus' HTTP service discovery format, with
@@ -115,6 +115,7 @@ impl Viz {
             method: params.get("method").filter(|m| !m.is_empty()).cloned(),
             path_prefix: params.get("path").filter(|p| !p.is_empty()).cloned(),
             authority_prefix: params.get("authority").filter(|a| !a.is_empty()).cloned(),
+            limit: params.get("limit").map_or(Ok(0), |v| v.parse::<u32>().map_err(|_| bad(format!("limit: {v:?} is not a number"))))?,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(self.tap.clone().run(targets, filter, max_rps, tx));

@@ -109,8 +109,14 @@ impl Taps {
     /// that reports its response.
     pub fn request(&self, meta: &Meta<'_>) -> Option<TapRequest> {
         let subscribers: Vec<Arc<Subscriber>> = {
-            let subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-            subs.iter().filter(|s| s.matcher.as_ref().is_none_or(|m| matches(m, meta)) && s.admit()).cloned().collect()
+            let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+            let chosen = subs.iter().filter(|s| s.matcher.as_ref().is_none_or(|m| matches(m, meta)) && s.admit()).cloned().collect();
+            // A subscriber that reached its limit is done: once its last requests end, its
+            // stream ends.
+            let before = subs.len();
+            subs.retain(|s| s.remaining.load(Ordering::Acquire) > 0);
+            self.active.fetch_sub(before - subs.len(), Ordering::Relaxed);
+            chosen
         };
         if subscribers.is_empty() {
             return None;
@@ -154,12 +160,12 @@ impl Taps {
         });
         self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(sub.clone());
         self.active.fetch_add(1, Ordering::Relaxed);
-        Observed { rx, registry: None, sub: Some(sub) }
+        Observed { rx, registry: None, sub: Arc::downgrade(&sub) }
     }
 
-    fn unsubscribe(&self, sub: &Arc<Subscriber>) {
+    fn unsubscribe(&self, sub: &std::sync::Weak<Subscriber>) {
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = subs.iter().position(|s| Arc::ptr_eq(s, sub)) {
+        if let Some(i) = subs.iter().position(|s| std::ptr::eq(Arc::as_ptr(s), sub.as_ptr())) {
             subs.swap_remove(i);
             self.active.fetch_sub(1, Ordering::Relaxed);
         }
@@ -257,11 +263,12 @@ fn matches(m: &M, meta: &Meta<'_>) -> bool {
     }
 }
 
-/// A subscriber's event stream; dropping it (the client went away) unsubscribes.
+/// A subscriber's event stream; dropping it (the client went away) unsubscribes. It ends once
+/// the subscriber reached its limit and its last tapped requests ended (the senders are gone).
 pub struct Observed {
     rx: mpsc::Receiver<Result<TapEvent, Status>>,
     registry: Option<Arc<Taps>>,
-    sub: Option<Arc<Subscriber>>,
+    sub: std::sync::Weak<Subscriber>,
 }
 
 impl futures_util::Stream for Observed {
@@ -273,8 +280,8 @@ impl futures_util::Stream for Observed {
 
 impl Drop for Observed {
     fn drop(&mut self) {
-        if let (Some(registry), Some(sub)) = (self.registry.take(), self.sub.take()) {
-            registry.unsubscribe(&sub);
+        if let Some(registry) = self.registry.take() {
+            registry.unsubscribe(&self.sub);
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct Filter {
     pub method: Option<String>,
     pub path_prefix: Option<String>,
     pub authority_prefix: Option<String>,
+    /// Requests to tap from each proxy before its stream ends; 0 for no limit.
+    pub limit: u32,
 }
 
 impl Filter {
@@ -167,7 +169,7 @@ impl Client {
         let name = target.identity.clone().ok_or_else(|| anyhow::anyhow!("not meshed (no identity): its proxy cannot be tapped"))?;
         let connector = Connect { config: self.config()?, name: ServerName::try_from(name.clone())?, addr: target.tap };
         let channel = tonic::transport::Endpoint::from_static("http://tap.knit").connect_with_connector(connector).await.map_err(|e| anyhow::anyhow!("connecting to its tap server at {}: {}", target.tap, source_chain(&e)))?;
-        let req = ObserveRequest { limit: 0, r#match: filter.to_match(), extract: None };
+        let req = ObserveRequest { limit: filter.limit, r#match: filter.to_match(), extract: None };
         let mut stream = TapClient::new(channel).observe(req).await.map_err(|s| anyhow::anyhow!("{}: {}", target.tap, s.message()))?.into_inner();
         let mut open: HashMap<u64, Tapped> = HashMap::new();
         while let Some(event) = stream.message().await.map_err(|s| anyhow::anyhow!("{}: {}", target.tap, s.message()))? {

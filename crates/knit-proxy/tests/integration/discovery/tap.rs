@@ -73,6 +73,15 @@ async fn knit_control_taps_over_mtls_and_nobody_else_can() {
     let n = seen.iter().filter(|r| r.is_ok()).count();
     assert!(n > 0 && n <= 20 * 3, "at most about 20 per second over 2 s (and a full bucket), got {n}");
 
+    // A limit: the stream ends after that many requests.
+    let outbound = web.addrs.outbound;
+    let more = tokio::spawn(async move { send(outbound, "books:8080", "/books/limited", 20).await });
+    let started = std::time::Instant::now();
+    let seen = collect(client(&mesh, CONTROL_IDENTITY), target.clone(), Filter { limit: 3, ..Default::default() }, 10).await;
+    let _ = more.await;
+    assert_eq!(seen.iter().filter(|r| r.is_ok()).count(), 3, "{seen:?}");
+    assert!(started.elapsed() < Duration::from_secs(9), "the stream ended on its own once the limit was reached");
+
     // Another identity, from the same CA, is refused, and told why.
     let intruder = format!("intruder.{NS}.serviceaccount.identity.knit.cluster.local");
     let seen = collect(client(&mesh, &intruder), target, Filter::default(), 2).await;
