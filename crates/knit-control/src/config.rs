@@ -87,7 +87,7 @@ pub struct DiscoveryConfig {
     /// NotFound for everything.
     #[arg(long, env = "KNIT_CONTROL_CONFIG_DIR")]
     pub config_dir: Option<PathBuf>,
-    /// Watch the Kubernetes API (in-cluster config or KUBECONFIG) for Namespaces, Services, Pods
+    /// Watch the Kubernetes API (in-cluster config or KUBECONFIG) for Namespaces, Services, Pods, EndpointSlices
     /// and the policy, route, workload and split resources, and check proxies' tokens with
     /// TokenReview. May be combined with --config-dir.
     #[arg(long, env = "KNIT_CONTROL_KUBERNETES")]

@@ -157,7 +157,7 @@ impl<K: Eq + Hash + Clone, T: PartialEq> Views<K, T> {
 
 /// The endpoints of a Service port: `None` when the Service or the port does not exist.
 pub type EndpointsView = Option<endpoints::Endpoints>;
-pub use endpoints::Endpoints;
+pub use endpoints::{Endpoints, ENDPOINT_SLICE_LABEL};
 
 struct State {
     model: Model,

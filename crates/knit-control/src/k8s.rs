@@ -9,7 +9,9 @@
 //!   index to what was listed, so objects deleted while the watch was down disappear; `Apply` and
 //!   `Delete` apply and delete single resources.
 //! - Objects are converted in [`convert`]: Services and custom resources through
-//!   `resources::parse_document`, Pods into workloads while they can take traffic. Services and
+//!   `resources::parse_document`, Pods into workloads while they can take traffic, and
+//!   EndpointSlices into workloads holding their ready addresses, which give a Service without a
+//!   selector its endpoints (a Service with a selector takes its Pods instead). Services and
 //!   Pods inherit their Namespace's Linkerd annotations, so they wait for the Namespaces' first
 //!   listing before reaching the index (a namespace-wide `deny` must never be preceded by the
 //!   cluster default), and are emitted again when their Namespace's annotations change.
@@ -27,7 +29,10 @@ pub use watch::run;
 
 use crate::{index::Index, resources::Resource};
 use convert::{Annotations, Object};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     api::{ApiResource, DynamicObject, GroupVersionKind},
     runtime::watcher::Event,
@@ -47,6 +52,7 @@ pub enum Watched {
     Namespace,
     Service,
     Pod,
+    EndpointSlice,
     Server,
     AuthorizationPolicy,
     MeshTlsAuthentication,
@@ -60,10 +66,11 @@ pub enum Watched {
 }
 
 impl Watched {
-    pub const ALL: [Watched; 13] = [
+    pub const ALL: [Watched; 14] = [
         Watched::Namespace,
         Watched::Service,
         Watched::Pod,
+        Watched::EndpointSlice,
         Watched::Server,
         Watched::AuthorizationPolicy,
         Watched::MeshTlsAuthentication,
@@ -79,7 +86,7 @@ impl Watched {
     /// Group, version, kind and plural of a custom resource; `None` for the core kinds.
     fn custom(self) -> Option<(&'static str, &'static str, &'static str, &'static str)> {
         Some(match self {
-            Watched::Namespace | Watched::Service | Watched::Pod => return None,
+            Watched::Namespace | Watched::Service | Watched::Pod | Watched::EndpointSlice => return None,
             Watched::Server => ("policy.linkerd.io", "v1beta3", "Server", "servers"),
             Watched::AuthorizationPolicy => ("policy.linkerd.io", "v1alpha1", "AuthorizationPolicy", "authorizationpolicies"),
             Watched::MeshTlsAuthentication => ("policy.linkerd.io", "v1alpha1", "MeshTLSAuthentication", "meshtlsauthentications"),
@@ -105,6 +112,7 @@ impl Watched {
             Watched::Namespace => "kubernetes/Namespace",
             Watched::Service => "kubernetes/Service",
             Watched::Pod => "kubernetes/Pod",
+            Watched::EndpointSlice => "kubernetes/EndpointSlice",
             Watched::Server => "kubernetes/Server",
             Watched::AuthorizationPolicy => "kubernetes/AuthorizationPolicy",
             Watched::MeshTlsAuthentication => "kubernetes/MeshTLSAuthentication",
@@ -164,6 +172,7 @@ pub enum Input {
     Namespace(Event<Namespace>),
     Service(Event<Service>),
     Pod(Event<Pod>),
+    EndpointSlice(Event<EndpointSlice>),
     Custom(Watched, Event<DynamicObject>),
 }
 
@@ -229,6 +238,7 @@ impl Translator {
                 let index = self.index.clone();
                 self.event(Watched::Pod, map(e, |p| item(p, |p| convert::pod(&p, index.config()).map(Object::Workload))))
             }
+            Input::EndpointSlice(e) => self.event(Watched::EndpointSlice, map(e, |s| item(s, |s| convert::endpoint_slice(&s).map(Object::Workload)))),
             Input::Custom(kind, e) => {
                 let (group, version, name, _) = kind.custom().unwrap_or_default();
                 let api_version = format!("{group}/{version}");

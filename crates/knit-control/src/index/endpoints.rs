@@ -1,7 +1,9 @@
 //! The endpoints of a Service port (`Destination.Get`) and profiles (`Destination.GetProfile`).
 //!
 //! An endpoint is each IP of each ExternalWorkload the Service selects, on the target port (a
-//! number, or the name of one of the workload's ports). A workload with `meshTLS` is meshed: the
+//! number, or the name of one of the workload's ports). A Service without a selector takes the
+//! workloads made of its EndpointSlices (labelled [`ENDPOINT_SLICE_LABEL`]), on the slice port
+//! named as the Service port. A workload with `meshTLS` is meshed: the
 //! proxy connects to its proxy's inbound port (annotation `knit.dev/proxy-inbound-port`, default
 //! 4143, LINKERD-WIRE.md §3.1 `opaque_transport`) with mTLS to its identity.
 
@@ -15,6 +17,8 @@ use std::{
 
 /// The annotation that says where a workload's proxy listens for meshed traffic.
 pub const INBOUND_PORT_ANNOTATION: &str = "knit.dev/proxy-inbound-port";
+/// The label of the workloads the Kubernetes source makes of EndpointSlices: their Service.
+pub const ENDPOINT_SLICE_LABEL: &str = "knit.dev/endpointslice-service";
 const DEFAULT_INBOUND_PORT: u32 = 4143;
 /// What Linkerd sends; the proxy's balancer does not read it.
 const WEIGHT: u32 = 10_000;
@@ -30,29 +34,33 @@ pub fn compute(model: &Model, _cfg: &IndexConfig, key: &SvcPort) -> Option<Endpo
     let svc = model.service(&key.ns, &key.name)?;
     let port = svc.spec.ports.iter().find(|p| p.port == key.port)?;
     let mut addrs = BTreeMap::new();
-    // A Service without a selector has no endpoints from workloads (Kubernetes leaves its
-    // EndpointSlices to whoever manages them).
-    if !svc.spec.selector.is_empty() {
-        for w in model.workloads(&key.ns).filter(|w| selects(svc, w)) {
-            let Some(target) = target_port(port.target_port.as_ref(), port.port, w) else { continue };
-            let opaque = is_opaque(svc, key.port);
-            for ip in &w.spec.workload_ips {
-                let addr = SocketAddr::new(ip.ip, target);
-                addrs.insert(addr, weighted_addr(w, addr, opaque));
-            }
+    for w in model.workloads(&key.ns).filter(|w| selects(svc, w)) {
+        let Some(target) = target_port(svc, port, w) else { continue };
+        let opaque = is_opaque(svc, key.port);
+        for ip in &w.spec.workload_ips {
+            let addr = SocketAddr::new(ip.ip, target);
+            addrs.insert(addr, weighted_addr(w, addr, opaque));
         }
     }
     let labels = HashMap::from([("namespace".to_string(), key.ns.clone()), ("service".to_string(), key.name.clone())]);
     Some(Endpoints { addrs, labels })
 }
 
+/// A Service with a selector selects workloads by label; one without, its EndpointSlices'.
 fn selects(svc: &Service, w: &ExternalWorkload) -> bool {
-    !svc.spec.selector.is_empty() && svc.spec.selector.iter().all(|(k, v)| w.metadata.labels.get(k) == Some(v))
+    if svc.spec.selector.is_empty() {
+        return w.metadata.labels.get(ENDPOINT_SLICE_LABEL) == Some(&svc.metadata.name);
+    }
+    svc.spec.selector.iter().all(|(k, v)| w.metadata.labels.get(k) == Some(v))
 }
 
-fn target_port(target: Option<&PortRef>, port: u16, w: &ExternalWorkload) -> Option<u16> {
-    match target {
-        None => Some(port),
+fn target_port(svc: &Service, port: &crate::resources::ServicePort, w: &ExternalWorkload) -> Option<u16> {
+    if svc.spec.selector.is_empty() {
+        // An EndpointSlice names its ports as the Service does (an unnamed one when it has one).
+        return w.spec.ports.iter().find(|p| p.name == port.name || (p.name.as_deref().unwrap_or("").is_empty() && port.name.as_deref().unwrap_or("").is_empty())).map(|p| p.port);
+    }
+    match port.target_port.as_ref() {
+        None => Some(port.port),
         Some(PortRef::Number(n)) => Some(*n),
         Some(PortRef::Name(name)) => w.spec.ports.iter().find(|p| p.name.as_deref() == Some(name)).map(|p| p.port),
     }

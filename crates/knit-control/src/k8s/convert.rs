@@ -176,3 +176,32 @@ fn merge_json(v: &mut Value, inherited: &Annotations) {
         }
     }
 }
+
+/// An EndpointSlice as a workload named `endpointslice/NAME`: its ready IP addresses and its
+/// ports, labelled with the Service it belongs to (`ENDPOINT_SLICE_LABEL`). `None` (nothing
+/// served) without a Service, or for FQDN slices.
+pub fn endpoint_slice(slice: &k8s_openapi::api::discovery::v1::EndpointSlice) -> Option<ExternalWorkload> {
+    let labels = slice.metadata.labels.as_ref();
+    let service = labels.and_then(|l| l.get("kubernetes.io/service-name"))?;
+    if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+        return None;
+    }
+    // Ready unless the slice says otherwise, as kube-proxy reads it; terminating ones are out.
+    let ready = slice.endpoints.iter().filter(|e| e.conditions.as_ref().is_none_or(|c| c.ready != Some(false) && c.terminating != Some(true)));
+    let workload_ips = ready.flat_map(|e| e.addresses.iter()).filter_map(|a| a.parse().ok()).map(|ip| WorkloadIp { ip }).collect();
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+        .filter_map(|p| Some(WorkloadPort { name: p.name.clone(), port: u16::try_from(p.port?).ok().filter(|n| *n != 0)? }))
+        .collect();
+    let metadata = ObjectMeta {
+        name: format!("endpointslice/{}", slice.metadata.name.clone()?),
+        namespace: slice.metadata.namespace.clone().unwrap_or_else(|| "default".to_string()),
+        labels: [(crate::index::ENDPOINT_SLICE_LABEL.to_string(), service.clone())].into(),
+        annotations: Default::default(),
+        creation_timestamp: None,
+    };
+    Some(ExternalWorkload { metadata, spec: ExternalWorkloadSpec { mesh_tls: None, ports, workload_ips } })
+}

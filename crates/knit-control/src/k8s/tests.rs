@@ -2,6 +2,7 @@
 //! (`tests/k8s/*.json`, as `kubectl get -o json` prints them).
 
 use super::*;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::index::{IndexConfig, SvcPort, WorkloadPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use linkerd2_proxy_api::{destination::tls_identity::Strategy, inbound::proxy_protocol};
@@ -202,6 +203,8 @@ fn ready_once_every_watch_has_listed() {
     let (mut t, _) = started();
     assert!(!t.status().ready());
     assert!(t.status().pending().contains(&"kubernetes/Server"));
+    assert!(t.status().pending().contains(&"kubernetes/EndpointSlice"));
+    list(&mut t, Input::EndpointSlice, vec![]);
     for kind in Watched::ALL.into_iter().filter(|k| k.custom().is_some()) {
         if kind == Watched::TrafficSplit {
             t.missing(kind);
@@ -274,4 +277,47 @@ fn only_linkerd_annotations_are_inherited() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     assert_eq!(convert::inherited(Some(&ns)).len(), 5);
+}
+
+fn slice() -> EndpointSlice {
+    load("endpointslice-legacy-db.json")
+}
+
+/// The endpoints of legacy-db:5432, a Service without a selector.
+fn legacy_db(index: &Index) -> Vec<(String, Option<String>)> {
+    let rx = index.endpoints(&SvcPort { ns: "demo".into(), name: "legacy-db".into(), port: 5432 });
+    let eps = rx.borrow().as_ref().clone();
+    eps.map(|e| e.addrs.iter().map(|(addr, a)| (addr.to_string(), a.tls_identity.as_ref().map(|_| "meshed".to_string()))).collect()).unwrap_or_default()
+}
+
+#[test]
+fn a_service_without_a_selector_takes_its_endpoint_slices() {
+    let (mut t, index) = started();
+    list(&mut t, Input::Service, vec![load("service.json"), load("service-legacy-db.json")]);
+    // The controller's slice of books, a Service with a selector, changes nothing: its Pods count.
+    list(&mut t, Input::EndpointSlice, vec![slice(), load("endpointslice-books.json")]);
+    assert_eq!(
+        legacy_db(&index),
+        [("192.168.40.11:5432".to_string(), None), ("192.168.40.14:5432".to_string(), None)],
+        "ready endpoints only (no conditions means ready), not meshed"
+    );
+    assert_eq!(ips(&index), ["10.244.1.12:7000", "10.244.2.9:7000"], "books keeps its two Pods, not doubled by its slice");
+
+    // The not-ready endpoint becomes ready; then the slice is deleted; then a relist brings it back.
+    let mut updated = slice();
+    updated.endpoints[1].conditions.as_mut().unwrap().ready = Some(true);
+    t.handle(Input::EndpointSlice(Event::Apply(updated)));
+    assert_eq!(legacy_db(&index).len(), 3);
+    t.handle(Input::EndpointSlice(Event::Delete(slice())));
+    assert!(legacy_db(&index).is_empty());
+    list(&mut t, Input::EndpointSlice, vec![slice()]);
+    assert_eq!(legacy_db(&index).len(), 2);
+
+    // A slice without its Service's label, or of FQDNs, gives nothing.
+    let mut orphan = slice();
+    orphan.metadata.labels = None;
+    assert!(convert::endpoint_slice(&orphan).is_none());
+    let mut fqdn = slice();
+    fqdn.address_type = "FQDN".into();
+    assert!(convert::endpoint_slice(&fqdn).is_none());
 }

@@ -9,7 +9,10 @@
 use super::{Input, Status, Translator, Watched};
 use crate::index::Index;
 use futures_util::{stream::BoxStream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     api::{Api, DynamicObject},
     runtime::{watcher, watcher::Event, WatchStreamExt},
@@ -61,8 +64,9 @@ fn watch(client: Client, kind: Watched) -> Watch {
         (Watched::Namespace, _) => stream(Api::<Namespace>::all(client), kind, Input::Namespace),
         (Watched::Service, _) => stream(Api::<Service>::all(client), kind, Input::Service),
         (Watched::Pod, _) => stream(Api::<Pod>::all(client), kind, Input::Pod),
+        (Watched::EndpointSlice, _) => stream(Api::<EndpointSlice>::all(client), kind, Input::EndpointSlice),
         (_, Some(ar)) => stream(Api::<DynamicObject>::all_with(client, &ar), kind, move |e| Input::Custom(kind, e)),
-        // Every kind but the three core ones has an ApiResource.
+        // Every kind but the four built-in ones has an ApiResource.
         (_, None) => futures_util::stream::empty().boxed(),
     }
 }

@@ -75,8 +75,9 @@ fn secret(o: &Options, name: &str, component: &str, entries: &[(&str, &str)]) ->
 fn cluster_role(o: &Options) -> Value {
     let read = json!(["get", "list", "watch"]);
     json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta(o, &format!("knit-control-{}", o.namespace)), "rules": [
-        // Endpoints come from Ready Pods and Service selectors (not EndpointSlices, yet).
+        // Endpoints come from Ready Pods for Services with a selector, from EndpointSlices otherwise.
         {"apiGroups": [""], "resources": ["namespaces", "services", "pods"], "verbs": read},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
         {"apiGroups": ["policy.linkerd.io"], "resources": ["servers", "authorizationpolicies", "meshtlsauthentications", "networkauthentications", "httproutes", "httplocalratelimitpolicies"], "verbs": read},
         {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"], "verbs": read},
         {"apiGroups": ["workload.linkerd.io"], "resources": ["externalworkloads"], "verbs": read},

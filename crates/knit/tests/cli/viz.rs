@@ -177,7 +177,7 @@ fn stat_counts_known_traffic() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     assert!(bad(&["deploy", "-t", "10m", "--viz-addr", &viz]).contains("longer than the store keeps"));
-    assert!(bad(&["svc", "--viz-addr", &viz]).contains("unknown resource kind"));
+    assert!(bad(&["replicaset", "--viz-addr", &viz]).contains("unknown resource kind"));
     assert!(bad(&["deploy", "--viz-addr", "127.0.0.1:1"]).contains("cannot reach knit-control's viz API"));
     assert!(bad(&["deploy", "--prometheus", "127.0.0.1:9090"]).contains("expected http://HOST:PORT"));
     assert_eq!(mesh.stat(&["deploy", "-n", "test", "-t", "60s"]), rows, "still served");
