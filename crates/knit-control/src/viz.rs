@@ -141,7 +141,7 @@ impl Viz {
                         Ok((total, rows)) => (StatusCode::OK, serde_json::json!({ "window_secs": q.window.as_secs_f64(), "total": total, "rows": rows })),
                         Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                     },
-                    Err(e) => (StatusCode::BAD_GATEWAY, serde_json::json!({ "error": e.to_string() })),
+                    Err(e) => (e.status(), serde_json::json!({ "error": e.to_string() })),
                 },
             },
             "/api/edges" => match window(params, self) {
@@ -150,7 +150,7 @@ impl Viz {
                     let identities = self.targets().into_iter().filter_map(|t| Some(((t.namespace, t.deployment), t.identity?))).collect();
                     match edges::edges(&self.source, params.get("namespace").map(String::as_str).filter(|n| !n.is_empty()), w, &identities).await {
                         Ok(edges) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "edges": edges })),
-                        Err(e) => (StatusCode::BAD_GATEWAY, serde_json::json!({ "error": e.to_string() })),
+                        Err(e) => (e.status(), serde_json::json!({ "error": e.to_string() })),
                     }
                 }
             },
@@ -169,13 +169,13 @@ impl Viz {
                 };
                 match rows {
                     Ok(rows) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "rows": rows })),
-                    Err(e) => (StatusCode::BAD_GATEWAY, serde_json::json!({ "error": e.to_string() })),
+                    Err(e) => (e.status(), serde_json::json!({ "error": e.to_string() })),
                 }
             }
             "/api/certificates" => {
                 let mut expiry = BTreeMap::new();
                 self.store.each("identity_cert_expiration_timestamp_seconds", &[], |v| {
-                    expiry.insert(v.labels.get("pod").cloned().unwrap_or_default(), v.latest());
+                    expiry.insert(v.labels.get("pod").unwrap_or_default().to_string(), v.latest());
                 });
                 let all: Vec<serde_json::Value> = self
                     .targets()

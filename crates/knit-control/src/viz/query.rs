@@ -9,7 +9,7 @@
 //! whole window, which is steadier and what the built-in store can answer the same way.
 
 use super::{prom, store::Store};
-use std::{collections::BTreeMap, sync::Arc, time::{Duration, Instant}};
+use std::{collections::{BTreeMap, HashMap}, sync::Arc, time::{Duration, Instant}};
 
 /// Values by the group's label values (in the order of `by`).
 pub type Grouped = BTreeMap<Vec<String>, f64>;
@@ -28,14 +28,24 @@ pub enum QueryError {
     Invalid(String),
 }
 
+impl QueryError {
+    /// A query the caller got wrong is theirs (400); a Prometheus that failed is upstream (502).
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            QueryError::Prometheus { .. } => http::StatusCode::BAD_GATEWAY,
+            QueryError::Invalid(_) => http::StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
 impl Source {
     pub async fn increase(&self, metric: &str, matchers: &[(&str, &str)], by: &[&str], window: Duration) -> Result<Grouped, QueryError> {
         match self {
             Source::Store(store) => {
                 let now = Instant::now();
-                let mut out = Grouped::new();
+                let mut out = HashMap::new();
                 store.each(metric, matchers, |v| *out.entry(group(v.labels, by)).or_default() += v.increase(now, window));
-                Ok(out)
+                Ok(owned(out))
             }
             Source::Prometheus(p) => p.query(&format!("sum(increase({metric}{}[{}s])) by ({})", selector(matchers), window.as_secs(), by.join(", ")), by).await,
         }
@@ -47,7 +57,7 @@ impl Source {
             Source::Store(store) => {
                 let now = Instant::now();
                 // Keyed by the bound's bits, which sort as the bounds do (they are never negative).
-                let mut buckets: BTreeMap<Vec<String>, BTreeMap<u64, f64>> = BTreeMap::new();
+                let mut buckets: HashMap<Vec<Arc<str>>, BTreeMap<u64, f64>> = HashMap::new();
                 store.each(&bucket, matchers, |v| {
                     let le = v.labels.get("le").and_then(|l| l.parse::<f64>().ok()).unwrap_or(f64::INFINITY);
                     *buckets.entry(group(v.labels, by)).or_default().entry(le.to_bits()).or_default() += v.increase(now, window);
@@ -56,7 +66,7 @@ impl Source {
                     .into_iter()
                     .filter_map(|(g, b)| {
                         let b: Vec<(f64, f64)> = b.into_iter().map(|(le, n)| (f64::from_bits(le), n)).collect();
-                        prom::quantile(q, &b).map(|v| (g, v))
+                        prom::quantile(q, &b).map(|v| (g.iter().map(|s| s.to_string()).collect(), v))
                     })
                     .collect())
             }
@@ -70,17 +80,22 @@ impl Source {
     pub async fn gauge(&self, metric: &str, matchers: &[(&str, &str)], by: &[&str]) -> Result<Grouped, QueryError> {
         match self {
             Source::Store(store) => {
-                let mut out = Grouped::new();
+                let mut out = HashMap::new();
                 store.each(metric, matchers, |v| *out.entry(group(v.labels, by)).or_default() += v.latest());
-                Ok(out)
+                Ok(owned(out))
             }
             Source::Prometheus(p) => p.query(&format!("sum({metric}{}) by ({})", selector(matchers), by.join(", ")), by).await,
         }
     }
 }
 
-fn group(labels: &super::store::Labels, by: &[&str]) -> Vec<String> {
-    by.iter().map(|k| labels.get(*k).cloned().unwrap_or_default()).collect()
+/// A series' group: its values of `by`, shared with the store (no copies per series).
+fn group(labels: &super::store::LabelSet, by: &[&str]) -> Vec<Arc<str>> {
+    by.iter().map(|k| labels.shared(k)).collect()
+}
+
+fn owned(grouped: HashMap<Vec<Arc<str>>, f64>) -> Grouped {
+    grouped.into_iter().map(|(g, v)| (g.iter().map(|s| s.to_string()).collect(), v)).collect()
 }
 
 fn selector(matchers: &[(&str, &str)]) -> String {

@@ -10,7 +10,7 @@
 use super::prom;
 use crate::resources::ExternalWorkload;
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -43,8 +43,6 @@ const KEPT_LABELS: [&str; 23] = [
     "http_status", "error", "parent_kind", "parent_namespace", "parent_name", "parent_port", "route_kind", "route_namespace", "route_name",
     "srv_kind", "srv_name", "authz_kind", "authz_name",
 ];
-
-pub type Labels = BTreeMap<String, String>;
 
 /// A proxy to scrape, and the labels its series get.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -92,19 +90,44 @@ pub struct Health {
     pub series: usize,
 }
 
-struct Series {
-    labels: Arc<Labels>,
-    samples: VecDeque<(Instant, f64)>,
+/// A series' labels (`__name__` included), sorted by name, their strings shared across series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LabelSet(Arc<[(Arc<str>, Arc<str>)]>);
+
+impl LabelSet {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(name)).ok().map(|i| &*self.0[i].1)
+    }
+
+    /// The value of `name` as a shared string (empty when absent), for grouping without copies.
+    pub fn shared(&self, name: &str) -> Arc<str> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(name)).ok().map_or_else(|| Arc::from(""), |i| self.0[i].1.clone())
+    }
 }
 
 #[derive(Default)]
 struct Inner {
     targets: Vec<Target>,
+    /// `dst_*` labels by the workload address an outbound series names.
+    destinations: Arc<HashMap<SocketAddr, [(&'static str, String); 3]>>,
     health: HashMap<SocketAddr, Health>,
-    /// By family, then by the target and the canonical labels.
-    series: HashMap<String, HashMap<(SocketAddr, String), Series>>,
+    /// Every label name and value, once.
+    strings: std::collections::HashSet<Arc<str>>,
+    /// By family, then by target and labels: the samples.
+    series: HashMap<Arc<str>, HashMap<(SocketAddr, LabelSet), VecDeque<(Instant, f64)>>>,
     /// When each target was last scraped: a series new since then started from zero.
     last_scrape: HashMap<SocketAddr, Instant>,
+}
+
+impl Inner {
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(s) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(s);
+        self.strings.insert(shared.clone());
+        shared
+    }
 }
 
 pub struct Store {
@@ -114,7 +137,7 @@ pub struct Store {
 
 /// One series as a query sees it.
 pub struct View<'a> {
-    pub labels: &'a Labels,
+    pub labels: &'a LabelSet,
     samples: &'a VecDeque<(Instant, f64)>,
 }
 
@@ -153,9 +176,14 @@ impl Store {
     }
 
     pub fn set_targets(&self, targets: Vec<Target>) {
+        let destinations = targets
+            .iter()
+            .flat_map(|t| t.serves.iter().map(move |a| (*a, [("dst_namespace", t.namespace.clone()), ("dst_deployment", t.deployment.clone()), ("dst_pod", t.pod.clone())])))
+            .collect();
         let mut inner = self.lock();
         inner.health.retain(|a, _| targets.iter().any(|t| t.admin == *a));
         inner.targets = targets;
+        inner.destinations = Arc::new(destinations);
     }
 
     pub fn targets(&self) -> Vec<(Target, Health)> {
@@ -163,51 +191,48 @@ impl Store {
         inner.targets.iter().map(|t| (t.clone(), inner.health.get(&t.admin).cloned().unwrap_or_default())).collect()
     }
 
-    /// Records one scrape of `target` taken at `at`: its text, or why it failed.
+    /// Records one scrape of `target` taken at `at`: its text, or why it failed. The text is
+    /// parsed before the store is locked, so queries wait only for the insertion.
     pub fn record(&self, target: &Target, at: Instant, scraped: Result<String, String>) {
-        let mut inner = self.lock();
         let text = match scraped {
             Ok(text) => text,
             Err(error) => {
-                inner.health.insert(target.admin, Health { up: false, error: Some(error), series: 0 });
+                self.lock().health.insert(target.admin, Health { up: false, error: Some(error), series: 0 });
                 return;
             }
         };
-        let previous = inner.last_scrape.insert(target.admin, at);
-        // `dst_*` labels of outbound series, by the endpoint address they name.
-        let by_addr: HashMap<SocketAddr, [(&'static str, String); 3]> = inner
-            .targets
-            .iter()
-            .flat_map(|t| t.serves.iter().map(move |a| (*a, [("dst_namespace", t.namespace.clone()), ("dst_deployment", t.deployment.clone()), ("dst_pod", t.pod.clone())])))
-            .collect();
+        let destinations = self.lock().destinations.clone();
         // Series that differ only in labels not kept (`error`, the address labels) are summed.
-        let mut scraped: HashMap<String, (Labels, f64)> = HashMap::new();
+        let mut scraped: HashMap<Vec<(&str, String)>, f64> = HashMap::new();
         for sample in prom::parse(&text) {
-            if !FAMILIES.contains(&sample.name.as_str()) {
-                continue;
-            }
-            let mut labels: Labels = sample.labels.iter().filter(|(k, _)| KEPT_LABELS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
-            for (k, v) in target.labels() {
-                labels.insert(k.to_string(), v.to_string());
-            }
-            if sample.labels.get("direction").map(String::as_str) == Some("outbound") {
-                let dst = sample.labels.get("target_addr").and_then(|a| a.parse().ok()).and_then(|a| by_addr.get(&a));
-                for (k, v) in dst.into_iter().flatten() {
-                    labels.insert(k.to_string(), v.clone());
+            let Some(name) = FAMILIES.iter().find(|f| **f == sample.name) else { continue };
+            let mut labels: Vec<(&str, String)> = Vec::with_capacity(16);
+            for (k, v) in &sample.labels {
+                if let Some(kept) = KEPT_LABELS.iter().find(|l| **l == k) {
+                    labels.push((kept, v.clone()));
                 }
             }
-            labels.insert("__name__".to_string(), sample.name);
-            scraped.entry(series_key(&labels)).or_insert_with(|| (labels, 0.0)).1 += sample.value;
+            labels.extend(target.labels().map(|(k, v)| (k, v.to_string())));
+            if sample.labels.get("direction").map(String::as_str) == Some("outbound") {
+                let dst = sample.labels.get("target_addr").and_then(|a| a.parse().ok()).and_then(|a| destinations.get(&a));
+                labels.extend(dst.into_iter().flatten().map(|(k, v)| (*k, v.clone())));
+            }
+            labels.push(("__name__", name.to_string()));
+            labels.sort();
+            *scraped.entry(labels).or_default() += sample.value;
         }
         let count = scraped.len();
-        for (key, (labels, value)) in scraped {
-            let family = inner.series.entry(labels["__name__"].clone()).or_default();
-            let series = family.entry((target.admin, key)).or_insert_with(|| {
+        let mut inner = self.lock();
+        let previous = inner.last_scrape.insert(target.admin, at);
+        for (labels, value) in scraped {
+            let set: Vec<(Arc<str>, Arc<str>)> = labels.iter().map(|(k, v)| (inner.intern(k), inner.intern(v))).collect();
+            let set = LabelSet(set.into());
+            let family = set.shared("__name__");
+            let samples = inner.series.entry(family).or_default().entry((target.admin, set)).or_insert_with(|| {
                 // New on a target seen before: it counted from zero since the last scrape.
-                let samples = previous.map(|p| (p, 0.0)).into_iter().collect();
-                Series { labels: Arc::new(labels), samples }
+                previous.map(|p| (p, 0.0)).into_iter().collect()
             });
-            series.samples.push_back((at, value));
+            samples.push_back((at, value));
         }
         inner.health.insert(target.admin, Health { up: true, error: None, series: count });
     }
@@ -218,21 +243,23 @@ impl Store {
         let horizon = now.checked_sub(self.retention).unwrap_or(now);
         let mut inner = self.lock();
         for family in inner.series.values_mut() {
-            family.retain(|_, s| {
-                while s.samples.len() > 1 && s.samples[1].0 <= horizon {
-                    s.samples.pop_front();
+            family.retain(|_, samples| {
+                while samples.len() > 1 && samples[1].0 <= horizon {
+                    samples.pop_front();
                 }
-                s.samples.back().is_some_and(|(t, _)| *t > horizon)
+                samples.back().is_some_and(|(t, _)| *t > horizon)
             });
         }
+        // Strings no series uses any more (gone workloads) are dropped.
+        inner.strings.retain(|s| Arc::strong_count(s) > 1);
     }
 
     /// Calls `f` with every series of `name` whose labels match every `matchers` pair.
     pub fn each(&self, name: &str, matchers: &[(&str, &str)], mut f: impl FnMut(View<'_>)) {
         let inner = self.lock();
-        for s in inner.series.get(name).into_iter().flat_map(HashMap::values) {
-            if matchers.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)) {
-                f(View { labels: &s.labels, samples: &s.samples });
+        for ((_, labels), samples) in inner.series.get(name).into_iter().flatten() {
+            if matchers.iter().all(|(k, v)| labels.get(k) == Some(*v)) {
+                f(View { labels, samples });
             }
         }
     }
@@ -240,14 +267,6 @@ impl Store {
     pub fn series_count(&self) -> usize {
         self.lock().series.values().map(HashMap::len).sum()
     }
-}
-
-fn series_key(labels: &Labels) -> String {
-    let mut key = String::new();
-    for (k, v) in labels {
-        key.push_str(&format!("|{k}={v}"));
-    }
-    key
 }
 
 /// Every workload's proxy that declares its admin port.
