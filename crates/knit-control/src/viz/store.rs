@@ -105,6 +105,9 @@ impl LabelSet {
     }
 }
 
+/// One family's series: by target and labels, the samples.
+type Family = HashMap<(SocketAddr, LabelSet), VecDeque<(Instant, f64)>>;
+
 #[derive(Default)]
 struct Inner {
     targets: Vec<Target>,
@@ -114,7 +117,7 @@ struct Inner {
     /// Every label name and value, once.
     strings: std::collections::HashSet<Arc<str>>,
     /// By family, then by target and labels: the samples.
-    series: HashMap<Arc<str>, HashMap<(SocketAddr, LabelSet), VecDeque<(Instant, f64)>>>,
+    series: HashMap<Arc<str>, Family>,
     /// When each target was last scraped: a series new since then started from zero.
     last_scrape: HashMap<SocketAddr, Instant>,
 }
