@@ -2,14 +2,16 @@
 # Knit's test command: installs what the tests need (only what is missing), then runs every test.
 #   scripts/test.sh
 # Debian packages: curl, nghttp2-client (nghttp, h2load), redis-server, redis-tools, iptables,
-# iproute2, util-linux (setpriv), unzip, prometheus (prometheus, promtool); Python: grpcio, grpcio-tools, kubernetes-validate, jsonschema;
+# iproute2, util-linux (setpriv), unzip, prometheus (prometheus, promtool), chromium; Python: grpcio,
+# grpcio-tools, kubernetes-validate, jsonschema, playwright (driving Debian's chromium: never
+# `playwright install`, which downloads browsers from a CDN);
 # helm (scripts/install-tools.sh, into target/tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 for pair in curl:curl nghttp:nghttp2-client h2load:nghttp2-client redis-server:redis-server redis-cli:redis-tools \
-            iptables:iptables ip:iproute2 setpriv:util-linux prometheus:prometheus promtool:prometheus; do
+            iptables:iptables ip:iproute2 setpriv:util-linux prometheus:prometheus promtool:prometheus chromium:chromium; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
@@ -18,9 +20,9 @@ if ((${#need[@]})); then
     "${sudo_cmd[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi
-if ! python3 -c 'import grpc, grpc_tools, kubernetes_validate, jsonschema' 2>/dev/null || ! command -v kubernetes-validate >/dev/null; then
-    echo "==> installing Python grpcio, grpcio-tools, kubernetes-validate and jsonschema"
-    python3 -m pip install --quiet grpcio grpcio-tools kubernetes-validate jsonschema
+if ! python3 -c 'import grpc, grpc_tools, kubernetes_validate, jsonschema, playwright' 2>/dev/null || ! command -v kubernetes-validate >/dev/null; then
+    echo "==> installing Python grpcio, grpcio-tools, kubernetes-validate, jsonschema and playwright"
+    python3 -m pip install --quiet grpcio grpcio-tools kubernetes-validate jsonschema playwright
 fi
 scripts/install-tools.sh
 
@@ -32,6 +34,9 @@ python3 tests/k8s/validate_crds.py
 
 echo "==> cargo test"
 cargo test --workspace --locked
+
+echo "==> dashboard in headless Chromium"
+python3 tests/dashboard/test_dashboard.py --bin target/debug --results target/dashboard-results.md
 
 echo "==> transparent interception in network namespaces"
 if [ "$(id -u)" = 0 ]; then

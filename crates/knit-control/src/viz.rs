@@ -175,12 +175,12 @@ impl Viz {
             "/api/certificates" => {
                 let mut expiry = BTreeMap::new();
                 self.store.each("identity_cert_expiration_timestamp_seconds", &[], |v| {
-                    expiry.insert(v.labels.get("pod").unwrap_or_default().to_string(), v.latest());
+                    expiry.insert((v.labels.get("namespace").unwrap_or_default().to_string(), v.labels.get("pod").unwrap_or_default().to_string()), v.latest());
                 });
                 let all: Vec<serde_json::Value> = self
                     .targets()
                     .into_iter()
-                    .map(|t| serde_json::json!({"namespace": t.namespace, "deployment": t.deployment, "pod": t.pod, "identity": t.identity, "expires_at": expiry.get(&t.pod).filter(|e| **e > 0.0)}))
+                    .map(|t| serde_json::json!({"namespace": t.namespace, "deployment": t.deployment, "pod": t.pod, "identity": t.identity, "expires_at": expiry.get(&(t.namespace.clone(), t.pod.clone())).filter(|e| **e > 0.0)}))
                     .collect();
                 (StatusCode::OK, serde_json::json!({ "certificates": all }))
             }
