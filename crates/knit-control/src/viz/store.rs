@@ -277,9 +277,13 @@ pub fn targets(index: &crate::index::Index) -> Vec<Target> {
     index.workloads_all().iter().filter_map(|w| Target::of(w)).collect()
 }
 
+/// Scrapes in flight at once.
+const SCRAPE_CONCURRENCY: usize = 64;
+
 /// Follows the index's workloads as targets and, with `scrape`, scrapes each every `interval`
 /// (without it, Prometheus scrapes them and only the target list is kept).
 pub async fn run(store: Arc<Store>, index: Arc<crate::index::Index>, interval: Duration, scrape: bool) {
+    use futures_util::StreamExt;
     use http_body_util::{BodyExt, Empty};
     let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
@@ -297,19 +301,23 @@ pub async fn run(store: Arc<Store>, index: Arc<crate::index::Index>, interval: D
             async move {
                 let uri = format!("http://{}/metrics", t.admin);
                 let req = http::Request::get(uri).body(Empty::new()).expect("a URI from a socket address is valid");
-                let result = match tokio::time::timeout(interval.min(Duration::from_secs(5)), client.request(req)).await {
-                    Err(_) => Err("timed out".to_string()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Ok(Ok(rsp)) if !rsp.status().is_success() => Err(format!("HTTP {}", rsp.status())),
-                    Ok(Ok(rsp)) => match rsp.into_body().collect().await {
-                        Ok(b) => Ok(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
-                        Err(e) => Err(e.to_string()),
-                    },
+                let fetch = async {
+                    let rsp = client.request(req).await.map_err(|e| e.to_string())?;
+                    if !rsp.status().is_success() {
+                        return Err(format!("HTTP {}", rsp.status()));
+                    }
+                    let body = rsp.into_body().collect().await.map_err(|e| e.to_string())?;
+                    Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
                 };
+                // Head and body within the time limit: a proxy that stalls costs one slot, not the round.
+                let result = tokio::time::timeout(interval.min(Duration::from_secs(5)), fetch).await.unwrap_or_else(|_| Err("timed out".to_string()));
                 (t, result)
             }
         });
-        for (target, result) in futures_util::future::join_all(scrapes).await {
+        // A bounded number at once (thousands of targets must not mean thousands of sockets),
+        // each recorded as it arrives, with its own time.
+        let mut results = futures_util::stream::iter(scrapes).buffer_unordered(SCRAPE_CONCURRENCY);
+        while let Some((target, result)) = results.next().await {
             if let Err(e) = &result {
                 tracing::debug!(target = %target.admin, pod = %target.pod, error = %e, "scrape failed");
             }
