@@ -45,6 +45,9 @@ pub struct Viz {
     pub store: Arc<store::Store>,
     pub source: query::Source,
     pub tap: Arc<tap::Client>,
+    /// Stat rows by query, with the scrape round they were computed in: pages and refreshes of
+    /// the same view within a round cost only the paging.
+    stats: Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<Vec<stat::Row>>)>>>,
 }
 
 impl Viz {
@@ -54,7 +57,7 @@ impl Viz {
             Some(url) => query::Source::Prometheus(Arc::new(query::Prometheus::new(url)?)),
             None => query::Source::Store(store.clone()),
         };
-        Ok(Self { index, store, source, tap })
+        Ok(Self { index, store, source, tap, stats: Default::default() })
     }
 
     /// The meshed workloads' proxies, as the index knows them now.
@@ -136,8 +139,8 @@ impl Viz {
         match path {
             "/api/stat" => match self.stat_query(params) {
                 Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
-                Ok(q) => match stat::stat(&self.source, &q, &self.known(q.kind)).await {
-                    Ok(rows) => match page(rows, params) {
+                Ok(q) => match self.stat_rows(&q).await {
+                    Ok(rows) => match page(&rows, params) {
                         Ok((total, rows)) => (StatusCode::OK, serde_json::json!({ "window_secs": q.window.as_secs_f64(), "total": total, "rows": rows })),
                         Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                     },
@@ -200,6 +203,25 @@ impl Viz {
         }
     }
 
+    /// The rows of `q`, from this scrape round's cache when the built-in store answers.
+    async fn stat_rows(&self, q: &stat::Query) -> Result<Arc<Vec<stat::Row>>, query::QueryError> {
+        let query::Source::Store(store) = &self.source else {
+            return stat::stat(&self.source, q, &self.known(q.kind)).await.map(Arc::new);
+        };
+        let (key, round) = (format!("{q:?}"), store.round());
+        if let Some((r, rows)) = self.stats.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            if *r == round {
+                return Ok(rows.clone());
+            }
+        }
+        let rows = Arc::new(stat::stat(&self.source, q, &self.known(q.kind)).await?);
+        let mut cache = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        // Views no longer asked for are dropped with the round they belong to.
+        cache.retain(|_, (r, _)| *r == round);
+        cache.insert(key, (round, rows.clone()));
+        Ok(rows)
+    }
+
     fn stat_query(&self, p: &BTreeMap<String, String>) -> Result<stat::Query, String> {
         let kind = stat::Kind::parse(p.get("kind").map_or("deployment", String::as_str))?;
         let window = window(p, self)?;
@@ -227,7 +249,8 @@ fn window(p: &BTreeMap<String, String>, viz: &Viz) -> Result<Duration, String> {
 
 /// Filters, sorts and pages rows (`filter`, `sort`, `offset`, `limit`); returns the total that
 /// matched the filter and the page.
-fn page(mut rows: Vec<stat::Row>, p: &BTreeMap<String, String>) -> Result<(usize, Vec<stat::Row>), String> {
+fn page(rows: &[stat::Row], p: &BTreeMap<String, String>) -> Result<(usize, Vec<stat::Row>), String> {
+    let mut rows: Vec<&stat::Row> = rows.iter().collect();
     if let Some(f) = p.get("filter").filter(|f| !f.is_empty()) {
         rows.retain(|r| r.name.contains(f.as_str()) || r.namespace.contains(f.as_str()));
     }
@@ -254,7 +277,7 @@ fn page(mut rows: Vec<stat::Row>, p: &BTreeMap<String, String>) -> Result<(usize
     let number = |k: &str, default: usize| p.get(k).map_or(Ok(default), |v| v.parse::<usize>().map_err(|_| format!("{k}: {v:?} is not a number")));
     let (offset, limit) = (number("offset", 0)?, number("limit", usize::MAX)?);
     let total = rows.len();
-    Ok((total, rows.into_iter().skip(offset).take(limit).collect()))
+    Ok((total, rows.into_iter().skip(offset).take(limit).cloned().collect()))
 }
 
 fn decode(s: &str) -> String {

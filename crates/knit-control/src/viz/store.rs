@@ -136,6 +136,8 @@ impl Inner {
 pub struct Store {
     retention: Duration,
     inner: Mutex<Inner>,
+    /// Completed scrape rounds: answers computed in one round hold until the next.
+    rounds: std::sync::atomic::AtomicU64,
 }
 
 /// One series as a query sees it.
@@ -167,7 +169,7 @@ impl View<'_> {
 
 impl Store {
     pub fn new(retention: Duration) -> Self {
-        Self { retention, inner: Mutex::new(Inner::default()) }
+        Self { retention, inner: Mutex::new(Inner::default()), rounds: Default::default() }
     }
 
     pub fn retention(&self) -> Duration {
@@ -267,6 +269,11 @@ impl Store {
         }
     }
 
+    /// How many scrape rounds have completed: what a cached answer is valid for.
+    pub fn round(&self) -> u64 {
+        self.rounds.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn series_count(&self) -> usize {
         self.lock().series.values().map(HashMap::len).sum()
     }
@@ -324,6 +331,7 @@ pub async fn run(store: Arc<Store>, index: Arc<crate::index::Index>, interval: D
             store.record(&target, Instant::now(), result);
         }
         store.expire(Instant::now());
+        store.rounds.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
