@@ -47,8 +47,11 @@ pub struct Viz {
     pub tap: Arc<tap::Client>,
     /// Stat rows by query, with the scrape round they were computed in: pages and refreshes of
     /// the same view within a round cost only the paging.
-    stats: Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<Vec<stat::Row>>)>>>,
+    stats: Arc<std::sync::Mutex<StatCache>>,
 }
+
+/// By the query's text: the scrape round and the rows.
+type StatCache = std::collections::HashMap<String, (u64, Arc<Vec<stat::Row>>)>;
 
 impl Viz {
     pub fn new(config: &crate::config::VizConfig, index: Arc<crate::index::Index>, tap: Arc<tap::Client>) -> Result<Self, query::QueryError> {
