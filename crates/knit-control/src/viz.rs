@@ -45,13 +45,19 @@ pub struct Viz {
     pub store: Arc<store::Store>,
     pub source: query::Source,
     pub tap: Arc<tap::Client>,
-    /// Stat rows by query, with the scrape round they were computed in: pages and refreshes of
-    /// the same view within a round cost only the paging.
-    stats: Arc<std::sync::Mutex<StatCache>>,
+    /// Answers by query, with the scrape round they were computed in: pages and refreshes of the
+    /// same view within a round cost only the paging.
+    cache: Arc<std::sync::Mutex<Cache>>,
 }
 
-/// By the query's text: the scrape round and the rows.
-type StatCache = std::collections::HashMap<String, (u64, Arc<Vec<stat::Row>>)>;
+/// By the query's text: the scrape round and the answer.
+type Cache = std::collections::HashMap<String, (u64, Cached)>;
+
+#[derive(Clone)]
+enum Cached {
+    Rows(Arc<Vec<stat::Row>>),
+    Edges(Arc<Vec<edges::Edge>>),
+}
 
 impl Viz {
     pub fn new(config: &crate::config::VizConfig, index: Arc<crate::index::Index>, tap: Arc<tap::Client>) -> Result<Self, query::QueryError> {
@@ -60,7 +66,7 @@ impl Viz {
             Some(url) => query::Source::Prometheus(Arc::new(query::Prometheus::new(url)?)),
             None => query::Source::Store(store.clone()),
         };
-        Ok(Self { index, store, source, tap, stats: Default::default() })
+        Ok(Self { index, store, source, tap, cache: Default::default() })
     }
 
     /// The meshed workloads' proxies, as the index knows them now.
@@ -152,13 +158,10 @@ impl Viz {
             },
             "/api/edges" => match window(params, self) {
                 Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
-                Ok(w) => {
-                    let identities = self.targets().into_iter().filter_map(|t| Some(((t.namespace, t.deployment), t.identity?))).collect();
-                    match edges::edges(&self.source, params.get("namespace").map(String::as_str).filter(|n| !n.is_empty()), w, &identities).await {
-                        Ok(edges) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "edges": edges })),
-                        Err(e) => (e.status(), serde_json::json!({ "error": e.to_string() })),
-                    }
-                }
+                Ok(w) => match self.edges(params.get("namespace").map(String::as_str).filter(|n| !n.is_empty()), w).await {
+                    Ok(edges) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "edges": *edges })),
+                    Err(e) => (e.status(), serde_json::json!({ "error": e.to_string() })),
+                },
             },
             "/api/routes" | "/api/authz" => {
                 let (Some(ns), Some(deployment)) = (params.get("namespace").filter(|n| !n.is_empty()), params.get("deployment").filter(|d| !d.is_empty())) else {
@@ -206,23 +209,43 @@ impl Viz {
         }
     }
 
-    /// The rows of `q`, from this scrape round's cache when the built-in store answers.
-    async fn stat_rows(&self, q: &stat::Query) -> Result<Arc<Vec<stat::Row>>, query::QueryError> {
-        let query::Source::Store(store) = &self.source else {
-            return stat::stat(&self.source, q, &self.known(q.kind)).await.map(Arc::new);
-        };
-        let (key, round) = (format!("{q:?}"), store.round());
-        if let Some((r, rows)) = self.stats.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            if *r == round {
-                return Ok(rows.clone());
-            }
-        }
-        let rows = Arc::new(stat::stat(&self.source, q, &self.known(q.kind)).await?);
-        let mut cache = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+    /// What this scrape round's cache holds for `key`; nothing when Prometheus answers.
+    fn cached(&self, key: &str) -> Option<Cached> {
+        let query::Source::Store(store) = &self.source else { return None };
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(key).filter(|(r, _)| *r == store.round()).map(|(_, c)| c.clone())
+    }
+
+    fn remember(&self, key: String, answer: Cached) {
+        let query::Source::Store(store) = &self.source else { return };
+        let round = store.round();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         // Views no longer asked for are dropped with the round they belong to.
         cache.retain(|_, (r, _)| *r == round);
-        cache.insert(key, (round, rows.clone()));
+        cache.insert(key, (round, answer));
+    }
+
+    /// The rows of `q`, from this scrape round's cache when the built-in store answers.
+    async fn stat_rows(&self, q: &stat::Query) -> Result<Arc<Vec<stat::Row>>, query::QueryError> {
+        let key = format!("stat {q:?}");
+        if let Some(Cached::Rows(rows)) = self.cached(&key) {
+            return Ok(rows);
+        }
+        let rows = Arc::new(stat::stat(&self.source, q, &self.known(q.kind)).await?);
+        self.remember(key, Cached::Rows(rows.clone()));
         Ok(rows)
+    }
+
+    /// The edges touching `namespace` in `window`, cached as stat rows are.
+    async fn edges(&self, namespace: Option<&str>, window: Duration) -> Result<Arc<Vec<edges::Edge>>, query::QueryError> {
+        let key = format!("edges {namespace:?} {window:?}");
+        if let Some(Cached::Edges(e)) = self.cached(&key) {
+            return Ok(e);
+        }
+        let identities = self.targets().into_iter().filter_map(|t| Some(((t.namespace, t.deployment), t.identity?))).collect();
+        let found = Arc::new(edges::edges(&self.source, namespace, window, &identities).await?);
+        self.remember(key, Cached::Edges(found.clone()));
+        Ok(found)
     }
 
     fn stat_query(&self, p: &BTreeMap<String, String>) -> Result<stat::Query, String> {
