@@ -184,7 +184,7 @@ impl Viz {
             "/api/certificates" => {
                 let mut expiry = BTreeMap::new();
                 self.store.each("identity_cert_expiration_timestamp_seconds", &[], |v| {
-                    expiry.insert((v.labels.get("namespace").unwrap_or_default().to_string(), v.labels.get("pod").unwrap_or_default().to_string()), v.latest());
+                    expiry.insert((v.labels.get("namespace").unwrap_or_default().to_string(), v.labels.get("pod").unwrap_or_default().to_string()), v.latest(std::time::Instant::now()));
                 });
                 let all: Vec<serde_json::Value> = self
                     .targets()

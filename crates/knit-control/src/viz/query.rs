@@ -38,24 +38,47 @@ impl QueryError {
     }
 }
 
+/// One moment every query of a view is answered as of, so that its numbers agree with each other
+/// even when a scrape lands between two of its queries.
+#[derive(Clone, Copy)]
+struct At {
+    instant: Instant,
+    /// Unix seconds, for Prometheus' `time` parameter.
+    unix: f64,
+}
+
+/// A [`Source`] fixed at one moment.
+pub struct Snapshot<'a> {
+    source: &'a Source,
+    at: At,
+}
+
 impl Source {
+    /// The source as of now, for the several queries of one view.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        Snapshot { source: self, at: At { instant: Instant::now(), unix } }
+    }
+}
+
+impl Snapshot<'_> {
     pub async fn increase(&self, metric: &str, matchers: &[(&str, &str)], by: &[&str], window: Duration) -> Result<Grouped, QueryError> {
-        match self {
+        match self.source {
             Source::Store(store) => {
-                let now = Instant::now();
+                let now = self.at.instant;
                 let mut out = HashMap::new();
                 store.each(metric, matchers, |v| *out.entry(group(v.labels, by)).or_default() += v.increase(now, window));
                 Ok(owned(out))
             }
-            Source::Prometheus(p) => p.query(&format!("sum(increase({metric}{}[{}s])) by ({})", selector(matchers), window.as_secs(), by.join(", ")), by).await,
+            Source::Prometheus(p) => p.query(&format!("sum(increase({metric}{}[{}s])) by ({})", selector(matchers), window.as_secs(), by.join(", ")), by, self.at.unix).await,
         }
     }
 
     pub async fn quantile(&self, q: f64, histogram: &str, matchers: &[(&str, &str)], by: &[&str], window: Duration) -> Result<Grouped, QueryError> {
         let bucket = format!("{histogram}_bucket");
-        match self {
+        match self.source {
             Source::Store(store) => {
-                let now = Instant::now();
+                let now = self.at.instant;
                 // Keyed by the bound's bits, which sort as the bounds do (they are never negative).
                 let mut buckets: HashMap<Vec<Arc<str>>, BTreeMap<u64, f64>> = HashMap::new();
                 store.each(&bucket, matchers, |v| {
@@ -72,19 +95,20 @@ impl Source {
             }
             Source::Prometheus(p) => {
                 let query = format!("histogram_quantile({q}, sum(rate({bucket}{}[{}s])) by (le, {}))", selector(matchers), window.as_secs(), by.join(", "));
-                p.query(&query, by).await
+                p.query(&query, by, self.at.unix).await
             }
         }
     }
 
     pub async fn gauge(&self, metric: &str, matchers: &[(&str, &str)], by: &[&str]) -> Result<Grouped, QueryError> {
-        match self {
+        match self.source {
             Source::Store(store) => {
+                let now = self.at.instant;
                 let mut out = HashMap::new();
-                store.each(metric, matchers, |v| *out.entry(group(v.labels, by)).or_default() += v.latest());
+                store.each(metric, matchers, |v| *out.entry(group(v.labels, by)).or_default() += v.latest(now));
                 Ok(owned(out))
             }
-            Source::Prometheus(p) => p.query(&format!("sum({metric}{}) by ({})", selector(matchers), by.join(", ")), by).await,
+            Source::Prometheus(p) => p.query(&format!("sum({metric}{}) by ({})", selector(matchers), by.join(", ")), by, self.at.unix).await,
         }
     }
 }
@@ -121,11 +145,12 @@ impl Prometheus {
         Ok(Self { url, client })
     }
 
-    pub async fn query(&self, promql: &str, by: &[&str]) -> Result<Grouped, QueryError> {
+    /// An instant query evaluated at `time` (unix seconds).
+    pub async fn query(&self, promql: &str, by: &[&str], time: f64) -> Result<Grouped, QueryError> {
         use http_body_util::BodyExt;
         let err = |message: String| QueryError::Prometheus { url: self.url.clone(), message };
         let encoded: String = form_encode(promql);
-        let req = http::Request::get(format!("{}/api/v1/query?query={encoded}", self.url)).body(http_body_util::Empty::new()).map_err(|e| err(e.to_string()))?;
+        let req = http::Request::get(format!("{}/api/v1/query?query={encoded}&time={time:.3}", self.url)).body(http_body_util::Empty::new()).map_err(|e| err(e.to_string()))?;
         let rsp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req)).await.map_err(|_| err("timed out after 10s".into()))?.map_err(|e| err(e.to_string()))?;
         let status = rsp.status();
         let body = rsp.into_body().collect().await.map_err(|e| err(e.to_string()))?.to_bytes();

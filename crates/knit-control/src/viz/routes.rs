@@ -20,6 +20,7 @@ pub struct RouteRow {
 
 /// The routes `deployment` in `namespace` called in `window`, with their outcome after retries.
 pub async fn routes(source: &Source, namespace: &str, deployment: &str, window: Duration) -> Result<Vec<RouteRow>, QueryError> {
+    let source = source.snapshot();
     let m = [("namespace", namespace), ("deployment", deployment)];
     let by = ["parent_namespace", "parent_name", "parent_port", "route_kind", "route_name"];
     let mut by_status = by.to_vec();
@@ -71,6 +72,7 @@ pub struct AuthzRow {
 
 /// `deployment`'s inbound authorization decisions in `window`.
 pub async fn authz(source: &Source, namespace: &str, deployment: &str, window: Duration) -> Result<Vec<AuthzRow>, QueryError> {
+    let source = source.snapshot();
     let m = [("namespace", namespace), ("deployment", deployment)];
     let by = ["srv_kind", "srv_name", "route_name", "authz_kind", "authz_name"];
     let allowed = source.increase("inbound_http_authz_allow_total", &m, &by, window).await?;

@@ -4,7 +4,7 @@
 //! resources' outbound traffic to R; `--from R` reads R's outbound traffic, one row per
 //! destination (LINKERD-WIRE.md §5.4).
 
-use super::query::{Grouped, QueryError, Source};
+use super::query::{Grouped, QueryError, Snapshot, Source};
 use std::{collections::BTreeMap, time::Duration};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -116,7 +116,7 @@ pub async fn stat(source: &Source, q: &Query, known: &[(String, String)]) -> Res
     let by: Vec<&str> = if q.kind == Kind::Namespace { vec![ns_label.as_str()] } else { vec![ns_label.as_str(), name_label.as_str()] };
     let key = |g: &[String]| -> (String, String) { (g[0].clone(), g.last().cloned().unwrap_or_default()) };
     let peer = if q.to.is_some() || q.from.is_some() { "dst" } else { "src" };
-    let mut rows = rows(source, &m, &by, &key, q.window, peer).await?;
+    let mut rows = rows(&source.snapshot(), &m, &by, &key, q.window, peer).await?;
     if q.to.is_none() && q.from.is_none() {
         for (ns, name) in known {
             if q.namespace.as_ref().is_none_or(|n| n == ns) {
@@ -150,7 +150,7 @@ async fn services(source: &Source, q: &Query) -> Result<Vec<Row>, QueryError> {
             _ => (String::new(), g[0].clone()),
         }
     };
-    let mut rows = rows(source, &m, &["authority", "namespace"], &key, q.window, "dst").await?;
+    let mut rows = rows(&source.snapshot(), &m, &["authority", "namespace"], &key, q.window, "dst").await?;
     rows.retain(|(ns, name), _| !name.is_empty() && q.namespace.as_ref().is_none_or(|n| n == ns));
     Ok(rows.into_values().collect())
 }
@@ -177,7 +177,7 @@ impl Row {
 type Key<'a> = &'a (dyn Fn(&[String]) -> (String, String) + Sync);
 
 /// The golden metrics of the series matching `m`, grouped by `by` and keyed by `key`.
-async fn rows(source: &Source, m: &[(&str, &str)], by: &[&str], key: Key<'_>, window: Duration, peer: &str) -> Result<BTreeMap<(String, String), Row>, QueryError> {
+async fn rows(source: &Snapshot<'_>, m: &[(&str, &str)], by: &[&str], key: Key<'_>, window: Duration, peer: &str) -> Result<BTreeMap<(String, String), Row>, QueryError> {
     let by = by.to_vec();
     let mut by_class = by.clone();
     by_class.push("classification");

@@ -150,20 +150,22 @@ impl View<'_> {
     /// The counter's increase over `window` ending at `now`, from the last sample at or before
     /// the window's start (or the first sample) to the newest; a counter that went down was
     /// reset and counts from zero. No extrapolation.
+    /// Samples taken after `now` are not counted.
     pub fn increase(&self, now: Instant, window: Duration) -> f64 {
         let start = now.checked_sub(window).unwrap_or(now);
         let from = self.samples.iter().rposition(|(t, _)| *t <= start).unwrap_or(0);
         let mut prev = self.samples[from].1;
         let mut total = 0.0;
-        for &(_, v) in self.samples.iter().skip(from + 1) {
+        for &(_, v) in self.samples.iter().skip(from + 1).take_while(|(t, _)| *t <= now) {
             total += if v >= prev { v - prev } else { v };
             prev = v;
         }
         total
     }
 
-    pub fn latest(&self) -> f64 {
-        self.samples.back().map_or(0.0, |s| s.1)
+    /// The newest value taken at or before `now`.
+    pub fn latest(&self, now: Instant) -> f64 {
+        self.samples.iter().rev().find(|(t, _)| *t <= now).map_or(0.0, |s| s.1)
     }
 }
 
@@ -367,6 +369,8 @@ mod tests {
         assert_eq!(sum_increase(&store, "response_total", &[("deployment", "web"), ("status_code", "200")], now, Duration::from_secs(20)), 19.0);
         assert_eq!(sum_increase(&store, "response_total", &[("status_code", "201")], now, Duration::from_secs(20)), 3.0, "born between scrapes: from zero");
         assert_eq!(sum_increase(&store, "response_total", &[("dst_deployment", "books")], now, Duration::from_secs(10)), 4.0, "the endpoint address names the destination");
+        // As of an earlier moment (a view's snapshot), a later scrape is not seen.
+        assert_eq!(sum_increase(&store, "response_total", &[("deployment", "web"), ("status_code", "200")], at(10), Duration::from_secs(10)), 15.0);
         store.expire(at(200));
         assert_eq!(store.series_count(), 0, "expired past the retention");
     }
