@@ -76,20 +76,10 @@ impl Viz {
 
     /// The resources a stat of `kind` lists even without traffic: one per scrape target.
     pub fn known(&self, kind: stat::Kind) -> Vec<(String, String)> {
-        if kind == stat::Kind::Service {
-            return Vec::new();
-        }
         let mut out: Vec<(String, String)> = self
             .targets()
             .into_iter()
-            .map(|t| {
-                let name = match kind {
-                    stat::Kind::Namespace => t.namespace.clone(),
-                    stat::Kind::Deployment => t.deployment,
-                    stat::Kind::Pod | stat::Kind::Service => t.pod,
-                };
-                (t.namespace, name)
-            })
+            .filter_map(|t| Some((t.namespace.clone(), t.name(kind)?.to_string())))
             .collect();
         out.sort();
         out.dedup();
@@ -109,16 +99,7 @@ impl Viz {
             .targets()
             .into_iter()
             .filter(|t| namespace.is_none_or(|n| *n == t.namespace))
-            .filter(|t| match &resource {
-                None => true,
-                Some(r) => match r.kind {
-                    stat::Kind::Namespace => t.namespace == r.name,
-                    stat::Kind::Deployment => t.deployment == r.name,
-                    stat::Kind::Pod => t.pod == r.name,
-                    // Refused above.
-                    stat::Kind::Service => false,
-                },
-            })
+            .filter(|t| resource.as_ref().is_none_or(|r| t.name(r.kind) == Some(r.name.as_str())))
             .collect();
         if targets.is_empty() {
             return Err((StatusCode::NOT_FOUND, serde_json::json!({ "error": "no meshed workload matches; see /api/targets" })));

@@ -23,6 +23,14 @@ pub enum Command {
     Authz(PolicyArgs),
 }
 
+/// Where knit-control's viz API is, for every `knit viz` command.
+#[derive(clap::Args)]
+pub struct Api {
+    /// knit-control's viz API.
+    #[arg(long, env = "KNIT_VIZ_ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
+    viz_addr: SocketAddr,
+}
+
 #[derive(clap::Args)]
 pub struct PolicyArgs {
     /// deploy/NAME
@@ -34,8 +42,8 @@ pub struct PolicyArgs {
     /// table or json.
     #[arg(short, long, default_value = "table")]
     output: Output,
-    #[arg(long, env = "KNIT_VIZ_ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
-    viz_addr: SocketAddr,
+    #[command(flatten)]
+    api: Api,
 }
 
 #[derive(clap::Args)]
@@ -48,8 +56,8 @@ pub struct EdgesArgs {
     /// table or json.
     #[arg(short, long, default_value = "table")]
     output: Output,
-    #[arg(long, env = "KNIT_VIZ_ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
-    viz_addr: SocketAddr,
+    #[command(flatten)]
+    api: Api,
 }
 
 #[derive(clap::Args)]
@@ -76,8 +84,8 @@ pub struct TapArgs {
     /// table or json (tap: one line per request either way).
     #[arg(short, long, default_value = "table")]
     output: Output,
-    #[arg(long, env = "KNIT_VIZ_ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
-    viz_addr: SocketAddr,
+    #[command(flatten)]
+    api: Api,
 }
 
 #[derive(clap::Args)]
@@ -99,9 +107,8 @@ pub struct StatArgs {
     /// table, wide or json.
     #[arg(short, long, default_value = "table")]
     output: Output,
-    /// knit-control's viz API.
-    #[arg(long, env = "KNIT_VIZ_ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
-    viz_addr: SocketAddr,
+    #[command(flatten)]
+    api: Api,
     /// Query this Prometheus (http://HOST:PORT) directly, with the PromQL of Linkerd's viz.
     #[arg(long)]
     prometheus: Option<String>,
@@ -135,7 +142,7 @@ async fn stat_cmd(args: StatArgs) -> anyhow::Result<()> {
     let q = stat::Query { kind, namespace: args.namespace.clone(), window: args.window, to: args.to.clone(), from: args.from.clone() };
     let rows = match &args.prometheus {
         Some(url) => stat::stat(&query::Source::Prometheus(Arc::new(query::Prometheus::new(url)?)), &q, &[]).await?,
-        None => fetch(args.viz_addr, &q).await?,
+        None => fetch(args.api.viz_addr, &q).await?,
     };
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
@@ -147,7 +154,7 @@ async fn stat_cmd(args: StatArgs) -> anyhow::Result<()> {
 /// Sends `GET /api/{path}?{params}` to knit-control's viz API; the response head.
 async fn get(viz: SocketAddr, path: &str, params: &[(&str, String)]) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
     use http_body_util::Empty;
-    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", query::form_encode(v))).collect();
     let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let uri = format!("http://{viz}/api/{path}?{}", query.join("&"));
@@ -171,15 +178,6 @@ async fn get_json(viz: SocketAddr, path: &str, params: &[(&str, String)]) -> any
     Ok(json)
 }
 
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The rows from knit-control's `/api/stat`.
 async fn fetch(viz: SocketAddr, q: &stat::Query) -> anyhow::Result<Vec<stat::Row>> {
     let mut params = vec![("kind", q.kind.label().to_string()), ("window", format!("{}s", q.window.as_secs_f64()))];
@@ -200,7 +198,7 @@ async fn edges_cmd(args: EdgesArgs) -> anyhow::Result<()> {
     if let Some(ns) = &args.namespace {
         params.push(("namespace", ns.clone()));
     }
-    let json = get_json(args.viz_addr, "edges", &params).await?;
+    let json = get_json(args.api.viz_addr, "edges", &params).await?;
     let edges: Vec<knit_control::viz::edges::Edge> = serde_json::from_value(json["edges"].clone())?;
     if args.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&edges)?);
@@ -232,7 +230,7 @@ async fn policy_cmd(args: PolicyArgs, view: &str) -> anyhow::Result<()> {
         anyhow::bail!("{view} takes a deployment: deploy/NAME");
     }
     let params = [("namespace", args.namespace.clone()), ("deployment", args.resource.name.clone()), ("window", format!("{}s", args.window.as_secs_f64()))];
-    let json = get_json(args.viz_addr, view, &params).await?;
+    let json = get_json(args.api.viz_addr, view, &params).await?;
     if args.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&json["rows"])?);
         return Ok(());
@@ -265,7 +263,7 @@ async fn tap_cmd(args: TapArgs, top: bool) -> anyhow::Result<()> {
             params.push((k, v.clone()));
         }
     }
-    let rsp = get(args.viz_addr, "tap", &params).await?;
+    let rsp = get(args.api.viz_addr, "tap", &params).await?;
     if !rsp.status().is_success() {
         let status = rsp.status();
         let body = rsp.into_body().collect().await?.to_bytes();

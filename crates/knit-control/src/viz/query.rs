@@ -170,7 +170,8 @@ impl Prometheus {
     }
 }
 
-fn form_encode(s: &str) -> String {
+/// Percent-encodes a query-string value (everything but RFC 3986's unreserved characters).
+pub fn form_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),

@@ -77,6 +77,17 @@ impl Target {
         })
     }
 
+    /// Its name as a resource of `kind`; `None` for services, which are no proxy's own.
+    pub fn name(&self, kind: super::stat::Kind) -> Option<&str> {
+        use super::stat::Kind;
+        match kind {
+            Kind::Namespace => Some(&self.namespace),
+            Kind::Deployment => Some(&self.deployment),
+            Kind::Pod => Some(&self.pod),
+            Kind::Service => None,
+        }
+    }
+
     fn labels(&self) -> [(&'static str, &str); 3] {
         [("namespace", &self.namespace), ("deployment", &self.deployment), ("pod", &self.pod)]
     }
