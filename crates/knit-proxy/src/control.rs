@@ -59,10 +59,23 @@ pub fn channel(addr: &ControlAddr, tls: Option<&Arc<ClientConfig>>) -> Result<Ch
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(3));
-    let Some(name) = &addr.tls_name else { return Ok(endpoint.connect_lazy()) };
+    match tls_of(addr, tls)? {
+        None => Ok(endpoint.connect_lazy()),
+        Some((config, name)) => Ok(endpoint.connect_with_connector_lazy(TlsConnect { config, name, addr: addr.addr.clone() })),
+    }
+}
+
+/// The TLS configuration and server name `addr` is reached with, if it names an identity.
+fn tls_of(addr: &ControlAddr, tls: Option<&Arc<ClientConfig>>) -> Result<Option<(Arc<ClientConfig>, ServerName<'static>)>, ChannelError> {
+    let Some(name) = &addr.tls_name else { return Ok(None) };
     let config = tls.ok_or_else(|| ChannelError::NoAnchors(addr.addr.clone()))?.clone();
     let server_name = ServerName::try_from(name.clone()).map_err(|_| ChannelError::BadName(addr.addr.clone(), name.clone()))?;
-    Ok(endpoint.connect_with_connector_lazy(TlsConnect { config, name: server_name, addr: addr.addr.clone() }))
+    Ok(Some((config, server_name)))
+}
+
+/// Whether [`channel`] will accept `addr` with `tls`, without building it.
+pub fn check(addr: &ControlAddr, tls: Option<&Arc<ClientConfig>>) -> Result<(), ChannelError> {
+    tls_of(addr, tls).map(drop)
 }
 
 /// Dials the control plane and completes the TLS handshake, for tonic's channel.

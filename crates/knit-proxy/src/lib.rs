@@ -86,7 +86,7 @@ fn control_tls(config: &Config) -> stdio::Result<Option<Arc<rustls::ClientConfig
     let roots = identity::anchor_roots(&identity.trust_anchors).map_err(|e| invalid(e.to_string()))?;
     let tls = control::client_config(roots);
     for a in addrs {
-        control::channel(a, Some(&tls)).map_err(|e| invalid(e.to_string()))?;
+        control::check(a, Some(&tls)).map_err(|e| invalid(e.to_string()))?;
     }
     Ok(Some(tls))
 }
