@@ -119,13 +119,16 @@ def start_control(tmp, manifests, prometheus, interval, retention):
 
 
 def timed(url, n=5):
+    """The first answer's time (computed: nothing cached for this view yet, unless a scrape round
+    ends during the run), the median of `n` (cached within the round), and the answer's size."""
     times = []
     for _ in range(n):
         t = time.perf_counter()
         body = get(url, timeout=120)
         times.append(time.perf_counter() - t)
+    first = times[0]
     times.sort()
-    return times[len(times) // 2] * 1e3, len(body)
+    return first * 1e3, times[len(times) // 2] * 1e3, len(body)
 
 
 def store_at_scale(workloads, retention_secs):
@@ -161,10 +164,11 @@ def store_at_scale(workloads, retention_secs):
         rss = rss_kib(proc.pid)
         scrapes = json.loads(get(f"http://{viz}/api/scrapes"))
         up = sum(1 for t in scrapes["targets"] if t["health"]["up"])
-        all_ms, all_bytes = timed(f"http://{viz}/api/stat?kind=deployment&window=60s")
-        page_ms, _ = timed(f"http://{viz}/api/stat?kind=deployment&window=60s&limit=50&sort=rps")
-        ns_ms, _ = timed(f"http://{viz}/api/stat?kind=namespace&window=60s")
-        edges_ms, _ = timed(f"http://{viz}/api/edges?window=60s")
+        # Computed once per view and scrape round, then served from the cache: both are reported.
+        all_ms, _, all_bytes = timed(f"http://{viz}/api/stat?kind=deployment&window=60s")
+        _, page_ms, _ = timed(f"http://{viz}/api/stat?kind=deployment&window=60s&limit=50&sort=rps")
+        ns_ms, _, _ = timed(f"http://{viz}/api/stat?kind=namespace&window=60s")
+        edges_ms, edges_cached_ms, _ = timed(f"http://{viz}/api/edges?window=60s")
         proc.terminate()
         proc.wait()
         return {
@@ -172,7 +176,7 @@ def store_at_scale(workloads, retention_secs):
             "base_rss_mib": base_rss / 1024, "rss_mib": rss / 1024,
             "bytes_per_series": (rss - base_rss) * 1024 / max(scrapes["series"], 1),
             "cpu_s_per_round": cpu / max(rounds, 1),
-            "stat_all_ms": all_ms, "stat_all_kib": all_bytes / 1024, "stat_page_ms": page_ms, "stat_ns_ms": ns_ms, "edges_ms": edges_ms,
+            "stat_all_ms": all_ms, "stat_all_kib": all_bytes / 1024, "stat_page_ms": page_ms, "stat_ns_ms": ns_ms, "edges_ms": edges_ms, "edges_cached_ms": edges_cached_ms,
         }
     finally:
         fake.send_signal(signal.SIGTERM)
@@ -204,10 +208,12 @@ def main():
     lines.append(f"Fake Linkerd-shaped proxies (tests/dashboard/fake_proxies.py) on {s['workloads']:,} loopback addresses, one namespace in five; scraped every 10 s, "
                  f"retention {s['retention_s']} s, measured once the retention is full. The baseline is the same index with viz reading an (absent) Prometheus instead of scraping.")
     lines.append("")
-    lines.append("| targets up | series kept | RSS, index only | RSS with the store | bytes per series (with its samples) | CPU per scrape round | /api/stat all deployments | one page of 50 | by namespace | /api/edges |")
+    lines.append("Query times: the first request of a view in a scrape round computes it; later ones in the round are served from the cache (the page of 50 and the second edges time).")
+    lines.append("")
+    lines.append("| targets up | series kept | RSS, index only | RSS with the store | bytes per series (with its samples) | CPU per scrape round | /api/stat all deployments, computed | one page of 50, cached | by namespace, computed | /api/edges computed / cached |")
     lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines.append(f"| {s['up']:,} | {s['series']:,} | {s['base_rss_mib']:.1f} MiB | {s['rss_mib']:.1f} MiB | {s['bytes_per_series']:.0f} | {s['cpu_s_per_round']:.2f} s | "
-                 f"{s['stat_all_ms']:.0f} ms ({s['stat_all_kib']:.0f} KiB) | {s['stat_page_ms']:.0f} ms | {s['stat_ns_ms']:.0f} ms | {s['edges_ms']:.0f} ms |")
+                 f"{s['stat_all_ms']:.0f} ms ({s['stat_all_kib']:.0f} KiB) | {s['stat_page_ms']:.0f} ms | {s['stat_ns_ms']:.0f} ms | {s['edges_ms']:.0f} / {s['edges_cached_ms']:.0f} ms |")
     dash = os.path.join(ROOT, "bench", "dashboard-results.md")
     if os.path.exists(dash):
         lines += ["", "### Dashboard (headless Chromium)", "", f"From `tests/dashboard/test_dashboard.py`, in [dashboard-results.md](dashboard-results.md)."]
