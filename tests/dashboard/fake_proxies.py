@@ -5,8 +5,8 @@ Every workload of the plan gets its own loopback address (127.0.X.Y: all of 127.
 loopback on Linux), and one asyncio server bound to 0.0.0.0:PORT answers them all: it tells
 the workloads apart by the local address each connection arrived at, and answers `GET /metrics`
 with Prometheus text in the shape of Linkerd's proxy metrics (`response_total`,
-`response_latency_ms_bucket`, `tcp_*`, outbound series whose `target_addr` is another workload,
-`identity_cert_expiration_timestamp_seconds`). Counters grow with time at each workload's own
+`response_latency_ms_bucket`, `tcp_*`, outbound series naming another workload with the `dst_*`
+labels discovery gives, `identity_cert_expiration_timestamp_seconds`). Counters grow with time at each workload's own
 rate, so knit-control's windowed rates come out steady and different per workload.
 
     python3 tests/dashboard/fake_proxies.py --workloads 5000 --namespaces 50
@@ -131,6 +131,8 @@ class Metrics:
             calls = math.floor(total * (0.3 if k == 0 else 0.1))
             addr = f'{dst["ip"]}:{APP_PORT}'
             server = f',server_id="{dst["identity"]}"' if w["secured"] else ""
+            server += (f',dst_namespace="{dst["namespace"]}",dst_service="{dst["deployment"]}",'
+                       f'dst_deployment="{dst["deployment"]}",dst_pod="{dst["pod"]}",dst_serviceaccount="{dst["deployment"]}"')
             lines.append(f'response_total{{direction="outbound",{tls}{server},target_addr="{addr}",status_code="200",classification="success",error=""}} {calls}')
             lines.append(f'tcp_write_bytes_total{{direction="outbound",peer="dst",{tls}{server},target_addr="{addr}"}} {calls * 300}')
         lines.append("# TYPE identity_cert_expiration_timestamp_seconds gauge")

@@ -83,6 +83,18 @@ pub struct ExternalWorkload {
     pub spec: ExternalWorkloadSpec,
 }
 
+/// The label Linkerd's injector gives a Deployment's pods.
+pub const DEPLOYMENT_LABEL: &str = "linkerd.io/proxy-deployment";
+
+impl ExternalWorkload {
+    /// The deployment it belongs to, as metrics name it (`deployment`, `dst_deployment`): its
+    /// `linkerd.io/proxy-deployment` label, or else its own name (a workload written by hand in
+    /// local mode is its own deployment).
+    pub fn deployment(&self) -> &str {
+        self.metadata.labels.get(DEPLOYMENT_LABEL).unwrap_or(&self.metadata.name)
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalWorkloadSpec {

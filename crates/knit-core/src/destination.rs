@@ -82,6 +82,31 @@ pub struct Endpoint {
     /// Set when a Knit (or Linkerd) proxy fronts the endpoint: connections go to its inbound port
     /// with a transport header, and HTTP/1 travels upgraded to HTTP/2.
     pub meshed: Option<Meshed>,
+    /// What discovery says about it for metrics.
+    pub labels: MetricLabels,
+}
+
+/// The labels discovery gives an endpoint (Linkerd's `metric_labels`: `namespace`, `service`,
+/// `deployment`, `pod`, ...), which outbound metrics carry as `dst_<name>`. Sorted by name, and
+/// shared between clones: every request to the endpoint labels its metrics with them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MetricLabels(Option<std::sync::Arc<[(String, String)]>>);
+
+impl MetricLabels {
+    /// Keeps the pairs whose name is a valid Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`);
+    /// the others could not be exported, and are returned so the caller can say so.
+    pub fn new(labels: impl IntoIterator<Item = (String, String)>) -> (Self, Vec<String>) {
+        let valid = |k: &str| k.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_') && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let (mut kept, refused): (Vec<_>, Vec<_>) = labels.into_iter().partition(|(k, _)| valid(k));
+        kept.sort();
+        kept.dedup_by(|a, b| a.0 == b.0);
+        let labels = if kept.is_empty() { None } else { Some(kept.into()) };
+        (Self(labels), refused.into_iter().map(|(k, _)| k).collect())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().flat_map(|l| l.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -93,7 +118,7 @@ pub struct Meshed {
 
 impl Endpoint {
     pub fn plain(addr: SocketAddr) -> Self {
-        Self { addr, meshed: None }
+        Self { addr, meshed: None, labels: MetricLabels::default() }
     }
 
     /// The socket address to dial.
@@ -125,7 +150,7 @@ impl FromStr for Endpoint {
             (None, Some(_)) => return Err(err()),
             (None, None) => None,
         };
-        Ok(Self { addr, meshed })
+        Ok(Self { addr, meshed, labels: MetricLabels::default() })
     }
 }
 
@@ -245,6 +270,15 @@ mod tests {
     fn serializes_as_it_parses() {
         let t: DestinationTable = "books:8080=127.0.0.1:9080@4143".parse().unwrap();
         assert_eq!(serde_json::to_string(&t).unwrap(), r#"{"books:8080":["127.0.0.1:9080@4143"]}"#);
+    }
+
+    #[test]
+    fn metric_labels() {
+        let pairs = [("pod", "b-1"), ("namespace", "demo"), ("zone-a", "x"), ("1st", "x"), ("_ok", "y"), ("pod", "dup")];
+        let (labels, refused) = MetricLabels::new(pairs.map(|(k, v)| (k.to_string(), v.to_string())));
+        assert_eq!(labels.iter().collect::<Vec<_>>(), [("_ok", "y"), ("namespace", "demo"), ("pod", "b-1")]);
+        assert_eq!(refused, ["zone-a", "1st"]);
+        assert_eq!(MetricLabels::new([]).0, MetricLabels::default());
     }
 
     #[test]

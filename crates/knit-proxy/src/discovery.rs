@@ -353,11 +353,15 @@ fn apply_update(pool: &Pool<Endpoint>, m: linkerd2_proxy_api::destination::Updat
         Some(update::Update::Add(set)) => {
             let mut eps = Vec::with_capacity(set.addrs.len());
             for a in &set.addrs {
-                match outbound::endpoint(a) {
-                    Ok((ep, _labels)) => eps.push(ep),
+                match outbound::endpoint(a, &set.metric_labels) {
+                    Ok(ep) => eps.push(ep),
                     Err(e) => tracing::warn!(error = %e, "skipping an invalid endpoint from the control plane"),
                 }
             }
+            // An add replaces an endpoint at the same address (its identity, hint or labels
+            // changed); one that is unchanged keeps its load state.
+            let replaced: Vec<Endpoint> = pool.endpoints().into_iter().filter(|have| eps.iter().any(|e| e.addr == have.addr && e != have)).collect();
+            pool.update_remove(&replaced);
             pool.update_add(eps);
         }
         Some(update::Update::Remove(set)) => {
@@ -524,6 +528,28 @@ mod tests {
         assert_eq!(cache.len(), 1, "the unpinned entry expired");
         // Aborting the task dropped its sender.
         assert!(alive_rx.await.is_err());
+    }
+
+    #[test]
+    fn an_add_replaces_the_endpoint_at_the_same_address() {
+        use linkerd2_proxy_api::{destination as dst, net};
+        let load = crate::policy::outbound::Load::PeakEwma { default_rtt: Duration::from_millis(30), decay: Duration::from_secs(10) };
+        let pool = Pool::new(&load, None);
+        let add = |pod: &str| {
+            let addr = dst::WeightedAddr {
+                addr: Some(net::TcpAddress::from("10.0.0.1:80".parse::<SocketAddr>().unwrap())),
+                metric_labels: [("pod".to_string(), pod.to_string())].into(),
+                ..Default::default()
+            };
+            let set = dst::WeightedAddrSet { addrs: vec![addr], metric_labels: [("namespace".to_string(), "demo".to_string())].into() };
+            dst::Update { update: Some(update::Update::Add(set)) }
+        };
+        apply_update(&pool, add("a"));
+        apply_update(&pool, add("a"));
+        apply_update(&pool, add("b"));
+        let eps = pool.endpoints();
+        assert_eq!(eps.len(), 1, "{eps:?}");
+        assert_eq!(eps[0].labels.iter().collect::<Vec<_>>(), [("namespace", "demo"), ("pod", "b")]);
     }
 
     #[test]

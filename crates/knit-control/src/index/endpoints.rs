@@ -72,7 +72,9 @@ fn is_opaque(svc: &Service, port: u16) -> bool {
 }
 
 pub fn weighted_addr(w: &ExternalWorkload, addr: SocketAddr, opaque: bool) -> WeightedAddr {
-    let mut labels = HashMap::from([("external_workload".to_string(), w.metadata.name.clone())]);
+    // `pod` and `deployment` as Linkerd names a Pod's endpoint: what `stat --to`, `--from` and
+    // edges group by in Prometheus. Every workload is a pod to viz, local mode's included.
+    let mut labels = HashMap::from([("pod".to_string(), w.metadata.name.clone()), ("deployment".to_string(), w.deployment().to_string())]);
     let (tls_identity, protocol_hint) = match &w.spec.mesh_tls {
         None => (None, None),
         Some(tls) => {

@@ -56,6 +56,7 @@ fn endpoints_follow_workloads_and_only_their_changes_publish() {
     assert_eq!(hint.opaque_transport.as_ref().map(|o| o.inbound_port), Some(4200));
     assert!(matches!(hint.protocol, Some(protocol_hint::Protocol::H2(_))));
     assert_eq!(b2.metric_labels["serviceaccount"], "b2");
+    assert_eq!((b2.metric_labels["pod"].as_str(), b2.metric_labels["deployment"].as_str()), ("b2", "b2"), "a workload without a deployment label is its own");
     assert_eq!(eps.labels["service"], "books");
     assert_eq!(index.stats().views["endpoints"], (1, 2), "one view, two subscribers");
 

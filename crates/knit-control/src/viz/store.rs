@@ -1,7 +1,7 @@
 //! The built-in metrics store: knit-control scrapes every meshed workload's proxy and keeps a
 //! bounded window of the golden-metric series, labelled as Prometheus would label them after
-//! Linkerd's relabelling (`namespace`, `deployment`, `pod`), plus `dst_namespace`,
-//! `dst_deployment` and `dst_pod` on outbound series, found from the endpoint address.
+//! Linkerd's relabelling (`namespace`, `deployment`, `pod`). Outbound series name their
+//! destination with the `dst_*` labels the proxy takes from discovery, as Prometheus sees them.
 //!
 //! Memory: one entry per series (its labels, about 300 bytes) and one 16-byte sample per scrape
 //! within the retention. Series of a target that is gone, or that stopped appearing, are dropped
@@ -20,8 +20,6 @@ use std::{
 pub const ADMIN_PORT_ANNOTATION: &str = "knit.dev/proxy-admin-port";
 /// The annotation naming the port of its tap server (default 4190).
 pub const TAP_PORT_ANNOTATION: &str = "knit.dev/proxy-tap-port";
-/// The label Linkerd's injector gives a Deployment's pods.
-pub const DEPLOYMENT_LABEL: &str = "linkerd.io/proxy-deployment";
 
 /// The families a stat, an edge or a Grafana panel reads. Everything else is not stored.
 pub const FAMILIES: [&str; 10] = [
@@ -37,9 +35,10 @@ pub const FAMILIES: [&str; 10] = [
     "inbound_http_authz_deny_total",
 ];
 
-/// The proxy labels kept; the address labels are replaced by `dst_*` labels.
-const KEPT_LABELS: [&str; 23] = [
+/// The proxy labels kept; the address labels are not (`dst_*` name the destination).
+const KEPT_LABELS: [&str; 27] = [
     "direction", "authority", "tls", "client_id", "server_id", "no_tls_reason", "classification", "status_code", "le", "peer",
+    "dst_namespace", "dst_service", "dst_deployment", "dst_pod",
     "http_status", "error", "parent_kind", "parent_namespace", "parent_name", "parent_port", "route_kind", "route_namespace", "route_name",
     "srv_kind", "srv_name", "authz_kind", "authz_name",
 ];
@@ -55,9 +54,6 @@ pub struct Target {
     pub identity: Option<String>,
     /// Its proxy's tap server.
     pub tap: SocketAddr,
-    /// Where the workload serves (its IPs and ports), to name the destination of outbound calls.
-    #[serde(skip)]
-    pub serves: Vec<SocketAddr>,
 }
 
 impl Target {
@@ -65,15 +61,13 @@ impl Target {
     pub fn of(w: &ExternalWorkload) -> Option<Self> {
         let port: u16 = w.metadata.annotations.get(ADMIN_PORT_ANNOTATION)?.parse().ok()?;
         let ip = w.spec.workload_ips.first()?.ip;
-        let serves = w.spec.workload_ips.iter().flat_map(|ip| w.spec.ports.iter().map(move |p| SocketAddr::new(ip.ip, p.port))).collect();
         Some(Self {
             admin: SocketAddr::new(ip, port),
             namespace: w.metadata.namespace.clone(),
-            deployment: w.metadata.labels.get(DEPLOYMENT_LABEL).cloned().unwrap_or_else(|| w.metadata.name.clone()),
+            deployment: w.deployment().to_string(),
             pod: w.metadata.name.clone(),
             identity: w.spec.mesh_tls.as_ref().map(|m| m.identity.clone()),
             tap: SocketAddr::new(ip, w.metadata.annotations.get(TAP_PORT_ANNOTATION).and_then(|p| p.parse().ok()).unwrap_or(4190)),
-            serves,
         })
     }
 
@@ -122,8 +116,6 @@ type Family = HashMap<(SocketAddr, LabelSet), VecDeque<(Instant, f64)>>;
 #[derive(Default)]
 struct Inner {
     targets: Vec<Target>,
-    /// `dst_*` labels by the workload address an outbound series names.
-    destinations: Arc<HashMap<SocketAddr, [(&'static str, String); 3]>>,
     health: HashMap<SocketAddr, Health>,
     /// Every label name and value, once.
     strings: std::collections::HashSet<Arc<str>>,
@@ -194,14 +186,9 @@ impl Store {
     }
 
     pub fn set_targets(&self, targets: Vec<Target>) {
-        let destinations = targets
-            .iter()
-            .flat_map(|t| t.serves.iter().map(move |a| (*a, [("dst_namespace", t.namespace.clone()), ("dst_deployment", t.deployment.clone()), ("dst_pod", t.pod.clone())])))
-            .collect();
         let mut inner = self.lock();
         inner.health.retain(|a, _| targets.iter().any(|t| t.admin == *a));
         inner.targets = targets;
-        inner.destinations = Arc::new(destinations);
     }
 
     pub fn targets(&self) -> Vec<(Target, Health)> {
@@ -219,7 +206,6 @@ impl Store {
                 return;
             }
         };
-        let destinations = self.lock().destinations.clone();
         // Series that differ only in labels not kept (`error`, the address labels) are summed.
         let mut scraped: HashMap<Vec<(&str, String)>, f64> = HashMap::new();
         for sample in prom::parse(&text) {
@@ -231,10 +217,6 @@ impl Store {
                 }
             }
             labels.extend(target.labels().map(|(k, v)| (k, v.to_string())));
-            if sample.labels.get("direction").map(String::as_str) == Some("outbound") {
-                let dst = sample.labels.get("target_addr").and_then(|a| a.parse().ok()).and_then(|a| destinations.get(&a));
-                labels.extend(dst.into_iter().flatten().map(|(k, v)| (*k, v.clone())));
-            }
             labels.push(("__name__", name.to_string()));
             labels.sort();
             *scraped.entry(labels).or_default() += sample.value;
@@ -352,9 +334,9 @@ pub async fn run(store: Arc<Store>, index: Arc<crate::index::Index>, interval: D
 mod tests {
     use super::*;
 
-    fn target(pod: &str, admin: u16, serves: u16) -> Target {
+    fn target(pod: &str, admin: u16) -> Target {
         let ip = std::net::Ipv4Addr::LOCALHOST.into();
-        Target { admin: SocketAddr::new(ip, admin), namespace: "demo".into(), deployment: pod.into(), pod: pod.into(), identity: None, tap: SocketAddr::new(ip, 4190), serves: vec![SocketAddr::new(ip, serves)] }
+        Target { admin: SocketAddr::new(ip, admin), namespace: "demo".into(), deployment: pod.into(), pod: pod.into(), identity: None, tap: SocketAddr::new(ip, 4190) }
     }
 
     fn sum_increase(store: &Store, name: &str, matchers: &[(&str, &str)], now: Instant, window: Duration) -> f64 {
@@ -366,11 +348,11 @@ mod tests {
     #[test]
     fn increases_count_resets_and_series_born_between_scrapes() {
         let store = Store::new(Duration::from_secs(60));
-        let (web, books) = (target("web", 1, 10), target("books", 2, 20));
+        let (web, books) = (target("web", 1), target("books", 2));
         store.set_targets(vec![web.clone(), books.clone()]);
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let out = |n: u32, code: u16| format!("response_total{{direction=\"outbound\",target_addr=\"127.0.0.1:20\",status_code=\"{code}\",classification=\"success\",tls=\"true\"}} {n}\n");
+        let out = |n: u32, code: u16| format!("response_total{{direction=\"outbound\",target_addr=\"127.0.0.1:20\",dst_deployment=\"books\",dst_pod=\"books\",dst_serviceaccount=\"books\",status_code=\"{code}\",classification=\"success\",tls=\"true\"}} {n}\n");
         store.record(&web, at(0), Ok(out(10, 200)));
         // Two proxy series that differ only in a label not kept count as one.
         store.record(&web, at(10), Ok(out(20, 200) + &out(5, 200).replace("tls=", "error=\"x\",tls=") + &out(3, 201)));
@@ -379,7 +361,7 @@ mod tests {
         let now = at(20);
         assert_eq!(sum_increase(&store, "response_total", &[("deployment", "web"), ("status_code", "200")], now, Duration::from_secs(20)), 19.0);
         assert_eq!(sum_increase(&store, "response_total", &[("status_code", "201")], now, Duration::from_secs(20)), 3.0, "born between scrapes: from zero");
-        assert_eq!(sum_increase(&store, "response_total", &[("dst_deployment", "books")], now, Duration::from_secs(10)), 4.0, "the endpoint address names the destination");
+        assert_eq!(sum_increase(&store, "response_total", &[("dst_deployment", "books")], now, Duration::from_secs(10)), 4.0, "the proxy's dst_* labels name the destination");
         // As of an earlier moment (a view's snapshot), a later scrape is not seen.
         assert_eq!(sum_increase(&store, "response_total", &[("deployment", "web"), ("status_code", "200")], at(10), Duration::from_secs(10)), 15.0);
         store.expire(at(200));
@@ -389,7 +371,7 @@ mod tests {
     #[test]
     fn failures_and_unwanted_families_are_not_stored() {
         let store = Store::new(Duration::from_secs(60));
-        let web = target("web", 1, 10);
+        let web = target("web", 1);
         store.record(&web, Instant::now(), Ok("process_cpu_seconds_total 3\nrequest_total{direction=\"inbound\"} 1\n".into()));
         assert_eq!(store.series_count(), 0);
         store.record(&web, Instant::now(), Err("connection refused".into()));

@@ -79,7 +79,7 @@ async fn destination_streams_endpoints_and_their_changes() {
     let expected = dst::WeightedAddr {
         addr: Some(TcpAddress::from("10.1.0.1:7001".parse::<SocketAddr>().unwrap())),
         weight: 10_000,
-        metric_labels: labels(&[("external_workload", "books-v1"), ("serviceaccount", "books")]),
+        metric_labels: labels(&[("deployment", "books-v1"), ("pod", "books-v1"), ("serviceaccount", "books")]),
         tls_identity: Some(dst::TlsIdentity { strategy: Some(tls_identity::Strategy::DnsLikeIdentity(id().unwrap())), server_name: id() }),
         protocol_hint: Some(dst::ProtocolHint { protocol: Some(protocol_hint::Protocol::H2(protocol_hint::H2 {})), opaque_transport: Some(protocol_hint::OpaqueTransport { inbound_port: 4150 }) }),
         ..Default::default()

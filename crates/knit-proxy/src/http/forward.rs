@@ -59,6 +59,7 @@ fn labels(ctx: &Ctx, target: Option<&Routed>) -> HttpLabels {
             (Some(r), Direction::Outbound) => side.dialer.tls_label(&r.endpoint),
             _ => ctx.tls.clone(),
         },
+        dst: target.map(|r| r.endpoint.labels.clone()).unwrap_or_default(),
     }
 }
 

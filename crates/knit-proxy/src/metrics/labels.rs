@@ -1,12 +1,19 @@
 //! Label sets, encoded by hand so that absent labels are left out rather than written empty.
 
+use knit_core::destination::MetricLabels;
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use std::{fmt::Write as _, net::SocketAddr};
 
 type EncResult = Result<(), std::fmt::Error>;
 
+/// Writes one label; the value is escaped as the text format requires (prometheus-client writes
+/// values as given, and an SNI or a discovered label may hold a quote).
 fn put(enc: &mut LabelSetEncoder, key: &str, value: &str) -> EncResult {
-    (key, value).encode(enc.encode_label())
+    if !value.contains(['\\', '"', '\n']) {
+        return (key, value).encode(enc.encode_label());
+    }
+    let escaped = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    (key, escaped.as_str()).encode(enc.encode_label())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,13 +88,15 @@ impl Tls {
 }
 
 /// The target of a connection or request: `direction`, `authority` (outbound only),
-/// `target_addr`, `target_ip`, `target_port` and the TLS labels.
+/// `target_addr`, `target_ip`, `target_port`, the TLS labels and, outbound, the endpoint's
+/// discovered labels as `dst_<name>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HttpLabels {
     pub direction: Direction,
     pub authority: Option<String>,
     pub target_addr: SocketAddr,
     pub tls: Tls,
+    pub dst: MetricLabels,
 }
 
 impl EncodeLabelSet for HttpLabels {
@@ -105,7 +114,11 @@ impl HttpLabels {
         put(enc, "target_addr", &self.target_addr.to_string())?;
         put(enc, "target_ip", &self.target_addr.ip().to_string())?;
         put(enc, "target_port", &self.target_addr.port().to_string())?;
-        self.tls.encode(enc)
+        self.tls.encode(enc)?;
+        for (k, v) in self.dst.iter() {
+            put(enc, &format!("dst_{k}"), v)?;
+        }
+        Ok(())
     }
 }
 
@@ -260,5 +273,31 @@ impl EncodeLabelSet for HandshakeLabels {
     fn encode(&self, mut enc: LabelSetEncoder) -> EncResult {
         put(&mut enc, "direction", self.direction.as_str())?;
         put(&mut enc, "reason", self.reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::{encoding::text::encode, metrics::counter::Counter, metrics::family::Family, registry::Registry};
+
+    #[test]
+    fn outbound_labels_carry_discovery_and_escape_values() {
+        let (dst, _) = MetricLabels::new([("deployment", "books"), ("pod", "books-\"1\"")].map(|(k, v)| (k.to_string(), v.to_string())));
+        let labels = HttpLabels {
+            direction: Direction::Outbound,
+            authority: Some("books.demo:80".into()),
+            target_addr: "10.0.0.1:80".parse().unwrap(),
+            tls: Tls::Opaque { sni: Some("a\\b\nc".into()) },
+            dst,
+        };
+        let family = Family::<HttpLabels, Counter>::default();
+        family.get_or_create(&labels).inc();
+        let mut registry = Registry::default();
+        registry.register("request", "requests", family);
+        let mut out = String::new();
+        encode(&mut out, &registry).unwrap();
+        let line = out.lines().find(|l| l.starts_with("request_total{")).unwrap();
+        assert!(line.contains(r#"sni="a\\b\nc",dst_deployment="books",dst_pod="books-\"1\""}"#), "{line}");
     }
 }

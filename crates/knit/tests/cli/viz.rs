@@ -46,38 +46,71 @@ async fn backend() -> SocketAddr {
 }
 
 impl Mesh {
+    /// knit-control first, then the two proxies, certified by it and discovering from it (so
+    /// outbound metrics carry the `dst_*` labels discovery gives), then the manifests that say
+    /// where they listen. Returns once both proxies are certified and knows both workloads.
     fn start(name: &str) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let dir = temp_dir(name);
         let (viz, web_outbound) = rt.block_on(async {
+            let manifests = format!("{dir}/manifests");
+            std::fs::create_dir_all(&manifests).unwrap();
+            let identity_dir = std::path::PathBuf::from(format!("{dir}/identity"));
+            let material = knit_identity::layout::init(&identity_dir, &Default::default()).unwrap();
+            let mut config = knit_control::config::Config::local(knit_control::config::IdentityConfig::for_dir(&identity_dir));
+            config.discovery.config_dir = Some(manifests.clone().into());
+            config.viz.viz_scrape_interval = Duration::from_millis(250);
+            let control = knit_control::Control::bind(config).await.unwrap();
+            let cp = control.addrs();
+            tokio::spawn(control.run(std::future::pending()));
+
+            let id = |sa: &str| knit_identity::identity_name(sa, "test", "knit", "cluster.local");
+            let proxy = |name: &str, app: Option<SocketAddr>| {
+                let token_file = std::path::PathBuf::from(format!("{dir}/{name}.token"));
+                let expires_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + 3600;
+                std::fs::write(&token_file, material.token_key.sign(&knit_identity::token::Claims { identity: id(name), expires_at })).unwrap();
+                let mut c = knit_proxy::config::Config::loopback();
+                c.inbound.target_addr = app;
+                c.identity = Some(knit_proxy::identity::IdentityConfig {
+                    local_name: id(name),
+                    trust_anchors: knit_proxy::identity::TrustAnchors::File(identity_dir.join(knit_identity::layout::TRUST_ANCHORS)),
+                    token_file,
+                    svc_addr: cp.identity.into(),
+                    min_refresh: Duration::from_secs(10),
+                    max_refresh: Duration::from_secs(86_400),
+                });
+                c.discovery.destination_addr = Some(cp.destination.into());
+                c.discovery.policy_addr = Some(cp.policy.into());
+                c.discovery.workload = format!(r#"{{"ns":"test","external_workload":"{name}-0"}}"#);
+                c.discovery.inbound_ports = app.map(|a| a.port()).into_iter().collect();
+                c
+            };
             let books_app = backend().await;
-            let mut books = knit_proxy::config::Config::loopback();
-            books.inbound.target_addr = Some(books_app);
-            let books = knit_proxy::Proxy::bind(books, None).await.unwrap();
-            let books_addrs = books.addrs();
-            let mut web = knit_proxy::config::Config::loopback();
-            // Meshed (through books' inbound port), without discovery: the table names the hop.
-            web.outbound.endpoints = format!("books.test.svc.cluster.local:8080={books_app}@{}", books_addrs.inbound.port()).parse().unwrap();
-            let web = knit_proxy::Proxy::bind(web, None).await.unwrap();
-            let web_addrs = web.addrs();
+            let books = knit_proxy::Proxy::bind(proxy("books", Some(books_app)), None).await.unwrap();
+            let web = knit_proxy::Proxy::bind(proxy("web", None), None).await.unwrap();
+            let (books_addrs, web_addrs) = (books.addrs(), web.addrs());
             tokio::spawn(books.run(std::future::pending()));
             tokio::spawn(web.run(std::future::pending()));
 
-            let manifests = format!("{dir}/manifests");
-            std::fs::create_dir_all(&manifests).unwrap();
-            let workload = |name: &str, app: SocketAddr, admin: SocketAddr| {
-                format!("apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: {name}-0\n  namespace: test\n  labels:\n    app: {name}\n    linkerd.io/proxy-deployment: {name}\n  annotations:\n    knit.dev/proxy-admin-port: \"{}\"\nspec:\n  workloadIPs:\n    - ip: 127.0.0.1\n  ports:\n    - name: http\n      port: {}\n", admin.port(), app.port())
+            let workload = |name: &str, app: SocketAddr, proxy: &knit_proxy::Addrs| {
+                format!(
+                    "apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: {name}-0\n  namespace: test\n  labels:\n    app: {name}\n    linkerd.io/proxy-deployment: {name}\n  annotations:\n    knit.dev/proxy-admin-port: \"{admin}\"\n    knit.dev/proxy-inbound-port: \"{inbound}\"\nspec:\n  meshTLS:\n    identity: {id}\n  workloadIPs:\n    - ip: 127.0.0.1\n  ports:\n    - name: http\n      port: {port}\n",
+                    admin = proxy.admin.port(),
+                    inbound = proxy.inbound.port(),
+                    id = id(name),
+                    port = app.port()
+                )
             };
-            let doc = [workload("books", books_app, books_addrs.admin), workload("web", SocketAddr::from(([127, 0, 0, 1], 9)), web_addrs.admin)].join("---\n");
+            let service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: books\n  namespace: test\nspec:\n  selector:\n    app: books\n  ports:\n    - name: http\n      port: 8080\n      targetPort: http\n";
+            let doc = [workload("books", books_app, &books_addrs), workload("web", SocketAddr::from(([127, 0, 0, 1], 9)), &web_addrs), service.to_string()].join("---\n");
             std::fs::write(format!("{manifests}/workloads.yaml"), doc).unwrap();
-            knit_identity::layout::init(std::path::Path::new(&format!("{dir}/identity")), &Default::default()).unwrap();
-            let mut config = knit_control::config::Config::local(knit_control::config::IdentityConfig::for_dir(format!("{dir}/identity")));
-            config.discovery.config_dir = Some(manifests.into());
-            config.viz.viz_scrape_interval = Duration::from_millis(250);
-            let control = knit_control::Control::bind(config).await.unwrap();
-            let viz = control.addrs().viz;
-            tokio::spawn(control.run(std::future::pending()));
-            (viz, web_addrs.outbound)
+            for admin in [books_addrs.admin, web_addrs.admin] {
+                ready(admin).await;
+            }
+            // Both scraped once before any traffic, so every series the traffic creates is born
+            // between two scrapes and counted from zero.
+            poll(&format!("http://{}/api/scrapes", cp.viz), |scrapes| scrapes["targets"].as_array().is_some_and(|t| t.len() == 2 && t.iter().all(|t| t["health"]["up"] == true))).await;
+            (cp.viz, web_addrs.outbound)
         });
         Self { rt, viz, web_outbound, dir }
     }
@@ -92,6 +125,31 @@ impl Mesh {
         let out = Command::new(env!("CARGO_BIN_EXE_knit")).args(["viz", "stat"]).args(args).args(["-o", "json", "--viz-addr", &viz]).output().unwrap();
         assert!(out.status.success(), "knit viz stat {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// Waits (up to 10 s) until the proxy whose admin server is at `admin` is certified.
+async fn ready(admin: SocketAddr) {
+    poll(&format!("http://{admin}/ready"), |_| true).await;
+}
+
+/// Polls `uri` (up to 10 s) until it answers 200 with a body for which `check` holds (JSON, or
+/// null when the body is not JSON).
+async fn poll(uri: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(rsp) = client.get(uri.parse().unwrap()).await {
+            let ok = rsp.status() == 200;
+            let body = rsp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            if ok && check(&serde_json::from_slice(&body).unwrap_or_default()) {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{uri} did not answer as expected within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -140,8 +198,6 @@ fn eventually(mesh: &Mesh, args: &[&str], check: impl Fn(&serde_json::Value) -> 
 #[test]
 fn stat_counts_known_traffic() {
     let mesh = Mesh::start("viz-known");
-    // Both proxies are scraped before any traffic: every series is born between scrapes.
-    eventually(&mesh, &["deploy", "-n", "test"], |rows| rows.as_array().is_some_and(|r| r.len() == 2));
     let (ok, failed) = mesh.send(400, 200);
     assert_eq!((ok, failed), (300, 100), "the backend fails every 4th request");
 
@@ -150,7 +206,7 @@ fn stat_counts_known_traffic() {
     let books = row(&rows, "books");
     assert_eq!(books["requests"], 400.0, "{rows:#}");
     assert_eq!(books["success_rate"], 0.75);
-    assert_eq!(books["mtls_rate"], 0.0, "no identity here: plaintext between the proxies");
+    assert_eq!(books["mtls_rate"], 1.0, "mesh TLS between the proxies, with identities from knit-control");
     assert!(books["latency_ms_p50"].as_f64().is_some() && books["tcp_connections"].as_f64() >= Some(1.0), "{books}");
     assert_eq!(row(&rows, "web")["requests"], 0.0, "web received nothing: its row is listed, empty");
 
@@ -221,25 +277,41 @@ fn prometheus_with_the_shipped_configuration_agrees_with_the_built_in_store() {
     // 10 s window on both sides.
     let traffic = mesh.rt.spawn(send(mesh.web_outbound, 40 * 20, 40));
     std::thread::sleep(Duration::from_secs(15));
-    let args = ["deploy", "-n", "test", "-t", "10s"];
-    let builtin = mesh.stat(&args);
     let viz = mesh.viz.to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_knit")).args(["viz", "stat"]).args(args).args(["-o", "json", "--viz-addr", &viz, "--prometheus", &prom.url]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let from_prometheus: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let _ = mesh.rt.block_on(traffic);
-    let (b, p) = (row(&builtin, "books"), row(&from_prometheus, "books"));
+    let both = |args: &[&str]| {
+        let builtin = mesh.stat(args);
+        let out = Command::new(env!("CARGO_BIN_EXE_knit")).args(["viz", "stat"]).args(args).args(["-o", "json", "--viz-addr", &viz, "--prometheus", &prom.url]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (builtin, serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
+    };
     let near = |x: &serde_json::Value, y: &serde_json::Value, tolerance: f64| {
         let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
         (x - y).abs() <= tolerance * x.abs().max(y.abs())
     };
-    eprintln!("built-in: {b}\nprometheus: {p}");
     // Both see 40 rps with 75% success; Prometheus extrapolates increase() to the window's edges,
     // the store does not, so rates agree within 15%.
-    assert!(near(&b["success_rate"], &p["success_rate"], 0.05) && near(&b["success_rate"], &0.75.into(), 0.05), "success rates: built-in {b}, prometheus {p}");
-    assert!(near(&b["rps"], &p["rps"], 0.15) && near(&b["rps"], &40.0.into(), 0.15), "rps: built-in {b}, prometheus {p}");
-    assert!(near(&b["latency_ms_p50"], &p["latency_ms_p50"], 0.5), "p50: built-in {b}, prometheus {p}");
+    let agree = |b: &serde_json::Value, p: &serde_json::Value| {
+        eprintln!("built-in: {b}\nprometheus: {p}");
+        assert!(near(&b["success_rate"], &p["success_rate"], 0.05) && near(&b["success_rate"], &0.75.into(), 0.05), "success rates: built-in {b}, prometheus {p}");
+        assert!(near(&b["rps"], &p["rps"], 0.15) && near(&b["rps"], &40.0.into(), 0.15), "rps: built-in {b}, prometheus {p}");
+        assert!(near(&b["latency_ms_p50"], &p["latency_ms_p50"], 0.5), "p50: built-in {b}, prometheus {p}");
+        assert_eq!(b["mtls_rate"], p["mtls_rate"]);
+    };
+    let (builtin, from_prometheus) = both(&["deploy", "-n", "test", "-t", "10s"]);
+    let (b, p) = (row(&builtin, "books"), row(&from_prometheus, "books"));
+    agree(b, p);
     assert_eq!(b["tcp_connections"], p["tcp_connections"]);
+    // The callers' side: outbound series named by the dst_* labels the proxies take from
+    // discovery, the same in both.
+    let (builtin, from_prometheus) = both(&["deploy", "-n", "test", "--to", "deploy/books", "-t", "10s"]);
+    agree(row(&builtin, "web"), row(&from_prometheus, "web"));
+    let (builtin, from_prometheus) = both(&["deploy", "--from", "deploy/web", "-t", "10s"]);
+    agree(row(&builtin, "books"), row(&from_prometheus, "books"));
+    let source = knit_control::viz::query::Source::Prometheus(Arc::new(knit_control::viz::query::Prometheus::new(&prom.url).unwrap()));
+    let edges = mesh.rt.block_on(knit_control::viz::edges::edges(&source, Some("test"), Duration::from_secs(10), &Default::default())).unwrap();
+    assert_eq!(edges.iter().map(|e| (e.src.as_str(), e.dst.as_str(), e.secured)).collect::<Vec<_>>(), [("web", "books", true)], "{edges:?}");
+    assert_eq!(edges[0].server_id.as_deref(), Some("books.test.serviceaccount.identity.knit.cluster.local"));
+    let _ = mesh.rt.block_on(traffic);
     // The traffic ended a moment ago: still inside the dashboards' 10 s rate windows.
     grafana_queries_run(&prom.url);
 }

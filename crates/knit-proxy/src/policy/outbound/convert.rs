@@ -6,7 +6,8 @@
 use super::*;
 use crate::retry::{self, InvalidBackoff};
 use linkerd2_proxy_api::{destination, http_route as http_api, meta as meta_api, outbound as api};
-use std::{collections::BTreeMap, net::SocketAddr};
+use knit_core::destination::MetricLabels;
+use std::{collections::HashMap, net::SocketAddr};
 
 /// Converts a rule's `Distribution` (each route kind has its own generated types of the same
 /// shape), returning from the enclosing function on error.
@@ -320,7 +321,7 @@ fn backend(b: &api::Backend) -> Result<Backend, InvalidPolicy> {
     let kind = match &b.kind {
         // The controller sends a backend without a kind for a backendRef it could not resolve.
         None => BackendKind::Fail { message: format!("backend {} could not be resolved by the control plane", meta.name()) },
-        Some(Kind::Forward(addr)) => BackendKind::Forward(endpoint(addr).map_err(|e| e.at("forward"))?.0),
+        Some(Kind::Forward(addr)) => BackendKind::Forward(endpoint(addr, &HashMap::new()).map_err(|e| e.at("forward"))?),
         Some(Kind::Balancer(p2c)) => {
             let at = |e: InvalidPolicy| e.at("balancer");
             let path = match p2c.discovery.as_ref().and_then(|d| d.kind.as_ref()) {
@@ -476,7 +477,8 @@ fn tls_filter(f: &api::tls_route::Filter) -> Result<Filter, InvalidPolicy> {
 // === Endpoints ===
 
 /// The one conversion of a discovered address (a `Destination.Get` update's or a `Forward`
-/// backend's) to an [`Endpoint`] and its metric labels.
+/// backend's) to an [`Endpoint`], with its metric labels: the address's own over its set's
+/// (`set_labels`), as Linkerd merges them.
 ///
 /// The endpoint is meshed only with an `opaque_transport` hint: Knit's dialer reaches a meshed
 /// peer through the peer proxy's inbound port with a transport header, and only that hint names
@@ -484,7 +486,7 @@ fn tls_filter(f: &api::tls_route::Filter) -> Result<Filter, InvalidPolicy> {
 /// plane gives a TLS identity (Linkerd's proxy would do mesh TLS to the application port, which
 /// the peer's iptables rules redirect; Knit does not rely on interception at the peer).
 /// `authority_override` (multicluster gateways) is not supported and is ignored.
-pub fn endpoint(addr: &destination::WeightedAddr) -> Result<(Endpoint, BTreeMap<String, String>), InvalidPolicy> {
+pub fn endpoint(addr: &destination::WeightedAddr, set_labels: &HashMap<String, String>) -> Result<Endpoint, InvalidPolicy> {
     let tcp = addr.addr.as_ref().ok_or_else(|| InvalidPolicy::missing("addr"))?;
     let ip = tcp.ip.ok_or_else(|| InvalidPolicy::missing("addr.ip"))?;
     let ip = std::net::IpAddr::try_from(ip).map_err(|e| InvalidPolicy::new("addr.ip", format!("expected an IPv4 or IPv6 address: {e}")))?;
@@ -502,8 +504,12 @@ pub fn endpoint(addr: &destination::WeightedAddr) -> Result<(Endpoint, BTreeMap<
             Some(knit_core::destination::Meshed { inbound_port, identity: identity(addr.tls_identity.as_ref())? })
         }
     };
-    let labels = addr.metric_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    Ok((Endpoint { addr: SocketAddr::new(ip, app_port), meshed }, labels))
+    let merged = set_labels.iter().filter(|(k, _)| !addr.metric_labels.contains_key(*k)).chain(&addr.metric_labels);
+    let (labels, refused) = MetricLabels::new(merged.map(|(k, v)| (k.clone(), v.clone())));
+    if !refused.is_empty() {
+        tracing::debug!(?refused, "metric labels that are not Prometheus label names are not exported");
+    }
+    Ok(Endpoint { addr: SocketAddr::new(ip, app_port), meshed, labels })
 }
 
 fn identity(id: Option<&destination::TlsIdentity>) -> Result<Option<Arc<str>>, InvalidPolicy> {

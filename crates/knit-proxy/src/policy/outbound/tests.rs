@@ -563,9 +563,11 @@ fn weighted_addr(ip: IpAddr, port: u32) -> dst::WeightedAddr {
 fn endpoints_from_weighted_addrs() {
     let mut a = weighted_addr("10.1.2.3".parse().unwrap(), 8080);
     a.metric_labels = [("pod", "web-0"), ("zone", "a")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let (ep, labels) = endpoint(&a).unwrap();
-    assert_eq!(ep, Endpoint::plain("10.1.2.3:8080".parse().unwrap()));
-    assert_eq!(labels.into_iter().collect::<Vec<_>>(), [("pod".to_string(), "web-0".to_string()), ("zone".into(), "a".into())]);
+    let set = [("namespace", "demo"), ("zone", "set-level")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let ep = endpoint(&a, &set).unwrap();
+    assert_eq!(ep.addr, "10.1.2.3:8080".parse().unwrap());
+    assert_eq!(ep.meshed, None);
+    assert_eq!(ep.labels.iter().collect::<Vec<_>>(), [("namespace", "demo"), ("pod", "web-0"), ("zone", "a")], "the address's labels win over the set's");
 
     let v6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x42);
     let mut a = weighted_addr(IpAddr::V6(v6), 443);
@@ -579,22 +581,22 @@ fn endpoints_from_weighted_addrs() {
         })),
         server_name: None,
     });
-    let (ep, _) = endpoint(&a).unwrap();
+    let ep = endpoint(&a, &Default::default()).unwrap();
     assert_eq!(ep.addr, "[fd00::42]:443".parse().unwrap());
     let meshed = ep.meshed.as_ref().unwrap();
     assert_eq!((meshed.inbound_port, meshed.identity.as_deref()), (4143, Some("web.books.serviceaccount.identity.linkerd.cluster.local")));
     assert_eq!(ep.connect_addr(), "[fd00::42]:4143".parse().unwrap());
 
     a.tls_identity = None;
-    assert_eq!(endpoint(&a).unwrap().0.meshed.unwrap().identity, None, "meshed without identity: plaintext to the inbound port");
+    assert_eq!(endpoint(&a, &Default::default()).unwrap().meshed.unwrap().identity, None, "meshed without identity: plaintext to the inbound port");
     let mut plain = a.clone();
     plain.protocol_hint = Some(dst::ProtocolHint { opaque_transport: None, protocol: Some(protocol_hint::Protocol::H2(Default::default())) });
-    assert_eq!(endpoint(&plain).unwrap().0.meshed, None);
+    assert_eq!(endpoint(&plain, &Default::default()).unwrap().meshed, None);
 }
 
 #[test]
 fn invalid_endpoints() {
-    let err = |a: dst::WeightedAddr| endpoint(&a).unwrap_err().to_string();
+    let err = |a: dst::WeightedAddr| endpoint(&a, &Default::default()).unwrap_err().to_string();
     assert_eq!(err(dst::WeightedAddr::default()), "addr: missing");
     assert_eq!(err(dst::WeightedAddr { addr: Some(net::TcpAddress { ip: None, port: 80 }), ..Default::default() }), "addr.ip: missing");
     assert!(err(weighted_addr("10.0.0.1".parse().unwrap(), 0)).starts_with("addr.port: expected a port from 1"));

@@ -41,7 +41,6 @@ async fn knit_control_taps_over_mtls_and_nobody_else_can() {
         pod: "books".into(),
         identity: Some(identity("books")),
         tap: books_proxy.addrs.tap.expect("tap is on"),
-        serves: vec![books.addr],
     };
 
     // Traffic to two paths while knit-control taps only one of them.
