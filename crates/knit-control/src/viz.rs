@@ -6,15 +6,21 @@
 //!
 //! HTTP API (JSON):
 //! - `GET /api/stat?kind=deployment&namespace=NS&window=30s&to=KIND/NAME&from=KIND/NAME`
-//!   Paging for large meshes: `limit`, `offset`, `sort=name|rps|success_rate|latency_ms_p99`
+//!   (`to_namespace`, `from_namespace`: where that resource is, `namespace` by default;
+//!   `deployment=NAME` with `kind=pod`: that deployment's pods). Every row says how many of
+//!   the resource's pods are meshed (`pods`). Paging for large meshes: `limit`, `offset`, `sort=name|rps|success_rate|latency_ms_p99`
 //!   (names ascending, numbers descending), `order=asc|desc`, `filter=SUBSTRING` (of the
 //!   namespace or name); the answer says `total`.
-//! - `GET /api/edges?namespace=NS&window=30s`: deployment-to-deployment edges, mTLS and identities.
+//! - `GET /api/edges?namespace=NS&window=30s`: deployment-to-deployment edges, mTLS and
+//!   identities; paged as stat is (`sort=name|requests|bytes`).
 //! - `GET /api/routes?namespace=NS&deployment=NAME&window=30s`: the HTTP routes a deployment
 //!   calls, with success rate, rps and latency after retries.
 //! - `GET /api/authz?namespace=NS&deployment=NAME&window=30s`: its inbound authorization
 //!   decisions per server, route and authorization.
-//! - `GET /api/certificates`: each proxy's identity and certificate expiry.
+//! - `GET /api/certificates?namespace=NS&deployment=NAME`: each proxy's identity and certificate
+//!   expiry; paged as stat is (`sort=name|expires_at`, soonest first).
+//!
+//! Answers computed from metrics say `as_of`: when the data was last scraped (Unix seconds).
 //! - `GET /api/tap?namespace=NS&resource=KIND/NAME&method=GET&path=PREFIX&authority=PREFIX&max_rps=100&limit=N`:
 //!   a live stream of requests (newline-delimited JSON, one object per completed request, or
 //!   `{"error": ...}` for a proxy that cannot be tapped) until the client goes away.
@@ -23,6 +29,7 @@
 //! - `GET /api/scrapes`: each target's last scrape (up, error, series).
 
 pub mod edges;
+pub mod page;
 pub mod prom;
 pub mod query;
 pub mod routes;
@@ -74,15 +81,28 @@ impl Viz {
         store::targets(&self.index)
     }
 
-    /// The resources a stat of `kind` lists even without traffic: one per scrape target.
-    pub fn known(&self, kind: stat::Kind) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = self
-            .targets()
-            .into_iter()
-            .filter_map(|t| Some((t.namespace.clone(), t.name(kind)?.to_string())))
-            .collect();
-        out.sort();
-        out.dedup();
+    /// The resources of `kind` the index knows (only the pods of `deployment`, when given), with
+    /// how many of their pods run a proxy (have an admin port to scrape). Workloads made of
+    /// EndpointSlices are not pods and are not counted.
+    pub fn inventory(&self, kind: stat::Kind, deployment: Option<&str>) -> stat::Inventory {
+        let mut out = stat::Inventory::new();
+        if kind == stat::Kind::Service {
+            return out;
+        }
+        for w in self.index.workloads_all() {
+            if w.metadata.labels.contains_key(crate::index::ENDPOINT_SLICE_LABEL) || deployment.is_some_and(|d| d != w.deployment()) {
+                continue;
+            }
+            let ns = &w.metadata.namespace;
+            let name = match kind {
+                stat::Kind::Namespace => ns,
+                stat::Kind::Deployment => w.deployment(),
+                stat::Kind::Pod | stat::Kind::Service => &w.metadata.name,
+            };
+            let pods = out.entry((ns.clone(), name.to_string())).or_default();
+            pods.total += 1;
+            pods.meshed += u32::from(store::Target::of(&w).is_some());
+        }
         out
     }
 
@@ -130,8 +150,8 @@ impl Viz {
             "/api/stat" => match self.stat_query(params) {
                 Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                 Ok(q) => match self.stat_rows(&q).await {
-                    Ok(rows) => match page(&rows, params) {
-                        Ok((total, rows)) => (StatusCode::OK, serde_json::json!({ "window_secs": q.window.as_secs_f64(), "total": total, "rows": rows })),
+                    Ok(rows) => match page::page(&rows, params, |r, f| r.name.contains(f) || r.namespace.contains(f), &STAT_SORTS) {
+                        Ok((total, rows)) => (StatusCode::OK, serde_json::json!({ "window_secs": q.window.as_secs_f64(), "as_of": self.as_of(), "total": total, "rows": rows })),
                         Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                     },
                     Err(e) => (e.status(), serde_json::json!({ "error": e.to_string() })),
@@ -140,7 +160,13 @@ impl Viz {
             "/api/edges" => match window(params, self) {
                 Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                 Ok(w) => match self.edges(params.get("namespace").map(String::as_str).filter(|n| !n.is_empty()), w).await {
-                    Ok(edges) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "edges": *edges })),
+                    Ok(edges) => {
+                        let matches = |e: &edges::Edge, f: &str| [&e.src_namespace, &e.src, &e.dst_namespace, &e.dst].iter().any(|s| s.contains(f));
+                        match page::page(&edges, params, matches, &EDGE_SORTS) {
+                            Ok((total, edges)) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "as_of": self.as_of(), "total": total, "edges": edges })),
+                            Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
+                        }
+                    }
                     Err(e) => (e.status(), serde_json::json!({ "error": e.to_string() })),
                 },
             },
@@ -158,21 +184,17 @@ impl Viz {
                     routes::authz(&self.source, ns, deployment, w).await.map(|r| serde_json::json!(r))
                 };
                 match rows {
-                    Ok(rows) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "rows": rows })),
+                    Ok(rows) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "as_of": self.as_of(), "rows": rows })),
                     Err(e) => (e.status(), serde_json::json!({ "error": e.to_string() })),
                 }
             }
             "/api/certificates" => {
-                let mut expiry = BTreeMap::new();
-                self.store.each("identity_cert_expiration_timestamp_seconds", &[], |v| {
-                    expiry.insert((v.labels.get("namespace").unwrap_or_default().to_string(), v.labels.get("pod").unwrap_or_default().to_string()), v.latest(std::time::Instant::now()));
-                });
-                let all: Vec<serde_json::Value> = self
-                    .targets()
-                    .into_iter()
-                    .map(|t| serde_json::json!({"namespace": t.namespace, "deployment": t.deployment, "pod": t.pod, "identity": t.identity, "expires_at": expiry.get(&(t.namespace.clone(), t.pod.clone())).filter(|e| **e > 0.0)}))
-                    .collect();
-                (StatusCode::OK, serde_json::json!({ "certificates": all }))
+                let certificates = self.certificates(params.get("namespace").filter(|n| !n.is_empty()), params.get("deployment").filter(|d| !d.is_empty()));
+                let matches = |c: &Certificate, f: &str| [&c.namespace, &c.deployment, &c.pod].iter().any(|s| s.contains(f)) || c.identity.as_ref().is_some_and(|i| i.contains(f));
+                match page::page(&certificates, params, matches, &CERTIFICATE_SORTS) {
+                    Ok((total, page)) => (StatusCode::OK, serde_json::json!({ "as_of": self.as_of(), "total": total, "certificates": page })),
+                    Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
+                }
             }
             "/api/targets" => {
                 let groups: Vec<serde_json::Value> = self
@@ -188,6 +210,34 @@ impl Viz {
             }
             _ => (StatusCode::NOT_FOUND, serde_json::json!({ "error": format!("no such endpoint {path}; try /api/stat, /api/targets or /api/scrapes") })),
         }
+    }
+
+    /// How fresh the answers are (Unix seconds): the last scrape round's end, or now when
+    /// Prometheus answers.
+    fn as_of(&self) -> Option<f64> {
+        match &self.source {
+            query::Source::Store(store) => store.as_of(),
+            query::Source::Prometheus(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64()),
+        }
+    }
+
+    /// Every meshed proxy of `namespace` and `deployment` (all when `None`), with the expiry of
+    /// its certificate from its last scrape.
+    fn certificates(&self, namespace: Option<&String>, deployment: Option<&String>) -> Vec<Certificate> {
+        let mut expiry = BTreeMap::new();
+        let matchers: Vec<(&str, &str)> = [("namespace", namespace), ("deployment", deployment)].into_iter().filter_map(|(k, v)| Some((k, v?.as_str()))).collect();
+        let now = std::time::Instant::now();
+        self.store.each("identity_cert_expiration_timestamp_seconds", &matchers, |v| {
+            expiry.insert((v.labels.get("namespace").unwrap_or_default().to_string(), v.labels.get("pod").unwrap_or_default().to_string()), v.latest(now));
+        });
+        self.targets()
+            .into_iter()
+            .filter(|t| namespace.is_none_or(|n| *n == t.namespace) && deployment.is_none_or(|d| *d == t.deployment))
+            .map(|t| {
+                let expires_at = expiry.get(&(t.namespace.clone(), t.pod.clone())).copied().filter(|e| *e > 0.0);
+                Certificate { namespace: t.namespace, deployment: t.deployment, pod: t.pod, identity: t.identity, expires_at }
+            })
+            .collect()
     }
 
     /// What this scrape round's cache holds for `key`; nothing when Prometheus answers.
@@ -212,7 +262,7 @@ impl Viz {
         if let Some(Cached::Rows(rows)) = self.cached(&key) {
             return Ok(rows);
         }
-        let rows = Arc::new(stat::stat(&self.source, q, &self.known(q.kind)).await?);
+        let rows = Arc::new(stat::stat(&self.source, q, &self.inventory(q.kind, q.deployment.as_deref())).await?);
         self.remember(key, Cached::Rows(rows.clone()));
         Ok(rows)
     }
@@ -233,7 +283,15 @@ impl Viz {
         let kind = stat::Kind::parse(p.get("kind").map_or("deployment", String::as_str))?;
         let window = window(p, self)?;
         let resource = |k: &str| p.get(k).filter(|v| !v.is_empty()).map(|v| v.parse::<stat::Resource>().map_err(|e| format!("{k}: {e}"))).transpose();
-        Ok(stat::Query { kind, namespace: p.get("namespace").filter(|n| !n.is_empty()).cloned(), window, to: resource("to")?, from: resource("from")? })
+        let text = |k: &str| p.get(k).filter(|v| !v.is_empty()).cloned();
+        Ok(stat::Query {
+            to: resource("to")?,
+            from: resource("from")?,
+            to_namespace: text("to_namespace"),
+            from_namespace: text("from_namespace"),
+            deployment: text("deployment"),
+            ..stat::Query::new(kind, text("namespace"), window)
+        })
     }
 }
 
@@ -254,37 +312,33 @@ fn window(p: &BTreeMap<String, String>, viz: &Viz) -> Result<Duration, String> {
     Ok(window)
 }
 
-/// Filters, sorts and pages rows (`filter`, `sort`, `offset`, `limit`); returns the total that
-/// matched the filter and the page.
-fn page(rows: &[stat::Row], p: &BTreeMap<String, String>) -> Result<(usize, Vec<stat::Row>), String> {
-    let mut rows: Vec<&stat::Row> = rows.iter().collect();
-    if let Some(f) = p.get("filter").filter(|f| !f.is_empty()) {
-        rows.retain(|r| r.name.contains(f.as_str()) || r.namespace.contains(f.as_str()));
-    }
-    let key = |r: &stat::Row, field: &str| -> f64 {
-        match field {
-            "rps" => r.rps,
-            "success_rate" => r.success_rate.unwrap_or(-1.0),
-            "latency_ms_p99" => r.latency_ms_p99.unwrap_or(-1.0),
-            _ => 0.0,
-        }
-    };
-    match p.get("sort").map(String::as_str).unwrap_or("name") {
-        "name" => {}
-        field @ ("rps" | "success_rate" | "latency_ms_p99") => rows.sort_by(|a, b| key(b, field).total_cmp(&key(a, field))),
-        other => return Err(format!("sort: {other:?}: expected name, rps, success_rate or latency_ms_p99")),
-    }
-    match p.get("order").map(String::as_str) {
-        None | Some("") => {}
-        Some("asc") if p.get("sort").is_some_and(|s| s != "name") => rows.reverse(),
-        Some("desc") if p.get("sort").is_none_or(|s| s == "name") => rows.reverse(),
-        Some("asc" | "desc") => {}
-        Some(other) => return Err(format!("order: {other:?}: expected asc or desc")),
-    }
-    let number = |k: &str, default: usize| p.get(k).map_or(Ok(default), |v| v.parse::<usize>().map_err(|_| format!("{k}: {v:?} is not a number")));
-    let (offset, limit) = (number("offset", 0)?, number("limit", usize::MAX)?);
-    let total = rows.len();
-    Ok((total, rows.into_iter().skip(offset).take(limit).cloned().collect()))
+const STAT_SORTS: [page::SortKey<stat::Row>; 4] = [
+    page::SortKey { name: "name", cmp: |a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)), descending: false },
+    page::SortKey { name: "rps", cmp: |a, b| a.rps.total_cmp(&b.rps), descending: true },
+    page::SortKey { name: "success_rate", cmp: |a, b| page::cmp_opt(a.success_rate, b.success_rate), descending: true },
+    page::SortKey { name: "latency_ms_p99", cmp: |a, b| page::cmp_opt(a.latency_ms_p99, b.latency_ms_p99), descending: true },
+];
+
+const EDGE_SORTS: [page::SortKey<edges::Edge>; 3] = [
+    page::SortKey { name: "name", cmp: |a, b| (&a.src_namespace, &a.src, &a.dst_namespace, &a.dst).cmp(&(&b.src_namespace, &b.src, &b.dst_namespace, &b.dst)), descending: false },
+    page::SortKey { name: "requests", cmp: |a, b| a.requests.total_cmp(&b.requests), descending: true },
+    page::SortKey { name: "bytes", cmp: |a, b| a.bytes.total_cmp(&b.bytes), descending: true },
+];
+
+const CERTIFICATE_SORTS: [page::SortKey<Certificate>; 2] = [
+    page::SortKey { name: "name", cmp: |a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)), descending: false },
+    // Soonest first; proxies that have not reported an expiry last.
+    page::SortKey { name: "expires_at", cmp: |a, b| a.expires_at.unwrap_or(f64::INFINITY).total_cmp(&b.expires_at.unwrap_or(f64::INFINITY)), descending: false },
+];
+
+/// A proxy's identity and when its certificate expires (Unix seconds), as it last reported.
+#[derive(Clone, Debug, serde::Serialize)]
+struct Certificate {
+    namespace: String,
+    deployment: String,
+    pod: String,
+    identity: Option<String>,
+    expires_at: Option<f64>,
 }
 
 fn decode(s: &str) -> String {

@@ -101,6 +101,12 @@ pub struct StatArgs {
     /// Outbound traffic from this resource (KIND/NAME), one row per destination.
     #[arg(long)]
     from: Option<stat::Resource>,
+    /// The namespace of the --to resource (default: --namespace).
+    #[arg(long)]
+    to_namespace: Option<String>,
+    /// The namespace of the --from resource (default: --namespace).
+    #[arg(long)]
+    from_namespace: Option<String>,
     /// The window the numbers cover.
     #[arg(short = 't', long = "time-window", default_value = "30s", value_parser = parse_duration)]
     window: Duration,
@@ -139,9 +145,15 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
 
 async fn stat_cmd(args: StatArgs) -> anyhow::Result<()> {
     let kind = stat::Kind::parse(&args.kind).map_err(anyhow::Error::msg)?;
-    let q = stat::Query { kind, namespace: args.namespace.clone(), window: args.window, to: args.to.clone(), from: args.from.clone() };
+    let q = stat::Query {
+        to: args.to.clone(),
+        from: args.from.clone(),
+        to_namespace: args.to_namespace.clone(),
+        from_namespace: args.from_namespace.clone(),
+        ..stat::Query::new(kind, args.namespace.clone(), args.window)
+    };
     let rows = match &args.prometheus {
-        Some(url) => stat::stat(&query::Source::Prometheus(Arc::new(query::Prometheus::new(url)?)), &q, &[]).await?,
+        Some(url) => stat::stat(&query::Source::Prometheus(Arc::new(query::Prometheus::new(url)?)), &q, &Default::default()).await?,
         None => fetch(args.api.viz_addr, &q).await?,
     };
     match args.output {
@@ -181,8 +193,10 @@ async fn get_json(viz: SocketAddr, path: &str, params: &[(&str, String)]) -> any
 /// The rows from knit-control's `/api/stat`.
 async fn fetch(viz: SocketAddr, q: &stat::Query) -> anyhow::Result<Vec<stat::Row>> {
     let mut params = vec![("kind", q.kind.label().to_string()), ("window", format!("{}s", q.window.as_secs_f64()))];
-    if let Some(ns) = &q.namespace {
-        params.push(("namespace", ns.clone()));
+    for (k, v) in [("namespace", &q.namespace), ("to_namespace", &q.to_namespace), ("from_namespace", &q.from_namespace)] {
+        if let Some(v) = v {
+            params.push((k, v.clone()));
+        }
     }
     for (k, r) in [("to", &q.to), ("from", &q.from)] {
         if let Some(r) = r {
@@ -407,7 +421,7 @@ fn table(rows: &[stat::Row], q: &stat::Query, wide: bool) -> String {
     if all_namespaces {
         header.push("NAMESPACE");
     }
-    header.extend(["NAME", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TCP_CONN"]);
+    header.extend(["NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TCP_CONN"]);
     if wide {
         header.extend(["MTLS", "READ_BYTES/SEC", "WRITE_BYTES/SEC"]);
     }
@@ -422,6 +436,7 @@ fn table(rows: &[stat::Row], q: &stat::Query, wide: bool) -> String {
         let traffic = r.requests > 0.0;
         line.extend([
             r.name.clone(),
+            r.pods.map_or("-".into(), |p| format!("{}/{}", p.meshed, p.total)),
             pct(r.success_rate),
             if traffic { format!("{:.1}rps", r.rps) } else { "-".into() },
             ms(r.latency_ms_p50),

@@ -106,10 +106,19 @@ pub fn pod(pod: &Pod, cfg: &IndexConfig) -> Option<ExternalWorkload> {
         let identity = cfg.identity(spec.service_account_name.as_deref().unwrap_or("default"), &ns);
         MeshTls { server_name: Some(identity.clone()), identity }
     });
+    let mut labels = pod.metadata.labels.clone().unwrap_or_default();
+    // Viz groups pods by deployment: the injector labels a meshed pod with it; any other pod's
+    // is read from its owner, so that an unmeshed pod counts in its deployment's "meshed" column.
+    if !labels.contains_key(crate::resources::DEPLOYMENT_LABEL) {
+        let owner = crate::inject::Owner::of_pod(&serde_json::json!({ "metadata": &pod.metadata }));
+        if let Some(owner) = owner.filter(|o| o.kind == "Deployment") {
+            labels.insert(crate::resources::DEPLOYMENT_LABEL.to_string(), owner.name);
+        }
+    }
     let metadata = ObjectMeta {
         name,
         namespace: ns,
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        labels,
         annotations,
         creation_timestamp: None,
     };

@@ -44,15 +44,18 @@ fn custom(kind: Watched) -> impl Fn(Event<DynamicObject>) -> Input {
     move |e| Input::Custom(kind, e)
 }
 
-fn index() -> Arc<Index> {
-    let cfg = IndexConfig {
+fn config() -> IndexConfig {
+    IndexConfig {
         cluster_domain: "cluster.local".into(),
         trust_domain: "cluster.local".into(),
         control_plane_ns: "knit".into(),
         cluster_networks: vec!["10.0.0.0/8".parse().unwrap()],
         default_inbound_policy: "all-unauthenticated".into(),
-    };
-    Arc::new(Index::new(cfg))
+    }
+}
+
+fn index() -> Arc<Index> {
+    Arc::new(Index::new(config()))
 }
 
 /// The namespace, the Service and both pods, listed.
@@ -92,6 +95,17 @@ fn pods_become_endpoints_with_their_identity() {
     let (_, index) = started();
     let id = Some(ID.to_string());
     assert_eq!(endpoints(&index), [("10.244.1.12:7000".to_string(), id.clone()), ("10.244.2.9:7000".to_string(), id)]);
+}
+
+#[test]
+fn an_uninjected_pod_belongs_to_the_deployment_that_owns_it() {
+    let mut plain = pod(1);
+    plain.metadata.labels.as_mut().unwrap().remove(crate::resources::DEPLOYMENT_LABEL);
+    let w = crate::k8s::convert::pod(&plain, &config()).unwrap();
+    assert_eq!(w.deployment(), "books", "from its ReplicaSet books-HASH");
+    plain.metadata.owner_references = None;
+    let w = crate::k8s::convert::pod(&plain, &config()).unwrap();
+    assert_eq!(w.deployment(), w.metadata.name, "no owner: its own");
 }
 
 #[test]

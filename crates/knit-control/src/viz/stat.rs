@@ -64,7 +64,32 @@ pub struct Query {
     pub window: Duration,
     pub to: Option<Resource>,
     pub from: Option<Resource>,
+    /// The namespace of the `--to` and `--from` resources; `namespace` when unset, as Linkerd's
+    /// `--to-namespace` and `--from-namespace`.
+    #[serde(default)]
+    pub to_namespace: Option<String>,
+    #[serde(default)]
+    pub from_namespace: Option<String>,
+    /// Pods only: those of this deployment.
+    #[serde(default)]
+    pub deployment: Option<String>,
 }
+
+impl Query {
+    pub fn new(kind: Kind, namespace: Option<String>, window: Duration) -> Self {
+        Self { kind, namespace, window, to: None, from: None, to_namespace: None, from_namespace: None, deployment: None }
+    }
+}
+
+/// How many pods a resource has, and how many of them run a proxy (Linkerd's MESHED column).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pods {
+    pub meshed: u32,
+    pub total: u32,
+}
+
+/// The resources the index knows, by (namespace, name): listed even without traffic.
+pub type Inventory = BTreeMap<(String, String), Pods>;
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Row {
@@ -82,13 +107,19 @@ pub struct Row {
     pub tcp_connections: f64,
     pub read_bytes_per_sec: f64,
     pub write_bytes_per_sec: f64,
+    /// Unknown when the index is not at hand (a stat straight from Prometheus) and for services.
+    #[serde(default)]
+    pub pods: Option<Pods>,
 }
 
-/// The rows of `q`, sorted by namespace and name. `known`: resources to list even without
-/// traffic (the store's targets).
-pub async fn stat(source: &Source, q: &Query, known: &[(String, String)]) -> Result<Vec<Row>, QueryError> {
+/// The rows of `q`, sorted by namespace and name. `inventory`: the resources of `q.kind` the
+/// index knows (already narrowed to `q.deployment`), listed even without traffic.
+pub async fn stat(source: &Source, q: &Query, inventory: &Inventory) -> Result<Vec<Row>, QueryError> {
     if q.to.is_some() && q.from.is_some() {
         return Err(QueryError::Invalid("--to and --from together are not supported; use one".into()));
+    }
+    if q.deployment.is_some() && q.kind != Kind::Pod {
+        return Err(QueryError::Invalid("deployment narrows pods: use it with `stat po`".into()));
     }
     if q.kind == Kind::Service {
         return services(source, q).await;
@@ -107,9 +138,18 @@ pub async fn stat(source: &Source, q: &Query, known: &[(String, String)]) -> Res
     }
     if let Some(to) = &q.to {
         matchers.push((format!("dst_{}", to.kind.label()), to.name.clone()));
+        if let Some(ns) = q.to_namespace.as_ref().or(q.namespace.as_ref()).filter(|_| to.kind != Kind::Namespace) {
+            matchers.push(("dst_namespace".into(), ns.clone()));
+        }
     }
     if let Some(from) = &q.from {
         matchers.push((from.kind.label().into(), from.name.clone()));
+        if let Some(ns) = q.from_namespace.as_ref().or(q.namespace.as_ref()).filter(|_| from.kind != Kind::Namespace) {
+            matchers.push(("namespace".into(), ns.clone()));
+        }
+    }
+    if let Some(d) = &q.deployment {
+        matchers.push((if q.from.is_some() { "dst_deployment" } else { "deployment" }.into(), d.clone()));
     }
     let m: Vec<(&str, &str)> = matchers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     // A namespace row is grouped by its namespace only.
@@ -118,15 +158,15 @@ pub async fn stat(source: &Source, q: &Query, known: &[(String, String)]) -> Res
     let peer = if q.to.is_some() || q.from.is_some() { "dst" } else { "src" };
     let mut rows = rows(&source.snapshot(), &m, &by, &key, q.window, peer).await?;
     if q.to.is_none() && q.from.is_none() {
-        for (ns, name) in known {
-            if q.namespace.as_ref().is_none_or(|n| n == ns) {
-                let k = if q.kind == Kind::Namespace { (ns.clone(), ns.clone()) } else { (ns.clone(), name.clone()) };
-                rows.entry(k.clone()).or_insert_with(|| Row::empty(k));
-            }
+        for k in inventory.keys().filter(|(ns, _)| q.namespace.as_ref().is_none_or(|n| n == ns)) {
+            rows.entry(k.clone()).or_insert_with(|| Row::empty(k.clone()));
         }
     }
     // Series of resources nobody names (no dst_* label: an address outside the mesh).
     rows.retain(|(_, name), _| !name.is_empty());
+    for (k, row) in rows.iter_mut() {
+        row.pods = inventory.get(k).copied();
+    }
     Ok(rows.into_values().collect())
 }
 
@@ -170,6 +210,7 @@ impl Row {
             tcp_connections: 0.0,
             read_bytes_per_sec: 0.0,
             write_bytes_per_sec: 0.0,
+            pods: None,
         }
     }
 }

@@ -141,6 +141,8 @@ pub struct Store {
     inner: Mutex<Inner>,
     /// Completed scrape rounds: answers computed in one round hold until the next.
     rounds: std::sync::atomic::AtomicU64,
+    /// When the last round completed, in milliseconds since the Unix epoch (0: none yet).
+    round_ended_ms: std::sync::atomic::AtomicU64,
 }
 
 /// One series as a query sees it.
@@ -174,7 +176,7 @@ impl View<'_> {
 
 impl Store {
     pub fn new(retention: Duration) -> Self {
-        Self { retention, inner: Mutex::new(Inner::default()), rounds: Default::default() }
+        Self { retention, inner: Mutex::new(Inner::default()), rounds: Default::default(), round_ended_ms: Default::default() }
     }
 
     pub fn retention(&self) -> Duration {
@@ -269,6 +271,18 @@ impl Store {
         self.rounds.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// When the last scrape round completed (Unix seconds): how fresh an answer is.
+    pub fn as_of(&self) -> Option<f64> {
+        let ms = self.round_ended_ms.load(std::sync::atomic::Ordering::Acquire);
+        (ms > 0).then(|| ms as f64 / 1000.0)
+    }
+
+    fn end_round(&self) {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.round_ended_ms.store(ms, std::sync::atomic::Ordering::Release);
+        self.rounds.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     pub fn series_count(&self) -> usize {
         self.lock().series.values().map(HashMap::len).sum()
     }
@@ -326,7 +340,7 @@ pub async fn run(store: Arc<Store>, index: Arc<crate::index::Index>, interval: D
             store.record(&target, Instant::now(), result);
         }
         store.expire(Instant::now());
-        store.rounds.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        store.end_round();
     }
 }
 

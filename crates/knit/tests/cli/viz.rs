@@ -102,7 +102,9 @@ impl Mesh {
                 )
             };
             let service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: books\n  namespace: test\nspec:\n  selector:\n    app: books\n  ports:\n    - name: http\n      port: 8080\n      targetPort: http\n";
-            let doc = [workload("books", books_app, &books_addrs), workload("web", SocketAddr::from(([127, 0, 0, 1], 9)), &web_addrs), service.to_string()].join("---\n");
+            // And a workload without a proxy: listed, but not meshed.
+            let legacy = "apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: legacy-0\n  namespace: test\n  labels:\n    linkerd.io/proxy-deployment: legacy\nspec:\n  workloadIPs:\n    - ip: 127.0.0.1\n  ports:\n    - name: http\n      port: 10\n";
+            let doc = [workload("books", books_app, &books_addrs), workload("web", SocketAddr::from(([127, 0, 0, 1], 9)), &web_addrs), service.to_string(), legacy.to_string()].join("---\n");
             std::fs::write(format!("{manifests}/workloads.yaml"), doc).unwrap();
             for admin in [books_addrs.admin, web_addrs.admin] {
                 ready(admin).await;
@@ -151,6 +153,19 @@ async fn poll(uri: &str, check: impl Fn(&serde_json::Value) -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "{uri} did not answer as expected within 10 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `GET path` on the viz API: the status and the JSON body.
+fn api(viz: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(viz).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(tcp, "GET {path} HTTP/1.1\r\nhost: viz\r\nconnection: close\r\n\r\n").unwrap();
+    let mut rsp = String::new();
+    tcp.read_to_string(&mut rsp).unwrap();
+    let (head, body) = rsp.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
 }
 
 async fn send(outbound: SocketAddr, n: u64, rps: u64) -> (u64, u64) {
@@ -209,6 +224,8 @@ fn stat_counts_known_traffic() {
     assert_eq!(books["mtls_rate"], 1.0, "mesh TLS between the proxies, with identities from knit-control");
     assert!(books["latency_ms_p50"].as_f64().is_some() && books["tcp_connections"].as_f64() >= Some(1.0), "{books}");
     assert_eq!(row(&rows, "web")["requests"], 0.0, "web received nothing: its row is listed, empty");
+    assert_eq!(books["pods"], serde_json::json!({"meshed": 1, "total": 1}));
+    assert_eq!(row(&rows, "legacy")["pods"], serde_json::json!({"meshed": 0, "total": 1}), "a workload without a proxy is listed, unmeshed");
 
     // web's outbound traffic, named by where it went.
     let to = mesh.stat(&["deploy", "-n", "test", "--to", "deploy/books", "-t", "60s"]);
@@ -216,15 +233,34 @@ fn stat_counts_known_traffic() {
     assert_eq!((row(&to, "web")["requests"].clone(), row(&to, "web")["success_rate"].clone()), (400.0.into(), 0.75.into()));
     let from = mesh.stat(&["deploy", "--from", "deploy/web", "-t", "60s"]);
     assert_eq!(row(&from, "books")["requests"], 400.0, "{from:#}");
+    // The --to and --from resources are looked up in -n's namespace unless told otherwise.
+    assert_eq!(mesh.stat(&["deploy", "-n", "test", "--to", "deploy/books", "--to-namespace", "elsewhere", "-t", "60s"]), serde_json::json!([]));
+    assert_eq!(mesh.stat(&["deploy", "-n", "test", "--from", "deploy/web", "--from-namespace", "test", "-t", "60s"]), from);
+    assert_eq!(mesh.stat(&["deploy", "--from", "deploy/web", "--from-namespace", "elsewhere", "-t", "60s"]), serde_json::json!([]));
     let pods = mesh.stat(&["po", "-n", "test", "-t", "60s"]);
     assert_eq!(row(&pods, "books-0")["requests"], 400.0);
+    // The dashboard's view of one deployment's pods.
+    let (status, books_pods) = api(mesh.viz, "/api/stat?kind=pod&namespace=test&deployment=books&window=60s");
+    assert_eq!(status, 200);
+    assert_eq!(books_pods["rows"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect::<Vec<_>>(), ["books-0"], "{books_pods}");
+    assert!(books_pods["as_of"].as_f64().is_some_and(|t| t > 1.7e9), "when the data was scraped: {books_pods}");
+    let (_, edges) = api(mesh.viz, "/api/edges?namespace=test&window=60s&sort=requests&limit=1");
+    assert_eq!((edges["total"].clone(), edges["edges"][0]["src"].clone(), edges["edges"][0]["dst"].clone()), (1.into(), "web".into(), "books".into()), "{edges}");
+    let (_, certs) = api(mesh.viz, "/api/certificates?namespace=test&deployment=books");
+    assert_eq!((certs["total"].clone(), certs["certificates"][0]["pod"].clone()), (1.into(), "books-0".into()), "{certs}");
+    assert!(certs["certificates"][0]["expires_at"].as_f64().is_some(), "{certs}");
+    let (status, error) = api(mesh.viz, "/api/certificates?sort=age");
+    assert_eq!((status, error["error"].as_str().unwrap()), (400, "sort: \"age\": expected one of name, expires_at"));
+    let (status, error) = api(mesh.viz, "/api/stat?kind=deployment&deployment=books");
+    assert_eq!((status, error["error"].as_str().unwrap()), (400, "deployment narrows pods: use it with `stat po`"));
 
     // The table a person reads.
     let viz = mesh.viz.to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_knit")).args(["viz", "stat", "deploy", "-n", "test", "-t", "60s", "--viz-addr", &viz]).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     let books_line = table.lines().find(|l| l.starts_with("books")).unwrap_or_else(|| panic!("{table}"));
-    assert!(table.starts_with("NAME") && books_line.contains("75.00%"), "{table}");
+    assert!(table.starts_with("NAME") && books_line.contains("75.00%") && books_line.contains(" 1/1 "), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("legacy") && l.contains(" 0/1 ")), "{table}");
 
     // Bad input: said clearly, nothing served is lost.
     let bad = |args: &[&str]| {
