@@ -12,13 +12,15 @@
 //!   (names ascending, numbers descending), `order=asc|desc`, `filter=SUBSTRING` (of the
 //!   namespace or name); the answer says `total`.
 //! - `GET /api/edges?namespace=NS&window=30s`: deployment-to-deployment edges, mTLS and
-//!   identities; paged as stat is (`sort=name|requests|bytes`).
+//!   identities; paged as stat is (`sort=name|requests|bytes`). `nodes`: the deployments the
+//!   edges join.
 //! - `GET /api/routes?namespace=NS&deployment=NAME&window=30s`: the HTTP routes a deployment
 //!   calls, with success rate, rps and latency after retries.
 //! - `GET /api/authz?namespace=NS&deployment=NAME&window=30s`: its inbound authorization
 //!   decisions per server, route and authorization.
-//! - `GET /api/certificates?namespace=NS&deployment=NAME`: each proxy's identity and certificate
-//!   expiry; paged as stat is (`sort=name|expires_at`, soonest first).
+//! - `GET /api/certificates?namespace=NS&deployment=NAME&expiring_within=6h`: each proxy's
+//!   identity and certificate expiry; paged as stat is (`sort=name|expires_at`, soonest first).
+//!   `proxies` and `without_expiry` count the namespace and deployment's proxies before paging.
 //!
 //! Answers computed from metrics say `as_of`: when the data was last scraped (Unix seconds).
 //! - `GET /api/tap?namespace=NS&resource=KIND/NAME&method=GET&path=PREFIX&authority=PREFIX&max_rps=100&limit=N`:
@@ -162,8 +164,10 @@ impl Viz {
                 Ok(w) => match self.edges(params.get("namespace").map(String::as_str).filter(|n| !n.is_empty()), w).await {
                     Ok(edges) => {
                         let matches = |e: &edges::Edge, f: &str| [&e.src_namespace, &e.src, &e.dst_namespace, &e.dst].iter().any(|s| s.contains(f));
+                        // How many deployments the edges join: whether a graph of them can be drawn.
+                        let nodes: std::collections::HashSet<(&str, &str)> = edges.iter().flat_map(|e| [(&*e.src_namespace, &*e.src), (&*e.dst_namespace, &*e.dst)]).collect();
                         match page::page(&edges, params, matches, &EDGE_SORTS) {
-                            Ok((total, edges)) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "as_of": self.as_of(), "total": total, "edges": edges })),
+                            Ok((total, page)) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "as_of": self.as_of(), "nodes": nodes.len(), "total": total, "edges": page })),
                             Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                         }
                     }
@@ -189,10 +193,19 @@ impl Viz {
                 }
             }
             "/api/certificates" => {
-                let certificates = self.certificates(params.get("namespace").filter(|n| !n.is_empty()), params.get("deployment").filter(|d| !d.is_empty()));
+                let mut certificates = self.certificates(params.get("namespace").filter(|n| !n.is_empty()), params.get("deployment").filter(|d| !d.is_empty()));
+                let proxies = certificates.len();
+                let without_expiry = certificates.iter().filter(|c| c.expires_at.is_none()).count();
+                if let Some(within) = params.get("expiring_within").filter(|v| !v.is_empty()) {
+                    let Ok(within) = knit_core::parse::duration(within) else {
+                        return (StatusCode::BAD_REQUEST, serde_json::json!({ "error": format!("expiring_within: {within:?} is not a duration (e.g. 6h)") }));
+                    };
+                    let horizon = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()) + within.as_secs_f64();
+                    certificates.retain(|c| c.expires_at.is_some_and(|e| e < horizon));
+                }
                 let matches = |c: &Certificate, f: &str| [&c.namespace, &c.deployment, &c.pod].iter().any(|s| s.contains(f)) || c.identity.as_ref().is_some_and(|i| i.contains(f));
                 match page::page(&certificates, params, matches, &CERTIFICATE_SORTS) {
-                    Ok((total, page)) => (StatusCode::OK, serde_json::json!({ "as_of": self.as_of(), "total": total, "certificates": page })),
+                    Ok((total, page)) => (StatusCode::OK, serde_json::json!({ "as_of": self.as_of(), "proxies": proxies, "without_expiry": without_expiry, "total": total, "certificates": page })),
                     Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                 }
             }

@@ -249,6 +249,11 @@ fn stat_counts_known_traffic() {
     let (_, certs) = api(mesh.viz, "/api/certificates?namespace=test&deployment=books");
     assert_eq!((certs["total"].clone(), certs["certificates"][0]["pod"].clone()), (1.into(), "books-0".into()), "{certs}");
     assert!(certs["certificates"][0]["expires_at"].as_f64().is_some(), "{certs}");
+    assert_eq!(edges["nodes"], 2);
+    let (_, soon) = api(mesh.viz, "/api/certificates?expiring_within=1m");
+    assert_eq!((soon["proxies"].clone(), soon["total"].clone()), (2.into(), 0.into()), "fresh certificates: none expire within a minute: {soon}");
+    let (status, error) = api(mesh.viz, "/api/certificates?expiring_within=soon");
+    assert_eq!((status, error["error"].as_str().unwrap()), (400, "expiring_within: \"soon\" is not a duration (e.g. 6h)"));
     let (status, error) = api(mesh.viz, "/api/certificates?sort=age");
     assert_eq!((status, error["error"].as_str().unwrap()), (400, "sort: \"age\": expected one of name, expires_at"));
     let (status, error) = api(mesh.viz, "/api/stat?kind=deployment&deployment=books");
