@@ -4,14 +4,17 @@
     python3 tests/dashboard/test_dashboard.py --bin target/debug
 
 a. A live local mesh (`knit demo`): the pages load without console errors, the namespace page
-   lists the demo's deployments with the numbers `knit viz stat` reports, views refresh in place,
-   the deployment page shows callers, destinations and pods, the certificates page lists every
-   pod with its time left, and the tap page streams (or says tap is missing when /api/tap is 404).
+   lists the demo's deployments with the numbers and MESHED counts `knit viz stat` reports, views
+   refresh in place and the header's "data as of" time advances (and turns stale with live
+   updates off), the deployment page shows callers, destinations and exactly its pods (as
+   /api/stat?kind=pod&deployment= lists them), the certificates page lists every pod with its
+   time left, and the tap page streams (or says tap is missing when /api/tap is 404).
 b. 5,000 workloads (fake proxies, tests/dashboard/fake_proxies.py, scraped by a real
    knit-control): first render of the biggest namespace and of all deployments, a sort, a
-   filter, paging, the overview and the certificates page, each timed; the DOM never holds more
-   than a few hundred table rows. Timings are printed and written to bench/dashboard-results.md;
-   only correctness is asserted.
+   filter, paging, the overview with its server-paged edges table, the certificates page (and
+   its "expiring within 6h only" filter) and a deployment with a pod that has no proxy, each
+   timed and checked against the API; the DOM never holds more than a few hundred table rows.
+   Timings are printed and written to bench/dashboard-results.md; only correctness is asserted.
 
 Needs Debian's `chromium` and PyPI's `playwright` (no `playwright install`: the system browser is
 used). Exits non-zero when a check fails; every process it starts is stopped and every
@@ -176,7 +179,11 @@ READ_ROWS = """(sel) => [...document.querySelectorAll(sel + ' [data-testid="stat
   name: tr.dataset.name, namespace: tr.dataset.namespace, requests: Number(tr.dataset.requests),
   cells: Object.fromEntries([...tr.querySelectorAll('td[data-col]')].map(td => [td.dataset.col, td.textContent])),
   values: Object.fromEntries([...tr.querySelectorAll('td[data-col]')].map(td => [td.dataset.col, td.dataset.value])),
+  classes: Object.fromEntries([...tr.querySelectorAll('td[data-col]')].map(td => [td.dataset.col, td.className])),
 }))"""
+
+READ_AS_OF = """() => { const a = document.querySelector('[data-testid="as-of"]');
+  return { hidden: a.hidden, text: a.textContent, secs: a.dataset.asOf ? Number(a.dataset.asOf) : null, stale: a.classList.contains('stale') }; }"""
 
 
 class Page:
@@ -227,6 +234,10 @@ class Page:
                  return names.every(n => have.has(n)); }"""
         self.wait(js, [f'table[data-testid="{table}"]', names], timeout, f"rows {names} in the {table} table")
 
+    def as_of(self):
+        """The header's data time: hidden, text, secs (data-as-of) and stale."""
+        return self.page.evaluate(READ_AS_OF)
+
     def console_errors(self, ignore=()):
         return [e for e in self.errors if not any(re.search(p, e) for p in ignore)]
 
@@ -242,6 +253,31 @@ def parse_pct(text):
 
 def parse_num(text):
     return None if text == "-" else float(text)
+
+
+def clock(secs):
+    """HH:MM:SS of Unix seconds in local time, as the dashboard prints it."""
+    return time.strftime("%H:%M:%S", time.localtime(secs))
+
+
+def meshed_text(pods):
+    """The Meshed column's text for a row's `pods`."""
+    return "-" if pods is None else f"{pods['meshed']}/{pods['total']}"
+
+
+def agree(page_value, api_value, what, timeout=30):
+    """Waits until what the page shows equals what the API answers now (both read again each
+    time: counts move with the window); returns the value, raises Failure with both if never."""
+    last = {}
+
+    def same():
+        last["page"], last["api"] = page_value(), api_value()
+        return last["page"] == last["api"]
+    try:
+        wait_until(same, timeout, what, interval=1)
+    except Failure:
+        raise Failure(f"{what}: the page says {last.get('page')!r}, the API {last.get('api')!r}")
+    return last["api"]
 
 
 def check_formats(rows, where):
@@ -281,6 +317,24 @@ def tap_available(base):
         if e.code == 404 and "no such endpoint" in body:
             return None
         return e.code
+
+
+def check_pods(pg, base, name, namespace="demo"):
+    """The open deployment page's pods table lists exactly the pods that /api/stat gives for the
+    deployment (asked here), with their Meshed column and count; returns their names."""
+    api = get_json(base + "/api/stat?" + urllib.parse.urlencode({"kind": "pod", "namespace": namespace, "deployment": name}))
+    want = sorted(r["name"] for r in api["rows"])
+    mine = [n for n in want if n in DEMO_PODS and (n == name or n.startswith(name + "-"))]
+    if not want or mine != want or api["total"] != len(want):
+        raise Failure(f"/api/stat?kind=pod&deployment={name}: {want} (total {api['total']}) are not {name}'s pods")
+    pg.wait("""(want) => JSON.stringify([...document.querySelectorAll('[data-testid="pod-row"]')].map(r => r.dataset.name).sort()) === JSON.stringify(want)""",
+            want, what=f"{name}'s pods {want} in the pods table")
+    shown = pg.page.evaluate("""() => ({ total: document.querySelector('[data-testid="pods-count"]').dataset.total,
+             meshed: Object.fromEntries([...document.querySelectorAll('[data-testid="pod-row"]')].map(r => [r.dataset.name, r.querySelector('[data-col="meshed"]').textContent])) })""")
+    meshed = {r["name"]: meshed_text(r["pods"]) for r in api["rows"]}
+    check(shown["total"] == str(api["total"]) and shown["meshed"] == meshed,
+          f"deployment {name}: its pods table is /api/stat?kind=pod&deployment={name}: {', '.join(f'{k} {v}' for k, v in sorted(meshed.items()))}", shown)
+    return want
 
 
 def test_demo(bin_dir, browser, procs):
@@ -347,16 +401,27 @@ def test_demo(bin_dir, browser, procs):
 
         def snapshot():
             return p.evaluate("""() => [document.getElementById('last-updated').dataset.updatedAt,
-                     JSON.stringify([...document.querySelectorAll('[data-testid="stat-row"]')].map(tr => [tr.dataset.requests, tr.textContent]))]""")
-        stamp0, cells0 = snapshot()
-        stamps, changed = {stamp0}, False
+                     JSON.stringify([...document.querySelectorAll('[data-testid="stat-row"]')].map(tr => [tr.dataset.requests, tr.textContent])),
+                     document.querySelector('[data-testid="as-of"]').dataset.asOf]""")
+        stamp0, cells0, as_of0 = snapshot()
+        stamps, changed, as_ofs = {stamp0}, False, [as_of0]
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (len(stamps) >= 3 and changed):
+        while time.monotonic() < deadline and not (len(stamps) >= 3 and changed and len(set(as_ofs)) >= 3):
             time.sleep(0.5)
-            stamp, cells = snapshot()
+            stamp, cells, as_of = snapshot()
             stamps.add(stamp)
             changed = changed or cells != cells0
+            if as_of != as_ofs[-1]:
+                as_ofs.append(as_of)
         check(len(stamps) >= 3, "live updates: the 'last updated' stamp moves every few seconds", sorted(stamps))
+        secs = [float(a) for a in as_ofs if a]
+        check(len(secs) >= 3 and secs == sorted(secs), "live updates: the header's 'data as of' time advances with each refresh",
+              [clock(x) for x in secs])
+        shown = pg.as_of()
+        api_as_of = get_json(base + "/api/stat?kind=deployment&namespace=demo&limit=0")["as_of"]
+        # The page's data is at most a refresh (5s) and a scrape round (2s) older than the API's now.
+        check(not shown["hidden"] and shown["text"] == f"data as of {clock(shown['secs'])}" and 0 <= api_as_of - shown["secs"] <= 10 and not shown["stale"],
+              f"header: '{shown['text']}' (the API's as_of is {clock(api_as_of)}), not marked stale", (shown, api_as_of))
         check(changed, "live updates: the rows' numbers change in place")
         check(p.evaluate("window.__sameDocument") == "yes", "live updates: without reloading the page")
         names = sorted(r["name"] for r in pg.rows("deployments"))
@@ -370,14 +435,13 @@ def test_demo(bin_dir, browser, procs):
         ok("deployment web: outbound destinations books-v1, books-v2 and authors")
         pg.wait("""() => !['…', '-'].includes(document.querySelector('[data-testid="metric-rps"]').textContent)""", what="web's rps card")
         ok(f"deployment web: golden metrics (rps {p.inner_text('[data-testid=metric-rps]')}, success {p.inner_text('[data-testid=metric-success]')})")
-        pg.wait("""() => document.querySelector('[data-testid="pod-row"][data-name="web"]')""", what="web's pod")
-        ok("deployment web: its pod")
+        check_pods(pg, base, "web")
         pg.go("/namespaces/demo/deployments/books-v1")
         pg.wait_rows("callers", ["web"])
         ok("deployment books-v1: inbound caller web")
+        check_pods(pg, base, "books-v1")
         pg.go("/namespaces/demo/deployments/authors")
-        pg.wait("""() => ['authors-1', 'authors-2'].every(n => document.querySelector(`[data-testid="pod-row"][data-name="${n}"]`))""", what="authors' pods")
-        pods = p.evaluate("""() => [...document.querySelectorAll('[data-testid="pod-row"]')].map(r => r.dataset.name).sort()""")
+        pods = check_pods(pg, base, "authors")
         check(pods == ["authors-1", "authors-2"], "deployment authors: exactly its two pods", pods)
 
         # Certificates.
@@ -386,7 +450,16 @@ def test_demo(bin_dir, browser, procs):
         certs = p.evaluate("""() => [...document.querySelectorAll('[data-testid="cert-row"]')].map(r => ({pod: r.dataset.pod,
                  left: r.querySelector('[data-col="time-left"]').textContent, secs: Number(r.dataset.left), expiring: r.dataset.expiring,
                  identity: r.querySelector('[data-col="identity"]').textContent}))""")
-        check(sorted(c["pod"] for c in certs) == DEMO_PODS, "certificates: every demo pod", [c["pod"] for c in certs])
+        api_certs = get_json(base + "/api/certificates")
+        api_pods = sorted(c["pod"] for c in api_certs["certificates"] if c["namespace"] == "demo")
+        check(sorted(c["pod"] for c in certs) == api_pods == DEMO_PODS, "certificates: every demo pod, as /api/certificates lists them",
+              ([c["pod"] for c in certs], api_pods))
+        summary = p.evaluate("""() => { const d = document.querySelector('[data-testid="cert-summary"]').dataset;
+                 return { proxies: d.proxies, expiring: d.expiring, withoutExpiry: d.withoutExpiry }; }""")
+        soon = get_json(base + "/api/certificates?expiring_within=6h&limit=0")["total"]
+        check(summary == {"proxies": str(api_certs["proxies"]), "expiring": str(soon), "withoutExpiry": str(api_certs["without_expiry"])},
+              f"certificates: the summary counts as /api/certificates ({api_certs['proxies']} proxies, {soon} expiring within 6h, "
+              f"{api_certs['without_expiry']} without expiry)", summary)
         check(all(re.fullmatch(r"\d+h \d+m|\d+d \d+h", c["left"]) and 6 * 3600 < c["secs"] <= 86400 + 120 for c in certs),
               "certificates: time left shown (a 24h certificate: about 23h 59m)", [(c["pod"], c["left"]) for c in certs])
         check(all(c["expiring"] == "false" for c in certs), "certificates: none highlighted as expiring (< 6h)")
@@ -414,11 +487,24 @@ def test_demo(bin_dir, browser, procs):
             rows = p.evaluate("""() => [...document.querySelectorAll('[data-testid="tap-row"]')].map(r => r.dataset.deployment)""")
             check(set(rows) == {"books-v1"}, "deployment books-v1: its live tap shows only books-v1's requests", set(rows))
 
-        # The numbers against `knit viz stat`, once the 30s window is full of traffic.
-        wait = traffic_since + 33 - time.monotonic()
-        if wait > 0:
-            log(f"  ...   waiting {wait:.0f}s for a full 30s window of traffic")
-            time.sleep(wait)
+        # While the 30s window fills: with live updates off, the header marks the page and its data
+        # stale once they are older than three refreshes (15s).
+        pg.open("/namespaces/demo")
+        pg.wait_rows("deployments", DEMO_DEPLOYMENTS)
+        pg.wait("""() => document.querySelector('[data-testid="as-of"]').dataset.asOf""", what="the header's data time")
+        p.click('[data-testid="live"]')
+        time.sleep(1)  # a refresh under way when live updates went off still lands
+        frozen = pg.as_of()
+        check(not frozen["stale"], f"header: '{frozen['text']}' not stale right after a refresh")
+        wait = max(traffic_since + 33 - time.monotonic(), frozen["secs"] + 20 - time.time())
+        log(f"  ...   waiting {wait:.0f}s for a full 30s window of traffic (live updates off meanwhile)")
+        time.sleep(max(0, wait))
+        stale = pg.as_of()
+        api_as_of = get_json(base + "/api/stat?kind=deployment&namespace=demo&limit=0")["as_of"]
+        updated_stale = p.evaluate("document.getElementById('last-updated').classList.contains('stale')")
+        check(stale["stale"] and updated_stale and stale["secs"] == frozen["secs"] and api_as_of - stale["secs"] > 15,
+              f"header: with live updates off, '{stale['text']}' and 'Updated' are marked stale ({api_as_of - stale['secs']:.0f}s behind the API)",
+              (stale, updated_stale, api_as_of))
         pg.open("/namespaces/demo")
         pg.wait_rows("deployments", DEMO_DEPLOYMENTS)
         dash = {r["name"]: r for r in pg.rows("deployments")}
@@ -442,6 +528,11 @@ def test_demo(bin_dir, browser, procs):
                     bad.append((name, "rps", d["rps"], c["rps"]))
             elif rps is None or abs(rps - c["rps"]) > 0.2 * c["rps"] + 0.05:
                 bad.append((name, "rps", d["rps"], c["rps"]))
+        meshed = {n: (dash[n]["cells"]["meshed"], "warn" in dash[n]["classes"]["meshed"]) for n in DEMO_DEPLOYMENTS}
+        want = {n: (meshed_text(cli[n].get("pods")), False) for n in DEMO_DEPLOYMENTS if n in cli}
+        full = all(c.get("pods") and c["pods"]["total"] > 0 and c["pods"]["meshed"] == c["pods"]["total"] for c in cli.values())
+        check(meshed == want and full, "namespace page: the Meshed column is `knit viz stat`'s pods, every demo deployment fully meshed: " +
+              ", ".join(f"{n} {meshed[n][0]}" for n in DEMO_DEPLOYMENTS), (meshed, want))
         summary = ", ".join(f"{n} {dash[n]['cells']['success']}/{dash[n]['cells']['rps']} vs {100 * (cli[n]['success_rate'] or 0):.2f}%/{cli[n]['rps']:.1f}" for n in DEMO_DEPLOYMENTS if n in cli)
         check(not bad, f"namespace page matches `knit viz stat deploy -n demo -o json` (success within 2 points, rps within 20%): {summary}", bad)
 
@@ -460,7 +551,12 @@ def test_demo(bin_dir, browser, procs):
 
 # ---------------------------------------------------------------------------- b. 5,000 workloads
 
-def write_manifests(directory, workloads, port):
+UNMESHED_IP = "127.0.255.1"  # outside fake_proxies.workload_ip's range; never scraped
+
+
+def write_manifests(directory, workloads, port, unmeshed=()):
+    """One file of ExternalWorkloads per namespace. The workloads of `unmeshed` get a second pod
+    without a proxy (no admin port: not scraped), so their deployment is 1/2 meshed."""
     os.makedirs(directory)
     by_ns = {}
     for w in workloads:
@@ -488,6 +584,22 @@ spec:
     - name: http
       port: {fake_proxies.APP_PORT}
 """)
+            if any(u is w for u in unmeshed):
+                docs.append(f"""apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata:
+  name: {w['pod']}-unmeshed
+  namespace: {ns}
+  labels:
+    app: {w['deployment']}
+    linkerd.io/proxy-deployment: {w['deployment']}
+spec:
+  workloadIPs:
+    - ip: {UNMESHED_IP}
+  ports:
+    - name: http
+      port: {fake_proxies.APP_PORT}
+""")
         with open(os.path.join(directory, f"{ns}.yaml"), "w") as f:
             f.write("---\n".join(docs))
     return by_ns
@@ -507,7 +619,8 @@ def test_scale(bin_dir, browser, procs, n_workloads, n_namespaces, results_path)
             raise Failure(f"fake_proxies.py did not start: {line!r}")
         port = int(m.group(1))
         workloads = fake_proxies.plan(n_workloads, n_namespaces)
-        by_ns = write_manifests(os.path.join(tmp, "manifests"), workloads, port)
+        half = workloads[len(workloads) // 2]  # its deployment page is checked: a pod of it has no proxy
+        by_ns = write_manifests(os.path.join(tmp, "manifests"), workloads, port, unmeshed=[half])
         biggest = max(by_ns, key=lambda ns: len(by_ns[ns]))
         ok(f"{n_workloads:,} ExternalWorkloads written ({len(by_ns)} namespaces, the biggest {biggest} with {len(by_ns[biggest]):,}); fake proxies on 0.0.0.0:{port}")
 
@@ -615,6 +728,11 @@ def test_scale(bin_dir, browser, procs, n_workloads, n_namespaces, results_path)
             shown = p.evaluate("""() => document.querySelectorAll('[data-testid="stat-row"]').length""")
             check(shown == 50 and p.get_attribute('[data-testid="count"]', "data-total") == str(size),
                   f"namespace {biggest}: first page of 50 rows, '50 of {size:,}'", shown)
+            api_rows = get_json(base + "/api/stat?" + urllib.parse.urlencode({"kind": "deployment", "namespace": biggest, "limit": 50, "sort": "name"}), 120)["rows"]
+            meshed = {r["name"]: r["cells"]["meshed"] for r in pg.rows("deployments")}
+            want = {r["name"]: meshed_text(r["pods"]) for r in api_rows}
+            check(meshed == want and set(want.values()) == {"1/1"}, f"namespace {biggest}: the Meshed column is /api/stat's pods (each fake workload 1/1)",
+                  sorted(set(meshed.items()) ^ set(want.items()))[:5])
             timings.append((f"namespace page, {biggest} ({size:,} deployments), first render", wall, server, "page load to rows"))
 
             # 2. All namespaces: 5,000 deployments, paged.
@@ -681,40 +799,104 @@ def test_scale(bin_dir, browser, procs, n_workloads, n_namespaces, results_path)
             ok(f"live refresh of 200 rows of {n_workloads:,}: {refresh_ms} ms (API and render)")
             timings.append(("live refresh, 200 rows of all deployments", refresh_ms, None, "in the page: request to rendered"))
 
-            # 6. Overview: the namespaces and the topology as a table (too many nodes to draw).
-            server_edges = timed_get(base + "/api/edges?window=30s", 120)[1]
+            # 6. Overview: the namespaces and the topology as a table paged by the server (too many
+            #    nodes to draw: the page asks for 2,000 edges at most, then only for their number).
+            edges_api = lambda **q: get_json(base + "/api/edges?" + urllib.parse.urlencode({"window": "30s", **q}), 120)  # noqa: E731
+            server_edges = timed_get(base + "/api/edges?" + urllib.parse.urlencode({"window": "30s", "limit": 2000}), 120)[1]
+            edges_ready = """(extra) => { const w = document.querySelector('[data-testid="edge-table-wrap"]');
+                 return w && w.dataset.state === 'ready' && document.querySelectorAll('[data-testid="edge-row"]').length > 0 &&
+                        Object.entries(extra || {}).every(([k, v]) => w.dataset[k] === v); }"""
             t = pg.open("/")
             pg.wait("""(n) => { const s = document.querySelector('[data-testid="topology-summary"]');
                       return s && Number(s.dataset.nodes) > 0 && document.querySelectorAll('[data-testid="edge-row"]').length > 0 &&
                              document.querySelectorAll('table[data-testid="namespaces"] [data-testid="stat-row"]').length === Math.min(n, 50); }""",
                     len(by_ns), 120, "the overview")
             wall = (time.perf_counter() - t) * 1000
-            nodes = int(p.get_attribute('[data-testid="topology-summary"]', "data-nodes"))
-            edges = int(p.get_attribute('[data-testid="topology-summary"]', "data-edges"))
+            summary = lambda: p.evaluate("""() => { const d = document.querySelector('[data-testid="topology-summary"]').dataset;
+                                            return [Number(d.nodes), Number(d.edges), d.insecure]; }""")  # noqa: E731
+            nodes, edges, insecure = agree(summary, lambda: (lambda d: [d["nodes"], d["total"], ""])(edges_api(limit=0)),
+                                           "overview: the topology's deployments and edges are /api/edges' nodes and total", 60)
             graph_hidden = p.evaluate("""() => document.querySelector('[data-testid="topology-graph"]').hidden && !document.querySelector('[data-testid="topology-graph"] svg')""")
             edge_rows = p.evaluate("""() => document.querySelectorAll('[data-testid="edge-row"]').length""")
-            check(nodes > 200 and graph_hidden and edge_rows <= 50, f"overview: {nodes:,} deployments and {edges:,} edges listed as a paged table ({edge_rows} rows shown), no graph")
-            timings.append((f"overview ({len(by_ns)} namespaces, {edges:,} edges as a table)", wall, server_edges, "page load to rows; server: /api/edges"))
+            check(nodes > 200 and graph_hidden and 0 < edge_rows <= 50,
+                  f"overview: {nodes:,} deployments and {edges:,} edges as /api/edges counts them, listed as a paged table ({edge_rows} rows shown), no graph, "
+                  "no count of edges without mTLS (it would take every edge)")
+            agree(lambda: p.get_attribute('[data-testid="edge-count"]', "data-total"), lambda: str(edges_api(limit=0)["total"]),
+                  "overview: the edges table's total is /api/edges' total")
+            ok(f"overview: the edges table's total is /api/edges' ({edges:,})")
+            timings.append((f"overview ({len(by_ns)} namespaces, {edges:,} edges as a table)", wall, server_edges, "page load to rows; server: /api/edges?limit=2000"))
 
-            # 7. Certificates: 5,000, paged, expiring first.
-            server_certs = timed_get(base + "/api/certificates", 120)[1]
+            # The edges by name (stable between requests, rates are not): the server's pages, in order.
+            edge_keys = """() => [...document.querySelectorAll('[data-testid="edge-row"]')].map(r =>
+                 `${r.dataset.srcNamespace}/${r.dataset.src}>${r.dataset.dstNamespace}/${r.dataset.dst}`)"""
+            api_keys = lambda **q: [f"{e['src_namespace']}/{e['src']}>{e['dst_namespace']}/{e['dst']}" for e in edges_api(sort="name", limit=50, **q)["edges"]]  # noqa: E731
+            p.click('[data-testid="topology-table"] th[data-col="src"] button')
+            pg.wait(edges_ready, {"sort": "name", "order": "asc", "offset": "0"}, 60, "the edges sorted by name")
+            page1 = p.evaluate(edge_keys)
+            check(page1 == api_keys(offset=0), "edges table: sorted by From, the page is /api/edges?sort=name's first page", page1[:3])
+            t = time.perf_counter()
+            p.click('[data-testid="edge-next"]')
+            pg.wait(edges_ready, {"sort": "name", "offset": "50"}, 60, "the edges' page 2")
+            wall = (time.perf_counter() - t) * 1000
+            page2 = p.evaluate(edge_keys)
+            check(page2 == api_keys(offset=50) and not set(page1) & set(page2), "edges table: its next page is the server's next 50 edges", page2[:3])
+            timings.append(("next page of the edges table (by name)", wall, None, "click to rows"))
+            needle = "team-07"
+            server = timed_get(base + "/api/edges?" + urllib.parse.urlencode({"window": "30s", "sort": "name", "limit": 50, "filter": needle}), 120)[1]
+            t = time.perf_counter()
+            p.fill('[data-testid="edge-filter"]', needle)
+            pg.wait(edges_ready, {"filter": needle, "offset": "0"}, 60, f"the edges filtered by {needle}")
+            wall = (time.perf_counter() - t) * 1000
+            total = agree(lambda: p.get_attribute('[data-testid="edge-count"]', "data-total"), lambda: str(edges_api(limit=0, filter=needle)["total"]),
+                          f"edges table: filtered by {needle!r}, its total is /api/edges?filter={needle}'s")
+            rows = p.evaluate(edge_keys)
+            check(0 < len(rows) <= 50 and all(needle in k for k in rows), f"edges table: filter {needle!r}: {total} edges, every row shown matches", rows[:3])
+            timings.append((f"filter the edges table ({needle!r}: {int(total):,} edges)", wall, server, "typing to rows, incl. 300 ms debounce"))
+
+            # 7. Certificates: 5,000, paged by the server, soonest expiry first.
+            certs_api = lambda **q: get_json(base + "/api/certificates?" + urllib.parse.urlencode(q), 120)  # noqa: E731
+            soon_before = certs_api(expiring_within="6h", limit=0)["total"]
+            server_certs = timed_get(base + "/api/certificates?" + urllib.parse.urlencode({"sort": "expires_at", "limit": 50}), 120)[1]
             t = pg.open("/certificates")
             pg.wait("""(n) => { const c = document.querySelector('[data-testid="count"]'); return c && c.dataset.total === String(n); }""", n_workloads, 120, "the certificates")
             wall = (time.perf_counter() - t) * 1000
             first = p.evaluate("""() => { const r = document.querySelector('[data-testid="cert-row"]');
-                      return { expiring: r.dataset.expiring, cls: r.className, left: r.querySelector('[data-col="time-left"]').firstChild.textContent }; }""")
+                      return { expiring: r.dataset.expiring, cls: r.className, at: Number(r.dataset.expiresAt), left: r.querySelector('[data-col="time-left"]').firstChild.textContent }; }""")
             shown = p.evaluate("""() => document.querySelectorAll('[data-testid="cert-row"]').length""")
-            expiring = int(p.get_attribute('[data-testid="cert-summary"]', "data-expiring"))
+            summary = p.evaluate("""() => ({...document.querySelector('[data-testid="cert-summary"]').dataset})""")
+            everything = certs_api(limit=1, sort="expires_at")
+            soon_after = certs_api(expiring_within="6h", limit=0)["total"]
+            expiring = int(summary["expiring"])
             # Certificates planned under 6h at the fake proxies' start, and those a few minutes later.
             low = sum(1 for w in workloads if fake_proxies.cert_hours_left(w["index"]) < 6)
             high = sum(1 for w in workloads if fake_proxies.cert_hours_left(w["index"]) <= 6.25)
-            check(shown == 50 and first["expiring"] == "true" and "expiring" in first["cls"],
-                  f"certificates: 50 of {n_workloads:,} shown, soonest first and highlighted ({first['left']})", first)
-            check(low <= expiring <= high, f"certificates: {expiring:,} expiring within 6h (the plan: {low:,} to {high:,})")
-            timings.append((f"certificates ({n_workloads:,}), first render", wall, server_certs, "page load to rows; server: /api/certificates"))
+            check(shown == 50 and first["expiring"] == "true" and "expiring" in first["cls"] and first["at"] == everything["certificates"][0]["expires_at"],
+                  f"certificates: 50 of {n_workloads:,} shown, soonest first as /api/certificates?sort=expires_at, highlighted ({first['left']})",
+                  (first, everything["certificates"][0]))
+            check(everything["total"] == n_workloads and summary["proxies"] == str(everything["proxies"]) and summary["withoutExpiry"] == str(everything["without_expiry"]),
+                  f"certificates: the summary's {everything['proxies']:,} proxies and {everything['without_expiry']:,} without expiry are /api/certificates'", summary)
+            check(soon_before <= expiring <= soon_after and low <= expiring <= high,
+                  f"certificates: {expiring:,} expiring within 6h, as /api/certificates?expiring_within=6h ({soon_before:,} to {soon_after:,}; the plan: {low:,} to {high:,})")
+            timings.append((f"certificates ({n_workloads:,}), first render, soonest first", wall, server_certs, "page load to rows; server: /api/certificates?sort=expires_at"))
 
-            # 8. One deployment's page.
-            w = workloads[len(workloads) // 2]
+            # The "expiring within 6h only" checkbox: the server's expiring_within=6h.
+            server = timed_get(base + "/api/certificates?" + urllib.parse.urlencode({"sort": "expires_at", "limit": 50, "expiring_within": "6h"}), 120)[1]
+            soon_before = certs_api(expiring_within="6h", limit=0)["total"]
+            t = time.perf_counter()
+            p.check('[data-testid="expiring-only"]')
+            pg.wait("""() => { const w = document.querySelector('[data-testid="certificates-wrap"]'); return w.dataset.state === 'ready' && w.dataset.expiring === 'true'; }""",
+                    None, 60, "the expiring certificates")
+            wall = (time.perf_counter() - t) * 1000
+            soon_after = certs_api(expiring_within="6h", limit=0)["total"]
+            total = int(p.get_attribute('[data-testid="certificates-wrap"]', "data-total"))
+            flags = p.evaluate("""() => [...document.querySelectorAll('[data-testid="cert-row"]')].map(r => r.dataset.expiring)""")
+            check(soon_before <= total <= soon_after and len(flags) == min(50, total) and set(flags) == {"true"},
+                  f"certificates: 'expiring within 6h only' shows /api/certificates?expiring_within=6h's {total:,}, every row highlighted", (total, soon_before, soon_after))
+            check("expiring=1" in p.evaluate("location.hash"), "certificates: the checkbox is kept in the address")
+            timings.append((f"certificates expiring within 6h only ({total:,})", wall, server, "click to rows; server: expiring_within=6h"))
+
+            # 8. One deployment's page (one of its two pods has no proxy).
+            w = half
             t = pg.open(f"/namespaces/{w['namespace']}/deployments/{w['deployment']}")
             pg.wait("""() => !['…'].includes(document.querySelector('[data-testid="metric-rps"]').textContent) &&
                       document.querySelectorAll('table[data-testid="destinations"] [data-testid="stat-row"]').length > 0 &&
@@ -724,6 +906,21 @@ def test_scale(bin_dir, browser, procs, n_workloads, n_namespaces, results_path)
             dests = sorted(r["name"] for r in pg.rows("destinations"))
             want = sorted(d["deployment"] for d in w["calls"])
             check(dests == want, f"deployment {w['namespace']}/{w['deployment']}: destinations {want}", dests)
+            # Callers in the deployment's namespace (to_namespace): those the plan has calling it.
+            callers = sorted((r["namespace"], r["name"]) for r in pg.rows("callers"))
+            want = sorted((x["namespace"], x["deployment"]) for x in workloads if any(c is w for c in x["calls"]))
+            check(set(callers) <= set(want) and (callers == want or not fresh), f"deployment {w['namespace']}/{w['deployment']}: callers {want}", callers)
+            pods = p.evaluate("""() => [...document.querySelectorAll('[data-testid="pod-row"]')].map(r => { const td = r.querySelector('[data-col="meshed"]');
+                     return [r.dataset.name, td.textContent, td.classList.contains('warn')]; })""")
+            api_pods = get_json(base + "/api/stat?" + urllib.parse.urlencode({"kind": "pod", "namespace": w["namespace"], "deployment": w["deployment"]}), 120)
+            want = [[w["pod"], "1/1", False], [w["pod"] + "-unmeshed", "0/1", True]]
+            check(pods == [[r["name"], meshed_text(r["pods"]), r["pods"]["meshed"] < r["pods"]["total"]] for r in api_pods["rows"]] == want,
+                  f"deployment {w['namespace']}/{w['deployment']}: its pods table is /api/stat?kind=pod&deployment=: {w['pod']} 1/1, "
+                  f"{w['pod']}-unmeshed 0/1 (warned)", (pods, api_pods["rows"]))
+            card = p.evaluate("""() => { const c = document.querySelector('[data-testid="metric-meshed"]'); return [c.textContent, c.classList.contains('warn')]; }""")
+            api_row = next(r for r in get_json(base + "/api/stat?" + urllib.parse.urlencode({"kind": "deployment", "namespace": w["namespace"], "filter": w["deployment"]}), 120)["rows"]
+                           if r["name"] == w["deployment"])
+            check(card == [meshed_text(api_row["pods"]), True] == ["1/2", True], f"deployment {w['namespace']}/{w['deployment']}: 'Meshed pods 1/2', warned, as /api/stat says", card)
             timings.append(("deployment page (metrics, pods, callers, destinations)", wall, None, "page load to all four"))
 
             max_rows = pg.most_rows()

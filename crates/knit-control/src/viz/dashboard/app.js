@@ -1,10 +1,12 @@
 // Knit dashboard: plain JavaScript, no build step, no external resources. It reads knit-control's
 // viz API on the same origin (/api/stat, /api/edges, /api/certificates, /api/tap) and refreshes
 // the open view every few seconds in place, so scroll position, filters and focus are kept.
+// The header says when the view was last updated and how old the data is: every metrics answer
+// carries `as_of`, when knit-control's last scrape round ended.
 //
 // Views (hash routes): #/ overview, #/deployments (all namespaces), #/namespaces/NS,
 // #/namespaces/NS/deployments/NAME, #/tap, #/certificates. Large lists are paged by the server
-// (limit/offset), so the DOM never holds more than one page of rows.
+// (limit/offset/sort/filter), so the DOM never holds more than one page of rows.
 'use strict';
 (function () {
   const REFRESH_MS = 5000;
@@ -12,6 +14,8 @@
   const EXPIRING_SECS = 6 * 3600;
   const GRAPH_MAX_NODES = 200;
   const PAGE_SIZES = [25, 50, 100, 200];
+  const POD_LIMIT = 200; // a deployment page's pods
+  const EDGE_FETCH_LIMIT = 2000; // the most edges fetched to draw the topology
 
   // ---------------------------------------------------------------- DOM helpers
 
@@ -117,6 +121,7 @@
 
   async function api(path, params, signal) {
     const url = path + query(params);
+    const view = state.view;
     let rsp;
     try {
       rsp = await fetch(url, { signal, headers: { accept: 'application/json' }, cache: 'no-store' });
@@ -135,6 +140,7 @@
       throw new ApiError(`${path}: ${(body && body.error) || 'HTTP ' + rsp.status}`, rsp.status);
     }
     if (body == null) throw new ApiError(`${path}: the answer is not JSON`, rsp.status);
+    if (state.view === view) noteAsOf(body.as_of);
     return body;
   }
 
@@ -154,6 +160,7 @@
     app: document.getElementById('app'),
     banner: document.getElementById('banner'),
     updated: document.getElementById('last-updated'),
+    asOf: document.getElementById('as-of'),
     window: document.getElementById('window'),
     live: document.getElementById('live'),
   };
@@ -163,6 +170,7 @@
     ctl: null, // the global refresh's controller
     live: true,
     lastUpdate: 0,
+    asOf: 0, // the newest `as_of` (Unix seconds) the open view received
   };
   try {
     const w = localStorage.getItem('knit.window');
@@ -184,6 +192,23 @@
     window.knit.refreshes++;
   }
 
+  // Shows the newest data time the open view received ("data as of HH:MM:SS").
+  function noteAsOf(secs) {
+    if (typeof secs !== 'number' || !(secs > 0) || secs <= state.asOf) return;
+    state.asOf = secs;
+    ui.asOf.dataset.asOf = String(secs);
+    setText(ui.asOf, 'data as of ' + fmt.clock(secs * 1000));
+    ui.asOf.hidden = false;
+    markStale();
+  }
+
+  // Warns (in the header) when the page or its data is older than three refresh intervals.
+  function markStale() {
+    const old = (ms) => ms > 0 && Date.now() - ms > 3 * REFRESH_MS;
+    ui.updated.classList.toggle('stale', old(state.lastUpdate));
+    ui.asOf.classList.toggle('stale', old(state.asOf * 1000));
+  }
+
   function showBanner(message) {
     if (message) {
       setText(ui.banner, message);
@@ -194,9 +219,7 @@
     }
   }
 
-  setInterval(() => {
-    if (state.lastUpdate && Date.now() - state.lastUpdate > 3 * REFRESH_MS) ui.updated.classList.add('stale');
-  }, 1000);
+  setInterval(markStale, 1000);
 
   // A part of a view that loads on its own: its runs supersede each other (the older one is
   // aborted, so a slow answer never overwrites a newer one) and its errors show in place.
@@ -334,6 +357,8 @@
     if (state.ctl) state.ctl.abort();
     clearTimeout(state.timer);
     showBanner(null);
+    // The next view says its own data's time (the old one stays shown until it does).
+    state.asOf = 0;
     window.knit.routeStart = performance.now();
 
     let view, nav;
@@ -350,6 +375,7 @@
       else a.removeAttribute('aria-current');
     }
     state.view = view;
+    if (!view.sections || !view.sections.length) ui.asOf.hidden = true; // no metrics here
     document.title = view.title + ' · Knit';
     ui.app.replaceChildren(view.node);
     ui.app.dataset.view = view.name;
@@ -384,7 +410,13 @@
 
   // ---------------------------------------------------------------- stat tables
 
+  // `pods`: how many of the resource's pods run a proxy, as Linkerd's MESHED column (unknown
+  // for services). Not sortable by the server.
+  const MESHED_COLUMN = { key: 'meshed', label: 'Meshed', num: true, title: 'Pods with a proxy, of all its pods',
+    text: (r) => (r.pods ? `${r.pods.meshed}/${r.pods.total}` : '-'), raw: (r) => (r.pods ? r.pods.meshed : null),
+    cls: (r) => (r.pods && r.pods.meshed < r.pods.total ? 'warn' : '') };
   const STAT_COLUMNS = [
+    MESHED_COLUMN,
     { key: 'success', label: 'Success', sort: 'success_rate', num: true, text: (r) => fmt.pct(r.success_rate), raw: (r) => r.success_rate,
       cls: (r) => (r.success_rate == null ? '' : r.success_rate < 0.9 ? 'bad' : r.success_rate < 0.99 ? 'warn' : '') },
     { key: 'rps', label: 'RPS', sort: 'rps', num: true, text: (r) => fmt.rps(r), raw: (r) => r.rps },
@@ -395,6 +427,20 @@
       cls: (r) => (r.mtls_rate != null && r.mtls_rate < 1 ? 'warn' : '') },
     { key: 'tcp', label: 'TCP', num: true, text: (r) => fmt.int(r.tcp_connections), raw: (r) => r.tcp_connections, title: 'Open TCP connections' },
   ];
+
+  // Sets the metric cells of a stat row (the columns with a `text`) to row `r`.
+  function fillStatRow(tr, columns, r) {
+    tr.dataset.requests = String(r.requests);
+    columns.forEach((c, i) => {
+      if (!c.text) return;
+      const td = tr.children[i];
+      setText(td, c.text(r));
+      const raw = c.raw(r);
+      td.dataset.value = raw == null ? '' : String(raw);
+      const cls = 'num' + (c.cls && c.cls(r) ? ' ' + c.cls(r) : '');
+      if (td.className !== cls) td.className = cls;
+    });
+  }
 
   // Keeps the rows of a tbody in the order of `items`, reusing each row by its key so a
   // refresh only touches the cells whose text changed.
@@ -611,18 +657,7 @@
         }
         if (opts.href) rowLink(tr, opts.href(r));
         return tr;
-      }, (tr, r) => {
-        tr.dataset.requests = String(r.requests);
-        columns.forEach((c, i) => {
-          if (!c.text) return;
-          const td = tr.children[i];
-          setText(td, c.text(r));
-          const raw = c.raw(r);
-          td.dataset.value = raw == null ? '' : String(raw);
-          const cls = 'num' + (c.cls && c.cls(r) ? ' ' + c.cls(r) : '');
-          if (td.className !== cls) td.className = cls;
-        });
-      });
+      }, (tr, r) => fillStatRow(tr, columns, r));
     }
 
     const section = new Section(load, err);
@@ -647,11 +682,12 @@
       heading('Overview'),
       panel('Namespaces', namespaces.node),
       panel('Topology', topo.node));
-    return { name: 'overview', title: 'Overview', node, sections: [namespaces.section, topo.section] };
+    return { name: 'overview', title: 'Overview', node, sections: [namespaces.section, ...topo.sections] };
   }
 
-  // Deployment-to-deployment edges: an SVG graph up to GRAPH_MAX_NODES deployments, a sortable
-  // table beyond (laying out thousands of nodes helps nobody).
+  // Deployment-to-deployment edges: an SVG graph when they join at most GRAPH_MAX_NODES
+  // deployments and all of them come in one answer (EDGE_FETCH_LIMIT), else only a table paged
+  // by the server (laying out thousands of nodes helps nobody). The table is there in both cases.
   function topology() {
     const err = errorSlot();
     const summary = h('p', { class: 'note', 'data-testid': 'topology-summary' }, 'Loading edges…');
@@ -666,28 +702,48 @@
     const node = h('div', null, err, summary, graphBox, legend, tableBox);
     let graphKey = null;
     let rendered = false;
+    let drawable = true; // as the last answer said: a mesh too big to draw is asked only for its counts
+
+    // The edges, all of them when they can be drawn; else only how many there are.
+    async function fetchEdges(signal) {
+      const params = { window: currentWindow() };
+      const data = await api('/api/edges', { ...params, limit: drawable ? EDGE_FETCH_LIMIT : 0 }, signal);
+      const fits = data.nodes <= GRAPH_MAX_NODES && data.total <= EDGE_FETCH_LIMIT;
+      const wasDrawable = drawable;
+      drawable = fits;
+      return fits && !wasDrawable ? api('/api/edges', { ...params, limit: EDGE_FETCH_LIMIT }, signal) : data;
+    }
+
+    function tooBig(data) {
+      return data.nodes > GRAPH_MAX_NODES
+        ? ` Too many deployments to draw (more than ${fmt.count(GRAPH_MAX_NODES)}): edges are listed as a table.`
+        : ` Too many edges to draw (more than ${fmt.count(EDGE_FETCH_LIMIT)}): they are listed as a table.`;
+    }
 
     async function load(signal) {
-      const data = await api('/api/edges', { window: currentWindow() }, signal);
+      const data = await fetchEdges(signal);
       const edges = data.edges || [];
+      const total = data.total != null ? data.total : edges.length;
       const secs = data.window_secs || 30;
-      const nodes = new Map();
-      for (const e of edges) {
-        nodes.set(e.src_namespace + '/' + e.src, { ns: e.src_namespace, name: e.src });
-        nodes.set(e.dst_namespace + '/' + e.dst, { ns: e.dst_namespace, name: e.dst });
-      }
-      const insecure = edges.filter((e) => !e.secured).length;
-      setText(summary, edges.length === 0
+      const draw = total > 0 && data.nodes <= GRAPH_MAX_NODES && edges.length === total;
+      // How many are not mutual TLS is known only when every edge is at hand.
+      const insecure = draw ? edges.filter((e) => !e.secured).length : null;
+      setText(summary, total === 0
         ? 'No calls between meshed deployments in the window.'
-        : `${fmt.count(nodes.size)} deployments, ${fmt.count(edges.length)} edges, ${fmt.count(insecure)} not secured by mutual TLS.` +
-          (nodes.size > GRAPH_MAX_NODES ? ` Too many deployments to draw (more than ${GRAPH_MAX_NODES}): edges are listed as a table.` : ''));
-      summary.dataset.nodes = String(nodes.size);
-      summary.dataset.edges = String(edges.length);
-      const draw = nodes.size > 0 && nodes.size <= GRAPH_MAX_NODES;
+        : `${fmt.count(data.nodes)} deployments, ${fmt.count(total)} edges` +
+          (draw ? `, ${fmt.count(insecure)} not secured by mutual TLS.` : '.' + tooBig(data)));
+      summary.dataset.nodes = String(data.nodes);
+      summary.dataset.edges = String(total);
+      summary.dataset.insecure = insecure == null ? '' : String(insecure);
       graphBox.hidden = !draw;
       legend.hidden = !draw;
       if (draw) {
-        const key = [...nodes.keys()].sort().join('|') + '#' + edges.map((e) => `${e.src_namespace}/${e.src}>${e.dst_namespace}/${e.dst}`).sort().join('|');
+        const nodes = new Map();
+        for (const e of edges) {
+          nodes.set(e.src_namespace + '/' + e.src, { ns: e.src_namespace, name: e.src });
+          nodes.set(e.dst_namespace + '/' + e.dst, { ns: e.dst_namespace, name: e.dst });
+        }
+        const key = [...nodes.keys()].sort().join('|') + '#' + edges.map(edgeKey).sort().join('|');
         if (key !== graphKey) {
           graphKey = key;
           graphBox.replaceChildren(drawGraph(nodes, edges, secs));
@@ -706,14 +762,13 @@
         graphBox.replaceChildren();
         if (edgeTable.node.parentNode !== tableBox) tableBox.replaceChildren(edgeTable.node);
       }
-      tableBox.hidden = edges.length === 0;
-      edgeTable.set(edges, secs);
+      tableBox.hidden = total === 0;
       if (!rendered) {
         rendered = true;
         firstRender('topology');
       }
     }
-    return { node, section: new Section(load, err) };
+    return { node, sections: [new Section(load, err), edgeTable.section] };
   }
 
   function edgeKey(e) {
@@ -911,90 +966,120 @@
     }
   }
 
-  // The edges as a table: sorted, filtered and paged in the page (the API answers them all).
+  // The edges as a table, sorted, filtered and paged by the server (/api/edges): the server sorts
+  // by names (From, then To), requests and bytes.
   function edgesTable() {
     const st = { sort: 'requests', order: 'desc', filter: '', offset: 0, limit: 50 };
-    let edges = [], secs = 30;
+    const err = errorSlot();
     const cols = [
-      { key: 'src', label: 'From', get: (e) => `${e.src_namespace}/${e.src}` },
-      { key: 'dst', label: 'To', get: (e) => `${e.dst_namespace}/${e.dst}` },
-      { key: 'requests', label: 'RPS', num: true, get: (e) => e.requests },
-      { key: 'bytes', label: 'Bytes/s', num: true, get: (e) => e.bytes },
-      { key: 'secured', label: 'mTLS', get: (e) => (e.secured ? 1 : 0) },
-      { key: 'client_id', label: 'Client identity', get: (e) => e.client_id || '' },
-      { key: 'server_id', label: 'Server identity', get: (e) => e.server_id || '' },
+      { key: 'src', label: 'From', sort: 'name' },
+      { key: 'dst', label: 'To' },
+      { key: 'rps', label: 'RPS', num: true, sort: 'requests' },
+      { key: 'bytes', label: 'Bytes/s', num: true, sort: 'bytes' },
+      { key: 'mtls', label: 'mTLS' },
+      { key: 'client_id', label: 'Client identity' },
+      { key: 'server_id', label: 'Server identity' },
     ];
     let debounce = null;
-    const filter = h('input', { type: 'search', placeholder: 'Filter edges', 'aria-label': 'Filter edges', 'data-testid': 'edge-filter' });
+    const filter = h('input', { type: 'search', placeholder: 'Filter by name or namespace', 'aria-label': 'Filter edges', 'data-testid': 'edge-filter' });
     filter.addEventListener('input', () => {
       clearTimeout(debounce);
-      debounce = setTimeout(() => { st.filter = filter.value.trim(); st.offset = 0; render(); }, 200);
+      debounce = setTimeout(() => {
+        const v = filter.value.trim();
+        if (v === st.filter) return;
+        st.filter = v;
+        st.offset = 0;
+        changed();
+      }, 300);
     });
-    const count = h('span', { class: 'count', 'data-testid': 'edge-count', role: 'status' });
+    const count = h('span', { class: 'count', 'data-testid': 'edge-count', role: 'status' }, '…');
     const heads = new Map();
     const headRow = h('tr', null, cols.map((c) => {
-      const th = h('th', { scope: 'col', class: c.num ? 'num' : null, 'aria-sort': 'none' },
-        h('button', { type: 'button', class: 'sort', onclick: () => sortBy(c.key) }, c.label));
-      heads.set(c.key, th);
+      const th = h('th', { scope: 'col', class: c.num ? 'num' : null, 'data-col': c.key });
+      if (c.sort) {
+        th.append(h('button', { type: 'button', class: 'sort', 'data-sort': c.sort, onclick: () => sortBy(c.sort) }, c.label));
+        heads.set(c.sort, th);
+      } else {
+        th.textContent = c.label;
+      }
       return th;
     }));
     const tbody = h('tbody');
-    const prev = h('button', { type: 'button', 'data-testid': 'edge-prev', onclick: () => { st.offset = Math.max(0, st.offset - st.limit); render(); } }, '‹ Prev');
-    const next = h('button', { type: 'button', 'data-testid': 'edge-next', onclick: () => { st.offset += st.limit; render(); } }, 'Next ›');
+    const wrap = h('div', { class: 'table-wrap', 'data-testid': 'edge-table-wrap', 'data-state': 'loading' },
+      h('table', null, h('caption', { class: 'sr-only' }, 'Edges between deployments'), h('thead', null, headRow), tbody));
+    const prev = h('button', { type: 'button', 'aria-label': 'Previous page of edges', 'data-testid': 'edge-prev', onclick: () => go(st.offset - st.limit) }, '‹ Prev');
+    const next = h('button', { type: 'button', 'aria-label': 'Next page of edges', 'data-testid': 'edge-next', onclick: () => go(st.offset + st.limit) }, 'Next ›');
     const pageLabel = h('span');
     const pager = h('div', { class: 'pager' }, prev, pageLabel, next);
-    const node = h('div', { 'data-testid': 'topology-table' },
-      h('div', { class: 'toolbar' }, filter, count),
-      h('div', { class: 'table-wrap' }, h('table', null, h('caption', { class: 'sr-only' }, 'Edges between deployments'), h('thead', null, headRow), tbody)),
-      pager);
+    const node = h('div', { 'data-testid': 'topology-table' }, h('div', { class: 'toolbar' }, filter, count), err, wrap, pager);
+    let total = 0;
 
-    function sortBy(key) {
-      if (st.sort === key) st.order = st.order === 'asc' ? 'desc' : 'asc';
+    function sortBy(field) {
+      if (st.sort === field) st.order = st.order === 'asc' ? 'desc' : 'asc';
       else {
-        st.sort = key;
-        st.order = cols.find((c) => c.key === key).num ? 'desc' : 'asc';
+        st.sort = field;
+        st.order = field === 'name' ? 'asc' : 'desc';
       }
       st.offset = 0;
-      render();
+      changed();
     }
 
-    function render() {
-      const col = cols.find((c) => c.key === st.sort);
-      const f = st.filter.toLowerCase();
-      let list = f ? edges.filter((e) => edgeKey(e).toLowerCase().includes(f)) : edges.slice();
-      const dir = st.order === 'asc' ? 1 : -1;
-      list.sort((a, b) => {
-        const x = col.get(a), y = col.get(b);
-        return (x < y ? -1 : x > y ? 1 : 0) * dir || (edgeKey(a) < edgeKey(b) ? -1 : 1);
-      });
-      const total = list.length;
-      if (st.offset >= total) st.offset = Math.max(0, Math.floor((total - 1) / st.limit) * st.limit);
-      const page = list.slice(st.offset, st.offset + st.limit);
-      for (const [k, th] of heads) th.setAttribute('aria-sort', k === st.sort ? (st.order === 'asc' ? 'ascending' : 'descending') : 'none');
-      setText(count, `${fmt.count(page.length)} of ${fmt.count(total)} edges`);
-      count.dataset.shown = String(page.length);
+    function go(offset) {
+      st.offset = Math.max(0, Math.min(offset, Math.max(0, total - 1)));
+      st.offset -= st.offset % st.limit;
+      changed();
+    }
+
+    function changed() {
+      wrap.dataset.state = 'loading';
+      section.reload();
+    }
+
+    async function load(signal) {
+      const applied = { ...st };
+      const data = await api('/api/edges', {
+        window: currentWindow(), sort: applied.sort, order: applied.order, filter: applied.filter, offset: applied.offset, limit: applied.limit,
+      }, signal);
+      const edges = data.edges || [];
+      total = data.total != null ? data.total : edges.length;
+      if (edges.length === 0 && total > 0 && applied.offset >= total) {
+        // Fewer edges than the page starts at (the filter or the window shrank): the last page.
+        st.offset = Math.floor((total - 1) / st.limit) * st.limit;
+        return load(signal);
+      }
+      render(edges, data.window_secs || 30, applied);
+      wrap.dataset.state = 'ready';
+      wrap.dataset.sort = applied.sort;
+      wrap.dataset.order = applied.order;
+      wrap.dataset.filter = applied.filter;
+      wrap.dataset.offset = String(applied.offset);
+      wrap.dataset.total = String(total);
+    }
+
+    function render(edges, secs, applied) {
+      for (const [k, th] of heads) th.setAttribute('aria-sort', k === applied.sort ? (applied.order === 'asc' ? 'ascending' : 'descending') : 'none');
+      setText(count, `${fmt.count(edges.length)} of ${fmt.count(total)} edges`);
+      count.dataset.shown = String(edges.length);
       count.dataset.total = String(total);
-      setText(pageLabel, `Page ${Math.floor(st.offset / st.limit) + 1} of ${Math.max(1, Math.ceil(total / st.limit))}`);
-      prev.disabled = st.offset === 0;
-      next.disabled = st.offset + st.limit >= total;
-      pager.hidden = total <= st.limit;
-      if (!page.length) {
-        emptyRow(tbody, cols.length, f ? `No edge matches “${st.filter}”.` : 'No edges.');
+      setText(pageLabel, `Page ${Math.floor(applied.offset / applied.limit) + 1} of ${Math.max(1, Math.ceil(total / applied.limit))}`);
+      prev.disabled = applied.offset === 0;
+      next.disabled = applied.offset + edges.length >= total;
+      pager.hidden = total <= applied.limit;
+      if (!edges.length) {
+        emptyRow(tbody, cols.length, applied.filter ? `No edge matches “${applied.filter}”.` : 'No edges.');
         return;
       }
-      reconcile(tbody, page, edgeKey, (e) => {
-        const tr = h('tr', { 'data-testid': 'edge-row', 'data-src': e.src, 'data-dst': e.dst, 'data-src-namespace': e.src_namespace, 'data-dst-namespace': e.dst_namespace },
-          h('td', { 'data-col': 'src' }, h('a', { href: link.deploy(e.src_namespace, e.src) }, `${e.src_namespace}/${e.src}`)),
-          h('td', { 'data-col': 'dst' }, h('a', { href: link.deploy(e.dst_namespace, e.dst) }, `${e.dst_namespace}/${e.dst}`)),
-          h('td', { 'data-col': 'rps', class: 'num' }),
-          h('td', { 'data-col': 'bytes', class: 'num' }),
-          h('td', { 'data-col': 'mtls' }),
-          h('td', { 'data-col': 'client_id' }),
-          h('td', { 'data-col': 'server_id' }));
-        return tr;
-      }, (tr, e) => {
+      reconcile(tbody, edges, edgeKey, (e) => h('tr', { 'data-testid': 'edge-row', 'data-src': e.src, 'data-dst': e.dst, 'data-src-namespace': e.src_namespace, 'data-dst-namespace': e.dst_namespace },
+        h('td', { 'data-col': 'src' }, h('a', { href: link.deploy(e.src_namespace, e.src) }, `${e.src_namespace}/${e.src}`)),
+        h('td', { 'data-col': 'dst' }, h('a', { href: link.deploy(e.dst_namespace, e.dst) }, `${e.dst_namespace}/${e.dst}`)),
+        h('td', { 'data-col': 'rps', class: 'num' }),
+        h('td', { 'data-col': 'bytes', class: 'num' }),
+        h('td', { 'data-col': 'mtls' }),
+        h('td', { 'data-col': 'client_id' }),
+        h('td', { 'data-col': 'server_id' })), (tr, e) => {
         const c = tr.children;
         tr.dataset.secured = String(e.secured);
+        tr.dataset.requests = String(e.requests);
         setText(c[2], fmt.rate(e.requests / secs));
         setText(c[3], fmt.bytes(e.bytes / secs) + '/s');
         setText(c[4], e.secured ? '✔ yes' : '✘ no');
@@ -1004,7 +1089,8 @@
       });
     }
 
-    return { node, set: (list, windowSecs) => { edges = list; secs = windowSecs; render(); } };
+    const section = new Section(load, err);
+    return { node, section };
   }
 
   // ---------------------------------------------------------------- deployments (one or all namespaces)
@@ -1024,28 +1110,6 @@
 
   // ---------------------------------------------------------------- deployment
 
-  // Which pods belong to which deployment: only /api/certificates says (cached a minute).
-  const podMap = { at: 0, map: null, pending: null };
-  function podsOf(signal) {
-    if (podMap.map && Date.now() - podMap.at < 60000) return Promise.resolve(podMap.map);
-    if (!podMap.pending) {
-      podMap.pending = api('/api/certificates', null, null).then((data) => {
-        const map = new Map();
-        for (const c of data.certificates || []) {
-          const k = c.namespace + '/' + c.deployment;
-          if (!map.has(k)) map.set(k, new Set());
-          map.get(k).add(c.pod);
-        }
-        podMap.map = map;
-        podMap.at = Date.now();
-        return map;
-      }).finally(() => { podMap.pending = null; });
-    }
-    return Promise.race([podMap.pending, new Promise((_, reject) => {
-      if (signal) signal.addEventListener('abort', () => reject(abortError()), { once: true });
-    })]);
-  }
-
   function deploymentView(ns, name) {
     const resource = 'deploy/' + name;
     // Golden metrics.
@@ -1053,7 +1117,7 @@
     const card = (key, label) => h('div', { class: 'card', 'data-col': key }, h('div', { class: 'label' }, label), h('div', { class: 'value', 'data-testid': 'metric-' + key }, '…'));
     const cards = [
       card('success', 'Success'), card('rps', 'RPS'), card('p50', 'P50'), card('p95', 'P95'), card('p99', 'P99'),
-      card('mtls', 'mTLS'), card('tcp', 'TCP conns'), card('read', 'Read/s'), card('write', 'Write/s'),
+      card('mtls', 'mTLS'), card('tcp', 'TCP conns'), card('read', 'Read/s'), card('write', 'Write/s'), card('meshed', 'Meshed pods'),
     ];
     const missing = h('p', { class: 'note', hidden: true, 'data-testid': 'deployment-missing' });
     const metrics = h('div', { class: 'cards', 'data-testid': 'deployment-metrics' }, cards);
@@ -1068,56 +1132,51 @@
         success: fmt.pct(v.success_rate), rps: fmt.rps(v), p50: fmt.ms(v.latency_ms_p50), p95: fmt.ms(v.latency_ms_p95),
         p99: fmt.ms(v.latency_ms_p99), mtls: fmt.pct(v.mtls_rate), tcp: fmt.int(r ? v.tcp_connections : null),
         read: r ? fmt.bytes(v.read_bytes_per_sec) + '/s' : '-', write: r ? fmt.bytes(v.write_bytes_per_sec) + '/s' : '-',
+        meshed: MESHED_COLUMN.text(v),
       };
       for (const c of cards) setText(c.querySelector('.value'), values[c.dataset.col]);
+      metrics.querySelector('[data-testid="metric-meshed"]').classList.toggle('warn', !!MESHED_COLUMN.cls(v));
       if (!metricsRendered) {
         metricsRendered = true;
         firstRender('deployment');
       }
     }, cardsErr);
 
-    // Pods: the API filters pods by a substring only; keep the deployment's own.
+    // Pods: the deployment's own, from the server (the first POD_LIMIT by name).
     const podsErr = errorSlot();
     const podsBody = h('tbody');
-    const podsCount = h('span', { class: 'count', 'data-testid': 'pods-count' });
+    const podsCount = h('span', { class: 'count', 'data-testid': 'pods-count', role: 'status' });
     const podCols = [{ key: 'name', label: 'Pod' }, ...STAT_COLUMNS];
     const podsTable = h('div', { class: 'table-wrap' }, h('table', { 'data-testid': 'pods' },
       h('caption', { class: 'sr-only' }, 'Pods'),
-      h('thead', null, h('tr', null, podCols.map((c) => h('th', { scope: 'col', class: c.num ? 'num' : null }, c.label)))),
+      h('thead', null, h('tr', null, podCols.map((c) => h('th', { scope: 'col', class: c.num ? 'num' : null, title: c.title }, c.label)))),
       podsBody));
     const podsSection = new Section(async (signal) => {
-      const [data, map] = await Promise.all([
-        api('/api/stat', { kind: 'pod', namespace: ns, filter: name, window: currentWindow(), limit: 1000 }, signal),
-        podsOf(signal).catch((e) => { if (isAbort(e)) throw e; return null; }),
-      ]);
-      const own = map && map.get(ns + '/' + name);
-      const rows = (data.rows || []).filter((r) => (own ? own.has(r.name) : r.name === name || r.name.startsWith(name + '-')));
-      const shown = rows.slice(0, 200);
+      const data = await api('/api/stat', { kind: 'pod', namespace: ns, deployment: name, window: currentWindow(), limit: POD_LIMIT }, signal);
+      const rows = data.rows || [];
+      const total = data.total != null ? data.total : rows.length;
       const pods = (n) => `${fmt.count(n)} pod${n === 1 ? '' : 's'}`;
-      setText(podsCount, rows.length > shown.length ? `${fmt.count(shown.length)} of ${pods(rows.length)}` : pods(rows.length));
-      if (!shown.length) {
-        emptyRow(podsBody, podCols.length, 'No pod reports metrics.');
+      setText(podsCount, total > rows.length ? `${fmt.count(rows.length)} of ${pods(total)}` : pods(total));
+      podsCount.dataset.shown = String(rows.length);
+      podsCount.dataset.total = String(total);
+      if (!rows.length) {
+        emptyRow(podsBody, podCols.length, `No pod of ${ns}/${name} is known.`);
         return;
       }
-      reconcile(podsBody, shown, (r) => r.name, (r) => h('tr', { 'data-testid': 'pod-row', 'data-name': r.name },
+      reconcile(podsBody, rows, (r) => r.name, (r) => h('tr', { 'data-testid': 'pod-row', 'data-name': r.name },
         podCols.map((c) => h('td', { 'data-col': c.key, class: c.num ? 'num' : null }, c.key === 'name' ? r.name : ''))),
-      (tr, r) => podCols.forEach((c, i) => {
-        if (c.text) {
-          setText(tr.children[i], c.text(r));
-          tr.children[i].dataset.value = c.raw(r) == null ? '' : String(c.raw(r));
-        }
-      }));
+      (tr, r) => fillStatRow(tr, podCols, r));
     }, podsErr);
 
     // Callers and destinations.
     const callers = statTable({
       label: 'Inbound callers', testid: 'callers', showNamespace: true, filterable: false, limit: 25, hidePagerWhenSmall: true,
-      base: () => ({ kind: 'deployment', to: resource }), href: (r) => link.deploy(r.namespace, r.name),
+      base: () => ({ kind: 'deployment', to: resource, to_namespace: ns }), href: (r) => link.deploy(r.namespace, r.name),
       empty: `Nothing called ${name} through a proxy in the window.`,
     });
     const destinations = statTable({
       label: 'Outbound destinations', testid: 'destinations', showNamespace: true, filterable: false, limit: 25, hidePagerWhenSmall: true,
-      base: () => ({ kind: 'deployment', from: resource }), href: (r) => link.deploy(r.namespace, r.name),
+      base: () => ({ kind: 'deployment', from: resource, from_namespace: ns }), href: (r) => link.deploy(r.namespace, r.name),
       empty: `${name} called no meshed destination in the window.`,
     });
     const tap = tapPanel({ fixed: { namespace: ns, resource }, cap: 100, compact: true });
@@ -1341,39 +1400,56 @@
 
   // ---------------------------------------------------------------- certificates
 
+  // Every proxy's certificate, paged, sorted and filtered by the server; soonest expiry first.
   function certificatesView(params) {
-    const st = { filter: params.get('filter') || '', expiring: params.get('expiring') === '1', sort: 'left', order: 'asc', offset: 0, limit: 50 };
-    let all = [];
+    const st = {
+      filter: params.get('filter') || '', expiring: params.get('expiring') === '1',
+      sort: params.get('sort') === 'name' ? 'name' : 'expires_at', order: params.get('order') === 'desc' ? 'desc' : 'asc',
+      col: params.get('sort') === 'name' ? 'namespace' : 'left', offset: 0, limit: 50,
+    };
     const err = errorSlot();
     let debounce = null;
-    const filter = h('input', { type: 'search', value: st.filter, placeholder: 'Filter by namespace, pod or identity', 'aria-label': 'Filter certificates', 'data-testid': 'filter' });
+    const filter = h('input', { type: 'search', value: st.filter, placeholder: 'Filter by name, namespace or identity', 'aria-label': 'Filter certificates', 'data-testid': 'filter' });
     filter.addEventListener('input', () => {
       clearTimeout(debounce);
-      debounce = setTimeout(() => { st.filter = filter.value.trim(); st.offset = 0; replaceParams({ filter: st.filter }); render(); }, 300);
+      debounce = setTimeout(() => {
+        const v = filter.value.trim();
+        if (v === st.filter) return;
+        st.filter = v;
+        st.offset = 0;
+        changed();
+      }, 300);
     });
     const onlyExpiring = h('input', { type: 'checkbox', checked: st.expiring, 'data-testid': 'expiring-only' });
-    onlyExpiring.addEventListener('change', () => { st.expiring = onlyExpiring.checked; st.offset = 0; replaceParams({ expiring: st.expiring ? 1 : null }); render(); });
-    const count = h('span', { class: 'count', 'data-testid': 'count', role: 'status' });
+    onlyExpiring.addEventListener('change', () => { st.expiring = onlyExpiring.checked; st.offset = 0; changed(); });
+    const count = h('span', { class: 'count', 'data-testid': 'count', role: 'status' }, '…');
     const summary = h('p', { class: 'note', 'data-testid': 'cert-summary' });
+    // `sort`: what the server sorts by when the column's header is pressed.
     const cols = [
-      { key: 'namespace', label: 'Namespace', get: (c) => c.namespace },
-      { key: 'pod', label: 'Pod', get: (c) => c.pod },
-      { key: 'deployment', label: 'Deployment', get: (c) => c.deployment },
-      { key: 'identity', label: 'Identity', get: (c) => c.identity || '' },
-      { key: 'expires', label: 'Expires', get: (c) => (c.expires_at == null ? Infinity : c.expires_at) },
-      { key: 'left', label: 'Time left', num: true, get: (c) => (c.expires_at == null ? Infinity : c.expires_at) },
+      { key: 'namespace', label: 'Namespace', sort: 'name' },
+      { key: 'pod', label: 'Pod', sort: 'name' },
+      { key: 'deployment', label: 'Deployment' },
+      { key: 'identity', label: 'Identity' },
+      { key: 'expires', label: 'Expires', sort: 'expires_at' },
+      { key: 'left', label: 'Time left', num: true, sort: 'expires_at' },
     ];
     const heads = new Map();
     const headRow = h('tr', null, cols.map((c) => {
-      const th = h('th', { scope: 'col', class: c.num ? 'num' : null, 'aria-sort': 'none' },
-        h('button', { type: 'button', class: 'sort', 'data-sort': c.key, onclick: () => sortBy(c.key) }, c.label));
-      heads.set(c.key, th);
+      const th = h('th', { scope: 'col', class: c.num ? 'num' : null, 'data-col': c.key });
+      if (c.sort) {
+        th.append(h('button', { type: 'button', class: 'sort', 'data-sort': c.key, onclick: () => sortBy(c) }, c.label));
+        heads.set(c.key, th);
+      } else {
+        th.textContent = c.label;
+      }
       return th;
     }));
     const tbody = h('tbody');
+    const wrap = h('div', { class: 'table-wrap', 'data-testid': 'certificates-wrap', 'data-state': 'loading' },
+      h('table', { 'data-testid': 'certificates' }, h('caption', { class: 'sr-only' }, 'Certificates'), h('thead', null, headRow), tbody));
     const pageLabel = h('span', { 'data-testid': 'page' });
-    const prev = h('button', { type: 'button', 'data-testid': 'page-prev', onclick: () => { st.offset = Math.max(0, st.offset - st.limit); render(); } }, '‹ Prev');
-    const next = h('button', { type: 'button', 'data-testid': 'page-next', onclick: () => { st.offset += st.limit; render(); } }, 'Next ›');
+    const prev = h('button', { type: 'button', 'aria-label': 'Previous page', 'data-testid': 'page-prev', onclick: () => go(st.offset - st.limit) }, '‹ Prev');
+    const next = h('button', { type: 'button', 'aria-label': 'Next page', 'data-testid': 'page-next', onclick: () => go(st.offset + st.limit) }, 'Next ›');
     const node = h('div', null,
       heading('Certificates', [['Overview', '#/'], ['Certificates', null]]),
       panel('Proxy certificates',
@@ -1381,46 +1457,78 @@
         summary,
         h('div', { class: 'toolbar' }, filter, h('label', null, onlyExpiring, ' expiring within 6h only'), count),
         err,
-        h('div', { class: 'table-wrap' }, h('table', { 'data-testid': 'certificates' }, h('caption', { class: 'sr-only' }, 'Certificates'), h('thead', null, headRow), tbody)),
+        wrap,
         h('div', { class: 'pager' }, prev, pageLabel, next)));
+    let total = 0;
 
-    function sortBy(key) {
-      if (st.sort === key) st.order = st.order === 'asc' ? 'desc' : 'asc';
-      else { st.sort = key; st.order = 'asc'; }
+    function sortBy(c) {
+      if (st.sort === c.sort) st.order = st.order === 'asc' ? 'desc' : 'asc';
+      else { st.sort = c.sort; st.order = 'asc'; }
+      st.col = c.key;
       st.offset = 0;
-      render();
+      changed();
     }
 
-    function render() {
-      const now = Date.now() / 1000;
-      const f = st.filter.toLowerCase();
-      const col = cols.find((c) => c.key === st.sort);
-      let list = all.filter((c) => (!f || `${c.namespace}/${c.pod} ${c.deployment} ${c.identity || ''}`.toLowerCase().includes(f)) &&
-        (!st.expiring || (c.expires_at != null && c.expires_at - now < EXPIRING_SECS)));
-      const dir = st.order === 'asc' ? 1 : -1;
-      list.sort((a, b) => {
-        const x = col.get(a), y = col.get(b);
-        return (x < y ? -1 : x > y ? 1 : 0) * dir || (a.namespace + '/' + a.pod < b.namespace + '/' + b.pod ? -1 : 1);
+    function go(offset) {
+      st.offset = Math.max(0, Math.min(offset, Math.max(0, total - 1)));
+      st.offset -= st.offset % st.limit;
+      changed();
+    }
+
+    function changed() {
+      replaceParams({
+        filter: st.filter, expiring: st.expiring ? 1 : null,
+        sort: st.sort === 'expires_at' ? null : st.sort, order: st.order === 'asc' ? null : st.order,
       });
-      const expiring = all.filter((c) => c.expires_at != null && c.expires_at - now < EXPIRING_SECS).length;
-      const none = all.filter((c) => c.expires_at == null).length;
-      setText(summary, `${fmt.count(all.length)} proxies · ${fmt.count(expiring)} expiring within 6h · ${fmt.count(none)} without a certificate reported`);
-      summary.dataset.expiring = String(expiring);
-      const total = list.length;
-      if (st.offset >= total) st.offset = Math.max(0, Math.floor((total - 1) / st.limit) * st.limit);
-      const page = list.slice(st.offset, st.offset + st.limit);
-      for (const [k, th] of heads) th.setAttribute('aria-sort', k === st.sort ? (st.order === 'asc' ? 'ascending' : 'descending') : 'none');
-      setText(count, `${fmt.count(page.length)} of ${fmt.count(total)}`);
-      count.dataset.shown = String(page.length);
+      wrap.dataset.state = 'loading';
+      section.reload();
+    }
+
+    async function load(signal) {
+      const applied = { ...st };
+      // The page, and how many of all the proxies expire within 6h (for the summary).
+      const [data, soon] = await Promise.all([
+        api('/api/certificates', {
+          filter: applied.filter, expiring_within: applied.expiring ? '6h' : null,
+          sort: applied.sort, order: applied.order, offset: applied.offset, limit: applied.limit,
+        }, signal),
+        api('/api/certificates', { expiring_within: '6h', limit: 0 }, signal),
+      ]);
+      const certs = data.certificates || [];
+      total = data.total != null ? data.total : certs.length;
+      if (certs.length === 0 && total > 0 && applied.offset >= total) {
+        st.offset = Math.floor((total - 1) / st.limit) * st.limit;
+        return load(signal);
+      }
+      const proxies = data.proxies != null ? data.proxies : total;
+      setText(summary, `${fmt.count(proxies)} proxies · ${fmt.count(soon.total)} expiring within 6h · ${fmt.count(data.without_expiry || 0)} without a certificate reported`);
+      summary.dataset.proxies = String(proxies);
+      summary.dataset.expiring = String(soon.total);
+      summary.dataset.withoutExpiry = String(data.without_expiry || 0);
+      render(certs, applied, proxies);
+      wrap.dataset.state = 'ready';
+      wrap.dataset.sort = applied.sort;
+      wrap.dataset.order = applied.order;
+      wrap.dataset.filter = applied.filter;
+      wrap.dataset.expiring = String(applied.expiring);
+      wrap.dataset.offset = String(applied.offset);
+      wrap.dataset.total = String(total);
+    }
+
+    function render(certs, applied, proxies) {
+      const now = Date.now() / 1000;
+      for (const [k, th] of heads) th.setAttribute('aria-sort', k === applied.col ? (applied.order === 'asc' ? 'ascending' : 'descending') : 'none');
+      setText(count, `${fmt.count(certs.length)} of ${fmt.count(total)}`);
+      count.dataset.shown = String(certs.length);
       count.dataset.total = String(total);
-      setText(pageLabel, `Page ${Math.floor(st.offset / st.limit) + 1} of ${Math.max(1, Math.ceil(total / st.limit))}`);
-      prev.disabled = st.offset === 0;
-      next.disabled = st.offset + st.limit >= total;
-      if (!page.length) {
-        emptyRow(tbody, cols.length, all.length ? 'Nothing matches.' : 'No proxies are known.');
+      setText(pageLabel, `Page ${Math.floor(applied.offset / applied.limit) + 1} of ${Math.max(1, Math.ceil(total / applied.limit))}`);
+      prev.disabled = applied.offset === 0;
+      next.disabled = applied.offset + certs.length >= total;
+      if (!certs.length) {
+        emptyRow(tbody, cols.length, proxies ? 'Nothing matches.' : 'No proxies are known.');
         return;
       }
-      reconcile(tbody, page, (c) => c.namespace + '/' + c.pod, (c) => h('tr', { 'data-testid': 'cert-row', 'data-pod': c.pod, 'data-namespace': c.namespace },
+      reconcile(tbody, certs, (c) => c.namespace + '/' + c.pod, (c) => h('tr', { 'data-testid': 'cert-row', 'data-pod': c.pod, 'data-namespace': c.namespace },
         h('td', { 'data-col': 'namespace' }, h('a', { href: link.ns(c.namespace) }, c.namespace)),
         h('td', { 'data-col': 'pod' }, c.pod),
         h('td', { 'data-col': 'deployment' }, h('a', { href: link.deploy(c.namespace, c.deployment) }, c.deployment)),
@@ -1432,6 +1540,7 @@
         tr.classList.toggle('expiring', soon && left > 0);
         tr.classList.toggle('expired', left != null && left <= 0);
         tr.dataset.expiring = String(soon);
+        tr.dataset.expiresAt = c.expires_at == null ? '' : String(c.expires_at);
         tr.dataset.left = left == null ? '' : String(Math.round(left));
         setText(tr.children[3], c.identity || '- (not meshed)');
         setText(tr.children[4], c.expires_at == null ? '-' : fmt.date(c.expires_at));
@@ -1446,9 +1555,7 @@
 
     let rendered = false;
     const section = new Section(async (signal) => {
-      const data = await api('/api/certificates', null, signal);
-      all = data.certificates || [];
-      render();
+      await load(signal);
       if (!rendered) {
         rendered = true;
         firstRender('certificates');
