@@ -66,6 +66,15 @@ pub enum Blame {
 }
 
 impl ProxyError {
+    /// Whether the proxy gave this answer before calling any endpoint (routing, discovery,
+    /// balancing, policy), rather than after an endpoint failed or timed out.
+    pub fn before_endpoint(&self) -> bool {
+        matches!(
+            self,
+            Self::RouteNotFound { .. } | Self::NoEndpoints { .. } | Self::BackendFailed { .. } | Self::InvalidPolicy(_) | Self::DiscoveryTimeout { .. } | Self::NoDiscovery { .. }
+        )
+    }
+
     pub fn blame(&self) -> Blame {
         match self {
             Self::NoAuthority | Self::BadAuthority(_) | Self::TransportHeader(_) | Self::DirectWithoutTls => Blame::Client,

@@ -4,11 +4,17 @@
 //! - Served over mesh TLS only, and only to the identity `KNIT_PROXY_TAP_SVC_NAME` names; any
 //!   other client gets `Unauthenticated` (LINKERD-WIRE.md §9).
 //! - When nobody taps, a request costs one relaxed atomic load ([`Taps::active`]).
+//! - Requests the proxy answers itself (a 403 from inbound policy, a 429 from a rate limit, a
+//!   filter's response, a 503 without endpoints) are tapped too, request to end at once.
+//! - Outbound events carry the endpoint's discovered labels in `destination_meta`, and
+//!   `DestinationLabel` matches them; `RouteLabel` matches nothing, and headers are not
+//!   extracted.
 //! - Each subscriber sees at most `KNIT_PROXY_TAP_MAX_RPS` requests per second and at most
 //!   `ObserveRequest.limit` in all; its events go through a bounded queue, and when the queue is
 //!   full events are dropped: a slow subscriber never slows traffic.
 
 use crate::metrics::Direction;
+use knit_core::destination::MetricLabels;
 use linkerd2_proxy_api::{
     http_types,
     net::TcpAddress,
@@ -45,6 +51,8 @@ pub struct Meta<'a> {
     pub source_id: Option<&'a str>,
     /// The server's mesh identity: the peer proxy's (outbound) or this proxy's (inbound).
     pub destination_id: Option<&'a str>,
+    /// What discovery says of the endpoint (outbound): `namespace`, `deployment`, `pod`, ...
+    pub destination_labels: Option<&'a MetricLabels>,
     pub method: &'a http::Method,
     pub scheme: Option<&'a str>,
     pub authority: &'a str,
@@ -122,7 +130,9 @@ impl Taps {
             return None;
         }
         let id = StreamId { base: self.base, stream: self.next.fetch_add(1, Ordering::Relaxed) };
-        let (source_labels, destination_labels) = (tls_labels("client_id", meta.source_id), tls_labels("server_id", meta.destination_id));
+        let source_labels = tls_labels("client_id", meta.source_id);
+        let mut destination_labels = tls_labels("server_id", meta.destination_id);
+        destination_labels.extend(meta.destination_labels.into_iter().flat_map(MetricLabels::iter).map(|(k, v)| (k.to_string(), v.to_string())));
         let template = TapEvent {
             source: Some(tcp(meta.source)),
             source_meta: Some(EndpointMeta { labels: source_labels }),
@@ -143,7 +153,7 @@ impl Taps {
             path: meta.path.to_string(),
             headers: None,
         });
-        let tap = TapRequest { subscribers, template, id, started: Instant::now(), responded: None };
+        let tap = TapRequest { subscribers, template, id, started: Instant::now(), responded: None, ended: false };
         tap.emit(init);
         Some(tap)
     }
@@ -187,13 +197,15 @@ fn duration(d: std::time::Duration) -> prost_types::Duration {
     prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
-/// One tapped request: reports its response head and its end.
+/// One tapped request: reports its response head and its end. Dropped before its end (a
+/// timeout cancelled it), it reports a reset, so no subscriber waits for an end that never comes.
 pub struct TapRequest {
     subscribers: Vec<Arc<Subscriber>>,
     template: TapEvent,
     id: StreamId,
     started: Instant,
     responded: Option<Instant>,
+    ended: bool,
 }
 
 impl TapRequest {
@@ -211,7 +223,12 @@ impl TapRequest {
     }
 
     /// The response's end: its body size, its gRPC status, or a reset when it did not end well.
-    pub fn end(self, response_bytes: u64, grpc_status: Option<u32>, reset: bool) {
+    pub fn end(mut self, response_bytes: u64, grpc_status: Option<u32>, reset: bool) {
+        self.finish(response_bytes, grpc_status, reset);
+    }
+
+    fn finish(&mut self, response_bytes: u64, grpc_status: Option<u32>, reset: bool) {
+        self.ended = true;
         let now = Instant::now();
         let eos = match (reset, grpc_status) {
             // h2's INTERNAL_ERROR: the stream did not end cleanly.
@@ -227,6 +244,14 @@ impl TapRequest {
             eos,
             trailers: None,
         }));
+    }
+}
+
+impl Drop for TapRequest {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.finish(0, None, true);
+        }
     }
 }
 
@@ -258,8 +283,9 @@ fn matches(m: &M, meta: &Meta<'_>) -> bool {
             Some(m::http::Match::Path(s)) => string(s, meta.path),
             None => true,
         },
-        // Knit's proxy keeps no destination or route labels to match on.
-        M::DestinationLabel(_) | M::RouteLabel(_) => false,
+        M::DestinationLabel(l) => meta.destination_labels.is_some_and(|labels| labels.iter().any(|(k, v)| k == l.key && v == l.value)),
+        // Knit's proxy keeps no route labels to match on.
+        M::RouteLabel(_) => false,
     }
 }
 
@@ -337,5 +363,52 @@ pub async fn serve(listener: tokio::net::TcpListener, taps: Arc<Taps>, identity:
                 tracing::debug!(%peer, error = %e, "tap connection ended");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_labels_match_what_discovery_said() {
+        let (labels, _) = MetricLabels::new([("deployment".to_string(), "books".to_string())]);
+        let method = http::Method::GET;
+        let meta = Meta {
+            direction: Direction::Outbound,
+            source: "127.0.0.1:1".parse().unwrap(),
+            destination: "127.0.0.1:2".parse().unwrap(),
+            source_id: None,
+            destination_id: None,
+            destination_labels: Some(&labels),
+            method: &method,
+            scheme: None,
+            authority: "books:80",
+            path: "/",
+        };
+        let label = |k: &str, v: &str| M::DestinationLabel(m::Label { key: k.into(), value: v.into() });
+        assert!(matches(&label("deployment", "books"), &meta));
+        assert!(!matches(&label("deployment", "web"), &meta));
+        assert!(!matches(&label("pod", "books"), &meta));
+        assert!(!matches(&label("deployment", "books"), &Meta { destination_labels: None, ..meta }), "no endpoint, no labels");
+    }
+
+    #[test]
+    fn a_request_dropped_before_its_end_ends_as_a_reset() {
+        let taps = Taps::new(100);
+        let mut observed = taps.subscribe(ObserveRequest::default());
+        let method = http::Method::GET;
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let meta = Meta { direction: Direction::Inbound, source: addr, destination: addr, source_id: None, destination_id: None, destination_labels: None, method: &method, scheme: None, authority: "a", path: "/" };
+        // A timeout cancels the request after its response head.
+        let mut tapped = taps.request(&meta).expect("a subscriber");
+        tapped.response(200);
+        drop(tapped);
+        let kinds: Vec<_> = std::iter::from_fn(|| observed.rx.try_recv().ok()).map(|e| match e.unwrap().event {
+            Some(tap_event::Event::Http(Http { event: Some(HttpEvent::ResponseEnd(end)) })) => format!("end {:?}", end.eos.and_then(|e| e.end)),
+            Some(tap_event::Event::Http(Http { event: Some(e) })) => format!("{e:?}").split('(').next().unwrap().to_string(),
+            other => format!("{other:?}"),
+        }).collect();
+        assert_eq!(kinds, ["RequestInit", "ResponseInit", "end Some(ResetErrorCode(2))"]);
     }
 }

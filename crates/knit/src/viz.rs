@@ -338,8 +338,12 @@ fn tap_line(t: &knit_control::viz::tap::Tapped) -> String {
     let status = t.status.map_or("-".to_string(), |s| s.to_string());
     let grpc = t.grpc_status.map_or(String::new(), |g| format!(" grpc-status={g}"));
     let error = t.error.as_deref().map_or(String::new(), |e| format!(" error={e:?}"));
+    let dst_res = match (&t.destination_namespace, &t.destination_deployment) {
+        (Some(ns), Some(d)) => format!(" dst_res={ns}/deploy/{d}"),
+        _ => String::new(),
+    };
     format!(
-        "{dir} {}/{} src={} dst={} {tls} :method={} :authority={} :path={} :status={status}{grpc} latency={:.1}ms bytes={}{error}",
+        "{dir} {}/{} src={} dst={}{dst_res} {tls} :method={} :authority={} :path={} :status={status}{grpc} latency={:.1}ms bytes={}{error}",
         t.namespace, t.pod, t.source, t.destination, t.method, t.authority, t.path, t.latency_ms, t.response_bytes
     )
 }

@@ -60,6 +60,9 @@ pub struct Tapped {
     pub destination: String,
     pub source_identity: Option<String>,
     pub destination_identity: Option<String>,
+    /// Outbound: where the request went, as discovery names the endpoint.
+    pub destination_namespace: Option<String>,
+    pub destination_deployment: Option<String>,
     /// The workload whose proxy saw it.
     pub namespace: String,
     pub deployment: String,
@@ -224,6 +227,8 @@ fn join(open: &mut HashMap<u64, Tapped>, event: TapEvent, target: &Target) -> Op
                     destination: addr(&event.destination),
                     source_identity: label(&event.source_meta, "client_id"),
                     destination_identity: label(&event.destination_meta, "server_id"),
+                    destination_namespace: label(&event.destination_meta, "namespace"),
+                    destination_deployment: label(&event.destination_meta, "deployment"),
                     namespace: target.namespace.clone(),
                     deployment: target.deployment.clone(),
                     pod: target.pod.clone(),

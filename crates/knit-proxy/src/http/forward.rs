@@ -22,19 +22,37 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
     let started = Instant::now();
     let mut req = req.map(|b| b.map_err(BoxError::from).boxed());
     let (method, uri) = (req.method().clone(), req.uri().clone());
+    // Only while someone taps: what a tap of an answer the proxy gives itself reports.
+    let authority = ctx.side.taps.active().then(|| authority(&req).to_string());
     let planned = match ctx.side.direction {
         Direction::Outbound => ctx.plan(&req).await,
         Direction::Inbound => super::authorize::plan(&mut req, &ctx),
     };
+    let own_answer = |target: Option<&Routed>, status: StatusCode| {
+        if let Some(authority) = &authority {
+            tap_own_answer(&ctx, &method, &uri, authority, target, status);
+        }
+    };
     let result = match planned {
         Ok(Plan::Endpoint(routed)) => call_endpoint(req, &routed, &ctx, started).await,
-        Ok(Plan::Logical(logical)) => super::logical::serve(req, logical, &ctx, started).await,
+        Ok(Plan::Logical(logical)) => {
+            let result = super::logical::serve(req, logical, &ctx, started).await;
+            // Answers given before any endpoint was called; an endpoint's are tapped with it.
+            if let Err(e) = &result {
+                if e.before_endpoint() {
+                    own_answer(None, e.http_status());
+                }
+            }
+            result
+        }
         Ok(Plan::Respond { rsp, target }) => {
-            record_synthetic(&ctx, target, rsp.status(), None, started);
+            record_synthetic(&ctx, target.as_ref(), rsp.status(), None, started);
+            own_answer(target.as_ref(), rsp.status());
             Ok(rsp)
         }
         Err((e, target)) => {
-            record_synthetic(&ctx, target, e.http_status(), Some(&e), started);
+            record_synthetic(&ctx, target.as_ref(), e.http_status(), Some(&e), started);
+            own_answer(target.as_ref(), e.http_status());
             Err(e)
         }
     };
@@ -65,9 +83,9 @@ fn labels(ctx: &Ctx, target: Option<&Routed>) -> HttpLabels {
 
 /// Records a request the proxy answered itself (refused, failed before any endpoint, or
 /// synthesized by a filter), so that success rates count it.
-fn record_synthetic(ctx: &Ctx, target: Option<Routed>, status: StatusCode, error: Option<&ProxyError>, started: Instant) {
+fn record_synthetic(ctx: &Ctx, target: Option<&Routed>, status: StatusCode, error: Option<&ProxyError>, started: Instant) {
     let side = &ctx.side;
-    let labels = labels(ctx, target.as_ref());
+    let labels = labels(ctx, target);
     side.metrics.http.requests.get_or_create(&labels).inc();
     if let Some(e) = error {
         side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e.metric_label())).inc();
@@ -112,27 +130,51 @@ pub(super) async fn call_endpoint(req: Request<ReqBody>, routed: &Routed, ctx: &
     Ok(rsp.map(|b| RecordBody::new(b, recorder).boxed()))
 }
 
-/// Offers the request to the tap subscribers (only called while someone taps).
-fn start_tap(req: &Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Option<crate::tap::TapRequest> {
+/// The request's authority: its URI's, or its `Host` header.
+fn authority<B>(req: &Request<B>) -> &str {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("")
+}
+
+/// Offers a request to the tap subscribers (only called while someone taps). `target`: the
+/// endpoint it goes to, if one was chosen.
+fn offer_tap(ctx: &Ctx, method: &http::Method, uri: &Uri, authority: &str, target: Option<&Routed>) -> Option<crate::tap::TapRequest> {
     let side = &ctx.side;
     let own = side.dialer.identity.as_ref().map(|i| &*i.name);
+    let endpoint = target.map(|r| &r.endpoint);
     let (source_id, destination_id) = match side.direction {
         Direction::Inbound => (ctx.client_id.as_deref(), own),
-        Direction::Outbound => (own, routed.endpoint.meshed.as_ref().and_then(|m| m.identity.as_deref())),
+        Direction::Outbound => (own, endpoint.and_then(|e| e.meshed.as_ref()?.identity.as_deref())),
     };
-    let uri = req.uri();
-    let authority = uri.authority().map(|a| a.as_str()).or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
+    // Without an endpoint, where the connection was going (its original destination), if known.
+    let destination = endpoint.map(|e| e.addr).or(match &ctx.dest {
+        crate::resolve::Dest::Endpoint(e) => Some(e.addr),
+        _ => None,
+    });
     side.taps.request(&crate::tap::Meta {
         direction: side.direction,
         source: ctx.client,
-        destination: routed.endpoint.addr,
+        destination: destination.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
         source_id,
         destination_id,
-        method: req.method(),
+        destination_labels: endpoint.map(|e| &e.labels),
+        method,
         scheme: uri.scheme_str(),
         authority,
         path: uri.path(),
     })
+}
+
+fn start_tap(req: &Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Option<crate::tap::TapRequest> {
+    offer_tap(ctx, req.method(), req.uri(), authority(req), Some(routed))
+}
+
+/// Reports an answer the proxy gave itself (a refusal, a rate limit, a filter's response, no
+/// endpoint) to the tap subscribers: its request, response and end at once.
+fn tap_own_answer(ctx: &Ctx, method: &http::Method, uri: &Uri, authority: &str, target: Option<&Routed>, status: StatusCode) {
+    if let Some(mut t) = offer_tap(ctx, method, uri, authority, target) {
+        t.response(status.as_u16());
+        t.end(0, None, false);
+    }
 }
 
 /// Chooses the next hop's protocol:

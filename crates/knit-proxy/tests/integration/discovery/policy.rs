@@ -3,7 +3,7 @@
 
 use super::fixture::{identity, send, Backend, Behaviour, LocalMesh, NS};
 
-fn books_policy(allowed: &str) -> String {
+pub(super) fn books_policy(allowed: &str) -> String {
     format!(
         "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata:\n  name: books-http\n  namespace: {NS}\nspec:\n  externalWorkloadSelector:\n    matchLabels:\n      app: books\n  port: http\n  proxyProtocol: HTTP/1\n---\napiVersion: policy.linkerd.io/v1alpha1\nkind: MeshTLSAuthentication\nmetadata:\n  name: allowed-clients\n  namespace: {NS}\nspec:\n  identities:\n    - {allowed}\n---\napiVersion: policy.linkerd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: books-authz\n  namespace: {NS}\nspec:\n  targetRef:\n    group: policy.linkerd.io\n    kind: Server\n    name: books-http\n  requiredAuthenticationRefs:\n    - group: policy.linkerd.io\n      kind: MeshTLSAuthentication\n      name: allowed-clients\n"
     )

@@ -89,3 +89,57 @@ async fn knit_control_taps_over_mtls_and_nobody_else_can() {
     assert!(seen.iter().all(|r| r.is_err()), "nothing tapped for the intruder");
     assert!(books_proxy.metric("request_total", &[]).await > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_tapped_and_outbound_events_name_the_destination() {
+    let mesh = LocalMesh::start("tap-own").await;
+    let books = Backend::start("books", Behaviour::Ok).await;
+    let books_proxy = mesh.workload(&books, "books", &[("app", "books")]).await;
+    mesh.write("services.yaml", &service("books", &[("app", "books")], &[])).await;
+    mesh.write("policy.yaml", &super::policy::books_policy(&identity("web"))).await;
+    let web = mesh.proxy("web", "web", None).await;
+    let other = mesh.proxy("other", "other", None).await;
+    crate::assert_eventually!(send(other.addrs.outbound, "books:8080", "/", 1).await[0].0 == 403, "the policy applies");
+    let target = |name: &str, proxy: &crate::harness::TestProxy| Target {
+        admin: proxy.addrs.admin,
+        namespace: NS.into(),
+        deployment: name.into(),
+        pod: name.into(),
+        identity: Some(identity(name)),
+        tap: proxy.addrs.tap.expect("tap is on"),
+    };
+
+    // books' proxy refuses other: the refusal is tapped, though no request reached books.
+    let outbound = other.addrs.outbound;
+    let denied = tokio::spawn(async move {
+        for _ in 0..20 {
+            send(outbound, "books:8080", "/denied", 1).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let filter = Filter { path_prefix: Some("/denied".into()), ..Default::default() };
+    let seen = collect(client(&mesh, CONTROL_IDENTITY), target("books", &books_proxy), filter, 2).await;
+    denied.abort();
+    let tapped: Vec<&Tapped> = seen.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert!(!tapped.is_empty(), "refusals were tapped: {seen:?}");
+    for t in &tapped {
+        assert_eq!((t.direction.as_str(), t.status, t.source_identity.as_deref()), ("inbound", Some(403), Some(identity("other").as_str())), "{t:?}");
+    }
+
+    // web's outbound events name where the request went, from discovery's labels.
+    let outbound = web.addrs.outbound;
+    let calls = tokio::spawn(async move {
+        for _ in 0..20 {
+            send(outbound, "books:8080", "/books/2", 1).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let seen = collect(client(&mesh, CONTROL_IDENTITY), target("web", &web), Filter::default(), 2).await;
+    calls.abort();
+    let tapped: Vec<&Tapped> = seen.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert!(!tapped.is_empty(), "web's calls were tapped: {seen:?}");
+    for t in &tapped {
+        assert_eq!((t.direction.as_str(), t.status), ("outbound", Some(200)), "{t:?}");
+        assert_eq!((t.destination_namespace.as_deref(), t.destination_deployment.as_deref()), (Some(NS), Some("books")), "{t:?}");
+    }
+}
