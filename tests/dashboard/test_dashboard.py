@@ -6,8 +6,9 @@
 a. A live local mesh (`knit demo`): the pages load without console errors, the namespace page
    lists the demo's deployments with the numbers and MESHED counts `knit viz stat` reports, views
    refresh in place and the header's "data as of" time advances (and turns stale with live
-   updates off), the deployment page shows callers, destinations and exactly its pods (as
-   /api/stat?kind=pod&deployment= lists them), the certificates page lists every pod with its
+   updates off), the deployment page shows callers, destinations, exactly its pods (as
+   /api/stat?kind=pod&deployment= lists them) and its routes and authorization decisions (as
+   `knit viz routes` and `knit viz authz` report them), the certificates page lists every pod with its
    time left, and the tap page streams (or says tap is missing when /api/tap is 404).
 b. 5,000 workloads (fake proxies, tests/dashboard/fake_proxies.py, scraped by a real
    knit-control): first render of the biggest namespace and of all deployments, a sort, a
@@ -337,6 +338,52 @@ def check_pods(pg, base, name, namespace="demo"):
     return want
 
 
+# The deployment page's routes and authorization tables: the data-* attributes naming a row,
+# and per shown column the CLI's JSON field and the factor from it to the shown number.
+POLICY_TABLES = {
+    "routes": (["parent", "route"], {"success": ("success_rate", 100), "rps": ("rps", 1)}),
+    "authz": (["server", "authorization", "route"], {"allowed": ("allowed_rps", 1), "denied": ("denied_rps", 1)}),
+}
+
+READ_POLICY_ROWS = """([table, keys]) => [...document.querySelectorAll(`table[data-testid="${table}"] tbody tr[data-key]`)].map(tr => ({
+  key: keys.map(k => tr.dataset[k]),
+  cells: Object.fromEntries([...tr.querySelectorAll('td[data-col]')].map(td => [td.dataset.col, td.textContent])) }))"""
+
+
+def check_policy_table(pg, knit, viz, view, name, namespace="demo"):
+    """The open deployment page's `view` table (routes or authz) has exactly the rows of
+    `knit viz VIEW deploy/NAME -o json`, with the same numbers (within 2 points or 20%, as the
+    two read the window at different times); returns the rows' keys."""
+    keys, cols = POLICY_TABLES[view]
+    seen = {}
+
+    def same():
+        out = subprocess.run([knit, "viz", view, f"deploy/{name}", "-n", namespace, "-o", "json", "--viz-addr", viz],
+                             capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            raise Failure(f"knit viz {view} deploy/{name} failed: {out.stderr}")
+        seen["cli"] = {tuple(r[k] for k in keys): r for r in json.loads(out.stdout)}
+        seen["page"] = {tuple(r["key"]): r["cells"] for r in pg.page.evaluate(READ_POLICY_ROWS, [view, keys])}
+        return seen["cli"] and seen["cli"].keys() == seen["page"].keys()
+    try:
+        wait_until(same, 30, f"the {view} table", interval=1)
+    except Failure:
+        raise Failure(f"deployment {name}: the {view} table's rows {sorted(seen.get('page', {}))} are not the CLI's {sorted(seen.get('cli', {}))}")
+    bad = []
+    for key, c in seen["cli"].items():
+        for col, (field, factor) in cols.items():
+            text, want = seen["page"][key][col], c[field]
+            got = parse_pct(text) if text.endswith("%") else parse_num(text)
+            if want is None or (field == "rps" and c["requests"] == 0):
+                if got is not None:
+                    bad.append((key, col, text, want))
+            elif got is None or abs(got - factor * want) > (2 if factor == 100 else 0.2 * want + 0.05):
+                bad.append((key, col, text, want))
+    summary = "; ".join(" ".join(k) + ": " + ", ".join(f"{col} {seen['page'][k][col]}" for col in cols) for k in sorted(seen["cli"]))
+    check(not bad, f"deployment {name}: the {view} table matches `knit viz {view} deploy/{name} -o json` ({summary})", bad)
+    return sorted(seen["cli"])
+
+
 def test_demo(bin_dir, browser, procs):
     log("\n== a. a live local mesh: knit demo")
     knit = os.path.join(bin_dir, "knit")
@@ -429,17 +476,21 @@ def test_demo(bin_dir, browser, procs):
               "live updates: the filter is kept across refreshes", names)
         check("filter=books" in p.evaluate("location.hash"), "namespace page: the filter is kept in the address")
 
-        # Deployment pages: metrics, pods, callers and destinations.
+        # Deployment pages: metrics, pods, callers, destinations, routes and authorizations.
         pg.go("/namespaces/demo/deployments/web")
         pg.wait_rows("destinations", ["books-v1", "books-v2", "authors"])
         ok("deployment web: outbound destinations books-v1, books-v2 and authors")
         pg.wait("""() => !['…', '-'].includes(document.querySelector('[data-testid="metric-rps"]').textContent)""", what="web's rps card")
         ok(f"deployment web: golden metrics (rps {p.inner_text('[data-testid=metric-rps]')}, success {p.inner_text('[data-testid=metric-success]')})")
         check_pods(pg, base, "web")
+        routes = check_policy_table(pg, knit, viz, "routes", "web")
+        check({p.split(":")[0] for p, _ in routes} == {"demo/books", "demo/authors"}, "deployment web: routes to books and authors", routes)
         pg.go("/namespaces/demo/deployments/books-v1")
         pg.wait_rows("callers", ["web"])
         ok("deployment books-v1: inbound caller web")
         check_pods(pg, base, "books-v1")
+        authz = check_policy_table(pg, knit, viz, "authz", "books-v1")
+        check(any(a.endswith("/books-from-web") for _, a, _ in authz), "deployment books-v1: web's requests allowed by books-from-web", authz)
         pg.go("/namespaces/demo/deployments/authors")
         pods = check_pods(pg, base, "authors")
         check(pods == ["authors-1", "authors-2"], "deployment authors: exactly its two pods", pods)

@@ -1,6 +1,7 @@
 // Knit dashboard: plain JavaScript, no build step, no external resources. It reads knit-control's
-// viz API on the same origin (/api/stat, /api/edges, /api/certificates, /api/tap) and refreshes
-// the open view every few seconds in place, so scroll position, filters and focus are kept.
+// viz API on the same origin (/api/stat, /api/edges, /api/routes, /api/authz, /api/certificates,
+// /api/tap) and refreshes the open view every few seconds in place, so scroll position, filters
+// and focus are kept.
 // The header says when the view was last updated and how old the data is: every metrics answer
 // carries `as_of`, when knit-control's last scrape round ended.
 //
@@ -410,35 +411,48 @@
 
   // ---------------------------------------------------------------- stat tables
 
+  const successCls = (v) => (v == null ? '' : v < 0.9 ? 'bad' : v < 0.99 ? 'warn' : '');
   // `pods`: how many of the resource's pods run a proxy, as Linkerd's MESHED column (unknown
   // for services). Not sortable by the server.
   const MESHED_COLUMN = { key: 'meshed', label: 'Meshed', num: true, title: 'Pods with a proxy, of all its pods',
     text: (r) => (r.pods ? `${r.pods.meshed}/${r.pods.total}` : '-'), raw: (r) => (r.pods ? r.pods.meshed : null),
     cls: (r) => (r.pods && r.pods.meshed < r.pods.total ? 'warn' : '') };
-  const STAT_COLUMNS = [
-    MESHED_COLUMN,
+  // Success rate, rps and latency: the columns every row of /api/stat and /api/routes has.
+  const GOLDEN_COLUMNS = [
     { key: 'success', label: 'Success', sort: 'success_rate', num: true, text: (r) => fmt.pct(r.success_rate), raw: (r) => r.success_rate,
-      cls: (r) => (r.success_rate == null ? '' : r.success_rate < 0.9 ? 'bad' : r.success_rate < 0.99 ? 'warn' : '') },
+      cls: (r) => successCls(r.success_rate) },
     { key: 'rps', label: 'RPS', sort: 'rps', num: true, text: (r) => fmt.rps(r), raw: (r) => r.rps },
     { key: 'p50', label: 'P50', num: true, text: (r) => fmt.ms(r.latency_ms_p50), raw: (r) => r.latency_ms_p50 },
     { key: 'p95', label: 'P95', num: true, text: (r) => fmt.ms(r.latency_ms_p95), raw: (r) => r.latency_ms_p95 },
     { key: 'p99', label: 'P99', sort: 'latency_ms_p99', num: true, text: (r) => fmt.ms(r.latency_ms_p99), raw: (r) => r.latency_ms_p99 },
+  ];
+  const STAT_COLUMNS = [
+    MESHED_COLUMN,
+    ...GOLDEN_COLUMNS,
     { key: 'mtls', label: 'mTLS', num: true, text: (r) => fmt.pct(r.mtls_rate), raw: (r) => r.mtls_rate,
       cls: (r) => (r.mtls_rate != null && r.mtls_rate < 1 ? 'warn' : '') },
     { key: 'tcp', label: 'TCP', num: true, text: (r) => fmt.int(r.tcp_connections), raw: (r) => r.tcp_connections, title: 'Open TCP connections' },
   ];
 
-  // Sets the metric cells of a stat row (the columns with a `text`) to row `r`.
+  // Sets the metric cells of a stat row to row `r`.
   function fillStatRow(tr, columns, r) {
     tr.dataset.requests = String(r.requests);
+    fillCells(tr, columns, r);
+  }
+
+  // Sets the cells of the columns that have a `text` (and maybe `raw`, `cls`) to row `r`; the
+  // others (links made when the row was) are left as they are.
+  function fillCells(tr, columns, r) {
     columns.forEach((c, i) => {
       if (!c.text) return;
       const td = tr.children[i];
       setText(td, c.text(r));
-      const raw = c.raw(r);
-      td.dataset.value = raw == null ? '' : String(raw);
-      const cls = 'num' + (c.cls && c.cls(r) ? ' ' + c.cls(r) : '');
-      if (td.className !== cls) td.className = cls;
+      if (c.raw) {
+        const raw = c.raw(r);
+        td.dataset.value = raw == null ? '' : String(raw);
+      }
+      const cls = [c.num ? 'num' : '', c.cls ? c.cls(r) : ''].filter(Boolean).join(' ');
+      if ((td.getAttribute('class') || '') !== cls) td.setAttribute('class', cls);
     });
   }
 
@@ -668,6 +682,50 @@
     const id = 'h-' + Math.random().toString(36).slice(2, 9);
     return h('section', { class: 'panel', 'aria-labelledby': id }, h('h2', { id }, title), children);
   }
+
+  // A small unpaged table (a deployment's pods, routes, authorizations): one fetch per refresh,
+  // rows reused by key. opts: testid, label, rowTestid, columns, key(row), fill(tr, columns, row),
+  // noun [one, many], empty, attrs(row) -> the row's data-* attributes, fetch(signal) -> {rows, total?}.
+  function listTable(opts) {
+    const err = errorSlot();
+    const tbody = h('tbody');
+    const count = h('span', { class: 'count', 'data-testid': opts.testid + '-count', role: 'status' }, '…');
+    const table = h('div', { class: 'table-wrap' }, h('table', { 'data-testid': opts.testid },
+      h('caption', { class: 'sr-only' }, opts.label),
+      h('thead', null, h('tr', null, opts.columns.map((c) => h('th', { scope: 'col', class: c.num ? 'num' : null, title: c.title }, c.label)))),
+      tbody));
+    const section = new Section(async (signal) => {
+      const data = await opts.fetch(signal);
+      const rows = data.rows || [];
+      const total = data.total != null ? data.total : rows.length;
+      const n = (k) => `${fmt.count(k)} ${k === 1 ? opts.noun[0] : opts.noun[1]}`;
+      setText(count, total > rows.length ? `${fmt.count(rows.length)} of ${n(total)}` : n(total));
+      count.dataset.shown = String(rows.length);
+      count.dataset.total = String(total);
+      if (!rows.length) {
+        emptyRow(tbody, opts.columns.length, opts.empty);
+        return;
+      }
+      reconcile(tbody, rows, opts.key,
+        (r) => h('tr', { 'data-testid': opts.rowTestid, ...opts.attrs(r) }, opts.columns.map((c) => h('td', { 'data-col': c.key, class: c.num ? 'num' : null }))),
+        (tr, r) => opts.fill(tr, opts.columns, r));
+    }, err);
+    return { node: h('div', null, h('div', { class: 'toolbar' }, count), err, table), section };
+  }
+
+  const ROUTE_COLUMNS = [
+    { key: 'parent', label: 'Parent', text: (r) => r.parent, title: 'The Service (namespace/name:port) the route is attached to' },
+    { key: 'route', label: 'Route', text: (r) => r.route },
+    ...GOLDEN_COLUMNS,
+  ];
+  const AUTHZ_COLUMNS = [
+    { key: 'server', label: 'Server', text: (r) => r.server },
+    { key: 'authorization', label: 'Authorization', text: (r) => r.authorization },
+    { key: 'route', label: 'Route', text: (r) => r.route },
+    { key: 'allowed', label: 'Allowed/s', num: true, text: (r) => fmt.rate(r.allowed_rps), raw: (r) => r.allowed_rps },
+    { key: 'denied', label: 'Denied/s', num: true, text: (r) => fmt.rate(r.denied_rps), raw: (r) => r.denied_rps,
+      cls: (r) => (r.denied_rps > 0 ? 'bad' : '') },
+  ];
 
   // ---------------------------------------------------------------- overview
 
@@ -1143,30 +1201,29 @@
     }, cardsErr);
 
     // Pods: the deployment's own, from the server (the first POD_LIMIT by name).
-    const podsErr = errorSlot();
-    const podsBody = h('tbody');
-    const podsCount = h('span', { class: 'count', 'data-testid': 'pods-count', role: 'status' });
-    const podCols = [{ key: 'name', label: 'Pod' }, ...STAT_COLUMNS];
-    const podsTable = h('div', { class: 'table-wrap' }, h('table', { 'data-testid': 'pods' },
-      h('caption', { class: 'sr-only' }, 'Pods'),
-      h('thead', null, h('tr', null, podCols.map((c) => h('th', { scope: 'col', class: c.num ? 'num' : null, title: c.title }, c.label)))),
-      podsBody));
-    const podsSection = new Section(async (signal) => {
-      const data = await api('/api/stat', { kind: 'pod', namespace: ns, deployment: name, window: currentWindow(), limit: POD_LIMIT }, signal);
-      const rows = data.rows || [];
-      const total = data.total != null ? data.total : rows.length;
-      const pods = (n) => `${fmt.count(n)} pod${n === 1 ? '' : 's'}`;
-      setText(podsCount, total > rows.length ? `${fmt.count(rows.length)} of ${pods(total)}` : pods(total));
-      podsCount.dataset.shown = String(rows.length);
-      podsCount.dataset.total = String(total);
-      if (!rows.length) {
-        emptyRow(podsBody, podCols.length, `No pod of ${ns}/${name} is known.`);
-        return;
-      }
-      reconcile(podsBody, rows, (r) => r.name, (r) => h('tr', { 'data-testid': 'pod-row', 'data-name': r.name },
-        podCols.map((c) => h('td', { 'data-col': c.key, class: c.num ? 'num' : null }, c.key === 'name' ? r.name : ''))),
-      (tr, r) => fillStatRow(tr, podCols, r));
-    }, podsErr);
+    const pods = listTable({
+      testid: 'pods', label: 'Pods', rowTestid: 'pod-row',
+      columns: [{ key: 'name', label: 'Pod', text: (r) => r.name }, ...STAT_COLUMNS],
+      key: (r) => r.name, attrs: (r) => ({ 'data-name': r.name }), fill: fillStatRow, noun: ['pod', 'pods'],
+      empty: `No pod of ${ns}/${name} is known.`,
+      fetch: (signal) => api('/api/stat', { kind: 'pod', namespace: ns, deployment: name, window: currentWindow(), limit: POD_LIMIT }, signal),
+    });
+
+    // Routes it calls and the authorization decisions of its servers (LINKERD-WIRE.md §5.3).
+    const routes = listTable({
+      testid: 'routes', label: 'Routes (outbound)', rowTestid: 'route-row', noun: ['route', 'routes'],
+      columns: ROUTE_COLUMNS, key: (r) => r.parent + ' ' + r.route, fill: fillCells,
+      attrs: (r) => ({ 'data-parent': r.parent, 'data-route': r.route }),
+      empty: `${name} sent no request through an HTTP route in the window.`,
+      fetch: (signal) => api('/api/routes', { namespace: ns, deployment: name, window: currentWindow() }, signal),
+    });
+    const authz = listTable({
+      testid: 'authz', label: 'Authorization (inbound)', rowTestid: 'authz-row', noun: ['decision', 'decisions'],
+      columns: AUTHZ_COLUMNS, key: (r) => [r.server, r.authorization, r.route].join(' '), fill: fillCells,
+      attrs: (r) => ({ 'data-server': r.server, 'data-authorization': r.authorization, 'data-route': r.route }),
+      empty: `No request to ${name} was authorized or denied in the window.`,
+      fetch: (signal) => api('/api/authz', { namespace: ns, deployment: name, window: currentWindow() }, signal),
+    });
 
     // Callers and destinations.
     const callers = statTable({
@@ -1184,14 +1241,16 @@
     const node = h('div', null,
       heading(`Deployment ${name}`, [['Overview', '#/'], [ns, link.ns(ns)], [name, null]]),
       panel('Golden metrics (inbound)', cardsErr, missing, metrics),
-      panel('Pods', h('div', { class: 'toolbar' }, podsCount), podsErr, podsTable),
+      panel('Pods', pods.node),
       panel('Inbound callers', h('p', { class: 'note' }, `Deployments calling ${name}, from the callers’ outbound metrics.`), callers.node),
       panel('Outbound destinations', h('p', { class: 'note' }, `Deployments ${name} calls, from its outbound metrics.`), destinations.node),
+      panel('Routes (outbound)', h('p', { class: 'note' }, `The HTTP routes ${name} called, per parent Service, after retries.`), routes.node),
+      panel('Authorization (inbound)', h('p', { class: 'note' }, `Requests to ${name} allowed or denied, per server and authorization.`), authz.node),
       panel('Live tap', h('p', { class: 'note' }, 'Requests to and from this deployment as they complete. ',
         h('a', { href: `#/tap?namespace=${enc(ns)}&resource=${enc(resource)}` }, 'Open in the tap page')), tap.node));
     return {
       name: 'deployment', title: `${ns}/${name}`, node,
-      sections: [metricsSection, podsSection, callers.section, destinations.section],
+      sections: [metricsSection, pods.section, callers.section, destinations.section, routes.section, authz.section],
       destroy: () => tap.stop(),
     };
   }
