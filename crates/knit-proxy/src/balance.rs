@@ -1,9 +1,11 @@
 //! Load balancing: power of two choices over PeakEWMA, as Linkerd (LINKERD-WIRE.md §8.1), with
 //! penalties for endpoints that shed load (§8.2) and failure accrual (`accrual.rs`).
 //!
-//! Each endpoint keeps a peak-sensitive moving average of its latency: a slower sample replaces
-//! the estimate at once, a faster one pulls it down with the `decay` time constant, and the
-//! estimate itself decays while the endpoint is idle. Its load is the estimate times its requests
+//! Each endpoint keeps a peak-sensitive moving average of its latency, starting at `default_rtt`:
+//! a slower sample replaces the estimate at once, a faster one pulls it down with the `decay`
+//! time constant, and the estimate itself decays while the endpoint is idle. So an endpoint that
+//! has not answered yet (a new one, or one the others outran) becomes the cheaper choice within a
+//! few `decay`s rather than never, as in tower's PeakEwma. Its load is the estimate times its requests
 //! in flight plus one. A pick draws two ready endpoints at random and takes the less loaded.
 //!
 //! Penalties (`PenaltyPeakEwma`): Linkerd records a penalised latency for a failed response.
@@ -78,8 +80,8 @@ impl From<&Load> for Config {
 
 #[derive(Debug)]
 struct Estimate {
-    /// Nanoseconds; `None` until the first sample.
-    rtt_ns: Option<f64>,
+    /// Nanoseconds, at `stamp`; `default_rtt` before the first sample.
+    rtt_ns: f64,
     stamp: Instant,
     /// Avoid the endpoint until then (it asked for a pause).
     penalized_until: Option<Instant>,
@@ -98,9 +100,9 @@ struct State {
 const PENALIZED: f64 = 1e15;
 
 impl State {
-    fn new(accrual: Option<&FailureAccrual>, now: Instant) -> Self {
+    fn new(cfg: &Config, accrual: Option<&FailureAccrual>, now: Instant) -> Self {
         Self {
-            estimate: Mutex::new(Estimate { rtt_ns: None, stamp: now, penalized_until: None }),
+            estimate: Mutex::new(Estimate { rtt_ns: cfg.default_rtt.as_nanos() as f64, stamp: now, penalized_until: None }),
             pending: AtomicUsize::new(0),
             breaker: accrual.map(|a| Mutex::new(Breaker::new(a.clone(), now))),
         }
@@ -111,10 +113,7 @@ impl State {
         if let Some(until) = e.penalized_until.filter(|u| *u > now) {
             return PENALIZED + until.duration_since(now).as_nanos() as f64;
         }
-        let rtt = match e.rtt_ns {
-            Some(ns) => ns * decay(now.saturating_duration_since(e.stamp), cfg.decay),
-            None => cfg.default_rtt.as_nanos() as f64,
-        };
+        let rtt = e.rtt_ns * decay(now.saturating_duration_since(e.stamp), cfg.decay);
         rtt * (self.pending.load(Ordering::Relaxed) + 1) as f64
     }
 
@@ -129,13 +128,8 @@ impl State {
             _ => rtt,
         };
         let sample = sample.as_nanos() as f64;
-        e.rtt_ns = Some(match e.rtt_ns {
-            Some(prev) if sample <= prev => {
-                let w = decay(now.saturating_duration_since(e.stamp), cfg.decay);
-                prev * w + sample * (1.0 - w)
-            }
-            _ => sample,
-        });
+        let w = decay(now.saturating_duration_since(e.stamp), cfg.decay);
+        e.rtt_ns = if sample <= e.rtt_ns { e.rtt_ns * w + sample * (1.0 - w) } else { sample };
         e.stamp = now;
     }
 
@@ -177,7 +171,7 @@ impl<E: Clone + Eq + Hash> Pool<E> {
         let mut eps = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
         for e in add {
             if !eps.iter().any(|(have, _)| *have == e) {
-                eps.push((e, Arc::new(State::new(self.accrual.as_ref(), now))));
+                eps.push((e, Arc::new(State::new(&self.config, self.accrual.as_ref(), now))));
             }
         }
     }

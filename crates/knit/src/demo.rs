@@ -299,7 +299,8 @@ fn print_intro(web: &knit_proxy::Addrs, viz: SocketAddr, manifests: &Path, durat
     println!("  - every hop between proxies is mutual TLS 1.3 (MTLS% counts inbound requests over mTLS); books only");
     println!("    accepts web's identity (a Server with an AuthorizationPolicy).");
     println!("  - books-v2 is slower and fails 5% of requests (books retries 5xx once); authors-1 answers 30% of");
-    println!("    requests with 429 and Retry-After: 1, so the balancer sends most authors traffic to authors-2.");
+    println!("    requests with 429 and Retry-After: 1, so the balancer sends most authors traffic to authors-2,");
+    println!("    and web's proxy retries a 429 there.");
     println!("  - numbers are the INBOUND golden metrics each proxy exports.");
     println!("  - change the split: edit the weights in {} and save;", manifests.join("books-split.yaml").display());
     println!("    within a second the RPS of books-v1 and books-v2 follows. All manifests: {}", manifests.display());

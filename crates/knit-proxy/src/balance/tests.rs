@@ -53,6 +53,16 @@ fn a_slow_endpoint_gets_a_small_share() {
 }
 
 #[test]
+fn endpoints_faster_than_the_default_rtt_all_get_traffic() {
+    // Two endpoints answering in 1 ms: the first to answer must not keep all the traffic while
+    // the other's estimate stays at the default 30 ms (the demo's authors-1 got nothing so).
+    let pool = Pool::new(&ewma(), None);
+    pool.reset(vec![1, 2]);
+    let counts = drive(&pool, 5000, Instant::now(), |_| (Outcome::Success, Duration::from_millis(1)));
+    assert!(counts.get(&1).copied().unwrap_or(0) > 1500 && counts.get(&2).copied().unwrap_or(0) > 1500, "{counts:?}");
+}
+
+#[test]
 fn pending_requests_count_toward_load() {
     let pool = Pool::new(&ewma(), None);
     pool.reset(vec![1, 2]);
@@ -83,8 +93,8 @@ fn a_rate_limited_endpoint_is_avoided_for_its_retry_after() {
     let held: Vec<_> = (0..20).map(|_| pool.pick(t0 + Duration::from_secs(1), &mut rng).unwrap()).collect();
     assert!(held.iter().all(|p| *p.endpoint() == 2), "still within Retry-After");
     drop(held);
-    // After it, endpoint 1 is a candidate again: its unknown latency counts as the default 30 ms,
-    // so it takes requests once endpoint 2's in-flight load outweighs that.
+    // After it, endpoint 1 is a candidate again: its estimate is still the default 30 ms (decayed
+    // as endpoint 2's is), so it takes requests once endpoint 2's in-flight load outweighs that.
     let later = t0 + Duration::from_secs(3);
     let held: Vec<_> = (0..20).map(|_| pool.pick(later, &mut rng).unwrap()).collect();
     let to_1 = held.iter().filter(|p| *p.endpoint() == 1).count();
