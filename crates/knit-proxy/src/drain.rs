@@ -19,6 +19,25 @@ pub struct Watch {
     _done: mpsc::Sender<()>,
 }
 
+/// Completes on SIGTERM (Kubernetes, systemd, `kill`) or SIGINT (a terminal) and says which.
+/// The handlers are installed by this call, not when the future is first polled, so a signal
+/// that arrives while the caller is still starting up is kept for it rather than killing the
+/// process. Without handlers it never completes, after logging why.
+pub fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; only an explicit shutdown stops this process");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    }
+}
+
 pub fn channel() -> (Signal, Watch) {
     let (tx, rx) = watch::channel(false);
     let (done_tx, done_rx) = mpsc::channel(1);

@@ -55,23 +55,11 @@ fn run() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if proxy.run(shutdown_signal()).await {
+        let shutdown = knit_proxy::drain::shutdown_signal();
+        if proxy.run(async move { tracing::info!("{} received", shutdown.await) }).await {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         }
     })
-}
-
-/// SIGTERM (Kubernetes, systemd) or SIGINT (a terminal).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; the proxy stops only through /shutdown");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
 }

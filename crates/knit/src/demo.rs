@@ -191,6 +191,10 @@ impl Drop for Mesh {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // First: from here a SIGTERM or Ctrl-C stops the demo through the code below, which removes
+    // its temporary directory (identity keys included), instead of killing it on the spot.
+    let shutdown = knit_proxy::drain::shutdown_signal();
+    tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = watch::channel(false);
     let until_stopped = |rx: &watch::Receiver<bool>| {
         let mut rx = rx.clone();
@@ -225,7 +229,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     // Proxies serve nothing until certified, and web's routes need knit-control's answers:
     // start the traffic once a request goes through.
-    warm_up(web_addrs.inbound).await?;
+    tokio::select! {
+        up = warm_up(web_addrs.inbound) => up?,
+        signal = &mut shutdown => {
+            println!("{signal} while starting: stopping.");
+            return Ok(());
+        }
+    }
     let sent = std::sync::Arc::new(AtomicU64::new(0));
     tokio::spawn(generate(web_addrs.inbound, args.rps, sent.clone(), stop_rx.clone()));
     print_intro(&web_addrs, mesh.control.viz, &mesh.manifests, args.duration);
@@ -249,8 +259,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 previous = now;
                 last = Instant::now();
             }
-            _ = tokio::signal::ctrl_c() => {
-                println!("\nCtrl-C: stopping the proxies (each drains its in-flight requests)...");
+            signal = &mut shutdown => {
+                println!("\n{signal}: stopping the proxies (each drains its in-flight requests)...");
                 break;
             }
             _ = ended => {

@@ -104,6 +104,39 @@ fn demo_follows_an_edited_split() {
     assert!(row("books-v1 ") == 0.0 && row("books-v2 ") > 10.0, "after the edit: v1 {} rps, v2 {} rps\n{text}", row("books-v1 "), row("books-v2 "));
 }
 
+/// Sends SIGTERM to `child` and waits (at most 20 s) for it to exit; returns whether it exited
+/// successfully and removed its `knit-demo-PID` temporary directory.
+fn terminate_demo(child: &mut std::process::Child) -> (bool, bool) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("knit demo did not stop within 20s of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (status.success(), !std::env::temp_dir().join(format!("knit-demo-{pid}")).exists())
+}
+
+/// SIGTERM (`kill`, systemd, a test harness) stops the demo as Ctrl-C does, removing its
+/// temporary directory with the identity keys, also while it is still starting.
+#[test]
+fn demo_stops_on_sigterm_and_removes_its_keys() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_knit")).args(["demo", "--interval", "1"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let dir = std::env::temp_dir().join(format!("knit-demo-{}", child.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dir.join("identity").exists() {
+        assert!(std::time::Instant::now() < deadline, "the demo creates {}", dir.display());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(terminate_demo(&mut child), (true, true), "stopped while starting: exit status and {} removed", dir.display());
+}
+
 /// Runs knit with `stdin`, returning success, stdout and stderr apart.
 fn knit_io(args: &[&str], stdin: &str) -> (bool, String, String) {
     use std::io::Write;

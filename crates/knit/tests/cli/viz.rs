@@ -507,6 +507,5 @@ fn tap_top_edges_routes_and_authz_on_the_demo() {
 
     let (ok, _, err) = knit(&["tap", "deploy/nope", "-n", "demo", "--duration", "1s"]);
     assert!(!ok && err.contains("no meshed workload matches"), "{err}");
-    let _ = demo.kill();
-    let _ = demo.wait();
+    assert_eq!(super::terminate_demo(&mut demo), (true, true), "knit demo stops on SIGTERM and removes its temporary directory");
 }
