@@ -56,7 +56,12 @@ fn run() -> ExitCode {
             }
         };
         let shutdown = knit_proxy::drain::shutdown_signal();
-        if proxy.run(async move { tracing::info!("{} received", shutdown.await) }).await {
+        let stopped = async move {
+            // Awaited outside the log macro, which skips its arguments at levels below info.
+            let signal = shutdown.await;
+            tracing::info!("{signal} received");
+        };
+        if proxy.run(stopped).await {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

@@ -55,3 +55,27 @@ async fn shutdown_endpoint_when_enabled() {
     assert_eq!(get(off.admin, "/live").await.0, 200, "the other proxy is unaffected");
     off.child.kill().await.unwrap();
 }
+
+/// At a log level that hides info (the benchmark runs with `warn`), the binary still serves until
+/// it is signalled (it once stopped at once: the signal was awaited inside a skipped log macro).
+#[tokio::test]
+async fn the_binary_serves_until_signalled_whatever_the_log_level() {
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_knit-proxy"))
+        .env_clear()
+        .env("KNIT_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0")
+        .env("KNIT_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0")
+        .env("KNIT_PROXY_ADMIN_LISTEN_ADDR", admin.to_string())
+        .env("KNIT_PROXY_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    crate::assert_eventually!(tokio::net::TcpStream::connect(admin).await.is_ok() && get(admin, "/ready").await.0 == 200, "the proxy becomes ready");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the proxy exited without a signal");
+    assert_eq!(get(admin, "/ready").await.0, 200);
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-s", "TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits on SIGTERM").unwrap();
+    assert!(status.success(), "exit status {status}");
+}
