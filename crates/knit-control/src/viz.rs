@@ -88,7 +88,7 @@ impl Viz {
     /// EndpointSlices are not pods and are not counted.
     pub fn inventory(&self, kind: stat::Kind, deployment: Option<&str>) -> stat::Inventory {
         let mut out = stat::Inventory::new();
-        if kind == stat::Kind::Service {
+        if !kind.is_workload() {
             return out;
         }
         for w in self.index.workloads_all() {
@@ -99,7 +99,7 @@ impl Viz {
             let name = match kind {
                 stat::Kind::Namespace => ns,
                 stat::Kind::Deployment => w.deployment(),
-                stat::Kind::Pod | stat::Kind::Service => &w.metadata.name,
+                _ => &w.metadata.name,
             };
             let pods = out.entry((ns.clone(), name.to_string())).or_default();
             pods.total += 1;
@@ -113,7 +113,7 @@ impl Viz {
         let bad = |e: String| (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e }));
         let namespace = params.get("namespace").filter(|n| !n.is_empty());
         let resource = params.get("resource").filter(|r| !r.is_empty()).map(|r| r.parse::<stat::Resource>()).transpose().map_err(|e| bad(format!("resource: {e}")))?;
-        if resource.as_ref().is_some_and(|r| r.kind == stat::Kind::Service) {
+        if resource.as_ref().is_some_and(|r| !r.kind.is_workload()) {
             return Err(bad("resource: tap a deployment, pod or namespace (a service's traffic is in its callers' and its pods' proxies)".into()));
         }
         let max_rps = params.get("max_rps").map_or(Ok(100), |v| v.parse::<u32>().map_err(|_| bad(format!("max_rps: {v:?} is not a number"))))?;

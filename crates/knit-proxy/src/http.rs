@@ -12,7 +12,7 @@ mod logical;
 use crate::{
     drain,
     error::ProxyError,
-    metrics::{Direction, Metrics},
+    metrics::{route::PolicyLabels, Direction, Metrics},
     resolve::{Dest, Resolver},
 };
 use bytes::Bytes;
@@ -65,15 +65,18 @@ pub struct Ctx {
     pub tls: crate::metrics::Tls,
 }
 
-/// The endpoint a request goes to, and the logical name it was addressed by.
+/// The endpoint a request goes to, the logical name it was addressed by, and inbound, the
+/// server, route and authorization it was checked against (its golden metrics' `srv_*`,
+/// `route_*` and `authz_*` labels).
 pub struct Routed {
     pub endpoint: Endpoint,
     pub authority: Option<Authority>,
+    pub policy: Option<Arc<PolicyLabels>>,
 }
 
 impl Routed {
     pub fn to(endpoint: Endpoint) -> Self {
-        Self { endpoint, authority: None }
+        Self { endpoint, authority: None, policy: None }
     }
 }
 
@@ -118,7 +121,7 @@ impl Ctx {
             (_, Some(a)) => self.side.resolver.resolve(a).await.map_err(|e| (e, None))?,
             (_, None) => return Err((ProxyError::NoDestination, None)),
         };
-        Ok(Plan::Endpoint(Routed { endpoint, authority }))
+        Ok(Plan::Endpoint(Routed { endpoint, authority, policy: None }))
     }
 }
 

@@ -142,7 +142,7 @@ fn target(conn: &Conn, side: &Side) -> Result<SocketAddr, ProxyError> {
 }
 
 fn src_labels(side: &Side, target: SocketAddr, tls: Tls) -> TcpLabels {
-    TcpLabels { target: HttpLabels { direction: side.direction, authority: None, target_addr: target, tls, dst: Default::default() }, peer: Peer::Src }
+    TcpLabels { target: HttpLabels { direction: side.direction, authority: None, target_addr: target, tls, dst: Default::default(), policy: None }, peer: Peer::Src }
 }
 
 async fn serve_http<I>(io: PrefixedIo<I>, version: HttpVersion, conn: &Conn, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError>
@@ -180,26 +180,20 @@ where
 
 /// An opaque connection is authorized once, as a whole; a refused one is closed.
 fn authorize_tcp(conn: &Conn, port: u16, side: &Side) -> Result<(), ProxyError> {
-    use crate::metrics::route::AuthzLabels;
+    use crate::metrics::route::{AuthzLabels, PolicyLabels};
     let policy = side.discovery.inbound(port);
     let client = crate::policy::inbound::Client { addr: conn.client.ip(), identity: conn.client_id.clone(), tls: matches!(conn.tls, Tls::Inbound { .. }) };
-    let mut labels = AuthzLabels {
-        server: crate::http::authorize::server_labels(&policy, port),
-        route_group: String::new(),
-        route_kind: String::new(),
-        route_name: String::new(),
-        authz_group: String::new(),
-        authz_kind: String::new(),
-        authz_name: String::new(),
-        client_id: client.identity.clone().unwrap_or_default(),
-    };
+    let server = crate::http::authorize::server_labels(&policy, port);
+    let client_id = client.identity.clone().unwrap_or_default();
     match policy.authorize_tcp(&client) {
         Ok(permit) => {
-            (labels.authz_group, labels.authz_kind, labels.authz_name) = (permit.authz.group.clone(), permit.authz.kind.clone(), permit.authz.name.clone());
+            let authz = &permit.authz;
+            let labels = AuthzLabels { client_id, policy: PolicyLabels::new(server, ["", "", ""], [&authz.group, &authz.kind, &authz.name]) };
             side.metrics.route.tcp_authz_allow.get_or_create(&labels).inc();
             Ok(())
         }
         Err(denied) => {
+            let labels = AuthzLabels { client_id, policy: PolicyLabels::new(server, ["", "", ""], ["", "", ""]) };
             side.metrics.route.tcp_authz_deny.get_or_create(&labels).inc();
             let message = denied.to_string();
             tracing::info!(client = %conn.client, identity = conn.client_id.as_deref().unwrap_or("-"), %message, "connection denied by inbound policy");

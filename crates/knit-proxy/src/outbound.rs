@@ -65,7 +65,7 @@ async fn accept(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, 
                 _ => side.config.outbound.listen_addr,
             };
             let labels = TcpLabels {
-                target: HttpLabels { direction: side.direction, authority: None, target_addr, tls: plaintext_tls(side.direction), dst: Default::default() },
+                target: HttpLabels { direction: side.direction, authority: None, target_addr, tls: plaintext_tls(side.direction), dst: Default::default(), policy: None },
                 peer: Peer::Src,
             };
             let io = CountingIo::metered(detected.io, &side.metrics.tcp, labels);
@@ -89,7 +89,7 @@ async fn opaque(io: PrefixedIo<TcpStream>, client: SocketAddr, dest: &Dest, side
     if side.own_addrs.contains(&endpoint.connect_addr()) {
         return Err(ProxyError::Loop(endpoint.connect_addr()));
     }
-    let target = HttpLabels { direction: side.direction, authority: authority.clone(), target_addr: endpoint.addr, tls: side.dialer.tls_label(&endpoint), dst: endpoint.labels.clone() };
+    let target = HttpLabels { direction: side.direction, authority: authority.clone(), target_addr: endpoint.addr, tls: side.dialer.tls_label(&endpoint), dst: endpoint.labels.clone(), policy: None };
     let mut client_io = CountingIo::metered(io, &side.metrics.tcp, TcpLabels { target, peer: Peer::Src });
     let mut server = side.dialer.dial(&endpoint, None, authority).await?;
     if let Err(e) = crate::tcp::forward(&mut client_io, &mut server).await {

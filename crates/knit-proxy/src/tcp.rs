@@ -84,7 +84,7 @@ impl Dialer {
         let addr = endpoint.connect_addr();
         let stream = connect(addr, self.timeout).await?;
         let labels = TcpLabels {
-            target: HttpLabels { direction: self.direction, authority, target_addr: endpoint.addr, tls: self.tls_label(endpoint), dst: endpoint.labels.clone() },
+            target: HttpLabels { direction: self.direction, authority, target_addr: endpoint.addr, tls: self.tls_label(endpoint), dst: endpoint.labels.clone(), policy: None },
             peer: Peer::Dst,
         };
         let io = CountingIo::metered(stream, &self.metrics.tcp, labels);

@@ -90,7 +90,8 @@ pub struct TapArgs {
 
 #[derive(clap::Args)]
 pub struct StatArgs {
-    /// What to list: deploy (deployment), po (pod) or ns (namespace).
+    /// What to list: deploy (deployment), po (pod), ns (namespace), svc (service), srv (server),
+    /// authorizationpolicy or httproute (route).
     kind: String,
     /// Only resources of this namespace.
     #[arg(short, long)]
@@ -255,7 +256,10 @@ async fn policy_cmd(args: PolicyArgs, view: &str) -> anyhow::Result<()> {
     if view == "routes" {
         let rows: Vec<RouteRow> = serde_json::from_value(json["rows"].clone())?;
         lines = vec![["PARENT", "ROUTE", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"].map(String::from).to_vec()];
-        lines.extend(rows.iter().map(|r| vec![r.parent.clone(), r.route.clone(), pct(r.success_rate), format!("{:.1}rps", r.rps), ms(r.latency_ms_p50), ms(r.latency_ms_p95), ms(r.latency_ms_p99)]));
+        lines.extend(rows.iter().map(|r| {
+            let g = &r.golden;
+            vec![r.parent.clone(), r.route.clone(), pct(g.success_rate), format!("{:.1}rps", g.rps), ms(g.latency_ms_p50), ms(g.latency_ms_p95), ms(g.latency_ms_p99)]
+        }));
     } else {
         let rows: Vec<AuthzRow> = serde_json::from_value(json["rows"].clone())?;
         lines = vec![["SERVER", "ROUTE", "AUTHORIZATION", "ALLOWED_RPS", "DENIED_RPS"].map(String::from).to_vec()];
@@ -431,6 +435,8 @@ fn table(rows: &[stat::Row], q: &stat::Query, wide: bool) -> String {
     }
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v));
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| if v < 10.0 { format!("{v:.1}ms") } else { format!("{v:.0}ms") });
+    // Connections and bytes are counted per workload and per service, not per policy or route.
+    let tcp = q.kind.is_workload() || q.kind == stat::Kind::Service;
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for r in rows {
         let mut line = vec![];
@@ -446,10 +452,11 @@ fn table(rows: &[stat::Row], q: &stat::Query, wide: bool) -> String {
             ms(r.latency_ms_p50),
             ms(r.latency_ms_p95),
             ms(r.latency_ms_p99),
-            format!("{:.0}", r.tcp_connections),
+            if tcp { format!("{:.0}", r.tcp_connections) } else { "-".into() },
         ]);
         if wide {
-            line.extend([pct(r.mtls_rate), format!("{:.1}B/s", r.read_bytes_per_sec), format!("{:.1}B/s", r.write_bytes_per_sec)]);
+            let rate = |v: f64| if tcp { format!("{v:.1}B/s") } else { "-".into() };
+            line.extend([pct(r.mtls_rate), rate(r.read_bytes_per_sec), rate(r.write_bytes_per_sec)]);
         }
         lines.push(line);
     }

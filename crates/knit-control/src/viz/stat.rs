@@ -1,8 +1,10 @@
-//! `stat`: golden metrics per resource (namespace, deployment or pod), as `linkerd viz stat`.
+//! `stat`: golden metrics per resource, as `linkerd viz stat`.
 //!
-//! A plain stat reads the resources' own proxies, inbound. `--to R` reads the selected
-//! resources' outbound traffic to R; `--from R` reads R's outbound traffic, one row per
-//! destination (LINKERD-WIRE.md §5.4).
+//! A plain stat of workloads (namespace, deployment or pod) reads the resources' own proxies,
+//! inbound. `--to R` reads the selected resources' outbound traffic to R; `--from R` reads R's
+//! outbound traffic, one row per destination (LINKERD-WIRE.md §5.4). Services are read from
+//! their callers; Servers and AuthorizationPolicies from the inbound requests they admitted
+//! (the `srv_*` and `authz_*` labels); HTTPRoutes from their callers' route metrics (§5.3).
 
 use super::query::{Grouped, QueryError, Snapshot, Source};
 use std::{collections::BTreeMap, time::Duration};
@@ -15,6 +17,14 @@ pub enum Kind {
     Pod,
     /// Services, as their callers see them (outbound, by authority).
     Service,
+    /// Servers (`policy.linkerd.io`), by the inbound requests checked against them.
+    Server,
+    /// AuthorizationPolicies, by the inbound requests they allowed.
+    #[serde(rename = "authorizationpolicy")]
+    AuthorizationPolicy,
+    /// HTTPRoutes (and GRPCRoutes) attached to Services, as their callers see them.
+    #[serde(rename = "httproute")]
+    HttpRoute,
 }
 
 impl Kind {
@@ -24,7 +34,12 @@ impl Kind {
             "deploy" | "deployment" | "deployments" => Ok(Kind::Deployment),
             "po" | "pod" | "pods" => Ok(Kind::Pod),
             "svc" | "service" | "services" => Ok(Kind::Service),
-            other => Err(format!("unknown resource kind {other:?}: expected namespace (ns), deployment (deploy), pod (po) or service (svc)")),
+            "srv" | "server" | "servers" => Ok(Kind::Server),
+            "authorizationpolicy" | "authorizationpolicies" | "authzpolicy" => Ok(Kind::AuthorizationPolicy),
+            "httproute" | "httproutes" | "route" | "routes" => Ok(Kind::HttpRoute),
+            other => Err(format!(
+                "unknown resource kind {other:?}: expected namespace (ns), deployment (deploy), pod (po), service (svc), server (srv), authorizationpolicy or httproute (route)"
+            )),
         }
     }
 
@@ -34,7 +49,16 @@ impl Kind {
             Kind::Deployment => "deployment",
             Kind::Pod => "pod",
             Kind::Service => "service",
+            Kind::Server => "server",
+            Kind::AuthorizationPolicy => "authorizationpolicy",
+            Kind::HttpRoute => "httproute",
         }
+    }
+
+    /// Namespaces, deployments and pods: resources with proxies of their own, which `--to`,
+    /// `--from` and tap can name.
+    pub fn is_workload(self) -> bool {
+        matches!(self, Kind::Namespace | Kind::Deployment | Kind::Pod)
     }
 }
 
@@ -121,11 +145,15 @@ pub async fn stat(source: &Source, q: &Query, inventory: &Inventory) -> Result<V
     if q.deployment.is_some() && q.kind != Kind::Pod {
         return Err(QueryError::Invalid("deployment narrows pods: use it with `stat po`".into()));
     }
-    if q.kind == Kind::Service {
-        return services(source, q).await;
+    if let Some(r) = [&q.to, &q.from].into_iter().flatten().find(|r| !r.kind.is_workload()) {
+        let kind = r.kind.label();
+        return Err(QueryError::Invalid(format!("--to/--from a {kind}: name a namespace, deployment or pod (use `stat {kind}` for the {kind} itself)")));
     }
-    if q.to.as_ref().is_some_and(|r| r.kind == Kind::Service) || q.from.as_ref().is_some_and(|r| r.kind == Kind::Service) {
-        return Err(QueryError::Invalid("--to/--from a service: use `stat svc` (services are seen by their callers)".into()));
+    match q.kind {
+        Kind::Service => return services(source, q).await,
+        Kind::Server | Kind::AuthorizationPolicy => return policies(source, q).await,
+        Kind::HttpRoute => return http_routes(source, q).await,
+        Kind::Namespace | Kind::Deployment | Kind::Pod => {}
     }
     let kind = q.kind.label();
     let (ns_label, name_label) = match &q.from {
@@ -193,6 +221,58 @@ async fn services(source: &Source, q: &Query) -> Result<Vec<Row>, QueryError> {
     let mut rows = rows(&source.snapshot(), &m, &["authority", "namespace"], &key, q.window, "dst").await?;
     rows.retain(|(ns, name), _| !name.is_empty() && q.namespace.as_ref().is_none_or(|n| n == ns));
     Ok(rows.into_values().collect())
+}
+
+/// `stat srv` and `stat authorizationpolicy`: the inbound requests each Server checked, or each
+/// AuthorizationPolicy allowed, from the `srv_*` and `authz_*` labels of the inbound golden
+/// families; `--from` is not supported (the labels are the server side's).
+async fn policies(source: &Source, q: &Query) -> Result<Vec<Row>, QueryError> {
+    if q.to.is_some() || q.from.is_some() {
+        return Err(QueryError::Invalid(format!("stat {} takes neither --to nor --from", q.kind.label())));
+    }
+    let (kind_label, name_label) = if q.kind == Kind::Server { ("srv_kind", "srv_name") } else { ("authz_kind", "authz_name") };
+    let mut m = vec![("direction", "inbound"), (kind_label, q.kind.label())];
+    if let Some(ns) = &q.namespace {
+        m.push(("namespace", ns));
+    }
+    let key = |g: &[String]| (g[0].clone(), g[1].clone());
+    let rows = rows(&source.snapshot(), &m, &["namespace", name_label], &key, q.window, "src").await?;
+    Ok(rows.into_values().collect())
+}
+
+/// `stat httproute`: each route's requests as its callers' proxies saw them, after retries,
+/// summed over the callers (`--from` narrows them to one); a Service's default route is not
+/// an HTTPRoute and is left out (`knit viz routes` shows it).
+async fn http_routes(source: &Source, q: &Query) -> Result<Vec<Row>, QueryError> {
+    if q.to.is_some() {
+        return Err(QueryError::Invalid("stat httproute takes --from (who calls), not --to".into()));
+    }
+    let from_ns = q.from_namespace.as_ref().or(q.namespace.as_ref());
+    let mut m: Vec<(&str, &str)> = Vec::new();
+    if let Some(ns) = &q.namespace {
+        m.push(("route_namespace", ns));
+    }
+    if let Some(from) = &q.from {
+        m.push((from.kind.label(), &from.name));
+        if let Some(ns) = from_ns.filter(|_| from.kind != Kind::Namespace) {
+            m.push(("namespace", ns));
+        }
+    }
+    let by = ["route_namespace", "route_kind", "route_name"];
+    let outcomes = super::routes::outcomes(&source.snapshot(), &m, &by, q.window).await?;
+    Ok(outcomes
+        .into_iter()
+        .filter(|(k, _)| k[1] != "default" && !k[2].is_empty())
+        .map(|(k, g)| Row {
+            requests: g.requests,
+            success_rate: g.success_rate,
+            rps: g.rps,
+            latency_ms_p50: g.latency_ms_p50,
+            latency_ms_p95: g.latency_ms_p95,
+            latency_ms_p99: g.latency_ms_p99,
+            ..Row::empty((k[0].clone(), k[2].clone()))
+        })
+        .collect())
 }
 
 impl Row {

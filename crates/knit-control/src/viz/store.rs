@@ -71,14 +71,14 @@ impl Target {
         })
     }
 
-    /// Its name as a resource of `kind`; `None` for services, which are no proxy's own.
+    /// Its name as a resource of `kind`; `None` for the kinds that are no proxy's own.
     pub fn name(&self, kind: super::stat::Kind) -> Option<&str> {
         use super::stat::Kind;
         match kind {
             Kind::Namespace => Some(&self.namespace),
             Kind::Deployment => Some(&self.deployment),
             Kind::Pod => Some(&self.pod),
-            Kind::Service => None,
+            Kind::Service | Kind::Server | Kind::AuthorizationPolicy | Kind::HttpRoute => None,
         }
     }
 

@@ -6,7 +6,7 @@ use super::{Ctx, Plan, Refused, Routed};
 use crate::{
     error::ProxyError,
     metrics::{
-        route::{AuthzLabels, RateLimitLabels, ServerLabels},
+        route::{AuthzLabels, PolicyLabels, RateLimitLabels, ServerLabels},
         Tls,
     },
     policy::inbound::{Client, Denied, ServerPolicy},
@@ -14,7 +14,7 @@ use crate::{
     route::RequestInfo,
 };
 use http::Request;
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 pub(super) fn client(ctx: &Ctx) -> Client {
     Client { addr: ctx.client.ip(), identity: ctx.client_id.clone(), tls: matches!(ctx.tls, Tls::Inbound { .. }) }
@@ -29,7 +29,7 @@ pub(crate) fn server_labels(policy: &ServerPolicy, port: u16) -> ServerLabels {
 #[allow(clippy::result_large_err)]
 pub(super) fn plan<B>(req: &mut Request<B>, ctx: &Ctx) -> Result<Plan, Refused> {
     let Dest::Endpoint(target) = &ctx.dest else { return Err((ProxyError::NoTarget, None)) };
-    let routed = Routed::to(target.clone());
+    let mut routed = Routed::to(target.clone());
     let port = target.addr.port();
     let policy = ctx.side.discovery.inbound(port);
     let client = client(ctx);
@@ -43,33 +43,17 @@ pub(super) fn plan<B>(req: &mut Request<B>, ctx: &Ctx) -> Result<Plan, Refused> 
             return Err((e, Some(routed)));
         }
         Err(Denied::Unauthorized { message, route }) => {
-            let labels = AuthzLabels {
-                server,
-                route_group: route.group.clone(),
-                route_kind: route.kind.clone(),
-                route_name: route.name.clone(),
-                authz_group: String::new(),
-                authz_kind: String::new(),
-                authz_name: String::new(),
-                client_id: client.identity.clone().unwrap_or_default(),
-            };
-            m.authz_deny.get_or_create(&labels).inc();
+            let labels = PolicyLabels::new(server, [&route.group, &route.kind, &route.name], ["", "", ""]);
+            m.authz_deny.get_or_create(&AuthzLabels { client_id: client.identity.clone().unwrap_or_default(), policy: labels.clone() }).inc();
             tracing::info!(client = %ctx.client, identity = client.identity.as_deref().unwrap_or("-"), %message, "request denied by inbound policy");
+            routed.policy = Some(Arc::new(labels));
             return Err((ProxyError::Unauthorized(message), Some(routed)));
         }
     };
-    m.authz_allow
-        .get_or_create(&AuthzLabels {
-            server: server.clone(),
-            route_group: permit.route.group.clone(),
-            route_kind: permit.route.kind.clone(),
-            route_name: permit.route.name.clone(),
-            authz_group: permit.authz.group.clone(),
-            authz_kind: permit.authz.kind.clone(),
-            authz_name: permit.authz.name.clone(),
-            client_id: client.identity.clone().unwrap_or_default(),
-        })
-        .inc();
+    let (route, authz) = (&permit.route, &permit.authz);
+    let labels = PolicyLabels::new(server.clone(), [&route.group, &route.kind, &route.name], [&authz.group, &authz.kind, &authz.name]);
+    m.authz_allow.get_or_create(&AuthzLabels { client_id: client.identity.clone().unwrap_or_default(), policy: labels.clone() }).inc();
+    routed.policy = Some(Arc::new(labels));
     if let Some(limit) = policy.rate_limit() {
         if let Err(limited) = limit.check(client.identity.as_deref(), Instant::now()) {
             m.local_ratelimit.get_or_create(&RateLimitLabels { server, rate_limit: limited.which.to_string() }).inc();

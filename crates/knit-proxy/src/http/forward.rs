@@ -78,6 +78,7 @@ fn labels(ctx: &Ctx, target: Option<&Routed>) -> HttpLabels {
             _ => ctx.tls.clone(),
         },
         dst: target.map(|r| r.endpoint.labels.clone()).unwrap_or_default(),
+        policy: target.and_then(|r| r.policy.clone()),
     }
 }
 

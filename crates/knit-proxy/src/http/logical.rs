@@ -291,7 +291,7 @@ async fn send_once(
             return Err(ProxyError::BackendFailed { backend: backend_resource.name.clone(), message: message.clone() });
         }
     };
-    let routed = Routed { endpoint, authority: l.authority.clone() };
+    let routed = Routed { endpoint, authority: l.authority.clone(), policy: None };
     let started = Instant::now();
     let per_attempt = retry.and_then(|r| r.timeout).or(rule.timeouts.response);
     let result = match per_attempt {

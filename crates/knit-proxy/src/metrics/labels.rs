@@ -97,6 +97,8 @@ pub struct HttpLabels {
     pub target_addr: SocketAddr,
     pub tls: Tls,
     pub dst: MetricLabels,
+    /// Inbound HTTP: the server, route and authorization that applied.
+    pub policy: Option<std::sync::Arc<super::route::PolicyLabels>>,
 }
 
 impl EncodeLabelSet for HttpLabels {
@@ -117,6 +119,18 @@ impl HttpLabels {
         self.tls.encode(enc)?;
         for (k, v) in self.dst.iter() {
             put(enc, &format!("dst_{k}"), v)?;
+        }
+        if let Some(p) = &self.policy {
+            let s = &p.server;
+            for (k, v) in [("srv_group", &s.srv_group), ("srv_kind", &s.srv_kind), ("srv_name", &s.srv_name), ("srv_port", &s.srv_port)] {
+                put(enc, k, v)?;
+            }
+            for (k, v) in [("route_group", &p.route_group), ("route_kind", &p.route_kind), ("route_name", &p.route_name)] {
+                put(enc, k, v)?;
+            }
+            for (k, v) in [("authz_group", &p.authz_group), ("authz_kind", &p.authz_kind), ("authz_name", &p.authz_name)] {
+                put(enc, k, v)?;
+            }
         }
         Ok(())
     }
@@ -290,6 +304,7 @@ mod tests {
             target_addr: "10.0.0.1:80".parse().unwrap(),
             tls: Tls::Opaque { sni: Some("a\\b\nc".into()) },
             dst,
+            policy: None,
         };
         let family = Family::<HttpLabels, Counter>::default();
         family.get_or_create(&labels).inc();

@@ -96,18 +96,35 @@ pub struct ServerLabels {
     pub srv_port: String,
 }
 
+/// Inbound: the server, route and authorization a request was checked against (the
+/// authorization empty when it was denied). Also on the inbound golden families (§5.2).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AuthzLabels {
+pub struct PolicyLabels {
     pub route_group: String,
     pub route_kind: String,
     pub route_name: String,
     pub authz_group: String,
     pub authz_kind: String,
     pub authz_name: String,
+    #[prometheus(flatten)]
+    pub server: ServerLabels,
+}
+
+impl PolicyLabels {
+    /// `route` and `authz` as (group, kind, name); empty when unknown.
+    pub fn new(server: ServerLabels, route: [&str; 3], authz: [&str; 3]) -> Self {
+        let [route_group, route_kind, route_name] = route.map(String::from);
+        let [authz_group, authz_kind, authz_name] = authz.map(String::from);
+        Self { route_group, route_kind, route_name, authz_group, authz_kind, authz_name, server }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
     /// The client's mesh identity, empty when unauthenticated.
     pub client_id: String,
     #[prometheus(flatten)]
-    pub server: ServerLabels,
+    pub policy: PolicyLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -102,9 +102,16 @@ impl Mesh {
                 )
             };
             let service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: books\n  namespace: test\nspec:\n  selector:\n    app: books\n  ports:\n    - name: http\n      port: 8080\n      targetPort: http\n";
+            // books admits web only (a Server and an AuthorizationPolicy), and web calls it
+            // through an HTTPRoute: what `stat srv`, `stat authorizationpolicy` and
+            // `stat httproute` count.
+            let policy = format!(
+                "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata:\n  name: books-http\n  namespace: test\nspec:\n  externalWorkloadSelector:\n    matchLabels:\n      app: books\n  port: http\n  proxyProtocol: HTTP/1\n---\napiVersion: policy.linkerd.io/v1alpha1\nkind: MeshTLSAuthentication\nmetadata:\n  name: web-only\n  namespace: test\nspec:\n  identities:\n    - {web}\n---\napiVersion: policy.linkerd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: books-from-web\n  namespace: test\nspec:\n  targetRef:\n    group: policy.linkerd.io\n    kind: Server\n    name: books-http\n  requiredAuthenticationRefs:\n    - group: policy.linkerd.io\n      kind: MeshTLSAuthentication\n      name: web-only\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: books-route\n  namespace: test\nspec:\n  parentRefs:\n    - group: core\n      kind: Service\n      name: books\n      port: 8080\n  rules:\n    - backendRefs:\n        - name: books\n          port: 8080\n",
+                web = id("web")
+            );
             // And a workload without a proxy: listed, but not meshed.
             let legacy = "apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: legacy-0\n  namespace: test\n  labels:\n    linkerd.io/proxy-deployment: legacy\nspec:\n  workloadIPs:\n    - ip: 127.0.0.1\n  ports:\n    - name: http\n      port: 10\n";
-            let doc = [workload("books", books_app, &books_addrs), workload("web", SocketAddr::from(([127, 0, 0, 1], 9)), &web_addrs), service.to_string(), legacy.to_string()].join("---\n");
+            let doc = [workload("books", books_app, &books_addrs), workload("web", SocketAddr::from(([127, 0, 0, 1], 9)), &web_addrs), service.to_string(), policy, legacy.to_string()].join("---\n");
             std::fs::write(format!("{manifests}/workloads.yaml"), doc).unwrap();
             for admin in [books_addrs.admin, web_addrs.admin] {
                 ready(admin).await;
@@ -275,6 +282,8 @@ fn stat_counts_known_traffic() {
     };
     assert!(bad(&["deploy", "-t", "10m", "--viz-addr", &viz]).contains("longer than the store keeps"));
     assert!(bad(&["replicaset", "--viz-addr", &viz]).contains("unknown resource kind"));
+    assert!(bad(&["srv", "--from", "deploy/web", "--viz-addr", &viz]).contains("stat server takes neither --to nor --from"));
+    assert!(bad(&["deploy", "--to", "srv/books-http", "--viz-addr", &viz]).contains("--to/--from a server: name a namespace, deployment or pod"));
     assert!(bad(&["deploy", "--viz-addr", "127.0.0.1:1"]).contains("cannot reach knit-control's viz API"));
     assert!(bad(&["deploy", "--prometheus", "127.0.0.1:9090"]).contains("expected http://HOST:PORT"));
     assert_eq!(mesh.stat(&["deploy", "-n", "test", "-t", "60s"]), rows, "still served");
@@ -348,6 +357,17 @@ fn prometheus_with_the_shipped_configuration_agrees_with_the_built_in_store() {
     agree(row(&builtin, "web"), row(&from_prometheus, "web"));
     let (builtin, from_prometheus) = both(&["deploy", "--from", "deploy/web", "-t", "10s"]);
     agree(row(&builtin, "books"), row(&from_prometheus, "books"));
+    // The same requests by the Server that checked them, the AuthorizationPolicy that allowed
+    // them (the srv_*/authz_* labels of books' inbound series) and the HTTPRoute web sent them
+    // through (web's route metrics, after retries). This test, not the one above, because the
+    // traffic here starts once the proxies have had time to take the policies, which are
+    // written with the workloads.
+    for args in [&["srv", "-n", "test"][..], &["authorizationpolicy", "-n", "test"], &["httproute", "-n", "test"], &["route", "-n", "test", "--from", "deploy/web"]] {
+        let name = match args[0] { "srv" => "books-http", "authorizationpolicy" => "books-from-web", _ => "books-route" };
+        let (builtin, from_prometheus) = both(&[args, &["-t", "10s"]].concat());
+        assert_eq!(builtin.as_array().map(Vec::len), Some(1), "{args:?}: {builtin:#}");
+        agree(row(&builtin, name), row(&from_prometheus, name));
+    }
     let source = knit_control::viz::query::Source::Prometheus(Arc::new(knit_control::viz::query::Prometheus::new(&prom.url).unwrap()));
     let edges = mesh.rt.block_on(knit_control::viz::edges::edges(&source, Some("test"), Duration::from_secs(10), &Default::default())).unwrap();
     assert_eq!(edges.iter().map(|e| (e.src.as_str(), e.dst.as_str(), e.secured)).collect::<Vec<_>>(), [("web", "books", true)], "{edges:?}");
