@@ -409,6 +409,65 @@
     return parts;
   }
 
+  // ---------------------------------------------------------------- server-paged tables
+  // The state `st` of a table the server pages, sorts and filters: {sort, order, filter,
+  // offset, limit}. `changed()` reloads it.
+
+  // A search box that sets `st.filter` 300 ms after typing stops, back on the first page.
+  function filterBox(props, st, changed) {
+    let debounce = null;
+    const input = h('input', { type: 'search', value: st.filter, ...props });
+    input.addEventListener('input', () => {
+      clearTimeout(debounce);
+      debounce = setTimeout(() => {
+        const v = input.value.trim();
+        if (v === st.filter) return;
+        st.filter = v;
+        st.offset = 0;
+        changed();
+      }, 300);
+    });
+    return input;
+  }
+
+  // A header row of `cols`; a column with `sort` gets a button calling onSort(column). `heads`:
+  // the sortable headers by key(column), for markSorted.
+  function sortableHeads(cols, key, onSort) {
+    const heads = new Map();
+    const row = h('tr', null, cols.map((c) => {
+      const th = h('th', { scope: 'col', class: c.num ? 'num' : null, 'data-col': c.key, title: c.title });
+      if (c.sort) {
+        th.append(h('button', { type: 'button', class: 'sort', 'data-sort': key(c), onclick: () => onSort(c) }, c.label));
+        heads.set(key(c), th);
+      } else {
+        th.textContent = c.label;
+      }
+      return th;
+    }));
+    return { row, heads };
+  }
+
+  function markSorted(heads, key, order) {
+    for (const [k, th] of heads) th.setAttribute('aria-sort', k === key ? (order === 'asc' ? 'ascending' : 'descending') : 'none');
+  }
+
+  // Sorting by the field already sorted by flips the order; a new field starts ascending for
+  // names, descending for numbers (the busiest first).
+  function sortByField(st, field) {
+    if (st.sort === field) st.order = st.order === 'asc' ? 'desc' : 'asc';
+    else {
+      st.sort = field;
+      st.order = field === 'name' ? 'asc' : 'desc';
+    }
+    st.offset = 0;
+  }
+
+  // The first row of the page holding row `offset`, within `total` rows.
+  function pageStart(offset, total, limit) {
+    const o = Math.max(0, Math.min(offset, Math.max(0, total - 1)));
+    return o - (o % limit);
+  }
+
   // ---------------------------------------------------------------- stat tables
 
   const successCls = (v) => (v == null ? '' : v < 0.9 ? 'bad' : v < 0.99 ? 'warn' : '');
@@ -522,38 +581,15 @@
 
     const count = h('span', { class: 'count', 'data-testid': 'count', role: 'status' }, '…');
     const toolbar = h('div', { class: 'toolbar' });
-    let filterInput = null;
     if (opts.filterable !== false) {
-      let debounce = null;
-      filterInput = h('input', {
-        type: 'search', value: st.filter, placeholder: 'Filter by name or namespace',
-        'aria-label': `Filter ${opts.label.toLowerCase()}`, 'data-testid': 'filter',
-      });
-      filterInput.addEventListener('input', () => {
-        clearTimeout(debounce);
-        debounce = setTimeout(() => {
-          const v = filterInput.value.trim();
-          if (v === st.filter) return;
-          st.filter = v;
-          st.offset = 0;
-          changed();
-        }, 300);
-      });
-      toolbar.append(filterInput);
+      toolbar.append(filterBox({ placeholder: 'Filter by name or namespace', 'aria-label': `Filter ${opts.label.toLowerCase()}`, 'data-testid': 'filter' }, st, changed));
     }
     toolbar.append(count);
 
-    const heads = new Map();
-    const headRow = h('tr', null, columns.map((c) => {
-      const th = h('th', { scope: 'col', class: c.num ? 'num' : null, 'data-col': c.key, title: c.title });
-      if (c.sort) {
-        th.append(h('button', { type: 'button', class: 'sort', 'data-sort': c.sort, onclick: () => sortBy(c.sort) }, c.label));
-        heads.set(c.sort, th);
-      } else {
-        th.textContent = c.label;
-      }
-      return th;
-    }));
+    const { row: headRow, heads } = sortableHeads(columns, (c) => c.sort, (c) => {
+      sortByField(st, c.sort);
+      changed();
+    });
     const tbody = h('tbody');
     const table = h('table', { 'data-testid': opts.testid || 'stat-table' },
       h('caption', { class: 'sr-only' }, opts.label), h('thead', null, headRow), tbody);
@@ -564,7 +600,7 @@
     const first = btn('«', 'First page', 'page-first', () => go(0));
     const prev = btn('‹ Prev', 'Previous page', 'page-prev', () => go(st.offset - st.limit));
     const next = btn('Next ›', 'Next page', 'page-next', () => go(st.offset + st.limit));
-    const last = btn('»', 'Last page', 'page-last', () => go(Math.floor((total - 1) / st.limit) * st.limit));
+    const last = btn('»', 'Last page', 'page-last', () => go(total - 1));
     const size = h('select', { 'aria-label': 'Rows per page', 'data-testid': 'page-size' },
       PAGE_SIZES.map((n) => h('option', { value: n, selected: n === st.limit }, `${n} per page`)));
     size.addEventListener('change', () => {
@@ -578,19 +614,8 @@
     let total = 0;
     let rendered = false;
 
-    function sortBy(field) {
-      if (st.sort === field) st.order = st.order === 'asc' ? 'desc' : 'asc';
-      else {
-        st.sort = field;
-        st.order = field === 'name' ? 'asc' : 'desc';
-      }
-      st.offset = 0;
-      changed();
-    }
-
     function go(offset) {
-      st.offset = Math.max(0, Math.min(offset, Math.max(0, total - 1)));
-      st.offset -= st.offset % st.limit;
+      st.offset = pageStart(offset, total, st.limit);
       changed();
     }
 
@@ -609,9 +634,7 @@
     }
 
     function showHeads() {
-      for (const [field, th] of heads) {
-        th.setAttribute('aria-sort', field === st.sort ? (st.order === 'asc' ? 'ascending' : 'descending') : 'none');
-      }
+      markSorted(heads, st.sort, st.order);
     }
     showHeads();
 
@@ -625,7 +648,7 @@
       total = data.total != null ? data.total : data.rows.length;
       if (data.rows.length === 0 && total > 0 && applied.offset >= total) {
         // The filter or the mesh shrank under the current page: show the last page.
-        st.offset = Math.floor((total - 1) / st.limit) * st.limit;
+        st.offset = pageStart(total - 1, total, st.limit);
         return load(signal);
       }
       render(data, applied);
@@ -1038,30 +1061,12 @@
       { key: 'client_id', label: 'Client identity' },
       { key: 'server_id', label: 'Server identity' },
     ];
-    let debounce = null;
-    const filter = h('input', { type: 'search', placeholder: 'Filter by name or namespace', 'aria-label': 'Filter edges', 'data-testid': 'edge-filter' });
-    filter.addEventListener('input', () => {
-      clearTimeout(debounce);
-      debounce = setTimeout(() => {
-        const v = filter.value.trim();
-        if (v === st.filter) return;
-        st.filter = v;
-        st.offset = 0;
-        changed();
-      }, 300);
-    });
+    const filter = filterBox({ placeholder: 'Filter by name or namespace', 'aria-label': 'Filter edges', 'data-testid': 'edge-filter' }, st, changed);
     const count = h('span', { class: 'count', 'data-testid': 'edge-count', role: 'status' }, '…');
-    const heads = new Map();
-    const headRow = h('tr', null, cols.map((c) => {
-      const th = h('th', { scope: 'col', class: c.num ? 'num' : null, 'data-col': c.key });
-      if (c.sort) {
-        th.append(h('button', { type: 'button', class: 'sort', 'data-sort': c.sort, onclick: () => sortBy(c.sort) }, c.label));
-        heads.set(c.sort, th);
-      } else {
-        th.textContent = c.label;
-      }
-      return th;
-    }));
+    const { row: headRow, heads } = sortableHeads(cols, (c) => c.sort, (c) => {
+      sortByField(st, c.sort);
+      changed();
+    });
     const tbody = h('tbody');
     const wrap = h('div', { class: 'table-wrap', 'data-testid': 'edge-table-wrap', 'data-state': 'loading' },
       h('table', null, h('caption', { class: 'sr-only' }, 'Edges between deployments'), h('thead', null, headRow), tbody));
@@ -1072,19 +1077,8 @@
     const node = h('div', { 'data-testid': 'topology-table' }, h('div', { class: 'toolbar' }, filter, count), err, wrap, pager);
     let total = 0;
 
-    function sortBy(field) {
-      if (st.sort === field) st.order = st.order === 'asc' ? 'desc' : 'asc';
-      else {
-        st.sort = field;
-        st.order = field === 'name' ? 'asc' : 'desc';
-      }
-      st.offset = 0;
-      changed();
-    }
-
     function go(offset) {
-      st.offset = Math.max(0, Math.min(offset, Math.max(0, total - 1)));
-      st.offset -= st.offset % st.limit;
+      st.offset = pageStart(offset, total, st.limit);
       changed();
     }
 
@@ -1102,7 +1096,7 @@
       total = data.total != null ? data.total : edges.length;
       if (edges.length === 0 && total > 0 && applied.offset >= total) {
         // Fewer edges than the page starts at (the filter or the window shrank): the last page.
-        st.offset = Math.floor((total - 1) / st.limit) * st.limit;
+        st.offset = pageStart(total - 1, total, st.limit);
         return load(signal);
       }
       render(edges, data.window_secs || 30, applied);
@@ -1115,7 +1109,7 @@
     }
 
     function render(edges, secs, applied) {
-      for (const [k, th] of heads) th.setAttribute('aria-sort', k === applied.sort ? (applied.order === 'asc' ? 'ascending' : 'descending') : 'none');
+      markSorted(heads, applied.sort, applied.order);
       setText(count, `${fmt.count(edges.length)} of ${fmt.count(total)} edges`);
       count.dataset.shown = String(edges.length);
       count.dataset.total = String(total);
@@ -1467,18 +1461,7 @@
       col: params.get('sort') === 'name' ? 'namespace' : 'left', offset: 0, limit: 50,
     };
     const err = errorSlot();
-    let debounce = null;
-    const filter = h('input', { type: 'search', value: st.filter, placeholder: 'Filter by name, namespace or identity', 'aria-label': 'Filter certificates', 'data-testid': 'filter' });
-    filter.addEventListener('input', () => {
-      clearTimeout(debounce);
-      debounce = setTimeout(() => {
-        const v = filter.value.trim();
-        if (v === st.filter) return;
-        st.filter = v;
-        st.offset = 0;
-        changed();
-      }, 300);
-    });
+    const filter = filterBox({ placeholder: 'Filter by name, namespace or identity', 'aria-label': 'Filter certificates', 'data-testid': 'filter' }, st, changed);
     const onlyExpiring = h('input', { type: 'checkbox', checked: st.expiring, 'data-testid': 'expiring-only' });
     onlyExpiring.addEventListener('change', () => { st.expiring = onlyExpiring.checked; st.offset = 0; changed(); });
     const count = h('span', { class: 'count', 'data-testid': 'count', role: 'status' }, '…');
@@ -1492,17 +1475,7 @@
       { key: 'expires', label: 'Expires', sort: 'expires_at' },
       { key: 'left', label: 'Time left', num: true, sort: 'expires_at' },
     ];
-    const heads = new Map();
-    const headRow = h('tr', null, cols.map((c) => {
-      const th = h('th', { scope: 'col', class: c.num ? 'num' : null, 'data-col': c.key });
-      if (c.sort) {
-        th.append(h('button', { type: 'button', class: 'sort', 'data-sort': c.key, onclick: () => sortBy(c) }, c.label));
-        heads.set(c.key, th);
-      } else {
-        th.textContent = c.label;
-      }
-      return th;
-    }));
+    const { row: headRow, heads } = sortableHeads(cols, (c) => c.key, sortBy);
     const tbody = h('tbody');
     const wrap = h('div', { class: 'table-wrap', 'data-testid': 'certificates-wrap', 'data-state': 'loading' },
       h('table', { 'data-testid': 'certificates' }, h('caption', { class: 'sr-only' }, 'Certificates'), h('thead', null, headRow), tbody));
@@ -1529,8 +1502,7 @@
     }
 
     function go(offset) {
-      st.offset = Math.max(0, Math.min(offset, Math.max(0, total - 1)));
-      st.offset -= st.offset % st.limit;
+      st.offset = pageStart(offset, total, st.limit);
       changed();
     }
 
@@ -1556,7 +1528,7 @@
       const certs = data.certificates || [];
       total = data.total != null ? data.total : certs.length;
       if (certs.length === 0 && total > 0 && applied.offset >= total) {
-        st.offset = Math.floor((total - 1) / st.limit) * st.limit;
+        st.offset = pageStart(total - 1, total, st.limit);
         return load(signal);
       }
       const proxies = data.proxies != null ? data.proxies : total;
@@ -1576,7 +1548,7 @@
 
     function render(certs, applied, proxies) {
       const now = Date.now() / 1000;
-      for (const [k, th] of heads) th.setAttribute('aria-sort', k === applied.col ? (applied.order === 'asc' ? 'ascending' : 'descending') : 'none');
+      markSorted(heads, applied.col, applied.order);
       setText(count, `${fmt.count(certs.length)} of ${fmt.count(total)}`);
       count.dataset.shown = String(certs.length);
       count.dataset.total = String(total);
