@@ -184,7 +184,7 @@ pub async fn stat(source: &Source, q: &Query, inventory: &Inventory) -> Result<V
     let by: Vec<&str> = if q.kind == Kind::Namespace { vec![ns_label.as_str()] } else { vec![ns_label.as_str(), name_label.as_str()] };
     let key = |g: &[String]| -> (String, String) { (g[0].clone(), g.last().cloned().unwrap_or_default()) };
     let peer = if q.to.is_some() || q.from.is_some() { "dst" } else { "src" };
-    let mut rows = rows(&source.snapshot(), &m, &by, &key, q.window, peer).await?;
+    let mut rows = rows(&source.snapshot(), &m, &by, &key, q.window, Some(peer)).await?;
     if q.to.is_none() && q.from.is_none() {
         for k in inventory.keys().filter(|(ns, _)| q.namespace.as_ref().is_none_or(|n| n == ns)) {
             rows.entry(k.clone()).or_insert_with(|| Row::empty(k.clone()));
@@ -218,7 +218,7 @@ async fn services(source: &Source, q: &Query) -> Result<Vec<Row>, QueryError> {
             _ => (String::new(), g[0].clone()),
         }
     };
-    let mut rows = rows(&source.snapshot(), &m, &["authority", "namespace"], &key, q.window, "dst").await?;
+    let mut rows = rows(&source.snapshot(), &m, &["authority", "namespace"], &key, q.window, Some("dst")).await?;
     rows.retain(|(ns, name), _| !name.is_empty() && q.namespace.as_ref().is_none_or(|n| n == ns));
     Ok(rows.into_values().collect())
 }
@@ -236,7 +236,8 @@ async fn policies(source: &Source, q: &Query) -> Result<Vec<Row>, QueryError> {
         m.push(("namespace", ns));
     }
     let key = |g: &[String]| (g[0].clone(), g[1].clone());
-    let rows = rows(&source.snapshot(), &m, &["namespace", name_label], &key, q.window, "src").await?;
+    // No TCP: connections carry no srv_*/authz_* labels.
+    let rows = rows(&source.snapshot(), &m, &["namespace", name_label], &key, q.window, None).await?;
     Ok(rows.into_values().collect())
 }
 
@@ -297,8 +298,9 @@ impl Row {
 
 type Key<'a> = &'a (dyn Fn(&[String]) -> (String, String) + Sync);
 
-/// The golden metrics of the series matching `m`, grouped by `by` and keyed by `key`.
-async fn rows(source: &Snapshot<'_>, m: &[(&str, &str)], by: &[&str], key: Key<'_>, window: Duration, peer: &str) -> Result<BTreeMap<(String, String), Row>, QueryError> {
+/// The golden metrics of the series matching `m`, grouped by `by` and keyed by `key`; the TCP
+/// columns from the `peer` side's connections, none without one.
+async fn rows(source: &Snapshot<'_>, m: &[(&str, &str)], by: &[&str], key: Key<'_>, window: Duration, peer: Option<&str>) -> Result<BTreeMap<(String, String), Row>, QueryError> {
     let by = by.to_vec();
     let mut by_class = by.clone();
     by_class.push("classification");
@@ -312,11 +314,18 @@ async fn rows(source: &Snapshot<'_>, m: &[(&str, &str)], by: &[&str], key: Key<'
         source.quantile(0.99, "response_latency_ms", m, &by, window).await?,
     ];
     // TCP: the accepted side for a plain stat, the opened side toward destinations otherwise.
-    let mut tcp_m = m.to_vec();
-    tcp_m.push(("peer", peer));
-    let conns = source.gauge("tcp_open_connections", &tcp_m, &by).await?;
-    let read = source.increase("tcp_read_bytes_total", &tcp_m, &by, window).await?;
-    let write = source.increase("tcp_write_bytes_total", &tcp_m, &by, window).await?;
+    let (conns, read, write) = match peer {
+        Some(peer) => {
+            let mut tcp_m = m.to_vec();
+            tcp_m.push(("peer", peer));
+            (
+                source.gauge("tcp_open_connections", &tcp_m, &by).await?,
+                source.increase("tcp_read_bytes_total", &tcp_m, &by, window).await?,
+                source.increase("tcp_write_bytes_total", &tcp_m, &by, window).await?,
+            )
+        }
+        None => Default::default(),
+    };
 
     let empty = Row::empty;
     let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
