@@ -137,7 +137,8 @@ async fn exchange(conn: &mut Conn, target: &Target) -> bool {
 type Sample = (u64, bool);
 
 async fn run(args: Args) -> anyhow::Result<(String, u64)> {
-    let addr: SocketAddr = format!("{}:{}", args.url.host().context("url needs a host")?, args.url.port_u16().unwrap_or(80)).parse().context("url host must be an IP")?;
+    let addr: SocketAddr =
+        format!("{}:{}", args.url.host().context("url needs a host")?, args.url.port_u16().unwrap_or(80)).parse().context("url host must be an IP")?;
     let target = Arc::new(Target {
         addr,
         authority: args.host.clone().unwrap_or_else(|| args.url.authority().map(|a| a.to_string()).unwrap_or_default()),
@@ -198,18 +199,25 @@ async fn run(args: Args) -> anyhow::Result<(String, u64)> {
     let deadline = end + Duration::from_secs(10);
     while let Ok(Some((us, success))) = tokio::time::timeout_at(deadline, rx.recv()).await {
         hist.saturating_record(us.max(1));
-        if success { ok += 1 } else { errors += 1 }
+        if success {
+            ok += 1
+        } else {
+            errors += 1
+        }
     }
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let total = ok + errors;
-    Ok((format!(
-        "{{\"requests\":{total},\"errors\":{errors},\"rps\":{:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
-        total as f64 / args.duration.as_secs_f64(),
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        hist.max() as f64 / 1000.0
-    ), ok))
+    Ok((
+        format!(
+            "{{\"requests\":{total},\"errors\":{errors},\"rps\":{:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
+            total as f64 / args.duration.as_secs_f64(),
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            hist.max() as f64 / 1000.0
+        ),
+        ok,
+    ))
 }
 
 #[derive(Clone, Copy)]

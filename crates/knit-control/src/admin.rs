@@ -87,11 +87,21 @@ impl Collector for IndexCollector {
         c.encode(enc.encode_descriptor("index_updates_published", "View changes published to watchers", None, c.metric_type())?)?;
         if let Some(k) = &self.kubernetes {
             let c = ConstCounter::new(k.invalid());
-            c.encode(enc.encode_descriptor("kubernetes_invalid_objects", "Objects from the Kubernetes API refused as invalid (counted at each event)", None, c.metric_type())?)?;
+            c.encode(enc.encode_descriptor(
+                "kubernetes_invalid_objects",
+                "Objects from the Kubernetes API refused as invalid (counted at each event)",
+                None,
+                c.metric_type(),
+            )?)?;
         }
         if let Some(files) = &self.files {
             let files = files.lock().unwrap_or_else(|p| p.into_inner());
-            let mut family = enc.encode_descriptor("manifest_invalid_documents", "Documents skipped as invalid in each manifest file, as last read", None, MetricType::Gauge)?;
+            let mut family = enc.encode_descriptor(
+                "manifest_invalid_documents",
+                "Documents skipped as invalid in each manifest file, as last read",
+                None,
+                MetricType::Gauge,
+            )?;
             for (file, status) in files.iter() {
                 ConstGauge::new(status.errors.len() as i64).encode(family.encode_family(&[("file", file.as_str())])?)?;
             }

@@ -70,7 +70,10 @@ impl Destination for DestinationService {
         let ns = names::source_namespace(&req.context_token);
         let target = names::parse_target(&req.path, &ns, &self.0.config().cluster_domain).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let Target::Name(svc) = target else {
-            return Err(Status::invalid_argument(format!("Destination.Get resolves Service names (NAME.NS.svc.DOMAIN:PORT), not addresses; found {:?}", req.path)));
+            return Err(Status::invalid_argument(format!(
+                "Destination.Get resolves Service names (NAME.NS.svc.DOMAIN:PORT), not addresses; found {:?}",
+                req.path
+            )));
         };
         let mut rx = self.0.endpoints(&svc);
         if rx.borrow().is_none() {

@@ -145,7 +145,9 @@ impl Service {
 
     async fn certify_request(&self, req: CertifyRequest) -> Result<CertifyResponse, Status> {
         let id = req.identity.as_str();
-        for (field, empty) in [("identity", id.is_empty()), ("token", req.token.is_empty()), ("certificate_signing_request", req.certificate_signing_request.is_empty())] {
+        for (field, empty) in
+            [("identity", id.is_empty()), ("token", req.token.is_empty()), ("certificate_signing_request", req.certificate_signing_request.is_empty())]
+        {
             if empty {
                 return Err(self.fail(id, "missing_field", Status::invalid_argument(format!("{field} is empty"))));
             }

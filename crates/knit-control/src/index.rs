@@ -206,10 +206,14 @@ impl Index {
 
     /// Every workload of every namespace, as of now.
     pub fn workloads_all(&self) -> Vec<Arc<ExternalWorkload>> {
-        self.lock().model.of_kind(Kind::ExternalWorkload, None).filter_map(|r| match r {
-            Resource::ExternalWorkload(w) => Some(w.clone()),
-            _ => None,
-        }).collect()
+        self.lock()
+            .model
+            .of_kind(Kind::ExternalWorkload, None)
+            .filter_map(|r| match r {
+                Resource::ExternalWorkload(w) => Some(w.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

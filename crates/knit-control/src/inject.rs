@@ -37,7 +37,10 @@ pub enum InjectError {
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     /// The patch, relative to the object given, and warnings for the user.
-    Inject { patch: json_patch::Patch, warnings: Vec<String> },
+    Inject {
+        patch: json_patch::Patch,
+        warnings: Vec<String>,
+    },
     Skip(String),
 }
 
@@ -216,7 +219,10 @@ pub fn uninject(object: &mut Value, base: &str) -> bool {
     retain(pod, "initContainers", &[proxy::PROXY, proxy::INIT]);
     retain(pod, "containers", &[proxy::PROXY]);
     retain(pod, "volumes", &[proxy::TOKEN_VOLUME, proxy::XTABLES_VOLUME]);
-    for (field, prefix_keys) in [("labels", &["linkerd.io/control-plane-ns", "linkerd.io/workload-ns", "linkerd.io/proxy-"][..]), ("annotations", &["linkerd.io/proxy-version", "linkerd.io/created-by", "linkerd.io/trust-root-sha256", KNIT_INJECT][..])] {
+    for (field, prefix_keys) in [
+        ("labels", &["linkerd.io/control-plane-ns", "linkerd.io/workload-ns", "linkerd.io/proxy-"][..]),
+        ("annotations", &["linkerd.io/proxy-version", "linkerd.io/created-by", "linkerd.io/trust-root-sha256", KNIT_INJECT][..]),
+    ] {
         if let Some(map) = pod.pointer_mut(&format!("/metadata/{field}")).and_then(Value::as_object_mut) {
             let before = map.len();
             map.retain(|k, _| !prefix_keys.iter().any(|p| if p.ends_with('-') { k.starts_with(p) } else { k == p }));

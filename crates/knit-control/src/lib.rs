@@ -17,8 +17,8 @@ pub mod config;
 pub mod grpc;
 pub mod identity;
 pub mod index;
-pub mod k8s;
 pub mod inject;
+pub mod k8s;
 pub mod local;
 pub mod resources;
 pub mod tls;
@@ -104,7 +104,8 @@ impl Control {
         }));
         let local = d.config_dir.as_deref().map(|dir| local::LocalSource::load(dir, index.clone())).transpose()?;
         let kubernetes = if d.kubernetes {
-            let client = kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API (in-cluster config or KUBECONFIG): {e}"))?;
+            let client =
+                kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API (in-cluster config or KUBECONFIG): {e}"))?;
             Some((client, k8s::Status::default()))
         } else {
             None
@@ -133,7 +134,11 @@ impl Control {
             policy: bind("policy", config.policy_addr).await?,
             admin: bind("admin", config.admin_addr).await?,
             viz: bind("viz", config.viz.viz_addr).await?,
-            viz_api: viz::Viz::new(&config.viz, index.clone(), Arc::new(viz::tap::Client::new(service.clone(), index.config().identity("knit-control", &config.discovery.control_plane_namespace))))?,
+            viz_api: viz::Viz::new(
+                &config.viz,
+                index.clone(),
+                Arc::new(viz::tap::Client::new(service.clone(), index.config().identity("knit-control", &config.discovery.control_plane_namespace))),
+            )?,
             webhook: Webhook::bind(&config).await?,
             kubernetes,
             service,
@@ -229,7 +234,12 @@ struct GrpcServices {
 impl GrpcServices {
     /// Serves identity, destination and policy on their listeners, with connections from
     /// `incoming` (plain TCP or TLS), until `signal` resolves.
-    async fn serve<St, Io, Sig>(self, [identity, destination, policy]: [TcpListener; 3], incoming: impl Fn(TcpListener) -> St, signal: impl Fn() -> Sig) -> Result<(), tonic::transport::Error>
+    async fn serve<St, Io, Sig>(
+        self,
+        [identity, destination, policy]: [TcpListener; 3],
+        incoming: impl Fn(TcpListener) -> St,
+        signal: impl Fn() -> Sig,
+    ) -> Result<(), tonic::transport::Error>
     where
         St: futures_util::Stream<Item = Result<Io, std::io::Error>> + Send + 'static,
         Io: tonic::transport::server::Connected + tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,

@@ -8,7 +8,10 @@
 //! served before is removed until it reads cleanly again, so a half-saved edit or a typo never
 //! takes down what proxies are using.
 
-use crate::{index::Index, resources::{self, Resource}};
+use crate::{
+    index::Index,
+    resources::{self, Resource},
+};
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},

@@ -11,9 +11,9 @@ mod annotations;
 mod validate;
 
 pub use annotations::{Accrual, Penalty, RetryConfig, ServiceConfig, Timeouts};
-pub use validate::DEFAULT_POLICIES;
 use serde::Deserialize;
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+pub use validate::DEFAULT_POLICIES;
 
 #[cfg(test)]
 mod tests;

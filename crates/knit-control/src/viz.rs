@@ -112,7 +112,8 @@ impl Viz {
     fn tap(&self, params: &BTreeMap<String, String>) -> Result<Response<Body>, (StatusCode, serde_json::Value)> {
         let bad = |e: String| (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e }));
         let namespace = params.get("namespace").filter(|n| !n.is_empty());
-        let resource = params.get("resource").filter(|r| !r.is_empty()).map(|r| r.parse::<stat::Resource>()).transpose().map_err(|e| bad(format!("resource: {e}")))?;
+        let resource =
+            params.get("resource").filter(|r| !r.is_empty()).map(|r| r.parse::<stat::Resource>()).transpose().map_err(|e| bad(format!("resource: {e}")))?;
         if resource.as_ref().is_some_and(|r| !r.kind.is_workload()) {
             return Err(bad("resource: tap a deployment, pod or namespace (a service's traffic is in its callers' and its pods' proxies)".into()));
         }
@@ -153,7 +154,9 @@ impl Viz {
                 Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                 Ok(q) => match self.stat_rows(&q).await {
                     Ok(rows) => match page::page(&rows, params, |r, f| r.name.contains(f) || r.namespace.contains(f), &STAT_SORTS) {
-                        Ok((total, rows)) => (StatusCode::OK, serde_json::json!({ "window_secs": q.window.as_secs_f64(), "as_of": self.as_of(), "total": total, "rows": rows })),
+                        Ok((total, rows)) => {
+                            (StatusCode::OK, serde_json::json!({ "window_secs": q.window.as_secs_f64(), "as_of": self.as_of(), "total": total, "rows": rows }))
+                        }
                         Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                     },
                     Err(e) => (e.status(), serde_json::json!({ "error": e.to_string() })),
@@ -165,9 +168,13 @@ impl Viz {
                     Ok(edges) => {
                         let matches = |e: &edges::Edge, f: &str| [&e.src_namespace, &e.src, &e.dst_namespace, &e.dst].iter().any(|s| s.contains(f));
                         // How many deployments the edges join: whether a graph of them can be drawn.
-                        let nodes: std::collections::HashSet<(&str, &str)> = edges.iter().flat_map(|e| [(&*e.src_namespace, &*e.src), (&*e.dst_namespace, &*e.dst)]).collect();
+                        let nodes: std::collections::HashSet<(&str, &str)> =
+                            edges.iter().flat_map(|e| [(&*e.src_namespace, &*e.src), (&*e.dst_namespace, &*e.dst)]).collect();
                         match page::page(&edges, params, matches, &EDGE_SORTS) {
-                            Ok((total, page)) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "as_of": self.as_of(), "nodes": nodes.len(), "total": total, "edges": page })),
+                            Ok((total, page)) => (
+                                StatusCode::OK,
+                                serde_json::json!({ "window_secs": w.as_secs_f64(), "as_of": self.as_of(), "nodes": nodes.len(), "total": total, "edges": page }),
+                            ),
                             Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                         }
                     }
@@ -175,7 +182,8 @@ impl Viz {
                 },
             },
             "/api/routes" | "/api/authz" => {
-                let (Some(ns), Some(deployment)) = (params.get("namespace").filter(|n| !n.is_empty()), params.get("deployment").filter(|d| !d.is_empty())) else {
+                let (Some(ns), Some(deployment)) = (params.get("namespace").filter(|n| !n.is_empty()), params.get("deployment").filter(|d| !d.is_empty()))
+                else {
                     return (StatusCode::BAD_REQUEST, serde_json::json!({ "error": "namespace and deployment are required" }));
                 };
                 let w = match window(params, self) {
@@ -203,9 +211,14 @@ impl Viz {
                     let horizon = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()) + within.as_secs_f64();
                     certificates.retain(|c| c.expires_at.is_some_and(|e| e < horizon));
                 }
-                let matches = |c: &Certificate, f: &str| [&c.namespace, &c.deployment, &c.pod].iter().any(|s| s.contains(f)) || c.identity.as_ref().is_some_and(|i| i.contains(f));
+                let matches = |c: &Certificate, f: &str| {
+                    [&c.namespace, &c.deployment, &c.pod].iter().any(|s| s.contains(f)) || c.identity.as_ref().is_some_and(|i| i.contains(f))
+                };
                 match page::page(&certificates, params, matches, &CERTIFICATE_SORTS) {
-                    Ok((total, page)) => (StatusCode::OK, serde_json::json!({ "as_of": self.as_of(), "proxies": proxies, "without_expiry": without_expiry, "total": total, "certificates": page })),
+                    Ok((total, page)) => (
+                        StatusCode::OK,
+                        serde_json::json!({ "as_of": self.as_of(), "proxies": proxies, "without_expiry": without_expiry, "total": total, "certificates": page }),
+                    ),
                     Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                 }
             }
@@ -238,7 +251,8 @@ impl Viz {
     /// its certificate from its last scrape.
     fn certificates(&self, namespace: Option<&String>, deployment: Option<&String>) -> Vec<Certificate> {
         let mut expiry = BTreeMap::new();
-        let matchers: Vec<(&str, &str)> = [("namespace", namespace), ("deployment", deployment)].into_iter().filter_map(|(k, v)| Some((k, v?.as_str()))).collect();
+        let matchers: Vec<(&str, &str)> =
+            [("namespace", namespace), ("deployment", deployment)].into_iter().filter_map(|(k, v)| Some((k, v?.as_str()))).collect();
         let now = std::time::Instant::now();
         self.store.each("identity_cert_expiration_timestamp_seconds", &matchers, |v| {
             expiry.insert((v.labels.get("namespace").unwrap_or_default().to_string(), v.labels.get("pod").unwrap_or_default().to_string()), v.latest(now));
@@ -333,7 +347,11 @@ const STAT_SORTS: [page::SortKey<stat::Row>; 4] = [
 ];
 
 const EDGE_SORTS: [page::SortKey<edges::Edge>; 3] = [
-    page::SortKey { name: "name", cmp: |a, b| (&a.src_namespace, &a.src, &a.dst_namespace, &a.dst).cmp(&(&b.src_namespace, &b.src, &b.dst_namespace, &b.dst)), descending: false },
+    page::SortKey {
+        name: "name",
+        cmp: |a, b| (&a.src_namespace, &a.src, &a.dst_namespace, &a.dst).cmp(&(&b.src_namespace, &b.src, &b.dst_namespace, &b.dst)),
+        descending: false,
+    },
     page::SortKey { name: "requests", cmp: |a, b| a.requests.total_cmp(&b.requests), descending: true },
     page::SortKey { name: "bytes", cmp: |a, b| a.bytes.total_cmp(&b.bytes), descending: true },
 ];
@@ -341,7 +359,11 @@ const EDGE_SORTS: [page::SortKey<edges::Edge>; 3] = [
 const CERTIFICATE_SORTS: [page::SortKey<Certificate>; 2] = [
     page::SortKey { name: "name", cmp: |a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)), descending: false },
     // Soonest first; proxies that have not reported an expiry last.
-    page::SortKey { name: "expires_at", cmp: |a, b| a.expires_at.unwrap_or(f64::INFINITY).total_cmp(&b.expires_at.unwrap_or(f64::INFINITY)), descending: false },
+    page::SortKey {
+        name: "expires_at",
+        cmp: |a, b| a.expires_at.unwrap_or(f64::INFINITY).total_cmp(&b.expires_at.unwrap_or(f64::INFINITY)),
+        descending: false,
+    },
 ];
 
 /// A proxy's identity and when its certificate expires (Unix seconds), as it last reported.
@@ -361,15 +383,13 @@ fn decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 2;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;

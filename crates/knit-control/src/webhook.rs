@@ -7,18 +7,18 @@
 //! escape its authorization policy. A pod the injector skips is allowed unchanged.
 
 use crate::inject::{Injector, Outcome, Owner};
+use base64::Engine;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use base64::Engine;
 use kube::core::{
     admission::{AdmissionRequest, AdmissionReview},
     DynamicObject,
 };
-use serde_json::{json, Value};
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use serde_json::{json, Value};
 use std::{collections::BTreeMap, convert::Infallible, path::Path, sync::Arc};
 use tokio::net::TcpListener;
 

@@ -1,10 +1,21 @@
 //! knit-control's integration tests: the identity service over real gRPC on 127.0.0.1, with
 //! identity material written to a temporary directory as `knit identity init` writes it.
 
-use knit_control::{config::{Config, IdentityConfig}, Control};
-use knit_identity::{create, csr, inspect::CertInfo, layout, token::{Claims, TokenKey}};
+use knit_control::{
+    config::{Config, IdentityConfig},
+    Control,
+};
+use knit_identity::{
+    create, csr,
+    inspect::CertInfo,
+    layout,
+    token::{Claims, TokenKey},
+};
 use linkerd2_proxy_api::identity::{identity_client::IdentityClient, CertifyRequest};
-use std::{path::{Path, PathBuf}, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 use tonic::Code;
 
 const ID: &str = "web.default.serviceaccount.identity.knit.cluster.local";
@@ -72,7 +83,10 @@ async fn certifies_a_proxy_and_serves_expiry_metrics() {
     assert!(m.contains("identity_certificates_issued_total 1"), "{m}");
     assert!(m.contains("identity_issuer_expiry_timestamp_seconds "), "{m}");
     let anchor = CertInfo::from_pem(&pki.anchor.cert_pem).unwrap();
-    assert!(m.contains(&format!("identity_trust_anchor_expiry_timestamp_seconds{{subject=\"{}\"}} {}", anchor.subject, anchor.not_after.unix_timestamp())), "{m}");
+    assert!(
+        m.contains(&format!("identity_trust_anchor_expiry_timestamp_seconds{{subject=\"{}\"}} {}", anchor.subject, anchor.not_after.unix_timestamp())),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -82,11 +96,19 @@ async fn bad_requests_fail_clearly_and_are_counted() {
     let csr_der = csr::generate(ID).unwrap().csr_der;
     let cases: Vec<(CertifyRequest, Code, &str)> = vec![
         (request(ID, Vec::new(), csr_der.clone()), Code::InvalidArgument, "token is empty"),
-        (request(ID, token(&pki.key, "db.default.serviceaccount.identity.knit.cluster.local", 600), csr_der.clone()), Code::PermissionDenied, "the token vouches for"),
+        (
+            request(ID, token(&pki.key, "db.default.serviceaccount.identity.knit.cluster.local", 600), csr_der.clone()),
+            Code::PermissionDenied,
+            "the token vouches for",
+        ),
         (request(ID, token(&pki.key, ID, -10), csr_der.clone()), Code::Unauthenticated, "expired"),
         (request(ID, token(&TokenKey::new(&[9; 32]).unwrap(), ID, 600), csr_der.clone()), Code::Unauthenticated, "does not verify"),
         (request(ID, b"knit1.garbage".to_vec(), csr_der.clone()), Code::Unauthenticated, "not a Knit local-mode token"),
-        (request(ID, token(&pki.key, ID, 600), csr::generate("other.default.serviceaccount.identity.knit.cluster.local").unwrap().csr_der), Code::FailedPrecondition, "exactly one DNS SAN"),
+        (
+            request(ID, token(&pki.key, ID, 600), csr::generate("other.default.serviceaccount.identity.knit.cluster.local").unwrap().csr_der),
+            Code::FailedPrecondition,
+            "exactly one DNS SAN",
+        ),
         (request(ID, token(&pki.key, ID, 600), b"junk".to_vec()), Code::FailedPrecondition, "not a DER"),
     ];
     for (req, code, text) in cases {

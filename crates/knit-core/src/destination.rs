@@ -96,7 +96,8 @@ impl MetricLabels {
     /// Keeps the pairs whose name is a valid Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`);
     /// the others could not be exported, and are returned so the caller can say so.
     pub fn new(labels: impl IntoIterator<Item = (String, String)>) -> (Self, Vec<String>) {
-        let valid = |k: &str| k.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_') && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let valid =
+            |k: &str| k.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_') && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         let (mut kept, refused): (Vec<_>, Vec<_>) = labels.into_iter().partition(|(k, _)| valid(k));
         kept.sort();
         kept.dedup_by(|a, b| a.0 == b.0);

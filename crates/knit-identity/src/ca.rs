@@ -6,10 +6,14 @@
 //! leaf never takes extensions from the CSR: Knit decides them.
 
 use crate::inspect::{pem_certs, CertInfo};
+use ::time::OffsetDateTime;
 use rcgen::{CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber};
 use std::time::Duration;
-use ::time::OffsetDateTime;
-use x509_parser::{certification_request::X509CertificationRequest, extensions::{GeneralName, ParsedExtension}, prelude::*};
+use x509_parser::{
+    certification_request::X509CertificationRequest,
+    extensions::{GeneralName, ParsedExtension},
+    prelude::*,
+};
 
 /// What Certify hands back.
 #[derive(Clone, Debug)]

@@ -1,8 +1,8 @@
 //! Certificates in human terms: what `knit identity show` prints, what TLS failures log, what
 //! `knit check` judges.
 
-use std::fmt;
 use ::time::OffsetDateTime;
+use std::fmt;
 use x509_parser::{extensions::GeneralName, prelude::*};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,7 +105,11 @@ pub fn relative(t: OffsetDateTime) -> String {
     let (past, d) = if d.is_negative() { (true, -d) } else { (false, d) };
     let (days, hours, mins) = (d.whole_days(), d.whole_hours() % 24, d.whole_minutes() % 60);
     let span = if days > 0 { format!("{days}d {hours}h") } else { format!("{hours}h {mins}m") };
-    if past { format!("{span} ago") } else { format!("in {span}") }
+    if past {
+        format!("{span} ago")
+    } else {
+        format!("in {span}")
+    }
 }
 
 impl fmt::Display for CertInfo {

@@ -40,7 +40,12 @@ pub struct Params<'a> {
 
 impl Default for Params<'_> {
     fn default() -> Self {
-        Self { trust_domain: "cluster.local", control_plane_ns: "knit", anchor_lifetime: Duration::from_secs(3650 * 86_400), issuer_lifetime: Duration::from_secs(365 * 86_400) }
+        Self {
+            trust_domain: "cluster.local",
+            control_plane_ns: "knit",
+            anchor_lifetime: Duration::from_secs(3650 * 86_400),
+            issuer_lifetime: Duration::from_secs(365 * 86_400),
+        }
     }
 }
 

@@ -21,7 +21,10 @@ pub enum Response {
     Success,
     /// A failure; `rate_limited` for 429 / RESOURCE_EXHAUSTED (they count against the success
     /// rate but not the consecutive-failure count of the unified mode).
-    Failure { rate_limited: bool, retry_after: Option<Duration> },
+    Failure {
+        rate_limited: bool,
+        retry_after: Option<Duration>,
+    },
 }
 
 /// Whether the breaker lets a request through.
@@ -136,7 +139,13 @@ impl Breaker {
             (FailureAccrual::Unified { .. }, Response::Failure { rate_limited, .. }) => !rate_limited,
             (FailureAccrual::Consecutive { .. }, Response::Failure { .. }) => true,
         };
-        self.consecutive = if counts_consecutive { self.consecutive + 1 } else if response == Response::Success { 0 } else { self.consecutive };
+        self.consecutive = if counts_consecutive {
+            self.consecutive + 1
+        } else if response == Response::Success {
+            0
+        } else {
+            self.consecutive
+        };
         if let FailureAccrual::Unified { window, .. } = &self.config {
             let n = self.bucket(*window, now);
             let slot = &mut self.window[(n % BUCKETS as u64) as usize];

@@ -68,10 +68,7 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
                 let mut rsp = text(StatusCode::OK, self.metrics.encode());
-                rsp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-                );
+                rsp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
                 rsp
             }
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),

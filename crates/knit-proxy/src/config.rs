@@ -273,11 +273,7 @@ impl Config {
         // Every `get` above returned Some, or an error was recorded and we returned.
         let m = "checked: no errors were recorded";
         Ok(Config {
-            inbound: InboundConfig {
-                listen_addr: inbound_listen.expect(m),
-                connect_timeout: inbound_connect.expect(m),
-                target_addr: inbound_target.expect(m),
-            },
+            inbound: InboundConfig { listen_addr: inbound_listen.expect(m), connect_timeout: inbound_connect.expect(m), target_addr: inbound_target.expect(m) },
             outbound: OutboundConfig {
                 listen_addr: outbound_listen.expect(m),
                 connect_timeout: outbound_connect.expect(m),
@@ -325,11 +321,19 @@ fn tap_config(r: &mut Reader<'_>, identity: bool) -> Option<Option<TapConfig>> {
         return Some(None);
     };
     if !knit_identity::is_dns_name(&svc_name) {
-        r.errors.push(VarError { name: "KNIT_PROXY_TAP_SVC_NAME".into(), value: svc_name, reason: "expected the identity allowed to tap (a lower-case DNS name)".into() });
+        r.errors.push(VarError {
+            name: "KNIT_PROXY_TAP_SVC_NAME".into(),
+            value: svc_name,
+            reason: "expected the identity allowed to tap (a lower-case DNS name)".into(),
+        });
         return None;
     }
     if !identity {
-        r.errors.push(VarError { name: "KNIT_PROXY_TAP_SVC_NAME".into(), value: svc_name, reason: "tap is served over mTLS only: set the identity variables (KNIT_PROXY_IDENTITY_*)".into() });
+        r.errors.push(VarError {
+            name: "KNIT_PROXY_TAP_SVC_NAME".into(),
+            value: svc_name,
+            reason: "tap is served over mTLS only: set the identity variables (KNIT_PROXY_IDENTITY_*)".into(),
+        });
         return None;
     }
     Some(Some(TapConfig { listen_addr: listen?, svc_name, max_rps: max_rps? }))
@@ -378,7 +382,8 @@ fn networks(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
 /// The discovery variables. The workload is required once a policy service is configured: the
 /// control plane cannot answer `WatchPort` without knowing which workload asks.
 fn discovery_config(r: &mut Reader<'_>) -> Option<crate::discovery::DiscoveryConfig> {
-    let destination_addr = r.get("KNIT_PROXY_DESTINATION_SVC_ADDR", "", optional_control_addr).map(|a| a.map(|a| with_tls_name(r, a, "KNIT_PROXY_DESTINATION_SVC_NAME")));
+    let destination_addr =
+        r.get("KNIT_PROXY_DESTINATION_SVC_ADDR", "", optional_control_addr).map(|a| a.map(|a| with_tls_name(r, a, "KNIT_PROXY_DESTINATION_SVC_NAME")));
     let policy_addr = r.get("KNIT_PROXY_POLICY_SVC_ADDR", "", optional_control_addr).map(|a| a.map(|a| with_tls_name(r, a, "KNIT_PROXY_POLICY_SVC_NAME")));
     let workload = r.env.var("KNIT_PROXY_POLICY_WORKLOAD").unwrap_or_default();
     if matches!(policy_addr, Some(Some(_))) && workload.trim().is_empty() {

@@ -4,7 +4,14 @@
 //! (`KNIT_PROXY_*_SVC_NAME`, as Linkerd's `LINKERD2_PROXY_*_SVC_NAME`).
 
 use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
-use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, task::{Context, Poll}, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 

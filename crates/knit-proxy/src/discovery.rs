@@ -514,10 +514,13 @@ mod tests {
         let cache: Cache<u16, u32> = Cache::new(Duration::from_secs(5));
         let (alive_tx, alive_rx) = tokio::sync::oneshot::channel::<()>();
         cache.get_or_insert(1, false, || {
-            (1, tokio::spawn(async move {
-                let _keep = alive_tx;
-                std::future::pending::<()>().await
-            }))
+            (
+                1,
+                tokio::spawn(async move {
+                    let _keep = alive_tx;
+                    std::future::pending::<()>().await
+                }),
+            )
         });
         cache.get_or_insert(2, true, || (2, tokio::spawn(std::future::pending())));
         tokio::time::advance(Duration::from_secs(3)).await;

@@ -71,7 +71,12 @@ impl ProxyError {
     pub fn before_endpoint(&self) -> bool {
         matches!(
             self,
-            Self::RouteNotFound { .. } | Self::NoEndpoints { .. } | Self::BackendFailed { .. } | Self::InvalidPolicy(_) | Self::DiscoveryTimeout { .. } | Self::NoDiscovery { .. }
+            Self::RouteNotFound { .. }
+                | Self::NoEndpoints { .. }
+                | Self::BackendFailed { .. }
+                | Self::InvalidPolicy(_)
+                | Self::DiscoveryTimeout { .. }
+                | Self::NoDiscovery { .. }
         )
     }
 

@@ -264,4 +264,3 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 pub fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
-

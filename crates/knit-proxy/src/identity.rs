@@ -160,7 +160,9 @@ fn build(chain: &[Vec<u8>], key: &PrivatePkcs8KeyDer<'static>, roots: RootCertSt
     client.alpn_protocols = vec![TRANSPORT_ALPN.to_vec()];
     client.resumption = rustls::client::Resumption::disabled();
     // Refusals name the expected and the presented identity; built once per credential set.
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build().map_err(|e| IdentityError::BadCert(e.to_string()))?;
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| IdentityError::BadCert(e.to_string()))?;
     client.dangerous().set_certificate_verifier(Arc::new(crate::tls::Explaining { inner, anchors: anchors.clone() }));
     let leaf = CertInfo::from_der(&chain[0]).map_err(|e| IdentityError::BadCert(e.to_string()))?;
     Ok(Creds { server: Arc::new(server), client: Arc::new(client), roots, leaf, anchors })

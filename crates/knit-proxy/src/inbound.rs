@@ -142,7 +142,10 @@ fn target(conn: &Conn, side: &Side) -> Result<SocketAddr, ProxyError> {
 }
 
 fn src_labels(side: &Side, target: SocketAddr, tls: Tls) -> TcpLabels {
-    TcpLabels { target: HttpLabels { direction: side.direction, authority: None, target_addr: target, tls, dst: Default::default(), policy: None }, peer: Peer::Src }
+    TcpLabels {
+        target: HttpLabels { direction: side.direction, authority: None, target_addr: target, tls, dst: Default::default(), policy: None },
+        peer: Peer::Src,
+    }
 }
 
 async fn serve_http<I>(io: PrefixedIo<I>, version: HttpVersion, conn: &Conn, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError>

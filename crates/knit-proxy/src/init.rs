@@ -83,7 +83,11 @@ pub fn parse_args(args: &[String]) -> Result<InitConfig, Vec<String>> {
             None => (flag.as_str(), None),
         };
         if matches!(name, "--remove" | "--dry-run") {
-            if name == "--remove" { cfg.remove = true } else { cfg.dry_run = true }
+            if name == "--remove" {
+                cfg.remove = true
+            } else {
+                cfg.dry_run = true
+            }
             continue;
         }
         let Some(value) = inline.or_else(|| it.next().cloned()) else {
@@ -118,7 +122,11 @@ pub fn parse_args(args: &[String]) -> Result<InitConfig, Vec<String>> {
             errors.push(e);
         }
     }
-    if errors.is_empty() { Ok(cfg) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(errors)
+    }
 }
 
 fn args(parts: &[&str]) -> Vec<String> {
@@ -218,11 +226,7 @@ pub fn plan(cfg: &InitConfig) -> Vec<Step> {
         }
     }
     for (parent, chain) in JUMPS {
-        steps.push(Step {
-            args: nat(&["-C", parent, "-p", "tcp", "-j", chain]),
-            may_fail: true,
-            then: Some(nat(&["-A", parent, "-p", "tcp", "-j", chain])),
-        });
+        steps.push(Step { args: nat(&["-C", parent, "-p", "tcp", "-j", chain]), may_fail: true, then: Some(nat(&["-A", parent, "-p", "tcp", "-j", chain])) });
     }
     steps
 }

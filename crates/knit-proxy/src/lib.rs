@@ -82,7 +82,10 @@ fn control_tls(config: &Config) -> stdio::Result<Option<Arc<rustls::ClientConfig
         return Ok(None);
     }
     let invalid = |e: String| stdio::Error::new(stdio::ErrorKind::InvalidInput, e);
-    let identity = config.identity.as_ref().ok_or_else(|| invalid("a control-plane TLS name (KNIT_PROXY_*_SVC_NAME) needs the identity configuration (KNIT_PROXY_IDENTITY_*)".into()))?;
+    let identity = config
+        .identity
+        .as_ref()
+        .ok_or_else(|| invalid("a control-plane TLS name (KNIT_PROXY_*_SVC_NAME) needs the identity configuration (KNIT_PROXY_IDENTITY_*)".into()))?;
     let roots = identity::anchor_roots(&identity.trust_anchors).map_err(|e| invalid(e.to_string()))?;
     let tls = control::client_config(roots);
     for a in addrs {
@@ -138,19 +141,15 @@ impl Proxy {
         let (shutdown_tx, mut shutdown_rx) = mpsc::channel(1);
         // Ready once it has a certificate (with mesh identity) and its inbound policies.
         let ready = Arc::new(AtomicBool::new(false));
-        let admin = admin::Admin {
-            config: self.config.clone(),
-            metrics: self.metrics.clone(),
-            log: self.log.clone(),
-            ready: ready.clone(),
-            shutdown: shutdown_tx,
-        };
+        let admin =
+            admin::Admin { config: self.config.clone(), metrics: self.metrics.clone(), log: self.log.clone(), ready: ready.clone(), shutdown: shutdown_tx };
         let admin_task = tokio::spawn(admin::serve(self.admin, Arc::new(admin)));
 
         let identity = self.config.identity.clone().map(|cfg| identity::spawn(cfg, self.metrics.identity.clone()));
         let log = Arc::new(tls::LogOnce::default());
         let taps = tap::Taps::new(self.config.tap.as_ref().map_or(100, |t| t.max_rps));
-        let discovery = discovery::Discovery::spawn(self.config.discovery.clone(), self.control_tls.as_ref()).expect("control-plane channels are checked by Proxy::bind");
+        let discovery =
+            discovery::Discovery::spawn(self.config.discovery.clone(), self.control_tls.as_ref()).expect("control-plane channels are checked by Proxy::bind");
         let side = |direction, own_addrs: Vec<SocketAddr>, timeout| {
             let dialer = tcp::Dialer { direction, timeout, metrics: self.metrics.clone(), identity: identity.clone(), log: log.clone() };
             Arc::new(http::Side {
@@ -206,7 +205,9 @@ impl Proxy {
         drop(watch);
         // Tap ends with the process, not with draining: it carries no traffic.
         let tap_task = match (self.tap, &self.config.tap, &identity) {
-            (Some(listener), Some(cfg), Some(id)) => Some(tokio::spawn(tap::serve(listener, taps, id.clone(), cfg.svc_name.clone(), self.metrics.identity.clone()))),
+            (Some(listener), Some(cfg), Some(id)) => {
+                Some(tokio::spawn(tap::serve(listener, taps, id.clone(), cfg.svc_name.clone(), self.metrics.identity.clone())))
+            }
             _ => None,
         };
         tracing::info!(inbound = %addrs.inbound, outbound = %addrs.outbound, admin = %addrs.admin, "serving");

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 /// Linkerd's latency buckets, in milliseconds.
 const LATENCY_MS: [f64; 25] = [
-    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0,
-    5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0,
+    30000.0, 40000.0, 50000.0,
 ];
 
 fn latency_histogram() -> Histogram {
@@ -117,7 +117,8 @@ impl Metrics {
             "Connections handed to opaque forwarding because detection ran out of time (silent_client: the client sent nothing)",
             detect.timeouts.clone(),
         );
-        let identity = IdentityMetrics { expiry: Gauge::default(), refreshes: Counter::default(), failures: Counter::default(), handshake_failures: Family::default() };
+        let identity =
+            IdentityMetrics { expiry: Gauge::default(), refreshes: Counter::default(), failures: Counter::default(), handshake_failures: Family::default() };
         registry.register("identity_cert_expiration_timestamp_seconds", "When this proxy's certificate expires", identity.expiry.clone());
         registry.register("identity_cert_refreshes", "Certificates obtained from the identity service", identity.refreshes.clone());
         registry.register("identity_cert_refresh_failures", "Failed attempts to obtain a certificate", identity.failures.clone());

@@ -40,7 +40,11 @@ async fn accept(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, 
         (Some(name), _) => Dest::Named(name),
         (None, Some(dst)) => {
             let key = Authority::from_addr(dst);
-            if side.resolver.has(&key) { Dest::Named(key) } else { Dest::Endpoint(Endpoint::plain(dst)) }
+            if side.resolver.has(&key) {
+                Dest::Named(key)
+            } else {
+                Dest::Endpoint(Endpoint::plain(dst))
+            }
         }
         (None, None) => Dest::FromRequest,
     };
@@ -65,7 +69,14 @@ async fn accept(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, 
                 _ => side.config.outbound.listen_addr,
             };
             let labels = TcpLabels {
-                target: HttpLabels { direction: side.direction, authority: None, target_addr, tls: plaintext_tls(side.direction), dst: Default::default(), policy: None },
+                target: HttpLabels {
+                    direction: side.direction,
+                    authority: None,
+                    target_addr,
+                    tls: plaintext_tls(side.direction),
+                    dst: Default::default(),
+                    policy: None,
+                },
                 peer: Peer::Src,
             };
             let io = CountingIo::metered(detected.io, &side.metrics.tcp, labels);
@@ -89,7 +100,14 @@ async fn opaque(io: PrefixedIo<TcpStream>, client: SocketAddr, dest: &Dest, side
     if side.own_addrs.contains(&endpoint.connect_addr()) {
         return Err(ProxyError::Loop(endpoint.connect_addr()));
     }
-    let target = HttpLabels { direction: side.direction, authority: authority.clone(), target_addr: endpoint.addr, tls: side.dialer.tls_label(&endpoint), dst: endpoint.labels.clone(), policy: None };
+    let target = HttpLabels {
+        direction: side.direction,
+        authority: authority.clone(),
+        target_addr: endpoint.addr,
+        tls: side.dialer.tls_label(&endpoint),
+        dst: endpoint.labels.clone(),
+        policy: None,
+    };
     let mut client_io = CountingIo::metered(io, &side.metrics.tcp, TcpLabels { target, peer: Peer::Src });
     let mut server = side.dialer.dial(&endpoint, None, authority).await?;
     if let Err(e) = crate::tcp::forward(&mut client_io, &mut server).await {

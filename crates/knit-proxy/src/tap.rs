@@ -19,8 +19,13 @@ use linkerd2_proxy_api::{
     http_types,
     net::TcpAddress,
     tap::{
-        eos, observe_request::r#match::{self as m, Match as M},
-        tap_event::{self, http::{Event as HttpEvent, RequestInit, ResponseEnd, ResponseInit, StreamId}, EndpointMeta, Http, ProxyDirection},
+        eos,
+        observe_request::r#match::{self as m, Match as M},
+        tap_event::{
+            self,
+            http::{Event as HttpEvent, RequestInit, ResponseEnd, ResponseInit, StreamId},
+            EndpointMeta, Http, ProxyDirection,
+        },
         tap_server::{Tap, TapServer},
         Eos, ObserveRequest, TapEvent,
     },
@@ -219,7 +224,12 @@ impl TapRequest {
 
     pub fn response(&mut self, status: u16) {
         self.responded = Some(Instant::now());
-        self.emit(HttpEvent::ResponseInit(ResponseInit { id: Some(self.id), since_request_init: Some(duration(self.started.elapsed())), http_status: u32::from(status), headers: None }));
+        self.emit(HttpEvent::ResponseInit(ResponseInit {
+            id: Some(self.id),
+            since_request_init: Some(duration(self.started.elapsed())),
+            http_status: u32::from(status),
+            headers: None,
+        }));
     }
 
     /// The response's end: its body size, its gRPC status, or a reset when it did not end well.
@@ -337,7 +347,13 @@ impl Tap for TapService {
 
 /// Serves tap on `listener` until the task is dropped: mesh TLS with the proxy's current
 /// certificate, then gRPC over HTTP/2.
-pub async fn serve(listener: tokio::net::TcpListener, taps: Arc<Taps>, identity: crate::identity::Identity, allowed: String, metrics: crate::metrics::IdentityMetrics) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    taps: Arc<Taps>,
+    identity: crate::identity::Identity,
+    allowed: String,
+    metrics: crate::metrics::IdentityMetrics,
+) {
     let allowed: Arc<str> = allowed.into();
     let log = Arc::new(crate::tls::LogOnce::default());
     loop {
@@ -399,16 +415,29 @@ mod tests {
         let mut observed = taps.subscribe(ObserveRequest::default());
         let method = http::Method::GET;
         let addr = "127.0.0.1:1".parse().unwrap();
-        let meta = Meta { direction: Direction::Inbound, source: addr, destination: addr, source_id: None, destination_id: None, destination_labels: None, method: &method, scheme: None, authority: "a", path: "/" };
+        let meta = Meta {
+            direction: Direction::Inbound,
+            source: addr,
+            destination: addr,
+            source_id: None,
+            destination_id: None,
+            destination_labels: None,
+            method: &method,
+            scheme: None,
+            authority: "a",
+            path: "/",
+        };
         // A timeout cancels the request after its response head.
         let mut tapped = taps.request(&meta).expect("a subscriber");
         tapped.response(200);
         drop(tapped);
-        let kinds: Vec<_> = std::iter::from_fn(|| observed.rx.try_recv().ok()).map(|e| match e.unwrap().event {
-            Some(tap_event::Event::Http(Http { event: Some(HttpEvent::ResponseEnd(end)) })) => format!("end {:?}", end.eos.and_then(|e| e.end)),
-            Some(tap_event::Event::Http(Http { event: Some(e) })) => format!("{e:?}").split('(').next().unwrap().to_string(),
-            other => format!("{other:?}"),
-        }).collect();
+        let kinds: Vec<_> = std::iter::from_fn(|| observed.rx.try_recv().ok())
+            .map(|e| match e.unwrap().event {
+                Some(tap_event::Event::Http(Http { event: Some(HttpEvent::ResponseEnd(end)) })) => format!("end {:?}", end.eos.and_then(|e| e.end)),
+                Some(tap_event::Event::Http(Http { event: Some(e) })) => format!("{e:?}").split('(').next().unwrap().to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect();
         assert_eq!(kinds, ["RequestInit", "ResponseInit", "end Some(ResetErrorCode(2))"]);
     }
 }

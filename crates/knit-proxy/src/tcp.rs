@@ -7,7 +7,10 @@ use crate::{
     metrics::{labels_close, plaintext_tls, Direction, HttpLabels, Metrics, Peer, TcpLabels, TcpMetrics, Tls},
     tls::LogOnce,
 };
-use knit_core::{destination::Endpoint, transport_header::{SessionProtocol, TransportHeader}};
+use knit_core::{
+    destination::Endpoint,
+    transport_header::{SessionProtocol, TransportHeader},
+};
 use std::{
     io,
     net::SocketAddr,
@@ -84,7 +87,14 @@ impl Dialer {
         let addr = endpoint.connect_addr();
         let stream = connect(addr, self.timeout).await?;
         let labels = TcpLabels {
-            target: HttpLabels { direction: self.direction, authority, target_addr: endpoint.addr, tls: self.tls_label(endpoint), dst: endpoint.labels.clone(), policy: None },
+            target: HttpLabels {
+                direction: self.direction,
+                authority,
+                target_addr: endpoint.addr,
+                tls: self.tls_label(endpoint),
+                dst: endpoint.labels.clone(),
+                policy: None,
+            },
             peer: Peer::Dst,
         };
         let io = CountingIo::metered(stream, &self.metrics.tcp, labels);

@@ -35,7 +35,14 @@ pub(crate) struct Explaining {
 }
 
 impl ServerCertVerifier for Explaining {
-    fn verify_server_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], server_name: &ServerName<'_>, ocsp: &[u8], now: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now).map_err(|e| {
             let presented = match CertInfo::from_der(end_entity) {
                 Ok(i) => format!("presented {:?} issued by {} valid {} to {}", i.dns_sans, i.issuer, i.not_before, i.not_after),
@@ -89,12 +96,23 @@ fn reason(e: &std::io::Error) -> &'static str {
 }
 
 /// Opens mesh TLS to a peer proxy that must prove `expected`, offering the transport-header ALPN.
-pub async fn connect<I>(io: I, identity: &Identity, expected: &str, addr: SocketAddr, metrics: &IdentityMetrics, log: &LogOnce) -> Result<tokio_rustls::client::TlsStream<I>, ProxyError>
+pub async fn connect<I>(
+    io: I,
+    identity: &Identity,
+    expected: &str,
+    addr: SocketAddr,
+    metrics: &IdentityMetrics,
+    log: &LogOnce,
+) -> Result<tokio_rustls::client::TlsStream<I>, ProxyError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let creds = identity.current().ok_or(ProxyError::NoIdentity)?;
-    let name = ServerName::try_from(expected.to_string()).map_err(|_| ProxyError::Tls { addr, expected: expected.into(), message: "not a valid server name".into() })?;
+    let name = ServerName::try_from(expected.to_string()).map_err(|_| ProxyError::Tls {
+        addr,
+        expected: expected.into(),
+        message: "not a valid server name".into(),
+    })?;
     let connector = tokio_rustls::TlsConnector::from(creds.client.clone());
     let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, io)).await {
         Ok(r) => r,
@@ -117,7 +135,13 @@ where
 
 /// Terminates mesh TLS on the inbound side. Returns the stream, the client's identity (the first
 /// DNS SAN of its certificate, if it sent one) and whether the transport header was negotiated.
-pub async fn accept<I>(io: I, creds: Arc<Creds>, peer: SocketAddr, metrics: &IdentityMetrics, log: &LogOnce) -> Result<(tokio_rustls::server::TlsStream<I>, Option<String>, bool), ProxyError>
+pub async fn accept<I>(
+    io: I,
+    creds: Arc<Creds>,
+    peer: SocketAddr,
+    metrics: &IdentityMetrics,
+    log: &LogOnce,
+) -> Result<(tokio_rustls::server::TlsStream<I>, Option<String>, bool), ProxyError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {

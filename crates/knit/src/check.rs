@@ -97,7 +97,12 @@ async fn run(pre: bool, ns: &str) -> anyhow::Result<usize> {
 async fn may(client: &Client, verb: &str, group: &str, resource: &str) -> Result<bool, String> {
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes { verb: Some(verb.into()), group: Some(group.into()), resource: Some(resource.into()), ..Default::default() }),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                ..Default::default()
+            }),
             ..Default::default()
         },
         ..Default::default()
@@ -125,11 +130,16 @@ async fn pre_install(client: &Client, ns: &str, r: &mut Report) {
         ("create", "", "namespaces"),
     ] {
         let what = format!("may {verb} {resource}");
-        r.check(&what, match may(client, verb, group, resource).await {
-            Ok(true) => Ok("yes".into()),
-            Ok(false) => Err("no; fix: installing needs cluster-admin or a role with this permission (once: the running control plane needs far less)".into()),
-            Err(e) => Err(e),
-        });
+        r.check(
+            &what,
+            match may(client, verb, group, resource).await {
+                Ok(true) => Ok("yes".into()),
+                Ok(false) => {
+                    Err("no; fix: installing needs cluster-admin or a role with this permission (once: the running control plane needs far less)".into())
+                }
+                Err(e) => Err(e),
+            },
+        );
     }
 }
 
@@ -137,7 +147,10 @@ async fn installed(client: &Client, ns: &str, r: &mut Report) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for text in install::CRDS {
         let name = crd_name(text);
-        r.check(&format!("CRD {name}"), crds.get(&name).await.map(|_| "installed".to_string()).map_err(|e| format!("{}; fix: knit install | kubectl apply -f -", api_err(e))));
+        r.check(
+            &format!("CRD {name}"),
+            crds.get(&name).await.map(|_| "installed".to_string()).map_err(|e| format!("{}; fix: knit install | kubectl apply -f -", api_err(e))),
+        );
     }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     r.check(
@@ -149,7 +162,9 @@ async fn installed(client: &Client, ns: &str, r: &mut Report) {
                 if ready >= want {
                     Ok(format!("{ready}/{want} replicas ready"))
                 } else {
-                    Err(format!("{ready}/{want} replicas ready; fix: kubectl -n {ns} describe deployment knit-control, and kubectl -n {ns} logs deploy/knit-control"))
+                    Err(format!(
+                        "{ready}/{want} replicas ready; fix: kubectl -n {ns} describe deployment knit-control, and kubectl -n {ns} logs deploy/knit-control"
+                    ))
                 }
             }
             Err(e) => Err(format!("{}; fix: knit install | kubectl apply -f -", api_err(e))),
@@ -158,7 +173,10 @@ async fn installed(client: &Client, ns: &str, r: &mut Report) {
     let material = installed_material(client, ns).await;
     match &material {
         Ok(m) => {
-            r.check("identity issuer", m.check().map(|()| "chains to the trust anchors".into()).map_err(|e| format!("{e}; fix: knit upgrade with a new issuer signed by the anchor")));
+            r.check(
+                "identity issuer",
+                m.check().map(|()| "chains to the trust anchors".into()).map_err(|e| format!("{e}; fix: knit upgrade with a new issuer signed by the anchor")),
+            );
             r.check("identity issuer expiry", crate::identity::cert_expiry(&m.issuer.cert_pem));
             r.check("webhook certificate expiry", crate::identity::cert_expiry(&m.webhook.cert_pem).map_err(|e| format!("{e}; fix: knit upgrade renews it")));
         }

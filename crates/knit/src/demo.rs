@@ -10,7 +10,6 @@
 
 mod apps;
 
-
 use anyhow::Context as _;
 use apps::App;
 use bytes::Bytes;
@@ -64,8 +63,14 @@ struct Spec {
 
 const WEB: Spec = Spec { name: "web", deployment: "web", service_account: "web", labels: &[("app", "web")] };
 const BACKENDS: [(Spec, App); 4] = [
-    (Spec { name: "books-v1", deployment: "books-v1", service_account: "books", labels: &[("app", "books"), ("version", "v1")] }, App::Books { min_ms: 5, max_ms: 15, fail_per_mille: 0 }),
-    (Spec { name: "books-v2", deployment: "books-v2", service_account: "books", labels: &[("app", "books"), ("version", "v2")] }, App::Books { min_ms: 30, max_ms: 60, fail_per_mille: 50 }),
+    (
+        Spec { name: "books-v1", deployment: "books-v1", service_account: "books", labels: &[("app", "books"), ("version", "v1")] },
+        App::Books { min_ms: 5, max_ms: 15, fail_per_mille: 0 },
+    ),
+    (
+        Spec { name: "books-v2", deployment: "books-v2", service_account: "books", labels: &[("app", "books"), ("version", "v2")] },
+        App::Books { min_ms: 30, max_ms: 60, fail_per_mille: 50 },
+    ),
     (Spec { name: "authors-1", deployment: "authors", service_account: "authors", labels: &[("app", "authors")] }, App::Authors { limited_per_mille: 300 }),
     (Spec { name: "authors-2", deployment: "authors", service_account: "authors", labels: &[("app", "authors")] }, App::Authors { limited_per_mille: 0 }),
 ];
@@ -408,4 +413,3 @@ async fn generate(web: SocketAddr, rps: u32, sent: std::sync::Arc<AtomicU64>, mu
         });
     }
 }
-

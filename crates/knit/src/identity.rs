@@ -2,8 +2,17 @@
 //! in the layout `knit-control --identity-dir` reads ([`knit_identity::layout`]).
 
 use anyhow::{bail, Context};
-use knit_identity::{ca::Ca, create, inspect::{pem_certs, relative, CertInfo}, layout, token::{Claims, TokenKey}};
-use std::{path::{Path, PathBuf}, time::Duration};
+use knit_identity::{
+    ca::Ca,
+    create,
+    inspect::{pem_certs, relative, CertInfo},
+    layout,
+    token::{Claims, TokenKey},
+};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 fn duration(s: &str) -> Result<Duration, String> {
     knit_core::parse::duration(s).map_err(|e| e.to_string())
@@ -92,7 +101,8 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
             if !knit_identity::is_dns_name(&identity) {
                 bail!("{identity:?} is not a valid identity: lower-case DNS labels separated by dots");
             }
-            let key = TokenKey::new(&std::fs::read(dir.join(layout::TOKEN_KEY)).with_context(|| format!("reading {}", dir.join(layout::TOKEN_KEY).display()))?)?;
+            let key =
+                TokenKey::new(&std::fs::read(dir.join(layout::TOKEN_KEY)).with_context(|| format!("reading {}", dir.join(layout::TOKEN_KEY).display()))?)?;
             let expires_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64 + ttl.as_secs() as i64;
             println!("{}", key.sign(&Claims { identity, expires_at }));
             Ok(())

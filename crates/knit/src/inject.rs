@@ -9,7 +9,11 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 use knit_control::inject::{pod_template_path, uninject, Injector, Outcome, Owner, KNIT_INJECT};
 use serde_json::Value;
-use std::{collections::BTreeMap, io::Read, path::{Path, PathBuf}};
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    path::{Path, PathBuf},
+};
 
 #[derive(Args, Clone, Debug)]
 pub struct InjectArgs {
@@ -88,7 +92,9 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<()> {
     let values = match (&args.identity_trust_anchors_file, &args.from) {
         (Some(file), _) => options.inject_values(&read_input(file)?),
         (None, Some(from)) => installed_values(&read_input(from)?, &options.namespace)?,
-        (None, None) => return Err(anyhow!("proxies need the installation's trust anchors: pass --from with the output of knit install, or --identity-trust-anchors-file")),
+        (None, None) => {
+            return Err(anyhow!("proxies need the installation's trust anchors: pass --from with the output of knit install, or --identity-trust-anchors-file"))
+        }
     };
     let injector = Injector::new(values);
     let mut docs = documents(&read_input(&args.file)?, &args.file)?;

@@ -258,12 +258,23 @@ async fn policy_cmd(args: PolicyArgs, view: &str) -> anyhow::Result<()> {
         lines = vec![["PARENT", "ROUTE", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"].map(String::from).to_vec()];
         lines.extend(rows.iter().map(|r| {
             let g = &r.golden;
-            vec![r.parent.clone(), r.route.clone(), pct(g.success_rate), format!("{:.1}rps", g.rps), ms(g.latency_ms_p50), ms(g.latency_ms_p95), ms(g.latency_ms_p99)]
+            vec![
+                r.parent.clone(),
+                r.route.clone(),
+                pct(g.success_rate),
+                format!("{:.1}rps", g.rps),
+                ms(g.latency_ms_p50),
+                ms(g.latency_ms_p95),
+                ms(g.latency_ms_p99),
+            ]
         }));
     } else {
         let rows: Vec<AuthzRow> = serde_json::from_value(json["rows"].clone())?;
         lines = vec![["SERVER", "ROUTE", "AUTHORIZATION", "ALLOWED_RPS", "DENIED_RPS"].map(String::from).to_vec()];
-        lines.extend(rows.iter().map(|r| vec![r.server.clone(), r.route.clone(), r.authorization.clone(), format!("{:.1}", r.allowed_rps), format!("{:.1}", r.denied_rps)]));
+        lines.extend(
+            rows.iter()
+                .map(|r| vec![r.server.clone(), r.route.clone(), r.authorization.clone(), format!("{:.1}", r.allowed_rps), format!("{:.1}", r.denied_rps)]),
+        );
     }
     if lines.len() == 1 {
         println!("No traffic found.");

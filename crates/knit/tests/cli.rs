@@ -100,7 +100,9 @@ fn demo_follows_an_edited_split() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     // The last table: books-v1 gets nothing, books-v2 everything.
-    let row = |name: &str| text.lines().rev().find(|l| l.starts_with(name)).unwrap_or_default().split_whitespace().nth(2).and_then(|r| r.parse::<f64>().ok()).unwrap_or(0.0);
+    let row = |name: &str| {
+        text.lines().rev().find(|l| l.starts_with(name)).unwrap_or_default().split_whitespace().nth(2).and_then(|r| r.parse::<f64>().ok()).unwrap_or(0.0)
+    };
     assert!(row("books-v1 ") == 0.0 && row("books-v2 ") > 10.0, "after the edit: v1 {} rps, v2 {} rps\n{text}", row("books-v1 "), row("books-v2 "));
 }
 
@@ -157,13 +159,19 @@ fn knit_io(args: &[&str], stdin: &str) -> (bool, String, String) {
 fn kubernetes_validate(yaml: &str, version: &str, name: &str) {
     let file = format!("{}.yaml", temp_dir(name));
     std::fs::write(&file, yaml).unwrap();
-    let out = Command::new("kubernetes-validate").args(["-k", version, "--strict", "--quiet", &file]).output().expect("kubernetes-validate is installed (scripts/test.sh installs it)");
+    let out = Command::new("kubernetes-validate")
+        .args(["-k", version, "--strict", "--quiet", &file])
+        .output()
+        .expect("kubernetes-validate is installed (scripts/test.sh installs it)");
     assert!(out.status.success(), "{file} against {version}:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 fn injector_corpus() -> String {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../knit-control/tests/inject");
-    ["pod", "deployment", "statefulset", "job", "cronjob", "hostnetwork"].iter().map(|f| format!("---\n{}", std::fs::read_to_string(dir.join(format!("{f}.yaml"))).unwrap())).collect()
+    ["pod", "deployment", "statefulset", "job", "cronjob", "hostnetwork"]
+        .iter()
+        .map(|f| format!("---\n{}", std::fs::read_to_string(dir.join(format!("{f}.yaml"))).unwrap()))
+        .collect()
 }
 
 #[test]
@@ -192,12 +200,16 @@ fn inject_meshes_a_corpus_that_stays_valid_and_uninject_restores_it() {
     // Containers (they have an image) named knit-proxy, wherever the pod template is.
     fn proxies(v: &serde_json::Value) -> usize {
         match v {
-            serde_json::Value::Object(m) => usize::from(m.get("name").is_some_and(|n| n == "knit-proxy") && m.contains_key("image")) + m.values().map(proxies).sum::<usize>(),
+            serde_json::Value::Object(m) => {
+                usize::from(m.get("name").is_some_and(|n| n == "knit-proxy") && m.contains_key("image")) + m.values().map(proxies).sum::<usize>()
+            }
             serde_json::Value::Array(a) => a.iter().map(proxies).sum(),
             _ => 0,
         }
     }
-    let parse = |s: &str| -> Vec<serde_json::Value> { serde_yaml::Deserializer::from_str(s).map(|d| serde::Deserialize::deserialize(d).unwrap()).filter(|v: &serde_json::Value| !v.is_null()).collect() };
+    let parse = |s: &str| -> Vec<serde_json::Value> {
+        serde_yaml::Deserializer::from_str(s).map(|d| serde::Deserialize::deserialize(d).unwrap()).filter(|v: &serde_json::Value| !v.is_null()).collect()
+    };
     assert_eq!(parse(&injected).iter().map(proxies).sum::<usize>(), 5, "{injected}");
     for version in ["1.29.0", "1.33.0", "1.37.0"] {
         kubernetes_validate(&injected, version, &format!("injected-{version}"));
@@ -292,7 +304,10 @@ impl FakeApi {
                         } else if let Some(o) = objects.get(&path) {
                             (200, o.clone())
                         } else {
-                            (404, serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("{path} not found"), "reason": "NotFound", "code": 404}))
+                            (
+                                404,
+                                serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("{path} not found"), "reason": "NotFound", "code": 404}),
+                            )
                         };
                         let body = json.to_string();
                         let _ = write!(out, "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
@@ -348,7 +363,13 @@ fn check_reads_a_cluster_and_says_how_to_fix_what_is_wrong() {
     let healthy = FakeApi::start(objects.clone(), true);
     let (ok, out) = knit_with_kubeconfig(&["check"], &healthy.kubeconfig("check-healthy"));
     assert!(ok, "{out}");
-    for line in ["√ Kubernetes API: reachable, version v1.31.4", "√ CRD servers.policy.linkerd.io: installed", "√ knit-control: 1/1 replicas ready", "√ identity issuer: chains to the trust anchors", "its caBundle signs the serving certificate"] {
+    for line in [
+        "√ Kubernetes API: reachable, version v1.31.4",
+        "√ CRD servers.policy.linkerd.io: installed",
+        "√ knit-control: 1/1 replicas ready",
+        "√ identity issuer: chains to the trust anchors",
+        "its caBundle signs the serving certificate",
+    ] {
         assert!(out.contains(line), "{line}\n{out}");
     }
 
@@ -400,8 +421,20 @@ mod chart {
     }
 
     const CERTIFICATES: [Certificate; 6] = [
-        Certificate { flag: "--identity-trust-anchors-file", value: "identityTrustAnchorsPEM", kind: "ConfigMap", name: "knit-identity-trust-roots", key: "ca-bundle.crt" },
-        Certificate { flag: "--identity-issuer-certificate-file", value: "identity.issuer.tls.crtPEM", kind: "Secret", name: "knit-identity-issuer", key: "tls.crt" },
+        Certificate {
+            flag: "--identity-trust-anchors-file",
+            value: "identityTrustAnchorsPEM",
+            kind: "ConfigMap",
+            name: "knit-identity-trust-roots",
+            key: "ca-bundle.crt",
+        },
+        Certificate {
+            flag: "--identity-issuer-certificate-file",
+            value: "identity.issuer.tls.crtPEM",
+            kind: "Secret",
+            name: "knit-identity-issuer",
+            key: "tls.crt",
+        },
         Certificate { flag: "--identity-issuer-key-file", value: "identity.issuer.tls.keyPEM", kind: "Secret", name: "knit-identity-issuer", key: "tls.key" },
         Certificate { flag: "--webhook-ca-file", value: "webhook.caPEM", kind: "Secret", name: "knit-proxy-injector-tls", key: "ca.crt" },
         Certificate { flag: "--webhook-cert-file", value: "webhook.crtPEM", kind: "Secret", name: "knit-proxy-injector-tls", key: "tls.crt" },
@@ -458,7 +491,9 @@ mod chart {
         CERTIFICATES
             .iter()
             .map(|c| {
-                let object = installed.get(&(c.kind.to_string(), "knit".to_string(), c.name.to_string())).unwrap_or_else(|| panic!("knit install renders no {} {}", c.kind, c.name));
+                let object = installed
+                    .get(&(c.kind.to_string(), "knit".to_string(), c.name.to_string()))
+                    .unwrap_or_else(|| panic!("knit install renders no {} {}", c.kind, c.name));
                 let data = object["data"][c.key].as_str().unwrap_or_else(|| panic!("{} {} has no {}", c.kind, c.name, c.key));
                 let pem = if c.kind == "Secret" { base64::engine::general_purpose::STANDARD.decode(data).expect("base64") } else { data.as_bytes().to_vec() };
                 let path = format!("{dir}/{}.pem", c.value);
@@ -476,7 +511,11 @@ mod chart {
                 let p = format!("{path}/{k}");
                 match (x.get(k), y.get(k)) {
                     (Some(u), Some(v)) => first_difference(u, v, &p),
-                    (u, v) => Some(format!("{p}: knit install has {}, helm template has {}", u.map_or("nothing".into(), Value::to_string), v.map_or("nothing".into(), Value::to_string))),
+                    (u, v) => Some(format!(
+                        "{p}: knit install has {}, helm template has {}",
+                        u.map_or("nothing".into(), Value::to_string),
+                        v.map_or("nothing".into(), Value::to_string)
+                    )),
                 }
             }),
             (Value::Array(x), Value::Array(y)) => x
@@ -502,12 +541,28 @@ mod chart {
             (&[], &[]),
             (&["--ha"], &["--set", "ha=true"]),
             (
-                &["--namespace=mesh", "--cluster-domain=corp.example", "--identity-trust-domain=id.example", "--controller-image=registry.example/control",
-                  "--proxy-image=registry.example/proxy", "--image-version=1.10", "--default-inbound-policy=deny", "--cluster-networks=10.0.0.0/8,fd00::/8",
-                  "--controller-log-level=debug", "--disable-native-sidecar"],
-                &["--set-string", "namespace=mesh,clusterDomain=corp.example,identityTrustDomain=id.example,controllerImage=registry.example/control",
-                  "--set-string", "proxyImage=registry.example/proxy,imageVersion=1.10,defaultInboundPolicy=deny,controllerLogLevel=debug",
-                  "--set-string", r"clusterNetworks=10.0.0.0/8\,fd00::/8", "--set", "disableNativeSidecar=true"],
+                &[
+                    "--namespace=mesh",
+                    "--cluster-domain=corp.example",
+                    "--identity-trust-domain=id.example",
+                    "--controller-image=registry.example/control",
+                    "--proxy-image=registry.example/proxy",
+                    "--image-version=1.10",
+                    "--default-inbound-policy=deny",
+                    "--cluster-networks=10.0.0.0/8,fd00::/8",
+                    "--controller-log-level=debug",
+                    "--disable-native-sidecar",
+                ],
+                &[
+                    "--set-string",
+                    "namespace=mesh,clusterDomain=corp.example,identityTrustDomain=id.example,controllerImage=registry.example/control",
+                    "--set-string",
+                    "proxyImage=registry.example/proxy,imageVersion=1.10,defaultInboundPolicy=deny,controllerLogLevel=debug",
+                    "--set-string",
+                    r"clusterNetworks=10.0.0.0/8\,fd00::/8",
+                    "--set",
+                    "disableNativeSidecar=true",
+                ],
             ),
         ];
         for (knit_flags, helm_flags) in cases {
@@ -520,9 +575,16 @@ mod chart {
                 chart.args(["--set-file", &format!("{value}={path}")]);
             }
             let (want, got) = (objects(&stdout_of(&mut knit)), objects(&stdout_of(&mut chart)));
-            assert!(want.keys().any(|(kind, ..)| kind == "Deployment") && want.keys().any(|(kind, ..)| kind == "CustomResourceDefinition"), "knit install {knit_flags:?} renders the control plane and the CRDs");
-            let (only_knit, only_chart): (Vec<_>, Vec<_>) = (want.keys().filter(|k| !got.contains_key(*k)).collect(), got.keys().filter(|k| !want.contains_key(*k)).collect());
-            assert!(only_knit.is_empty() && only_chart.is_empty(), "with {knit_flags:?}: only knit install renders {only_knit:?}; only the chart renders {only_chart:?}");
+            assert!(
+                want.keys().any(|(kind, ..)| kind == "Deployment") && want.keys().any(|(kind, ..)| kind == "CustomResourceDefinition"),
+                "knit install {knit_flags:?} renders the control plane and the CRDs"
+            );
+            let (only_knit, only_chart): (Vec<_>, Vec<_>) =
+                (want.keys().filter(|k| !got.contains_key(*k)).collect(), got.keys().filter(|k| !want.contains_key(*k)).collect());
+            assert!(
+                only_knit.is_empty() && only_chart.is_empty(),
+                "with {knit_flags:?}: only knit install renders {only_knit:?}; only the chart renders {only_chart:?}"
+            );
             for (key, object) in &want {
                 if let Some(d) = first_difference(object, &got[key], "") {
                     panic!("with {knit_flags:?}, {} {}/{}: {d}", key.0, key.1, key.2);
@@ -535,7 +597,12 @@ mod chart {
     fn helm_chart_refuses_missing_certificates() {
         let helm = helm();
         let render = |sets: &[String]| {
-            let out = Command::new(&helm).args(["template", "knit"]).arg(repo().join("charts/knit")).args(sets).output().unwrap_or_else(|e| panic!("run {}: {e}", helm.display()));
+            let out = Command::new(&helm)
+                .args(["template", "knit"])
+                .arg(repo().join("charts/knit"))
+                .args(sets)
+                .output()
+                .unwrap_or_else(|e| panic!("run {}: {e}", helm.display()));
             (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
         };
         let (ok, err) = render(&[]);
@@ -545,7 +612,11 @@ mod chart {
         }
         // All but the webhook key: only that one is asked for.
         let certificates = write_certificates(&temp_dir("helm-chart-missing"));
-        let sets: Vec<String> = certificates.iter().filter(|(_, value, _)| *value != "webhook.keyPEM").flat_map(|(_, value, path)| ["--set-file".to_string(), format!("{value}={path}")]).collect();
+        let sets: Vec<String> = certificates
+            .iter()
+            .filter(|(_, value, _)| *value != "webhook.keyPEM")
+            .flat_map(|(_, value, path)| ["--set-file".to_string(), format!("{value}={path}")])
+            .collect();
         let (ok, err) = render(&sets);
         assert!(!ok && err.contains("--set-file webhook.keyPEM=") && !err.contains("identityTrustAnchorsPEM="), "{err}");
     }

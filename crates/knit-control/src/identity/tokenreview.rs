@@ -111,9 +111,7 @@ pub fn api_failure(e: &kube::Error, with_audience: bool) -> Verdict {
 fn dns_label(s: &str) -> bool {
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let bytes = s.as_bytes();
-    matches!((bytes.first(), bytes.last()), (Some(f), Some(l)) if alnum(*f) && alnum(*l))
-        && bytes.len() <= 63
-        && bytes.iter().all(|b| alnum(*b) || *b == b'-')
+    matches!((bytes.first(), bytes.last()), (Some(f), Some(l)) if alnum(*f) && alnum(*l)) && bytes.len() <= 63 && bytes.iter().all(|b| alnum(*b) || *b == b'-')
 }
 
 impl KubernetesTokens {

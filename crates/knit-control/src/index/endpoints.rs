@@ -57,7 +57,12 @@ fn selects(svc: &Service, w: &ExternalWorkload) -> bool {
 fn target_port(svc: &Service, port: &crate::resources::ServicePort, w: &ExternalWorkload) -> Option<u16> {
     if svc.spec.selector.is_empty() {
         // An EndpointSlice names its ports as the Service does (an unnamed one when it has one).
-        return w.spec.ports.iter().find(|p| p.name == port.name || (p.name.as_deref().unwrap_or("").is_empty() && port.name.as_deref().unwrap_or("").is_empty())).map(|p| p.port);
+        return w
+            .spec
+            .ports
+            .iter()
+            .find(|p| p.name == port.name || (p.name.as_deref().unwrap_or("").is_empty() && port.name.as_deref().unwrap_or("").is_empty()))
+            .map(|p| p.port);
     }
     match port.target_port.as_ref() {
         None => Some(port.port),
@@ -124,7 +129,11 @@ pub fn profile(model: &Model, cfg: &IndexConfig, key: &ProfileKey) -> Option<Des
         }
         ProfileKey::Addr(addr) => {
             let w = model.of_kind(Kind::ExternalWorkload, None).find_map(|r| match r {
-                Resource::ExternalWorkload(w) if w.spec.workload_ips.iter().any(|ip| ip.ip == addr.ip()) && w.spec.ports.iter().any(|p| p.port == addr.port()) => Some(w),
+                Resource::ExternalWorkload(w)
+                    if w.spec.workload_ips.iter().any(|ip| ip.ip == addr.ip()) && w.spec.ports.iter().any(|p| p.port == addr.port()) =>
+                {
+                    Some(w)
+                }
                 _ => None,
             })?;
             Some(DestinationProfile { endpoint: Some(weighted_addr(w, *addr, false)), ..Default::default() })

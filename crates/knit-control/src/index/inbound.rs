@@ -94,7 +94,11 @@ fn default_authorizations(cfg: &IndexConfig, name: &str) -> Vec<api::Authz> {
 }
 
 fn detect(http_routes: Vec<api::HttpRoute>, rate_limit: Option<api::HttpLocalRateLimit>) -> api::ProxyProtocol {
-    let kind = proxy_protocol::Kind::Detect(proxy_protocol::Detect { timeout: prost_types::Duration::try_from(DETECT_TIMEOUT).ok(), http_routes, http_local_rate_limit: rate_limit });
+    let kind = proxy_protocol::Kind::Detect(proxy_protocol::Detect {
+        timeout: prost_types::Duration::try_from(DETECT_TIMEOUT).ok(),
+        http_routes,
+        http_local_rate_limit: rate_limit,
+    });
     api::ProxyProtocol { kind: Some(kind) }
 }
 
@@ -105,7 +109,12 @@ pub fn default_policy(cfg: &IndexConfig, name: &str) -> api::Server {
         authorizations: vec![],
         rules: vec![api::http_route::Rule { matches: vec![prefix_all()], filters: vec![] }],
     };
-    api::Server { protocol: Some(detect(vec![route], None)), server_ips: vec![], authorizations: default_authorizations(cfg, name), labels: labels("", "default", name) }
+    api::Server {
+        protocol: Some(detect(vec![route], None)),
+        server_ips: vec![],
+        authorizations: default_authorizations(cfg, name),
+        labels: labels("", "default", name),
+    }
 }
 
 fn prefix_all() -> http_api::HttpRouteMatch {
@@ -167,9 +176,21 @@ fn server_policy(model: &Model, cfg: &IndexConfig, s: &Server) -> api::Server {
         Some("gRPC") => proxy_protocol::Kind::Grpc(proxy_protocol::Grpc { routes: vec![] }),
         Some("opaque") => proxy_protocol::Kind::Opaque(proxy_protocol::Opaque {}),
         Some("TLS") => proxy_protocol::Kind::Tls(proxy_protocol::Tls {}),
-        _ => return api::Server { protocol: Some(detect(routes, rate_limit)), server_ips: vec![], authorizations, labels: labels("policy.linkerd.io", "server", &s.metadata.name) },
+        _ => {
+            return api::Server {
+                protocol: Some(detect(routes, rate_limit)),
+                server_ips: vec![],
+                authorizations,
+                labels: labels("policy.linkerd.io", "server", &s.metadata.name),
+            }
+        }
     };
-    api::Server { protocol: Some(api::ProxyProtocol { kind: Some(kind) }), server_ips: vec![], authorizations, labels: labels("policy.linkerd.io", "server", &s.metadata.name) }
+    api::Server {
+        protocol: Some(api::ProxyProtocol { kind: Some(kind) }),
+        server_ips: vec![],
+        authorizations,
+        labels: labels("policy.linkerd.io", "server", &s.metadata.name),
+    }
 }
 
 /// One AuthorizationPolicy as an `Authz`; `None` when an authentication it requires does not
@@ -190,7 +211,8 @@ fn authz(model: &Model, cfg: &IndexConfig, a: &AuthorizationPolicy) -> Option<ap
             mesh = true;
             for id in &m.spec.identities {
                 match id.strip_prefix('*') {
-                    Some(rest) => suffixes.push(api::IdentitySuffix { parts: rest.trim_start_matches('.').split('.').filter(|p| !p.is_empty()).map(str::to_string).collect() }),
+                    Some(rest) => suffixes
+                        .push(api::IdentitySuffix { parts: rest.trim_start_matches('.').split('.').filter(|p| !p.is_empty()).map(str::to_string).collect() }),
                     None => identities.push(id.clone()),
                 }
             }
@@ -225,7 +247,9 @@ fn http_route(kind: Kind, r: &Route, authorizations: Vec<api::Authz>) -> api::Ht
                 .filters
                 .iter()
                 .filter_map(|f| match f.kind.as_str() {
-                    "RequestHeaderModifier" => f.request_header_modifier.as_ref().map(|m| api::http_route::filter::Kind::RequestHeaderModifier(outbound::request_headers(m))),
+                    "RequestHeaderModifier" => {
+                        f.request_header_modifier.as_ref().map(|m| api::http_route::filter::Kind::RequestHeaderModifier(outbound::request_headers(m)))
+                    }
                     "RequestRedirect" => outbound::redirect(f).map(api::http_route::filter::Kind::Redirect),
                     _ => None,
                 })

@@ -27,7 +27,10 @@ pub fn compute(model: &Model, cfg: &IndexConfig, key: &SvcPort) -> Option<api::O
     let metadata = Some(resource("core", "Service", &key.name, &key.ns, key.port));
     let Some(port) = svc.spec.ports.iter().find(|p| p.port == key.port) else {
         // Linkerd: a port the Service does not define is refused, opaquely.
-        return Some(api::OutboundPolicy { metadata, protocol: Some(opaque(vec![api::opaque_route::Filter { kind: Some(api::opaque_route::filter::Kind::Forbidden(Default::default())) }], None)) });
+        return Some(api::OutboundPolicy {
+            metadata,
+            protocol: Some(opaque(vec![api::opaque_route::Filter { kind: Some(api::opaque_route::filter::Kind::Forbidden(Default::default())) }], None)),
+        });
     };
     let app_protocol = port.app_protocol.as_deref().unwrap_or("");
     let opaque_port = svc.config.opaque_ports.contains(&key.port) || matches!(app_protocol, "linkerd.io/opaque" | "linkerd.io/tcp");
@@ -153,7 +156,9 @@ fn grpc_route(model: &Model, cfg: &IndexConfig, svc: &Service, key: &SvcPort, r:
                 .iter()
                 .map(|m| grpc_api::GrpcRouteMatch {
                     rpc: match &m.method {
-                        Some(MethodMatch::Grpc(g)) => Some(grpc_api::GrpcRpcMatch { service: g.service.clone().unwrap_or_default(), method: g.method.clone().unwrap_or_default() }),
+                        Some(MethodMatch::Grpc(g)) => {
+                            Some(grpc_api::GrpcRpcMatch { service: g.service.clone().unwrap_or_default(), method: g.method.clone().unwrap_or_default() })
+                        }
                         _ => None,
                     },
                     headers: m.headers.iter().map(header_match).collect(),
@@ -163,7 +168,9 @@ fn grpc_route(model: &Model, cfg: &IndexConfig, svc: &Service, key: &SvcPort, r:
                 .filters
                 .iter()
                 .filter_map(|f| match (f.kind.as_str(), &f.request_header_modifier) {
-                    ("RequestHeaderModifier", Some(m)) => Some(api::grpc_route::Filter { kind: Some(api::grpc_route::filter::Kind::RequestHeaderModifier(request_headers(m))) }),
+                    ("RequestHeaderModifier", Some(m)) => {
+                        Some(api::grpc_route::Filter { kind: Some(api::grpc_route::filter::Kind::RequestHeaderModifier(request_headers(m))) })
+                    }
                     _ => None,
                 })
                 .collect();
@@ -185,7 +192,11 @@ fn grpc_route(model: &Model, cfg: &IndexConfig, svc: &Service, key: &SvcPort, r:
             api::grpc_route::Rule { matches, filters, backends: Some(backends), timeouts: Some(t), retry, ..Default::default() }
         })
         .collect();
-    api::GrpcRoute { metadata: Some(resource(Kind::GrpcRoute.group(), "GRPCRoute", &r.metadata.name, &r.metadata.namespace, 0)), hosts: hosts(&r.spec.hostnames), rules }
+    api::GrpcRoute {
+        metadata: Some(resource(Kind::GrpcRoute.group(), "GRPCRoute", &r.metadata.name, &r.metadata.namespace, 0)),
+        hosts: hosts(&r.spec.hostnames),
+        rules,
+    }
 }
 
 /// HTTP distributions and gRPC ones have the same shape in different message types.
@@ -197,16 +208,18 @@ fn grpc_backends(d: api::http_route::Distribution) -> api::grpc_route::Distribut
             .filters
             .into_iter()
             .filter_map(|f| match f.kind {
-                Some(api::http_route::filter::Kind::FailureInjector(fi)) => {
-                    Some(g::Filter { kind: Some(g::filter::Kind::FailureInjector(grpc_api::GrpcFailureInjector { code: 14, message: fi.message, ratio: fi.ratio })) })
-                }
+                Some(api::http_route::filter::Kind::FailureInjector(fi)) => Some(g::Filter {
+                    kind: Some(g::filter::Kind::FailureInjector(grpc_api::GrpcFailureInjector { code: 14, message: fi.message, ratio: fi.ratio })),
+                }),
                 _ => None,
             })
             .collect(),
         ..Default::default()
     };
     let kind = match d.kind {
-        Some(H::FirstAvailable(f)) => g::distribution::Kind::FirstAvailable(g::distribution::FirstAvailable { backends: f.backends.into_iter().map(rb).collect() }),
+        Some(H::FirstAvailable(f)) => {
+            g::distribution::Kind::FirstAvailable(g::distribution::FirstAvailable { backends: f.backends.into_iter().map(rb).collect() })
+        }
         Some(H::RandomAvailable(r)) => g::distribution::Kind::RandomAvailable(g::distribution::RandomAvailable {
             backends: r.backends.into_iter().map(|w| g::WeightedRouteBackend { backend: w.backend.map(rb), weight: w.weight }).collect(),
         }),
@@ -215,7 +228,14 @@ fn grpc_backends(d: api::http_route::Distribution) -> api::grpc_route::Distribut
     g::Distribution { kind: Some(kind) }
 }
 
-fn backends(model: &Model, cfg: &IndexConfig, route_ns: &str, key: &SvcPort, refs: &[BackendRef], default_backend: &api::Backend) -> api::http_route::Distribution {
+fn backends(
+    model: &Model,
+    cfg: &IndexConfig,
+    route_ns: &str,
+    key: &SvcPort,
+    refs: &[BackendRef],
+    default_backend: &api::Backend,
+) -> api::http_route::Distribution {
     if refs.is_empty() {
         return first_available(default_backend.clone());
     }
@@ -231,12 +251,16 @@ fn backends(model: &Model, cfg: &IndexConfig, route_ns: &str, key: &SvcPort, ref
 
 fn first_available(b: api::Backend) -> api::http_route::Distribution {
     let rb = api::http_route::RouteBackend { backend: Some(b), ..Default::default() };
-    api::http_route::Distribution { kind: Some(api::http_route::distribution::Kind::FirstAvailable(api::http_route::distribution::FirstAvailable { backends: vec![rb] })) }
+    api::http_route::Distribution {
+        kind: Some(api::http_route::distribution::Kind::FirstAvailable(api::http_route::distribution::FirstAvailable { backends: vec![rb] })),
+    }
 }
 
 fn random(backends: Vec<(api::http_route::RouteBackend, u32)>) -> api::http_route::Distribution {
     let backends = backends.into_iter().map(|(b, weight)| api::http_route::WeightedRouteBackend { backend: Some(b), weight }).collect();
-    api::http_route::Distribution { kind: Some(api::http_route::distribution::Kind::RandomAvailable(api::http_route::distribution::RandomAvailable { backends })) }
+    api::http_route::Distribution {
+        kind: Some(api::http_route::distribution::Kind::RandomAvailable(api::http_route::distribution::RandomAvailable { backends })),
+    }
 }
 
 /// A backend Service; one that does not exist fails its requests with 500, as Linkerd does.
@@ -244,7 +268,11 @@ fn route_backend(model: &Model, cfg: &IndexConfig, ns: &str, name: &str, port: u
     let backend = service_backend(model, cfg, ns, name, port, false);
     let mut filters: Vec<api::http_route::Filter> = filters.iter().filter_map(http_filter).map(|k| api::http_route::Filter { kind: Some(k) }).collect();
     if backend.kind.is_none() {
-        let fi = http_api::HttpFailureInjector { status: 500, message: format!("Service {ns}/{name} not found"), ratio: Some(http_api::Ratio { numerator: 1, denominator: 1 }) };
+        let fi = http_api::HttpFailureInjector {
+            status: 500,
+            message: format!("Service {ns}/{name} not found"),
+            ratio: Some(http_api::Ratio { numerator: 1, denominator: 1 }),
+        };
         filters.push(api::http_route::Filter { kind: Some(api::http_route::filter::Kind::FailureInjector(fi)) });
     }
     api::http_route::RouteBackend { backend: Some(backend), filters, ..Default::default() }
@@ -295,7 +323,8 @@ fn timeouts(svc: &ServiceConfig, route: &ServiceConfig, rule_request: Option<Dur
 
 fn retry(svc: &ServiceConfig, route: &ServiceConfig) -> Option<api::http_route::Retry> {
     let c = route.retry.as_ref().or(svc.retry.as_ref()).filter(|c| !c.http.is_empty())?;
-    let status_ranges = c.http.iter().map(|(start, end)| api::http_route::retry::conditions::StatusRange { start: (*start).into(), end: (*end).into() }).collect();
+    let status_ranges =
+        c.http.iter().map(|(start, end)| api::http_route::retry::conditions::StatusRange { start: (*start).into(), end: (*end).into() }).collect();
     Some(api::http_route::Retry {
         max_retries: c.limit,
         max_request_bytes: MAX_REQUEST_BYTES,
@@ -307,22 +336,39 @@ fn retry(svc: &ServiceConfig, route: &ServiceConfig) -> Option<api::http_route::
 
 /// Linkerd always sends 25 ms to 250 ms with full jitter.
 fn retry_backoff() -> api::ExponentialBackoff {
-    api::ExponentialBackoff { min_backoff: Some(duration(Duration::from_millis(25))), max_backoff: Some(duration(Duration::from_millis(250))), jitter_ratio: 1.0, respect_retry_after_hint: false }
+    api::ExponentialBackoff {
+        min_backoff: Some(duration(Duration::from_millis(25))),
+        max_backoff: Some(duration(Duration::from_millis(250))),
+        jitter_ratio: 1.0,
+        respect_retry_after_hint: false,
+    }
 }
 
 fn failure_accrual(a: &Accrual) -> api::FailureAccrual {
-    let backoff = |min: Duration, max: Duration, jitter: f32| Some(api::ExponentialBackoff { min_backoff: Some(duration(min)), max_backoff: Some(duration(max)), jitter_ratio: jitter, respect_retry_after_hint: false });
+    let backoff = |min: Duration, max: Duration, jitter: f32| {
+        Some(api::ExponentialBackoff {
+            min_backoff: Some(duration(min)),
+            max_backoff: Some(duration(max)),
+            jitter_ratio: jitter,
+            respect_retry_after_hint: false,
+        })
+    };
     let kind = match a {
         Accrual::Consecutive { max_failures, min_penalty, max_penalty, jitter } => {
-            failure_accrual::Kind::ConsecutiveFailures(failure_accrual::ConsecutiveFailures { max_failures: *max_failures, backoff: backoff(*min_penalty, *max_penalty, *jitter) })
+            failure_accrual::Kind::ConsecutiveFailures(failure_accrual::ConsecutiveFailures {
+                max_failures: *max_failures,
+                backoff: backoff(*min_penalty, *max_penalty, *jitter),
+            })
         }
-        Accrual::Unified { threshold, window, min_requests, max_failures, min_penalty, max_penalty, jitter } => failure_accrual::Kind::Unified(failure_accrual::Unified {
-            success_rate_threshold: *threshold,
-            decay: Some(duration(*window)),
-            min_requests: *min_requests,
-            max_consecutive_failures: *max_failures,
-            backoff: backoff(*min_penalty, *max_penalty, *jitter),
-        }),
+        Accrual::Unified { threshold, window, min_requests, max_failures, min_penalty, max_penalty, jitter } => {
+            failure_accrual::Kind::Unified(failure_accrual::Unified {
+                success_rate_threshold: *threshold,
+                decay: Some(duration(*window)),
+                min_requests: *min_requests,
+                max_consecutive_failures: *max_failures,
+                backoff: backoff(*min_penalty, *max_penalty, *jitter),
+            })
+        }
     };
     api::FailureAccrual { ejection: None, kind: Some(kind) }
 }
@@ -414,7 +460,10 @@ fn http_filter(f: &RouteFilter) -> Option<api::http_route::filter::Kind> {
     use api::http_route::filter::Kind as F;
     match f.kind.as_str() {
         "RequestHeaderModifier" => f.request_header_modifier.as_ref().map(|m| F::RequestHeaderModifier(request_headers(m))),
-        "ResponseHeaderModifier" => f.response_header_modifier.as_ref().map(|m| F::ResponseHeaderModifier(http_api::ResponseHeaderModifier { add: headers(&m.add), set: headers(&m.set), remove: m.remove.clone() })),
+        "ResponseHeaderModifier" => f
+            .response_header_modifier
+            .as_ref()
+            .map(|m| F::ResponseHeaderModifier(http_api::ResponseHeaderModifier { add: headers(&m.add), set: headers(&m.set), remove: m.remove.clone() })),
         "RequestRedirect" => redirect(f).map(F::Redirect),
         _ => None,
     }

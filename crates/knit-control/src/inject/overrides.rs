@@ -146,7 +146,13 @@ fn uid(s: &str) -> Result<i64, String> {
 /// The pod's settings, or the first annotation that cannot be used.
 pub fn settings(values: &Values, a: &Annotations<'_>, mode: Mode) -> Result<Settings, InjectError> {
     let p = &values.proxy;
-    let text = |s: &str| -> Result<String, String> { if s.is_empty() { Err("expected a value".into()) } else { Ok(s.to_string()) } };
+    let text = |s: &str| -> Result<String, String> {
+        if s.is_empty() {
+            Err("expected a value".into())
+        } else {
+            Ok(s.to_string())
+        }
+    };
     let mut resources: BTreeMap<&'static str, BTreeMap<&'static str, String>> = BTreeMap::new();
     let quantities = [
         ("requests", "cpu", "proxy-cpu-request", &p.cpu_request),

@@ -5,9 +5,9 @@
 use super::{overrides::Settings, values::Values};
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Lifecycle,
-        LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
-        ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+        Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler,
+        ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+        VolumeMount, VolumeProjection,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -31,10 +31,7 @@ fn field_env(name: &str, path: &str) -> EnvVar {
 }
 
 fn http_probe(path: &str, port: u16) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(port.into()), ..Default::default() }),
-        ..Default::default()
-    }
+    Probe { http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(port.into()), ..Default::default() }), ..Default::default() }
 }
 
 fn image(s: &Settings) -> String {
@@ -90,11 +87,7 @@ pub fn proxy(values: &Values, s: &Settings, inbound_ports: &[i32]) -> Container 
         ]),
         liveness_probe: Some(Probe { initial_delay_seconds: Some(10), ..http_probe("/live", s.admin_port) }),
         readiness_probe: Some(Probe { initial_delay_seconds: Some(2), ..http_probe("/ready", s.admin_port) }),
-        resources: Some(ResourceRequirements {
-            requests: resources.get("requests").cloned(),
-            limits: resources.get("limits").cloned(),
-            ..Default::default()
-        }),
+        resources: Some(ResourceRequirements { requests: resources.get("requests").cloned(), limits: resources.get("limits").cloned(), ..Default::default() }),
         security_context: Some(SecurityContext {
             run_as_user: Some(s.uid),
             run_as_group: s.gid,
@@ -145,13 +138,18 @@ pub fn init(s: &Settings) -> Container {
         "--skip-inbound-ports".into(),
         skip_inbound.join(","),
     ];
-    let optional = [("--proxy-gid", s.gid.map(|g| g.to_string()).unwrap_or_default()), ("--skip-outbound-ports", s.skip_outbound_ports.clone()), ("--skip-subnets", s.skip_subnets.clone())];
+    let optional = [
+        ("--proxy-gid", s.gid.map(|g| g.to_string()).unwrap_or_default()),
+        ("--skip-outbound-ports", s.skip_outbound_ports.clone()),
+        ("--skip-subnets", s.skip_subnets.clone()),
+    ];
     for (flag, value) in optional {
         if !value.is_empty() {
             args.extend([flag.to_string(), value]);
         }
     }
-    let quantities = |cpu: &str, memory: &str| Some(BTreeMap::from([("cpu".to_string(), Quantity(cpu.into())), ("memory".to_string(), Quantity(memory.into()))]));
+    let quantities =
+        |cpu: &str, memory: &str| Some(BTreeMap::from([("cpu".to_string(), Quantity(cpu.into())), ("memory".to_string(), Quantity(memory.into()))]));
     Container {
         name: INIT.into(),
         image: Some(image(s)),

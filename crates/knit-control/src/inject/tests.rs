@@ -61,7 +61,11 @@ fn pod_gets_a_native_sidecar_with_its_overrides() {
     assert_eq!(env(proxy, "KNIT_PROXY_IDENTITY_LOCAL_NAME"), Some("$(_pod_sa).$(_pod_ns).serviceaccount.identity.knit.cluster.local"));
     assert_eq!(env(proxy, "KNIT_PROXY_DESTINATION_SVC_ADDR"), Some("knit-destination.knit.svc.cluster.local.:8086"));
     for var in ["KNIT_PROXY_DESTINATION_SVC_NAME", "KNIT_PROXY_POLICY_SVC_NAME", "KNIT_PROXY_IDENTITY_SVC_NAME", "KNIT_PROXY_TAP_SVC_NAME"] {
-        assert_eq!(env(proxy, var), Some("knit-control.knit.serviceaccount.identity.knit.cluster.local"), "{var}: the control plane proves this identity with TLS");
+        assert_eq!(
+            env(proxy, var),
+            Some("knit-control.knit.serviceaccount.identity.knit.cluster.local"),
+            "{var}: the control plane proves this identity with TLS"
+        );
     }
     assert!(env(proxy, "KNIT_PROXY_IDENTITY_TRUST_ANCHORS").unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
     let init = &spec["initContainers"][0];
@@ -187,7 +191,8 @@ fn bad_annotations_are_refused_by_name() {
 
 #[test]
 fn owners_from_owner_references() {
-    let pod = json!({"metadata": {"labels": {"pod-template-hash": "7d9f8c"}, "ownerReferences": [{"kind": "ReplicaSet", "name": "web-7d9f8c", "controller": true}]}});
+    let pod =
+        json!({"metadata": {"labels": {"pod-template-hash": "7d9f8c"}, "ownerReferences": [{"kind": "ReplicaSet", "name": "web-7d9f8c", "controller": true}]}});
     assert_eq!(Owner::of_pod(&pod), Some(Owner { kind: "Deployment".into(), name: "web".into() }));
     let job = json!({"metadata": {"ownerReferences": [{"kind": "Job", "name": "nightly-2911", "controller": true}]}});
     assert_eq!(Owner::of_pod(&job), Some(Owner { kind: "Job".into(), name: "nightly-2911".into() }));

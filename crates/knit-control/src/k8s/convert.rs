@@ -115,13 +115,7 @@ pub fn pod(pod: &Pod, cfg: &IndexConfig) -> Option<ExternalWorkload> {
             labels.insert(crate::resources::DEPLOYMENT_LABEL.to_string(), owner.name);
         }
     }
-    let metadata = ObjectMeta {
-        name,
-        namespace: ns,
-        labels,
-        annotations,
-        creation_timestamp: None,
-    };
+    let metadata = ObjectMeta { name, namespace: ns, labels, annotations, creation_timestamp: None };
     Some(ExternalWorkload { metadata, spec: ExternalWorkloadSpec { mesh_tls, ports, workload_ips } })
 }
 

@@ -2,8 +2,8 @@
 //! (`tests/k8s/*.json`, as `kubectl get -o json` prints them).
 
 use super::*;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::index::{IndexConfig, SvcPort, WorkloadPort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use linkerd2_proxy_api::{destination::tls_identity::Strategy, inbound::proxy_protocol};
 

@@ -52,9 +52,8 @@ const GRPC_CODES: [&str; 5] = ["cancelled", "deadline-exceeded", "resource-exhau
 pub fn parse(annotations: &BTreeMap<String, String>) -> Result<ServiceConfig, (String, String)> {
     let get = |k: &str| annotations.get(k).map(|v| v.trim());
     let field = |k: &str| format!("metadata.annotations[{k}]");
-    let duration = |k: &str| -> Result<Option<Duration>, (String, String)> {
-        get(k).map(|v| parse::duration(v).map_err(|e| (field(k), e.to_string()))).transpose()
-    };
+    let duration =
+        |k: &str| -> Result<Option<Duration>, (String, String)> { get(k).map(|v| parse::duration(v).map_err(|e| (field(k), e.to_string()))).transpose() };
     let number = |k: &str, default: u32| -> Result<u32, (String, String)> {
         get(k).map_or(Ok(default), |v| v.parse().map_err(|_| (field(k), format!("expected a whole number, found {v:?}"))))
     };
@@ -62,13 +61,17 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<ServiceConfig, (S
     let http = get("retry.linkerd.io/http").map(|v| status_ranges(v).map_err(|e| (field("retry.linkerd.io/http"), e))).transpose()?;
     let grpc = get("retry.linkerd.io/grpc")
         .map(|v| {
-            v.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()).map(|c| {
-                if GRPC_CODES.contains(&c.as_str()) {
-                    Ok(c)
-                } else {
-                    Err((field("retry.linkerd.io/grpc"), format!("unknown gRPC condition {c:?}; expected some of {}", GRPC_CODES.join(", "))))
-                }
-            }).collect::<Result<BTreeSet<_>, _>>()
+            v.split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .filter(|c| !c.is_empty())
+                .map(|c| {
+                    if GRPC_CODES.contains(&c.as_str()) {
+                        Ok(c)
+                    } else {
+                        Err((field("retry.linkerd.io/grpc"), format!("unknown gRPC condition {c:?}; expected some of {}", GRPC_CODES.join(", "))))
+                    }
+                })
+                .collect::<Result<BTreeSet<_>, _>>()
         })
         .transpose()?;
     let retry = if http.is_some() || grpc.is_some() || get("retry.linkerd.io/limit").is_some() {
@@ -90,9 +93,11 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<ServiceConfig, (S
 
     let jitter = match get("balancer.linkerd.io/failure-accrual-consecutive-jitter-ratio") {
         None => 0.5,
-        Some(v) => v.parse::<f32>().ok().filter(|j| (0.0..=100.0).contains(j)).ok_or_else(|| {
-            (field("balancer.linkerd.io/failure-accrual-consecutive-jitter-ratio"), format!("expected a ratio such as 0.5, found {v:?}"))
-        })?,
+        Some(v) => v
+            .parse::<f32>()
+            .ok()
+            .filter(|j| (0.0..=100.0).contains(j))
+            .ok_or_else(|| (field("balancer.linkerd.io/failure-accrual-consecutive-jitter-ratio"), format!("expected a ratio such as 0.5, found {v:?}")))?,
     };
     let min_penalty = duration("balancer.linkerd.io/failure-accrual-consecutive-min-penalty")?.unwrap_or(Duration::from_secs(1));
     let max_penalty = duration("balancer.linkerd.io/failure-accrual-consecutive-max-penalty")?.unwrap_or(Duration::from_secs(60));
@@ -107,7 +112,11 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<ServiceConfig, (S
             let key = "balancer.alpha.linkerd.io/failure-accrual-success-rate-threshold";
             let threshold = match get(key) {
                 None => 0.8,
-                Some(v) => v.parse::<f64>().ok().filter(|t| (0.0..=1.0).contains(t)).ok_or_else(|| (field(key), format!("expected a ratio between 0 and 1, found {v:?}")))?,
+                Some(v) => v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|t| (0.0..=1.0).contains(t))
+                    .ok_or_else(|| (field(key), format!("expected a ratio between 0 and 1, found {v:?}")))?,
             };
             Some(Accrual::Unified {
                 threshold,

@@ -21,7 +21,12 @@ pub struct Edge {
 
 /// The deployment-to-deployment edges seen in `window`, limited to those touching `namespace`.
 /// `identities`: each (namespace, deployment)'s proxy identity, for the client side.
-pub async fn edges(source: &Source, namespace: Option<&str>, window: Duration, identities: &BTreeMap<(String, String), String>) -> Result<Vec<Edge>, QueryError> {
+pub async fn edges(
+    source: &Source,
+    namespace: Option<&str>,
+    window: Duration,
+    identities: &BTreeMap<(String, String), String>,
+) -> Result<Vec<Edge>, QueryError> {
     let source = source.snapshot();
     let by = ["namespace", "deployment", "dst_namespace", "dst_deployment", "tls", "server_id"];
     let http = source.increase("response_total", &[("direction", "outbound")], &by, window).await?;

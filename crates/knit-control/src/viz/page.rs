@@ -34,7 +34,9 @@ pub fn page<T: Clone>(items: &[T], p: &BTreeMap<String, String>, matches: impl F
         Some(other) => return Err(format!("order: {other:?}: expected asc or desc")),
     };
     rows.sort_by(|a, b| if descending { (key.cmp)(b, a) } else { (key.cmp)(a, b) });
-    let number = |k: &str, default: usize| p.get(k).filter(|v| !v.is_empty()).map_or(Ok(default), |v| v.parse::<usize>().map_err(|_| format!("{k}: {v:?} is not a number")));
+    let number = |k: &str, default: usize| {
+        p.get(k).filter(|v| !v.is_empty()).map_or(Ok(default), |v| v.parse::<usize>().map_err(|_| format!("{k}: {v:?} is not a number")))
+    };
     let (offset, limit) = (number("offset", 0)?, number("limit", usize::MAX)?);
     let total = rows.len();
     Ok((total, rows.into_iter().skip(offset).take(limit).cloned().collect()))
@@ -68,7 +70,11 @@ mod tests {
         assert_eq!(names(&[("sort", "n"), ("order", "asc")]), (4, vec!["authors", "web", "webhook", "books"]));
         assert_eq!(names(&[("filter", "web"), ("offset", "1"), ("limit", "5")]), (2, vec!["webhook"]));
         assert_eq!(names(&[("order", "desc"), ("limit", "1")]), (4, vec!["webhook"]));
-        for (bad, error) in [(("sort", "rps"), "sort: \"rps\": expected one of name, n"), (("order", "up"), "order: \"up\": expected asc or desc"), (("limit", "x"), "limit: \"x\" is not a number")] {
+        for (bad, error) in [
+            (("sort", "rps"), "sort: \"rps\": expected one of name, n"),
+            (("order", "up"), "order: \"up\": expected asc or desc"),
+            (("limit", "x"), "limit: \"x\" is not a number"),
+        ] {
             assert_eq!(page(&items, &params(&[bad]), |_, _| true, &KEYS).unwrap_err(), error);
         }
     }

@@ -9,7 +9,11 @@
 //! whole window, which is steadier and what the built-in store can answer the same way.
 
 use super::{prom, store::Store};
-use std::{collections::{BTreeMap, HashMap}, sync::Arc, time::{Duration, Instant}};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 /// Values by the group's label values (in the order of `by`).
 pub type Grouped = BTreeMap<Vec<String>, f64>;
@@ -70,7 +74,9 @@ impl Snapshot<'_> {
                 store.each(metric, matchers, |v| *out.entry(group(v.labels, by)).or_default() += v.increase(now, window));
                 Ok(owned(out))
             }
-            Source::Prometheus(p) => p.query(&format!("sum(increase({metric}{}[{}s])) by ({})", selector(matchers), window.as_secs(), by.join(", ")), by, self.at.unix).await,
+            Source::Prometheus(p) => {
+                p.query(&format!("sum(increase({metric}{}[{}s])) by ({})", selector(matchers), window.as_secs(), by.join(", ")), by, self.at.unix).await
+            }
         }
     }
 
@@ -150,8 +156,13 @@ impl Prometheus {
         use http_body_util::BodyExt;
         let err = |message: String| QueryError::Prometheus { url: self.url.clone(), message };
         let encoded: String = form_encode(promql);
-        let req = http::Request::get(format!("{}/api/v1/query?query={encoded}&time={time:.3}", self.url)).body(http_body_util::Empty::new()).map_err(|e| err(e.to_string()))?;
-        let rsp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req)).await.map_err(|_| err("timed out after 10s".into()))?.map_err(|e| err(e.to_string()))?;
+        let req = http::Request::get(format!("{}/api/v1/query?query={encoded}&time={time:.3}", self.url))
+            .body(http_body_util::Empty::new())
+            .map_err(|e| err(e.to_string()))?;
+        let rsp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .map_err(|_| err("timed out after 10s".into()))?
+            .map_err(|e| err(e.to_string()))?;
         let status = rsp.status();
         let body = rsp.into_body().collect().await.map_err(|e| err(e.to_string()))?.to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| err(format!("HTTP {status}, not JSON: {e}")))?;

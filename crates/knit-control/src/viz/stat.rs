@@ -300,7 +300,14 @@ type Key<'a> = &'a (dyn Fn(&[String]) -> (String, String) + Sync);
 
 /// The golden metrics of the series matching `m`, grouped by `by` and keyed by `key`; the TCP
 /// columns from the `peer` side's connections, none without one.
-async fn rows(source: &Snapshot<'_>, m: &[(&str, &str)], by: &[&str], key: Key<'_>, window: Duration, peer: Option<&str>) -> Result<BTreeMap<(String, String), Row>, QueryError> {
+async fn rows(
+    source: &Snapshot<'_>,
+    m: &[(&str, &str)],
+    by: &[&str],
+    key: Key<'_>,
+    window: Duration,
+    peer: Option<&str>,
+) -> Result<BTreeMap<(String, String), Row>, QueryError> {
     let by = by.to_vec();
     let mut by_class = by.clone();
     by_class.push("classification");

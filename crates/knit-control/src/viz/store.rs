@@ -37,10 +37,33 @@ pub const FAMILIES: [&str; 10] = [
 
 /// The proxy labels kept; the address labels are not (`dst_*` name the destination).
 const KEPT_LABELS: [&str; 27] = [
-    "direction", "authority", "tls", "client_id", "server_id", "no_tls_reason", "classification", "status_code", "le", "peer",
-    "dst_namespace", "dst_service", "dst_deployment", "dst_pod",
-    "http_status", "error", "parent_kind", "parent_namespace", "parent_name", "parent_port", "route_kind", "route_namespace", "route_name",
-    "srv_kind", "srv_name", "authz_kind", "authz_name",
+    "direction",
+    "authority",
+    "tls",
+    "client_id",
+    "server_id",
+    "no_tls_reason",
+    "classification",
+    "status_code",
+    "le",
+    "peer",
+    "dst_namespace",
+    "dst_service",
+    "dst_deployment",
+    "dst_pod",
+    "http_status",
+    "error",
+    "parent_kind",
+    "parent_namespace",
+    "parent_name",
+    "parent_port",
+    "route_kind",
+    "route_namespace",
+    "route_name",
+    "srv_kind",
+    "srv_name",
+    "authz_kind",
+    "authz_name",
 ];
 
 /// A proxy to scrape, and the labels its series get.
@@ -350,7 +373,14 @@ mod tests {
 
     fn target(pod: &str, admin: u16) -> Target {
         let ip = std::net::Ipv4Addr::LOCALHOST.into();
-        Target { admin: SocketAddr::new(ip, admin), namespace: "demo".into(), deployment: pod.into(), pod: pod.into(), identity: None, tap: SocketAddr::new(ip, 4190) }
+        Target {
+            admin: SocketAddr::new(ip, admin),
+            namespace: "demo".into(),
+            deployment: pod.into(),
+            pod: pod.into(),
+            identity: None,
+            tap: SocketAddr::new(ip, 4190),
+        }
     }
 
     fn sum_increase(store: &Store, name: &str, matchers: &[(&str, &str)], now: Instant, window: Duration) -> f64 {
@@ -366,7 +396,9 @@ mod tests {
         store.set_targets(vec![web.clone(), books.clone()]);
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let out = |n: u32, code: u16| format!("response_total{{direction=\"outbound\",target_addr=\"127.0.0.1:20\",dst_deployment=\"books\",dst_pod=\"books\",dst_serviceaccount=\"books\",status_code=\"{code}\",classification=\"success\",tls=\"true\"}} {n}\n");
+        let out = |n: u32, code: u16| {
+            format!("response_total{{direction=\"outbound\",target_addr=\"127.0.0.1:20\",dst_deployment=\"books\",dst_pod=\"books\",dst_serviceaccount=\"books\",status_code=\"{code}\",classification=\"success\",tls=\"true\"}} {n}\n")
+        };
         store.record(&web, at(0), Ok(out(10, 200)));
         // Two proxy series that differ only in a label not kept count as one.
         store.record(&web, at(10), Ok(out(20, 200) + &out(5, 200).replace("tls=", "error=\"x\",tls=") + &out(3, 201)));
@@ -375,7 +407,11 @@ mod tests {
         let now = at(20);
         assert_eq!(sum_increase(&store, "response_total", &[("deployment", "web"), ("status_code", "200")], now, Duration::from_secs(20)), 19.0);
         assert_eq!(sum_increase(&store, "response_total", &[("status_code", "201")], now, Duration::from_secs(20)), 3.0, "born between scrapes: from zero");
-        assert_eq!(sum_increase(&store, "response_total", &[("dst_deployment", "books")], now, Duration::from_secs(10)), 4.0, "the proxy's dst_* labels name the destination");
+        assert_eq!(
+            sum_increase(&store, "response_total", &[("dst_deployment", "books")], now, Duration::from_secs(10)),
+            4.0,
+            "the proxy's dst_* labels name the destination"
+        );
         // As of an earlier moment (a view's snapshot), a later scrape is not seen.
         assert_eq!(sum_increase(&store, "response_total", &[("deployment", "web"), ("status_code", "200")], at(10), Duration::from_secs(10)), 15.0);
         store.expire(at(200));

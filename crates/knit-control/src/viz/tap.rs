@@ -171,7 +171,10 @@ impl Client {
     async fn observe(&self, target: &Target, filter: &Filter, tx: &mpsc::Sender<Result<Tapped, String>>) -> anyhow::Result<()> {
         let name = target.identity.clone().ok_or_else(|| anyhow::anyhow!("not meshed (no identity): its proxy cannot be tapped"))?;
         let connector = Connect { config: self.config()?, name: ServerName::try_from(name.clone())?, addr: target.tap };
-        let channel = tonic::transport::Endpoint::from_static("http://tap.knit").connect_with_connector(connector).await.map_err(|e| anyhow::anyhow!("connecting to its tap server at {}: {}", target.tap, source_chain(&e)))?;
+        let channel = tonic::transport::Endpoint::from_static("http://tap.knit")
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to its tap server at {}: {}", target.tap, source_chain(&e)))?;
         let req = ObserveRequest { limit: filter.limit, r#match: filter.to_match(), extract: None };
         let mut stream = TapClient::new(channel).observe(req).await.map_err(|s| anyhow::anyhow!("{}: {}", target.tap, s.message()))?.into_inner();
         let mut open: HashMap<u64, Tapped> = HashMap::new();
@@ -287,7 +290,9 @@ impl tower_service::Service<http::Uri> for Connect {
             let timeout = |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} {} timed out", this.addr));
             let tcp = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(this.addr)).await.map_err(|_| timeout("connecting to"))??;
             tcp.set_nodelay(true)?;
-            let tls = tokio::time::timeout(Duration::from_secs(5), tokio_rustls::TlsConnector::from(this.config).connect(this.name, tcp)).await.map_err(|_| timeout("TLS with"))??;
+            let tls = tokio::time::timeout(Duration::from_secs(5), tokio_rustls::TlsConnector::from(this.config).connect(this.name, tcp))
+                .await
+                .map_err(|_| timeout("TLS with"))??;
             Ok(hyper_util::rt::TokioIo::new(tls))
         })
     }

@@ -4,7 +4,10 @@
 //! must reach open streams (the delay is printed, not asserted).
 
 use super::{metrics, pki};
-use knit_control::{config::{Config, IdentityConfig}, Control};
+use knit_control::{
+    config::{Config, IdentityConfig},
+    Control,
+};
 use linkerd2_proxy_api::{
     destination::{self as dst, destination_client::DestinationClient, protocol_hint, tls_identity, update},
     inbound::{self as inb, authn, inbound_server_policies_client::InboundServerPoliciesClient},
@@ -12,7 +15,12 @@ use linkerd2_proxy_api::{
     net::TcpAddress,
     outbound::{self as outb, backend, http_route::distribution, outbound_policies_client::OutboundPoliciesClient, proxy_protocol, traffic_spec},
 };
-use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::{Duration, Instant}};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 use tonic::{transport::Channel, Code, Streaming};
 
 struct Local {
@@ -81,7 +89,10 @@ async fn destination_streams_endpoints_and_their_changes() {
         weight: 10_000,
         metric_labels: labels(&[("deployment", "books-v1"), ("pod", "books-v1"), ("serviceaccount", "books")]),
         tls_identity: Some(dst::TlsIdentity { strategy: Some(tls_identity::Strategy::DnsLikeIdentity(id().unwrap())), server_name: id() }),
-        protocol_hint: Some(dst::ProtocolHint { protocol: Some(protocol_hint::Protocol::H2(protocol_hint::H2 {})), opaque_transport: Some(protocol_hint::OpaqueTransport { inbound_port: 4150 }) }),
+        protocol_hint: Some(dst::ProtocolHint {
+            protocol: Some(protocol_hint::Protocol::H2(protocol_hint::H2 {})),
+            opaque_transport: Some(protocol_hint::OpaqueTransport { inbound_port: 4150 }),
+        }),
         ..Default::default()
     };
     let first = next(&mut stream).await;
@@ -142,7 +153,9 @@ fn check_required(p: &outb::OutboundPolicy) {
                 }
                 match rule.backends.as_ref().and_then(|b| b.kind.as_ref()).expect("backends") {
                     distribution::Kind::FirstAvailable(f) => f.backends.iter().for_each(|b| check_backend(b.backend.as_ref().unwrap())),
-                    distribution::Kind::RandomAvailable(r) => r.backends.iter().for_each(|b| check_backend(b.backend.as_ref().unwrap().backend.as_ref().unwrap())),
+                    distribution::Kind::RandomAvailable(r) => {
+                        r.backends.iter().for_each(|b| check_backend(b.backend.as_ref().unwrap().backend.as_ref().unwrap()))
+                    }
                     distribution::Kind::Empty(_) => {}
                 }
             }
@@ -164,7 +177,9 @@ fn check_required(p: &outb::OutboundPolicy) {
 
 fn split_weights(p: &outb::OutboundPolicy) -> Vec<u32> {
     let Some(proxy_protocol::Kind::Detect(d)) = p.protocol.as_ref().and_then(|p| p.kind.as_ref()) else { panic!("detect") };
-    let Some(distribution::Kind::RandomAvailable(r)) = d.http1.as_ref().unwrap().routes[0].rules[0].backends.as_ref().unwrap().kind.clone() else { panic!("random") };
+    let Some(distribution::Kind::RandomAvailable(r)) = d.http1.as_ref().unwrap().routes[0].rules[0].backends.as_ref().unwrap().kind.clone() else {
+        panic!("random")
+    };
     r.backends.iter().map(|b| b.weight).collect()
 }
 
@@ -235,7 +250,9 @@ async fn inbound_server_policy_golden() {
     assert_eq!(next(&mut stream).await, expected);
 
     // Removing the Server falls back to the default policy, which allows everyone.
-    cp.edit("policy.yaml", |t| t.replace("name: books-http, namespace", "name: books-old, namespace").replace("matchLabels: {app: books}", "matchLabels: {app: none}"));
+    cp.edit("policy.yaml", |t| {
+        t.replace("name: books-http, namespace", "name: books-old, namespace").replace("matchLabels: {app: books}", "matchLabels: {app: none}")
+    });
     let default = next(&mut stream).await;
     assert_eq!(default.labels, labels(&[("group", ""), ("kind", "default"), ("name", "all-unauthenticated")]));
     let Some(inb::proxy_protocol::Kind::Detect(d)) = default.protocol.unwrap().kind else { panic!("detect") };

@@ -5,7 +5,10 @@
 
 use super::pki;
 use base64::Engine;
-use knit_control::{config::{Config, IdentityConfig}, Control};
+use knit_control::{
+    config::{Config, IdentityConfig},
+    Control,
+};
 use knit_identity::create;
 use serde_json::{json, Value};
 use std::{path::Path, time::Duration};

@@ -51,7 +51,10 @@ fn signs_a_24h_leaf_for_the_requested_identity() {
 fn accepts_pem_requests() {
     let (ca, _) = ca();
     let local = csr::generate(ID).unwrap();
-    let pem = format!("-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &local.csr_der));
+    let pem = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &local.csr_der)
+    );
     assert!(ca.certify(ID, pem.as_bytes()).is_ok());
 }
 

@@ -62,7 +62,13 @@ fn retry_after_extends_the_ejection_when_respected() {
 
 fn unified(threshold: f64, min_requests: u32, max_consecutive: u32) -> Breaker {
     Breaker::new(
-        FailureAccrual::Unified { success_rate_threshold: threshold, window: Duration::from_secs(10), min_requests, max_consecutive_failures: max_consecutive, backoff: backoff(false) },
+        FailureAccrual::Unified {
+            success_rate_threshold: threshold,
+            window: Duration::from_secs(10),
+            min_requests,
+            max_consecutive_failures: max_consecutive,
+            backoff: backoff(false),
+        },
         Instant::now(),
     )
 }

@@ -121,7 +121,10 @@ fn without_penalties_a_429_is_just_a_fast_answer() {
 
 #[test]
 fn ejected_endpoints_are_not_picked_and_updates_keep_state() {
-    let accrual = FailureAccrual::Consecutive { max_failures: 2, backoff: Backoff { min: Duration::from_secs(10), max: Duration::from_secs(60), jitter: 0.0, respect_retry_after: false } };
+    let accrual = FailureAccrual::Consecutive {
+        max_failures: 2,
+        backoff: Backoff { min: Duration::from_secs(10), max: Duration::from_secs(60), jitter: 0.0, respect_retry_after: false },
+    };
     let pool = Pool::new(&ewma(), Some(&accrual));
     pool.reset(vec![1]);
     let t0 = Instant::now();

@@ -39,7 +39,8 @@ pub(super) fn plan<B>(req: &mut Request<B>, ctx: &Ctx) -> Result<Plan, Refused> 
         Ok(p) => p,
         Err(Denied::NoRoute) => {
             m.route_not_found.get_or_create(&server).inc();
-            let e = ProxyError::RouteNotFound { target: format!("server {}", server.srv_name), method: req.method().clone(), path: req.uri().path().to_string() };
+            let e =
+                ProxyError::RouteNotFound { target: format!("server {}", server.srv_name), method: req.method().clone(), path: req.uri().path().to_string() };
             return Err((e, Some(routed)));
         }
         Err(Denied::Unauthorized { message, route }) => {

@@ -13,7 +13,10 @@ use crate::{
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::{
-    client::legacy::{self, connect::{Connected, Connection}},
+    client::legacy::{
+        self,
+        connect::{Connected, Connection},
+    },
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 use knit_core::{destination::Endpoint, transport_header::SessionProtocol};
@@ -106,8 +109,7 @@ impl Clients {
     pub async fn tunnel(&self, endpoint: Endpoint, req: Request<ReqBody>) -> Result<Response<Incoming>, ProxyError> {
         let addr = endpoint.connect_addr();
         let io = self.connector.connect(&endpoint, Some(SessionProtocol::Http1)).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "tunnel connection ended");
@@ -169,4 +171,3 @@ impl H2Pool {
         Ok(sender)
     }
 }
-

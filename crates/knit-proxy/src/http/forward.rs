@@ -14,9 +14,9 @@ use crate::{
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::io::copy_bidirectional;
-use hyper_util::rt::TokioIo;
 
 pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
     let started = Instant::now();

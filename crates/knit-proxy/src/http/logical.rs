@@ -34,13 +34,9 @@ pub struct Logical {
 pub fn resource(meta: &Meta) -> Resource {
     match meta {
         Meta::Default(name) => Resource { kind: "default".into(), name: name.clone(), ..Default::default() },
-        Meta::Resource { group, kind, name, namespace, port, .. } => Resource {
-            group: group.clone(),
-            kind: kind.clone(),
-            namespace: namespace.clone(),
-            name: name.clone(),
-            port: (*port != 0).then_some(*port),
-        },
+        Meta::Resource { group, kind, name, namespace, port, .. } => {
+            Resource { group: group.clone(), kind: kind.clone(), namespace: namespace.clone(), name: name.clone(), port: (*port != 0).then_some(*port) }
+        }
     }
 }
 
@@ -140,9 +136,11 @@ fn redirect<B>(
     port: Option<u16>,
     status: StatusCode,
 ) -> Response<Body> {
-    let req_host = req.uri().host().map(str::to_string).or_else(|| {
-        req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| h.split(':').next().unwrap_or(h).to_string())
-    });
+    let req_host = req
+        .uri()
+        .host()
+        .map(str::to_string)
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| h.split(':').next().unwrap_or(h).to_string()));
     let scheme = scheme.map_or("http", |s| s.as_str());
     let host = host.map(str::to_string).or(req_host).unwrap_or_default();
     let port = port.map(|p| format!(":{p}")).unwrap_or_default();
@@ -196,14 +194,14 @@ async fn attempts(req: Request<ReqBody>, rule: &Rule, http: &HttpPolicy, l: &Log
         return send_once(req, rule, http, l, ctx, labels, None).await;
     }
     let (parts, body) = req.into_parts();
-    let buffered = retry::buffer_body(body, policy.max_request_bytes).await.map_err(|e| ProxyError::Upstream {
-        addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-        source: format!("reading the request body: {e}").into(),
-    })?;
+    let buffered = retry::buffer_body(body, policy.max_request_bytes)
+        .await
+        .map_err(|e| ProxyError::Upstream { addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)), source: format!("reading the request body: {e}").into() })?;
     // The first attempt keeps the client's request head (and its extensions); replays copy it.
     let (first, replay) = match buffered.replay() {
         Some(body) => {
-            let replay = Replay { method: parts.method.clone(), uri: parts.uri.clone(), version: parts.version, headers: parts.headers.clone(), body: buffered };
+            let replay =
+                Replay { method: parts.method.clone(), uri: parts.uri.clone(), version: parts.version, headers: parts.headers.clone(), body: buffered };
             (Request::from_parts(parts, body.map_err(|never| match never {}).boxed()), Some(replay))
         }
         None => (Request::from_parts(parts, buffered.stream().boxed()), None),
@@ -264,10 +262,10 @@ async fn send_once(
     labels: &RouteLabels,
     retry: Option<&RetryPolicy>,
 ) -> Result<Response<Body>, ProxyError> {
-    let backend = rule.backends.pick(&mut fastrand::Rng::new()).ok_or_else(|| ProxyError::BackendFailed {
-        backend: resource(&l.policy.meta).name,
-        message: "the route has no backends".into(),
-    })?;
+    let backend = rule
+        .backends
+        .pick(&mut fastrand::Rng::new())
+        .ok_or_else(|| ProxyError::BackendFailed { backend: resource(&l.policy.meta).name, message: "the route has no backends".into() })?;
     let backend_resource = resource(&backend.backend.meta);
     let backend_labels = BackendLabels::new(labels.clone(), &backend_resource);
     let m = &ctx.side.metrics.route;

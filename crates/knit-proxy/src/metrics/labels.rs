@@ -45,12 +45,18 @@ pub enum NoTlsReason {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Tls {
     /// Mesh TLS terminated here: the client's identity, if it presented a certificate.
-    Inbound { client_id: Option<String> },
+    Inbound {
+        client_id: Option<String>,
+    },
     /// Mesh TLS to a peer whose certificate carried `server_id`.
-    Outbound { server_id: String },
+    Outbound {
+        server_id: String,
+    },
     NoIdentity(NoTlsReason),
     /// TLS that is not the mesh's, passed through untouched.
-    Opaque { sni: Option<String> },
+    Opaque {
+        sni: Option<String>,
+    },
 }
 
 impl Tls {

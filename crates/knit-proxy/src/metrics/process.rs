@@ -37,11 +37,7 @@ fn read_stat(ticks: f64, page_size: f64) -> Option<Stat> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // Field numbers (1-based, proc(5)) minus 3: utime=14, stime=15, vsize=23, rss=24.
     let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok());
-    Some(Stat {
-        cpu_seconds: (num(14)? + num(15)?) / ticks,
-        virtual_bytes: num(23)?,
-        rss_bytes: num(24)? * page_size,
-    })
+    Some(Stat { cpu_seconds: (num(14)? + num(15)?) / ticks, virtual_bytes: num(23)?, rss_bytes: num(24)? * page_size })
 }
 
 fn open_fds() -> Option<i64> {

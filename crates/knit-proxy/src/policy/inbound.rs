@@ -53,7 +53,10 @@ pub enum Protocol {
 pub enum Authentication {
     Unauthenticated,
     /// Mesh TLS with any of these identities or identity suffixes (an empty suffix: any identity).
-    MeshTls { identities: Vec<String>, suffixes: Vec<Vec<String>> },
+    MeshTls {
+        identities: Vec<String>,
+        suffixes: Vec<Vec<String>>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,7 +223,11 @@ impl ServerPolicy {
     /// (`KNIT_PROXY_INBOUND_TRUST_LOOPBACK=false`).
     pub fn with_localhost(mut self) -> Self {
         let localhost = ["127.0.0.1/32", "::1/128"].iter().filter_map(|n| n.parse().ok()).map(|net| Network { net, except: vec![] }).collect();
-        self.authorizations.push(Authorization { networks: localhost, authentication: Authentication::Unauthenticated, labels: Labels::default_named("localhost") });
+        self.authorizations.push(Authorization {
+            networks: localhost,
+            authentication: Authentication::Unauthenticated,
+            labels: Labels::default_named("localhost"),
+        });
         self
     }
 
@@ -276,9 +283,9 @@ fn permits(a: &Authorization, client: &Client) -> bool {
     in_networks
         && match &a.authentication {
             Authentication::Unauthenticated => true,
-            Authentication::MeshTls { identities, suffixes } => client.identity.as_deref().is_some_and(|id| {
-                identities.iter().any(|i| i == id) || suffixes.iter().any(|s| identity_has_suffix(id, s))
-            }),
+            Authentication::MeshTls { identities, suffixes } => {
+                client.identity.as_deref().is_some_and(|id| identities.iter().any(|i| i == id) || suffixes.iter().any(|s| identity_has_suffix(id, s)))
+            }
         }
 }
 
@@ -388,7 +395,9 @@ fn inbound_filter(f: &api::http_route::Filter, prefixes: &[String]) -> Result<Fi
             let status = out::status(fi.status, "failure_injector.status")?;
             Ok(Filter::FailureInjector { status, message: fi.message.clone(), numerator, denominator })
         }
-        Kind::RequestHeaderModifier(m) => Ok(Filter::RequestHeaders(out::header_modifier(m.add.as_ref(), m.set.as_ref(), &m.remove).map_err(|e| e.at("request_header_modifier"))?)),
+        Kind::RequestHeaderModifier(m) => {
+            Ok(Filter::RequestHeaders(out::header_modifier(m.add.as_ref(), m.set.as_ref(), &m.remove).map_err(|e| e.at("request_header_modifier"))?))
+        }
         Kind::Redirect(r) => out::redirect(r, prefixes).map_err(|e| e.at("redirect")),
     }
 }

@@ -77,12 +77,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
             if connect {
                 return Ok(Response::new(full("")));
             }
-            Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header("upgrade", "websocket")
-                .header("connection", "upgrade")
-                .body(full(""))
-                .unwrap()
+            Response::builder().status(StatusCode::SWITCHING_PROTOCOLS).header("upgrade", "websocket").header("connection", "upgrade").body(full("")).unwrap()
         }
         _ => {
             let mut r = Response::new(full("not found\n"));
@@ -103,10 +98,7 @@ struct Frames {
 impl hyper::body::Body for Frames {
     type Data = Bytes;
     type Error = hyper::Error;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         if self.left > 0 {
             self.left -= 1;
             return std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.clone()))));

@@ -45,9 +45,8 @@ async fn json_logs_with_an_access_log_line_per_request() {
     assert_eq!(status, 200);
     let found = crate::harness::eventually(std::time::Duration::from_secs(5), || async {
         proxy.log.lock().unwrap().lines().any(|l| {
-            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
-                v["target"] == "access" && v["fields"]["status"] == 200 && v["fields"]["uri"] == "/hello?x=1" && v["span"]["name"] == "outbound"
-            })
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["target"] == "access" && v["fields"]["status"] == 200 && v["fields"]["uri"] == "/hello?x=1" && v["span"]["name"] == "outbound")
         })
     })
     .await;

@@ -7,5 +7,3 @@ mod fixture;
 mod policy;
 mod routing;
 mod tap;
-
-

@@ -47,7 +47,20 @@ async fn hop_by_hop_headers_are_removed() {
     let url = format!("http://{}/headers", proxy.addrs.outbound);
     let (ok, out, _) = run(
         "curl",
-        &["-sS", "-H", "Host: web.test", "-H", "Connection: keep-alive, x-private", "-H", "x-private: 1", "-H", "Keep-Alive: timeout=5", "-H", "x-app: kept", &url],
+        &[
+            "-sS",
+            "-H",
+            "Host: web.test",
+            "-H",
+            "Connection: keep-alive, x-private",
+            "-H",
+            "x-private: 1",
+            "-H",
+            "Keep-Alive: timeout=5",
+            "-H",
+            "x-app: kept",
+            &url,
+        ],
     )
     .await;
     assert!(ok);

@@ -2,10 +2,20 @@
 //! other, with the client's identity handed to the application.
 
 use crate::harness::{get, request, run, server, TestProxy};
-use knit_control::{config::{Config as ControlConfig, IdentityConfig as ControlIdentity}, Control};
-use knit_identity::{create, layout, token::{Claims, TokenKey}};
+use knit_control::{
+    config::{Config as ControlConfig, IdentityConfig as ControlIdentity},
+    Control,
+};
+use knit_identity::{
+    create, layout,
+    token::{Claims, TokenKey},
+};
 use knit_proxy::identity::{IdentityConfig, TrustAnchors};
-use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 const DAY: Duration = Duration::from_secs(86_400);
 pub const WEB: &str = "web.default.serviceaccount.identity.knit.cluster.local";
@@ -134,7 +144,8 @@ async fn a_plaintext_transport_header_is_refused_once_identity_is_on() {
     let pki = Pki::start("direct").await;
     let app = server::start().await;
     let (_client, server) = pair(&pki, app, BOOKS).await;
-    let header = knit_core::transport_header::TransportHeader { port: app.port(), name: None, protocol: Some(knit_core::transport_header::SessionProtocol::Http1) };
+    let header =
+        knit_core::transport_header::TransportHeader { port: app.port(), name: None, protocol: Some(knit_core::transport_header::SessionProtocol::Http1) };
     let mut s = tokio::net::TcpStream::connect(server.addrs.inbound).await.unwrap();
     s.write_all(&header.encode()).await.unwrap();
     s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
@@ -185,7 +196,10 @@ async fn a_proxy_is_not_ready_without_a_certificate() {
 /// the new issuer, remove the old anchor. Not one request may fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anchor_and_issuer_rotation_drop_no_request() {
-    use std::sync::{atomic::{AtomicU64, Ordering}, Arc};
+    use std::sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    };
     // 4 s leaves with 1 s skew: proxies refresh about every 3.5 s.
     let pki = Pki::start_with("rotate", Duration::from_secs(4), Duration::from_secs(1)).await;
     let mut pairs = Vec::new();
@@ -209,7 +223,11 @@ async fn anchor_and_issuer_rotation_drop_no_request() {
                 let (ok, failed) = (ok.clone(), failed.clone());
                 inflight.spawn(async move {
                     let (status, _) = request(outbound, "GET", "/hello", "books.test", "").await;
-                    if status == 200 { ok.fetch_add(1, Ordering::Relaxed) } else { failed.fetch_add(1, Ordering::Relaxed) };
+                    if status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed)
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    };
                 });
             }
             while inflight.join_next().await.is_some() {}

@@ -10,10 +10,7 @@ async fn in_flight_requests_finish_during_drain() {
     let outbound = mesh.client.addrs.outbound;
     let inflight: Vec<_> = (0..20).map(|_| tokio::spawn(request(outbound, "GET", "/slow?ms=700", "web.test", ""))).collect();
     // Both proxies drain while the requests are inside them.
-    crate::assert_eventually!(
-        mesh.server.metric("request_total", &[r#"direction="inbound""#]).await == 20.0,
-        "all requests reached the server proxy"
-    );
+    crate::assert_eventually!(mesh.server.metric("request_total", &[r#"direction="inbound""#]).await == 20.0, "all requests reached the server proxy");
     let client_done = mesh.client.begin_shutdown();
     let server_done = mesh.server.begin_shutdown();
     for r in inflight {
@@ -33,10 +30,7 @@ async fn sigterm_drains_the_binary() {
     let outbound = proxy.outbound;
     let slow = tokio::spawn(request(outbound, "GET", "/slow?ms=800", "web.test", ""));
     let admin = proxy.admin;
-    crate::assert_eventually!(
-        crate::harness::sum_metric(&crate::harness::scrape(admin).await, "request_total", &[]) == 1.0,
-        "the request is in flight"
-    );
+    crate::assert_eventually!(crate::harness::sum_metric(&crate::harness::scrape(admin).await, "request_total", &[]) == 1.0, "the request is in flight");
     proxy.signal("TERM");
     assert_eq!(slow.await.unwrap(), (200, "slow\n".to_string()));
     let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait()).await.expect("exits after draining").unwrap();

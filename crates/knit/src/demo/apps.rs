@@ -5,7 +5,10 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::{client::legacy::Client, rt::{TokioExecutor, TokioIo}};
+use hyper_util::{
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo},
+};
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -58,11 +61,19 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-async fn answer(app: App, _req: Request<Incoming>, client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    app: App,
+    _req: Request<Incoming>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match app {
         App::Books { min_ms, max_ms, fail_per_mille } => {
             tokio::time::sleep(Duration::from_millis(min_ms + rand_below(max_ms - min_ms + 1))).await;
-            if rand_below(1000) < fail_per_mille { text(StatusCode::INTERNAL_SERVER_ERROR, "books failed\n") } else { text(StatusCode::OK, "[books]\n") }
+            if rand_below(1000) < fail_per_mille {
+                text(StatusCode::INTERNAL_SERVER_ERROR, "books failed\n")
+            } else {
+                text(StatusCode::OK, "[books]\n")
+            }
         }
         App::Authors { limited_per_mille } => {
             if rand_below(1000) < limited_per_mille {
@@ -89,7 +100,11 @@ async fn answer(app: App, _req: Request<Incoming>, client: Client<hyper_util::cl
                 }
             };
             let (books, authors) = tokio::join!(call("books:8080", "/books"), call("authors:8080", "/authors"));
-            if books && authors { text(StatusCode::OK, "web page\n") } else { text(StatusCode::BAD_GATEWAY, "a dependency failed\n") }
+            if books && authors {
+                text(StatusCode::OK, "web page\n")
+            } else {
+                text(StatusCode::BAD_GATEWAY, "a dependency failed\n")
+            }
         }
     })
 }

@@ -6,7 +6,11 @@ use super::Options;
 use anyhow::{anyhow, bail, Context};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use clap::Args;
-use knit_identity::{ca::Ca, create::{self, Credentials}, inspect::CertInfo};
+use knit_identity::{
+    ca::Ca,
+    create::{self, Credentials},
+    inspect::CertInfo,
+};
 use serde_json::Value;
 use std::{path::PathBuf, time::Duration};
 
@@ -95,7 +99,9 @@ impl Material {
         }
         let find = |kind: &str, name: &str| objects.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name && o["metadata"]["namespace"] == ns);
         let field = |kind: &str, name: &str, key: &str| -> anyhow::Result<String> {
-            let o = find(kind, name).ok_or_else(|| anyhow!("the current manifests have no {kind} {ns}/{name}; pass `kubectl get -n {ns} secret,configmap -o yaml` or the output of knit install"))?;
+            let o = find(kind, name).ok_or_else(|| {
+                anyhow!("the current manifests have no {kind} {ns}/{name}; pass `kubectl get -n {ns} secret,configmap -o yaml` or the output of knit install")
+            })?;
             let decoded = match (o["data"][key].as_str(), o["stringData"][key].as_str()) {
                 (Some(d), _) if kind == "Secret" => String::from_utf8(B64.decode(d).with_context(|| format!("{kind} {name}: {key} is not base64"))?)?,
                 (Some(d), _) | (None, Some(d)) => d.to_string(),
@@ -104,8 +110,10 @@ impl Material {
             Ok(decoded)
         };
         let anchors_pem = field("ConfigMap", "knit-identity-trust-roots", "ca-bundle.crt")?;
-        let issuer = Credentials { cert_pem: field("Secret", "knit-identity-issuer", "tls.crt")?, key_pem: field("Secret", "knit-identity-issuer", "tls.key")? };
-        let webhook = Credentials { cert_pem: field("Secret", "knit-proxy-injector-tls", "tls.crt")?, key_pem: field("Secret", "knit-proxy-injector-tls", "tls.key")? };
+        let issuer =
+            Credentials { cert_pem: field("Secret", "knit-identity-issuer", "tls.crt")?, key_pem: field("Secret", "knit-identity-issuer", "tls.key")? };
+        let webhook =
+            Credentials { cert_pem: field("Secret", "knit-proxy-injector-tls", "tls.crt")?, key_pem: field("Secret", "knit-proxy-injector-tls", "tls.key")? };
         let webhook_ca_pem = field("Secret", "knit-proxy-injector-tls", "ca.crt")?;
         Ok(Self { anchors_pem, issuer, webhook_ca_pem, webhook })
     }
@@ -128,6 +136,13 @@ impl Material {
 #[cfg(test)]
 impl MaterialArgs {
     pub fn default_for_tests() -> Self {
-        Self { identity_trust_anchors_file: None, identity_issuer_certificate_file: None, identity_issuer_key_file: None, webhook_ca_file: None, webhook_cert_file: None, webhook_key_file: None }
+        Self {
+            identity_trust_anchors_file: None,
+            identity_issuer_certificate_file: None,
+            identity_issuer_key_file: None,
+            webhook_ca_file: None,
+            webhook_cert_file: None,
+            webhook_key_file: None,
+        }
     }
 }

@@ -38,7 +38,12 @@ pub fn control_plane(o: &Options, m: &Material) -> Vec<Value> {
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(o, "knit-identity-trust-roots", "identity"),
                "data": {"ca-bundle.crt": m.anchors_pem}}),
         secret(o, "knit-identity-issuer", "identity", &[("tls.crt", &m.issuer.cert_pem), ("tls.key", &m.issuer.key_pem)]),
-        secret(o, "knit-proxy-injector-tls", "proxy-injector", &[("ca.crt", &m.webhook_ca_pem), ("tls.crt", &m.webhook.cert_pem), ("tls.key", &m.webhook.key_pem)]),
+        secret(
+            o,
+            "knit-proxy-injector-tls",
+            "proxy-injector",
+            &[("ca.crt", &m.webhook_ca_pem), ("tls.crt", &m.webhook.cert_pem), ("tls.key", &m.webhook.key_pem)],
+        ),
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(o, "knit-config", "control-plane"),
                "data": {"values.yaml": serde_yaml::to_string(&o.inject_values(&m.anchors_pem)).expect("values serialise")}}),
         deployment(o),

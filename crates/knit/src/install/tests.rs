@@ -43,7 +43,8 @@ fn the_webhook_trusts_its_serving_certificate_and_proxies_get_the_anchors() {
     let hook = find(&objects, "MutatingWebhookConfiguration", "knit-proxy-injector-knit");
     let ca = String::from_utf8(B64.decode(hook["webhooks"][0]["clientConfig"]["caBundle"].as_str().unwrap()).unwrap()).unwrap();
     assert_eq!(ca, m.webhook_ca_pem);
-    let values: knit_control::inject::Values = serde_yaml::from_str(find(&objects, "ConfigMap", "knit-config")["data"]["values.yaml"].as_str().unwrap()).unwrap();
+    let values: knit_control::inject::Values =
+        serde_yaml::from_str(find(&objects, "ConfigMap", "knit-config")["data"]["values.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(values.trust_anchors_pem, m.anchors_pem);
     assert_eq!(values.control_plane_namespace, "knit");
 }
@@ -66,7 +67,10 @@ fn upgrade_keeps_the_identity_and_uninstall_lists_everything() {
     let m = material();
     let first = to_yaml(&render(&o, &m));
     let kept = Material::from_manifests(&first, "knit").unwrap();
-    assert_eq!((kept.anchors_pem.as_str(), kept.issuer.cert_pem.as_str(), kept.webhook.cert_pem.as_str()), (m.anchors_pem.as_str(), m.issuer.cert_pem.as_str(), m.webhook.cert_pem.as_str()));
+    assert_eq!(
+        (kept.anchors_pem.as_str(), kept.issuer.cert_pem.as_str(), kept.webhook.cert_pem.as_str()),
+        (m.anchors_pem.as_str(), m.issuer.cert_pem.as_str(), m.webhook.cert_pem.as_str())
+    );
     let err = Material::from_manifests("kind: ConfigMap\nmetadata: {name: x, namespace: knit}\n", "knit").unwrap_err().to_string();
     assert!(err.contains("knit-identity-trust-roots") && err.contains("kubectl get -n knit secret,configmap -o yaml"), "{err}");
 }

@@ -182,7 +182,8 @@ async fn send(outbound: SocketAddr, n: u64, rps: u64) -> (u64, u64) {
     let (mut ok, mut failed) = (0, 0);
     for _ in 0..n {
         ticker.tick().await;
-        let req = http::Request::get(format!("http://{outbound}/")).header("host", "books.test.svc.cluster.local:8080").body(http_body_util::Empty::new()).unwrap();
+        let req =
+            http::Request::get(format!("http://{outbound}/")).header("host", "books.test.svc.cluster.local:8080").body(http_body_util::Empty::new()).unwrap();
         use http_body_util::BodyExt;
         // Read every body to its end, as a well-behaved client does.
         let answered = match client.request(req).await {
@@ -252,7 +253,11 @@ fn stat_counts_known_traffic() {
     assert_eq!(books_pods["rows"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect::<Vec<_>>(), ["books-0"], "{books_pods}");
     assert!(books_pods["as_of"].as_f64().is_some_and(|t| t > 1.7e9), "when the data was scraped: {books_pods}");
     let (_, edges) = api(mesh.viz, "/api/edges?namespace=test&window=60s&sort=requests&limit=1");
-    assert_eq!((edges["total"].clone(), edges["edges"][0]["src"].clone(), edges["edges"][0]["dst"].clone()), (1.into(), "web".into(), "books".into()), "{edges}");
+    assert_eq!(
+        (edges["total"].clone(), edges["edges"][0]["src"].clone(), edges["edges"][0]["dst"].clone()),
+        (1.into(), "web".into(), "books".into()),
+        "{edges}"
+    );
     let (_, certs) = api(mesh.viz, "/api/certificates?namespace=test&deployment=books");
     assert_eq!((certs["total"].clone(), certs["certificates"][0]["pod"].clone()), (1.into(), "books-0".into()), "{certs}");
     assert!(certs["certificates"][0]["expires_at"].as_f64().is_some(), "{certs}");
@@ -308,11 +313,17 @@ fn prometheus(dir: &str, viz: SocketAddr) -> Prometheus {
     let config = shipped.replace("127.0.0.1:8084", &viz.to_string()).replace("10s", "1s");
     let path = format!("{dir}/prometheus.yml");
     std::fs::write(&path, config).unwrap();
-    let check = Command::new("promtool").args(["check", "config", &path]).output().expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
+    let check =
+        Command::new("promtool").args(["check", "config", &path]).output().expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new("prometheus")
-        .args([&format!("--config.file={path}"), &format!("--storage.tsdb.path={dir}/tsdb"), &format!("--web.listen-address=127.0.0.1:{port}"), "--log.level=warn"])
+        .args([
+            &format!("--config.file={path}"),
+            &format!("--storage.tsdb.path={dir}/tsdb"),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+            "--log.level=warn",
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("prometheus (Debian's package; scripts/test.sh installs it)");
@@ -330,7 +341,12 @@ fn prometheus_with_the_shipped_configuration_agrees_with_the_built_in_store() {
     let viz = mesh.viz.to_string();
     let both = |args: &[&str]| {
         let builtin = mesh.stat(args);
-        let out = Command::new(env!("CARGO_BIN_EXE_knit")).args(["viz", "stat"]).args(args).args(["-o", "json", "--viz-addr", &viz, "--prometheus", &prom.url]).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_knit"))
+            .args(["viz", "stat"])
+            .args(args)
+            .args(["-o", "json", "--viz-addr", &viz, "--prometheus", &prom.url])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         (builtin, serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
     };
@@ -342,7 +358,10 @@ fn prometheus_with_the_shipped_configuration_agrees_with_the_built_in_store() {
     // the store does not, so rates agree within 15%.
     let agree = |b: &serde_json::Value, p: &serde_json::Value| {
         eprintln!("built-in: {b}\nprometheus: {p}");
-        assert!(near(&b["success_rate"], &p["success_rate"], 0.05) && near(&b["success_rate"], &0.75.into(), 0.05), "success rates: built-in {b}, prometheus {p}");
+        assert!(
+            near(&b["success_rate"], &p["success_rate"], 0.05) && near(&b["success_rate"], &0.75.into(), 0.05),
+            "success rates: built-in {b}, prometheus {p}"
+        );
         assert!(near(&b["rps"], &p["rps"], 0.15) && near(&b["rps"], &40.0.into(), 0.15), "rps: built-in {b}, prometheus {p}");
         assert!(near(&b["latency_ms_p50"], &p["latency_ms_p50"], 0.5), "p50: built-in {b}, prometheus {p}");
         assert_eq!(b["mtls_rate"], p["mtls_rate"]);
@@ -362,8 +381,14 @@ fn prometheus_with_the_shipped_configuration_agrees_with_the_built_in_store() {
     // through (web's route metrics, after retries). This test, not the one above, because the
     // traffic here starts once the proxies have had time to take the policies, which are
     // written with the workloads.
-    for args in [&["srv", "-n", "test"][..], &["authorizationpolicy", "-n", "test"], &["httproute", "-n", "test"], &["route", "-n", "test", "--from", "deploy/web"]] {
-        let name = match args[0] { "srv" => "books-http", "authorizationpolicy" => "books-from-web", _ => "books-route" };
+    for args in
+        [&["srv", "-n", "test"][..], &["authorizationpolicy", "-n", "test"], &["httproute", "-n", "test"], &["route", "-n", "test", "--from", "deploy/web"]]
+    {
+        let name = match args[0] {
+            "srv" => "books-http",
+            "authorizationpolicy" => "books-from-web",
+            _ => "books-route",
+        };
         let (builtin, from_prometheus) = both(&[args, &["-t", "10s"]].concat());
         assert_eq!(builtin.as_array().map(Vec::len), Some(1), "{args:?}: {builtin:#}");
         agree(row(&builtin, name), row(&from_prometheus, name));
@@ -457,7 +482,10 @@ fn grafana_queries_run(url: &str) {
     // web called books: its outbound panels name the authority.
     for (file, title, expr) in &web {
         let series = prometheus_query(url, expr).unwrap_or_else(|e| panic!("{file}, {title:?} for web: Prometheus refused {expr}: {e}"));
-        assert!(!series.is_empty() && series.iter().all(|s| s["metric"]["authority"] == "books.test.svc.cluster.local:8080"), "{file}, {title:?} for web: {expr} gives {series:?}");
+        assert!(
+            !series.is_empty() && series.iter().all(|s| s["metric"]["authority"] == "books.test.svc.cluster.local:8080"),
+            "{file}, {title:?} for web: {expr} gives {series:?}"
+        );
     }
     eprintln!("grafana: {} queries accepted, {} golden panels with data", books.len() + web.len(), golden.len() + outbound.len());
 }

@@ -67,7 +67,8 @@ fn refusals_say_why() {
     for user in ["kubernetes-admin", "system:node:kind-worker", "system:serviceaccount:demo", "system:serviceaccount:demo:books:x"] {
         assert_eq!(verdict(&with_username(user), true), Err("token_invalid"), "{user}");
     }
-    for user in ["system:serviceaccount:Demo:books", "system:serviceaccount:demo:books_v2", "system:serviceaccount:demo:-books", "system:serviceaccount::books"] {
+    for user in ["system:serviceaccount:Demo:books", "system:serviceaccount:demo:books_v2", "system:serviceaccount:demo:-books", "system:serviceaccount::books"]
+    {
         assert_eq!(verdict(&with_username(user), true), Err("token_invalid"), "{user}");
     }
 }

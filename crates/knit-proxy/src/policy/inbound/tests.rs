@@ -61,7 +61,11 @@ fn get(path: &str) -> http::Request<()> {
 
 #[test]
 fn identities_and_suffixes_are_checked_and_denials_explain_themselves() {
-    let p = ServerPolicy::try_from(server(vec![authz("books-from-web", vec![network("0.0.0.0/0", &[])], mesh(&[WEB], &[&["admin", "knit", "cluster", "local"]]))], vec![])).unwrap();
+    let p = ServerPolicy::try_from(server(
+        vec![authz("books-from-web", vec![network("0.0.0.0/0", &[])], mesh(&[WEB], &[&["admin", "knit", "cluster", "local"]]))],
+        vec![],
+    ))
+    .unwrap();
     let req = get("/");
     let info = RequestInfo::new(&req);
     let ok = p.authorize_http(&info, &client("10.0.0.1", Some(WEB))).unwrap();
@@ -69,7 +73,8 @@ fn identities_and_suffixes_are_checked_and_denials_explain_themselves() {
     assert_eq!(ok.route.name, "default");
     assert!(p.authorize_http(&info, &client("10.0.0.1", Some("ops.admin.knit.cluster.local"))).is_ok(), "suffix match");
     assert!(p.authorize_http(&info, &client("10.0.0.1", Some("evil.notadmin.knit.cluster.local"))).is_err(), "suffixes match whole labels");
-    let Err(Denied::Unauthorized { message, .. }) = p.authorize_http(&info, &client("10.0.0.9", Some("other.demo.serviceaccount.identity.knit.cluster.local"))) else {
+    let Err(Denied::Unauthorized { message, .. }) = p.authorize_http(&info, &client("10.0.0.9", Some("other.demo.serviceaccount.identity.knit.cluster.local")))
+    else {
         panic!("denied")
     };
     assert!(message.contains("server books-http") && message.contains("other.demo") && message.contains(WEB), "{message}");
@@ -81,7 +86,11 @@ fn identities_and_suffixes_are_checked_and_denials_explain_themselves() {
 
 #[test]
 fn networks_and_their_exceptions() {
-    let p = ServerPolicy::try_from(server(vec![authz("nets", vec![network("10.0.0.0/8", &["10.1.0.0/16"])], api::authn::Permit::Unauthenticated(Default::default()))], vec![])).unwrap();
+    let p = ServerPolicy::try_from(server(
+        vec![authz("nets", vec![network("10.0.0.0/8", &["10.1.0.0/16"])], api::authn::Permit::Unauthenticated(Default::default()))],
+        vec![],
+    ))
+    .unwrap();
     let req = get("/");
     let info = RequestInfo::new(&req);
     assert!(p.authorize_http(&info, &client("10.2.3.4", None)).is_ok());
@@ -94,11 +103,21 @@ fn networks_and_their_exceptions() {
 #[test]
 fn routes_select_and_extend_authorizations() {
     let route = api::HttpRoute {
-        metadata: Some(meta::Metadata { kind: Some(meta::metadata::Kind::Resource(meta::Resource { group: "policy.linkerd.io".into(), kind: "HTTPRoute".into(), name: "health".into(), ..Default::default() })) }),
+        metadata: Some(meta::Metadata {
+            kind: Some(meta::metadata::Kind::Resource(meta::Resource {
+                group: "policy.linkerd.io".into(),
+                kind: "HTTPRoute".into(),
+                name: "health".into(),
+                ..Default::default()
+            })),
+        }),
         hosts: vec![],
         authorizations: vec![authz("probes", vec![network("0.0.0.0/0", &[])], api::authn::Permit::Unauthenticated(Default::default()))],
         rules: vec![api::http_route::Rule {
-            matches: vec![http_api::HttpRouteMatch { path: Some(http_api::PathMatch { kind: Some(http_api::path_match::Kind::Exact("/health".into())) }), ..Default::default() }],
+            matches: vec![http_api::HttpRouteMatch {
+                path: Some(http_api::PathMatch { kind: Some(http_api::path_match::Kind::Exact("/health".into())) }),
+                ..Default::default()
+            }],
             filters: vec![],
         }],
     };
@@ -124,7 +143,10 @@ fn default_policies() {
     assert!(!check(DefaultPolicy::ClusterAuthenticated, &client("10.9.9.9", None)));
     assert!(!check(DefaultPolicy::Deny, &client("10.9.9.9", Some(WEB))));
     assert!(!check(DefaultPolicy::Deny, &client("127.0.0.1", None)));
-    assert!(ServerPolicy::default_for(DefaultPolicy::Deny, &cluster).with_localhost().authorize_http(&info, &client("127.0.0.1", None)).is_ok(), "trusted loopback even under deny");
+    assert!(
+        ServerPolicy::default_for(DefaultPolicy::Deny, &cluster).with_localhost().authorize_http(&info, &client("127.0.0.1", None)).is_ok(),
+        "trusted loopback even under deny"
+    );
     assert!(check(DefaultPolicy::Audit, &client("192.168.0.1", None)));
     assert_eq!("cluster-authenticated".parse::<DefaultPolicy>(), Ok(DefaultPolicy::ClusterAuthenticated));
     assert!("allow".parse::<DefaultPolicy>().unwrap_err().contains("all-unauthenticated"));

@@ -5,8 +5,8 @@
 
 use super::*;
 use crate::retry::{self, InvalidBackoff};
-use linkerd2_proxy_api::{destination, http_route as http_api, meta as meta_api, outbound as api};
 use knit_core::destination::MetricLabels;
+use linkerd2_proxy_api::{destination, http_route as http_api, meta as meta_api, outbound as api};
 use std::{collections::HashMap, net::SocketAddr};
 
 /// Converts a rule's `Distribution` (each route kind has its own generated types of the same

@@ -22,7 +22,13 @@ async fn proxies_certify_and_discover_over_tls_with_the_control_planes_identity_
         let connect_to = format!("{name}:443:127.0.0.1:{port}");
         let url = format!("https://{name}/io.linkerd.proxy.destination.Destination/Get");
         let anchors = anchors.display().to_string();
-        async move { run("curl", &["-sS", "--http2", "--max-time", "5", "--cacert", &anchors, "--connect-to", &connect_to, "-o", "/dev/null", "-w", "%{http_version}", &url]).await }
+        async move {
+            run(
+                "curl",
+                &["-sS", "--http2", "--max-time", "5", "--cacert", &anchors, "--connect-to", &connect_to, "-o", "/dev/null", "-w", "%{http_version}", &url],
+            )
+            .await
+        }
     };
     for port in [mesh.control.identity.port(), mesh.control.destination.port(), mesh.control.policy.port()] {
         let (ok, out, err) = curl(CONTROL_IDENTITY, port).await;

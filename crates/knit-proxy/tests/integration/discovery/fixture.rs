@@ -8,7 +8,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use knit_identity::{layout, token::{Claims, TokenKey}};
+use knit_identity::{
+    layout,
+    token::{Claims, TokenKey},
+};
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -37,7 +40,9 @@ pub enum Behaviour {
     /// Every `n`th request (1-based count) fails with 503.
     FailEvery(u64),
     /// Every request is answered 429 with `Retry-After: secs`.
-    RateLimited { secs: u64 },
+    RateLimited {
+        secs: u64,
+    },
     /// Answers after this delay.
     Slow(Duration),
 }
@@ -126,7 +131,11 @@ impl LocalMesh {
         Self { dir, manifests, control, tokens: material.token_key, tls, shutdown: Some(shutdown), workloads: Default::default() }
     }
 
-    async fn start_control_at(dir: &std::path::Path, tls: bool, [identity, destination, policy]: [SocketAddr; 3]) -> (knit_control::Addrs, tokio::sync::oneshot::Sender<()>) {
+    async fn start_control_at(
+        dir: &std::path::Path,
+        tls: bool,
+        [identity, destination, policy]: [SocketAddr; 3],
+    ) -> (knit_control::Addrs, tokio::sync::oneshot::Sender<()>) {
         let mut config = knit_control::config::Config::local(knit_control::config::IdentityConfig::for_dir(dir.join("identity")));
         config.serve_tls_identity = tls.then(|| CONTROL_IDENTITY.to_string());
         config.discovery.config_dir = Some(dir.join("manifests"));

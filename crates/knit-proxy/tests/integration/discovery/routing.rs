@@ -67,11 +67,9 @@ async fn routes_match_paths_and_headers() {
     assert_eq!(count_from(&send(web.addrs.outbound, "books:8080", "/v2", 5).await, "books-v2"), 5);
     assert_eq!(count_from(&send(web.addrs.outbound, "books:8080", "/v20", 5).await, "books-v1"), 5, "a path prefix matches whole segments");
     assert_eq!(count_from(&send(web.addrs.outbound, "books:8080", "/", 10).await, "books-v1"), 10);
-    let header = crate::harness::run(
-        "curl",
-        &["-sS", "--max-time", "10", "-H", "Host: books:8080", "-H", "x-canary: yes", &format!("http://{}/", web.addrs.outbound)],
-    )
-    .await;
+    let header =
+        crate::harness::run("curl", &["-sS", "--max-time", "10", "-H", "Host: books:8080", "-H", "x-canary: yes", &format!("http://{}/", web.addrs.outbound)])
+            .await;
     assert!(header.1.starts_with("books-v2"), "the header match routes to v2: {header:?}");
     let route_label = r#"route_name="books-routes""#;
     assert!(web.metric("outbound_http_route_request_statuses_total", &[route_label, r#"http_status="200""#]).await >= 30.0);

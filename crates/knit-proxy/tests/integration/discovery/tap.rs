@@ -2,7 +2,10 @@
 //! identity is refused; matches and the per-subscriber rate limit apply.
 
 use super::fixture::{count_from, identity, send, service, Backend, Behaviour, LocalMesh, CONTROL_IDENTITY, NS};
-use knit_control::viz::{store::Target, tap::{Client, Filter, Tapped}};
+use knit_control::viz::{
+    store::Target,
+    tap::{Client, Filter, Tapped},
+};
 use std::{sync::Arc, time::Duration};
 
 /// A tap client certified by the mesh's CA as `name`.
