@@ -26,6 +26,10 @@ if ! python3 -c 'import grpc, grpc_tools, kubernetes_validate, jsonschema, playw
 fi
 scripts/install-tools.sh
 
+echo "==> formatting and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 echo "==> building"
 cargo build --workspace --all-targets --locked
 

@@ -47,6 +47,7 @@ async fn shutdown_signal() {
 /// under manifest churn, knit-control's RSS crept from 56 MiB to 80 MiB in a minute with the
 /// default arenas and stayed flat with one. One arena costs little here: every index update
 /// already serialises on the index lock.
+#[allow(unsafe_code)] // mallopt: see the SAFETY comment.
 fn limit_malloc_arenas() {
     // SAFETY: `mallopt` only sets an allocator parameter. It runs first thing in `main`, before
     // any thread exists, so no allocation can race with the change.

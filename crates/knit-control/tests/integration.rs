@@ -1,6 +1,9 @@
 //! knit-control's integration tests: the identity service over real gRPC on 127.0.0.1, with
 //! identity material written to a temporary directory as `knit identity init` writes it.
 
+// Helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use knit_control::{
     config::{Config, IdentityConfig},
     Control,

@@ -13,6 +13,7 @@ const SO_ORIGINAL_DST: libc::c_int = 80;
 /// Returns the address the client meant to reach before NAT. Without a redirect the kernel either
 /// fails (no conntrack entry) or returns the listener's own address; callers treat both as "no
 /// original destination".
+#[allow(unsafe_code)] // Two getsockopt calls, each proven sound in its SAFETY comment.
 pub fn original_dst(sock: &tokio::net::TcpStream) -> io::Result<SocketAddr> {
     let fd = sock.as_raw_fd();
     match sock.local_addr()? {

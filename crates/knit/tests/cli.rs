@@ -1,5 +1,8 @@
 //! The `knit` binary as a person uses it.
 
+// Helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 fn knit(args: &[&str]) -> (bool, String) {

@@ -16,6 +16,7 @@ pub struct ProcessCollector {
 }
 
 impl ProcessCollector {
+    #[allow(unsafe_code)] // sysconf: see the SAFETY comment.
     pub fn new() -> Self {
         // SAFETY: sysconf only reads process-wide constants and has no preconditions.
         let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
