@@ -44,6 +44,7 @@ EXPECTED = {
     ("policy.linkerd.io", "HTTPLocalRateLimitPolicy"): ("httplocalratelimitpolicies", ["v1alpha1"], "v1alpha1", []),
     ("workload.linkerd.io", "ExternalWorkload"): ("externalworkloads", ["v1beta1"], "v1beta1", []),
     ("split.smi-spec.io", "TrafficSplit"): ("trafficsplits", ["v1alpha2"], "v1alpha2", ["ts"]),
+    ("policy.linkerd.io", "EgressNetwork"): ("egressnetworks", ["v1alpha1"], "v1alpha1", []),
 }
 
 # Groups whose resources are not ours to check: the Gateway API ships its own CRDs.
@@ -51,6 +52,12 @@ FOREIGN_GROUPS = {"gateway.networking.k8s.io"}
 
 # Documents the schemas must refuse: (what, document, a word the error must contain).
 BAD_DOCUMENTS = [
+    ("EgressNetwork without a trafficPolicy",
+     {"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "EgressNetwork", "metadata": {"name": "bad"},
+      "spec": {"networks": [{"cidr": "203.0.113.0/24"}]}}, "trafficPolicy"),
+    ("EgressNetwork with a trafficPolicy that is neither Allow nor Deny",
+     {"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "EgressNetwork", "metadata": {"name": "bad"},
+      "spec": {"trafficPolicy": "Audit"}}, "Audit"),
     ("Server whose port is neither an integer nor a string",
      {"apiVersion": "policy.linkerd.io/v1beta3", "kind": "Server", "metadata": {"name": "bad"},
       "spec": {"podSelector": {}, "port": [8080]}}, "port"),
@@ -121,6 +128,12 @@ BAD_DOCUMENTS = [
 
 # Linkerd-style documents the schemas must accept as they are, beyond Knit's own manifests.
 GOOD_DOCUMENTS = [
+    ("EgressNetwork denying everything outside the cluster",
+     {"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "EgressNetwork", "metadata": {"name": "all", "namespace": "linkerd-egress"},
+      "spec": {"trafficPolicy": "Deny"}}),
+    ("EgressNetwork allowing one network with an exception",
+     {"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "EgressNetwork", "metadata": {"name": "partners"},
+      "spec": {"networks": [{"cidr": "203.0.113.0/24", "except": ["203.0.113.7/32"]}], "trafficPolicy": "Allow"}}),
     ("v1beta1 Server with podSelector and a named port",
      {"apiVersion": "policy.linkerd.io/v1beta1", "kind": "Server", "metadata": {"name": "web-http"},
       "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "port": "http", "proxyProtocol": "HTTP/1"}}),

@@ -61,12 +61,22 @@ impl Config {
                 control_plane_namespace: "knit".into(),
                 cluster_networks: DEFAULT_CLUSTER_NETWORKS.split(',').filter_map(|n| n.parse().ok()).collect(),
                 default_inbound_policy: "all-unauthenticated".into(),
+                default_opaque_ports: knit_core::parse::port_set(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
+                global_egress_network_namespace: "linkerd-egress".into(),
             },
             webhook: WebhookConfig { webhook_addr: any, webhook_tls_cert: None, webhook_tls_key: None, inject_values: None },
             viz: VizConfig { viz_addr: any, viz_scrape_interval: Duration::from_secs(10), viz_retention: Duration::from_secs(120), prometheus_url: None },
             log: "warn,knit_control=info".into(),
         }
     }
+}
+
+/// Linkerd's default opaque ports (`proxy.opaquePorts`): SMTP, MySQL, Galera, PostgreSQL, Redis,
+/// Elasticsearch, memcached; protocols whose server speaks first or that carry no HTTP.
+pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
+
+fn port_set(s: &str) -> Result<std::collections::BTreeSet<u16>, String> {
+    knit_core::parse::port_set(s).map_err(|e| e.to_string())
 }
 
 pub const DEFAULT_CLUSTER_NETWORKS: &str = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8,127.0.0.0/8,::1/128";
@@ -110,6 +120,14 @@ pub struct DiscoveryConfig {
     /// cluster-unauthenticated, cluster-authenticated, deny, audit).
     #[arg(long, env = "KNIT_CONTROL_DEFAULT_INBOUND_POLICY", default_value = "all-unauthenticated", value_parser = default_policy)]
     pub default_inbound_policy: String,
+    /// Ports that are opaque (never detected, mTLS'd byte for byte) unless a
+    /// config.linkerd.io/opaque-ports annotation says otherwise.
+    #[arg(long, env = "KNIT_CONTROL_DEFAULT_OPAQUE_PORTS", default_value = DEFAULT_OPAQUE_PORTS, value_parser = port_set)]
+    pub default_opaque_ports: std::collections::BTreeSet<u16>,
+    /// The namespace whose EgressNetworks apply to clients in namespaces without their own (as
+    /// Linkerd's egress.globalEgressNetworkNamespace).
+    #[arg(long, env = "KNIT_CONTROL_GLOBAL_EGRESS_NETWORK_NAMESPACE", default_value = "linkerd-egress")]
+    pub global_egress_network_namespace: String,
 }
 
 impl DiscoveryConfig {

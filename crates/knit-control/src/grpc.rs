@@ -8,7 +8,7 @@
 
 use crate::index::{
     names::{self, ProfileKey, Target},
-    Endpoints, EndpointsView, Index, SvcPort, WorkloadPort,
+    Endpoints, EndpointsView, Index, OutboundKey, SvcPort, WorkloadPort,
 };
 use linkerd2_proxy_api::{
     destination::{self as dst, destination_server::Destination, update, Update},
@@ -150,7 +150,7 @@ pub fn diff(before: Option<&Endpoints>, now: Option<&Endpoints>, first: bool) ->
 pub struct OutboundService(pub Arc<Index>);
 
 impl OutboundService {
-    fn subscribe(&self, spec: outb::TrafficSpec) -> Result<(View<outb::OutboundPolicy>, SvcPort), Status> {
+    fn subscribe(&self, spec: outb::TrafficSpec) -> Result<(View<outb::OutboundPolicy>, String), Status> {
         let ns = names::source_namespace(&spec.source_workload);
         let target = match spec.target {
             Some(traffic_spec::Target::Authority(a)) => names::parse_target(&a, &ns, &self.0.config().cluster_domain)
@@ -159,12 +159,16 @@ impl OutboundService {
             Some(traffic_spec::Target::Addr(a)) => Target::Addr(SocketAddr::try_from(a).map_err(|e| Status::invalid_argument(format!("target.addr: {e}")))?),
             None => return Err(Status::invalid_argument("target is required (authority or addr)")),
         };
-        let svc = self.0.resolve(&target).ok_or_else(|| Status::not_found(format!("{target:?} is not a known Service")))?;
-        let rx = self.0.outbound(&svc);
+        let key = self.0.resolve_outbound(&target, &ns).ok_or_else(|| Status::not_found(format!("{target:?} is not a known Service")))?;
+        let what = match &key {
+            OutboundKey::Service(svc) => svc_name(svc),
+            OutboundKey::Addr { addr, .. } => format!("egress to {addr}"),
+        };
+        let rx = self.0.outbound(&key);
         if rx.borrow().is_none() {
-            return Err(Status::not_found(format!("no {}", svc_name(&svc))));
+            return Err(Status::not_found(format!("no policy for {what}: an address inside the cluster networks that is no Service's")));
         }
-        Ok((rx, svc))
+        Ok((rx, what))
     }
 }
 
@@ -173,14 +177,14 @@ impl OutboundPolicies for OutboundService {
     type WatchStream = Stream<outb::OutboundPolicy>;
 
     async fn get(&self, req: Request<outb::TrafficSpec>) -> Result<Response<outb::OutboundPolicy>, Status> {
-        let (rx, svc) = self.subscribe(req.into_inner())?;
-        let policy = rx.borrow().as_ref().clone().ok_or_else(|| Status::not_found(format!("no {}", svc_name(&svc))))?;
+        let (rx, what) = self.subscribe(req.into_inner())?;
+        let policy = rx.borrow().as_ref().clone().ok_or_else(|| Status::not_found(format!("no {what}")))?;
         Ok(Response::new(policy))
     }
 
     async fn watch(&self, req: Request<outb::TrafficSpec>) -> Result<Response<Self::WatchStream>, Status> {
-        let (rx, svc) = self.subscribe(req.into_inner())?;
-        Ok(Response::new(follow(rx, svc_name(&svc), Clone::clone)))
+        let (rx, what) = self.subscribe(req.into_inner())?;
+        Ok(Response::new(follow(rx, what, Clone::clone)))
     }
 }
 

@@ -13,12 +13,15 @@
 //! Everything here is synchronous and pure apart from the watch channels: the gRPC layer
 //! (`grpc.rs`) turns views into streams, the sources (`local.rs`) turn files into events.
 
+mod egress;
 mod endpoints;
 mod inbound;
 pub mod names;
 mod outbound;
 
+pub use egress::network_for;
 pub use names::{SvcPort, WorkloadPort};
+pub use outbound::OutboundKey;
 
 use crate::resources::{ExternalWorkload, Key, Kind, Resource, Service};
 use linkerd2_proxy_api::{destination, inbound as inbound_api, outbound as outbound_api};
@@ -43,6 +46,11 @@ pub struct IndexConfig {
     pub cluster_networks: Vec<ipnet::IpNet>,
     /// For workloads without a Server on a port and without `config.linkerd.io/default-inbound-policy`.
     pub default_inbound_policy: String,
+    /// Ports that are opaque (never detected) unless a `config.linkerd.io/opaque-ports`
+    /// annotation lists others: Linkerd's `proxy.opaquePorts`.
+    pub default_opaque_ports: std::collections::BTreeSet<u16>,
+    /// Whose EgressNetworks apply to clients in namespaces that have none of their own.
+    pub global_egress_namespace: String,
 }
 
 impl IndexConfig {
@@ -52,6 +60,23 @@ impl IndexConfig {
 
     pub fn authority(&self, svc: &SvcPort) -> String {
         format!("{}.{}.svc.{}:{}", svc.name, svc.ns, self.cluster_domain, svc.port)
+    }
+
+    /// Whether a Service port is opaque: `appProtocol: linkerd.io/opaque` (or `linkerd.io/tcp`),
+    /// or listed by its `config.linkerd.io/opaque-ports`, or, without that annotation, one of
+    /// the default opaque ports.
+    pub fn is_opaque(&self, svc: &Service, port: u16) -> bool {
+        let by_protocol = svc.spec.ports.iter().any(|p| p.port == port && matches!(p.app_protocol.as_deref(), Some("linkerd.io/opaque" | "linkerd.io/tcp")));
+        by_protocol || svc.config.opaque_ports.as_ref().unwrap_or(&self.default_opaque_ports).contains(&port)
+    }
+
+    /// Whether a workload port is opaque: its own `config.linkerd.io/opaque-ports` annotation, or
+    /// the default opaque ports.
+    pub fn workload_port_opaque(&self, w: &ExternalWorkload, port: u16) -> bool {
+        match w.metadata.annotations.get("config.linkerd.io/opaque-ports") {
+            Some(v) => knit_core::parse::port_set(v).is_ok_and(|p| p.contains(&port)),
+            None => self.default_opaque_ports.contains(&port),
+        }
     }
 }
 
@@ -165,7 +190,7 @@ struct State {
     owners: HashMap<Key, String>,
     sources: HashMap<String, Vec<Key>>,
     endpoints: Views<SvcPort, EndpointsView>,
-    outbound: Views<SvcPort, Option<outbound_api::OutboundPolicy>>,
+    outbound: Views<OutboundKey, Option<outbound_api::OutboundPolicy>>,
     inbound: Views<WorkloadPort, Option<inbound_api::Server>>,
     profiles: Views<names::ProfileKey, Option<destination::DestinationProfile>>,
     published: u64,
@@ -290,7 +315,7 @@ impl Index {
         views.subscribe(key, || endpoints::compute(model, &self.config, key))
     }
 
-    pub fn outbound(&self, key: &SvcPort) -> watch::Receiver<Arc<Option<outbound_api::OutboundPolicy>>> {
+    pub fn outbound(&self, key: &OutboundKey) -> watch::Receiver<Arc<Option<outbound_api::OutboundPolicy>>> {
         let mut state = self.lock();
         let State { model, outbound: views, .. } = &mut *state;
         views.subscribe(key, || outbound::compute(model, &self.config, key))
@@ -311,6 +336,16 @@ impl Index {
     /// Resolves a name or a cluster IP to a Service port (see `names`).
     pub fn resolve(&self, target: &names::Target) -> Option<SvcPort> {
         names::resolve(&self.lock().model, target)
+    }
+
+    /// What an outbound lookup from `source_ns` answers for: a Service (a name, or a cluster
+    /// IP), or, for any other address, egress. `None`: a name that is no Service.
+    pub fn resolve_outbound(&self, target: &names::Target, source_ns: &str) -> Option<OutboundKey> {
+        match (self.resolve(target), target) {
+            (Some(svc), _) => Some(OutboundKey::Service(svc)),
+            (None, names::Target::Addr(addr)) => Some(OutboundKey::Addr { source_ns: source_ns.to_string(), addr: *addr }),
+            (None, names::Target::Name(_)) => None,
+        }
     }
 
     pub fn stats(&self) -> Stats {

@@ -63,10 +63,13 @@ pub enum Watched {
     GrpcRoute,
     ExternalWorkload,
     TrafficSplit,
+    TcpRoute,
+    TlsRoute,
+    EgressNetwork,
 }
 
 impl Watched {
-    pub const ALL: [Watched; 14] = [
+    pub const ALL: [Watched; 17] = [
         Watched::Namespace,
         Watched::Service,
         Watched::Pod,
@@ -81,6 +84,9 @@ impl Watched {
         Watched::GrpcRoute,
         Watched::ExternalWorkload,
         Watched::TrafficSplit,
+        Watched::TcpRoute,
+        Watched::TlsRoute,
+        Watched::EgressNetwork,
     ];
 
     /// Group, version, kind and plural of a custom resource; `None` for the core kinds.
@@ -97,6 +103,9 @@ impl Watched {
             Watched::GrpcRoute => ("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"),
             Watched::ExternalWorkload => ("workload.linkerd.io", "v1beta1", "ExternalWorkload", "externalworkloads"),
             Watched::TrafficSplit => ("split.smi-spec.io", "v1alpha2", "TrafficSplit", "trafficsplits"),
+            Watched::TcpRoute => ("gateway.networking.k8s.io", "v1alpha2", "TCPRoute", "tcproutes"),
+            Watched::TlsRoute => ("gateway.networking.k8s.io", "v1alpha2", "TLSRoute", "tlsroutes"),
+            Watched::EgressNetwork => ("policy.linkerd.io", "v1alpha1", "EgressNetwork", "egressnetworks"),
         })
     }
 
@@ -123,6 +132,9 @@ impl Watched {
             Watched::GrpcRoute => "kubernetes/GRPCRoute",
             Watched::ExternalWorkload => "kubernetes/ExternalWorkload",
             Watched::TrafficSplit => "kubernetes/TrafficSplit",
+            Watched::TcpRoute => "kubernetes/TCPRoute",
+            Watched::TlsRoute => "kubernetes/TLSRoute",
+            Watched::EgressNetwork => "kubernetes/EgressNetwork",
         }
     }
 

@@ -101,6 +101,8 @@ impl Control {
             control_plane_ns: d.control_plane_namespace.clone(),
             cluster_networks: d.cluster_networks.clone(),
             default_inbound_policy: d.default_inbound_policy.clone(),
+            default_opaque_ports: d.default_opaque_ports.clone(),
+            global_egress_namespace: d.global_egress_network_namespace.clone(),
         }));
         let local = d.config_dir.as_deref().map(|dir| local::LocalSource::load(dir, index.clone())).transpose()?;
         let kubernetes = if d.kubernetes {

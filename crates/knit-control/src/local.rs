@@ -108,7 +108,20 @@ impl LocalSource {
             }
         };
         self.seen.insert(path.to_path_buf(), stamp);
-        let (mut resources, errors) = resources::parse(&name, &text);
+        let (mut resources, mut errors) = resources::parse(&name, &text);
+        // What only the control plane's configuration can tell: an EgressNetwork over the
+        // cluster's own networks is refused, like any invalid document.
+        let cluster = &self.index.config().cluster_networks;
+        resources.retain(|r| match r {
+            Resource::EgressNetwork(e) => match e.overlap(cluster) {
+                Some(reason) => {
+                    errors.push(format!("{name}: EgressNetwork {}/{}: {reason}", e.metadata.namespace, e.metadata.name));
+                    false
+                }
+                None => true,
+            },
+            _ => true,
+        });
         for e in &errors {
             tracing::warn!("invalid manifest, skipped: {e}");
         }

@@ -437,6 +437,12 @@ pub struct RedirectPath {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BackendRef {
+    /// Empty or `core` for a Service; `policy.linkerd.io` for an EgressNetwork.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// `Service` (the default) or, in a route of an EgressNetwork, that `EgressNetwork`.
+    #[serde(default)]
+    pub kind: Option<String>,
     pub name: String,
     #[serde(default)]
     pub namespace: Option<String>,
@@ -459,6 +465,58 @@ pub struct RouteTimeouts {
     pub request: Option<String>,
     #[serde(default)]
     pub backend_request: Option<String>,
+}
+
+/// `EgressNetwork` (policy.linkerd.io v1alpha1): traffic to networks outside the cluster, allowed
+/// or denied by default, with routes (`parentRefs` of kind EgressNetwork) for the exceptions
+/// (LINKERD-WIRE.md §13).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct EgressNetwork {
+    pub metadata: ObjectMeta,
+    pub spec: EgressNetworkSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressNetworkSpec {
+    /// `None`: everything outside the cluster networks.
+    #[serde(default)]
+    pub networks: Option<Vec<Network>>,
+    pub traffic_policy: TrafficPolicy,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    Allow,
+    Deny,
+}
+
+impl EgressNetwork {
+    /// The networks it covers: its own, or everything outside `cluster` when it names none.
+    pub fn networks(&self, cluster: &[ipnet::IpNet]) -> Vec<Network> {
+        if let Some(n) = &self.spec.networks {
+            return n.clone();
+        }
+        let except = |v4: bool| cluster.iter().filter(|c| matches!(c, ipnet::IpNet::V4(_)) == v4).copied().collect();
+        let all = |s: &str| s.parse::<ipnet::IpNet>().expect("a literal network");
+        vec![Network { cidr: all("0.0.0.0/0"), except: except(true) }, Network { cidr: all("::/0"), except: except(false) }]
+    }
+
+    /// Why the resource cannot be used with these cluster networks: an egress network never
+    /// covers the cluster's own (Linkerd refuses it with `Accepted=False`).
+    pub fn overlap(&self, cluster: &[ipnet::IpNet]) -> Option<String> {
+        let nets = self.spec.networks.as_ref()?;
+        for (i, n) in nets.iter().enumerate() {
+            for c in cluster {
+                let overlaps = n.cidr.contains(&c.network()) || c.contains(&n.cidr.network());
+                let excepted = n.except.iter().any(|e| e.contains(&c.network()) && e.prefix_len() <= c.prefix_len());
+                if overlaps && !excepted {
+                    return Some(format!("spec.networks[{i}]: {} overlaps the cluster network {c}; an EgressNetwork covers only addresses outside the cluster (list the cluster network under except, or narrow the CIDR)", n.cidr));
+                }
+            }
+        }
+        None
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -495,7 +553,12 @@ pub enum Kind {
     /// policy.linkerd.io
     PolicyHttpRoute,
     GrpcRoute,
+    /// gateway.networking.k8s.io v1alpha2: opaque TCP routes (one rule, weighted backends).
+    TcpRoute,
+    /// gateway.networking.k8s.io v1alpha2: TLS routes matched by SNI (`hostnames`).
+    TlsRoute,
     TrafficSplit,
+    EgressNetwork,
 }
 
 impl Kind {
@@ -510,7 +573,10 @@ impl Kind {
             Kind::RateLimitPolicy => "HTTPLocalRateLimitPolicy",
             Kind::HttpRoute | Kind::PolicyHttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
+            Kind::TcpRoute => "TCPRoute",
+            Kind::TlsRoute => "TLSRoute",
             Kind::TrafficSplit => "TrafficSplit",
+            Kind::EgressNetwork => "EgressNetwork",
         }
     }
 
@@ -519,7 +585,7 @@ impl Kind {
         match self {
             Kind::Service => "core",
             Kind::ExternalWorkload => "workload.linkerd.io",
-            Kind::HttpRoute | Kind::GrpcRoute => "gateway.networking.k8s.io",
+            Kind::HttpRoute | Kind::GrpcRoute | Kind::TcpRoute | Kind::TlsRoute => "gateway.networking.k8s.io",
             Kind::TrafficSplit => "split.smi-spec.io",
             _ => "policy.linkerd.io",
         }
@@ -539,7 +605,10 @@ impl Kind {
             ("gateway.networking.k8s.io", "HTTPRoute") => Kind::HttpRoute,
             ("policy.linkerd.io", "HTTPRoute") => Kind::PolicyHttpRoute,
             ("gateway.networking.k8s.io", "GRPCRoute") => Kind::GrpcRoute,
+            ("gateway.networking.k8s.io", "TCPRoute") => Kind::TcpRoute,
+            ("gateway.networking.k8s.io", "TLSRoute") => Kind::TlsRoute,
             ("split.smi-spec.io", "TrafficSplit") => Kind::TrafficSplit,
+            ("policy.linkerd.io", "EgressNetwork") => Kind::EgressNetwork,
             _ => return None,
         })
     }
@@ -556,6 +625,7 @@ pub enum Resource {
     RateLimitPolicy(Arc<RateLimitPolicy>),
     Route(Kind, Arc<Route>),
     TrafficSplit(Arc<TrafficSplit>),
+    EgressNetwork(Arc<EgressNetwork>),
 }
 
 impl Resource {
@@ -570,6 +640,7 @@ impl Resource {
             Resource::RateLimitPolicy(_) => Kind::RateLimitPolicy,
             Resource::Route(kind, _) => *kind,
             Resource::TrafficSplit(_) => Kind::TrafficSplit,
+            Resource::EgressNetwork(_) => Kind::EgressNetwork,
         }
     }
 
@@ -584,6 +655,7 @@ impl Resource {
             Resource::RateLimitPolicy(r) => &r.metadata,
             Resource::Route(_, r) => &r.metadata,
             Resource::TrafficSplit(r) => &r.metadata,
+            Resource::EgressNetwork(r) => &r.metadata,
         }
     }
 
@@ -661,8 +733,9 @@ pub fn parse_document(value: serde_json::Value) -> Result<Option<Resource>, Stri
             Kind::MeshTlsAuthentication => Resource::MeshTlsAuthentication(Arc::new(de(value)?)),
             Kind::NetworkAuthentication => Resource::NetworkAuthentication(Arc::new(de(value)?)),
             Kind::RateLimitPolicy => Resource::RateLimitPolicy(Arc::new(de(value)?)),
-            Kind::HttpRoute | Kind::PolicyHttpRoute | Kind::GrpcRoute => Resource::Route(kind, Arc::new(de(value)?)),
+            Kind::HttpRoute | Kind::PolicyHttpRoute | Kind::GrpcRoute | Kind::TcpRoute | Kind::TlsRoute => Resource::Route(kind, Arc::new(de(value)?)),
             Kind::TrafficSplit => Resource::TrafficSplit(Arc::new(de(value)?)),
+            Kind::EgressNetwork => Resource::EgressNetwork(Arc::new(de(value)?)),
         })
     };
     let resource = parsed().map_err(|e| format!("{label}: {e}"))?;

@@ -158,11 +158,24 @@ pub struct Pool<E> {
     config: Config,
     accrual: Option<FailureAccrual>,
     endpoints: RwLock<Vec<(E, Arc<State>)>>,
+    /// Woken when endpoints are added, for requests waiting in the backend's queue.
+    added: tokio::sync::Notify,
+    /// Requests and connections waiting for a ready endpoint (the backend's queue).
+    pub waiting: AtomicUsize,
+    /// Since when no endpoint has been ready (failfast starts after the backend's timeout).
+    unready_since: Mutex<Option<Instant>>,
 }
 
 impl<E: Clone + Eq + Hash> Pool<E> {
     pub fn new(load: &Load, accrual: Option<&FailureAccrual>) -> Self {
-        Self { config: load.into(), accrual: accrual.cloned(), endpoints: RwLock::new(Vec::new()) }
+        Self {
+            config: load.into(),
+            accrual: accrual.cloned(),
+            endpoints: RwLock::new(Vec::new()),
+            added: tokio::sync::Notify::new(),
+            waiting: AtomicUsize::new(0),
+            unready_since: Mutex::new(None),
+        }
     }
 
     /// Adds endpoints (an endpoint already present keeps its state).
@@ -174,6 +187,24 @@ impl<E: Clone + Eq + Hash> Pool<E> {
                 eps.push((e, Arc::new(State::new(&self.config, self.accrual.as_ref(), now))));
             }
         }
+        drop(eps);
+        self.added.notify_waiters();
+    }
+
+    /// Resolves once endpoints may have been added since the call.
+    pub fn added(&self) -> tokio::sync::futures::Notified<'_> {
+        self.added.notified()
+    }
+
+    /// Records whether a pick found a ready endpoint at `now`; returns how long the pool has had
+    /// none (zero when it has one).
+    pub fn note_ready(&self, ready: bool, now: Instant) -> Duration {
+        let mut since = self.unready_since.lock().unwrap_or_else(|p| p.into_inner());
+        if ready {
+            *since = None;
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(*since.get_or_insert(now))
     }
 
     pub fn update_remove(&self, remove: &[E]) {
@@ -246,6 +277,15 @@ impl<E> Picked<E> {
 
     /// Records the response: its latency into the estimate, its outcome into the breaker.
     pub fn finish(mut self, outcome: Outcome, rtt: Duration, now: Instant) {
+        self.record(outcome, rtt, now);
+    }
+
+    /// Records an outcome but stays pending until dropped: an opaque connection counts against
+    /// its endpoint's load for as long as it is open, and its connect time is the latency.
+    pub fn record(&mut self, outcome: Outcome, rtt: Duration, now: Instant) {
+        if self.finished {
+            return;
+        }
         self.finished = true;
         self.state.observe(&self.config, outcome, rtt, now);
         if let Some(b) = &self.state.breaker {

@@ -62,6 +62,8 @@ pub struct OutboundConfig {
     pub connect_timeout: Duration,
     pub endpoints: DestinationTable,
     pub port_forwards: BTreeMap<u16, Authority>,
+    /// Route metrics carry the `hostname` the request or connection named (bounded).
+    pub metrics_hostname_labels: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -240,6 +242,7 @@ impl Config {
         let outbound_connect = r.get(&v("OUTBOUND_CONNECT_TIMEOUT"), "1s", parse::duration);
         let endpoints = r.get(&v("OUTBOUND_ENDPOINTS"), "", str::parse::<DestinationTable>);
         let port_forwards = r.get(&v("OUTBOUND_PORT_FORWARDS"), "", parse_port_forwards);
+        let hostname_labels = r.get(&v("OUTBOUND_METRICS_HOSTNAME_LABELS"), "false", parse::boolean);
         let admin_listen = r.get(&v("ADMIN_LISTEN_ADDR"), "127.0.0.1:4191", addr);
         let shutdown_endpoint = r.get(&v("SHUTDOWN_ENDPOINT_ENABLED"), "false", parse::boolean);
         let opaque_ports = r.get(&v("OPAQUE_PORTS"), DEFAULT_OPAQUE_PORTS, parse::port_set);
@@ -265,7 +268,10 @@ impl Config {
             }
         }
         let identity = identity_config(&mut r);
-        let discovery = discovery_config(&mut r);
+        let mut discovery = discovery_config(&mut r);
+        if let (Some(d), Some(ports)) = (discovery.as_mut(), opaque_ports.as_ref()) {
+            d.opaque_ports = ports.clone();
+        }
         let tap = tap_config(&mut r, identity.is_some());
         if !r.errors.is_empty() {
             return Err(ConfigError(r.errors));
@@ -279,6 +285,7 @@ impl Config {
                 connect_timeout: outbound_connect.expect(m),
                 endpoints: endpoints.expect(m),
                 port_forwards: port_forwards.expect(m),
+                metrics_hostname_labels: hostname_labels.expect(m),
             },
             admin: AdminConfig { listen_addr: admin_listen.expect(m), shutdown_endpoint_enabled: shutdown_endpoint.expect(m) },
             detect: DetectConfig { opaque_ports: opaque_ports.expect(m), silent_timeout: silent.expect(m), timeout: detect_timeout.expect(m) },
@@ -413,6 +420,7 @@ fn discovery_config(r: &mut Reader<'_>) -> Option<crate::discovery::DiscoveryCon
         cluster_networks: cluster_networks?,
         inbound_ports: inbound_ports?,
         trust_loopback: trust_loopback?,
+        opaque_ports: BTreeSet::new(),
     })
 }
 

@@ -5,7 +5,10 @@
 //! - the endpoints behind each balancer (`BalanceP2c` backends name a path): `Destination.Get`,
 //!   applied to that balancer's pool as adds and removes, so endpoint load and breaker state
 //!   survive updates;
-//! - inbound policy per local port: `InboundServerPolicies.WatchPort`.
+//! - inbound policy per local port: `InboundServerPolicies.WatchPort`;
+//! - the endpoint at an address no Service covers (a pod's own IP, reached through a headless
+//!   Service or by hand): `Destination.GetProfile(ip:port)`'s `endpoint`, so that a meshed workload
+//!   is reached over mTLS even when the policy service answers `NotFound` (Linkerd's fallback).
 //!
 //! Answers are cached and shared by every connection that asks for the same thing; an entry
 //! unused for its idle timeout is dropped together with its stream. A stream that fails is
@@ -70,6 +73,9 @@ pub struct DiscoveryConfig {
     pub inbound_ports: BTreeSet<u16>,
     /// Whether loopback clients pass every inbound policy (see [`ServerPolicy::with_localhost`]).
     pub trust_loopback: bool,
+    /// Inbound ports that are opaque until the control plane says otherwise
+    /// (`KNIT_PROXY_OPAQUE_PORTS`).
+    pub opaque_ports: BTreeSet<u16>,
 }
 
 impl DiscoveryConfig {
@@ -142,6 +148,10 @@ pub struct Discovery {
     outbound: Cache<Target, (watch::Receiver<Answer<OutboundPolicy>>, Arc<Budget>)>,
     endpoints: Cache<String, Arc<Endpoints>>,
     inbound: Cache<u16, watch::Receiver<Answer<ServerPolicy>>>,
+    /// The default policy, for the opaque ports.
+    default_opaque: Arc<ServerPolicy>,
+    /// The endpoint the control plane knows at an address (a profile's `endpoint`).
+    profiles: Cache<SocketAddr, watch::Receiver<Answer<Endpoint>>>,
     default_inbound: Arc<ServerPolicy>,
 }
 
@@ -152,7 +162,9 @@ impl Discovery {
     pub fn spawn(cfg: DiscoveryConfig, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Arc<Self>, crate::control::ChannelError> {
         let dst = cfg.destination_addr.as_ref().map(|a| crate::control::channel(a, tls)).transpose()?.map(DestinationClient::new);
         let policy = cfg.policy_addr.as_ref().map(|a| crate::control::channel(a, tls)).transpose()?;
-        let default_inbound = Arc::new(cfg.loopback(ServerPolicy::default_for(cfg.default_inbound_policy, &cfg.cluster_networks)));
+        let default_policy = cfg.loopback(ServerPolicy::default_for(cfg.default_inbound_policy, &cfg.cluster_networks));
+        let default_opaque = Arc::new(default_policy.clone().opaque());
+        let default_inbound = Arc::new(default_policy);
         let this = Arc::new(Self {
             outbound_client: policy.clone().map(OutboundPoliciesClient::new),
             inbound_client: policy.map(InboundServerPoliciesClient::new),
@@ -160,7 +172,9 @@ impl Discovery {
             outbound: Cache::new(cfg.outbound_idle_timeout),
             endpoints: Cache::new(cfg.outbound_idle_timeout),
             inbound: Cache::new(cfg.inbound_idle_timeout),
+            profiles: Cache::new(cfg.outbound_idle_timeout),
             default_inbound,
+            default_opaque,
             cfg,
         });
         for port in this.cfg.inbound_ports.clone() {
@@ -176,6 +190,7 @@ impl Discovery {
                 this.outbound.sweep(now);
                 this.endpoints.sweep(now);
                 this.inbound.sweep(now);
+                this.profiles.sweep(now);
             }
         });
         Ok(this)
@@ -189,11 +204,16 @@ impl Discovery {
         self.outbound_client.is_some()
     }
 
-    /// The outbound policy for `target`, waiting up to the initial timeout for a first answer,
-    /// and the retry budget of that destination: retries may add at most a fifth to its load
-    /// (plus 10 per second), however many routes retry.
-    pub async fn outbound(&self, target: &Target) -> Result<(Answer<OutboundPolicy>, Arc<Budget>), ProxyError> {
-        let Some(client) = &self.outbound_client else { return Ok((Answer::NotFound, Arc::new(Budget::new(Duration::from_secs(10), 10, 0.2)))) };
+    /// The outbound policy of `target`, followed: the receiver holds the control plane's latest
+    /// answer, after waiting up to the initial timeout for the first one (it is still `Pending`
+    /// when none came in time). With it, the retry budget of that destination: retries may add
+    /// at most a fifth to its load (plus 10 per second), however many routes retry. Callers check
+    /// [`Self::has_policy`] first; without a policy service the answer is always `NotFound`.
+    pub async fn outbound(&self, target: &Target) -> (watch::Receiver<Answer<OutboundPolicy>>, Arc<Budget>) {
+        let Some(client) = &self.outbound_client else {
+            let (_, rx) = watch::channel(Answer::NotFound);
+            return (rx, Arc::new(Budget::default_per_destination()));
+        };
         let (mut rx, budget) = self.outbound.get_or_insert(target.clone(), false, || {
             let (tx, rx) = watch::channel(Answer::Pending);
             let spec = TrafficSpec {
@@ -226,9 +246,12 @@ impl Discovery {
                     tx.send_replace(answer);
                 },
             ));
-            ((rx, Arc::new(Budget::new(Duration::from_secs(10), 10, 0.2))), task)
+            ((rx, Arc::new(Budget::default_per_destination())), task)
         });
-        Ok((self.first_answer(&mut rx, target).await?, budget))
+        if matches!(*rx.borrow(), Answer::Pending) {
+            let _ = tokio::time::timeout(self.cfg.initial_timeout, rx.wait_for(|a| !matches!(a, Answer::Pending))).await;
+        }
+        (rx, budget)
     }
 
     async fn first_answer<T>(&self, rx: &mut watch::Receiver<Answer<T>>, what: &(dyn std::fmt::Display + Sync)) -> Result<Answer<T>, ProxyError> {
@@ -281,11 +304,53 @@ impl Discovery {
         Ok(entry)
     }
 
+    /// The endpoint the control plane knows at `addr`, with its identity and inbound port when it
+    /// is meshed; `None` when it knows none (or there is no destination service), and the address
+    /// is then dialled as it is. Waits up to the initial timeout for a first answer.
+    pub async fn endpoint_at(&self, addr: SocketAddr) -> Option<Endpoint> {
+        let client = self.dst.as_ref()?;
+        let mut rx = self.profiles.get_or_insert(addr, false, || {
+            let (tx, rx) = watch::channel(Answer::Pending);
+            let req = GetDestination { scheme: String::new(), path: addr.to_string(), context_token: self.cfg.context.clone() };
+            let client = client.clone();
+            let task = tokio::spawn(follow(
+                format!("profile of {addr}"),
+                move || {
+                    let (mut client, req) = (client.clone(), req.clone());
+                    async move { client.get_profile(req).await.map(tonic::Response::into_inner) }
+                },
+                move |event| {
+                    let answer = match event {
+                        Event::Message(linkerd2_proxy_api::destination::DestinationProfile { endpoint: Some(ep), .. }) => {
+                            match outbound::endpoint(&ep, &HashMap::new()) {
+                                Ok(e) => Answer::Found(Arc::new(e)),
+                                Err(e) => Answer::Invalid(format!("invalid endpoint in the profile of {addr}: {e}").into()),
+                            }
+                        }
+                        // A profile without an endpoint (a Service's), or none: nothing known here.
+                        Event::Message(_) | Event::NotFound | Event::Rejected(_) => Answer::NotFound,
+                    };
+                    tx.send_replace(answer);
+                },
+            ));
+            (rx, task)
+        });
+        match self.first_answer(&mut rx, &addr).await {
+            Ok(Answer::Found(e)) => Some((*e).clone()),
+            Ok(Answer::Invalid(reason)) => {
+                tracing::warn!(%addr, %reason, "ignoring the control plane's endpoint");
+                None
+            }
+            _ => None,
+        }
+    }
+
     /// The policy of a local inbound port: the control plane's answer once there is one, the
     /// default policy until then (inbound never waits for the control plane).
     pub fn inbound(&self, port: u16) -> Arc<ServerPolicy> {
+        let default = || if self.cfg.opaque_ports.contains(&port) { self.default_opaque.clone() } else { self.default_inbound.clone() };
         if self.inbound_client.is_none() {
-            return self.default_inbound.clone();
+            return default();
         }
         let pinned = self.cfg.inbound_ports.contains(&port);
         let rx = self.inbound_watch(port, pinned);
@@ -293,7 +358,7 @@ impl Discovery {
         match answer {
             Answer::Found(p) => p,
             Answer::Invalid(reason) => Arc::new(ServerPolicy::invalid(&reason)),
-            Answer::Pending | Answer::NotFound => self.default_inbound.clone(),
+            Answer::Pending | Answer::NotFound => default(),
         }
     }
 

@@ -44,6 +44,16 @@ pub enum ProxyError {
     RouteNotFound { target: String, method: http::Method, path: String },
     #[error("backend {backend} has no ready endpoint ({total} known, {ejected} ejected by failure accrual)")]
     NoEndpoints { backend: String, total: usize, ejected: usize },
+    #[error("backend {backend} has had no ready endpoint for {unready:?} (failfast); requests fail at once until one is ready")]
+    Failfast { backend: String, unready: Duration },
+    #[error("backend {backend} has {capacity} requests waiting for an endpoint already (its queue is full)")]
+    QueueFull { backend: String, capacity: usize },
+    #[error("traffic not allowed: the policy of {target} forbids it")]
+    Forbidden { target: String },
+    #[error("no TCP or TLS route of {target} serves this connection{}", sni.as_deref().map(|s| format!(" (SNI {s})")).unwrap_or_default())]
+    NoTcpRoute { target: String, sni: Option<String> },
+    #[error("{target} takes TLS only (its policy routes by SNI), but the client did not start with a TLS ClientHello")]
+    NotTls { target: String },
     #[error("backend {backend} cannot serve requests: {message}")]
     BackendFailed { backend: String, message: String },
     #[error("request timed out after {timeout:?} ({which} timeout of route {route})")]
@@ -88,7 +98,8 @@ impl ProxyError {
             Self::NoRoute { .. } | Self::NoTarget | Self::NoDestination | Self::Loop(_) => Blame::Proxy,
             Self::DiscoveryTimeout { .. } | Self::NoDiscovery { .. } | Self::InvalidPolicy(_) | Self::BackendFailed { .. } => Blame::Proxy,
             Self::RouteNotFound { .. } | Self::Unauthorized(_) | Self::RateLimited { .. } => Blame::Client,
-            Self::NoEndpoints { .. } | Self::RequestTimeout { .. } => Blame::Upstream,
+            Self::NoEndpoints { .. } | Self::Failfast { .. } | Self::QueueFull { .. } | Self::RequestTimeout { .. } => Blame::Upstream,
+            Self::Forbidden { .. } | Self::NoTcpRoute { .. } | Self::NotTls { .. } => Blame::Client,
         }
     }
 
@@ -98,9 +109,9 @@ impl ProxyError {
         match self {
             Self::ConnectTimeout { .. } | Self::RequestTimeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
             Self::RouteNotFound { .. } => http::StatusCode::NOT_FOUND,
-            Self::Unauthorized(_) => http::StatusCode::FORBIDDEN,
+            Self::Unauthorized(_) | Self::Forbidden { .. } => http::StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => http::StatusCode::TOO_MANY_REQUESTS,
-            Self::DiscoveryTimeout { .. } | Self::NoEndpoints { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::DiscoveryTimeout { .. } | Self::NoEndpoints { .. } | Self::Failfast { .. } | Self::QueueFull { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
             Self::InvalidPolicy(_) | Self::BackendFailed { .. } | Self::NoDiscovery { .. } => http::StatusCode::INTERNAL_SERVER_ERROR,
             _ if self.blame() == Blame::Client => http::StatusCode::BAD_REQUEST,
             _ => http::StatusCode::BAD_GATEWAY,
@@ -132,6 +143,11 @@ impl ProxyError {
             Self::InvalidPolicy(_) => "invalid_policy",
             Self::RouteNotFound { .. } => "route_not_found",
             Self::NoEndpoints { .. } => "no_endpoints",
+            Self::Failfast { .. } => "failfast",
+            Self::QueueFull { .. } => "loadshed",
+            Self::Forbidden { .. } => "forbidden",
+            Self::NoTcpRoute { .. } => "route_not_found",
+            Self::NotTls { .. } => "not_tls",
             Self::BackendFailed { .. } => "backend_failed",
             Self::RequestTimeout { .. } => "request_timeout",
             Self::Unauthorized(_) => "unauthorized",

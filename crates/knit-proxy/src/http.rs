@@ -7,13 +7,19 @@ pub mod body;
 pub mod client;
 mod forward;
 pub mod headers;
+pub mod l5d;
 mod logical;
 
 use crate::{
+    discovery::Target,
     drain,
     error::ProxyError,
-    metrics::{route::PolicyLabels, Direction, Metrics},
-    resolve::{Dest, Resolver},
+    metrics::{
+        route::{Bounded, PolicyLabels},
+        Direction, Metrics,
+    },
+    outbound::Logical,
+    resolve::Resolver,
 };
 use bytes::Bytes;
 use http::{header, Request, Response};
@@ -50,8 +56,48 @@ pub struct Side {
     pub discovery: Arc<crate::discovery::Discovery>,
     pub taps: Arc<crate::tap::Taps>,
     pub config: Arc<crate::config::Config>,
-    /// Addresses this proxy listens on; forwarding to one of them would loop.
-    pub own_addrs: Vec<SocketAddr>,
+    /// This proxy's listeners; forwarding to one of them would loop.
+    pub own: crate::loops::OwnListeners,
+    /// The `hostname` label's values, bounded.
+    pub hostnames: Bounded,
+}
+
+impl Side {
+    /// Whether `addr` reaches one of this proxy's own listeners, on any local address.
+    pub fn is_own(&self, addr: SocketAddr) -> bool {
+        self.own.contains(addr)
+    }
+
+    /// A meshed endpoint whose proxy is this one (the workload calling its own Service) is
+    /// reached at its application address directly, as Linkerd treats a local endpoint: no mesh
+    /// TLS to itself, no loop.
+    pub fn localize(&self, endpoint: Endpoint) -> Endpoint {
+        if endpoint.meshed.is_some() && self.own.is_inbound(endpoint.connect_addr()) {
+            return Endpoint { meshed: None, ..endpoint };
+        }
+        endpoint
+    }
+
+    /// The `hostname` label of a route's metrics for `host`: empty unless
+    /// `KNIT_PROXY_OUTBOUND_METRICS_HOSTNAME_LABELS` is on.
+    pub fn hostname_label(&self, host: &str) -> String {
+        if self.config.outbound.metrics_hostname_labels {
+            self.hostnames.get(host)
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// Where the requests of a connection go.
+pub enum Dest {
+    /// Inbound: the application's address.
+    Inbound(SocketAddr),
+    /// Outbound: the logical destination the connection was resolved to when it was accepted.
+    Logical(Arc<Logical>),
+    /// Outbound in local mode, with no original destination: each request names its own with
+    /// its authority.
+    PerRequest,
 }
 
 /// One accepted connection's context, handed to every request on it.
@@ -63,6 +109,9 @@ pub struct Ctx {
     pub client_id: Option<String>,
     /// The connection's TLS labels (inbound); outbound labels follow each request's endpoint.
     pub tls: crate::metrics::Tls,
+    /// Inbound: the connection came from a peer proxy over the mesh protocol (mesh TLS, or a
+    /// transport header), so its requests may carry the proxies' own headers (`l5d-orig-proto`).
+    pub from_peer: bool,
 }
 
 /// The endpoint a request goes to, the logical name it was addressed by, and inbound, the
@@ -82,11 +131,10 @@ impl Routed {
 
 /// What happens to a request, decided before anything is sent.
 pub enum Plan {
-    /// Straight to one endpoint: inbound, the application; outbound, a destination without an
-    /// outbound policy (the destination table, DNS, or the original destination).
+    /// Inbound: straight to the application.
     Endpoint(Routed),
-    /// Through the routes, backends and balancers of the destination's outbound policy.
-    Logical(logical::Logical),
+    /// Outbound: through the routes, backends and balancers of the destination's policy.
+    Logical(logical::Routing),
     /// The proxy answers by itself (an inbound route's redirect or injected failure).
     Respond { rsp: Response<Body>, target: Option<Routed> },
 }
@@ -95,33 +143,19 @@ pub enum Plan {
 pub type Refused = (ProxyError, Option<Routed>);
 
 impl Ctx {
-    /// Outbound: the control plane's policy for the destination when it has one, else the
-    /// destination table and DNS.
+    /// Outbound: the destination's policy, as the connection was resolved or, in local mode,
+    /// as the request's authority names it.
     async fn plan<B>(&self, req: &Request<B>) -> Result<Plan, Refused> {
-        use crate::discovery::{Answer, Target};
-        let (target, authority) = match &self.dest {
-            Dest::Endpoint(e) => (Target::Addr(e.addr), None),
-            Dest::Named(a) => (Target::Authority(a.clone()), Some(a.clone())),
-            Dest::FromRequest => {
+        let logical = match &self.dest {
+            Dest::Logical(l) => l.clone(),
+            Dest::PerRequest => {
                 let a = request_authority(req).map_err(|e| (e, None))?;
-                (Target::Authority(a.clone()), Some(a))
+                Arc::new(Logical::resolve(&self.side, Target::Authority(a.clone()), Some(a)).await.map_err(|e| (e, None))?)
             }
+            Dest::Inbound(_) => return Err((ProxyError::NoDestination, None)),
         };
-        let discovery = &self.side.discovery;
-        if discovery.has_policy() && !self.side.resolver.has_static(&target) {
-            let (answer, budget) = discovery.outbound(&target).await.map_err(|e| (e, None))?;
-            match answer {
-                Answer::Found(policy) => return Ok(Plan::Logical(logical::Logical { policy, budget, target, authority })),
-                Answer::Invalid(reason) => return Err((ProxyError::InvalidPolicy(reason), None)),
-                Answer::NotFound | Answer::Pending => {}
-            }
-        }
-        let endpoint = match (&self.dest, &authority) {
-            (Dest::Endpoint(e), _) => e.clone(),
-            (_, Some(a)) => self.side.resolver.resolve(a).await.map_err(|e| (e, None))?,
-            (_, None) => return Err((ProxyError::NoDestination, None)),
-        };
-        Ok(Plan::Endpoint(Routed { endpoint, authority, policy: None }))
+        let policy = logical.policy(&self.side).await.map_err(|e| (e, None))?;
+        Ok(Plan::Logical(logical::Routing { logical, policy }))
     }
 }
 

@@ -1,33 +1,47 @@
 //! The inbound side: connections from outside the workload to its application.
 //!
-//! `accept` → original destination (iptables) or the local-mode target → opaque-port check →
-//! detection → mesh TLS for this proxy's own name is terminated (the client's identity is taken
-//! from its certificate) and the inner stream dispatched again → a peer proxy's transport header
-//! (the target port comes from it), HTTP/1 or HTTP/2 (proxied per request), TLS for someone else
-//! (passed through), or opaque TCP.
+//! 1. `accept`: the target is the original destination (iptables), else the local-mode target;
+//!    a connection straight to the inbound port (a peer proxy's) has none until its transport
+//!    header names one. A target that is one of this proxy's own listeners is refused (a loop).
+//! 2. The target port's server policy (`InboundServerPolicies.WatchPort`; until the control plane
+//!    answers, the default policy, opaque on the configured opaque ports) names the protocol.
+//! 3. `Opaque`: forwarded without detection once the connection is authorized. Otherwise the
+//!    first bytes are read: mesh TLS for this proxy's name (or another mesh identity) is
+//!    terminated, the client's identity taken from its certificate, and the inner stream handled
+//!    again (a transport header when ALPN says so); a plaintext transport header is honoured only
+//!    by a proxy without identity. Then, by the policy's protocol: `Http1`, `Http2`, `Grpc`:
+//!    HTTP, never detected (only the version is read), so a slow client cannot turn the port
+//!    into raw TCP; `Tls`: forwarded; `Detect`: HTTP when it is HTTP, else opaque, and a silent
+//!    client lets the first speaker decide (see `detect`).
+//! 4. HTTP is authorized per request (`http/authorize.rs`: route, authorization, rate limit,
+//!    filters); opaque bytes once per connection (a refused connection is closed).
 
 use crate::{
-    detect::{self, Outcome},
+    detect::{self, Outcome, Speaker, Timeouts},
     drain,
     error::ProxyError,
-    http::{self, Ctx, HttpVersion, Side},
+    http::{self, Ctx, Dest, HttpVersion, Side},
     io::{CountingIo, PrefixedIo},
     metrics::{HttpLabels, NoTlsReason, Peer, TcpLabels, Tls},
     orig_dst,
+    policy::inbound::Protocol,
+    tcp::ClientIo,
 };
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use knit_core::{
     destination::Endpoint,
-    detect::Protocol,
+    detect::Protocol as Detected,
     transport_header::{self, Decoded, HeaderError, SessionProtocol, TransportHeader},
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
+    time::Instant,
 };
 use tracing::Instrument;
 
+/// How long a peer has to send its whole transport header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One span per connection.
@@ -35,6 +49,7 @@ pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, side: Arc<Side
     let span = tracing::info_span!("inbound", %client);
     async move {
         if let Err(e) = accept(tcp, client, &side, drain).await {
+            side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e.metric_label())).inc();
             tracing::info!(error = %e, "connection failed");
         }
     }
@@ -50,25 +65,31 @@ struct Conn {
     target: Option<SocketAddr>,
     tls: Tls,
     client_id: Option<String>,
+    /// Mesh TLS with a client identity, or a transport header: a peer proxy sent it.
+    from_peer: bool,
+    side: Arc<Side>,
+    drain: drain::Watch,
 }
 
 async fn accept(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError> {
     let local = tcp.local_addr().map_err(|source| ProxyError::Connect { addr: client, source })?;
-    let cfg = &side.config;
-    let target = orig_dst::redirected_dst(&tcp).or(cfg.inbound.target_addr);
-    if let Some(t) = target.filter(|t| cfg.detect.opaque_ports.contains(&t.port())) {
-        let io = PrefixedIo::new(Default::default(), tcp);
-        let conn = Conn { client, local, target: Some(t), tls: Tls::NoIdentity(NoTlsReason::PortSkipped), client_id: None };
-        return opaque(io, &conn, side).await;
+    let target = orig_dst::redirected_dst(&tcp).or(side.config.inbound.target_addr);
+    let mut conn =
+        Conn { client, local, target, tls: Tls::NoIdentity(NoTlsReason::NoTlsFromRemote), client_id: None, from_peer: false, side: side.clone(), drain };
+    let io = PrefixedIo::new(Bytes::new(), tcp);
+    let protocol = conn.protocol()?;
+    if protocol == Some(Protocol::Opaque) {
+        conn.tls = Tls::NoIdentity(NoTlsReason::PortSkipped);
+        return conn.opaque(io, Bytes::new()).await;
     }
-    let detected = match detect::detect(tcp, &cfg.detect, &side.metrics.detect, side.direction).await {
-        Ok(Outcome::Detected(d)) => d,
-        Ok(Outcome::Closed) => return Ok(()),
-        Err(source) => return Err(ProxyError::Connect { addr: client, source }),
+    let outcome = conn.detect(io, protocol).await?;
+    let d = match outcome {
+        Outcome::Closed => return Ok(()),
+        Outcome::Silent(io) => return conn.speak_first(io, protocol).await,
+        Outcome::Detected(d) => d,
     };
-    let mut conn = Conn { client, local, target, tls: Tls::NoIdentity(NoTlsReason::NoTlsFromRemote), client_id: None };
-    match detected.protocol {
-        Protocol::Tls { sni } => {
+    match d.protocol {
+        Detected::Tls { sni } => {
             // TLS for this proxy's name is terminated. So is TLS for another mesh identity: this
             // proxy answers with its own certificate, and the client's check of the presented
             // identity fails with both names in its error, instead of the TLS reaching the app.
@@ -76,140 +97,256 @@ async fn accept(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: dra
             let ours = side.dialer.identity.as_ref().filter(|id| for_mesh(id)).and_then(|id| id.current());
             let Some(creds) = ours else {
                 conn.tls = Tls::Opaque { sni };
-                return opaque(detected.io, &conn, side).await;
+                return conn.opaque(d.io, Bytes::new()).await;
             };
             let log = side.dialer.log.clone();
-            let (tls, client_id, transport) = crate::tls::accept(detected.io, creds, client, &side.metrics.identity, &log).await?;
+            let (tls, client_id, transport) = crate::tls::accept(d.io, creds, client, &side.metrics.identity, &log).await?;
             conn.tls = Tls::Inbound { client_id: client_id.clone() };
+            conn.from_peer = client_id.is_some();
             conn.client_id = client_id;
+            let io = PrefixedIo::new(Bytes::new(), tls);
             if transport {
-                return direct(tls, conn, side, drain).await;
+                return conn.direct(io).await;
             }
-            dispatch(tls, conn, side, drain).await
+            conn.after_tls(io, protocol).await
         }
-        // As in Linkerd, a transport header (which names any local port) is only honoured from
+        // As in Linkerd, a transport header (which names a local port) is only honoured from
         // an authenticated peer once this proxy has an identity.
-        Protocol::TransportHeader if side.dialer.identity.is_some() => {
+        Detected::TransportHeader if side.dialer.identity.is_some() => {
             side.metrics.identity.handshake_failed(side.direction, "direct_without_tls");
             Err(ProxyError::DirectWithoutTls)
         }
-        Protocol::TransportHeader => direct(detected.io, conn, side, drain).await,
-        Protocol::Http1 => serve_http(detected.io, HttpVersion::Http1, &conn, side, drain).await,
-        Protocol::Http2 => serve_http(detected.io, HttpVersion::Http2, &conn, side, drain).await,
-        Protocol::Opaque => opaque(detected.io, &conn, side).await,
-    }
-}
-
-/// After TLS termination without the transport header: detect again on the plaintext.
-async fn dispatch<I>(io: I, conn: Conn, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let detected = match detect::detect(io, &side.config.detect, &side.metrics.detect, side.direction).await {
-        Ok(Outcome::Detected(d)) => d,
-        Ok(Outcome::Closed) => return Ok(()),
-        Err(source) => return Err(ProxyError::Connect { addr: conn.client, source }),
-    };
-    match detected.protocol {
-        Protocol::Http1 => serve_http(detected.io, HttpVersion::Http1, &conn, side, drain).await,
-        Protocol::Http2 => serve_http(detected.io, HttpVersion::Http2, &conn, side, drain).await,
-        // A transport header must be negotiated with ALPN inside TLS; anything else is opaque.
-        _ => opaque(detected.io, &conn, side).await,
-    }
-}
-
-/// A peer proxy's direct connection: the transport header names the port on this workload and
-/// the session protocol, so no detection is needed.
-async fn direct<I>(io: I, mut conn: Conn, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (header, io) = read_header(PrefixedIo::new(Default::default(), io), conn.client).await?;
-    conn.target = Some(SocketAddr::new(conn.local.ip(), header.port));
-    match header.protocol {
-        Some(SessionProtocol::Http1) => serve_http(io, HttpVersion::Http1, &conn, side, drain).await,
-        Some(SessionProtocol::Http2) => serve_http(io, HttpVersion::Http2, &conn, side, drain).await,
-        None => opaque(io, &conn, side).await,
-    }
-}
-
-fn target(conn: &Conn, side: &Side) -> Result<SocketAddr, ProxyError> {
-    let t = conn.target.ok_or(ProxyError::NoTarget)?;
-    if side.own_addrs.contains(&t) {
-        return Err(ProxyError::Loop(t));
-    }
-    Ok(t)
-}
-
-fn src_labels(side: &Side, target: SocketAddr, tls: Tls) -> TcpLabels {
-    TcpLabels {
-        target: HttpLabels { direction: side.direction, authority: None, target_addr: target, tls, dst: Default::default(), policy: None },
-        peer: Peer::Src,
-    }
-}
-
-async fn serve_http<I>(io: PrefixedIo<I>, version: HttpVersion, conn: &Conn, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let target = target(conn, side)?;
-    let io = CountingIo::metered(io, &side.metrics.tcp, src_labels(side, target, conn.tls.clone()));
-    let ctx = Ctx {
-        side: side.clone(),
-        client: conn.client,
-        dest: crate::resolve::Dest::Endpoint(Endpoint::plain(target)),
-        client_id: conn.client_id.clone(),
-        tls: conn.tls.clone(),
-    };
-    http::serve(io, version, Arc::new(ctx), drain).await;
-    Ok(())
-}
-
-/// Forwards the connection byte for byte to the application.
-async fn opaque<I>(io: PrefixedIo<I>, conn: &Conn, side: &Arc<Side>) -> Result<(), ProxyError>
-where
-    I: AsyncRead + AsyncWrite + Unpin,
-{
-    let target = target(conn, side)?;
-    authorize_tcp(conn, target.port(), side)?;
-    let mut client_io = CountingIo::metered(io, &side.metrics.tcp, src_labels(side, target, conn.tls.clone()));
-    let mut server = side.dialer.dial(&Endpoint::plain(target), None, None).await?;
-    if let Err(e) = crate::tcp::forward(&mut client_io, &mut server).await {
-        client_io.set_errno(e.raw_os_error());
-        tracing::debug!(client = %conn.client, %target, error = %e, "opaque connection ended with an error");
-    }
-    Ok(())
-}
-
-/// An opaque connection is authorized once, as a whole; a refused one is closed.
-fn authorize_tcp(conn: &Conn, port: u16, side: &Side) -> Result<(), ProxyError> {
-    use crate::metrics::route::{AuthzLabels, PolicyLabels};
-    let policy = side.discovery.inbound(port);
-    let client = crate::policy::inbound::Client { addr: conn.client.ip(), identity: conn.client_id.clone(), tls: matches!(conn.tls, Tls::Inbound { .. }) };
-    let server = crate::http::authorize::server_labels(&policy, port);
-    let client_id = client.identity.clone().unwrap_or_default();
-    match policy.authorize_tcp(&client) {
-        Ok(permit) => {
-            let authz = &permit.authz;
-            let labels = AuthzLabels { client_id, policy: PolicyLabels::new(server, ["", "", ""], [&authz.group, &authz.kind, &authz.name]) };
-            side.metrics.route.tcp_authz_allow.get_or_create(&labels).inc();
-            Ok(())
+        Detected::TransportHeader => {
+            conn.from_peer = true;
+            conn.direct(d.io).await
         }
-        Err(denied) => {
-            let labels = AuthzLabels { client_id, policy: PolicyLabels::new(server, ["", "", ""], ["", "", ""]) };
-            side.metrics.route.tcp_authz_deny.get_or_create(&labels).inc();
-            let message = denied.to_string();
-            tracing::info!(client = %conn.client, identity = conn.client_id.as_deref().unwrap_or("-"), %message, "connection denied by inbound policy");
-            Err(ProxyError::Unauthorized(message))
+        other => conn.by_protocol(d.io, other, protocol).await,
+    }
+}
+
+impl Conn {
+    /// The protocol the target port's policy names; `None` before a transport header names the
+    /// port.
+    fn protocol(&self) -> Result<Option<Protocol>, ProxyError> {
+        let Some(t) = self.target else { return Ok(None) };
+        if self.side.is_own(t) {
+            return Err(ProxyError::Loop(t));
+        }
+        Ok(Some(self.side.discovery.inbound(t.port()).protocol))
+    }
+
+    fn timeouts(&self, protocol: Option<Protocol>) -> Timeouts {
+        let d = &self.side.config.detect;
+        match protocol {
+            Some(Protocol::Detect { timeout }) => Timeouts { silent: Some(d.silent_timeout), total: timeout },
+            None => Timeouts { silent: Some(d.silent_timeout), total: d.timeout },
+            Some(_) => Timeouts { silent: None, total: d.timeout },
         }
     }
+
+    async fn detect<I: AsyncRead + Unpin>(&self, io: PrefixedIo<I>, protocol: Option<Protocol>) -> Result<Outcome<I>, ProxyError> {
+        let side = &self.side;
+        detect::detect(io, self.timeouts(protocol), &side.metrics.detect, side.direction)
+            .await
+            .map_err(|source| ProxyError::Connect { addr: self.client, source })
+    }
+
+    /// The plaintext inside mesh TLS that carried no transport header: handled by the
+    /// protocol, as a plaintext connection would be.
+    async fn after_tls<I>(self, io: PrefixedIo<I>, protocol: Option<Protocol>) -> Result<(), ProxyError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match self.detect(io, protocol).await? {
+            Outcome::Closed => Ok(()),
+            Outcome::Silent(io) => self.speak_first(io, protocol).await,
+            // A transport header must be negotiated with ALPN inside TLS: opaque otherwise.
+            Outcome::Detected(d) if d.protocol == Detected::TransportHeader => self.opaque(d.io, Bytes::new()).await,
+            Outcome::Detected(d) => self.by_protocol(d.io, d.protocol, protocol).await,
+        }
+    }
+
+    /// A detected stream, handled as the port's protocol says: HTTP ports are served as HTTP
+    /// whatever arrived (hyper answers what is not HTTP with 400); others by what was detected.
+    async fn by_protocol<I>(self, io: PrefixedIo<I>, detected: Detected, protocol: Option<Protocol>) -> Result<(), ProxyError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let http_port = matches!(protocol, Some(Protocol::Http1 | Protocol::Http2 | Protocol::Grpc));
+        match detected {
+            _ if matches!(protocol, Some(Protocol::Tls | Protocol::Opaque)) => self.opaque(io, Bytes::new()).await,
+            Detected::Http2 => self.serve_http(io, HttpVersion::Http2).await,
+            Detected::Http1 => self.serve_http(io, HttpVersion::Http1).await,
+            _ if http_port => self.serve_http(io, HttpVersion::Http1).await,
+            _ => self.opaque(io, Bytes::new()).await,
+        }
+    }
+
+    /// A client that said nothing on a detected port: once the connection is authorized, the
+    /// application is connected and whoever speaks first decides. A connection that would not be
+    /// authorized as opaque TCP waits for the client instead (its HTTP may be, per route).
+    async fn speak_first<I>(self, mut io: PrefixedIo<I>, protocol: Option<Protocol>) -> Result<(), ProxyError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(target) = self.target else {
+            // A direct connection that sent nothing is not a peer proxy's; nothing to forward to.
+            return Err(ProxyError::NoTarget);
+        };
+        let wait_for_client = Timeouts { silent: None, total: self.timeouts(protocol).total };
+        if let Err(denied) = self.authorize_tcp(target.port()) {
+            let side = self.side.clone();
+            return match detect::detect(io, wait_for_client, &side.metrics.detect, side.direction).await {
+                Ok(Outcome::Detected(d)) if matches!(d.protocol, Detected::Http1 | Detected::Http2) => self.by_protocol(d.io, d.protocol, protocol).await,
+                _ => Err(denied),
+            };
+        }
+        let mut server = self.connect_app(target).await?;
+        let speaker = detect::first_speaker(&mut io, &mut server).await.map_err(|source| ProxyError::Connect { addr: self.client, source })?;
+        match speaker {
+            Speaker::Closed => Ok(()),
+            Speaker::Server(greeting) => self.copy(io, server, greeting, target).await,
+            Speaker::Client(first) => {
+                let io = PrefixedIo::new(first, io.into_parts().1);
+                let side = self.side.clone();
+                match detect::detect(io, wait_for_client, &side.metrics.detect, side.direction).await {
+                    // HTTP after all: the application connection is dropped unused.
+                    Ok(Outcome::Detected(d)) if matches!(d.protocol, Detected::Http1 | Detected::Http2) => self.by_protocol(d.io, d.protocol, protocol).await,
+                    Ok(Outcome::Detected(d)) => self.copy(d.io, server, Bytes::new(), target).await,
+                    Ok(_) => Ok(()),
+                    Err(source) => Err(ProxyError::Connect { addr: self.client, source }),
+                }
+            }
+        }
+    }
+
+    /// A peer proxy's direct connection: the transport header names the port on this workload
+    /// and the session protocol, so no detection is needed.
+    async fn direct<I>(mut self, io: PrefixedIo<I>) -> Result<(), ProxyError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (header, io) = read_header(io, self.client).await?;
+        if header.name.is_some() {
+            return Err(HeaderError::Malformed("the header names a destination (gateway forwarding), and this proxy is not a gateway").into());
+        }
+        let target = SocketAddr::new(self.local.ip(), header.port);
+        // A header may name any local port, but never one of this proxy's own (admin, tap,
+        // inbound, outbound): that would hand a remote peer a loopback client's powers.
+        if self.side.is_own(target) {
+            return Err(ProxyError::Loop(target));
+        }
+        self.target = Some(target);
+        match header.protocol {
+            Some(SessionProtocol::Http1) => self.serve_http(io, HttpVersion::Http1).await,
+            Some(SessionProtocol::Http2) => self.serve_http(io, HttpVersion::Http2).await,
+            None => self.opaque(io, Bytes::new()).await,
+        }
+    }
+
+    fn target(&self) -> Result<SocketAddr, ProxyError> {
+        let t = self.target.ok_or(ProxyError::NoTarget)?;
+        if self.side.is_own(t) {
+            return Err(ProxyError::Loop(t));
+        }
+        Ok(t)
+    }
+
+    fn src_labels(&self, target: SocketAddr) -> TcpLabels {
+        TcpLabels {
+            target: HttpLabels {
+                direction: self.side.direction,
+                authority: None,
+                target_addr: target,
+                tls: self.tls.clone(),
+                dst: Default::default(),
+                policy: None,
+            },
+            peer: Peer::Src,
+        }
+    }
+
+    async fn serve_http<I>(self, io: PrefixedIo<I>, version: HttpVersion) -> Result<(), ProxyError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let target = self.target()?;
+        let io = CountingIo::metered(io, &self.side.metrics.tcp, self.src_labels(target));
+        let ctx = Ctx {
+            side: self.side.clone(),
+            client: self.client,
+            dest: Dest::Inbound(target),
+            client_id: self.client_id,
+            tls: self.tls,
+            from_peer: self.from_peer,
+        };
+        http::serve(io, version, Arc::new(ctx), self.drain).await;
+        Ok(())
+    }
+
+    /// Forwards the connection byte for byte to the application, once it is authorized.
+    async fn opaque<I>(self, io: PrefixedIo<I>, greeting: Bytes) -> Result<(), ProxyError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let target = self.target()?;
+        self.authorize_tcp(target.port())?;
+        let server = self.connect_app(target).await?;
+        self.copy(io, server, greeting, target).await
+    }
+
+    async fn connect_app(&self, target: SocketAddr) -> Result<ClientIo, ProxyError> {
+        self.side.dialer.dial(&Endpoint::plain(target), None, None).await
+    }
+
+    async fn copy<I>(&self, io: PrefixedIo<I>, mut server: ClientIo, greeting: Bytes, target: SocketAddr) -> Result<(), ProxyError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut client_io = CountingIo::metered(io, &self.side.metrics.tcp, self.src_labels(target));
+        if !greeting.is_empty() {
+            client_io.write_all(&greeting).await.map_err(|source| ProxyError::Connect { addr: self.client, source })?;
+        }
+        if let Err(e) = crate::tcp::forward(&mut client_io, &mut server).await {
+            client_io.set_errno(e.raw_os_error());
+            tracing::debug!(client = %self.client, %target, error = %e, "opaque connection ended with an error");
+        }
+        Ok(())
+    }
+
+    /// An opaque connection is authorized once, as a whole; a refused one is closed.
+    fn authorize_tcp(&self, port: u16) -> Result<(), ProxyError> {
+        use crate::metrics::route::{AuthzLabels, PolicyLabels};
+        let side = &self.side;
+        let policy = side.discovery.inbound(port);
+        let client = crate::policy::inbound::Client { addr: self.client.ip(), identity: self.client_id.clone(), tls: matches!(self.tls, Tls::Inbound { .. }) };
+        let server = crate::http::authorize::server_labels(&policy, port);
+        let client_id = client.identity.clone().unwrap_or_default();
+        match policy.authorize_tcp(&client) {
+            Ok(permit) => {
+                let authz = &permit.authz;
+                let labels = AuthzLabels { client_id, policy: PolicyLabels::new(server, ["", "", ""], [&authz.group, &authz.kind, &authz.name]) };
+                side.metrics.route.tcp_authz_allow.get_or_create(&labels).inc();
+                Ok(())
+            }
+            Err(denied) => {
+                let labels = AuthzLabels { client_id, policy: PolicyLabels::new(server, ["", "", ""], ["", "", ""]) };
+                side.metrics.route.tcp_authz_deny.get_or_create(&labels).inc();
+                let message = denied.to_string();
+                tracing::info!(client = %self.client, identity = self.client_id.as_deref().unwrap_or("-"), %message, "connection denied by inbound policy");
+                Err(ProxyError::Unauthorized(message))
+            }
+        }
+    }
 }
 
-/// Reads a complete transport header; the bytes after it stay in front of the stream.
+/// Reads a complete transport header within [`HEADER_TIMEOUT`] in all; the bytes after it stay
+/// in front of the stream.
 async fn read_header<I>(io: PrefixedIo<I>, peer: SocketAddr) -> Result<(TransportHeader, PrefixedIo<I>), ProxyError>
 where
     I: AsyncRead + Unpin,
 {
+    let deadline = Instant::now() + HEADER_TIMEOUT;
     let (prefix, mut inner) = io.into_parts();
     let mut buf = BytesMut::from(&prefix[..]);
     loop {
@@ -218,15 +355,13 @@ where
                 let rest = buf.split_off(used).freeze();
                 return Ok((header, PrefixedIo::new(rest, inner)));
             }
-            Decoded::Incomplete => {
-                // A peer proxy writes the whole header at once; waiting long means it is not one.
-                match tokio::time::timeout(HEADER_TIMEOUT, inner.read_buf(&mut buf)).await {
-                    Ok(Ok(0)) => return Err(HeaderError::Malformed("connection ended inside the header").into()),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(source)) => return Err(ProxyError::Connect { addr: peer, source }),
-                    Err(_) => return Err(HeaderError::Malformed("timed out inside the header").into()),
-                }
-            }
+            Decoded::Incomplete => match tokio::time::timeout_at(deadline, inner.read_buf(&mut buf)).await {
+                Ok(Ok(0)) => return Err(HeaderError::Malformed("connection ended inside the header").into()),
+                Ok(Ok(_)) => {}
+                Ok(Err(source)) => return Err(ProxyError::Connect { addr: peer, source }),
+                // A peer proxy writes the whole header at once; taking this long means it is not one.
+                Err(_) => return Err(HeaderError::Malformed("timed out inside the header").into()),
+            },
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod inbound;
 pub mod init;
 pub mod io;
 pub mod log;
+pub mod loops;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
@@ -46,6 +47,9 @@ use std::{
     sync::{atomic::AtomicBool, Arc},
 };
 use tokio::{net::TcpListener, sync::mpsc};
+
+/// Distinct `hostname` label values a proxy exports before the rest share `overflow`.
+const HOSTNAME_LABELS: usize = 1_000;
 
 /// A proxy whose listeners are bound but not yet serving.
 pub struct Proxy {
@@ -150,24 +154,26 @@ impl Proxy {
         let taps = tap::Taps::new(self.config.tap.as_ref().map_or(100, |t| t.max_rps));
         let discovery =
             discovery::Discovery::spawn(self.config.discovery.clone(), self.control_tls.as_ref()).expect("control-plane channels are checked by Proxy::bind");
-        let side = |direction, own_addrs: Vec<SocketAddr>, timeout| {
+        let own =
+            loops::OwnListeners::new(addrs.inbound, [addrs.outbound, addrs.admin].into_iter().chain(addrs.tap).chain(addrs.forwards.iter().map(|(a, _)| *a)));
+        let resolver = Arc::new(resolve::Resolver::new(&self.config.outbound.endpoints));
+        let side = |direction, timeout| {
             let dialer = tcp::Dialer { direction, timeout, metrics: self.metrics.clone(), identity: identity.clone(), log: log.clone() };
             Arc::new(http::Side {
                 direction,
                 clients: http::Clients::new(dialer.clone(), &self.config.http),
                 dialer,
                 metrics: self.metrics.clone(),
-                resolver: Arc::new(resolve::Resolver::new(self.config.outbound.endpoints.clone())),
+                resolver: resolver.clone(),
                 discovery: discovery.clone(),
                 taps: taps.clone(),
                 config: self.config.clone(),
-                own_addrs,
+                own: own.clone(),
+                hostnames: metrics::route::Bounded::new(HOSTNAME_LABELS),
             })
         };
-        let inbound = side(Direction::Inbound, vec![addrs.inbound], self.config.inbound.connect_timeout);
-        let mut outbound_addrs = vec![addrs.outbound];
-        outbound_addrs.extend(addrs.forwards.iter().map(|(a, _)| *a));
-        let outbound = side(Direction::Outbound, outbound_addrs, self.config.outbound.connect_timeout);
+        let inbound = side(Direction::Inbound, self.config.inbound.connect_timeout);
+        let outbound = side(Direction::Outbound, self.config.outbound.connect_timeout);
 
         // Listeners are bound (connections queue in the backlog) but not served until the proxy
         // has a certificate, as Linkerd's proxy does: nothing is ever proxied without identity.

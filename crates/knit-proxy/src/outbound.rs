@@ -1,27 +1,48 @@
-//! The outbound side: connections from the application to anywhere.
+//! The outbound side: connections from the application to anywhere, discovered before their
+//! protocol is chosen (linkerd2-proxy's order).
 //!
-//! `accept` → the destination: a port forward's name, the original destination (iptables; looked
-//! up in the destination table), or, in local mode, each HTTP request's authority → opaque-port
-//! check → detection → HTTP/1 or HTTP/2 (routed per request), or opaque TCP to the endpoint
-//! (through its proxy when it is meshed).
+//! 1. `accept`: the target is a port forward's name, else the original destination (iptables
+//!    `REDIRECT`, `SO_ORIGINAL_DST`); a target that is one of this proxy's own listeners is
+//!    refused as a loop. In local mode, with neither, only HTTP says where it goes: each request
+//!    is routed by its authority ([`http_by_host`]).
+//! 2. [`Logical::resolve`]: the static destination table, else `OutboundPolicies.Watch(target)`
+//!    (followed while the connection lives), else the fallback to the original destination.
+//! 3. The protocol the policy names:
+//!    - `Detect`: HTTP detection with the policy's timeout; a client that says nothing lets the
+//!      first speaker decide (server-speaks-first protocols are never stalled, see `detect`);
+//!    - `Http1`, `Http2`, `Grpc`: HTTP without detection (only the version is read);
+//!    - `Opaque`: no detection at all;
+//!    - `Tls`: the ClientHello's SNI picks the TLS route.
+//! 4. HTTP goes to [`http::serve`] (route → backend → balancer → endpoint, per request, in
+//!    `http/logical.rs`); opaque and TLS bytes to [`opaque`] (route → backend → balancer →
+//!    endpoint, per connection). Both dial through `tcp::Dialer`: mTLS with the endpoint's
+//!    identity and a transport header when it is meshed (with `session_protocol` for HTTP, none
+//!    for opaque bytes), plain otherwise.
+
+pub mod backend;
+pub mod logical;
+pub mod opaque;
 
 use crate::{
-    detect::{self, Outcome},
+    detect::{self, Outcome, Speaker, Timeouts},
+    discovery::Target,
     drain,
     error::ProxyError,
-    http::{self, Ctx, HttpVersion, Side},
+    http::{self, Ctx, Dest, HttpVersion, Side},
     io::{CountingIo, PrefixedIo},
     metrics::{plaintext_tls, HttpLabels, Peer, TcpLabels},
     orig_dst,
-    resolve::Dest,
+    policy::outbound::{OpaquePolicy, OutboundPolicy, Protocol},
 };
-use knit_core::{
-    destination::{Authority, Endpoint},
-    detect::Protocol,
-};
-use std::{net::SocketAddr, sync::Arc};
+use bytes::Bytes;
+use knit_core::{destination::Authority, detect::Protocol as Detected};
+pub use logical::Logical;
+use opaque::Kind;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::TcpStream;
 use tracing::Instrument;
+
+type Io = PrefixedIo<TcpStream>;
 
 pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, side: Arc<Side>, drain: drain::Watch) {
     let span = tracing::info_span!("outbound", %client);
@@ -36,83 +57,182 @@ pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, forward: Optio
 }
 
 async fn accept(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError> {
-    let dest = match (forward, orig_dst::redirected_dst(&tcp)) {
-        (Some(name), _) => Dest::Named(name),
-        (None, Some(dst)) => {
-            let key = Authority::from_addr(dst);
-            if side.resolver.has(&key) {
-                Dest::Named(key)
-            } else {
-                Dest::Endpoint(Endpoint::plain(dst))
-            }
+    let orig_dst = orig_dst::redirected_dst(&tcp);
+    let (target, authority) = match (forward, orig_dst) {
+        (Some(name), _) => (Target::Authority(name.clone()), Some(name)),
+        (None, Some(dst)) => (Target::Addr(dst), None),
+        (None, None) => return http_by_host(tcp, client, side, drain).await,
+    };
+    if let Target::Addr(dst) = target {
+        if side.is_own(dst) {
+            return Err(ProxyError::Loop(dst));
         }
-        (None, None) => Dest::FromRequest,
-    };
-    let target_port = match &dest {
-        Dest::Endpoint(e) => Some(e.addr.port()),
-        Dest::Named(a) => Some(a.port),
-        Dest::FromRequest => None,
-    };
-    if target_port.is_some_and(|p| side.config.detect.opaque_ports.contains(&p)) {
-        return opaque(PrefixedIo::new(Default::default(), tcp), client, &dest, side).await;
     }
-    let detected = match detect::detect(tcp, &side.config.detect, &side.metrics.detect, side.direction).await {
-        Ok(Outcome::Detected(d)) => d,
-        Ok(Outcome::Closed) => return Ok(()),
-        Err(source) => return Err(ProxyError::Connect { addr: client, source }),
+    let logical = Arc::new(Logical::resolve(side, target, authority).await?);
+    let conn = Conn { client, orig_dst, logical, side: side.clone(), drain };
+    let io = PrefixedIo::new(Bytes::new(), tcp);
+    let policy = match conn.logical.policy(side).await {
+        Ok(p) => p,
+        // No usable policy (the control plane's was invalid, or it has not answered): HTTP
+        // clients are told why, request by request; other connections are closed.
+        Err(e) => return conn.without_policy(io, e).await,
     };
-    match detected.protocol {
-        Protocol::Http1 | Protocol::Http2 => {
-            let version = if detected.protocol == Protocol::Http2 { HttpVersion::Http2 } else { HttpVersion::Http1 };
-            let target_addr = match &dest {
-                Dest::Endpoint(e) => e.addr,
-                _ => side.config.outbound.listen_addr,
-            };
-            let labels = TcpLabels {
-                target: HttpLabels {
-                    direction: side.direction,
-                    authority: None,
-                    target_addr,
-                    tls: plaintext_tls(side.direction),
-                    dst: Default::default(),
-                    policy: None,
-                },
-                peer: Peer::Src,
-            };
-            let io = CountingIo::metered(detected.io, &side.metrics.tcp, labels);
-            let ctx = Ctx { side: side.clone(), client, dest, client_id: None, tls: plaintext_tls(side.direction) };
-            http::serve(io, version, Arc::new(ctx), drain).await;
-            Ok(())
+    match &policy.protocol {
+        Protocol::Detect { timeout, opaque, .. } => conn.detected(io, &policy, opaque, *timeout).await,
+        Protocol::Http1(_) | Protocol::Http2(_) | Protocol::Grpc(_) => conn.http_known(io).await,
+        Protocol::Opaque(opaque) => {
+            let opened = opaque::open(&conn.logical, &policy.meta, opaque, None, Kind::Tcp, side).await?;
+            opaque::copy(io, opened, Bytes::new(), &conn.logical, side).await
         }
-        Protocol::Tls { .. } | Protocol::Opaque | Protocol::TransportHeader => opaque(detected.io, client, &dest, side).await,
+        Protocol::Tls(routes) => conn.tls(io, &policy, routes).await,
     }
 }
 
-/// Forwards a connection byte for byte; a meshed endpoint is reached through its proxy with a
-/// transport header that carries no session protocol.
-async fn opaque(io: PrefixedIo<TcpStream>, client: SocketAddr, dest: &Dest, side: &Arc<Side>) -> Result<(), ProxyError> {
-    let (endpoint, authority) = match dest {
-        Dest::Endpoint(e) => (e.clone(), None),
-        Dest::Named(a) => (side.resolver.resolve(a).await?, Some(a.to_string())),
-        // Without NAT or a port forward, only HTTP says where it is going.
-        Dest::FromRequest => return Err(ProxyError::NoDestination),
-    };
-    if side.own_addrs.contains(&endpoint.connect_addr()) {
-        return Err(ProxyError::Loop(endpoint.connect_addr()));
+/// An accepted connection and what it was resolved to.
+struct Conn {
+    client: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+    logical: Arc<Logical>,
+    side: Arc<Side>,
+    drain: drain::Watch,
+}
+
+impl Conn {
+    /// `Detect`: HTTP is served by its routes; anything else takes the opaque route. A silent
+    /// client lets the first speaker decide.
+    async fn detected(self, io: Io, policy: &OutboundPolicy, opaque: &OpaquePolicy, timeout: Duration) -> Result<(), ProxyError> {
+        let side = self.side.clone();
+        let t = Timeouts { silent: Some(side.config.detect.silent_timeout), total: timeout };
+        let silent = match self.detect(io, t).await? {
+            Outcome::Closed => return Ok(()),
+            Outcome::Detected(d) => return self.http_or_opaque(d, policy, opaque, None).await,
+            Outcome::Silent(io) => io,
+        };
+        // Open the opaque route's connection and see who speaks first. If the route refuses (an
+        // egress policy that allows only HTTP, say), wait for the client instead.
+        let mut opened = match opaque::open(&self.logical, &policy.meta, opaque, None, Kind::Tcp, &side).await {
+            Ok(o) => o,
+            Err(refused) => {
+                return match self.detect(silent, Timeouts { silent: None, total: timeout }).await? {
+                    Outcome::Detected(d) if is_http(&d.protocol) => self.http_or_opaque(d, policy, opaque, None).await,
+                    _ => Err(refused),
+                };
+            }
+        };
+        let mut io = silent;
+        let speaker = detect::first_speaker(&mut io, &mut opened.server).await.map_err(|source| ProxyError::Connect { addr: self.client, source })?;
+        match speaker {
+            Speaker::Closed => Ok(()),
+            Speaker::Server(greeting) => opaque::copy(io, opened, greeting, &self.logical, &side).await,
+            Speaker::Client(first) => {
+                let io = PrefixedIo::new(first, io.into_parts().1);
+                match self.detect(io, Timeouts { silent: None, total: timeout }).await? {
+                    Outcome::Detected(d) => self.http_or_opaque(d, policy, opaque, Some(opened)).await,
+                    Outcome::Closed | Outcome::Silent(_) => Ok(()),
+                }
+            }
+        }
     }
-    let target = HttpLabels {
-        direction: side.direction,
-        authority: authority.clone(),
-        target_addr: endpoint.addr,
-        tls: side.dialer.tls_label(&endpoint),
-        dst: endpoint.labels.clone(),
-        policy: None,
-    };
-    let mut client_io = CountingIo::metered(io, &side.metrics.tcp, TcpLabels { target, peer: Peer::Src });
-    let mut server = side.dialer.dial(&endpoint, None, authority).await?;
-    if let Err(e) = crate::tcp::forward(&mut client_io, &mut server).await {
-        client_io.set_errno(e.raw_os_error());
-        tracing::debug!(%client, endpoint = %endpoint, error = %e, "opaque connection ended with an error");
+
+    /// A detected connection: HTTP is routed per request (an upstream connection opened for the
+    /// silent client is dropped unused); anything else takes the opaque route.
+    async fn http_or_opaque(
+        self,
+        d: detect::Detected,
+        policy: &OutboundPolicy,
+        opaque: &OpaquePolicy,
+        opened: Option<opaque::Opened>,
+    ) -> Result<(), ProxyError> {
+        match d.protocol {
+            Detected::Http1 => self.http(d.io, HttpVersion::Http1).await,
+            Detected::Http2 => self.http(d.io, HttpVersion::Http2).await,
+            _ => {
+                let opened = match opened {
+                    Some(o) => o,
+                    None => opaque::open(&self.logical, &policy.meta, opaque, None, Kind::Tcp, &self.side).await?,
+                };
+                opaque::copy(d.io, opened, Bytes::new(), &self.logical, &self.side).await
+            }
+        }
     }
-    Ok(())
+
+    /// `Http1`, `Http2`, `Grpc`: HTTP whatever the client does; only the version is read from
+    /// its first bytes (the HTTP/2 preface, else HTTP/1).
+    async fn http_known(self, io: Io) -> Result<(), ProxyError> {
+        let t = Timeouts { silent: None, total: self.side.config.detect.timeout };
+        match self.detect(io, t).await? {
+            Outcome::Detected(d) if d.protocol == Detected::Http2 => self.http(d.io, HttpVersion::Http2).await,
+            Outcome::Detected(d) => self.http(d.io, HttpVersion::Http1).await,
+            Outcome::Closed | Outcome::Silent(_) => Ok(()),
+        }
+    }
+
+    /// `Tls`: the ClientHello's SNI chooses the route; a client that does not start TLS is refused.
+    async fn tls(self, io: Io, policy: &OutboundPolicy, routes: &OpaquePolicy) -> Result<(), ProxyError> {
+        let side = &self.side;
+        let t = Timeouts { silent: None, total: side.config.detect.timeout };
+        match self.detect(io, t).await? {
+            Outcome::Detected(detect::Detected { protocol: Detected::Tls { sni }, io }) => {
+                let opened = opaque::open(&self.logical, &policy.meta, routes, sni.as_deref(), Kind::Tls, side).await?;
+                opaque::copy(io, opened, Bytes::new(), &self.logical, side).await
+            }
+            Outcome::Detected(_) => Err(ProxyError::NotTls { target: self.logical.target.to_string() }),
+            Outcome::Closed | Outcome::Silent(_) => Ok(()),
+        }
+    }
+
+    /// No usable policy: HTTP requests are answered with the reason; other bytes are refused.
+    async fn without_policy(self, io: Io, e: ProxyError) -> Result<(), ProxyError> {
+        let t = Timeouts { silent: None, total: self.side.config.detect.timeout };
+        match self.detect(io, t).await? {
+            Outcome::Detected(d) if d.protocol == Detected::Http1 => self.http(d.io, HttpVersion::Http1).await,
+            Outcome::Detected(d) if d.protocol == Detected::Http2 => self.http(d.io, HttpVersion::Http2).await,
+            Outcome::Closed => Ok(()),
+            _ => Err(e),
+        }
+    }
+
+    async fn detect(&self, io: Io, t: Timeouts) -> Result<Outcome, ProxyError> {
+        let side = &self.side;
+        detect::detect(io, t, &side.metrics.detect, side.direction).await.map_err(|source| ProxyError::Connect { addr: self.client, source })
+    }
+
+    async fn http(self, io: Io, version: HttpVersion) -> Result<(), ProxyError> {
+        let target_addr = self.orig_dst.unwrap_or(self.side.config.outbound.listen_addr);
+        serve_http(io, version, self.client, target_addr, Dest::Logical(self.logical), &self.side, self.drain).await;
+        Ok(())
+    }
+}
+
+/// Local mode without a port forward or an original destination: each HTTP request names its
+/// destination (`Host`, `:authority`) and is routed by that name's policy. Nothing else can be
+/// forwarded, so a client that stays silent (one waiting for a server to speak first) is closed
+/// at once rather than after the whole detect timeout.
+async fn http_by_host(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError> {
+    let t = Timeouts { silent: Some(side.config.detect.silent_timeout), total: side.config.detect.timeout };
+    match detect::detect(PrefixedIo::new(Bytes::new(), tcp), t, &side.metrics.detect, side.direction).await {
+        Ok(Outcome::Detected(d)) if is_http(&d.protocol) => {
+            let version = if d.protocol == Detected::Http2 { HttpVersion::Http2 } else { HttpVersion::Http1 };
+            serve_http(d.io, version, client, side.config.outbound.listen_addr, Dest::PerRequest, side, drain).await;
+            Ok(())
+        }
+        Ok(Outcome::Closed) => Ok(()),
+        Ok(_) => Err(ProxyError::NoDestination),
+        Err(source) => Err(ProxyError::Connect { addr: client, source }),
+    }
+}
+
+async fn serve_http(io: Io, version: HttpVersion, client: SocketAddr, target_addr: SocketAddr, dest: Dest, side: &Arc<Side>, drain: drain::Watch) {
+    let tls = plaintext_tls(side.direction);
+    let labels = TcpLabels {
+        target: HttpLabels { direction: side.direction, authority: None, target_addr, tls: tls.clone(), dst: Default::default(), policy: None },
+        peer: Peer::Src,
+    };
+    let io = CountingIo::metered(io, &side.metrics.tcp, labels);
+    let ctx = Ctx { side: side.clone(), client, dest, client_id: None, tls, from_peer: false };
+    http::serve(io, version, Arc::new(ctx), drain).await;
+}
+
+fn is_http(p: &Detected) -> bool {
+    matches!(p, Detected::Http1 | Detected::Http2)
 }

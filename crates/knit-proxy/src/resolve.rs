@@ -1,56 +1,45 @@
-//! From a logical destination to an endpoint. In local mode the destination table answers first
-//! and DNS second; discovery from `knit-control` will answer here too.
+//! Destinations the control plane does not answer for: the static destination table
+//! (`KNIT_PROXY_OUTBOUND_ENDPOINTS`), whose entries win over discovery so that a local override
+//! needs no control plane, and DNS for other names (a port forward to a host outside the mesh).
 
-use crate::error::ProxyError;
+use crate::{balance::Pool, error::ProxyError, policy::outbound::Load};
 use knit_core::destination::{Authority, DestinationTable, Endpoint};
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::atomic::{AtomicUsize, Ordering},
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 pub struct Resolver {
-    table: DestinationTable,
-    /// One round-robin position per authority: a shared one would skew every split whose
-    /// requests interleave with another authority's.
-    next: HashMap<Authority, AtomicUsize>,
+    /// One balancer per table entry, built at start-up: its endpoints' load and health persist
+    /// across connections, as a discovered backend's do.
+    pools: HashMap<Authority, Arc<Pool<Endpoint>>>,
 }
 
-/// Where a connection's traffic goes, as far as the connection alone tells.
-#[derive(Clone, Debug)]
-pub enum Dest {
-    /// A known endpoint: the original destination, or the inbound application.
-    Endpoint(Endpoint),
-    /// A logical name resolved per request (port forwards, table entries for an original
-    /// destination).
-    Named(Authority),
-    /// Each HTTP request names its destination with `Host` / `:authority` (local mode).
-    FromRequest,
-}
+/// The load estimate of static endpoints: Linkerd's defaults for a Service.
+const STATIC_LOAD: Load = Load::PeakEwma { default_rtt: Duration::from_millis(30), decay: Duration::from_secs(10) };
 
 impl Resolver {
-    pub fn new(table: DestinationTable) -> Self {
-        let next = table.authorities().map(|a| (a.clone(), AtomicUsize::new(0))).collect();
-        Self { table, next }
+    pub fn new(table: &DestinationTable) -> Self {
+        let pools = table
+            .authorities()
+            .map(|a| {
+                let pool = Pool::new(&STATIC_LOAD, None);
+                pool.update_add(table.get(a).map(<[Endpoint]>::to_vec).unwrap_or_default());
+                (a.clone(), Arc::new(pool))
+            })
+            .collect();
+        Self { pools }
     }
 
+    /// Whether the table names this authority.
     pub fn has(&self, authority: &Authority) -> bool {
-        self.table.get(authority).is_some()
+        self.pools.contains_key(authority)
     }
 
-    /// Whether the static table names this destination: an entry there wins over discovery, so
-    /// a local override needs no control plane.
-    pub fn has_static(&self, target: &crate::discovery::Target) -> bool {
-        matches!(target, crate::discovery::Target::Authority(a) if self.has(a))
+    /// The balancer of a table entry.
+    pub fn pool(&self, authority: &Authority) -> Option<&Arc<Pool<Endpoint>>> {
+        self.pools.get(authority)
     }
 
-    /// Picks an endpoint for `authority`: the table's endpoints in turn, or the first address DNS
-    /// gives for it.
-    pub async fn resolve(&self, authority: &Authority) -> Result<Endpoint, ProxyError> {
-        if let Some(eps) = self.table.get(authority).filter(|e| !e.is_empty()) {
-            let i = self.next.get(authority).map_or(0, |n| n.fetch_add(1, Ordering::Relaxed)) % eps.len();
-            return Ok(eps[i].clone());
-        }
+    /// The first address DNS gives for a name outside the table (an IP literal is its own).
+    pub async fn lookup(authority: &Authority) -> Result<Endpoint, ProxyError> {
         if let Ok(ip) = authority.host.parse::<std::net::IpAddr>() {
             return Ok(Endpoint::plain(SocketAddr::new(ip, authority.port)));
         }
@@ -64,23 +53,21 @@ impl Resolver {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn round_robin_is_per_authority() {
-        let r = Resolver::new("a:80=127.0.0.1:1|127.0.0.1:2,b:80=127.0.0.1:3".parse().unwrap());
-        let (a, b): (Authority, Authority) = ("a:80".parse().unwrap(), "b:80".parse().unwrap());
-        let mut seen = Vec::new();
-        for _ in 0..4 {
-            seen.push(r.resolve(&a).await.unwrap().addr.port());
-            r.resolve(&b).await.unwrap();
-        }
-        assert_eq!(seen, [1, 2, 1, 2]);
+    #[test]
+    fn each_entry_gets_a_balancer_of_its_endpoints() {
+        let r = Resolver::new(&"a:80=127.0.0.1:1|127.0.0.1:2,b:80=127.0.0.1:3".parse().unwrap());
+        let a: Authority = "a:80".parse().unwrap();
+        let mut ports: Vec<u16> = r.pool(&a).unwrap().endpoints().iter().map(|e| e.addr.port()).collect();
+        ports.sort();
+        assert_eq!(ports, [1, 2]);
+        assert!(r.has(&"b:80".parse().unwrap()));
+        assert!(!r.has(&"c:80".parse().unwrap()));
     }
 
     #[tokio::test]
     async fn ip_literals_and_unknown_names() {
-        let r = Resolver::new(Default::default());
-        assert_eq!(r.resolve(&"10.1.2.3:80".parse().unwrap()).await.unwrap().addr, "10.1.2.3:80".parse().unwrap());
-        let e = r.resolve(&"nowhere.invalid:80".parse().unwrap()).await.unwrap_err();
+        assert_eq!(Resolver::lookup(&"10.1.2.3:80".parse().unwrap()).await.unwrap().addr, "10.1.2.3:80".parse().unwrap());
+        let e = Resolver::lookup(&"nowhere.invalid:80".parse().unwrap()).await.unwrap_err();
         assert!(matches!(e, ProxyError::NoRoute { .. }));
     }
 }

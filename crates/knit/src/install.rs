@@ -118,8 +118,9 @@ impl Options {
 }
 
 /// The CRDs, one file each, shared with the Helm chart.
-pub const CRDS: [&str; 8] = [
+pub const CRDS: [&str; 9] = [
     include_str!("../../../charts/knit/crds/authorization-policy.yaml"),
+    include_str!("../../../charts/knit/crds/egress-network.yaml"),
     include_str!("../../../charts/knit/crds/external-workload.yaml"),
     include_str!("../../../charts/knit/crds/http-local-ratelimit-policy.yaml"),
     include_str!("../../../charts/knit/crds/httproute.yaml"),
@@ -198,7 +199,7 @@ pub fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
         })
         .rev()
         .collect();
-    eprintln!("knit uninstall: the CRDs are included: deleting them deletes every Server, AuthorizationPolicy, HTTPRoute (policy.linkerd.io), ExternalWorkload and TrafficSplit in the cluster");
+    eprintln!("knit uninstall: the CRDs are included: deleting them deletes every Server, AuthorizationPolicy, HTTPRoute (policy.linkerd.io), EgressNetwork, ExternalWorkload and TrafficSplit in the cluster");
     print!("{}", to_yaml(&refs));
     Ok(())
 }

@@ -30,13 +30,13 @@ pub struct Endpoints {
     pub labels: HashMap<String, String>,
 }
 
-pub fn compute(model: &Model, _cfg: &IndexConfig, key: &SvcPort) -> Option<Endpoints> {
+pub fn compute(model: &Model, cfg: &IndexConfig, key: &SvcPort) -> Option<Endpoints> {
     let svc = model.service(&key.ns, &key.name)?;
     let port = svc.spec.ports.iter().find(|p| p.port == key.port)?;
     let mut addrs = BTreeMap::new();
     for w in model.workloads(&key.ns).filter(|w| selects(svc, w)) {
         let Some(target) = target_port(svc, port, w) else { continue };
-        let opaque = is_opaque(svc, key.port);
+        let opaque = cfg.is_opaque(svc, key.port);
         for ip in &w.spec.workload_ips {
             let addr = SocketAddr::new(ip.ip, target);
             addrs.insert(addr, weighted_addr(w, addr, opaque));
@@ -69,11 +69,6 @@ fn target_port(svc: &Service, port: &crate::resources::ServicePort, w: &External
         Some(PortRef::Number(n)) => Some(*n),
         Some(PortRef::Name(name)) => w.spec.ports.iter().find(|p| p.name.as_deref() == Some(name)).map(|p| p.port),
     }
-}
-
-fn is_opaque(svc: &Service, port: u16) -> bool {
-    svc.config.opaque_ports.contains(&port)
-        || svc.spec.ports.iter().any(|p| p.port == port && matches!(p.app_protocol.as_deref(), Some("linkerd.io/opaque" | "linkerd.io/tcp")))
 }
 
 pub fn weighted_addr(w: &ExternalWorkload, addr: SocketAddr, opaque: bool) -> WeightedAddr {
@@ -123,7 +118,7 @@ pub fn profile(model: &Model, cfg: &IndexConfig, key: &ProfileKey) -> Option<Des
             let s = model.service(&svc.ns, &svc.name)?;
             Some(DestinationProfile {
                 fully_qualified_name: format!("{}.{}.svc.{}", svc.name, svc.ns, cfg.cluster_domain),
-                opaque_protocol: is_opaque(s, svc.port),
+                opaque_protocol: cfg.is_opaque(s, svc.port),
                 ..Default::default()
             })
         }

@@ -38,7 +38,12 @@ pub fn compute(model: &Model, cfg: &IndexConfig, key: &WorkloadPort) -> Option<a
         Some(s) => server_policy(model, cfg, s),
         None => {
             let name = w.metadata.annotations.get(DEFAULT_POLICY_ANNOTATION).unwrap_or(&cfg.default_inbound_policy);
-            default_policy(cfg, name)
+            let mut policy = default_policy(cfg, name);
+            // An opaque port is never detected: the default opaque ports, or the workload's own.
+            if cfg.workload_port_opaque(w, key.port) {
+                policy.protocol = Some(api::ProxyProtocol { kind: Some(proxy_protocol::Kind::Opaque(proxy_protocol::Opaque {})) });
+            }
+            policy
         }
     })
 }

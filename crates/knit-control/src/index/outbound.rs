@@ -1,10 +1,14 @@
-//! `OutboundPolicies.Watch`: the policy for a Service port, filled the way Linkerd's policy
-//! controller fills it (LINKERD-WIRE.md §4.2), so that linkerd2-proxy accepts it as well as Knit's.
+//! `OutboundPolicies.Watch`: the policy for a Service port, or for an address outside the
+//! cluster, filled the way Linkerd's policy controller fills it (LINKERD-WIRE.md §4.2, §13), so
+//! that linkerd2-proxy accepts it as well as Knit's.
 //!
-//! Routes are the HTTPRoutes (and GRPCRoutes) whose parent is the Service, ordered by creation
-//! time then name; without any, one default route sends everything to the Service itself, or to
-//! the backends of a TrafficSplit whose apex it is. Retries and timeouts come from the Service's
-//! annotations, which a route's own annotations override.
+//! A Service port's routes are those whose parent it is, of one kind, by the Gateway API's
+//! precedence: GRPCRoutes, else HTTPRoutes, else TLSRoutes, else the oldest TCPRoute. Routes are
+//! ordered by creation time then name; without any, one default route sends everything to the
+//! Service itself, or to the backends of a TrafficSplit whose apex it is. Retries and timeouts
+//! come from the Service's annotations, which a route's own annotations override. An opaque port
+//! (`config.linkerd.io/opaque-ports`, `appProtocol: linkerd.io/opaque`, or one of the control
+//! plane's default opaque ports) is never detected. Egress is in `egress.rs`.
 
 use super::{IndexConfig, Model, SvcPort};
 use crate::resources::{Accrual, BackendRef, HeaderModifier, Kind, MethodMatch, Resource, Route, RouteFilter, RouteMatch, Service, ServiceConfig};
@@ -12,50 +16,156 @@ use linkerd2_proxy_api::{
     grpc_route as grpc_api, http_route as http_api, http_types,
     meta::{metadata, Metadata, Resource as MetaResource},
     outbound::{self as api, backend, failure_accrual, proxy_protocol},
+    tls_route as tls_api,
 };
 use std::time::Duration;
 
-const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
 const QUEUE_CAPACITY: u32 = 100;
 const FAILFAST: Duration = Duration::from_secs(3);
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 const DECAY: Duration = Duration::from_secs(10);
 const MAX_REQUEST_BYTES: u32 = 64 * 1024;
 
-pub fn compute(model: &Model, cfg: &IndexConfig, key: &SvcPort) -> Option<api::OutboundPolicy> {
+/// What an outbound lookup names, once resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum OutboundKey {
+    Service(SvcPort),
+    /// An address that is no Service's: egress (an EgressNetwork's, or the fallback), answered
+    /// for the namespace of the proxy that asks.
+    Addr {
+        source_ns: String,
+        addr: std::net::SocketAddr,
+    },
+}
+
+pub fn compute(model: &Model, cfg: &IndexConfig, key: &OutboundKey) -> Option<api::OutboundPolicy> {
+    match key {
+        OutboundKey::Service(svc) => service(model, cfg, svc),
+        OutboundKey::Addr { source_ns, addr } => super::egress::compute(model, cfg, source_ns, *addr),
+    }
+}
+
+/// What routes attach to and inherit from: a Service port or an EgressNetwork port.
+pub(super) struct Parent<'a> {
+    pub group: &'a str,
+    pub kind: &'a str,
+    pub name: &'a str,
+    pub ns: &'a str,
+    pub port: u16,
+    /// The retry and timeout annotations routes inherit.
+    pub config: &'a ServiceConfig,
+    /// Where a rule without backendRefs sends its traffic, and what a backendRef naming the
+    /// parent itself becomes (an EgressNetwork's: the original destination).
+    pub default_backend: api::Backend,
+}
+
+impl Parent<'_> {
+    fn is(&self, r: &Route, p: &crate::resources::Ref) -> bool {
+        let group_ok = match self.kind {
+            "Service" => p.group.as_deref().is_none_or(|g| g.is_empty() || g == "core"),
+            _ => p.group.as_deref() == Some(self.group),
+        };
+        let kind_ok = match self.kind {
+            "Service" => p.kind.is_none() || p.kind_is("Service"),
+            kind => p.kind_is(kind),
+        };
+        group_ok
+            && kind_ok
+            && p.name == self.name
+            && p.namespace.as_deref().unwrap_or(&r.metadata.namespace) == self.ns
+            && p.port.is_none_or(|port| port == self.port)
+    }
+
+    /// The routes of these kinds attached to this parent, in Linkerd's order (creation time,
+    /// then name).
+    pub fn routes<'m>(&self, model: &'m Model, kinds: &[Kind]) -> Vec<(Kind, &'m Route)> {
+        let mut out: Vec<(Kind, &Route)> = Vec::new();
+        for kind in kinds {
+            out.extend(model.of_kind(*kind, None).filter_map(|res| match res {
+                Resource::Route(k, r) if r.spec.parent_refs.iter().any(|p| self.is(r, p)) => Some((*k, &**r)),
+                _ => None,
+            }));
+        }
+        out.sort_by_key(|(_, r)| (r.metadata.creation_timestamp.clone().unwrap_or_default(), r.metadata.name.clone()));
+        out
+    }
+
+    pub fn metadata(&self) -> Option<Metadata> {
+        Some(resource(self.group, self.kind, self.name, self.ns, self.port))
+    }
+}
+
+/// The routes of a parent, of the one kind that applies.
+pub(super) enum Routes<'m> {
+    Grpc(Vec<&'m Route>),
+    Http(Vec<(Kind, &'m Route)>),
+    Tls(Vec<&'m Route>),
+    Tcp(&'m Route),
+    None,
+}
+
+impl<'m> Routes<'m> {
+    /// gRPC beats HTTP beats TLS beats TCP; of TCPRoutes, the oldest.
+    pub fn of(model: &'m Model, parent: &Parent<'_>) -> Self {
+        let only = |kinds: &[Kind]| parent.routes(model, kinds).into_iter().map(|(_, r)| r).collect::<Vec<_>>();
+        let grpc = only(&[Kind::GrpcRoute]);
+        if !grpc.is_empty() {
+            return Self::Grpc(grpc);
+        }
+        let http = parent.routes(model, &[Kind::HttpRoute, Kind::PolicyHttpRoute]);
+        if !http.is_empty() {
+            return Self::Http(http);
+        }
+        let tls = only(&[Kind::TlsRoute]);
+        if !tls.is_empty() {
+            return Self::Tls(tls);
+        }
+        match only(&[Kind::TcpRoute]).first() {
+            Some(tcp) => Self::Tcp(tcp),
+            None => Self::None,
+        }
+    }
+}
+
+fn service(model: &Model, cfg: &IndexConfig, key: &SvcPort) -> Option<api::OutboundPolicy> {
     let svc = model.service(&key.ns, &key.name)?;
     let metadata = Some(resource("core", "Service", &key.name, &key.ns, key.port));
     let Some(port) = svc.spec.ports.iter().find(|p| p.port == key.port) else {
         // Linkerd: a port the Service does not define is refused, opaquely.
-        return Some(api::OutboundPolicy {
-            metadata,
-            protocol: Some(opaque(vec![api::opaque_route::Filter { kind: Some(api::opaque_route::filter::Kind::Forbidden(Default::default())) }], None)),
-        });
+        let forbidden = api::opaque_route::Filter { kind: Some(api::opaque_route::filter::Kind::Forbidden(Default::default())) };
+        return Some(api::OutboundPolicy { metadata, protocol: Some(opaque(opaque_route(default_meta("opaq"), vec![forbidden], None))) });
     };
     let app_protocol = port.app_protocol.as_deref().unwrap_or("");
-    let opaque_port = svc.config.opaque_ports.contains(&key.port) || matches!(app_protocol, "linkerd.io/opaque" | "linkerd.io/tcp");
+    let opaque_port = cfg.is_opaque(svc, key.port);
     let default_backend = service_backend(model, cfg, &key.ns, &key.name, key.port, opaque_port);
+    let parent =
+        Parent { group: "core", kind: "Service", name: &key.name, ns: &key.ns, port: key.port, config: &svc.config, default_backend: default_backend.clone() };
+    let routes = Routes::of(model, &parent);
     if opaque_port {
-        return Some(api::OutboundPolicy { metadata, protocol: Some(opaque(Vec::new(), Some(default_backend))) });
+        let route = match routes {
+            Routes::Tcp(r) => tcp_route(model, cfg, &parent, r),
+            _ => opaque_route(default_meta("opaq"), Vec::new(), Some(default_backend)),
+        };
+        return Some(api::OutboundPolicy { metadata, protocol: Some(opaque(route)) });
     }
-
-    let (http_routes, grpc_routes) = routes(model, key);
     let accrual = svc.config.accrual.as_ref().map(failure_accrual);
-    let http: Vec<api::HttpRoute> = if http_routes.is_empty() {
-        vec![default_route(model, cfg, svc, key, default_backend.clone())]
-    } else {
-        http_routes.iter().map(|(kind, r)| http_route(model, cfg, svc, key, *kind, r, &default_backend)).collect()
+    let http: Vec<api::HttpRoute> = match &routes {
+        Routes::Http(http_routes) => http_routes.iter().map(|(kind, r)| http_route(model, cfg, &parent, *kind, r)).collect(),
+        _ => vec![default_route(model, cfg, svc, key, default_backend.clone())],
     };
-    let kind = match app_protocol {
-        "http" => proxy_protocol::Kind::Http1(proxy_protocol::Http1 { routes: http, failure_accrual: accrual }),
-        "kubernetes.io/h2c" if grpc_routes.is_empty() => proxy_protocol::Kind::Http2(proxy_protocol::Http2 { routes: http, failure_accrual: accrual }),
-        _ if !grpc_routes.is_empty() => {
-            let routes = grpc_routes.iter().map(|r| grpc_route(model, cfg, svc, key, r, &default_backend)).collect();
+    let kind = match (routes, app_protocol) {
+        (Routes::Grpc(grpc), _) => {
+            let routes = grpc.iter().map(|r| grpc_route(model, cfg, &parent, r)).collect();
             proxy_protocol::Kind::Grpc(proxy_protocol::Grpc { routes, failure_accrual: accrual })
         }
+        (Routes::Tls(tls), _) => proxy_protocol::Kind::Tls(proxy_protocol::Tls { routes: tls.iter().map(|r| tls_route(model, cfg, &parent, r)).collect() }),
+        (Routes::Tcp(tcp), _) => proxy_protocol::Kind::Opaque(proxy_protocol::Opaque { routes: vec![tcp_route(model, cfg, &parent, tcp)] }),
+        (_, "http") => proxy_protocol::Kind::Http1(proxy_protocol::Http1 { routes: http, failure_accrual: accrual }),
+        (_, "kubernetes.io/h2c") => proxy_protocol::Kind::Http2(proxy_protocol::Http2 { routes: http, failure_accrual: accrual }),
         _ => proxy_protocol::Kind::Detect(proxy_protocol::Detect {
             timeout: Some(duration(DETECT_TIMEOUT)),
-            opaque: Some(proxy_protocol::Opaque { routes: vec![opaque_route(Vec::new(), Some(default_backend))] }),
+            opaque: Some(proxy_protocol::Opaque { routes: vec![opaque_route(default_meta("opaq"), Vec::new(), Some(default_backend))] }),
             http1: Some(proxy_protocol::Http1 { routes: http.clone(), failure_accrual: accrual }),
             http2: Some(proxy_protocol::Http2 { routes: http, failure_accrual: accrual }),
         }),
@@ -68,39 +178,12 @@ pub fn resource(group: &str, kind: &str, name: &str, ns: &str, port: u16) -> Met
     Metadata { kind: Some(metadata::Kind::Resource(r)) }
 }
 
-fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration::try_from(d).unwrap_or_default()
+pub(super) fn default_meta(name: &str) -> Option<Metadata> {
+    Some(Metadata { kind: Some(metadata::Kind::Default(name.into())) })
 }
 
-/// The routes attached to the Service port, HTTP and gRPC, in Linkerd's order.
-fn routes<'m>(model: &'m Model, key: &SvcPort) -> (Vec<(Kind, &'m Route)>, Vec<&'m Route>) {
-    let attached = |r: &Route| {
-        r.spec.parent_refs.iter().any(|p| {
-            (p.kind.is_none() || p.kind_is("Service"))
-                && p.group.as_deref().is_none_or(|g| g.is_empty() || g == "core")
-                && p.name == key.name
-                && p.namespace.as_deref().unwrap_or(&r.metadata.namespace) == key.ns
-                && p.port.is_none_or(|port| port == key.port)
-        })
-    };
-    let order = |r: &Route| (r.metadata.creation_timestamp.clone().unwrap_or_default(), r.metadata.name.clone());
-    let mut http: Vec<(Kind, &Route)> = Vec::new();
-    for kind in [Kind::HttpRoute, Kind::PolicyHttpRoute] {
-        http.extend(model.of_kind(kind, None).filter_map(|res| match res {
-            Resource::Route(k, r) if attached(r) => Some((*k, &**r)),
-            _ => None,
-        }));
-    }
-    http.sort_by_key(|(_, r)| order(r));
-    let mut grpc: Vec<&Route> = model
-        .of_kind(Kind::GrpcRoute, None)
-        .filter_map(|res| match res {
-            Resource::Route(_, r) if attached(r) => Some(&**r),
-            _ => None,
-        })
-        .collect();
-    grpc.sort_by_key(|r| order(r));
-    (http, grpc)
+pub(super) fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or_default()
 }
 
 /// Linkerd's `Default("http")` route, matching every path, with the Service's retries and
@@ -121,10 +204,10 @@ fn default_route(model: &Model, cfg: &IndexConfig, svc: &Service, key: &SvcPort,
         retry: retry(&svc.config, &ServiceConfig::default()),
         ..Default::default()
     };
-    api::HttpRoute { metadata: Some(Metadata { kind: Some(metadata::Kind::Default("http".into())) }), hosts: Vec::new(), rules: vec![rule] }
+    api::HttpRoute { metadata: default_meta("http"), hosts: Vec::new(), rules: vec![rule] }
 }
 
-fn http_route(model: &Model, cfg: &IndexConfig, svc: &Service, key: &SvcPort, kind: Kind, r: &Route, default_backend: &api::Backend) -> api::HttpRoute {
+pub(super) fn http_route(model: &Model, cfg: &IndexConfig, parent: &Parent<'_>, kind: Kind, r: &Route) -> api::HttpRoute {
     let rules = r
         .spec
         .rules
@@ -135,9 +218,9 @@ fn http_route(model: &Model, cfg: &IndexConfig, svc: &Service, key: &SvcPort, ki
             api::http_route::Rule {
                 matches,
                 filters: rule.filters.iter().filter_map(http_filter).map(|k| api::http_route::Filter { kind: Some(k) }).collect(),
-                backends: Some(backends(model, cfg, &r.metadata.namespace, key, &rule.backend_refs, default_backend)),
-                timeouts: Some(timeouts(&svc.config, &r.config, request)),
-                retry: retry(&svc.config, &r.config),
+                backends: Some(backends(model, cfg, &r.metadata.namespace, parent, &rule.backend_refs)),
+                timeouts: Some(timeouts(parent.config, &r.config, request)),
+                retry: retry(parent.config, &r.config),
                 ..Default::default()
             }
         })
@@ -145,7 +228,7 @@ fn http_route(model: &Model, cfg: &IndexConfig, svc: &Service, key: &SvcPort, ki
     api::HttpRoute { metadata: Some(resource(kind.group(), "HTTPRoute", &r.metadata.name, &r.metadata.namespace, 0)), hosts: hosts(&r.spec.hostnames), rules }
 }
 
-fn grpc_route(model: &Model, cfg: &IndexConfig, svc: &Service, key: &SvcPort, r: &Route, default_backend: &api::Backend) -> api::GrpcRoute {
+pub(super) fn grpc_route(model: &Model, cfg: &IndexConfig, parent: &Parent<'_>, r: &Route) -> api::GrpcRoute {
     let rules = r
         .spec
         .rules
@@ -174,9 +257,9 @@ fn grpc_route(model: &Model, cfg: &IndexConfig, svc: &Service, key: &SvcPort, r:
                     _ => None,
                 })
                 .collect();
-            let backends = grpc_backends(backends(model, cfg, &r.metadata.namespace, key, &rule.backend_refs, default_backend));
-            let t = timeouts(&svc.config, &r.config, None);
-            let retry = r.config.retry.as_ref().or(svc.config.retry.as_ref()).filter(|c| !c.grpc.is_empty()).map(|c| api::grpc_route::Retry {
+            let backends = grpc_backends(backends(model, cfg, &r.metadata.namespace, parent, &rule.backend_refs));
+            let t = timeouts(parent.config, &r.config, None);
+            let retry = r.config.retry.as_ref().or(parent.config.retry.as_ref()).filter(|c| !c.grpc.is_empty()).map(|c| api::grpc_route::Retry {
                 max_retries: c.limit,
                 max_request_bytes: MAX_REQUEST_BYTES,
                 conditions: Some(api::grpc_route::retry::Conditions {
@@ -196,6 +279,114 @@ fn grpc_route(model: &Model, cfg: &IndexConfig, svc: &Service, key: &SvcPort, r:
         metadata: Some(resource(Kind::GrpcRoute.group(), "GRPCRoute", &r.metadata.name, &r.metadata.namespace, 0)),
         hosts: hosts(&r.spec.hostnames),
         rules,
+    }
+}
+
+/// A TCPRoute's one rule (validation guarantees one): its backends by weight.
+pub(super) fn tcp_route(model: &Model, cfg: &IndexConfig, parent: &Parent<'_>, r: &Route) -> api::OpaqueRoute {
+    use api::opaque_route::{distribution, filter, Distribution, Filter, RouteBackend, WeightedRouteBackend};
+    let refs = r.spec.rules.first().map_or(&[][..], |rule| &rule.backend_refs[..]);
+    let invalid = |message: String| Filter { kind: Some(filter::Kind::Invalid(linkerd2_proxy_api::opaque_route::Invalid { message })) };
+    let kind = if refs.is_empty() {
+        distribution::Kind::FirstAvailable(distribution::FirstAvailable {
+            backends: vec![RouteBackend { backend: Some(parent.default_backend.clone()), filters: Vec::new() }],
+        })
+    } else {
+        let backends = refs
+            .iter()
+            .map(|b| {
+                let (backend, problem) = opaque_backend(model, cfg, &r.metadata.namespace, parent, b);
+                WeightedRouteBackend {
+                    backend: Some(RouteBackend { backend: Some(backend), filters: problem.into_iter().map(invalid).collect() }),
+                    weight: b.weight,
+                }
+            })
+            .collect();
+        distribution::Kind::RandomAvailable(distribution::RandomAvailable { backends })
+    };
+    let rule = api::opaque_route::Rule { backends: Some(Distribution { kind: Some(kind) }), filters: Vec::new() };
+    api::OpaqueRoute { metadata: Some(resource(Kind::TcpRoute.group(), "TCPRoute", &r.metadata.name, &r.metadata.namespace, 0)), rules: vec![rule] }
+}
+
+/// A TLSRoute: its hostnames are the SNIs it serves; its one rule's backends by weight.
+pub(super) fn tls_route(model: &Model, cfg: &IndexConfig, parent: &Parent<'_>, r: &Route) -> api::TlsRoute {
+    use api::tls_route::{distribution, filter, Distribution, Filter, RouteBackend, WeightedRouteBackend};
+    let refs = r.spec.rules.first().map_or(&[][..], |rule| &rule.backend_refs[..]);
+    let invalid = |message: String| Filter { kind: Some(filter::Kind::Invalid(linkerd2_proxy_api::opaque_route::Invalid { message })) };
+    let kind = if refs.is_empty() {
+        distribution::Kind::FirstAvailable(distribution::FirstAvailable {
+            backends: vec![RouteBackend { backend: Some(parent.default_backend.clone()), filters: Vec::new() }],
+        })
+    } else {
+        let backends = refs
+            .iter()
+            .map(|b| {
+                let (backend, problem) = opaque_backend(model, cfg, &r.metadata.namespace, parent, b);
+                WeightedRouteBackend {
+                    backend: Some(RouteBackend { backend: Some(backend), filters: problem.into_iter().map(invalid).collect() }),
+                    weight: b.weight,
+                }
+            })
+            .collect();
+        distribution::Kind::RandomAvailable(distribution::RandomAvailable { backends })
+    };
+    let rule = api::tls_route::Rule { backends: Some(Distribution { kind: Some(kind) }), filters: Vec::new() };
+    api::TlsRoute {
+        metadata: Some(resource(Kind::TlsRoute.group(), "TLSRoute", &r.metadata.name, &r.metadata.namespace, 0)),
+        snis: snis(&r.spec.hostnames),
+        rules: vec![rule],
+    }
+}
+
+pub(super) fn snis(hostnames: &[String]) -> Vec<tls_api::SniMatch> {
+    use tls_api::sni_match::{Match, Suffix};
+    hostnames
+        .iter()
+        .map(|h| {
+            let h = h.to_ascii_lowercase();
+            let m = match h.strip_prefix("*.") {
+                Some(suffix) => Match::Suffix(Suffix { reverse_labels: suffix.split('.').rev().map(str::to_string).collect() }),
+                None => Match::Exact(h),
+            };
+            tls_api::SniMatch { r#match: Some(m) }
+        })
+        .collect()
+}
+
+/// The backend a backendRef of an opaque or TLS route names, and why it cannot be used, if so.
+fn opaque_backend(model: &Model, cfg: &IndexConfig, route_ns: &str, parent: &Parent<'_>, b: &BackendRef) -> (api::Backend, Option<String>) {
+    match BackendTarget::of(b, route_ns, parent) {
+        BackendTarget::Parent => (parent.default_backend.clone(), None),
+        BackendTarget::Service(ns) => {
+            let backend = service_backend(model, cfg, ns, &b.name, b.port.unwrap_or(parent.port), true);
+            let problem = backend.kind.is_none().then(|| format!("Service {ns}/{} not found", b.name));
+            (backend, problem)
+        }
+        BackendTarget::Invalid(why) => (api::Backend { metadata: parent.metadata(), queue: Some(queue()), kind: None }, Some(why)),
+    }
+}
+
+/// What a backendRef names.
+enum BackendTarget<'a> {
+    /// A Service, in this namespace.
+    Service(&'a str),
+    /// The parent EgressNetwork itself: the connection's original destination.
+    Parent,
+    Invalid(String),
+}
+
+impl<'a> BackendTarget<'a> {
+    fn of(b: &'a BackendRef, route_ns: &'a str, parent: &Parent<'_>) -> Self {
+        let ns = b.namespace.as_deref().unwrap_or(route_ns);
+        let kind = b.kind.as_deref().unwrap_or("Service");
+        match kind {
+            "Service" if b.group.as_deref().is_none_or(|g| g.is_empty() || g == "core") => Self::Service(ns),
+            "EgressNetwork" if parent.kind == "EgressNetwork" && b.name == parent.name && ns == parent.ns => Self::Parent,
+            "EgressNetwork" => {
+                Self::Invalid(format!("backend EgressNetwork {ns}/{}: a route may send traffic only to its own EgressNetwork, or to a Service", b.name))
+            }
+            other => Self::Invalid(format!("backend {other} {ns}/{}: expected a Service or the route's EgressNetwork", b.name)),
+        }
     }
 }
 
@@ -228,28 +419,36 @@ fn grpc_backends(d: api::http_route::Distribution) -> api::grpc_route::Distribut
     g::Distribution { kind: Some(kind) }
 }
 
-fn backends(
-    model: &Model,
-    cfg: &IndexConfig,
-    route_ns: &str,
-    key: &SvcPort,
-    refs: &[BackendRef],
-    default_backend: &api::Backend,
-) -> api::http_route::Distribution {
+fn backends(model: &Model, cfg: &IndexConfig, route_ns: &str, parent: &Parent<'_>, refs: &[BackendRef]) -> api::http_route::Distribution {
     if refs.is_empty() {
-        return first_available(default_backend.clone());
+        return first_available(parent.default_backend.clone());
     }
     random(
         refs.iter()
             .map(|b| {
-                let ns = b.namespace.as_deref().unwrap_or(route_ns);
-                (route_backend(model, cfg, ns, &b.name, b.port.unwrap_or(key.port), &b.filters), b.weight)
+                let rb = match BackendTarget::of(b, route_ns, parent) {
+                    BackendTarget::Service(ns) => route_backend(model, cfg, ns, &b.name, b.port.unwrap_or(parent.port), &b.filters),
+                    BackendTarget::Parent => {
+                        let filters = b.filters.iter().filter_map(http_filter).map(|k| api::http_route::Filter { kind: Some(k) }).collect();
+                        api::http_route::RouteBackend { backend: Some(parent.default_backend.clone()), filters, ..Default::default() }
+                    }
+                    BackendTarget::Invalid(message) => {
+                        let backend = api::Backend { metadata: parent.metadata(), queue: Some(queue()), kind: None };
+                        api::http_route::RouteBackend { backend: Some(backend), filters: vec![failure_500(message)], ..Default::default() }
+                    }
+                };
+                (rb, b.weight)
             })
             .collect(),
     )
 }
 
-fn first_available(b: api::Backend) -> api::http_route::Distribution {
+fn failure_500(message: String) -> api::http_route::Filter {
+    let fi = http_api::HttpFailureInjector { status: 500, message, ratio: Some(http_api::Ratio { numerator: 1, denominator: 1 }) };
+    api::http_route::Filter { kind: Some(api::http_route::filter::Kind::FailureInjector(fi)) }
+}
+
+pub(super) fn first_available(b: api::Backend) -> api::http_route::Distribution {
     let rb = api::http_route::RouteBackend { backend: Some(b), ..Default::default() };
     api::http_route::Distribution {
         kind: Some(api::http_route::distribution::Kind::FirstAvailable(api::http_route::distribution::FirstAvailable { backends: vec![rb] })),
@@ -268,19 +467,18 @@ fn route_backend(model: &Model, cfg: &IndexConfig, ns: &str, name: &str, port: u
     let backend = service_backend(model, cfg, ns, name, port, false);
     let mut filters: Vec<api::http_route::Filter> = filters.iter().filter_map(http_filter).map(|k| api::http_route::Filter { kind: Some(k) }).collect();
     if backend.kind.is_none() {
-        let fi = http_api::HttpFailureInjector {
-            status: 500,
-            message: format!("Service {ns}/{name} not found"),
-            ratio: Some(http_api::Ratio { numerator: 1, denominator: 1 }),
-        };
-        filters.push(api::http_route::Filter { kind: Some(api::http_route::filter::Kind::FailureInjector(fi)) });
+        filters.push(failure_500(format!("Service {ns}/{name} not found")));
     }
     api::http_route::RouteBackend { backend: Some(backend), filters, ..Default::default() }
 }
 
+pub(super) fn queue() -> api::Queue {
+    api::Queue { capacity: QUEUE_CAPACITY, failfast_timeout: Some(duration(FAILFAST)) }
+}
+
 fn service_backend(model: &Model, cfg: &IndexConfig, ns: &str, name: &str, port: u16, opaque: bool) -> api::Backend {
     let metadata = Some(resource("core", "Service", name, ns, port));
-    let queue = Some(api::Queue { capacity: QUEUE_CAPACITY, failfast_timeout: Some(duration(FAILFAST)) });
+    let queue = Some(queue());
     let Some(svc) = model.service(ns, name) else { return api::Backend { metadata, queue, kind: None } };
     let load = match &svc.config.penalty {
         // Opaque balancers cannot see responses, so they keep plain PeakEWMA (§8.2).
@@ -298,21 +496,22 @@ fn service_backend(model: &Model, cfg: &IndexConfig, ns: &str, name: &str, port:
     api::Backend { metadata, queue, kind: Some(backend::Kind::Balancer(backend::BalanceP2c { discovery: Some(discovery), load: Some(load) })) }
 }
 
-fn opaque(filters: Vec<api::opaque_route::Filter>, backend: Option<api::Backend>) -> api::ProxyProtocol {
-    api::ProxyProtocol { kind: Some(proxy_protocol::Kind::Opaque(proxy_protocol::Opaque { routes: vec![opaque_route(filters, backend)] })) }
+pub(super) fn opaque(route: api::OpaqueRoute) -> api::ProxyProtocol {
+    api::ProxyProtocol { kind: Some(proxy_protocol::Kind::Opaque(proxy_protocol::Opaque { routes: vec![route] })) }
 }
 
-fn opaque_route(filters: Vec<api::opaque_route::Filter>, backend: Option<api::Backend>) -> api::OpaqueRoute {
+/// A route of one rule: `backend` (none: no backends) and `filters`.
+pub(super) fn opaque_route(metadata: Option<Metadata>, filters: Vec<api::opaque_route::Filter>, backend: Option<api::Backend>) -> api::OpaqueRoute {
     use api::opaque_route::{distribution, Distribution, RouteBackend};
     let backends = match backend {
         Some(b) => distribution::Kind::FirstAvailable(distribution::FirstAvailable { backends: vec![RouteBackend { backend: Some(b), filters: Vec::new() }] }),
         None => distribution::Kind::Empty(distribution::Empty {}),
     };
     let rule = api::opaque_route::Rule { backends: Some(Distribution { kind: Some(backends) }), filters };
-    api::OpaqueRoute { metadata: Some(Metadata { kind: Some(metadata::Kind::Default("opaq".into())) }), rules: vec![rule] }
+    api::OpaqueRoute { metadata, rules: vec![rule] }
 }
 
-fn timeouts(svc: &ServiceConfig, route: &ServiceConfig, rule_request: Option<Duration>) -> http_api::Timeouts {
+pub(super) fn timeouts(svc: &ServiceConfig, route: &ServiceConfig, rule_request: Option<Duration>) -> http_api::Timeouts {
     let t = |r: Option<Duration>, s: Option<Duration>| r.or(s).map(duration);
     http_api::Timeouts {
         request: t(route.timeouts.request, rule_request.or(svc.timeouts.request)),
@@ -321,7 +520,7 @@ fn timeouts(svc: &ServiceConfig, route: &ServiceConfig, rule_request: Option<Dur
     }
 }
 
-fn retry(svc: &ServiceConfig, route: &ServiceConfig) -> Option<api::http_route::Retry> {
+pub(super) fn retry(svc: &ServiceConfig, route: &ServiceConfig) -> Option<api::http_route::Retry> {
     let c = route.retry.as_ref().or(svc.retry.as_ref()).filter(|c| !c.http.is_empty())?;
     let status_ranges =
         c.http.iter().map(|(start, end)| api::http_route::retry::conditions::StatusRange { start: (*start).into(), end: (*end).into() }).collect();
@@ -388,7 +587,7 @@ pub fn hosts(hostnames: &[String]) -> Vec<http_api::HostMatch> {
         .collect()
 }
 
-fn prefix_match(prefix: &str) -> http_api::HttpRouteMatch {
+pub(super) fn prefix_match(prefix: &str) -> http_api::HttpRouteMatch {
     http_api::HttpRouteMatch { path: Some(http_api::PathMatch { kind: Some(http_api::path_match::Kind::Prefix(prefix.into())) }), ..Default::default() }
 }
 
@@ -456,7 +655,7 @@ pub fn redirect(f: &RouteFilter) -> Option<http_api::RequestRedirect> {
     })
 }
 
-fn http_filter(f: &RouteFilter) -> Option<api::http_route::filter::Kind> {
+pub(super) fn http_filter(f: &RouteFilter) -> Option<api::http_route::filter::Kind> {
     use api::http_route::filter::Kind as F;
     match f.kind.as_str() {
         "RequestHeaderModifier" => f.request_header_modifier.as_ref().map(|m| F::RequestHeaderModifier(request_headers(m))),

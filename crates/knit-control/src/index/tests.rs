@@ -13,6 +13,8 @@ fn index() -> Index {
         control_plane_ns: "knit".into(),
         cluster_networks: vec!["10.0.0.0/8".parse().unwrap()],
         default_inbound_policy: "all-unauthenticated".into(),
+        default_opaque_ports: knit_core::parse::port_set(crate::config::DEFAULT_OPAQUE_PORTS).unwrap(),
+        global_egress_namespace: "linkerd-egress".into(),
     })
 }
 
@@ -78,7 +80,7 @@ fn endpoints_follow_workloads_and_only_their_changes_publish() {
 }
 
 fn outbound_http(index: &Index) -> (Vec<linkerd2_proxy_api::outbound::HttpRoute>, proxy_protocol::Detect) {
-    let policy = index.outbound(&books()).borrow().as_ref().clone().expect("a policy");
+    let policy = index.outbound(&OutboundKey::Service(books())).borrow().as_ref().clone().expect("a policy");
     let Some(proxy_protocol::Kind::Detect(d)) = policy.protocol.unwrap().kind else { panic!("detect expected") };
     assert!(d.timeout.is_some() && d.opaque.is_some() && d.http1.is_some() && d.http2.is_some(), "all four detect fields are required");
     (d.http1.clone().unwrap().routes, d)
@@ -126,7 +128,7 @@ fn outbound_policy_default_route_split_and_httproute() {
     assert_eq!(r.backends[1].backend.as_ref().unwrap().filters.len(), 1, "a missing backend fails with a failure injector");
 
     // An HTTPRoute wins over the split; a change to it is published to the watcher.
-    let mut rx = index.outbound(&books());
+    let mut rx = index.outbound(&OutboundKey::Service(books()));
     rx.borrow_and_update();
     let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: demo}\nspec:\n  parentRefs: [{kind: Service, name: books, port: 8080}]\n  rules: [{matches: [{path: {type: Exact, value: /x}}], backendRefs: [{name: books-v1, port: 8080, weight: 3}]}]\n";
     load(&index, "route.yaml", route);
@@ -197,7 +199,7 @@ fn a_grpcroute_makes_the_service_grpc_with_rpc_matches_and_grpc_retries() {
     let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: demo}\nspec:\n  parentRefs: [{kind: Service, name: books, port: 8080}]\n  rules: [{matches: [{method: {service: books.Books, method: List}}]}]\n";
     load(&index, "svc.yaml", svc);
     load(&index, "route.yaml", route);
-    let policy = index.outbound(&books()).borrow().as_ref().clone().unwrap();
+    let policy = index.outbound(&OutboundKey::Service(books())).borrow().as_ref().clone().unwrap();
     let Some(proxy_protocol::Kind::Grpc(g)) = policy.protocol.unwrap().kind else { panic!("grpc expected") };
     let rule = &g.routes[0].rules[0];
     let rpc = rule.matches[0].rpc.as_ref().unwrap();

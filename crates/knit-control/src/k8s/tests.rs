@@ -51,6 +51,8 @@ fn config() -> IndexConfig {
         control_plane_ns: "knit".into(),
         cluster_networks: vec!["10.0.0.0/8".parse().unwrap()],
         default_inbound_policy: "all-unauthenticated".into(),
+        default_opaque_ports: knit_core::parse::port_set(crate::config::DEFAULT_OPAQUE_PORTS).unwrap(),
+        global_egress_namespace: "linkerd-egress".into(),
     }
 }
 

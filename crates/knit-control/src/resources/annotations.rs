@@ -12,8 +12,9 @@ pub struct ServiceConfig {
     pub accrual: Option<Accrual>,
     /// `balancer.alpha.linkerd.io/penalize-failures=true`.
     pub penalty: Option<Penalty>,
-    /// `config.linkerd.io/opaque-ports`.
-    pub opaque_ports: BTreeSet<u16>,
+    /// `config.linkerd.io/opaque-ports`; `None` when absent (the control plane's default opaque
+    /// ports apply), which is not the same as an empty list (no port is opaque).
+    pub opaque_ports: Option<BTreeSet<u16>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -143,10 +144,8 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<ServiceConfig, (S
         },
     };
 
-    let opaque_ports = match get("config.linkerd.io/opaque-ports") {
-        None => BTreeSet::new(),
-        Some(v) => parse::port_set(v).map_err(|e| (field("config.linkerd.io/opaque-ports"), e.to_string()))?,
-    };
+    let opaque_ports =
+        get("config.linkerd.io/opaque-ports").map(|v| parse::port_set(v).map_err(|e| (field("config.linkerd.io/opaque-ports"), e.to_string()))).transpose()?;
     Ok(ServiceConfig { retry, timeouts, accrual, penalty, opaque_ports })
 }
 

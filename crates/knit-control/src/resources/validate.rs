@@ -1,7 +1,7 @@
 //! What serde cannot check: the values each field may take, so that a resource that reaches the
 //! index always translates into a policy the proxies accept. Errors are `(field, reason)`.
 
-use super::{annotations, HeaderModifier, Resource, Route, RouteFilter, RouteMatch, Service};
+use super::{annotations, HeaderModifier, Kind, Resource, Route, RouteFilter, RouteMatch, Service};
 use std::sync::Arc;
 
 type Invalid = (String, String);
@@ -21,7 +21,16 @@ pub fn validate(resource: Resource) -> Result<Resource, Invalid> {
             let mut r = Arc::unwrap_or_clone(r);
             r.config = annotations::parse(&r.metadata.annotations)?;
             route(&r)?;
+            if matches!(kind, Kind::TcpRoute | Kind::TlsRoute) {
+                opaque_route(kind, &r)?;
+            }
             Resource::Route(kind, Arc::new(r))
+        }
+        Resource::EgressNetwork(e) => {
+            if e.spec.networks.as_ref().is_some_and(Vec::is_empty) {
+                return Err(("spec.networks".into(), "must list at least one network, or be left out for everything outside the cluster".into()));
+            }
+            Resource::EgressNetwork(e)
         }
         Resource::Server(s) => {
             let spec = &s.spec;
@@ -128,6 +137,28 @@ fn route(r: &Route) -> Result<(), Invalid> {
                     knit_core::parse::duration(v).map_err(|e| (format!("{at}.timeouts.{name}"), e.to_string()))?;
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// TCP and TLS routes: one rule of weighted backends, no HTTP matches or filters (Linkerd's proxy
+/// takes exactly one rule per opaque or TLS route).
+fn opaque_route(kind: Kind, r: &Route) -> Result<(), Invalid> {
+    if r.spec.rules.len() != 1 {
+        return Err(("spec.rules".into(), format!("a {} takes exactly one rule, found {}", kind.name(), r.spec.rules.len())));
+    }
+    let rule = &r.spec.rules[0];
+    if !rule.matches.is_empty() || !rule.filters.is_empty() {
+        return Err(("spec.rules[0]".into(), format!("a {} rule has backendRefs only: matches and filters are HTTP's", kind.name())));
+    }
+    if kind == Kind::TcpRoute && !r.spec.hostnames.is_empty() {
+        return Err(("spec.hostnames".into(), "a TCPRoute has no hostnames (a TLSRoute matches by SNI)".into()));
+    }
+    for (i, h) in r.spec.hostnames.iter().enumerate() {
+        let name = h.strip_prefix("*.").unwrap_or(h);
+        if name.is_empty() || !name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')) {
+            return Err((format!("spec.hostnames[{i}]"), format!("expected a host name or *.SUFFIX, found {h:?}")));
         }
     }
     Ok(())

@@ -2,7 +2,7 @@
 //! the route, the authorization, the local rate limit, then the route's filters
 //! (LINKERD-WIRE.md §4.1). A refusal says which policy refused and what the proxy saw.
 
-use super::{Ctx, Plan, Refused, Routed};
+use super::{Ctx, Dest, Plan, Refused, Routed};
 use crate::{
     error::ProxyError,
     metrics::{
@@ -10,7 +10,6 @@ use crate::{
         Tls,
     },
     policy::inbound::{Client, Denied, ServerPolicy},
-    resolve::Dest,
     route::RequestInfo,
 };
 use http::Request;
@@ -28,9 +27,9 @@ pub(crate) fn server_labels(policy: &ServerPolicy, port: u16) -> ServerLabels {
 // `Refused` is the pair every planner returns; refusals are rare, so its size costs little.
 #[allow(clippy::result_large_err)]
 pub(super) fn plan<B>(req: &mut Request<B>, ctx: &Ctx) -> Result<Plan, Refused> {
-    let Dest::Endpoint(target) = &ctx.dest else { return Err((ProxyError::NoTarget, None)) };
-    let mut routed = Routed::to(target.clone());
-    let port = target.addr.port();
+    let Dest::Inbound(target) = &ctx.dest else { return Err((ProxyError::NoTarget, None)) };
+    let mut routed = Routed::to(knit_core::destination::Endpoint::plain(*target));
+    let port = target.port();
     let policy = ctx.side.discovery.inbound(port);
     let client = client(ctx);
     let m = &ctx.side.metrics.route;

@@ -148,8 +148,9 @@ fn offer_tap(ctx: &Ctx, method: &http::Method, uri: &Uri, authority: &str, targe
     };
     // Without an endpoint, where the connection was going (its original destination), if known.
     let destination = endpoint.map(|e| e.addr).or(match &ctx.dest {
-        crate::resolve::Dest::Endpoint(e) => Some(e.addr),
-        _ => None,
+        super::Dest::Inbound(addr) => Some(*addr),
+        super::Dest::Logical(l) => l.addr(),
+        super::Dest::PerRequest => None,
     });
     side.taps.request(&crate::tap::Meta {
         direction: side.direction,
@@ -180,21 +181,28 @@ fn tap_own_answer(ctx: &Ctx, method: &http::Method, uri: &Uri, authority: &str, 
 
 /// Chooses the next hop's protocol:
 /// - tunnels (`Upgrade`, `CONNECT`) get a connection of their own and are then spliced;
-/// - inbound requests that a peer upgraded (`l5d-orig-proto`) go back to HTTP/1;
+/// - inbound requests that a peer proxy upgraded (`l5d-orig-proto`, honoured only on a
+///   connection from a peer proxy) go back to HTTP/1;
 /// - requests to a meshed endpoint travel over the shared HTTP/2 connection to its proxy,
 ///   HTTP/1 ones upgraded with `l5d-orig-proto`;
 /// - everything else keeps the protocol the client spoke.
+///
+/// No `l5d-*` request header the client sent goes further (`l5d.rs`): inbound, this proxy sets
+/// `l5d-client-id` itself.
 async fn forward(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Result<Response<Incoming>, ProxyError> {
-    if ctx.side.own_addrs.contains(&routed.endpoint.connect_addr()) {
+    if ctx.side.is_own(routed.endpoint.connect_addr()) {
         return Err(ProxyError::Loop(routed.endpoint.connect_addr()));
     }
     let clients = &ctx.side.clients;
     let endpoint = routed.endpoint.clone();
     let tunnel = headers::is_tunnel(&req);
     headers::strip_hop_by_hop(req.headers_mut(), tunnel);
+    let downgrade_to = match ctx.side.direction {
+        Direction::Inbound if ctx.from_peer => req.headers().get(L5D_ORIG_PROTO).map(|v| (headers::parse_orig_proto(v).unwrap_or(Version::HTTP_11), v.clone())),
+        _ => None,
+    };
+    super::l5d::strip(req.headers_mut());
     if ctx.side.direction == Direction::Inbound {
-        // Only this proxy may assert who the client is: a client-supplied value is dropped.
-        req.headers_mut().remove(L5D_CLIENT_ID);
         if let Some(v) = ctx.client_id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
             req.headers_mut().insert(L5D_CLIENT_ID, v);
         }
@@ -202,12 +210,11 @@ async fn forward(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Resul
     if tunnel {
         return self::tunnel(req, routed, ctx).await;
     }
-    if let Some(v) = req.headers_mut().remove(L5D_ORIG_PROTO) {
-        let version = headers::parse_orig_proto(&v).unwrap_or(Version::HTTP_11);
+    if let Some((version, marker)) = downgrade_to {
         downgrade(&mut req, version);
         let mut rsp = clients.http1(endpoint.addr, req).await?;
         headers::strip_hop_by_hop(rsp.headers_mut(), false);
-        rsp.headers_mut().insert(L5D_ORIG_PROTO, v);
+        rsp.headers_mut().insert(L5D_ORIG_PROTO, marker);
         return Ok(rsp);
     }
     let rsp = match (&endpoint.meshed, req.version()) {
@@ -227,25 +234,37 @@ async fn forward(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Resul
     Ok(rsp)
 }
 
-/// HTTP/1 → HTTP/2 for the hop between proxies: the URI becomes absolute from `Host` (HTTP/2 has
-/// no Host header; the peer restores it), and the original version travels in `l5d-orig-proto`.
+/// HTTP/1 → HTTP/2 for the hop between proxies, as Linkerd's proxy does it (LINKERD-WIRE.md
+/// §6.3): the URI becomes absolute (HTTP/2 carries the authority in `:authority`), the `Host`
+/// header stays, so that a peer that downgrades by the book (Linkerd's) hands the application
+/// the header it sent; `transfer-encoding` goes (HTTP/2 forbids it), and the original version
+/// travels in `l5d-orig-proto` (`; absolute-form` when the client sent an absolute URI).
 fn upgrade(req: &mut Request<ReqBody>, version: Version, routed: &Routed) {
-    let host = req.headers_mut().remove(header::HOST);
-    let authority = host
-        .as_ref()
-        .and_then(|h| h.to_str().ok().map(str::to_string))
+    let absolute = req.uri().scheme().is_some();
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or(host)
         .or_else(|| routed.authority.as_ref().map(|a| a.to_string()))
         .unwrap_or_else(|| routed.endpoint.addr.to_string());
     let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     if let Ok(uri) = Uri::try_from(format!("http://{authority}{pq}")) {
         *req.uri_mut() = uri;
     }
-    req.headers_mut().insert(L5D_ORIG_PROTO, headers::orig_proto_value(version));
+    if !req.headers().contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    req.headers_mut().remove(header::TRANSFER_ENCODING);
+    req.headers_mut().insert(L5D_ORIG_PROTO, headers::orig_proto_value(version, absolute));
     *req.version_mut() = Version::HTTP_2;
 }
 
 /// HTTP/2 → HTTP/1 on the inbound side of an upgraded request: `Host` comes back from the URI's
-/// authority.
+/// authority when the peer did not keep it.
 fn downgrade(req: &mut Request<ReqBody>, version: Version) {
     if !req.headers().contains_key(header::HOST) {
         if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {

@@ -55,13 +55,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// The `l5d-orig-proto` value for an HTTP/1 request being carried over HTTP/2.
-pub fn orig_proto_value(version: Version) -> HeaderValue {
-    if version == Version::HTTP_10 {
-        HeaderValue::from_static("HTTP/1.0")
-    } else {
-        HeaderValue::from_static("HTTP/1.1")
-    }
+/// The `l5d-orig-proto` value for an HTTP/1 request being carried over HTTP/2; `absolute`: the
+/// client sent an absolute-form URI.
+pub fn orig_proto_value(version: Version, absolute: bool) -> HeaderValue {
+    HeaderValue::from_static(match (version == Version::HTTP_10, absolute) {
+        (true, false) => "HTTP/1.0",
+        (true, true) => "HTTP/1.0; absolute-form",
+        (false, false) => "HTTP/1.1",
+        (false, true) => "HTTP/1.1; absolute-form",
+    })
 }
 
 /// The HTTP/1 version an `l5d-orig-proto` value restores, if it is one.
@@ -108,7 +110,8 @@ mod tests {
 
     #[test]
     fn orig_proto_values() {
-        assert_eq!(parse_orig_proto(&orig_proto_value(Version::HTTP_10)), Some(Version::HTTP_10));
+        assert_eq!(parse_orig_proto(&orig_proto_value(Version::HTTP_10, false)), Some(Version::HTTP_10));
+        assert_eq!(parse_orig_proto(&orig_proto_value(Version::HTTP_11, true)), Some(Version::HTTP_11));
         assert_eq!(parse_orig_proto(&HeaderValue::from_static("HTTP/1.1; absolute-form")), Some(Version::HTTP_11));
         assert_eq!(parse_orig_proto(&HeaderValue::from_static("HTTP/2")), None);
         let req = Request::builder().method("GET").header("upgrade", "websocket").body(()).unwrap();

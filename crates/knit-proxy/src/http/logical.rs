@@ -4,68 +4,104 @@
 //! within the budget) → `send_once` (backend by weight → its filters → balancer → endpoint,
 //! per-attempt timeout, load and breaker feedback) → [`call_endpoint`](super::forward::call_endpoint).
 
-use super::{body::grpc_status, forward::call_endpoint, full, Body, Ctx, ReqBody, Routed};
+use super::{body::grpc_status, forward::call_endpoint, full, l5d, Body, Ctx, ReqBody, Routed};
 use crate::{
     balance,
     discovery::Target,
     error::ProxyError,
     metrics::route::{BackendLabels, BackendStatusLabels, Resource, RouteLabels, StatusLabels},
-    policy::outbound::{BackendKind, Filter, HttpPolicy, Meta, OutboundPolicy, Rule},
+    outbound::{backend, Logical},
+    policy::outbound::{Filter, HttpPolicy, OutboundPolicy, Rule, Timeouts},
     retry::{self, RetryPolicy},
     route::{self, RequestInfo},
 };
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use knit_core::destination::Authority;
 use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-/// A request bound for a destination with an outbound policy.
-pub struct Logical {
+/// A request bound for a logical destination, with the policy it had when the request arrived.
+pub struct Routing {
+    pub logical: Arc<Logical>,
     pub policy: Arc<OutboundPolicy>,
-    pub budget: Arc<retry::Budget>,
-    pub target: Target,
-    /// The name the request was addressed by, for the `authority` label.
-    pub authority: Option<Authority>,
 }
 
-pub fn resource(meta: &Meta) -> Resource {
-    match meta {
-        Meta::Default(name) => Resource { kind: "default".into(), name: name.clone(), ..Default::default() },
-        Meta::Resource { group, kind, name, namespace, port, .. } => {
-            Resource { group: group.clone(), kind: kind.clone(), namespace: namespace.clone(), name: name.clone(), port: (*port != 0).then_some(*port) }
+/// What one request's rule says, after the `l5d-*` overrides it allows.
+struct Plan<'p> {
+    rule: &'p Rule,
+    http: &'p HttpPolicy,
+    timeouts: Timeouts,
+    retry: Option<RetryPolicy>,
+}
+
+pub async fn serve(mut req: Request<ReqBody>, r: Routing, ctx: &Ctx, started: Instant) -> Result<Response<Body>, ProxyError> {
+    // The application's `l5d-*` headers are read (for a rule that allows them) and removed.
+    let overrides = l5d::take(req.headers_mut());
+    let routed = route_request(&req, &r)?;
+    let (ri, rule_i, http) = routed;
+    let route = &http.routes[ri];
+    let rule = &route.rules[rule_i];
+    if rule.allow_l5d_request_headers {
+        if let Some(dst) = overrides.dst.clone() {
+            // The rule lets the request name another destination: routed by that one's policy.
+            let logical = Arc::new(Logical::resolve(&ctx.side, Target::Authority(dst.clone()), Some(dst)).await?);
+            let policy = logical.policy(&ctx.side).await?;
+            let over = Routing { logical, policy };
+            let (ri, rule_i, http) = route_request(&req, &over)?;
+            let plan = plan(&http.routes[ri].rules[rule_i], http, &overrides);
+            return serve_rule(req, &over, ri, plan, ctx, started).await;
         }
     }
+    let plan = plan(rule, http, &overrides);
+    serve_rule(req, &r, ri, plan, ctx, started).await
 }
 
-pub async fn serve(mut req: Request<ReqBody>, l: Logical, ctx: &Ctx, started: Instant) -> Result<Response<Body>, ProxyError> {
-    let Some(http) = l.policy.protocol.http(req.version()) else {
-        let reason = format!("the policy of {} says the destination is not HTTP, but an HTTP request arrived", l.target);
+/// The (route, rule) of the policy that serves `req`.
+fn route_request<'p>(req: &Request<ReqBody>, r: &'p Routing) -> Result<(usize, usize, &'p HttpPolicy), ProxyError> {
+    let Some(http) = r.policy.protocol.http(req.version()) else {
+        let reason = format!("the policy of {} says the destination is not HTTP, but an HTTP request arrived", r.logical.target);
         return Err(ProxyError::InvalidPolicy(reason.into()));
     };
-    let (ri, rule_i) = route::select(&*http.routes, &RequestInfo::new(&req)).ok_or_else(|| ProxyError::RouteNotFound {
-        target: l.target.to_string(),
+    let (ri, rule_i) = route::select(&*http.routes, &RequestInfo::new(req)).ok_or_else(|| ProxyError::RouteNotFound {
+        target: r.logical.target.to_string(),
         method: req.method().clone(),
         path: req.uri().path().to_string(),
     })?;
-    let route = &http.routes[ri];
-    let rule = &route.rules[rule_i];
-    let labels = RouteLabels::new(&resource(&l.policy.meta), &resource(&route.meta));
+    Ok((ri, rule_i, http))
+}
 
+fn plan<'p>(rule: &'p Rule, http: &'p HttpPolicy, overrides: &l5d::Overrides) -> Plan<'p> {
+    let (timeouts, retry) = if rule.allow_l5d_request_headers { overrides.apply(rule) } else { (rule.timeouts.clone(), rule.retry.clone()) };
+    Plan { rule, http, timeouts, retry }
+}
+
+/// The rule's filters, then its attempts within the request timeout.
+async fn serve_rule(mut req: Request<ReqBody>, r: &Routing, route_i: usize, plan: Plan<'_>, ctx: &Ctx, started: Instant) -> Result<Response<Body>, ProxyError> {
+    let route = &plan.http.routes[route_i];
+    let host = RequestInfo::new(&req).host.map(|h| ctx.side.hostname_label(&h)).unwrap_or_default();
+    let labels = RouteLabels::new(&Resource::of(&r.policy.meta), &Resource::of(&route.meta), host);
     let mut response_headers = Vec::new();
-    if let Some(rsp) = apply_filters(&rule.filters, &mut req, &mut response_headers)? {
-        record_route(ctx, &labels, &Ok(rsp.status()), started);
-        return Ok(rsp);
+    let filtered = apply_filters(&plan.rule.filters, &mut req, &mut response_headers).map_err(|e| forbidden_target(e, r));
+    match filtered {
+        Ok(None) => {}
+        Ok(Some(rsp)) => {
+            record_route(ctx, &labels, &Ok(rsp.status()), started);
+            return Ok(rsp);
+        }
+        Err(e) => {
+            record_route(ctx, &labels, &Err(e.metric_label()), started);
+            return Err(e);
+        }
     }
-    let name = resource(&route.meta).name;
-    let result = match rule.timeouts.request {
-        Some(t) => match tokio::time::timeout(t, attempts(req, rule, http, &l, ctx, &labels)).await {
+    let name = route.meta.name().to_string();
+    let result = match plan.timeouts.request {
+        Some(t) => match tokio::time::timeout(t, attempts(req, &plan, r, ctx, &labels)).await {
             Ok(r) => r,
             Err(_) => Err(ProxyError::RequestTimeout { route: name, which: "request", timeout: t }),
         },
-        None => attempts(req, rule, http, &l, ctx, &labels).await,
+        None => attempts(req, &plan, r, ctx, &labels).await,
     };
     record_route(ctx, &labels, &result.as_ref().map(|r| r.status()).map_err(|e| e.metric_label()), started);
     result.map(|mut rsp| {
@@ -74,6 +110,14 @@ pub async fn serve(mut req: Request<ReqBody>, l: Logical, ctx: &Ctx, started: In
         }
         rsp
     })
+}
+
+/// A `Forbidden` filter names the destination it guards.
+fn forbidden_target(e: ProxyError, r: &Routing) -> ProxyError {
+    match e {
+        ProxyError::Forbidden { .. } => ProxyError::Forbidden { target: r.logical.target.to_string() },
+        e => e,
+    }
 }
 
 fn record_route(ctx: &Ctx, labels: &RouteLabels, result: &Result<StatusCode, &'static str>, started: Instant) {
@@ -122,7 +166,7 @@ pub(super) fn apply_filters<'f, B>(
                 return Ok(Some(redirect(req, scheme.as_ref(), host.as_deref(), path.as_ref(), *port, *status)));
             }
             Filter::InternalError(reason) => return Err(ProxyError::InvalidPolicy(format!("route filter: {reason}").into())),
-            Filter::Forbidden => return Err(ProxyError::InvalidPolicy("the route forbids this destination".into())),
+            Filter::Forbidden => return Err(ProxyError::Forbidden { target: String::new() }),
         }
     }
     Ok(None)
@@ -180,18 +224,19 @@ impl Replay {
 
 /// Sends the request, and again while the rule's retry policy, the retry budget and the
 /// buffered body allow. Tunnels (`Upgrade`, `CONNECT`) are never retried.
-async fn attempts(req: Request<ReqBody>, rule: &Rule, http: &HttpPolicy, l: &Logical, ctx: &Ctx, labels: &RouteLabels) -> Result<Response<Body>, ProxyError> {
-    let Some(policy) = rule.retry.as_ref().filter(|r| r.max_retries > 0 && !super::headers::is_tunnel(&req)) else {
-        return send_once(req, rule, http, l, ctx, labels, None).await;
+async fn attempts(req: Request<ReqBody>, plan: &Plan<'_>, r: &Routing, ctx: &Ctx, labels: &RouteLabels) -> Result<Response<Body>, ProxyError> {
+    let Some(policy) = plan.retry.as_ref().filter(|p| p.max_retries > 0 && !super::headers::is_tunnel(&req)) else {
+        return send_once(req, plan, r, ctx, labels, None).await;
     };
-    l.budget.deposit(Instant::now());
+    let budget = &r.logical.budget;
+    budget.deposit(Instant::now());
     // Only a body whose length is known up front (Content-Length, or none) is buffered for
     // replays: waiting for the end of an open-ended stream could wait for ever on a client that
     // expects the response first (bidirectional streams).
     let known = http_body::Body::size_hint(req.body()).exact().is_some_and(|n| n <= policy.max_request_bytes as u64);
     if !known {
         ctx.side.metrics.route.retry_overflow.get_or_create(labels).inc();
-        return send_once(req, rule, http, l, ctx, labels, None).await;
+        return send_once(req, plan, r, ctx, labels, None).await;
     }
     let (parts, body) = req.into_parts();
     let buffered = retry::buffer_body(body, policy.max_request_bytes)
@@ -207,7 +252,7 @@ async fn attempts(req: Request<ReqBody>, rule: &Rule, http: &HttpPolicy, l: &Log
         None => (Request::from_parts(parts, buffered.stream().boxed()), None),
     };
     let m = &ctx.side.metrics.route;
-    let mut rsp = send_once(first, rule, http, l, ctx, labels, Some(policy)).await;
+    let mut rsp = send_once(first, plan, r, ctx, labels, Some(policy)).await;
     let mut attempt = 0;
     loop {
         if !should_retry(policy, &rsp) {
@@ -225,7 +270,7 @@ async fn attempts(req: Request<ReqBody>, rule: &Rule, http: &HttpPolicy, l: &Log
             m.retry_overflow.get_or_create(labels).inc();
             return rsp;
         };
-        if !l.budget.withdraw(Instant::now()) {
+        if !budget.withdraw(Instant::now()) {
             m.retry_overflow.get_or_create(labels).inc();
             return rsp;
         }
@@ -236,7 +281,7 @@ async fn attempts(req: Request<ReqBody>, rule: &Rule, http: &HttpPolicy, l: &Log
         tokio::time::sleep(delay).await;
         m.retry_requests.get_or_create(labels).inc();
         attempt += 1;
-        rsp = send_once(next, rule, http, l, ctx, labels, Some(policy)).await;
+        rsp = send_once(next, plan, r, ctx, labels, Some(policy)).await;
     }
 }
 
@@ -251,56 +296,41 @@ fn should_retry(policy: &RetryPolicy, rsp: &Result<Response<Body>, ProxyError>) 
     }
 }
 
-/// One attempt: a backend by weight, its filters, an endpoint from its balancer, and the
-/// endpoint's answer fed back into the balancer's load and breaker.
+/// One attempt: a backend by weight, its filters, an endpoint from its balancer (through the
+/// backend's queue), and the endpoint's answer fed back into the balancer's load and breaker.
 async fn send_once(
     mut req: Request<ReqBody>,
-    rule: &Rule,
-    http: &HttpPolicy,
-    l: &Logical,
+    plan: &Plan<'_>,
+    r: &Routing,
     ctx: &Ctx,
     labels: &RouteLabels,
     retry: Option<&RetryPolicy>,
 ) -> Result<Response<Body>, ProxyError> {
-    let backend = rule
+    let backend = plan
+        .rule
         .backends
         .pick(&mut fastrand::Rng::new())
-        .ok_or_else(|| ProxyError::BackendFailed { backend: resource(&l.policy.meta).name, message: "the route has no backends".into() })?;
-    let backend_resource = resource(&backend.backend.meta);
-    let backend_labels = BackendLabels::new(labels.clone(), &backend_resource);
+        .ok_or_else(|| ProxyError::BackendFailed { backend: r.policy.meta.name().to_string(), message: "the route has no backends".into() })?;
+    let backend_labels = BackendLabels::new(labels.clone(), &Resource::of(&backend.backend.meta));
     let m = &ctx.side.metrics.route;
     m.backend_requests.get_or_create(&backend_labels).inc();
     let mut response_headers = Vec::new();
-    if let Some(rsp) = apply_filters(&backend.filters, &mut req, &mut response_headers)? {
+    if let Some(rsp) = apply_filters(&backend.filters, &mut req, &mut response_headers).map_err(|e| forbidden_target(e, r))? {
         return Ok(rsp);
     }
-    let (endpoint, picked) = match &backend.backend.kind {
-        BackendKind::Balancer { path, load } => {
-            let eps = ctx.side.discovery.endpoints(path, load, http.failure_accrual.as_ref()).await?;
-            let picked = eps.pool.pick(Instant::now(), &mut fastrand::Rng::new()).map_err(|n| ProxyError::NoEndpoints {
-                backend: path.clone(),
-                total: n.total,
-                ejected: n.ejected,
-            })?;
-            (picked.endpoint().clone(), Some(picked))
-        }
-        BackendKind::Forward(ep) => (ep.clone(), None),
-        BackendKind::Fail { message } => {
-            return Err(ProxyError::BackendFailed { backend: backend_resource.name.clone(), message: message.clone() });
-        }
-    };
-    let routed = Routed { endpoint, authority: l.authority.clone(), policy: None };
+    let chosen = backend::endpoint(&backend.backend, plan.http.failure_accrual.as_ref(), &ctx.side).await?;
+    let routed = Routed { endpoint: chosen.endpoint, authority: r.logical.authority.clone(), policy: None };
     let started = Instant::now();
-    let per_attempt = retry.and_then(|r| r.timeout).or(rule.timeouts.response);
+    let per_attempt = retry.and_then(|r| r.timeout).or(plan.timeouts.response);
     let result = match per_attempt {
         Some(t) => match tokio::time::timeout(t, call_endpoint(req, &routed, ctx, started)).await {
             Ok(r) => r,
-            Err(_) => Err(ProxyError::RequestTimeout { route: resource(&backend.backend.meta).name, which: "response", timeout: t }),
+            Err(_) => Err(ProxyError::RequestTimeout { route: backend.backend.meta.name().to_string(), which: "response", timeout: t }),
         },
         None => call_endpoint(req, &routed, ctx, started).await,
     };
     let elapsed = started.elapsed();
-    if let Some(picked) = picked {
+    if let Some(picked) = chosen.picked {
         let outcome = match &result {
             Ok(r) => {
                 let mut o = balance::classify(r.status(), grpc(r.headers()));

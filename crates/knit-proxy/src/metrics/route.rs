@@ -18,6 +18,20 @@ pub struct Resource {
     pub port: Option<u16>,
 }
 
+impl Resource {
+    /// A policy object's labels: a default the control plane (or the proxy) made up has kind
+    /// `default`.
+    pub fn of(meta: &crate::policy::outbound::Meta) -> Self {
+        use crate::policy::outbound::Meta;
+        match meta {
+            Meta::Default(name) => Self { kind: "default".into(), name: name.clone(), ..Default::default() },
+            Meta::Resource { group, kind, name, namespace, port, .. } => {
+                Self { group: group.clone(), kind: kind.clone(), namespace: namespace.clone(), name: name.clone(), port: (*port != 0).then_some(*port) }
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub parent_group: String,
@@ -29,11 +43,15 @@ pub struct RouteLabels {
     pub route_kind: String,
     pub route_namespace: String,
     pub route_name: String,
+    /// The host the request (`Host`) or connection (SNI) named; empty unless
+    /// `KNIT_PROXY_OUTBOUND_METRICS_HOSTNAME_LABELS` turns it on, and bounded (see [`Bounded`]).
+    pub hostname: String,
 }
 
 impl RouteLabels {
-    pub fn new(parent: &Resource, route: &Resource) -> Self {
+    pub fn new(parent: &Resource, route: &Resource, hostname: String) -> Self {
         Self {
+            hostname,
             parent_group: parent.group.clone(),
             parent_kind: parent.kind.clone(),
             parent_namespace: parent.namespace.clone(),
@@ -44,6 +62,41 @@ impl RouteLabels {
             route_namespace: route.namespace.clone(),
             route_name: route.name.clone(),
         }
+    }
+}
+
+/// An opaque or TLS route's connection as it ended: `error` is empty when it closed normally,
+/// else `forbidden`, `invalid_backend`, `invalid_policy` or `unexpected`, as Linkerd's.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub error: String,
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+}
+
+/// Label values an attacker may choose (a request's `Host`, a ClientHello's SNI): at most
+/// `limit` distinct ones become series; the rest share the value `overflow`, so 10,000 made-up
+/// names cost 10,000 lookups, not 10,000 series.
+pub struct Bounded {
+    limit: usize,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Bounded {
+    pub fn new(limit: usize) -> Self {
+        Self { limit, seen: Default::default() }
+    }
+
+    pub fn get(&self, value: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(value) {
+            return value.to_string();
+        }
+        if seen.len() >= self.limit {
+            return "overflow".to_string();
+        }
+        seen.insert(value.to_string());
+        value.to_string()
     }
 }
 
@@ -160,6 +213,10 @@ pub struct RouteMetrics {
     pub tcp_authz_deny: Family<AuthzLabels, Counter>,
     pub route_not_found: Family<ServerLabels, Counter>,
     pub local_ratelimit: Family<RateLimitLabels, Counter>,
+    pub tcp_route_open: Family<RouteLabels, Counter>,
+    pub tcp_route_close: Family<CloseLabels, Counter>,
+    pub tls_route_open: Family<RouteLabels, Counter>,
+    pub tls_route_close: Family<CloseLabels, Counter>,
 }
 
 impl RouteMetrics {
@@ -180,6 +237,10 @@ impl RouteMetrics {
             tcp_authz_deny: Family::default(),
             route_not_found: Family::default(),
             local_ratelimit: Family::default(),
+            tcp_route_open: Family::default(),
+            tcp_route_close: Family::default(),
+            tls_route_open: Family::default(),
+            tls_route_close: Family::default(),
         };
         let out = registry.sub_registry_with_prefix("outbound_http_route");
         out.register("request_duration_seconds", "Time from a route's request to its response headers, across retries", m.request_duration.clone());
@@ -191,6 +252,12 @@ impl RouteMetrics {
         out.register("retry_successes", "Requests that succeeded after a retry", m.retry_successes.clone());
         out.register("retry_limit_exceeded", "Requests that failed after spending every retry the route allows", m.retry_limit_exceeded.clone());
         out.register("retry_overflow", "Retries not sent because the retry budget or the body buffer ran out", m.retry_overflow.clone());
+        let tcp = registry.sub_registry_with_prefix("outbound_tcp_route");
+        tcp.register("open", "Opaque connections that entered a TCP route", m.tcp_route_open.clone());
+        tcp.register("close", "Opaque connections of a TCP route that ended, by error (empty: closed normally)", m.tcp_route_close.clone());
+        let tls = registry.sub_registry_with_prefix("outbound_tls_route");
+        tls.register("open", "TLS connections that entered a TLS route (chosen by SNI)", m.tls_route_open.clone());
+        tls.register("close", "TLS connections of a TLS route that ended, by error (empty: closed normally)", m.tls_route_close.clone());
         let inbound = registry.sub_registry_with_prefix("inbound");
         inbound.register("http_authz_allow", "HTTP requests an authorization allowed", m.authz_allow.clone());
         inbound.register("http_authz_deny", "HTTP requests no authorization allowed", m.authz_deny.clone());

@@ -231,6 +231,11 @@ impl ServerPolicy {
         self
     }
 
+    /// The same policy for a port that is never detected (`KNIT_PROXY_OPAQUE_PORTS`).
+    pub fn opaque(self) -> Self {
+        Self { protocol: Protocol::Opaque, ..self }
+    }
+
     pub fn meta(&self) -> &Labels {
         &self.labels
     }

@@ -262,6 +262,9 @@ pub enum BackendKind {
     Balancer { path: String, load: Load },
     /// One endpoint.
     Forward(Endpoint),
+    /// The endpoints the static destination table (`KNIT_PROXY_OUTBOUND_ENDPOINTS`) gives this
+    /// authority, balanced by P2C.
+    Static(knit_core::destination::Authority),
     /// A backend the control plane could not resolve: requests fail with `message`.
     Fail { message: String },
 }
@@ -297,8 +300,28 @@ pub enum FailureAccrual {
 
 #[derive(Clone, Debug)]
 pub struct OpaquePolicy {
-    /// At most one route, as Linkerd's proxy requires.
+    /// Opaque: at most one route, as Linkerd's proxy requires. TLS: any number, chosen by SNI.
     pub routes: Vec<OpaqueRoute>,
+}
+
+impl OpaquePolicy {
+    /// The route for a connection whose ClientHello named `sni` (TLS), or for any connection
+    /// (opaque): among routes whose SNI matches (a route without SNIs matches any), the most
+    /// specific, the earlier on a tie. `None`: no route, and the connection is refused.
+    pub fn route(&self, sni: Option<&str>) -> Option<&OpaqueRoute> {
+        let sni = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        let mut best: Option<(route::HostScore, &OpaqueRoute)> = None;
+        for r in &self.routes {
+            let score =
+                if r.snis.is_empty() { Some(route::HostScore::Any) } else { sni.as_deref().and_then(|s| r.snis.iter().filter_map(|m| m.score(s)).max()) };
+            if let Some(score) = score {
+                if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                    best = Some((score, r));
+                }
+            }
+        }
+        best.map(|(_, r)| r)
+    }
 }
 
 /// An opaque (TCPRoute) or TLS (TLSRoute) route: one rule's filters and backends.
@@ -380,32 +403,49 @@ impl Protocol {
 }
 
 /// Defaults of Linkerd's proxy for a destination the control plane does not know.
-const FORWARD_DETECT_TIMEOUT: Duration = Duration::from_secs(10);
 const FORWARD_QUEUE_CAPACITY: usize = 100;
 const FORWARD_FAILFAST: Duration = Duration::from_secs(3);
 
 impl OutboundPolicy {
-    /// The policy for a destination the control plane answered `NotFound` for: everything goes
-    /// to the original destination, over one route that matches every request.
-    pub fn forward_to(endpoint: Endpoint) -> Self {
-        let meta = Meta::Default("forward".into());
+    /// The policy for a destination the control plane answered `NotFound` for (or that no control
+    /// plane serves): everything goes to `endpoint`, over one route that matches every request.
+    /// `detect`: how long detection may wait for an HTTP preamble; `None` for an opaque port.
+    pub fn forward_to(endpoint: Endpoint, detect: Option<Duration>) -> Self {
+        Self::synthesized("forward", BackendKind::Forward(endpoint), detect)
+    }
+
+    /// The policy of a destination named in the static destination table: its endpoints,
+    /// balanced.
+    pub fn static_to(authority: knit_core::destination::Authority, detect: Option<Duration>) -> Self {
+        Self::synthesized("static", BackendKind::Static(authority), detect)
+    }
+
+    fn synthesized(name: &str, kind: BackendKind, detect: Option<Duration>) -> Self {
+        let meta = Meta::Default(name.into());
         let backend = RouteBackend {
-            backend: Backend { meta: meta.clone(), queue_capacity: FORWARD_QUEUE_CAPACITY, failfast: FORWARD_FAILFAST, kind: BackendKind::Forward(endpoint) },
+            backend: Backend { meta: meta.clone(), queue_capacity: FORWARD_QUEUE_CAPACITY, failfast: FORWARD_FAILFAST, kind },
             filters: Vec::new(),
         };
+        let opaque = OpaquePolicy {
+            routes: vec![OpaqueRoute {
+                meta: meta.clone(),
+                snis: Vec::new(),
+                filters: Vec::new(),
+                backends: Distribution::FirstAvailable(vec![backend.clone()]),
+            }],
+        };
+        let Some(timeout) = detect else { return Self { meta, protocol: Protocol::Opaque(opaque) } };
         let rule = Rule {
             matches: Vec::new(),
             filters: Vec::new(),
-            backends: Distribution::FirstAvailable(vec![backend.clone()]),
+            backends: Distribution::FirstAvailable(vec![backend]),
             timeouts: Timeouts::default(),
             retry: None,
             allow_l5d_request_headers: false,
         };
         let route = HttpRoute { meta: meta.clone(), hosts: Vec::new(), rules: vec![rule] };
         let http = HttpPolicy { routes: Arc::from(vec![route]), failure_accrual: None };
-        let opaque = OpaqueRoute { meta: meta.clone(), snis: Vec::new(), filters: Vec::new(), backends: Distribution::FirstAvailable(vec![backend]) };
-        let protocol = Protocol::Detect { timeout: FORWARD_DETECT_TIMEOUT, opaque: OpaquePolicy { routes: vec![opaque] }, http1: http.clone(), http2: http };
-        Self { meta, protocol }
+        Self { meta, protocol: Protocol::Detect { timeout, opaque, http1: http.clone(), http2: http } }
     }
 }
 

@@ -45,6 +45,12 @@ impl Budget {
         Self { slot_width: ttl / SLOTS as u32, reserve: f64::from(min_per_sec) * ttl.as_secs_f64(), retry_ratio: ratio, window: Mutex::new(Window::default()) }
     }
 
+    /// What every destination gets: retries may add at most a fifth to its load, plus 10 per
+    /// second, over 10 s.
+    pub fn default_per_destination() -> Self {
+        Self::new(Duration::from_secs(10), 10, 0.2)
+    }
+
     /// Records an original request (not a retry).
     pub fn deposit(&self, now: Instant) {
         self.with_current(now, |slot, _| slot.deposits += 1);

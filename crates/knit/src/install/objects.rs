@@ -83,8 +83,8 @@ fn cluster_role(o: &Options) -> Value {
         // Endpoints come from Ready Pods for Services with a selector, from EndpointSlices otherwise.
         {"apiGroups": [""], "resources": ["namespaces", "services", "pods"], "verbs": read},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
-        {"apiGroups": ["policy.linkerd.io"], "resources": ["servers", "authorizationpolicies", "meshtlsauthentications", "networkauthentications", "httproutes", "httplocalratelimitpolicies"], "verbs": read},
-        {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"], "verbs": read},
+        {"apiGroups": ["policy.linkerd.io"], "resources": ["servers", "authorizationpolicies", "meshtlsauthentications", "networkauthentications", "httproutes", "httplocalratelimitpolicies", "egressnetworks"], "verbs": read},
+        {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes", "tcproutes", "tlsroutes"], "verbs": read},
         {"apiGroups": ["workload.linkerd.io"], "resources": ["externalworkloads"], "verbs": read},
         {"apiGroups": ["split.smi-spec.io"], "resources": ["trafficsplits"], "verbs": read},
         {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},

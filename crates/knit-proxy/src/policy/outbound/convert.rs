@@ -435,9 +435,10 @@ fn opaque_policy(routes: &[api::OpaqueRoute]) -> Result<OpaquePolicy, InvalidPol
     Ok(OpaquePolicy { routes: vec![convert().map_err(|e| e.at("routes[0]"))?] })
 }
 
+/// Several TLS routes, each with exactly one rule, matched by SNI (LINKERD-WIRE.md §13, the
+/// correction to §4.2).
 fn tls_policy(routes: &[api::TlsRoute]) -> Result<OpaquePolicy, InvalidPolicy> {
-    let Some((route, rule)) = single_route(routes, |r| &r.rules)? else { return Ok(OpaquePolicy { routes: Vec::new() }) };
-    let convert = || -> Result<OpaqueRoute, InvalidPolicy> {
+    let routes = each(routes, "routes", |route| {
         let meta = meta(route.metadata.as_ref()).map_err(|e| e.at("metadata"))?;
         let snis = each(&route.snis, "snis", |s| {
             use linkerd2_proxy_api::tls_route::sni_match::Match;
@@ -448,14 +449,17 @@ fn tls_policy(routes: &[api::TlsRoute]) -> Result<OpaquePolicy, InvalidPolicy> {
             };
             HostMatch::try_from(&http_api::HostMatch { r#match: Some(host) }).map_err(|e| InvalidPolicy::new("", e.to_string()))
         })?;
+        let [rule] = &route.rules[..] else {
+            return Err(InvalidPolicy::new("rules", format!("expected exactly one rule, found {}", route.rules.len())));
+        };
         let inner = || -> Result<(Vec<Filter>, Distribution), InvalidPolicy> {
             let filters = each(&rule.filters, "filters", tls_filter)?;
             Ok((filters, distribution!(rule.backends.as_ref(), tls_route, tls_filter)))
         };
         let (filters, backends) = inner().map_err(|e| e.at("rules[0]"))?;
         Ok(OpaqueRoute { meta, snis, filters, backends })
-    };
-    Ok(OpaquePolicy { routes: vec![convert().map_err(|e| e.at("routes[0]"))?] })
+    })?;
+    Ok(OpaquePolicy { routes })
 }
 
 fn opaque_filter(f: &api::opaque_route::Filter) -> Result<Filter, InvalidPolicy> {

@@ -642,7 +642,7 @@ fn backends_without_kind_fail_and_forward_backends_forward() {
 #[test]
 fn forward_to_sends_everything_to_the_original_destination() {
     let ep = Endpoint::plain("10.0.0.9:8080".parse().unwrap());
-    let p = OutboundPolicy::forward_to(ep.clone());
+    let p = OutboundPolicy::forward_to(ep.clone(), Some(Duration::from_secs(10)));
     assert_eq!(p.meta, Meta::Default("forward".into()));
     for version in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
         let http = p.protocol.http(version).unwrap();
@@ -652,6 +652,10 @@ fn forward_to_sends_everything_to_the_original_destination() {
         assert!(matches!(&backend.backend.kind, BackendKind::Forward(e) if *e == ep));
     }
     let Protocol::Detect { opaque, .. } = &p.protocol else { panic!("{:?}", p.protocol) };
+    assert!(matches!(&opaque.routes[0].backends.pick(&mut fastrand::Rng::with_seed(3)).unwrap().backend.kind, BackendKind::Forward(e) if *e == ep));
+    // An opaque port is not detected at all.
+    let p = OutboundPolicy::forward_to(ep.clone(), None);
+    let Protocol::Opaque(opaque) = &p.protocol else { panic!("{:?}", p.protocol) };
     assert!(matches!(&opaque.routes[0].backends.pick(&mut fastrand::Rng::with_seed(3)).unwrap().backend.kind, BackendKind::Forward(e) if *e == ep));
 }
 
