@@ -16,10 +16,21 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", required=True)
     parser.add_argument("--authority")
+    parser.add_argument("--once", choices=["Unary", "ServerStream"], help="make one call and print its status: STATUS OK, or STATUS <code name>")
     args = parser.parse_args()
     options = [("grpc.default_authority", args.authority)] if args.authority else []
     with grpc.insecure_channel(args.target, options=options) as channel:
         stub = pb_grpc.EchoStub(channel)
+        if args.once:
+            try:
+                if args.once == "Unary":
+                    stub.Unary(pb.Msg(text="once"), timeout=TIMEOUT)
+                else:
+                    list(stub.ServerStream(pb.Msg(text="once"), timeout=TIMEOUT))
+                print("STATUS OK")
+            except grpc.RpcError as e:
+                print(f"STATUS {e.code().name} {e.details()}")
+            return
         for i in range(20):
             payload = bytes([i]) * (i * 100)
             rsp = stub.Unary(pb.Msg(text=f"hello {i}", payload=payload), timeout=TIMEOUT)

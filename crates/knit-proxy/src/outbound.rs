@@ -59,7 +59,11 @@ pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, forward: Optio
 async fn accept(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError> {
     let orig_dst = orig_dst::redirected_dst(&tcp);
     let (target, authority) = match (forward, orig_dst) {
-        (Some(name), _) => (Target::Authority(name.clone()), Some(name)),
+        // A port forward to an address is that address, as an original destination would be.
+        (Some(name), _) => match name.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => (Target::Addr(SocketAddr::new(ip, name.port)), Some(name)),
+            Err(_) => (Target::Authority(name.clone()), Some(name)),
+        },
         (None, Some(dst)) => (Target::Addr(dst), None),
         (None, None) => return http_by_host(tcp, client, side, drain).await,
     };

@@ -227,3 +227,34 @@ fn apply_delete_and_a_resource_two_sources_define() {
     assert!(rx.borrow_and_update().is_none(), "the Service is gone");
     assert_eq!(index.stats().resources.get("Service"), None);
 }
+
+#[test]
+fn egress_networks_pick_the_most_specific_in_scope_and_refuse_cluster_overlap() {
+    let index = index();
+    let en = |name: &str, ns: &str, nets: &str, created: &str| {
+        format!("---\napiVersion: policy.linkerd.io/v1alpha1\nkind: EgressNetwork\nmetadata: {{name: {name}, namespace: {ns}, creationTimestamp: \"{created}\"}}\nspec:\n  {nets}\n  trafficPolicy: Allow\n")
+    };
+    let yaml = [
+        en("wide", "demo", "networks: [{cidr: 0.0.0.0/0, except: [10.0.0.0/8]}]", "2024-01-01T00:00:00Z"),
+        en("narrow-new", "demo", "networks: [{cidr: 203.0.113.0/24}]", "2024-03-01T00:00:00Z"),
+        en("narrow-old", "demo", "networks: [{cidr: 203.0.113.0/24}]", "2024-02-01T00:00:00Z"),
+        en("global", "linkerd-egress", "networks: [{cidr: 198.51.100.0/24}]", "2024-01-01T00:00:00Z"),
+        en("overlapping", "lonely", "networks: [{cidr: 10.2.0.0/16}]", "2024-01-01T00:00:00Z"),
+    ]
+    .concat();
+    load(&index, "egress.yaml", &yaml);
+    let state = index.lock();
+    let pick = |ns: &str, ip: &str| network_for(&state.model, index.config(), ns, ip.parse().unwrap()).map(|e| e.metadata.name.clone());
+    assert_eq!(pick("demo", "203.0.113.5").as_deref(), Some("narrow-old"), "the most specific CIDR, then the oldest");
+    assert_eq!(pick("demo", "8.8.8.8").as_deref(), Some("wide"));
+    assert_eq!(pick("demo", "198.51.100.1").as_deref(), Some("wide"), "a namespace with its own never falls back to the global ones");
+    assert_eq!(pick("other", "198.51.100.1").as_deref(), Some("global"));
+    assert_eq!(pick("other", "8.8.8.8"), None);
+    assert_eq!(pick("lonely", "10.2.0.1"), None, "an EgressNetwork over the cluster networks is never used");
+    let overlapping = state.model.of_kind(Kind::EgressNetwork, Some("lonely")).find_map(|r| match r {
+        Resource::EgressNetwork(e) => Some(e.clone()),
+        _ => None,
+    });
+    let why = overlapping.unwrap().overlap(&index.config().cluster_networks).expect("refused");
+    assert!(why.contains("10.2.0.0/16 overlaps the cluster network 10.0.0.0/8"), "{why}");
+}

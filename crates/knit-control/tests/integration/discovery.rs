@@ -284,3 +284,144 @@ async fn an_invalid_manifest_is_reported_and_takes_nothing_down() {
     assert_eq!(set.addrs.len(), 1, "still served while the file is invalid");
     assert!(tokio::time::timeout(Duration::from_millis(300), stream.message()).await.is_err(), "no update reached the open stream");
 }
+
+/// Opaque, TLS and egress policies over gRPC, with the fields LINKERD-WIRE.md §4.2 and §13 fix.
+#[tokio::test]
+async fn tcp_tls_and_egress_policies_golden() {
+    let cp = Local::start("opaque-egress").await;
+    let extra = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: demo}
+spec: {selector: {app: db}, clusterIP: 10.96.0.30, ports: [{port: 5432, targetPort: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db-a, namespace: demo}
+spec: {selector: {app: db, shard: a}, ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db-b, namespace: demo}
+spec: {selector: {app: db, shard: b}, ports: [{port: 5432}]}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: db-split, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, name: db, port: 5432}]
+  rules: [{backendRefs: [{name: db-a, port: 5432, weight: 70}, {name: db-b, port: 5432, weight: 30}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: front, namespace: demo}
+spec: {selector: {app: front}, ports: [{port: 443}]}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: secure, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, name: front}]
+  hostnames: ["*.example.com"]
+  rules: [{backendRefs: [{name: front, port: 443}]}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: internet, namespace: demo}
+spec: {trafficPolicy: Deny}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api, namespace: demo}
+spec:
+  parentRefs: [{group: policy.linkerd.io, kind: EgressNetwork, name: internet}]
+  hostnames: [api.example.com]
+  rules: [{backendRefs: [{group: policy.linkerd.io, kind: EgressNetwork, name: internet}]}]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: EgressNetwork
+metadata: {name: partners, namespace: linkerd-egress}
+spec: {networks: [{cidr: 198.51.100.0/24}], trafficPolicy: Allow}
+"#;
+    std::fs::write(cp.manifests.join("extra.yaml"), extra).unwrap();
+    let mut client = OutboundPoliciesClient::new(Local::channel(cp.addrs.policy).await);
+    let spec = |ns: &str, target| outb::TrafficSpec { source_workload: format!(r#"{{"ns":"{ns}","external_workload":"web"}}"#), target: Some(target) };
+    let by_name = |a: &str| traffic_spec::Target::Authority(a.into());
+    let by_addr = |a: &str| traffic_spec::Target::Addr(a.parse::<SocketAddr>().unwrap().into());
+    // The directory is polled: wait for the file to be read.
+    let mut db = None;
+    for _ in 0..100 {
+        if let Ok(p) = client.get(spec("demo", by_name("db.demo.svc.cluster.local:5432"))).await {
+            db = Some(p.into_inner());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let db = db.expect("the db Service's policy");
+
+    // A TCPRoute on a default opaque port: one opaque route, its backends by weight.
+    assert_eq!(db.metadata, resource("core", "Service", "db", 5432));
+    let Some(proxy_protocol::Kind::Opaque(o)) = db.protocol.and_then(|p| p.kind) else { panic!("opaque") };
+    let [route] = &o.routes[..] else { panic!("one route: {:?}", o.routes) };
+    assert_eq!(route.metadata, resource("gateway.networking.k8s.io", "TCPRoute", "db-split", 0));
+    let [rule] = &route.rules[..] else { panic!("one rule") };
+    let Some(outb::opaque_route::distribution::Kind::RandomAvailable(r)) = rule.backends.as_ref().and_then(|b| b.kind.clone()) else { panic!("random") };
+    assert_eq!(r.backends.iter().map(|b| b.weight).collect::<Vec<_>>(), [70, 30]);
+    for b in &r.backends {
+        let backend = b.backend.as_ref().unwrap().backend.as_ref().unwrap();
+        assert!(backend.metadata.is_some() && backend.queue.as_ref().is_some_and(|q| q.failfast_timeout.is_some()));
+        let Some(backend::Kind::Balancer(p2c)) = &backend.kind else { panic!("balancer") };
+        assert!(matches!(p2c.load, Some(backend::balance_p2c::Load::PeakEwma(_))), "opaque balancers see no responses: plain PeakEWMA");
+    }
+    // The cluster IP answers the same.
+    let by_ip = client.get(spec("demo", by_addr("10.96.0.30:5432"))).await.unwrap().into_inner();
+    assert_eq!(by_ip.metadata, resource("core", "Service", "db", 5432));
+
+    // A TLSRoute: routes by SNI, each with one rule.
+    let front = client.get(spec("demo", by_name("front.demo:443"))).await.unwrap().into_inner();
+    let Some(proxy_protocol::Kind::Tls(t)) = front.protocol.and_then(|p| p.kind) else { panic!("tls") };
+    let [route] = &t.routes[..] else { panic!("one TLS route") };
+    assert_eq!(route.metadata, resource("gateway.networking.k8s.io", "TLSRoute", "secure", 0));
+    use linkerd2_proxy_api::tls_route::sni_match::{Match, Suffix};
+    assert_eq!(route.snis[0].r#match, Some(Match::Suffix(Suffix { reverse_labels: vec!["com".into(), "example".into()] })));
+    assert_eq!(route.rules.len(), 1);
+
+    // Egress from demo: its own EgressNetwork (everything outside the cluster), user routes
+    // first, then the default deny route; the default backend forwards to the address.
+    let egress = client.get(spec("demo", by_addr("203.0.113.7:443"))).await.unwrap().into_inner();
+    assert_eq!(
+        egress.metadata,
+        Some(Metadata {
+            kind: Some(metadata::Kind::Resource(Resource {
+                group: "policy.linkerd.io".into(),
+                kind: "EgressNetwork".into(),
+                name: "internet".into(),
+                namespace: "demo".into(),
+                section: String::new(),
+                port: 443
+            }))
+        })
+    );
+    let Some(proxy_protocol::Kind::Detect(d)) = egress.protocol.clone().and_then(|p| p.kind) else { panic!("detect") };
+    assert!(d.timeout.is_some());
+    let names: Vec<String> = d.http1.as_ref().unwrap().routes.iter().map(|r| format!("{:?}", r.metadata.as_ref().unwrap().kind.as_ref().unwrap())).collect();
+    assert!(names[0].contains("\"api\"") && names[1].contains("http-egress-deny"), "{names:?}");
+    let deny = &d.http1.as_ref().unwrap().routes[1].rules[0];
+    let Some(outb::http_route::filter::Kind::FailureInjector(fi)) = deny.filters[0].kind.clone() else { panic!("failure injector") };
+    assert_eq!((fi.status, fi.message.as_str()), (403, "traffic not allowed"));
+    let Some(distribution::Kind::FirstAvailable(f)) = deny.backends.as_ref().unwrap().kind.clone() else { panic!("first available") };
+    let Some(backend::Kind::Forward(addr)) = f.backends[0].backend.as_ref().unwrap().kind.clone() else { panic!("forward") };
+    assert_eq!(addr.addr, Some(TcpAddress::from("203.0.113.7:443".parse::<SocketAddr>().unwrap())));
+    assert!(addr.tls_identity.is_none(), "outside the mesh: no identity");
+    let opaque = &d.opaque.as_ref().unwrap().routes[0];
+    assert!(format!("{:?}", opaque.metadata).contains("tcp-egress-deny"));
+    assert!(matches!(opaque.rules[0].filters[0].kind, Some(outb::opaque_route::filter::Kind::Forbidden(_))));
+
+    // From a namespace without EgressNetworks: the global namespace's, then the fallback.
+    let partner = client.get(spec("other", by_addr("198.51.100.9:80"))).await.unwrap().into_inner();
+    assert!(format!("{:?}", partner.metadata).contains("partners"), "{:?}", partner.metadata);
+    let fallback = client.get(spec("other", by_addr("192.0.2.1:80"))).await.unwrap().into_inner();
+    assert_eq!(fallback.metadata, Some(Metadata { kind: Some(metadata::Kind::Default("egress-fallback".into())) }));
+    // An in-cluster address that is no Service's: the proxy falls back on its own.
+    assert_eq!(client.get(spec("demo", by_addr("10.1.2.3:80"))).await.err().unwrap().code(), Code::NotFound);
+}

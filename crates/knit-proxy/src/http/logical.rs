@@ -39,37 +39,45 @@ struct Plan<'p> {
 pub async fn serve(mut req: Request<ReqBody>, r: Routing, ctx: &Ctx, started: Instant) -> Result<Response<Body>, ProxyError> {
     // The application's `l5d-*` headers are read (for a rule that allows them) and removed.
     let overrides = l5d::take(req.headers_mut());
-    let routed = route_request(&req, &r)?;
-    let (ri, rule_i, http) = routed;
-    let route = &http.routes[ri];
-    let rule = &route.rules[rule_i];
-    if rule.allow_l5d_request_headers {
-        if let Some(dst) = overrides.dst.clone() {
-            // The rule lets the request name another destination: routed by that one's policy.
-            let logical = Arc::new(Logical::resolve(&ctx.side, Target::Authority(dst.clone()), Some(dst)).await?);
-            let policy = logical.policy(&ctx.side).await?;
-            let over = Routing { logical, policy };
-            let (ri, rule_i, http) = route_request(&req, &over)?;
-            let plan = plan(&http.routes[ri].rules[rule_i], http, &overrides);
-            return serve_rule(req, &over, ri, plan, ctx, started).await;
-        }
+    let http = http_policy(&req, &r)?;
+    let (ri, rule_i) = route_request(&req, &r, &http)?;
+    let rule = &http.routes[ri].rules[rule_i];
+    if let (true, Some(dst)) = (rule.allow_l5d_request_headers, overrides.dst.clone()) {
+        // The rule lets the request name another destination: routed by that one's policy.
+        let logical = Arc::new(Logical::resolve(&ctx.side, Target::Authority(dst.clone()), Some(dst)).await?);
+        let policy = logical.policy(&ctx.side).await?;
+        let over = Routing { logical, policy };
+        let http = http_policy(&req, &over)?;
+        let (ri, rule_i) = route_request(&req, &over, &http)?;
+        let plan = plan(&http.routes[ri].rules[rule_i], &http, &overrides);
+        return serve_rule(req, &over, ri, plan, ctx, started).await;
     }
-    let plan = plan(rule, http, &overrides);
+    let plan = plan(rule, &http, &overrides);
     serve_rule(req, &r, ri, plan, ctx, started).await
 }
 
+/// The policy's HTTP routes for the request; for an opaque destination, how it serves a request
+/// that arrived as HTTP anyway (local mode). A TLS destination takes no plaintext HTTP.
+fn http_policy<'p>(req: &Request<ReqBody>, r: &'p Routing) -> Result<std::borrow::Cow<'p, HttpPolicy>, ProxyError> {
+    use crate::policy::outbound::Protocol;
+    if let Some(http) = r.policy.protocol.http(req.version()) {
+        return Ok(std::borrow::Cow::Borrowed(http));
+    }
+    match &r.policy.protocol {
+        Protocol::Opaque(o) => {
+            o.as_http().map(std::borrow::Cow::Owned).ok_or_else(|| ProxyError::NoTcpRoute { target: r.logical.target.to_string(), sni: None })
+        }
+        _ => Err(ProxyError::InvalidPolicy(format!("the policy of {} routes TLS by SNI, but a plaintext HTTP request arrived", r.logical.target).into())),
+    }
+}
+
 /// The (route, rule) of the policy that serves `req`.
-fn route_request<'p>(req: &Request<ReqBody>, r: &'p Routing) -> Result<(usize, usize, &'p HttpPolicy), ProxyError> {
-    let Some(http) = r.policy.protocol.http(req.version()) else {
-        let reason = format!("the policy of {} says the destination is not HTTP, but an HTTP request arrived", r.logical.target);
-        return Err(ProxyError::InvalidPolicy(reason.into()));
-    };
-    let (ri, rule_i) = route::select(&*http.routes, &RequestInfo::new(req)).ok_or_else(|| ProxyError::RouteNotFound {
+fn route_request(req: &Request<ReqBody>, r: &Routing, http: &HttpPolicy) -> Result<(usize, usize), ProxyError> {
+    route::select(&*http.routes, &RequestInfo::new(req)).ok_or_else(|| ProxyError::RouteNotFound {
         target: r.logical.target.to_string(),
         method: req.method().clone(),
         path: req.uri().path().to_string(),
-    })?;
-    Ok((ri, rule_i, http))
+    })
 }
 
 fn plan<'p>(rule: &'p Rule, http: &'p HttpPolicy, overrides: &l5d::Overrides) -> Plan<'p> {

@@ -305,6 +305,23 @@ pub struct OpaquePolicy {
 }
 
 impl OpaquePolicy {
+    /// How an HTTP request to an opaque destination is served when it arrives as HTTP (local
+    /// mode, where each request names its destination): by the opaque route's filters and
+    /// backends, over one route that matches every request. `None` without a route.
+    pub fn as_http(&self) -> Option<HttpPolicy> {
+        let route = self.routes.first()?;
+        let rule = Rule {
+            matches: Vec::new(),
+            filters: route.filters.clone(),
+            backends: route.backends.clone(),
+            timeouts: Timeouts::default(),
+            retry: None,
+            allow_l5d_request_headers: false,
+        };
+        let http = HttpRoute { meta: route.meta.clone(), hosts: Vec::new(), rules: vec![rule] };
+        Some(HttpPolicy { routes: Arc::from(vec![http]), failure_accrual: None })
+    }
+
     /// The route for a connection whose ClientHello named `sni` (TLS), or for any connection
     /// (opaque): among routes whose SNI matches (a route without SNIs matches any), the most
     /// specific, the earlier on a tie. `None`: no route, and the connection is refused.

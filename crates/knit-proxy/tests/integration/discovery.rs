@@ -3,7 +3,9 @@
 //! backends that say who answered. Manifests are edited while traffic flows.
 
 mod control_tls;
+mod egress;
 mod fixture;
+mod opaque;
 mod policy;
 mod routing;
 mod tap;

@@ -178,3 +178,54 @@ async fn large_bodies_stream_without_memory_growth() {
         assert!(peak < 40 * 1024 * 1024, "{name} proxy peaked at {} MiB while streaming 100 MiB each way", peak >> 20);
     }
 }
+
+/// What Knit sends to a meshed peer, checked against the contract (LINKERD-WIRE.md §6.3) with a
+/// peer that downgrades as Linkerd's proxy does: it forwards the HTTP/2 request's headers as
+/// they are, restoring nothing, so `Host` must travel in the upgraded request itself.
+#[tokio::test]
+async fn an_upgraded_request_carries_what_a_linkerd_peer_needs() {
+    use knit_core::transport_header::{self, Decoded};
+    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_port = peer.local_addr().unwrap().port();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(u16, String)>();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = peer.accept().await {
+            let seen = seen_tx.clone();
+            tokio::spawn(async move {
+                // The transport header first (no identity here: the hop is plaintext).
+                let mut buf = Vec::new();
+                let (port, rest) = loop {
+                    let mut chunk = [0u8; 512];
+                    let n = tcp.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Decoded::Complete(h, used) = transport_header::decode(&buf).unwrap() {
+                        break (h.port, buf.split_off(used));
+                    }
+                };
+                let io = knit_proxy::io::PrefixedIo::new(bytes::Bytes::from(rest), tcp);
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let mut lines: Vec<String> = req.headers().iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?"))).collect();
+                    lines.push(format!("version: {:?}", req.version()));
+                    lines.sort();
+                    let _ = seen.send((port, lines.join("\n")));
+                    let mut rsp = http::Response::new(Full::new(bytes::Bytes::from_static(b"peer\n")));
+                    rsp.headers_mut().insert("l5d-orig-proto", http::HeaderValue::from_static("HTTP/1.1"));
+                    async move { Ok::<_, std::convert::Infallible>(rsp) }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(TokioIo::new(io), svc).await;
+            });
+        }
+    });
+    let table = format!("books.test:8080=127.0.0.1:7000@{peer_port}");
+    let proxy = TestProxy::start(move |c| c.outbound.endpoints = table.parse().unwrap()).await;
+    let url = format!("http://{}/books?page=2", proxy.addrs.outbound);
+    let (ok, out, err) = run("curl", &["-sS", "--max-time", "10", "-H", "Host: books.test:8080", "-H", "Transfer-Encoding: chunked", "-d", "x", &url]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "peer\n", "the response's l5d-orig-proto turned it back into HTTP/1.1");
+    let (port, headers) = seen_rx.recv().await.unwrap();
+    assert_eq!(port, 7000, "the transport header names the application's port");
+    assert!(headers.contains("host: books.test:8080"), "Host travels in the upgraded request:\n{headers}");
+    assert!(headers.contains("l5d-orig-proto: HTTP/1.1"), "{headers}");
+    assert!(headers.contains("version: HTTP/2.0"), "{headers}");
+    assert!(!headers.contains("transfer-encoding"), "HTTP/2 forbids transfer-encoding:\n{headers}");
+}

@@ -108,36 +108,47 @@ pub struct LocalMesh {
     tls: bool,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     workloads: std::sync::Mutex<Vec<String>>,
+    /// knit-control's cluster networks, when a test narrows them (egress: 127.0.0.1 outside).
+    cluster_networks: Option<Vec<ipnet::IpNet>>,
 }
 
 impl LocalMesh {
     pub async fn start(name: &str) -> Self {
-        Self::start_with(name, false).await
+        Self::start_with(name, false, None).await
     }
 
     /// As a cluster runs it: the proxies reach knit-control over TLS and check its identity.
     pub async fn start_tls(name: &str) -> Self {
-        Self::start_with(name, true).await
+        Self::start_with(name, true, None).await
     }
 
-    async fn start_with(name: &str, tls: bool) -> Self {
+    /// With these cluster networks: addresses outside them are egress to knit-control.
+    pub async fn start_with_cluster_networks(name: &str, networks: &[&str]) -> Self {
+        Self::start_with(name, false, Some(networks.iter().map(|n| n.parse().unwrap()).collect())).await
+    }
+
+    async fn start_with(name: &str, tls: bool, cluster_networks: Option<Vec<ipnet::IpNet>>) -> Self {
         let dir = std::env::temp_dir().join(format!("knit-discovery-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         let material = layout::init(&dir.join("identity"), &layout::Params::default()).unwrap();
         let any = "127.0.0.1:0".parse().unwrap();
-        let (control, shutdown) = Self::start_control_at(&dir, tls, [any; 3]).await;
-        Self { dir, manifests, control, tokens: material.token_key, tls, shutdown: Some(shutdown), workloads: Default::default() }
+        let (control, shutdown) = Self::start_control_at(&dir, tls, cluster_networks.as_deref(), [any; 3]).await;
+        Self { dir, manifests, control, tokens: material.token_key, tls, shutdown: Some(shutdown), workloads: Default::default(), cluster_networks }
     }
 
     async fn start_control_at(
         dir: &std::path::Path,
         tls: bool,
+        cluster_networks: Option<&[ipnet::IpNet]>,
         [identity, destination, policy]: [SocketAddr; 3],
     ) -> (knit_control::Addrs, tokio::sync::oneshot::Sender<()>) {
         let mut config = knit_control::config::Config::local(knit_control::config::IdentityConfig::for_dir(dir.join("identity")));
         config.serve_tls_identity = tls.then(|| CONTROL_IDENTITY.to_string());
+        if let Some(n) = cluster_networks {
+            config.discovery.cluster_networks = n.to_vec();
+        }
         config.discovery.config_dir = Some(dir.join("manifests"));
         config.identity_addr = identity;
         config.destination_addr = destination;
@@ -155,7 +166,8 @@ impl LocalMesh {
     pub async fn restart_control(&mut self, down_for: Duration) {
         let _ = self.shutdown.take().expect("running").send(());
         tokio::time::sleep(down_for).await;
-        let (control, shutdown) = Self::start_control_at(&self.dir, self.tls, [self.control.identity, self.control.destination, self.control.policy]).await;
+        let addrs = [self.control.identity, self.control.destination, self.control.policy];
+        let (control, shutdown) = Self::start_control_at(&self.dir, self.tls, self.cluster_networks.as_deref(), addrs).await;
         assert_eq!(control.destination, self.control.destination);
         self.shutdown = Some(shutdown);
     }
@@ -193,6 +205,17 @@ impl LocalMesh {
     /// A proxy certified as `service_account` that discovers from knit-control as workload
     /// `workload`; `app` is the application behind its inbound side.
     pub async fn proxy(&self, workload: &str, service_account: &str, app: Option<SocketAddr>) -> TestProxy {
+        self.proxy_with(workload, service_account, app, |_| {}).await
+    }
+
+    /// As [`Self::proxy`], with `configure` applied last (port forwards, say).
+    pub async fn proxy_with(
+        &self,
+        workload: &str,
+        service_account: &str,
+        app: Option<SocketAddr>,
+        configure: impl FnOnce(&mut knit_proxy::config::Config),
+    ) -> TestProxy {
         let tls_name = self.tls.then(|| CONTROL_IDENTITY.to_string());
         let control = |addr: SocketAddr| knit_proxy::config::ControlAddr { addr: addr.to_string(), tls_name: tls_name.clone() };
         let name = identity(service_account);
@@ -218,6 +241,7 @@ impl LocalMesh {
             c.discovery.trust_loopback = false;
             // knit-control may tap it, as its own identity.
             c.tap = Some(knit_proxy::config::TapConfig { listen_addr: "127.0.0.1:0".parse().unwrap(), svc_name: CONTROL_IDENTITY.into(), max_rps: 20 });
+            configure(c);
         })
         .await;
         crate::integration::mtls::ready(proxy.addrs.admin).await;
@@ -227,14 +251,24 @@ impl LocalMesh {
     /// A backend behind its own proxy, declared as an ExternalWorkload with `labels`, written
     /// to `workloads.yaml` with every workload declared so far.
     pub async fn workload(&self, backend: &Backend, service_account: &str, labels: &[(&str, &str)]) -> TestProxy {
-        let proxy = self.proxy(backend.name, service_account, Some(backend.addr)).await;
+        self.workload_at(backend.name, backend.addr, "http", service_account, labels).await
+    }
+
+    /// A workload named `name` whose application listens on `app`, its port named `port_name`.
+    pub async fn workload_at(&self, name: &str, app: SocketAddr, port_name: &str, service_account: &str, labels: &[(&str, &str)]) -> TestProxy {
+        let proxy = self.proxy(name, service_account, Some(app)).await;
+        self.declare(name, app, port_name, service_account, proxy.addrs.inbound.port(), labels).await;
+        proxy
+    }
+
+    /// Declares an ExternalWorkload (meshed, its proxy's inbound on `inbound`) in `workloads.yaml`.
+    pub async fn declare(&self, name: &str, app: SocketAddr, port_name: &str, service_account: &str, inbound: u16, labels: &[(&str, &str)]) {
         let id = identity(service_account);
         let labels: String = labels.iter().map(|(k, v)| format!("    {k}: {v}\n")).collect();
         let doc = format!(
-            "apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: {name}\n  namespace: {NS}\n  labels:\n{labels}  annotations:\n    knit.dev/proxy-inbound-port: \"{inbound}\"\nspec:\n  meshTLS:\n    identity: {id}\n    serverName: {id}\n  workloadIPs:\n    - ip: 127.0.0.1\n  ports:\n    - name: http\n      port: {port}\n",
-            name = backend.name,
-            inbound = proxy.addrs.inbound.port(),
-            port = backend.addr.port(),
+            "apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: {name}\n  namespace: {NS}\n  labels:\n{labels}  annotations:\n    knit.dev/proxy-inbound-port: \"{inbound}\"\nspec:\n  meshTLS:\n    identity: {id}\n    serverName: {id}\n  workloadIPs:\n    - ip: {ip}\n  ports:\n    - name: {port_name}\n      port: {port}\n",
+            ip = app.ip(),
+            port = app.port(),
         );
         let all = {
             let mut w = self.workloads.lock().unwrap();
@@ -242,7 +276,6 @@ impl LocalMesh {
             w.join("---\n")
         };
         self.write("workloads.yaml", &all).await;
-        proxy
     }
 }
 
@@ -263,6 +296,142 @@ pub fn service(name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]
         format!("  annotations:\n{a}")
     };
     format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {NS}\n{annotations}spec:\n  selector:\n{selector}  ports:\n    - name: http\n      port: 8080\n      targetPort: http\n")
+}
+
+/// A Service `name` in the test namespace selecting `labels`, `port` → the workloads' port named
+/// `target`, with `annotations`.
+pub fn service_on(name: &str, labels: &[(&str, &str)], port: u16, target: &str, annotations: &[(&str, &str)]) -> String {
+    service(name, labels, annotations).replace(
+        "    - name: http\n      port: 8080\n      targetPort: http\n",
+        &format!("    - name: {target}\n      port: {port}\n      targetPort: {target}\n"),
+    )
+}
+
+/// How a TCP test backend behaves.
+#[derive(Clone, Copy, Debug)]
+pub enum Tcp {
+    /// Answers each line `L` with `NAME L`.
+    Echo,
+    /// Greets first (`220 NAME ready`), as SMTP or MySQL servers do, then echoes.
+    Banner,
+}
+
+/// A TCP backend that says who answered.
+pub struct TcpBackend {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicU64>,
+}
+
+impl TcpBackend {
+    pub async fn start(name: &'static str, behaviour: Tcp) -> Self {
+        Self::start_on("127.0.0.1", name, behaviour).await
+    }
+
+    /// On another local address (any of 127.0.0.0/8), for tests that tell addresses apart.
+    pub async fn start_on(ip: &str, name: &'static str, behaviour: Tcp) -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind tcp backend");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicU64::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let (r, mut w) = tcp.into_split();
+                    if matches!(behaviour, Tcp::Banner) && w.write_all(format!("220 {name} ready\r\n").as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut lines = tokio::io::BufReader::new(r).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if w.write_all(format!("{name} {line}\n").as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { name, addr, connections }
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// An HTTPS server with a self-signed certificate for `names`; it answers every request with
+/// `NAME SNI`, the server name the client's ClientHello carried.
+pub struct TlsBackend {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+}
+
+impl TlsBackend {
+    pub async fn start(name: &'static str, names: &[&str]) -> Self {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let cert = rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![CertificateDer::from(cert.cert.der().to_vec())], key)
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tls backend");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
+                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        let body = format!("{name} {sni}\n");
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+                });
+            }
+        });
+        Self { name, addr }
+    }
+}
+
+/// `curl https://HOST:PORT/` with HOST resolved to `to` (a port forward), the certificate not
+/// checked (it is self-signed): the body, or curl's error.
+pub async fn curl_https(host: &str, to: SocketAddr) -> Result<String, String> {
+    let url = format!("https://{host}:{}/", to.port());
+    let resolve = format!("{host}:{}:{}", to.port(), to.ip());
+    let (ok, out, err) = crate::harness::run("curl", &["-sS", "-k", "--max-time", "10", "--resolve", &resolve, &url]).await;
+    if ok {
+        Ok(out)
+    } else {
+        Err(err)
+    }
+}
+
+/// One line through `addr`: sends `line`, returns the first line answered.
+pub async fn tcp_line(addr: SocketAddr, line: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (r, mut w) = tcp.into_split();
+    w.write_all(format!("{line}\n").as_bytes()).await?;
+    let mut answer = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tokio::io::BufReader::new(r).read_line(&mut answer)).await;
+    match read {
+        Ok(Ok(0)) => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without an answer")),
+        Ok(Ok(_)) => Ok(answer.trim_end().to_string()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10s")),
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (for port forwards, which need one each).
+pub async fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
 }
 
 /// Sends `n` GETs for `host` + `path` through `proxy`'s outbound listener over one keep-alive
