@@ -28,6 +28,9 @@ pub mod webhook;
 use std::{future::Future, net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
 
+/// How long open gRPC streams get to end after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Control {
     config: config::Config,
     identity: TcpListener,
@@ -216,7 +219,15 @@ impl Control {
             r = &mut servers => r,
             () = shutdown => {
                 let _ = stop_tx.send(true);
-                servers.await
+                // Streams end when their clients go; a client that never does (a proxy on a
+                // vanished network) must not keep the control plane from exiting.
+                match tokio::time::timeout(SHUTDOWN_GRACE, servers).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!(grace = ?SHUTDOWN_GRACE, "gRPC streams still open after the shutdown grace period; exiting anyway");
+                        Ok(())
+                    }
+                }
             }
         };
         for t in tasks {
