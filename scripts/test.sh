@@ -2,7 +2,8 @@
 # Knit's test command: installs what the tests need (only what is missing), then runs every test.
 #   scripts/test.sh
 # Debian packages: curl, nghttp2-client (nghttp, h2load), redis-server, redis-tools, iptables,
-# iproute2, util-linux (setpriv), unzip, prometheus (prometheus, promtool), chromium; Python: grpcio,
+# iproute2, util-linux (setpriv), unzip, prometheus (prometheus, promtool), chromium, postgresql
+# (server, psql, pgbench); Python: grpcio,
 # grpcio-tools, kubernetes-validate, jsonschema, playwright (driving Debian's chromium: never
 # `playwright install`, which downloads browsers from a CDN);
 # helm (scripts/install-tools.sh, into target/tools).
@@ -11,9 +12,12 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in curl:curl nghttp:nghttp2-client h2load:nghttp2-client redis-server:redis-server redis-cli:redis-tools \
-            iptables:iptables ip:iproute2 setpriv:util-linux prometheus:prometheus promtool:prometheus chromium:chromium; do
+            iptables:iptables ip:iproute2 setpriv:util-linux prometheus:prometheus promtool:prometheus chromium:chromium \
+            psql:postgresql-client pgbench:postgresql-client; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
+# PostgreSQL's server is not on PATH: look for its initdb and its system user.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && id postgres >/dev/null 2>&1 || need+=(postgresql)
 if ((${#need[@]})); then
     echo "==> installing: ${need[*]}"
     sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
@@ -45,7 +49,8 @@ python3 tests/dashboard/test_dashboard.py --bin target/debug --results target/da
 echo "==> transparent interception in network namespaces"
 if [ "$(id -u)" = 0 ]; then
     KNIT_PROXY_BIN=target/debug/knit-proxy tests/netns.sh
+    KNIT_PROXY_BIN=target/debug/knit-proxy tests/netns-mesh.sh
 else
-    echo "SKIP tests/netns.sh: needs root (network namespaces and iptables)"
+    echo "SKIP tests/netns.sh and tests/netns-mesh.sh: need root (network namespaces and iptables)"
 fi
 echo "==> all tests passed"
