@@ -18,6 +18,8 @@
 //!   calls, with success rate, rps and latency after retries.
 //! - `GET /api/authz?namespace=NS&deployment=NAME&window=30s`: its inbound authorization
 //!   decisions per server, route and authorization.
+//! - `GET /api/egress?namespace=NS&deployment=NAME&window=30s`: what it sent outside the
+//!   cluster, per EgressNetwork (or the fallback), route and hostname, allowed or denied.
 //! - `GET /api/certificates?namespace=NS&deployment=NAME&expiring_within=6h`: each proxy's
 //!   identity and certificate expiry; paged as stat is (`sort=name|expires_at`, soonest first).
 //!   `proxies` and `without_expiry` count the namespace and deployment's proxies before paging.
@@ -181,7 +183,7 @@ impl Viz {
                     Err(e) => (e.status(), serde_json::json!({ "error": e.to_string() })),
                 },
             },
-            "/api/routes" | "/api/authz" => {
+            "/api/routes" | "/api/authz" | "/api/egress" => {
                 let (Some(ns), Some(deployment)) = (params.get("namespace").filter(|n| !n.is_empty()), params.get("deployment").filter(|d| !d.is_empty()))
                 else {
                     return (StatusCode::BAD_REQUEST, serde_json::json!({ "error": "namespace and deployment are required" }));
@@ -190,10 +192,10 @@ impl Viz {
                     Ok(w) => w,
                     Err(e) => return (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                 };
-                let rows = if path == "/api/routes" {
-                    routes::routes(&self.source, ns, deployment, w).await.map(|r| serde_json::json!(r))
-                } else {
-                    routes::authz(&self.source, ns, deployment, w).await.map(|r| serde_json::json!(r))
+                let rows = match path {
+                    "/api/routes" => routes::routes(&self.source, ns, deployment, w).await.map(|r| serde_json::json!(r)),
+                    "/api/authz" => routes::authz(&self.source, ns, deployment, w).await.map(|r| serde_json::json!(r)),
+                    _ => routes::egress(&self.source, ns, deployment, w).await.map(|r| serde_json::json!(r)),
                 };
                 match rows {
                     Ok(rows) => (StatusCode::OK, serde_json::json!({ "window_secs": w.as_secs_f64(), "as_of": self.as_of(), "rows": rows })),

@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use client::Clients;
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

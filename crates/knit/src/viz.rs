@@ -21,6 +21,9 @@ pub enum Command {
     Routes(PolicyArgs),
     /// A deployment's inbound authorization decisions per server, route and authorization.
     Authz(PolicyArgs),
+    /// What a deployment sent outside the cluster, per EgressNetwork, route and hostname, and
+    /// whether the egress policy allowed it.
+    Egress(PolicyArgs),
 }
 
 /// Where knit-control's viz API is, for every `knit viz` command.
@@ -141,6 +144,7 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
         Command::Top(args) => rt.block_on(tap_cmd(args, true)),
         Command::Routes(args) => rt.block_on(policy_cmd(args, "routes")),
         Command::Authz(args) => rt.block_on(policy_cmd(args, "authz")),
+        Command::Egress(args) => rt.block_on(policy_cmd(args, "egress")),
     }
 }
 
@@ -240,7 +244,7 @@ async fn edges_cmd(args: EdgesArgs) -> anyhow::Result<()> {
 }
 
 async fn policy_cmd(args: PolicyArgs, view: &str) -> anyhow::Result<()> {
-    use knit_control::viz::routes::{AuthzRow, RouteRow};
+    use knit_control::viz::routes::{AuthzRow, EgressRow, RouteRow};
     if args.resource.kind != stat::Kind::Deployment {
         anyhow::bail!("{view} takes a deployment: deploy/NAME");
     }
@@ -267,6 +271,13 @@ async fn policy_cmd(args: PolicyArgs, view: &str) -> anyhow::Result<()> {
                 ms(g.latency_ms_p95),
                 ms(g.latency_ms_p99),
             ]
+        }));
+    } else if view == "egress" {
+        let rows: Vec<EgressRow> = serde_json::from_value(json["rows"].clone())?;
+        lines = vec![["DESTINATION", "HOSTNAME", "PROTOCOL", "ROUTE", "DECISION", "RATE"].map(String::from).to_vec()];
+        lines.extend(rows.iter().map(|r| {
+            let hostname = if r.hostname.is_empty() { "-".to_string() } else { r.hostname.clone() };
+            vec![r.destination.clone(), hostname, r.protocol.clone(), r.route.clone(), r.decision.clone(), format!("{:.1}/s", r.rate)]
         }));
     } else {
         let rows: Vec<AuthzRow> = serde_json::from_value(json["rows"].clone())?;

@@ -1,5 +1,7 @@
-//! `routes` and `authz`: a workload's traffic per HTTP route it calls (outbound route families),
-//! and its inbound authorization decisions per server and authorization (LINKERD-WIRE.md §5.3).
+//! `routes`, `authz` and `egress`: a workload's traffic per HTTP route it calls (outbound route
+//! families), its inbound authorization decisions per server and authorization
+//! (LINKERD-WIRE.md §5.3), and its traffic leaving the cluster with the egress policy's
+//! decision (§13).
 
 use super::query::{QueryError, Snapshot, Source};
 use std::{collections::BTreeMap, time::Duration};
@@ -122,4 +124,139 @@ pub async fn authz(source: &Source, namespace: &str, deployment: &str, window: D
         }
     }
     Ok(rows.into_values().collect())
+}
+
+/// Traffic a workload sent outside the cluster, per egress policy, route and outcome.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EgressRow {
+    /// `EgressNetwork NS/NAME:PORT`, or `egress-fallback :PORT` for an address no EgressNetwork
+    /// covers.
+    pub destination: String,
+    /// The host the requests (`Host`) or connections (SNI) named, when the proxies export it
+    /// (`KNIT_PROXY_OUTBOUND_METRICS_HOSTNAME_LABELS`); empty otherwise.
+    pub hostname: String,
+    /// `http`, `tls` or `tcp`.
+    pub protocol: String,
+    /// `KIND/NAME` of the route; `default/...-egress-allow|deny` for the network's own.
+    pub route: String,
+    /// `allowed` or `denied`.
+    pub decision: String,
+    /// Requests (HTTP) or connections (TCP, TLS) per second.
+    pub rate: f64,
+}
+
+/// What `deployment` in `namespace` sent outside the cluster in `window`.
+pub async fn egress(source: &Source, namespace: &str, deployment: &str, window: Duration) -> Result<Vec<EgressRow>, QueryError> {
+    let source = source.snapshot();
+    let secs = window.as_secs_f64().max(1e-3);
+    let by = ["parent_kind", "parent_namespace", "parent_name", "parent_port", "route_kind", "route_name", "hostname"];
+    let mut rows: BTreeMap<(Vec<String>, &'static str, bool), f64> = BTreeMap::new();
+    // Egress is either an EgressNetwork's policy or the control plane's fallback.
+    for parent in [[("parent_kind", "EgressNetwork"), ("parent_name", "")], [("parent_kind", "default"), ("parent_name", "egress-fallback")]] {
+        let mut m = vec![("namespace", namespace), ("deployment", deployment), parent[0]];
+        if !parent[1].1.is_empty() {
+            m.push(parent[1]);
+        }
+        let mut with_status = by.to_vec();
+        with_status.push("http_status");
+        for (g, n) in source.increase("outbound_http_route_request_statuses_total", &m, &with_status, window).await? {
+            let denied = g[5].ends_with("-egress-deny") || g[7] == "403" && g[4] == "default";
+            *rows.entry((g[..by.len()].to_vec(), "http", denied)).or_default() += n;
+        }
+        for (protocol, open, close) in [
+            ("tcp", "outbound_tcp_route_open_total", "outbound_tcp_route_close_total"),
+            ("tls", "outbound_tls_route_open_total", "outbound_tls_route_close_total"),
+        ] {
+            let opened = source.increase(open, &m, &by, window).await?;
+            let mut with_error = by.to_vec();
+            with_error.push("error");
+            let mut refused: BTreeMap<Vec<String>, f64> = BTreeMap::new();
+            for (g, n) in source.increase(close, &m, &with_error, window).await? {
+                if g[by.len()] == "forbidden" {
+                    *refused.entry(g[..by.len()].to_vec()).or_default() += n;
+                }
+            }
+            for (g, n) in opened {
+                let denied = refused.get(&g).copied().unwrap_or(0.0);
+                if denied > 0.0 {
+                    *rows.entry((g.clone(), protocol, true)).or_default() += denied;
+                }
+                if n - denied > 0.0 {
+                    *rows.entry((g, protocol, false)).or_default() += n - denied;
+                }
+            }
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .filter(|(_, n)| *n > 0.0)
+        .map(|((g, protocol, denied), n)| EgressRow {
+            destination: if g[0] == "EgressNetwork" { format!("EgressNetwork {}/{}:{}", g[1], g[2], g[3]) } else { format!("egress-fallback :{}", g[3]) },
+            hostname: g[6].clone(),
+            protocol: protocol.to_string(),
+            route: format!("{}/{}", if g[4].is_empty() { "default" } else { &g[4] }, g[5]),
+            decision: if denied { "denied" } else { "allowed" }.to_string(),
+            rate: n / secs,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::viz::store::{Store, Target};
+    use std::{sync::Arc, time::Instant};
+
+    #[tokio::test]
+    async fn egress_rows_name_the_network_route_hostname_and_decision() {
+        let store = Arc::new(Store::new(Duration::from_secs(120)));
+        let web = Target {
+            admin: "10.1.0.1:4191".parse().unwrap(),
+            namespace: "demo".into(),
+            deployment: "web".into(),
+            pod: "web-1".into(),
+            identity: None,
+            tap: "10.1.0.1:4190".parse().unwrap(),
+        };
+        store.set_targets(vec![web.clone()]);
+        let parent = |name: &str, port: u16| {
+            format!(
+                r#"parent_group="policy.linkerd.io",parent_kind="EgressNetwork",parent_namespace="demo",parent_name="{name}",parent_port="{port}",parent_section_name="""#
+            )
+        };
+        let route =
+            |kind: &str, name: &str, host: &str| format!(r#"route_group="",route_kind="{kind}",route_namespace="",route_name="{name}",hostname="{host}""#);
+        let scrape = |n: u32| {
+            [
+                format!("outbound_http_route_request_statuses_total{{{},{},http_status=\"403\",error=\"\"}} {}\n", parent("internet", 80), route("default", "http-egress-deny", "x.example"), 2 * n),
+                format!("outbound_http_route_request_statuses_total{{{},{},http_status=\"200\",error=\"\"}} {}\n", parent("internet", 80), route("HTTPRoute", "api", "api.example"), 3 * n),
+                format!("outbound_tcp_route_open_total{{{},{}}} {}\n", parent("internet", 5432), route("default", "tcp-egress-deny", ""), n),
+                format!("outbound_tcp_route_close_total{{{},{},error=\"forbidden\"}} {}\n", parent("internet", 5432), route("default", "tcp-egress-deny", ""), n),
+                format!(
+                    "outbound_tcp_route_open_total{{parent_group=\"\",parent_kind=\"default\",parent_namespace=\"\",parent_name=\"egress-fallback\",parent_port=\"443\",{}}} {}\n",
+                    route("default", "egress-fallback", ""),
+                    4 * n
+                ),
+            ]
+            .concat()
+        };
+        let now = Instant::now();
+        store.record(&web, now - Duration::from_secs(10), Ok(scrape(0)));
+        store.record(&web, now, Ok(scrape(10)));
+        let rows = egress(&Source::Store(store), "demo", "web", Duration::from_secs(10)).await.unwrap();
+        let summary: Vec<(String, String, String, String, String, u64)> = rows
+            .iter()
+            .map(|r| (r.destination.clone(), r.hostname.clone(), r.protocol.clone(), r.route.clone(), r.decision.clone(), r.rate.round() as u64))
+            .collect();
+        let row = |d: &str, h: &str, p: &str, r: &str, dec: &str, rate| (d.to_string(), h.to_string(), p.to_string(), r.to_string(), dec.to_string(), rate);
+        assert_eq!(
+            summary,
+            [
+                row("EgressNetwork demo/internet:5432", "", "tcp", "default/tcp-egress-deny", "denied", 1),
+                row("EgressNetwork demo/internet:80", "api.example", "http", "HTTPRoute/api", "allowed", 3),
+                row("EgressNetwork demo/internet:80", "x.example", "http", "default/http-egress-deny", "denied", 2),
+                row("egress-fallback :443", "", "tcp", "default/egress-fallback", "allowed", 4),
+            ]
+        );
+    }
 }

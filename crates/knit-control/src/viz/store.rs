@@ -22,7 +22,7 @@ pub const ADMIN_PORT_ANNOTATION: &str = "knit.dev/proxy-admin-port";
 pub const TAP_PORT_ANNOTATION: &str = "knit.dev/proxy-tap-port";
 
 /// The families a stat, an edge or a Grafana panel reads. Everything else is not stored.
-pub const FAMILIES: [&str; 10] = [
+pub const FAMILIES: [&str; 14] = [
     "response_total",
     "response_latency_ms_bucket",
     "tcp_open_connections",
@@ -33,10 +33,14 @@ pub const FAMILIES: [&str; 10] = [
     "outbound_http_route_request_duration_seconds_bucket",
     "inbound_http_authz_allow_total",
     "inbound_http_authz_deny_total",
+    "outbound_tcp_route_open_total",
+    "outbound_tcp_route_close_total",
+    "outbound_tls_route_open_total",
+    "outbound_tls_route_close_total",
 ];
 
 /// The proxy labels kept; the address labels are not (`dst_*` name the destination).
-const KEPT_LABELS: [&str; 27] = [
+const KEPT_LABELS: [&str; 28] = [
     "direction",
     "authority",
     "tls",
@@ -64,6 +68,7 @@ const KEPT_LABELS: [&str; 27] = [
     "srv_name",
     "authz_kind",
     "authz_name",
+    "hostname",
 ];
 
 /// A proxy to scrape, and the labels its series get.

@@ -1,5 +1,6 @@
-//! A response body that records `response_total` when its stream ends, so that gRPC statuses in
-//! trailers classify the response and streamed responses are counted when they finish.
+//! Bodies on their way through: a response body that records `response_total` when its stream
+//! ends, so that gRPC statuses in trailers classify the response and streamed responses are
+//! counted when they finish; and a body that fails when it stalls (a route's idle timeout).
 
 use crate::metrics::{Classification, ResponseLabels, StatusLabels};
 use bytes::Bytes;
@@ -102,5 +103,78 @@ impl<B: Body<Data = Bytes>> Body for RecordBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A stream that sent no frame for the route's idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no data for {0:?} (the route's idle timeout): the stream is cancelled")]
+pub struct IdleTimeout(pub std::time::Duration);
+
+pin_project_lite::pin_project! {
+    /// Fails with [`IdleTimeout`] once no frame has arrived for `idle` (`timeouts.idle` of a
+    /// route, LINKERD-WIRE.md §4.2): a stalled stream is cancelled rather than held open.
+    pub struct IdleBody<B> {
+        #[pin]
+        inner: B,
+        idle: std::time::Duration,
+        #[pin]
+        timer: tokio::time::Sleep,
+    }
+}
+
+impl<B> IdleBody<B> {
+    pub fn new(inner: B, idle: std::time::Duration) -> Self {
+        Self { inner, idle, timer: tokio::time::sleep(idle) }
+    }
+}
+
+impl<B> Body for IdleBody<B>
+where
+    B: Body<Data = Bytes, Error = crate::http::BoxError>,
+{
+    type Data = Bytes;
+    type Error = crate::http::BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer.as_mut().reset(tokio::time::Instant::now() + *this.idle);
+                Poll::Ready(frame)
+            }
+            Poll::Pending if std::future::Future::poll(this.timer, cx).is_ready() => Poll::Ready(Some(Err(IdleTimeout(*this.idle).into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_fails_after_its_idle_timeout_and_a_flowing_one_does_not() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, crate::http::BoxError>(Frame::data(b)), rx)) });
+        let mut body = Box::pin(IdleBody::new(http_body_util::StreamBody::new(frames), Duration::from_secs(1)));
+        for _ in 0..5 {
+            // Each frame comes within the idle timeout, though all of them take longer.
+            tokio::time::advance(Duration::from_millis(600)).await;
+            tx.send(Bytes::from_static(b"x")).await.unwrap();
+            assert!(body.frame().await.unwrap().unwrap().is_data());
+        }
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert!(e.downcast_ref::<IdleTimeout>().is_some(), "{e}");
     }
 }

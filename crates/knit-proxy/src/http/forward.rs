@@ -128,7 +128,7 @@ pub(super) async fn call_endpoint(req: Request<ReqBody>, routed: &Routed, ctx: &
             latency_ms = started.elapsed().as_secs_f64() * 1e3, target_addr = %status.target.target_addr);
     }
     let recorder = Recorder { family: side.metrics.http.responses.clone(), grpc_status: grpc_status(rsp.headers()), labels: status, tap: tap.map(|t| (t, 0)) };
-    Ok(rsp.map(|b| RecordBody::new(b, recorder).boxed()))
+    Ok(rsp.map(|b| RecordBody::new(b.map_err(BoxError::from), recorder).boxed()))
 }
 
 /// The request's authority: its URI's, or its `Host` header.

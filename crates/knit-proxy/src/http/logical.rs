@@ -326,6 +326,9 @@ async fn send_once(
     if let Some(rsp) = apply_filters(&backend.filters, &mut req, &mut response_headers).map_err(|e| forbidden_target(e, r))? {
         return Ok(rsp);
     }
+    if let Some(idle) = plan.timeouts.idle {
+        req = req.map(|b| super::body::IdleBody::new(b, idle).boxed());
+    }
     let chosen = backend::endpoint(&backend.backend, plan.http.failure_accrual.as_ref(), &ctx.side).await?;
     let routed = Routed { endpoint: chosen.endpoint, authority: r.logical.authority.clone(), policy: None };
     let started = Instant::now();
@@ -361,6 +364,9 @@ async fn send_once(
         for h in response_headers {
             h.apply(rsp.headers_mut());
         }
-        rsp
+        match plan.timeouts.idle {
+            Some(idle) => rsp.map(|b| super::body::IdleBody::new(b, idle).boxed()),
+            None => rsp,
+        }
     })
 }
