@@ -30,16 +30,28 @@ PIDS+=($!)
 for _ in $(seq 100); do [ -s "$TMP/backend" ] && break; sleep 0.05; done
 BACKEND=$(cat "$TMP/backend")
 
+# --- Redis, for the opaque TCP rows ----------------------------------------------------------
+command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null || { echo "bench: redis is missing: apt-get install redis-server redis-tools"; exit 1; }
+REDIS_PORT=$(free_port)
+taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$TMP/redis.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+REDIS=127.0.0.1:$REDIS_PORT
+
 # --- HAProxy --------------------------------------------------------------------------------
-HA_H1=$(free_port); HA_H2=$(free_port)
-sed -e "s/@H1_PORT@/$HA_H1/" -e "s/@H2_PORT@/$HA_H2/" -e "s/@BACKEND@/$BACKEND/" bench/haproxy.cfg.in >"$TMP/haproxy.cfg"
+HA_H1=$(free_port); HA_H2=$(free_port); HA_TCP=$(free_port)
+sed -e "s/@H1_PORT@/$HA_H1/" -e "s/@H2_PORT@/$HA_H2/" -e "s/@BACKEND@/$BACKEND/" -e "s/@TCP_PORT@/$HA_TCP/" -e "s/@REDIS@/$REDIS/" \
+    bench/haproxy.cfg.in >"$TMP/haproxy.cfg"
 taskset -c 1 haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
 HA_PID=$!
 PIDS+=($HA_PID)
 wait_http "http://127.0.0.1:$HA_H1/" "$TMP/haproxy.log"
 
 # --- knit-proxy: one hop, and the meshed pair -------------------------------------------------
-start_knit K1 KNIT_PROXY_OUTBOUND_ENDPOINTS="backend.bench:8080=$BACKEND"
+# Redis reaches a proxy through a port forward (local mode's stand-in for an iptables redirect);
+# 6379 is a default opaque port, so those connections are never detected.
+K1_REDIS=$(free_port); TC_REDIS=$(free_port)
+start_knit K1 KNIT_PROXY_OUTBOUND_ENDPOINTS="backend.bench:8080=$BACKEND,redis.bench:6379=$REDIS" KNIT_PROXY_OUTBOUND_PORT_FORWARDS="$K1_REDIS=redis.bench:6379"
 start_knit KS
 start_knit KC KNIT_PROXY_OUTBOUND_ENDPOINTS="backend.bench:8080=$BACKEND@$KS_IN"
 K1_IDLE_RSS=$(awk '/VmRSS/ {print $2}' /proc/$K1_PID/status)
@@ -58,7 +70,8 @@ mtls_env() { # name
         KNIT_PROXY_IDENTITY_TOKEN_FILE="$TMP/$1.token" KNIT_PROXY_IDENTITY_SVC_ADDR=127.0.0.1:$CP_ID
 }
 start_knit TS $(mtls_env server)
-start_knit TC $(mtls_env client) KNIT_PROXY_OUTBOUND_ENDPOINTS="backend.bench:8080=$BACKEND@$TS_IN#server.$ID"
+start_knit TC $(mtls_env client) KNIT_PROXY_OUTBOUND_ENDPOINTS="backend.bench:8080=$BACKEND@$TS_IN#server.$ID,redis.bench:6379=$REDIS@$TS_IN#server.$ID" \
+    KNIT_PROXY_OUTBOUND_PORT_FORWARDS="$TC_REDIS=redis.bench:6379"
 
 # setup name -> url, extra loadgen args, pids of its proxy processes
 declare -A URL=(
@@ -86,6 +99,25 @@ measure() { # kind, setup, url, loadgen args...
     echo "  $kind $setup $*: $json"
 }
 
+# Opaque TCP: redis-benchmark (SET and GET, 50 connections, closed loop) on CPU 0, as the load
+# generator is; the proxies on CPU 1.
+declare -A REDIS_AT=([direct]="$REDIS_PORT" [haproxy]="$HA_TCP" [knit-1hop]="$K1_REDIS" [knit-2hop-mtls]="$TC_REDIS")
+REDIS_SETUPS=(direct haproxy knit-1hop knit-2hop-mtls)
+REDIS_N=200000
+((QUICK)) && REDIS_N=50000
+measure_redis() { # setup
+    local setup=$1 procs=${PROCS[$1]} before after csv
+    before=$(cpu_ticks "$procs")
+    csv=$(taskset -c 0 redis-benchmark -h 127.0.0.1 -p "${REDIS_AT[$setup]}" -t set,get -n "$REDIS_N" -c 50 --csv 2>/dev/null)
+    after=$(cpu_ticks "$procs")
+    local json
+    json=$(python3 -c 'import csv, json, sys
+rows = {r["test"]: r for r in csv.DictReader(sys.stdin)}
+print(json.dumps({f"{t.lower()}_{k}": float(rows[t][c]) for t in ("SET", "GET") for k, c in (("rps", "rps"), ("p50_ms", "p50_latency_ms"), ("p99_ms", "p99_latency_ms"))} | {"ops": 2 * int(sys.argv[1])}))' "$REDIS_N" <<<"$csv")
+    echo "{\"kind\":\"redis\",\"setup\":\"$setup\",\"args\":\"-t set,get -c 50\",\"cpu_ticks\":$((after - before)),\"cpu_window_ratio\":1.0,\"rss_kb\":$(rss_kb "$procs"),\"result\":$json}" >>"$RAW"
+    echo "  redis $setup: $json"
+}
+
 # Latency rows repeat REPS times, setups interleaved, and the report takes the median: single runs
 # of sub-millisecond tails on a shared 2-core machine vary by tens of percent.
 for rep in $(seq "$REPS"); do
@@ -98,6 +130,8 @@ for rep in $(seq "$REPS"); do
     echo "== HTTP/2 and gRPC at 1,000 rps, 10 connections, round $rep of $REPS"
     for s in "${SETUPS[@]}"; do measure h2 "$s" "${URL_H2[$s]}" --http2 --rate 1000 --connections 10; done
     for s in "${SETUPS[@]}"; do measure grpc "$s" "${URL_H2[$s]}" --grpc --rate 1000 --connections 10; done
+    echo "== opaque TCP: redis-benchmark, round $rep of $REPS"
+    for s in "${REDIS_SETUPS[@]}"; do measure_redis "$s"; done
 done
 echo "== maximum throughput (HTTP/1.1, 50 connections, proxies on one core)"
 for s in "${SETUPS[@]}"; do measure max "$s" "${URL[$s]}" --max --connections 50; done
