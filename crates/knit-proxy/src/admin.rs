@@ -1,6 +1,6 @@
 //! The admin server (port 4191): `/metrics`, `/ready`, `/live`, `/config_dump`, `/log-level`
-//! (also at Linkerd's `/proxy-log-level`) and `/shutdown`. Endpoints that change the process
-//! answer only loopback clients.
+//! (also at Linkerd's `/proxy-log-level`) and `/shutdown`. Endpoints that change the process,
+//! and the configuration dump, answer only loopback clients.
 
 use crate::{
     config::Config,
@@ -32,28 +32,30 @@ pub struct Admin {
     pub shutdown: mpsc::Sender<()>,
 }
 
+/// Admin connections open at once: enough for probes, scrapers and a person; its own limit, so
+/// that a flood of data connections never keeps `/live` from answering.
+const CONNECTIONS: usize = 64;
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
-    loop {
-        let (tcp, client) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let header_read_timeout = admin.config.http.header_read_timeout;
+    crate::accept::accept_loop(listener, crate::accept::Limit::new(CONNECTIONS), None, "admin", move |tcp, client, permit, _| {
         let admin = admin.clone();
-        tokio::spawn(async move {
+        async move {
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.handle(req, client).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new().timer(TokioTimer::new()).serve_connection(TokioIo::new(tcp), svc);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(tcp), svc);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "admin connection ended with an error");
             }
-        });
-    }
+            drop(permit);
+        }
+    })
+    .await
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
@@ -74,6 +76,9 @@ impl Admin {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
             (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            // The whole configuration (addresses, file paths, the destination table) is for the
+            // pod itself, not for whoever reaches the admin port.
+            (&Method::GET, "/config_dump") if !is_loopback(&client) => text(StatusCode::FORBIDDEN, "the configuration is only served to localhost\n"),
             (&Method::GET, "/config_dump") => match serde_json::to_string_pretty(&*self.config) {
                 Ok(json) => {
                     let mut rsp = text(StatusCode::OK, json + "\n");

@@ -29,6 +29,9 @@ pub struct Config {
     pub shutdown_grace_period: Duration,
     /// Worker threads; 1 runs a current-thread runtime.
     pub cores: usize,
+    /// Connections the inbound and outbound listeners hold open at once, lowered to fit the
+    /// file-descriptor limit with some in reserve for the admin server.
+    pub max_connections: usize,
     /// Mesh identity and TLS; `None` (no `KNIT_PROXY_IDENTITY_LOCAL_NAME`) runs without mesh TLS.
     pub identity: Option<crate::identity::IdentityConfig>,
     /// Destination and policy discovery from the control plane.
@@ -92,6 +95,20 @@ pub struct HttpConfig {
     pub pool_max_idle_per_endpoint: usize,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_accept_reset_streams: usize,
+    /// How long a client may take to send an HTTP/1 request's head.
+    #[serde(serialize_with = "ser_duration")]
+    pub header_read_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed gracefully.
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub h2_keep_alive_interval: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub h2_keep_alive_timeout: Duration,
+    /// Requests in flight on each side of the proxy; past it, 503 at once.
+    pub max_in_flight_requests: usize,
+    /// HTTP/1 requests (so connections) in flight to one endpoint; more wait for one to finish.
+    pub max_http1_per_endpoint: usize,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -253,6 +270,13 @@ impl Config {
         let pool_max_idle = r.get(&v("HTTP_POOL_MAX_IDLE_PER_ENDPOINT"), "64", positive::<usize>);
         let h2_streams = r.get(&v("HTTP2_MAX_CONCURRENT_STREAMS"), "1000", positive::<u32>);
         let h2_resets = r.get(&v("HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS"), "50", positive::<usize>);
+        let header_read = r.get(&v("HTTP_HEADER_READ_TIMEOUT"), "10s", parse::duration);
+        let http_idle = r.get(&v("HTTP_IDLE_TIMEOUT"), "60s", parse::duration);
+        let h2_ka_interval = r.get(&v("HTTP2_KEEP_ALIVE_INTERVAL"), "10s", parse::duration);
+        let h2_ka_timeout = r.get(&v("HTTP2_KEEP_ALIVE_TIMEOUT"), "3s", parse::duration);
+        let max_in_flight = r.get(&v("MAX_IN_FLIGHT_REQUESTS"), "10000", positive::<usize>);
+        let max_h1_endpoint = r.get(&v("HTTP1_MAX_CONNECTIONS_PER_ENDPOINT"), "256", positive::<usize>);
+        let max_connections = r.get(&v("MAX_CONNECTIONS"), "100000", positive::<usize>);
         let log_filter = r.get(&v("LOG"), "warn,knit_proxy=info,access=info", log_filter);
         let log_format = r.get(&v("LOG_FORMAT"), "plain", log_format);
         let access_log = r.get(&v("ACCESS_LOG"), "false", parse::boolean);
@@ -295,10 +319,17 @@ impl Config {
                 pool_max_idle_per_endpoint: pool_max_idle.expect(m),
                 h2_max_concurrent_streams: h2_streams.expect(m),
                 h2_max_pending_accept_reset_streams: h2_resets.expect(m),
+                header_read_timeout: header_read.expect(m),
+                idle_timeout: http_idle.expect(m),
+                h2_keep_alive_interval: h2_ka_interval.expect(m),
+                h2_keep_alive_timeout: h2_ka_timeout.expect(m),
+                max_in_flight_requests: max_in_flight.expect(m),
+                max_http1_per_endpoint: max_h1_endpoint.expect(m),
             },
             log: LogConfig { filter: log_filter.expect(m), format: log_format.expect(m), access_log: access_log.expect(m) },
             shutdown_grace_period: grace.expect(m),
             cores: cores.expect(m),
+            max_connections: max_connections.expect(m),
             identity,
             discovery: discovery.expect(m),
             tap: tap.expect(m),

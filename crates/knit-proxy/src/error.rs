@@ -16,6 +16,10 @@ pub enum ProxyError {
     NoAuthority,
     #[error("{0:?} is not a valid authority: expected host[:port]")]
     BadAuthority(String),
+    #[error("the request's URI names {uri} but its Host header names {host}: send one authority (the proxy routes and the application reads the same one)")]
+    MismatchedAuthority { uri: String, host: String },
+    #[error("{0:?} is not a valid path once normalized")]
+    BadPath(String),
     #[error("a non-HTTP connection reached the outbound listener with no original destination (no iptables redirect) and no port forward: nothing says where it should go")]
     NoDestination,
     #[error("connection has no original destination (no iptables redirect) and KNIT_PROXY_INBOUND_TARGET_ADDR is unset")]
@@ -48,6 +52,10 @@ pub enum ProxyError {
     Failfast { backend: String, unready: Duration },
     #[error("backend {backend} has {capacity} requests waiting for an endpoint already (its queue is full)")]
     QueueFull { backend: String, capacity: usize },
+    #[error("the proxy has {max} requests in flight already; try again shortly")]
+    Overloaded { max: usize },
+    #[error("{addr} has {max} HTTP/1 requests in flight from this proxy already, and none finished within {waited:?}")]
+    UpstreamBusy { addr: SocketAddr, max: usize, waited: Duration },
     #[error("traffic not allowed: the policy of {target} forbids it")]
     Forbidden { target: String },
     #[error("no TCP or TLS route of {target} serves this connection{}", sni.as_deref().map(|s| format!(" (SNI {s})")).unwrap_or_default())]
@@ -92,13 +100,21 @@ impl ProxyError {
 
     pub fn blame(&self) -> Blame {
         match self {
-            Self::NoAuthority | Self::BadAuthority(_) | Self::TransportHeader(_) | Self::DirectWithoutTls => Blame::Client,
+            Self::NoAuthority
+            | Self::BadAuthority(_)
+            | Self::MismatchedAuthority { .. }
+            | Self::BadPath(_)
+            | Self::TransportHeader(_)
+            | Self::DirectWithoutTls => Blame::Client,
             Self::ConnectTimeout { .. } | Self::Connect { .. } | Self::Upstream { .. } | Self::UpgradeRefused { .. } | Self::Tls { .. } => Blame::Upstream,
             Self::NoIdentity => Blame::Proxy,
             Self::NoRoute { .. } | Self::NoTarget | Self::NoDestination | Self::Loop(_) => Blame::Proxy,
             Self::DiscoveryTimeout { .. } | Self::NoDiscovery { .. } | Self::InvalidPolicy(_) | Self::BackendFailed { .. } => Blame::Proxy,
             Self::RouteNotFound { .. } | Self::Unauthorized(_) | Self::RateLimited { .. } => Blame::Client,
-            Self::NoEndpoints { .. } | Self::Failfast { .. } | Self::QueueFull { .. } | Self::RequestTimeout { .. } => Blame::Upstream,
+            Self::NoEndpoints { .. } | Self::Failfast { .. } | Self::QueueFull { .. } | Self::RequestTimeout { .. } | Self::UpstreamBusy { .. } => {
+                Blame::Upstream
+            }
+            Self::Overloaded { .. } => Blame::Proxy,
             Self::Forbidden { .. } | Self::NoTcpRoute { .. } | Self::NotTls { .. } => Blame::Client,
         }
     }
@@ -111,7 +127,12 @@ impl ProxyError {
             Self::RouteNotFound { .. } => http::StatusCode::NOT_FOUND,
             Self::Unauthorized(_) | Self::Forbidden { .. } => http::StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => http::StatusCode::TOO_MANY_REQUESTS,
-            Self::DiscoveryTimeout { .. } | Self::NoEndpoints { .. } | Self::Failfast { .. } | Self::QueueFull { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::DiscoveryTimeout { .. }
+            | Self::NoEndpoints { .. }
+            | Self::Failfast { .. }
+            | Self::QueueFull { .. }
+            | Self::Overloaded { .. }
+            | Self::UpstreamBusy { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
             Self::InvalidPolicy(_) | Self::BackendFailed { .. } | Self::NoDiscovery { .. } => http::StatusCode::INTERNAL_SERVER_ERROR,
             _ if self.blame() == Blame::Client => http::StatusCode::BAD_REQUEST,
             _ => http::StatusCode::BAD_GATEWAY,
@@ -129,7 +150,8 @@ impl ProxyError {
             Self::ConnectTimeout { .. } => "connect_timeout",
             Self::Connect { .. } => "connect",
             Self::NoRoute { .. } => "no_route",
-            Self::NoAuthority | Self::BadAuthority(_) => "bad_authority",
+            Self::NoAuthority | Self::BadAuthority(_) | Self::MismatchedAuthority { .. } => "bad_authority",
+            Self::BadPath(_) => "bad_path",
             Self::NoTarget | Self::NoDestination => "no_target",
             Self::Loop(_) => "loop",
             Self::TransportHeader(_) => "transport_header",
@@ -144,6 +166,8 @@ impl ProxyError {
             Self::RouteNotFound { .. } => "route_not_found",
             Self::NoEndpoints { .. } => "no_endpoints",
             Self::Failfast { .. } => "failfast",
+            Self::Overloaded { .. } => "overloaded",
+            Self::UpstreamBusy { .. } => "upstream_busy",
             Self::QueueFull { .. } => "loadshed",
             Self::Forbidden { .. } => "forbidden",
             Self::NoTcpRoute { .. } => "route_not_found",

@@ -9,6 +9,7 @@ mod forward;
 pub mod headers;
 pub mod l5d;
 mod logical;
+pub mod normalize;
 
 use crate::{
     discovery::Target,
@@ -58,7 +59,10 @@ pub struct Side {
     pub config: Arc<crate::config::Config>,
     /// This proxy's listeners; forwarding to one of them would loop.
     pub own: crate::loops::OwnListeners,
-    /// The `hostname` label's values, bounded.
+    /// Requests in flight on this side, bounded (`KNIT_PROXY_MAX_IN_FLIGHT_REQUESTS`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Label values the traffic chooses (`hostname`, a local-mode request's `authority`, an SNI
+    /// passed through), bounded.
     pub hostnames: Bounded,
 }
 
@@ -177,22 +181,38 @@ where
 {
     let http = &ctx.side.config.http;
     let resets = Arc::new(ResetBudget::new());
+    let activity = Arc::new(Activity::new());
     let svc = {
-        let (ctx, resets) = (ctx.clone(), resets.clone());
+        let (ctx, resets, activity) = (ctx.clone(), resets.clone(), activity.clone());
         service_fn(move |req| {
             let ctx = ctx.clone();
             let guard = CancelGuard { budget: resets.clone(), finished: false };
+            let busy = activity.start();
             async move {
                 let mut guard = guard;
-                let rsp = forward::handle(req, ctx).await;
+                // The proxy's requests in flight are bounded: past the limit it sheds load at once.
+                let rsp = match ctx.side.in_flight.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let rsp = forward::handle(req, ctx).await;
+                        drop(permit);
+                        rsp
+                    }
+                    Err(_) => {
+                        let e = ProxyError::Overloaded { max: ctx.side.config.http.max_in_flight_requests };
+                        ctx.side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(ctx.side.direction, e.metric_label())).inc();
+                        error_response(&e)
+                    }
+                };
                 guard.finished = true;
+                drop(busy);
                 Ok::<_, Infallible>(rsp)
             }
         })
     };
     let io = TokioIo::new(io);
-    // Runs a hyper connection to its end, asking it to finish gracefully when draining starts,
-    // and dropping it (which resets its streams) when the client spends its cancellation budget.
+    // Runs a hyper connection to its end, asking it to finish gracefully when draining starts or
+    // when it has been idle (no request in flight) for the idle timeout, and dropping it (which
+    // resets its streams) when the client spends its cancellation budget.
     macro_rules! drive {
         ($conn:expr) => {{
             let conn = $conn;
@@ -200,6 +220,10 @@ where
             tokio::select! {
                 r = conn.as_mut() => r,
                 _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = activity.idle(http.idle_timeout) => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -214,18 +238,72 @@ where
     let result = match version {
         HttpVersion::Http1 => drive!(hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
+            .header_read_timeout(http.header_read_timeout)
             .max_buf_size(http.max_header_bytes.max(8192))
             .serve_connection(io, svc)
             .with_upgrades()),
         HttpVersion::Http2 => drive!(hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .keep_alive_interval(http.h2_keep_alive_interval)
+            .keep_alive_timeout(http.h2_keep_alive_timeout)
             .max_concurrent_streams(http.h2_max_concurrent_streams)
             .max_pending_accept_reset_streams(http.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
             .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX))
             .serve_connection(io, svc)),
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Streams the server resets because the client broke the protocol on them, before the
+/// connection is closed (the "MadeYouReset" attack makes the server reset streams for it).
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+
+/// When a connection last started a request, and how many are in flight: it is idle with none
+/// for the idle timeout.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+/// A request being handled; ends with the handler.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Self { in_flight: Default::default(), changed: tokio::sync::Notify::new() }
+    }
+
+    fn start(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.changed.notify_waiters();
+        Busy(self.clone())
+    }
+
+    /// Completes once no request has been in flight for `timeout`.
+    async fn idle(&self, timeout: std::time::Duration) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(timeout) => return,
+                    () = changed => {}
+                }
+            } else {
+                changed.await;
+            }
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -296,5 +374,5 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 
 /// Whether a request came from the same host (admin endpoints that change state require it).
 pub fn is_loopback(addr: &SocketAddr) -> bool {
-    addr.ip().is_loopback()
+    addr.ip().to_canonical().is_loopback()
 }

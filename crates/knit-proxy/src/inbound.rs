@@ -96,7 +96,8 @@ async fn accept(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: dra
             let for_mesh = |id: &crate::identity::Identity| sni.as_deref().is_some_and(|s| s == &*id.name || knit_identity::is_mesh_identity(s));
             let ours = side.dialer.identity.as_ref().filter(|id| for_mesh(id)).and_then(|id| id.current());
             let Some(creds) = ours else {
-                conn.tls = Tls::Opaque { sni };
+                // The client chooses its SNI: the label's values are bounded.
+                conn.tls = Tls::Opaque { sni: sni.map(|s| side.hostnames.get(&s)) };
                 return conn.opaque(d.io, Bytes::new()).await;
             };
             let log = side.dialer.log.clone();
@@ -333,7 +334,11 @@ impl Conn {
                 let labels = AuthzLabels { client_id, policy: PolicyLabels::new(server, ["", "", ""], ["", "", ""]) };
                 side.metrics.route.tcp_authz_deny.get_or_create(&labels).inc();
                 let message = denied.to_string();
-                tracing::info!(client = %self.client, identity = self.client_id.as_deref().unwrap_or("-"), %message, "connection denied by inbound policy");
+                let allowed = match &denied {
+                    crate::policy::inbound::Denied::Unauthorized { allowed, .. } => allowed.as_str(),
+                    crate::policy::inbound::Denied::NoRoute => "",
+                };
+                tracing::info!(client = %self.client, identity = self.client_id.as_deref().unwrap_or("-"), %message, %allowed, "connection denied by inbound policy");
                 Err(ProxyError::Unauthorized(message))
             }
         }

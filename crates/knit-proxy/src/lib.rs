@@ -8,6 +8,7 @@
 //! The path of a connection is read top to bottom in [`inbound`] and [`outbound`]; both hand
 //! HTTP to [`http`], opaque bytes to [`tcp`], and decide the protocol with [`detect`].
 
+pub mod accept;
 pub mod accrual;
 pub mod admin;
 pub mod balance;
@@ -169,6 +170,7 @@ impl Proxy {
                 taps: taps.clone(),
                 config: self.config.clone(),
                 own: own.clone(),
+                in_flight: Arc::new(tokio::sync::Semaphore::new(self.config.http.max_in_flight_requests)),
                 hostnames: metrics::route::Bounded::new(HOSTNAME_LABELS),
             })
         };
@@ -194,18 +196,29 @@ impl Proxy {
             }
         }
 
-        tokio::spawn(accept_loop(self.inbound, watch.clone(), {
+        let data = accept::Limit::new(accept::data_connections(self.config.max_connections));
+        tracing::debug!(max = data.max, "data listeners' connection limit");
+        tokio::spawn(accept::accept_loop(self.inbound, data.clone(), Some(watch.clone()), "inbound", {
             let side = inbound.clone();
-            move |tcp, client, drain| tokio::spawn(inbound::serve_connection(tcp, client, side.clone(), drain))
+            move |tcp, client, permit, drain| {
+                let side = side.clone();
+                async move {
+                    let Some(drain) = drain else { return };
+                    inbound::serve_connection(tcp, client, side, drain).await;
+                    drop(permit);
+                }
+            }
         }));
-        tokio::spawn(accept_loop(self.outbound, watch.clone(), {
+        let outbound_listeners = std::iter::once((self.outbound, None)).chain(self.forwards.into_iter().map(|(l, a)| (l, Some(a))));
+        for (listener, forward) in outbound_listeners {
             let side = outbound.clone();
-            move |tcp, client, drain| tokio::spawn(outbound::serve_connection(tcp, client, None, side.clone(), drain))
-        }));
-        for (listener, authority) in self.forwards {
-            let side = outbound.clone();
-            tokio::spawn(accept_loop(listener, watch.clone(), move |tcp, client, drain| {
-                tokio::spawn(outbound::serve_connection(tcp, client, Some(authority.clone()), side.clone(), drain))
+            tokio::spawn(accept::accept_loop(listener, data.clone(), Some(watch.clone()), "outbound", move |tcp, client, permit, drain| {
+                let (side, forward) = (side.clone(), forward.clone());
+                async move {
+                    let Some(drain) = drain else { return };
+                    outbound::serve_connection(tcp, client, forward, side, drain).await;
+                    drop(permit);
+                }
             }));
         }
         drop(watch);
@@ -236,28 +249,5 @@ impl Proxy {
             t.abort();
         }
         drained
-    }
-}
-
-/// Accepts until draining starts, then drops the listener so new connections are refused.
-async fn accept_loop<F>(listener: TcpListener, mut drain: drain::Watch, mut on_conn: F)
-where
-    F: FnMut(tokio::net::TcpStream, SocketAddr, drain::Watch) -> tokio::task::JoinHandle<()>,
-{
-    loop {
-        tokio::select! {
-            _ = drain.signaled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, client)) => {
-                    let _ = tcp.set_nodelay(true);
-                    on_conn(tcp, client, drain.clone());
-                }
-                Err(e) => {
-                    // Usually EMFILE: back off briefly rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            },
-        }
     }
 }

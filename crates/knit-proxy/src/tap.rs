@@ -345,8 +345,16 @@ impl Tap for TapService {
     }
 }
 
+/// Tap connections open at once: one per knit-control replica, and room to spare.
+const CONNECTIONS: usize = 16;
+/// How long a connection from any other identity may stay open.
+const REFUSED_LIFETIME: std::time::Duration = std::time::Duration::from_secs(5);
+/// An `ObserveRequest` is a match expression and a limit: a few hundred bytes.
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
 /// Serves tap on `listener` until the task is dropped: mesh TLS with the proxy's current
-/// certificate, then gRPC over HTTP/2.
+/// certificate, then gRPC over HTTP/2. A client that did not prove the allowed identity gets
+/// `Unauthenticated` from its request's headers: its body is never read.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     taps: Arc<Taps>,
@@ -356,30 +364,50 @@ pub async fn serve(
 ) {
     let allowed: Arc<str> = allowed.into();
     let log = Arc::new(crate::tls::LogOnce::default());
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "tap accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let Some(creds) = identity.current() else { continue };
-        let (taps, allowed, metrics, log) = (taps.clone(), allowed.clone(), metrics.clone(), log.clone());
-        tokio::spawn(async move {
+    crate::accept::accept_loop(listener, crate::accept::Limit::new(CONNECTIONS), None, "tap", move |tcp, peer, permit, _| {
+        let (taps, allowed, metrics, log, identity) = (taps.clone(), allowed.clone(), metrics.clone(), log.clone(), identity.clone());
+        async move {
+            let Some(creds) = identity.current() else { return };
             let Ok((tls, client_id, _)) = crate::tls::accept(tcp, creds, peer, &metrics, &log).await else { return };
-            let svc = TapServer::new(TapService { taps, peer: client_id, allowed });
+            let authorized = client_id.as_deref() == Some(&*allowed);
+            if !authorized {
+                let seen = client_id.as_deref().unwrap_or("no client certificate");
+                tracing::info!(%peer, peer_identity = seen, allowed = %allowed, "tap refused");
+            }
+            let tonic = TapServer::new(TapService { taps, peer: client_id.clone(), allowed: allowed.clone() }).max_decoding_message_size(MAX_REQUEST_BYTES);
             let io = hyper_util::rt::TokioIo::new(tls);
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 use tower_service::Service;
-                svc.clone().call(req)
+                let refused = (!authorized).then(|| {
+                    let seen = client_id.as_deref().unwrap_or("no client certificate");
+                    Status::unauthenticated(format!("tap is only for {allowed}; the client proved {seen}")).into_http::<tonic::body::Body>()
+                });
+                let mut tonic = tonic.clone();
+                async move {
+                    match refused {
+                        Some(rsp) => Ok(rsp),
+                        None => tonic.call(req).await,
+                    }
+                }
             });
-            if let Err(e) = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(io, svc).await {
-                tracing::debug!(%peer, error = %e, "tap connection ended");
+            let mut h2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+            h2.max_concurrent_streams(16).max_header_list_size(16 * 1024).max_pending_accept_reset_streams(16);
+            h2.timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(std::time::Duration::from_secs(10)))
+                .keep_alive_timeout(std::time::Duration::from_secs(5));
+            let conn = h2.serve_connection(io, svc);
+            // A client that did not prove the allowed identity gets its answer and a few seconds:
+            // it must not keep one of the few tap connections (or stall in the preface) for ever.
+            let ended = if authorized { Ok(conn.await) } else { tokio::time::timeout(REFUSED_LIFETIME, conn).await };
+            match ended {
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tap connection ended"),
+                Err(_) => tracing::debug!(%peer, "refused tap client closed after {REFUSED_LIFETIME:?}"),
+                Ok(Ok(())) => {}
             }
-        });
-    }
+            drop(permit);
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

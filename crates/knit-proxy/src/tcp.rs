@@ -53,8 +53,9 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, P
         Ok(Err(source)) => return Err(ProxyError::Connect { addr, source }),
         Err(_) => return Err(ProxyError::ConnectTimeout { addr, timeout }),
     };
-    // Proxied requests are small writes whose latency matters; Nagle only adds delay here.
-    let _ = stream.set_nodelay(true);
+    // Proxied requests are small writes whose latency matters (no Nagle); a peer that vanished
+    // is noticed by keep-alive.
+    crate::accept::tune(&stream);
     Ok(stream)
 }
 

@@ -147,13 +147,28 @@ pub struct BinProxy {
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
+    /// What the proxy wrote to stderr so far (read by a task, so it may lag the process).
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The task reading stderr: it ends at EOF, once the process has exited.
+    log_reader: Option<JoinHandle<()>>,
 }
 
 impl BinProxy {
     pub async fn spawn(env: &[(&str, &str)]) -> Self {
+        Self::spawn_with_nofile(env, None).await
+    }
+
+    /// With `RLIMIT_NOFILE` set to `nofile` (through util-linux's `prlimit`).
+    pub async fn spawn_with_nofile(env: &[(&str, &str)], nofile: Option<u64>) -> Self {
         use tokio::io::AsyncBufReadExt;
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_knit-proxy"));
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = tokio::process::Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(env!("CARGO_BIN_EXE_knit-proxy"));
+                c
+            }
+            None => tokio::process::Command::new(env!("CARGO_BIN_EXE_knit-proxy")),
+        };
         cmd.env_clear()
             .env("KNIT_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0")
             .env("KNIT_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0")
@@ -190,12 +205,28 @@ impl BinProxy {
             field(&serving, "admin").expect("admin addr"),
         );
         let sink = log.clone();
-        tokio::spawn(async move {
+        let log_reader = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 sink.lock().unwrap().push_str(&format!("{line}\n"));
             }
         });
-        Self { child, inbound, outbound, admin, log }
+        Self { child, inbound, outbound, admin, log, log_reader: Some(log_reader) }
+    }
+
+    /// Waits, at most `timeout`, for the process to exit and then for its whole log: a log read
+    /// right after the exit could still miss the last lines in the pipe.
+    pub async fn exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let status = tokio::time::timeout(timeout, self.child.wait()).await.expect("the proxy exits in time").unwrap();
+        if let Some(reader) = self.log_reader.take() {
+            tokio::time::timeout(Duration::from_secs(5), reader).await.expect("stderr closes after exit").unwrap();
+        }
+        (status, self.log.lock().unwrap().clone())
+    }
+
+    /// Open file descriptors of the process.
+    pub fn fds(&self) -> usize {
+        let pid = self.child.id().expect("running");
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
     }
 
     /// Peak resident memory (VmHWM), in bytes.

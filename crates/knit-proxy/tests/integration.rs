@@ -7,6 +7,7 @@
 mod harness;
 
 mod integration {
+    mod abuse;
     mod admin;
     mod bad_input;
     mod discovery;

@@ -42,10 +42,10 @@ pub(super) fn plan<B>(req: &mut Request<B>, ctx: &Ctx) -> Result<Plan, Refused> 
                 ProxyError::RouteNotFound { target: format!("server {}", server.srv_name), method: req.method().clone(), path: req.uri().path().to_string() };
             return Err((e, Some(routed)));
         }
-        Err(Denied::Unauthorized { message, route }) => {
+        Err(Denied::Unauthorized { message, route, allowed }) => {
             let labels = PolicyLabels::new(server, [&route.group, &route.kind, &route.name], ["", "", ""]);
             m.authz_deny.get_or_create(&AuthzLabels { client_id: client.identity.clone().unwrap_or_default(), policy: labels.clone() }).inc();
-            tracing::info!(client = %ctx.client, identity = client.identity.as_deref().unwrap_or("-"), %message, "request denied by inbound policy");
+            tracing::info!(client = %ctx.client, identity = client.identity.as_deref().unwrap_or("-"), %message, %allowed, "request denied by inbound policy");
             routed.policy = Some(Arc::new(labels));
             return Err((ProxyError::Unauthorized(message), Some(routed)));
         }

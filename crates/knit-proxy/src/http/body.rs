@@ -106,6 +106,44 @@ impl<B: Body<Data = Bytes>> Body for RecordBody<B> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// Holds a permit (an upstream HTTP/1 connection's place under its endpoint's cap) until the
+    /// body ends or is dropped.
+    pub struct PermitBody<B> {
+        #[pin]
+        inner: B,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    }
+}
+
+impl<B> PermitBody<B> {
+    pub fn new(inner: B, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self { inner, permit: Some(permit) }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for PermitBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.permit.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A stream that sent no frame for the route's idle timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("no data for {0:?} (the route's idle timeout): the stream is cancelled")]

@@ -3,6 +3,11 @@
 //! - HTTP/2, to applications that speak it and to peer proxies (which carry HTTP/1 upgraded):
 //!   one multiplexed connection per endpoint;
 //! - tunnels (`Upgrade`, `CONNECT`): a dedicated HTTP/1 connection each.
+//!
+//! HTTP/1 requests in flight to one endpoint are capped (each holds a connection until its
+//! response body ends), so that one HTTP/2 client with a thousand streams cannot fan out into a
+//! thousand upstream sockets: past the cap, requests wait for a connection to free up. Idle
+//! per-endpoint state (the cap's counter, a closed HTTP/2 connection's slot) is dropped.
 
 use super::ReqBody;
 use crate::{
@@ -11,6 +16,7 @@ use crate::{
     tcp::{ClientIo, Dialer},
 };
 use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{
@@ -37,6 +43,35 @@ pub struct Clients {
     http1: legacy::Client<Connector, ReqBody>,
     h2: Arc<H2Pool>,
     connector: Connector,
+    limits: Arc<EndpointLimits>,
+}
+
+/// How long a request waits for a free HTTP/1 connection to a busy endpoint before 503.
+const HTTP1_WAIT: Duration = Duration::from_secs(10);
+/// Per-endpoint entries kept before the idle ones are swept.
+const SWEEP_AT: usize = 1024;
+
+/// The cap on HTTP/1 requests in flight per endpoint.
+struct EndpointLimits {
+    max: usize,
+    map: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl EndpointLimits {
+    async fn acquire(&self, addr: SocketAddr) -> Result<tokio::sync::OwnedSemaphorePermit, ProxyError> {
+        let sem = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= SWEEP_AT {
+                // An entry nobody holds a permit of, or waits on, is idle.
+                map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < self.max);
+            }
+            map.entry(addr).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.max))).clone()
+        };
+        match tokio::time::timeout(HTTP1_WAIT, sem.acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(ProxyError::UpstreamBusy { addr, max: self.max, waited: HTTP1_WAIT }),
+        }
+    }
 }
 
 /// The pooled HTTP/1 client's connector: a [`Dialer`] for plain endpoints named by socket address.
@@ -84,16 +119,20 @@ impl Clients {
             .pool_max_idle_per_host(cfg.pool_max_idle_per_endpoint)
             .set_host(false)
             .build(connector.clone());
-        Self { http1, h2: Arc::new(H2Pool::default()), connector }
+        let limits = Arc::new(EndpointLimits { max: cfg.max_http1_per_endpoint, map: Mutex::default() });
+        Self { http1, h2: Arc::new(H2Pool::default()), connector, limits }
     }
 
     /// Sends an HTTP/1 request to a plain endpoint over a pooled connection. The URI must be
     /// origin-form or absolute; its authority is replaced by the endpoint address for dialing, and
     /// the `Host` header goes through unchanged.
-    pub async fn http1(&self, endpoint: SocketAddr, mut req: Request<ReqBody>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn http1(&self, endpoint: SocketAddr, mut req: Request<ReqBody>) -> Result<Response<super::Body>, ProxyError> {
         let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         *req.uri_mut() = Uri::try_from(format!("http://{endpoint}{pq}")).map_err(|e| ProxyError::Upstream { addr: endpoint, source: e.into() })?;
-        self.http1.request(req).await.map_err(|e| upstream_error(endpoint, e))
+        let permit = self.limits.acquire(endpoint).await?;
+        let rsp = self.http1.request(req).await.map_err(|e| upstream_error(endpoint, e))?;
+        // The connection is busy until the response body ends: so is the permit.
+        Ok(rsp.map(|b| super::body::PermitBody::new(b.map_err(super::BoxError::from), permit).boxed()))
     }
 
     /// Sends a request over the endpoint's shared HTTP/2 connection, dialing it when needed.
@@ -147,6 +186,10 @@ impl H2Pool {
         let slot = {
             // A poisoned lock means a panic while inserting into a map; the map is still valid.
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if slots.len() >= SWEEP_AT {
+                // Slots of endpoints whose connection closed (and that nobody is dialling) go.
+                slots.retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().map_or(true, |g| g.as_ref().is_some_and(|s| !s.is_closed())));
+            }
             slots.entry(endpoint.clone()).or_default().clone()
         };
         let mut slot = slot.lock().await;

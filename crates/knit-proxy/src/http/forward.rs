@@ -21,6 +21,12 @@ use tokio::io::copy_bidirectional;
 pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
     let started = Instant::now();
     let mut req = req.map(|b| b.map_err(BoxError::from).boxed());
+    // Routes and policy match what the application will read: one authority, one path spelling.
+    if let Err(e) = super::normalize::check_authority(&req).and_then(|()| super::normalize::normalize(&mut req)) {
+        record_synthetic(&ctx, None, e.http_status(), Some(&e), started);
+        tracing::info!(client = %ctx.client, uri = %req.uri(), error = %e, "request refused");
+        return error_response(&e);
+    }
     let (method, uri) = (req.method().clone(), req.uri().clone());
     // Only while someone taps: what a tap of an answer the proxy gives itself reports.
     let authority = ctx.side.taps.active().then(|| authority(&req).to_string());
@@ -69,7 +75,8 @@ fn labels(ctx: &Ctx, target: Option<&Routed>) -> HttpLabels {
     HttpLabels {
         direction: side.direction,
         authority: match (target, side.direction) {
-            (Some(Routed { authority: Some(a), .. }), Direction::Outbound) => Some(a.to_string()),
+            // In local mode a request's `Host` names its destination: a bounded label.
+            (Some(Routed { authority: Some(a), .. }), Direction::Outbound) => Some(side.hostnames.get(&a.to_string())),
             _ => None,
         },
         target_addr: target.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |r| r.endpoint.addr),
@@ -128,7 +135,7 @@ pub(super) async fn call_endpoint(req: Request<ReqBody>, routed: &Routed, ctx: &
             latency_ms = started.elapsed().as_secs_f64() * 1e3, target_addr = %status.target.target_addr);
     }
     let recorder = Recorder { family: side.metrics.http.responses.clone(), grpc_status: grpc_status(rsp.headers()), labels: status, tap: tap.map(|t| (t, 0)) };
-    Ok(rsp.map(|b| RecordBody::new(b.map_err(BoxError::from), recorder).boxed()))
+    Ok(rsp.map(|b| RecordBody::new(b, recorder).boxed()))
 }
 
 /// The request's authority: its URI's, or its `Host` header.
@@ -189,7 +196,7 @@ fn tap_own_answer(ctx: &Ctx, method: &http::Method, uri: &Uri, authority: &str, 
 ///
 /// No `l5d-*` request header the client sent goes further (`l5d.rs`): inbound, this proxy sets
 /// `l5d-client-id` itself.
-async fn forward(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Result<Response<Incoming>, ProxyError> {
+async fn forward(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Result<Response<Body>, ProxyError> {
     if ctx.side.is_own(routed.endpoint.connect_addr()) {
         return Err(ProxyError::Loop(routed.endpoint.connect_addr()));
     }
@@ -208,7 +215,7 @@ async fn forward(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Resul
         }
     }
     if tunnel {
-        return self::tunnel(req, routed, ctx).await;
+        return self::tunnel(req, routed, ctx).await.map(boxed);
     }
     if let Some((version, marker)) = downgrade_to {
         downgrade(&mut req, version);
@@ -218,20 +225,24 @@ async fn forward(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Resul
         return Ok(rsp);
     }
     let rsp = match (&endpoint.meshed, req.version()) {
-        (Some(_), Version::HTTP_2) => clients.http2(endpoint, req).await?,
+        (Some(_), Version::HTTP_2) => boxed(clients.http2(endpoint, req).await?),
         (Some(_), version) => {
             upgrade(&mut req, version, routed);
             let mut rsp = clients.http2(endpoint, req).await?;
             rsp.headers_mut().remove(L5D_ORIG_PROTO);
             *rsp.version_mut() = version;
-            rsp
+            boxed(rsp)
         }
-        (None, Version::HTTP_2) => clients.http2(endpoint, req).await?,
+        (None, Version::HTTP_2) => boxed(clients.http2(endpoint, req).await?),
         (None, _) => clients.http1(endpoint.addr, req).await?,
     };
     let mut rsp = rsp;
     headers::strip_hop_by_hop(rsp.headers_mut(), false);
     Ok(rsp)
+}
+
+fn boxed(rsp: Response<Incoming>) -> Response<Body> {
+    rsp.map(|b| b.map_err(BoxError::from).boxed())
 }
 
 /// HTTP/1 → HTTP/2 for the hop between proxies, as Linkerd's proxy does it (LINKERD-WIRE.md

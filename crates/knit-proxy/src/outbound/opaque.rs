@@ -84,7 +84,7 @@ pub async fn open(logical: &Logical, parent: &Meta, policy: &OpaquePolicy, sni: 
         return Err(conn.refuse("unexpected", ProxyError::Loop(endpoint.connect_addr())));
     }
     let started = Instant::now();
-    let dialed = side.dialer.dial(&endpoint, None, logical.authority.as_ref().map(|a| a.to_string())).await;
+    let dialed = side.dialer.dial(&endpoint, None, logical.authority.as_ref().map(|a| side.hostnames.get(&a.to_string()))).await;
     if let Some(p) = chosen.picked.as_mut() {
         let outcome = if dialed.is_ok() { balance::Outcome::Success } else { balance::Outcome::Failure { rate_limited: false, retry_after: None } };
         p.record(outcome, started.elapsed(), Instant::now());
@@ -103,7 +103,7 @@ where
 {
     let target = HttpLabels {
         direction: side.direction,
-        authority: logical.authority.as_ref().map(|a| a.to_string()),
+        authority: logical.authority.as_ref().map(|a| side.hostnames.get(&a.to_string())),
         target_addr: opened.endpoint.addr,
         tls: side.dialer.tls_label(&opened.endpoint),
         dst: opened.endpoint.labels.clone(),

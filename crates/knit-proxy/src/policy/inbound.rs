@@ -136,8 +136,11 @@ pub struct TcpPermit {
 pub enum Denied {
     #[error("no route matches the request")]
     NoRoute,
+    /// `message` is what the client is told: the policy that refused and the identity seen.
+    /// `allowed` (what would have been allowed) goes to the log only: a refusal must not hand a
+    /// caller the list of identities to impersonate.
     #[error("{message}")]
-    Unauthorized { message: String, route: Labels },
+    Unauthorized { message: String, route: Labels, allowed: String },
 }
 
 /// The inbound default policies (`KNIT_PROXY_INBOUND_DEFAULT_POLICY`).
@@ -246,7 +249,7 @@ impl ServerPolicy {
 
     pub fn authorize_http(&self, req: &RequestInfo<'_>, client: &Client) -> Result<HttpPermit<'_>, Denied> {
         if let Some(reason) = &self.invalid {
-            return Err(Denied::Unauthorized { message: format!("the inbound policy is invalid: {reason}"), route: Labels::default() });
+            return Err(Denied::Unauthorized { message: format!("the inbound policy is invalid: {reason}"), route: Labels::default(), allowed: String::new() });
         }
         if self.routes.is_empty() {
             // No routes: one default route matching everything, under the server's authorizations.
@@ -261,7 +264,7 @@ impl ServerPolicy {
 
     pub fn authorize_tcp(&self, client: &Client) -> Result<TcpPermit, Denied> {
         if let Some(reason) = &self.invalid {
-            return Err(Denied::Unauthorized { message: format!("the inbound policy is invalid: {reason}"), route: Labels::default() });
+            return Err(Denied::Unauthorized { message: format!("the inbound policy is invalid: {reason}"), route: Labels::default(), allowed: String::new() });
         }
         self.find(self.authorizations.iter(), client, &Labels::default()).map(|authz| TcpPermit { authz })
     }
@@ -278,8 +281,8 @@ impl ServerPolicy {
         };
         let route_part = if route.name.is_empty() { String::new() } else { format!(" (route {})", route.name) };
         let allowed = if allowed.is_empty() { "nothing (no authorization targets it)".to_string() } else { allowed.join("; ") };
-        let message = format!("{} {}{route_part}: client {} {seen} is not authorized; allowed: {allowed}", self.labels.kind, self.labels.name, client.addr);
-        Err(Denied::Unauthorized { message, route: route.clone() })
+        let message = format!("{} {}{route_part}: client {} {seen} is not authorized", self.labels.kind, self.labels.name, client.addr);
+        Err(Denied::Unauthorized { message, route: route.clone(), allowed })
     }
 }
 

@@ -73,11 +73,14 @@ fn identities_and_suffixes_are_checked_and_denials_explain_themselves() {
     assert_eq!(ok.route.name, "default");
     assert!(p.authorize_http(&info, &client("10.0.0.1", Some("ops.admin.knit.cluster.local"))).is_ok(), "suffix match");
     assert!(p.authorize_http(&info, &client("10.0.0.1", Some("evil.notadmin.knit.cluster.local"))).is_err(), "suffixes match whole labels");
-    let Err(Denied::Unauthorized { message, .. }) = p.authorize_http(&info, &client("10.0.0.9", Some("other.demo.serviceaccount.identity.knit.cluster.local")))
+    let Err(Denied::Unauthorized { message, allowed, .. }) =
+        p.authorize_http(&info, &client("10.0.0.9", Some("other.demo.serviceaccount.identity.knit.cluster.local")))
     else {
         panic!("denied")
     };
-    assert!(message.contains("server books-http") && message.contains("other.demo") && message.contains(WEB), "{message}");
+    assert!(message.contains("server books-http") && message.contains("other.demo"), "{message}");
+    assert!(!message.contains(WEB), "the client is not told whom to impersonate: {message}");
+    assert!(allowed.contains(WEB), "the log is: {allowed}");
     let Err(Denied::Unauthorized { message, .. }) = p.authorize_http(&info, &client("10.0.0.9", None)) else { panic!("denied") };
     assert!(message.contains("without mesh TLS"), "{message}");
     assert!(p.authorize_http(&info, &client("127.0.0.1", None)).is_err(), "loopback is not trusted unless asked");

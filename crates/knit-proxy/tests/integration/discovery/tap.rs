@@ -146,3 +146,63 @@ async fn refusals_are_tapped_and_outbound_events_name_the_destination() {
         assert_eq!((t.destination_namespace.as_deref(), t.destination_deployment.as_deref()), (Some(NS), Some("books")), "{t:?}");
     }
 }
+
+/// Tap takes few connections (16): a client without the allowed identity, or one that finishes
+/// its TLS handshake and says nothing, must not keep them from knit-control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_the_identity_cannot_hold_the_tap_port() {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    use tokio::io::AsyncReadExt;
+    let mesh = LocalMesh::start("tap-hold").await;
+    let books = Backend::start("books", Behaviour::Ok).await;
+    let books_proxy = mesh.workload(&books, "books", &[("app", "books")]).await;
+    mesh.write("services.yaml", &service("books", &[("app", "books")], &[])).await;
+    let web = mesh.proxy("web", "web", None).await;
+    let tap = books_proxy.addrs.tap.expect("tap is on");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(mesh.trust_anchors_file()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let started = std::time::Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let tcp = tokio::net::TcpStream::connect(tap).await.unwrap();
+        let tls = connector.connect(ServerName::try_from(identity("books")).unwrap(), tcp).await.expect("the handshake itself succeeds");
+        held.push(tokio::spawn(async move {
+            let mut tls = tls;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut buf)).await;
+        }));
+    }
+    for h in held {
+        h.await.unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "the silent clients were closed after {took:?}, expected about 5 s");
+
+    // knit-control taps as before.
+    let target = Target {
+        admin: books_proxy.addrs.admin,
+        namespace: NS.into(),
+        deployment: "books".into(),
+        pod: "books".into(),
+        identity: Some(identity("books")),
+        tap,
+    };
+    let outbound = web.addrs.outbound;
+    let traffic = tokio::spawn(async move {
+        for _ in 0..40 {
+            send(outbound, "books:8080", "/books/1", 1).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let seen = collect(client(&mesh, CONTROL_IDENTITY), target, Filter::default(), 2).await;
+    traffic.abort();
+    assert!(seen.iter().any(|r| r.is_ok()), "{seen:?}");
+}
