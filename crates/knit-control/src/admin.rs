@@ -19,10 +19,9 @@ use tokio::net::TcpListener;
 
 /// `kubernetes`: the Kubernetes source's status; `/ready` waits for its first listings.
 pub async fn serve(listener: TcpListener, service: Arc<Service>, kubernetes: Option<crate::k8s::Status>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+    crate::accept::accept_loop(listener, 64, "admin", move |tcp, _| {
         let (service, kubernetes) = (service.clone(), kubernetes.clone());
-        tokio::spawn(async move {
+        async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let (service, kubernetes) = (service.clone(), kubernetes.clone());
                 async move {
@@ -40,9 +39,10 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, kubernetes: Opt
                     Ok::<_, Infallible>(rsp)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
-        });
-    }
+            let _ = crate::accept::http1().serve_connection(TokioIo::new(tcp), svc).await;
+        }
+    })
+    .await
 }
 
 fn metrics(service: &Service) -> String {

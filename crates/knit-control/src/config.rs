@@ -154,7 +154,10 @@ pub struct WebhookConfig {
 /// The viz API (golden metrics for `knit viz` and the dashboard).
 #[derive(Clone, Debug, clap::Args)]
 pub struct VizConfig {
-    #[arg(long, env = "KNIT_CONTROL_VIZ_ADDR", default_value = "0.0.0.0:8084")]
+    /// Loopback by default: the viz API relays tap of every request, so it is not for whoever
+    /// reaches the pod. In a cluster, reach it with `kubectl port-forward` (which the API server
+    /// authorizes), as `linkerd viz` reaches its own.
+    #[arg(long, env = "KNIT_CONTROL_VIZ_ADDR", default_value = "127.0.0.1:8084")]
     pub viz_addr: SocketAddr,
     /// How often the built-in store scrapes each proxy.
     #[arg(long, env = "KNIT_CONTROL_VIZ_SCRAPE_INTERVAL", default_value = "10s", value_parser = duration)]

@@ -23,6 +23,11 @@ use tonic::{
 };
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
+
+/// The largest `Identity.Certify` request read: a CSR and a token are a few KiB.
+pub const MAX_CERTIFY_BYTES: usize = 16 * 1024;
+/// The largest lookup read (`GetDestination`, `TrafficSpec`, `PortSpec`): names and a context.
+pub const MAX_LOOKUP_BYTES: usize = 8 * 1024;
 /// A view of the index: `None` once what it describes is gone.
 type View<T> = watch::Receiver<Arc<Option<T>>>;
 
@@ -231,8 +236,9 @@ pub struct PolicyServers {
 impl PolicyServers {
     pub fn new(index: Arc<Index>) -> Self {
         Self {
-            inbound: inb::inbound_server_policies_server::InboundServerPoliciesServer::new(InboundService(index.clone())),
-            outbound: outb::outbound_policies_server::OutboundPoliciesServer::new(OutboundService(index)),
+            inbound: inb::inbound_server_policies_server::InboundServerPoliciesServer::new(InboundService(index.clone()))
+                .max_decoding_message_size(MAX_LOOKUP_BYTES),
+            outbound: outb::outbound_policies_server::OutboundPoliciesServer::new(OutboundService(index)).max_decoding_message_size(MAX_LOOKUP_BYTES),
         }
     }
 }

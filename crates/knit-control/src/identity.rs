@@ -137,9 +137,11 @@ impl Service {
         self.state.read().unwrap_or_else(|p| p.into_inner()).ca.clone()
     }
 
+    /// Counts and logs a refusal. The request's values are the caller's: they are logged
+    /// escaped (`?`) and cut short, so a request cannot forge or flood log records.
     fn fail(&self, identity: &str, reason: &'static str, status: Status) -> Status {
         self.failures.get_or_create(&ReasonLabel { reason }).inc();
-        tracing::warn!(%identity, reason, error = status.message(), "refused to certify");
+        tracing::warn!(identity = ?shortened(identity), reason, error = ?shortened(status.message()), "refused to certify");
         status
     }
 
@@ -151,6 +153,9 @@ impl Service {
             if empty {
                 return Err(self.fail(id, "missing_field", Status::invalid_argument(format!("{field} is empty"))));
             }
+        }
+        if id.len() > 253 || !knit_identity::is_dns_name(id) {
+            return Err(self.fail(id, "invalid_identity", Status::invalid_argument("identity must be a DNS name of at most 253 bytes")));
         }
         let (ca, tokens) = {
             let s = self.state.read().unwrap_or_else(|p| p.into_inner());
@@ -188,6 +193,14 @@ impl Service {
                 tracing::warn!(error = %format!("{e:#}"), "identity files changed but cannot be loaded; still serving the previous issuer");
             }
         }
+    }
+}
+
+/// At most 120 characters of an untrusted value, for a log record.
+fn shortened(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(120) {
+        Some((end, _)) => format!("{}… ({} bytes)", &s[..end], s.len()).into(),
+        None => s.into(),
     }
 }
 

@@ -140,24 +140,36 @@ struct Change {
 /// Live views of one kind, shared by every subscriber of the same key.
 struct Views<K, T> {
     live: HashMap<K, watch::Sender<Arc<T>>>,
+    /// Views are swept of those nobody watches when there are this many.
+    sweep_at: usize,
 }
 
-impl<K: Eq + Hash + Clone, T: PartialEq> Views<K, T> {
+impl<K: Eq + Hash + Clone, T: PartialEq> Views<K, Option<T>> {
     fn new() -> Self {
-        Self { live: HashMap::new() }
+        Self { live: HashMap::new(), sweep_at: 1024 }
     }
 
-    fn subscribe(&mut self, key: &K, compute: impl FnOnce() -> T) -> watch::Receiver<Arc<T>> {
+    /// The view of `key`, shared. A view of nothing (a name or address the index does not know)
+    /// is not kept: lookups of made-up names leave no state behind. Views whose subscribers all
+    /// left are swept here too, not only when the index changes.
+    fn subscribe(&mut self, key: &K, compute: impl FnOnce() -> Option<T>) -> watch::Receiver<Arc<Option<T>>> {
         if let Some(tx) = self.live.get(key) {
             return tx.subscribe();
         }
         let (tx, rx) = watch::channel(Arc::new(compute()));
+        if rx.borrow().is_none() {
+            return rx;
+        }
+        if self.live.len() >= self.sweep_at {
+            self.live.retain(|_, tx| tx.receiver_count() > 0);
+            self.sweep_at = (self.live.len() * 2).max(1024);
+        }
         self.live.insert(key.clone(), tx);
         rx
     }
 
     /// Recomputes the views `affected` says may have changed; returns how many were published.
-    fn refresh(&mut self, affected: impl Fn(&K) -> bool, compute: impl Fn(&K) -> T) -> u64 {
+    fn refresh(&mut self, affected: impl Fn(&K) -> bool, compute: impl Fn(&K) -> Option<T>) -> u64 {
         let mut published = 0;
         self.live.retain(|key, tx| {
             if tx.receiver_count() == 0 {

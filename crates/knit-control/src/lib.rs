@@ -12,6 +12,7 @@
 //!
 //! Like the proxy, a [`Control`] binds first and then runs until its shutdown future completes.
 
+pub mod accept;
 pub mod admin;
 pub mod config;
 pub mod grpc;
@@ -27,6 +28,9 @@ pub mod webhook;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
+
+/// Connections each gRPC port holds open at once (a proxy keeps one or two per port).
+const GRPC_CONNECTIONS: usize = 20_000;
 
 /// How long open gRPC streams get to end after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -170,7 +174,6 @@ impl Control {
 
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         use linkerd2_proxy_api::{destination::destination_server::DestinationServer, identity::identity_server::IdentityServer};
-        use tonic::transport::server::TcpIncoming;
         let addrs = self.addrs();
         let mut tasks = vec![
             tokio::spawn(identity::watch_files(self.service.clone(), self.config.identity.clone())),
@@ -204,16 +207,16 @@ impl Control {
                 let _ = stop.wait_for(|s| *s).await;
             }
         };
+        // Requests are small (a CSR and a token; a name and a context token): a client sending
+        // megabytes is refused before the server reads them.
         let services = GrpcServices {
-            identity: IdentityServer::from_arc(self.service.clone()),
-            destination: DestinationServer::new(grpc::DestinationService(self.index.clone())),
+            identity: IdentityServer::from_arc(self.service.clone()).max_decoding_message_size(grpc::MAX_CERTIFY_BYTES),
+            destination: DestinationServer::new(grpc::DestinationService(self.index.clone())).max_decoding_message_size(grpc::MAX_LOOKUP_BYTES),
             policy: grpc::PolicyServers::new(self.index.clone()),
         };
-        let listeners = [self.identity, self.destination, self.policy];
-        let servers: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match self.tls {
-            Some(tls) => Box::pin(services.serve(listeners, move |l| tls::incoming(l, tls.clone()), signal)),
-            None => Box::pin(services.serve(listeners, |l| TcpIncoming::from(l).with_nodelay(Some(true)), signal)),
-        };
+        let tls = self.tls.clone();
+        let incoming = move |l: TcpListener, what| accept::incoming(l, GRPC_CONNECTIONS, tls.clone(), what);
+        let servers = services.serve([self.identity, self.destination, self.policy], incoming, signal);
         tokio::pin!(servers);
         let result = tokio::select! {
             r = &mut servers => r,
@@ -246,24 +249,36 @@ struct GrpcServices {
 
 impl GrpcServices {
     /// Serves identity, destination and policy on their listeners, with connections from
-    /// `incoming` (plain TCP or TLS), until `signal` resolves.
-    async fn serve<St, Io, Sig>(
+    /// `incoming` (plain TCP or TLS), until `signal` resolves. Every port is bounded: streams per
+    /// connection, header size, resets (rapid reset; MadeYouReset), and dead peers are found by
+    /// HTTP/2 keep-alive.
+    async fn serve<St, Sig>(
         self,
         [identity, destination, policy]: [TcpListener; 3],
-        incoming: impl Fn(TcpListener) -> St,
+        incoming: impl Fn(TcpListener, &'static str) -> St,
         signal: impl Fn() -> Sig,
     ) -> Result<(), tonic::transport::Error>
     where
-        St: futures_util::Stream<Item = Result<Io, std::io::Error>> + Send + 'static,
-        Io: tonic::transport::server::Connected + tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+        St: futures_util::Stream<Item = Result<accept::Conn, std::io::Error>> + Send + 'static,
         Sig: Future<Output = ()> + Send,
     {
-        use tonic::transport::Server;
+        let server = || {
+            tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(GRPC_STREAMS_PER_CONNECTION))
+                .http2_max_pending_accept_reset_streams(Some(64))
+                .http2_max_local_error_reset_streams(Some(256))
+                .http2_max_header_list_size(Some(16 * 1024))
+                .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        };
         tokio::try_join!(
-            Server::builder().serve_with_incoming_shutdown(self.identity, incoming(identity), signal()),
-            Server::builder().serve_with_incoming_shutdown(self.destination, incoming(destination), signal()),
-            Server::builder().serve_with_incoming_shutdown(self.policy, incoming(policy), signal()),
+            server().serve_with_incoming_shutdown(self.identity, incoming(identity, "identity"), signal()),
+            server().serve_with_incoming_shutdown(self.destination, incoming(destination, "destination"), signal()),
+            server().serve_with_incoming_shutdown(self.policy, incoming(policy, "policy"), signal()),
         )
         .map(drop)
     }
 }
+
+/// Streams one proxy may have open on one connection: a watch per destination it talks to.
+const GRPC_STREAMS_PER_CONNECTION: u32 = 1_000;

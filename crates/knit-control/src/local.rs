@@ -19,6 +19,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+/// The largest manifest file read: 8 MiB holds tens of thousands of resources. Past it the
+/// file is refused as invalid (keeping what it served), rather than read into memory.
+const MAX_FILE_BYTES: u64 = 8 << 20;
+
 pub struct LocalSource {
     dir: PathBuf,
     index: Arc<Index>,
@@ -99,6 +103,14 @@ impl LocalSource {
 
     fn read(&mut self, path: &Path, stamp: (SystemTime, u64)) {
         let name = self.name(path);
+        if stamp.1 > MAX_FILE_BYTES {
+            // Remembered as seen: it is refused until it changes, and serves what it served.
+            self.seen.insert(path.to_path_buf(), stamp);
+            let error = format!("{name}: {} bytes, more than a manifest file may hold ({MAX_FILE_BYTES}); split it", stamp.1);
+            tracing::warn!("invalid manifest, skipped: {error}");
+            self.files.lock().unwrap_or_else(|p| p.into_inner()).entry(name).or_default().errors = vec![error];
+            return;
+        }
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {

@@ -8,6 +8,7 @@
 //! producing a policy the proxies reject.
 
 mod annotations;
+mod bounded;
 mod validate;
 
 pub use annotations::{Accrual, Penalty, RetryConfig, ServiceConfig, Timeouts};
@@ -685,7 +686,8 @@ pub fn parse(file: &str, text: &str) -> (Vec<Resource>, Vec<String>) {
     let mut errors = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let n = i + 1;
-        let value = match serde_json::Value::deserialize(doc) {
+        let budget = std::cell::Cell::new(bounded::MAX_NODES);
+        let value = match serde::de::DeserializeSeed::deserialize(bounded::Bounded { budget: &budget }, doc) {
             Ok(v) => v,
             Err(e) => {
                 // A syntax error ends the file's documents: the YAML stream cannot be resynchronised.

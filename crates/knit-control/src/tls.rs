@@ -8,7 +8,6 @@
 //! ports stay plaintext on loopback.
 
 use crate::identity::Service;
-use futures_util::Stream;
 use rustls::{
     crypto::aws_lc_rs,
     pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
@@ -16,16 +15,9 @@ use rustls::{
     sign::CertifiedKey,
 };
 use std::{
-    pin::Pin,
     sync::{Arc, RwLock},
-    task::{Context, Poll},
     time::Duration,
 };
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
-};
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// The control plane's current serving certificate.
 #[derive(Debug)]
@@ -77,70 +69,4 @@ pub fn serve_config(service: Arc<Service>, name: String) -> anyhow::Result<(Arc<
         }
     };
     Ok((Arc::new(config), renew))
-}
-
-/// A TLS connection as tonic's server takes it.
-pub struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
-
-impl Connected for TlsConn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.0.get_ref().0.connect_info()
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-/// Accepted connections after their handshake. Handshakes run in their own tasks, so a client
-/// that stalls in one holds up nobody; a failed one is logged and dropped.
-pub fn incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> impl Stream<Item = Result<TlsConn, std::io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            // Ends, closing the listener, once the server stops taking connections.
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                () = tx.closed() => break,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors, most likely: pause rather than spin.
-                    tracing::warn!(error = %e, "control-plane accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(TlsConn(tls))).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "control-plane TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "control-plane TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
 }

@@ -430,13 +430,9 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
 }
 
 pub async fn serve(listener: TcpListener, viz: Viz) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
+    crate::accept::accept_loop(listener, 1024, "viz", move |tcp, _| {
         let viz = viz.clone();
-        tokio::spawn(async move {
+        async move {
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let viz = viz.clone();
                 async move {
@@ -457,7 +453,8 @@ pub async fn serve(listener: TcpListener, viz: Viz) {
                     Ok(json(status, body))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
-        });
-    }
+            let _ = crate::accept::http1().serve_connection(TokioIo::new(tcp), svc).await;
+        }
+    })
+    .await
 }

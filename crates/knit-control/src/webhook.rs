@@ -125,21 +125,22 @@ const MAX_BODY: usize = 3 << 20;
 
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, injector: Arc<Injector>, namespaces: Arc<dyn Namespaces>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let Ok((tcp, peer)) = listener.accept().await else { continue };
+    crate::accept::accept_loop(listener, 256, "webhook", move |tcp, peer| {
         let (acceptor, injector, namespaces) = (acceptor.clone(), injector.clone(), namespaces.clone());
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(tls) => tls,
-                Err(e) => return tracing::debug!(%peer, error = %e, "webhook TLS handshake failed"),
+        async move {
+            let tls = match tokio::time::timeout(crate::accept::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "webhook TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "webhook TLS handshake timed out"),
             };
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let (injector, namespaces) = (injector.clone(), namespaces.clone());
                 async move { Ok::<_, Infallible>(handle(req, &injector, &*namespaces).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
-        });
-    }
+            let _ = crate::accept::http1().serve_connection(TokioIo::new(tls), svc).await;
+        }
+    })
+    .await
 }
 
 async fn handle(req: http::Request<hyper::body::Incoming>, injector: &Injector, namespaces: &dyn Namespaces) -> Response<Full<Bytes>> {

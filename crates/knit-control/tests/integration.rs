@@ -167,6 +167,9 @@ async fn an_untrusted_issuer_stops_start_up_with_the_reason() {
     assert!(msg.contains("does not chain to any trust anchor") && msg.contains("someone-else"), "{msg}");
 }
 
+#[path = "integration/abuse.rs"]
+mod abuse;
+
 #[path = "integration/discovery.rs"]
 mod discovery;
 
