@@ -55,6 +55,7 @@ impl Config {
             discovery: DiscoveryConfig {
                 config_dir: None,
                 kubernetes: false,
+                kubeconfig: None,
                 config_poll_interval: Duration::from_millis(100),
                 cluster_domain: "cluster.local".into(),
                 identity_trust_domain: None,
@@ -65,7 +66,15 @@ impl Config {
                 global_egress_network_namespace: "linkerd-egress".into(),
             },
             webhook: WebhookConfig { webhook_addr: any, webhook_tls_cert: None, webhook_tls_key: None, inject_values: None },
-            viz: VizConfig { viz_addr: any, viz_scrape_interval: Duration::from_secs(10), viz_retention: Duration::from_secs(120), prometheus_url: None },
+            viz: VizConfig {
+                viz_addr: any,
+                viz_scrape_interval: Duration::from_secs(10),
+                viz_retention: Duration::from_secs(120),
+                prometheus_url: None,
+                tap_api_addr: any,
+                tap_api_tls_cert: None,
+                tap_api_tls_key: None,
+            },
             log: "warn,knit_control=info".into(),
         }
     }
@@ -102,6 +111,10 @@ pub struct DiscoveryConfig {
     /// TokenReview. May be combined with --config-dir.
     #[arg(long, env = "KNIT_CONTROL_KUBERNETES")]
     pub kubernetes: bool,
+    /// The kubeconfig for the Kubernetes API (for running outside the cluster); the in-cluster
+    /// config or KUBECONFIG when not given.
+    #[arg(long, env = "KNIT_CONTROL_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// How often the manifest directory is checked for changes.
     #[arg(long, env = "KNIT_CONTROL_CONFIG_POLL_INTERVAL", default_value = "100ms", value_parser = duration)]
     pub config_poll_interval: Duration,
@@ -168,6 +181,17 @@ pub struct VizConfig {
     /// Answer viz queries from this Prometheus (http://HOST:PORT) instead of scraping.
     #[arg(long, env = "KNIT_CONTROL_PROMETHEUS_URL")]
     pub prometheus_url: Option<String>,
+    /// The tap API for the Kubernetes API server's aggregation layer (`tap.knit.dev`, as
+    /// Linkerd's tap APIService): the API server authenticates users, knit-control asks it with a
+    /// SubjectAccessReview whether they may tap. Runs when given a serving certificate, and
+    /// needs a Kubernetes API (`--kubernetes` or `--kubeconfig`).
+    #[arg(long, env = "KNIT_CONTROL_TAP_API_ADDR", default_value = "0.0.0.0:8089")]
+    pub tap_api_addr: SocketAddr,
+    /// The tap API's serving certificate (PEM), for the name `knit-tap.NS.svc`.
+    #[arg(long, env = "KNIT_CONTROL_TAP_API_TLS_CERT", requires = "tap_api_tls_key")]
+    pub tap_api_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "KNIT_CONTROL_TAP_API_TLS_KEY", requires = "tap_api_tls_cert")]
+    pub tap_api_tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, clap::Args)]

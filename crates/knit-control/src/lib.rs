@@ -43,6 +43,8 @@ pub struct Control {
     admin: TcpListener,
     viz: TcpListener,
     viz_api: viz::Viz,
+    /// The tap API for the Kubernetes aggregation layer, when it has a serving certificate.
+    tap_api: Option<(TcpListener, Arc<viz::apiservice::TapApi>)>,
     service: Arc<identity::Service>,
     index: Arc<index::Index>,
     local: Option<local::LocalSource>,
@@ -91,6 +93,22 @@ pub struct Addrs {
     pub viz: SocketAddr,
     /// Only when the webhook has a serving certificate.
     pub webhook: Option<SocketAddr>,
+    /// Only when the tap API has a serving certificate.
+    pub tap_api: Option<SocketAddr>,
+}
+
+/// A client of the Kubernetes API: from `kubeconfig`, else the in-cluster config or KUBECONFIG.
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("the kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("the kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API (in-cluster config or KUBECONFIG): {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API: {e}"))
 }
 
 async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -112,13 +130,12 @@ impl Control {
             global_egress_namespace: d.global_egress_network_namespace.clone(),
         }));
         let local = d.config_dir.as_deref().map(|dir| local::LocalSource::load(dir, index.clone())).transpose()?;
-        let kubernetes = if d.kubernetes {
-            let client =
-                kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API (in-cluster config or KUBECONFIG): {e}"))?;
-            Some((client, k8s::Status::default()))
-        } else {
-            None
+        let tap_api_tls = match (&config.viz.tap_api_tls_cert, &config.viz.tap_api_tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            _ => None,
         };
+        let client = if d.kubernetes || d.kubeconfig.is_some() { Some(kube_client(d.kubeconfig.as_deref()).await?) } else { None };
+        let kubernetes = client.clone().filter(|_| d.kubernetes).map(|c| (c, k8s::Status::default()));
         // In Kubernetes, proxies prove who they are with ServiceAccount tokens (TokenReview).
         let tokens = kubernetes.as_ref().map(|(client, _)| -> Arc<dyn identity::TokenValidator> {
             let naming = identity::tokenreview::Naming { control_plane_ns: d.control_plane_namespace.clone(), trust_domain: d.trust_domain() };
@@ -135,19 +152,29 @@ impl Control {
             }
             None => (None, None),
         };
+        let viz_api = viz::Viz::new(
+            &config.viz,
+            index.clone(),
+            Arc::new(viz::tap::Client::new(service.clone(), index.config().identity("knit-control", &config.discovery.control_plane_namespace))),
+        )?;
+        let tap_api = match (tap_api_tls, client) {
+            (None, _) => None,
+            (Some(_), None) => anyhow::bail!("the tap API asks the Kubernetes API who may tap: give --kubernetes or --kubeconfig"),
+            (Some((cert, key)), Some(client)) => {
+                let api = viz::apiservice::TapApi::new(viz_api.clone(), client, &cert, &key).await?;
+                Some((bind("tap API", config.viz.tap_api_addr).await?, Arc::new(api)))
+            }
+        };
         Ok(Self {
             tls,
             tls_renewal,
+            tap_api,
             identity: bind("identity", config.identity_addr).await?,
             destination: bind("destination", config.destination_addr).await?,
             policy: bind("policy", config.policy_addr).await?,
             admin: bind("admin", config.admin_addr).await?,
             viz: bind("viz", config.viz.viz_addr).await?,
-            viz_api: viz::Viz::new(
-                &config.viz,
-                index.clone(),
-                Arc::new(viz::tap::Client::new(service.clone(), index.config().identity("knit-control", &config.discovery.control_plane_namespace))),
-            )?,
+            viz_api,
             webhook: Webhook::bind(&config).await?,
             kubernetes,
             service,
@@ -165,6 +192,7 @@ impl Control {
             admin: self.admin.local_addr().expect("bound"),
             viz: self.viz.local_addr().expect("bound"),
             webhook: self.webhook.as_ref().map(|w| w.listener.local_addr().expect("bound")),
+            tap_api: self.tap_api.as_ref().map(|(l, _)| l.local_addr().expect("bound")),
         }
     }
 
@@ -192,6 +220,9 @@ impl Control {
         let scrape = matches!(self.viz_api.source, viz::query::Source::Store(_));
         tasks.push(tokio::spawn(viz::store::run(self.viz_api.store.clone(), self.index.clone(), self.config.viz.viz_scrape_interval, scrape)));
         tasks.push(tokio::spawn(viz::serve(self.viz, self.viz_api)));
+        if let Some((listener, api)) = self.tap_api {
+            tasks.push(tokio::spawn(viz::apiservice::serve(listener, api)));
+        }
         if let Some(renewal) = self.tls_renewal {
             tasks.push(tokio::spawn(renewal));
         }

@@ -32,6 +32,7 @@
 //!   the `namespace`, `deployment` and `pod` labels (what `viz/prometheus.yml` uses).
 //! - `GET /api/scrapes`: each target's last scrape (up, error, series).
 
+pub mod apiservice;
 pub mod edges;
 pub mod page;
 pub mod prom;
@@ -111,7 +112,7 @@ impl Viz {
     }
 
     /// `/api/tap`: the targets it selects are tapped until the response body is dropped.
-    fn tap(&self, params: &BTreeMap<String, String>) -> Result<Response<Body>, (StatusCode, serde_json::Value)> {
+    pub(crate) fn tap(&self, params: &BTreeMap<String, String>) -> Result<Response<Body>, (StatusCode, serde_json::Value)> {
         let bad = |e: String| (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e }));
         let namespace = params.get("namespace").filter(|n| !n.is_empty());
         let resource =

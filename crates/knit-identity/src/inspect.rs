@@ -65,6 +65,13 @@ impl CertInfo {
     }
 }
 
+/// The subject's first common name, if the certificate parses and has one.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
 /// Every `CERTIFICATE` block of a PEM text, as DER.
 pub fn pem_certs(pem: &str) -> Result<Vec<Vec<u8>>, String> {
     let mut out = Vec::new();

@@ -12,6 +12,7 @@ use k8s_openapi::{
         core::v1::{ConfigMap, Namespace, Secret},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    kube_aggregator::pkg::apis::apiregistration::v1::APIService,
 };
 use kube::{api::PostParams, Api, Client};
 use std::fmt::Write;
@@ -127,6 +128,7 @@ async fn pre_install(client: &Client, ns: &str, r: &mut Report) {
         ("create", "rbac.authorization.k8s.io", "clusterroles"),
         ("create", "rbac.authorization.k8s.io", "clusterrolebindings"),
         ("create", "admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
+        ("create", "apiregistration.k8s.io", "apiservices"),
         ("create", "", "namespaces"),
     ] {
         let what = format!("may {verb} {resource}");
@@ -195,6 +197,23 @@ async fn installed(client: &Client, ns: &str, r: &mut Report) {
             }
             (Err(e), _) => Err(format!("{}; fix: knit install | kubectl apply -f -", api_err(e))),
             (Ok(_), Err(_)) => Err("cannot be checked without knit-proxy-injector-tls".into()),
+        },
+    );
+    let api_services: Api<APIService> = Api::all(client.clone());
+    let describe = "kubectl describe apiservice v1alpha1.tap.knit.dev";
+    r.check(
+        "tap API",
+        match api_services.get("v1alpha1.tap.knit.dev").await {
+            Ok(s) => match s.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "Available") {
+                Some(c) if c.status == "True" => Ok("registered, and the API server reaches it".into()),
+                Some(c) => Err(format!(
+                    "the API server cannot reach it ({}: {}); fix: {describe}, and kubectl -n {ns} logs deploy/knit-control",
+                    c.reason.unwrap_or_default(),
+                    c.message.unwrap_or_default()
+                )),
+                None => Err(format!("registered, not yet checked by the API server; fix: wait, then {describe}")),
+            },
+            Err(e) => Err(format!("{}; fix: knit upgrade --from (current manifests) | kubectl apply -f -", api_err(e))),
         },
     );
 }

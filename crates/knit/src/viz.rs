@@ -87,6 +87,11 @@ pub struct TapArgs {
     /// table or json (tap: one line per request either way).
     #[arg(short, long, default_value = "table")]
     output: Output,
+    /// Tap through the Kubernetes API server (KUBECONFIG or in-cluster), which authenticates you
+    /// and lets knit-control ask whether you may: `knit install`'s tap APIService. Needs
+    /// `watch` on `tap.knit.dev` (bind the ClusterRole knit-tap-NS) and --namespace.
+    #[arg(long)]
+    kubernetes: bool,
     #[command(flatten)]
     api: Api,
 }
@@ -295,22 +300,74 @@ async fn policy_cmd(args: PolicyArgs, view: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn tap_cmd(args: TapArgs, top: bool) -> anyhow::Result<()> {
+type TapBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, anyhow::Error>;
+
+/// The tap stream from knit-control's viz API, or through the Kubernetes API server.
+async fn tap_stream(args: &TapArgs) -> anyhow::Result<TapBody> {
     use http_body_util::BodyExt;
-    let mut params = vec![("resource", format!("{}/{}", args.resource.kind.label(), args.resource.name)), ("max_rps", args.max_rps.to_string())];
-    for (k, v) in [("namespace", &args.namespace), ("method", &args.method), ("path", &args.path), ("authority", &args.authority)] {
+    let mut params = vec![("max_rps", args.max_rps.to_string())];
+    for (k, v) in [("method", &args.method), ("path", &args.path), ("authority", &args.authority)] {
         if let Some(v) = v {
             params.push((k, v.clone()));
         }
     }
-    let rsp = get(args.api.viz_addr, "tap", &params).await?;
-    if !rsp.status().is_success() {
+    if !args.kubernetes {
+        params.push(("resource", format!("{}/{}", args.resource.kind.label(), args.resource.name)));
+        if let Some(ns) = &args.namespace {
+            params.push(("namespace", ns.clone()));
+        }
+        let rsp = get(args.api.viz_addr, "tap", &params).await?;
         let status = rsp.status();
-        let body = rsp.into_body().collect().await?.to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        anyhow::bail!("{}", json["error"].as_str().map_or_else(|| format!("HTTP {status}"), str::to_string));
+        let body = rsp.into_body().map_err(anyhow::Error::from).boxed_unsync();
+        if !status.is_success() {
+            let body = body.collect().await?.to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            anyhow::bail!("{}", json["error"].as_str().map_or_else(|| format!("HTTP {status}"), str::to_string));
+        }
+        return Ok(body);
     }
-    let mut body = rsp.into_body();
+    let path = kubernetes_tap_path(&args.resource, args.namespace.as_deref())?;
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", query::form_encode(v))).collect();
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let req = http::Request::get(format!("{path}?{}", query.join("&"))).body(kube::client::Body::empty())?;
+    let rsp = tokio::time::timeout(Duration::from_secs(30), client.send(req))
+        .await
+        .map_err(|_| anyhow::anyhow!("the Kubernetes API server did not answer within 30s"))?
+        .context("tapping through the Kubernetes API server")?;
+    let status = rsp.status();
+    let body = rsp.into_body().map_err(anyhow::Error::from).boxed_unsync();
+    if !status.is_success() {
+        let body = body.collect().await?.to_bytes();
+        // A Kubernetes Status, from the API server or from knit-control's tap API.
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let message = json["message"].as_str().map_or_else(|| String::from_utf8_lossy(&body).trim().to_string(), str::to_string);
+        let hint = if status == http::StatusCode::NOT_FOUND && message.contains("the server could not find the requested resource") {
+            " (is the tap APIService installed? knit install renders it: v1alpha1.tap.knit.dev)"
+        } else {
+            ""
+        };
+        anyhow::bail!("HTTP {status}: {message}{hint}");
+    }
+    Ok(body)
+}
+
+/// The tap API's path for a resource, under the API server.
+fn kubernetes_tap_path(resource: &stat::Resource, namespace: Option<&str>) -> anyhow::Result<String> {
+    let base = format!("/apis/{}/{}/watch/namespaces", knit_control::viz::apiservice::GROUP, knit_control::viz::apiservice::VERSION);
+    Ok(match resource.kind {
+        stat::Kind::Namespace => format!("{base}/{}/tap", resource.name),
+        stat::Kind::Deployment | stat::Kind::Pod => {
+            let ns = namespace.ok_or_else(|| anyhow::anyhow!("--kubernetes: say which namespace with -n"))?;
+            let kind = if resource.kind == stat::Kind::Deployment { "deployments" } else { "pods" };
+            format!("{base}/{ns}/{kind}/{}/tap", resource.name)
+        }
+        _ => anyhow::bail!("tap a deployment, pod or namespace"),
+    })
+}
+
+async fn tap_cmd(args: TapArgs, top: bool) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let mut body = tap_stream(&args).await?;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut buf = Vec::new();
     let mut table = top::Table::default();

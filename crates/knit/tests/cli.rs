@@ -362,6 +362,9 @@ fn check_reads_a_cluster_and_says_how_to_fix_what_is_wrong() {
     objects.insert("/version".into(), serde_json::json!({"major": "1", "minor": "31", "gitVersion": "v1.31.4", "gitCommit": "a", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23", "compiler": "gc", "platform": "linux/amd64"}));
     let deployment = "/apis/apps/v1/namespaces/knit/deployments/knit-control".to_string();
     objects.get_mut(&deployment).unwrap()["status"] = serde_json::json!({"replicas": 1, "readyReplicas": 1});
+    let tap_api = "/apis/apiregistration.k8s.io/v1/apiservices/v1alpha1.tap.knit.dev";
+    objects.get_mut(tap_api).unwrap()["status"] =
+        serde_json::json!({"conditions": [{"type": "Available", "status": "True", "reason": "Passed", "message": "all checks passed"}]});
 
     let healthy = FakeApi::start(objects.clone(), true);
     let (ok, out) = knit_with_kubeconfig(&["check"], &healthy.kubeconfig("check-healthy"));
@@ -372,6 +375,7 @@ fn check_reads_a_cluster_and_says_how_to_fix_what_is_wrong() {
         "√ knit-control: 1/1 replicas ready",
         "√ identity issuer: chains to the trust anchors",
         "its caBundle signs the serving certificate",
+        "√ tap API: registered, and the API server reaches it",
     ] {
         assert!(out.contains(line), "{line}\n{out}");
     }
@@ -382,9 +386,11 @@ fn check_reads_a_cluster_and_says_how_to_fix_what_is_wrong() {
     broken.remove("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servers.policy.linkerd.io");
     let hook = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/knit-proxy-injector-knit";
     broken.get_mut(hook).unwrap()["webhooks"][0]["clientConfig"]["caBundle"] = serde_json::json!("LS0tLS1CRUdJTg==");
+    broken.get_mut(tap_api).unwrap()["status"] = serde_json::json!({"conditions": [{"type": "Available", "status": "False", "reason": "FailedDiscoveryCheck", "message": "failing or missing response from https://10.96.7.7:443/apis/tap.knit.dev/v1alpha1"}]});
     let api = FakeApi::start(broken, true);
     let (ok, out) = knit_with_kubeconfig(&["check"], &api.kubeconfig("check-broken"));
-    assert!(!ok && out.contains("3 check(s) failed"), "{out}");
+    assert!(!ok && out.contains("4 check(s) failed"), "{out}");
+    assert!(out.contains("× tap API: the API server cannot reach it (FailedDiscoveryCheck: failing or missing response"), "{out}");
     assert!(out.contains("× CRD servers.policy.linkerd.io: not found; fix: knit install"), "{out}");
     assert!(out.contains("× knit-control: 0/1 replicas ready; fix: kubectl -n knit describe deployment knit-control"), "{out}");
     assert!(out.contains("× proxy injector webhook: its caBundle is not the CA"), "{out}");

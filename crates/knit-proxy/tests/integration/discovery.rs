@@ -9,3 +9,4 @@ mod opaque;
 mod policy;
 mod routing;
 mod tap;
+mod tap_api;

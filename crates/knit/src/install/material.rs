@@ -14,7 +14,7 @@ use knit_identity::{
 use serde_json::Value;
 use std::{path::PathBuf, time::Duration};
 
-const DAY: Duration = Duration::from_secs(86_400);
+pub(super) const DAY: Duration = Duration::from_secs(86_400);
 /// A webhook certificate closer than this to its expiry is replaced by `knit upgrade`.
 const WEBHOOK_RENEW_BEFORE: time::Duration = time::Duration::days(60);
 
@@ -28,7 +28,8 @@ pub struct MaterialArgs {
     pub identity_issuer_certificate_file: Option<PathBuf>,
     #[arg(long, requires = "identity_trust_anchors_file")]
     pub identity_issuer_key_file: Option<PathBuf>,
-    /// The webhook's CA, serving certificate and key (PEM); generated when not given.
+    /// The CA, serving certificate and key (PEM) of the proxy injector and the tap API; generated
+    /// when not given. The certificate names knit-proxy-injector.NS.svc and knit-tap.NS.svc.
     #[arg(long, requires_all = ["webhook_cert_file", "webhook_key_file"])]
     pub webhook_ca_file: Option<PathBuf>,
     #[arg(long, requires = "webhook_ca_file")]
@@ -49,9 +50,10 @@ fn read(path: &PathBuf) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// The webhook Service's DNS names, as the API server dials it.
-fn webhook_names(ns: &str) -> Vec<String> {
-    vec![format!("knit-proxy-injector.{ns}.svc"), format!("knit-proxy-injector.{ns}.svc.cluster.local")]
+/// The DNS names the API server dials knit-control's HTTPS servers by: the proxy injector's
+/// Service and the tap API's, which share one serving certificate.
+pub fn webhook_names(ns: &str) -> Vec<String> {
+    ["knit-proxy-injector", "knit-tap"].iter().flat_map(|svc| [format!("{svc}.{ns}.svc"), format!("{svc}.{ns}.svc.cluster.local")]).collect()
 }
 
 fn new_webhook(ns: &str) -> anyhow::Result<(String, Credentials)> {
@@ -118,9 +120,12 @@ impl Material {
         Ok(Self { anchors_pem, issuer, webhook_ca_pem, webhook })
     }
 
-    /// A new webhook certificate when the current one expires within 60 days (`knit upgrade`).
+    /// A new webhook certificate when the current one expires within 60 days or does not name
+    /// every Service it serves (one from before the tap API) (`knit upgrade`).
     pub fn renew_webhook(mut self, ns: &str) -> anyhow::Result<Self> {
-        if !CertInfo::from_pem(&self.webhook.cert_pem).is_ok_and(|i| i.expires_in() > WEBHOOK_RENEW_BEFORE) {
+        let names = webhook_names(ns);
+        let current = CertInfo::from_pem(&self.webhook.cert_pem);
+        if !current.is_ok_and(|i| i.expires_in() > WEBHOOK_RENEW_BEFORE && names.iter().all(|n| i.dns_sans.contains(n))) {
             (self.webhook_ca_pem, self.webhook) = new_webhook(ns)?;
         }
         Ok(self)

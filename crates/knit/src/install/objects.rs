@@ -53,22 +53,45 @@ pub fn control_plane(o: &Options, m: &Material) -> Vec<Value> {
         ("knit-destination", 8086, 8086, "destination"),
         ("knit-policy", 8090, 8090, "policy"),
         ("knit-proxy-injector", 443, 9443, "proxy-injector"),
+        ("knit-tap", 443, 8089, "tap"),
     ] {
+        let port_name = if port == 443 { "https" } else { "grpc" };
         out.push(json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(o, name, component), "spec": {
             "type": "ClusterIP",
             "selector": {"app.kubernetes.io/name": CONTROL},
-            "ports": [{"name": "grpc", "port": port, "targetPort": target, "protocol": "TCP"}],
+            "ports": [{"name": port_name, "port": port, "targetPort": target, "protocol": "TCP"}],
         }}));
-    }
-    if let Some(Value::Object(p)) = out.last_mut().and_then(|s| s.pointer_mut("/spec/ports/0")) {
-        p.insert("name".into(), json!("https"));
     }
     if o.ha {
         out.push(json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta(o, CONTROL, "control-plane"),
                         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": CONTROL}}}}));
     }
     out.push(webhook_config(o, m));
+    out.extend(tap_api(o, m));
     out
+}
+
+/// Tap through the API server, as Linkerd's tap APIService: the registration, the right to read
+/// how the API server's front proxy authenticates (kube-system's
+/// extension-apiserver-authentication-reader), and the ClusterRole to bind to those who may tap.
+fn tap_api(o: &Options, m: &Material) -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": cluster_meta(o, "v1alpha1.tap.knit.dev"), "spec": {
+            "group": "tap.knit.dev",
+            "version": "v1alpha1",
+            "service": {"name": "knit-tap", "namespace": o.namespace, "port": 443},
+            "caBundle": B64.encode(&m.webhook_ca_pem),
+            "groupPriorityMinimum": 1000,
+            "versionPriority": 100,
+        }}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": format!("knit-control-{}-auth-reader", o.namespace), "namespace": "kube-system", "labels": labels(o, "tap")},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "extension-apiserver-authentication-reader"},
+               "subjects": [{"kind": "ServiceAccount", "name": CONTROL, "namespace": o.namespace}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta(o, &format!("knit-tap-{}", o.namespace)), "rules": [
+            {"apiGroups": ["tap.knit.dev"], "resources": ["*"], "verbs": ["watch"]},
+        ]}),
+    ]
 }
 
 fn secret(o: &Options, name: &str, component: &str, entries: &[(&str, &str)]) -> Value {
@@ -76,7 +99,7 @@ fn secret(o: &Options, name: &str, component: &str, entries: &[(&str, &str)]) ->
     json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta(o, name, component), "data": data})
 }
 
-/// Read access to what the control plane serves, and TokenReview: nothing else.
+/// Read access to what the control plane serves, TokenReview and SubjectAccessReview: nothing else.
 fn cluster_role(o: &Options) -> Value {
     let read = json!(["get", "list", "watch"]);
     json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta(o, &format!("knit-control-{}", o.namespace)), "rules": [
@@ -88,6 +111,8 @@ fn cluster_role(o: &Options) -> Value {
         {"apiGroups": ["workload.linkerd.io"], "resources": ["externalworkloads"], "verbs": read},
         {"apiGroups": ["split.smi-spec.io"], "resources": ["trafficsplits"], "verbs": read},
         {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        // The tap API asks whether the user may tap.
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
     ]})
 }
 
@@ -106,6 +131,8 @@ fn deployment(o: &Options) -> Value {
         "--issuer-key=/var/run/knit/identity/issuer/tls.key".to_string(),
         "--webhook-tls-cert=/var/run/knit/webhook/tls.crt".to_string(),
         "--webhook-tls-key=/var/run/knit/webhook/tls.key".to_string(),
+        "--tap-api-tls-cert=/var/run/knit/webhook/tls.crt".to_string(),
+        "--tap-api-tls-key=/var/run/knit/webhook/tls.key".to_string(),
         "--inject-values=/var/run/knit/config/values.yaml".to_string(),
         format!("--log={}", o.controller_log_level),
     ];
@@ -122,7 +149,7 @@ fn deployment(o: &Options) -> Value {
             "ports": [
                 {"name": "identity", "containerPort": 8080}, {"name": "destination", "containerPort": 8086},
                 {"name": "policy", "containerPort": 8090}, {"name": "webhook", "containerPort": 9443}, {"name": "admin", "containerPort": 9990},
-                {"name": "viz", "containerPort": 8084},
+                {"name": "viz", "containerPort": 8084}, {"name": "tap-api", "containerPort": 8089},
             ],
             "livenessProbe": probe("/live"),
             "readinessProbe": probe("/ready"),

@@ -56,9 +56,39 @@ fn least_privilege() {
     for rule in role["rules"].as_array().unwrap() {
         let verbs: Vec<&str> = rule["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         let resources = rule["resources"].to_string();
-        assert!(verbs == ["get", "list", "watch"] || (resources.contains("tokenreviews") && verbs == ["create"]), "{rule}");
+        let reviews = resources == r#"["tokenreviews"]"# || resources == r#"["subjectaccessreviews"]"#;
+        assert!(verbs == ["get", "list", "watch"] || (reviews && verbs == ["create"]), "{rule}");
         assert!(!resources.contains("secrets") && !resources.contains('*'), "{rule}");
     }
+    // In kube-system, only the role that reads how the API server's front proxy authenticates.
+    for o in objects.iter().filter(|o| o["metadata"]["namespace"] == "kube-system") {
+        assert_eq!((o["kind"].as_str(), o["roleRef"]["name"].as_str()), (Some("RoleBinding"), Some("extension-apiserver-authentication-reader")), "{o}");
+    }
+    // Who may tap is granted by binding knit-tap-NS; it grants watch on tap.knit.dev and nothing else.
+    let tap = find(&objects, "ClusterRole", "knit-tap-knit");
+    assert_eq!(tap["rules"], serde_json::json!([{"apiGroups": ["tap.knit.dev"], "resources": ["*"], "verbs": ["watch"]}]));
+}
+
+#[test]
+fn the_tap_api_is_registered_with_the_serving_certificates_ca() {
+    let m = material();
+    let objects = render(&options(false), &m);
+    let api = find(&objects, "APIService", "v1alpha1.tap.knit.dev");
+    assert_eq!(api["spec"]["service"], serde_json::json!({"name": "knit-tap", "namespace": "knit", "port": 443}));
+    assert_eq!(String::from_utf8(B64.decode(api["spec"]["caBundle"].as_str().unwrap()).unwrap()).unwrap(), m.webhook_ca_pem);
+    let names = knit_identity::inspect::CertInfo::from_pem(&m.webhook.cert_pem).unwrap().dns_sans;
+    assert!(names.contains(&"knit-tap.knit.svc".to_string()) && names.contains(&"knit-proxy-injector.knit.svc".to_string()), "{names:?}");
+    assert_eq!(find(&objects, "Service", "knit-tap")["spec"]["ports"][0]["targetPort"], 8089);
+
+    // A certificate from before the tap API (the injector's names only) is renewed by upgrade;
+    // a current one is kept.
+    let old_ca = knit_identity::create::trust_anchor("webhook.knit.knit", 3650 * material::DAY).unwrap();
+    let old = knit_identity::create::server(&["knit-proxy-injector.knit.svc".to_string()], 365 * material::DAY, &old_ca).unwrap();
+    let before = Material { webhook_ca_pem: old_ca.cert_pem.clone(), webhook: old.clone(), ..m.clone() };
+    let renewed = before.renew_webhook("knit").unwrap();
+    assert_ne!(renewed.webhook.cert_pem, old.cert_pem);
+    assert!(knit_identity::inspect::CertInfo::from_pem(&renewed.webhook.cert_pem).unwrap().dns_sans.contains(&"knit-tap.knit.svc".to_string()));
+    assert_eq!(m.clone().renew_webhook("knit").unwrap().webhook.cert_pem, m.webhook.cert_pem);
 }
 
 #[test]

@@ -557,3 +557,84 @@ fn tap_top_edges_routes_and_authz_on_the_demo() {
     assert!(!ok && err.contains("no meshed workload matches"), "{err}");
     assert_eq!(super::terminate_demo(&mut demo), (true, true), "knit demo stops on SIGTERM and removes its temporary directory");
 }
+
+/// `knit viz tap --kubernetes` asks the Kubernetes API server for the tap API's path with the
+/// user's credentials and prints what streams back; a refusal is the API server's own message.
+/// The API server here is a stand-in that answers the tap API's path as the aggregation layer
+/// relays it (knit-control's side of that path is tested with real proxies in knit-proxy's
+/// `discovery::tap_api`).
+#[test]
+fn tap_through_the_kubernetes_api_server() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut s = stream.unwrap();
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut head = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push(line.trim_end().to_string());
+            }
+            let request_line = head.first().cloned().unwrap_or_default();
+            log.lock().unwrap().push(request_line.clone());
+            let token = head.iter().find_map(|h| h.strip_prefix("authorization: ").or_else(|| h.strip_prefix("Authorization: "))).unwrap_or("").to_string();
+            let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+            let expected = "/apis/tap.knit.dev/v1alpha1/watch/namespaces/demo/deployments/books/tap?max_rps=100&path=%2Fbooks";
+            let (status, body) = if path != expected {
+                ("404 Not Found", r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","code":404}"#.to_string())
+            } else if token == "Bearer alice" {
+                let t = knit_control::viz::tap::Tapped {
+                    direction: "inbound".into(),
+                    namespace: "demo".into(),
+                    pod: "books-1".into(),
+                    method: "GET".into(),
+                    authority: "books:8080".into(),
+                    path: "/books/1".into(),
+                    status: Some(200),
+                    ..Default::default()
+                };
+                ("200 OK", format!("{}\n{}\n", serde_json::to_string(&t).unwrap(), serde_json::to_string(&t).unwrap()))
+            } else {
+                ("403 Forbidden", r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"user \"bob\" cannot watch resource \"deployments/tap\" \"books\" in API group \"tap.knit.dev\" in the namespace \"demo\"","reason":"Forbidden","code":403}"#.to_string())
+            };
+            let _ = write!(s, "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    let dir = std::path::PathBuf::from(super::temp_dir("tap-kube"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = |user: &str| {
+        let path = dir.join(format!("{user}.kubeconfig"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"http://{api}\"}}\nusers:\n- name: {user}\n  user: {{token: {user}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: {user}}}\ncurrent-context: c\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let tap = |user: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_knit"))
+            .args(["viz", "tap", "--kubernetes"])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig(user))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, out, err) = tap("alice", &["deploy/books", "-n", "demo", "--path", "/books", "--duration", "2s"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("in  demo/books-1") && l.contains(":path=/books/1 :status=200")).count(), 2, "{out}");
+    let (ok, _, err) = tap("bob", &["deploy/books", "-n", "demo", "--path", "/books", "--duration", "2s"]);
+    assert!(!ok && err.contains("403") && err.contains(r#"user "bob" cannot watch resource "deployments/tap""#), "{err}");
+    let (ok, _, err) = tap("alice", &["deploy/books", "-n", "demo", "--duration", "2s"]);
+    assert!(!ok && err.contains("is the tap APIService installed?"), "an API server without the tap API says so: {err}");
+    let (ok, _, err) = tap("alice", &["deploy/books", "--duration", "2s"]);
+    assert!(!ok && err.contains("-n"), "a deployment needs its namespace: {err}");
+    assert_eq!(seen.lock().unwrap().len(), 3, "{:?}", seen.lock().unwrap());
+}

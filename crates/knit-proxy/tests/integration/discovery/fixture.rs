@@ -110,7 +110,12 @@ pub struct LocalMesh {
     workloads: std::sync::Mutex<Vec<String>>,
     /// knit-control's cluster networks, when a test narrows them (egress: 127.0.0.1 outside).
     cluster_networks: Option<Vec<ipnet::IpNet>>,
+    /// Applied last to knit-control's configuration (at every start).
+    configure: Option<ControlConfigure>,
 }
+
+/// Changes a test makes to knit-control's configuration.
+pub type ControlConfigure = Arc<dyn Fn(&mut knit_control::config::Config) + Send + Sync>;
 
 impl LocalMesh {
     pub async fn start(name: &str) -> Self {
@@ -127,21 +132,31 @@ impl LocalMesh {
         Self::start_with(name, false, Some(networks.iter().map(|n| n.parse().unwrap()).collect())).await
     }
 
+    /// With `configure` applied to knit-control's configuration.
+    pub async fn start_configured(name: &str, configure: ControlConfigure) -> Self {
+        Self::start_full(name, false, None, Some(configure)).await
+    }
+
     async fn start_with(name: &str, tls: bool, cluster_networks: Option<Vec<ipnet::IpNet>>) -> Self {
+        Self::start_full(name, tls, cluster_networks, None).await
+    }
+
+    async fn start_full(name: &str, tls: bool, cluster_networks: Option<Vec<ipnet::IpNet>>, configure: Option<ControlConfigure>) -> Self {
         let dir = std::env::temp_dir().join(format!("knit-discovery-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         let material = layout::init(&dir.join("identity"), &layout::Params::default()).unwrap();
         let any = "127.0.0.1:0".parse().unwrap();
-        let (control, shutdown) = Self::start_control_at(&dir, tls, cluster_networks.as_deref(), [any; 3]).await;
-        Self { dir, manifests, control, tokens: material.token_key, tls, shutdown: Some(shutdown), workloads: Default::default(), cluster_networks }
+        let (control, shutdown) = Self::start_control_at(&dir, tls, cluster_networks.as_deref(), configure.as_ref(), [any; 3]).await;
+        Self { dir, manifests, control, tokens: material.token_key, tls, shutdown: Some(shutdown), workloads: Default::default(), cluster_networks, configure }
     }
 
     async fn start_control_at(
         dir: &std::path::Path,
         tls: bool,
         cluster_networks: Option<&[ipnet::IpNet]>,
+        configure: Option<&ControlConfigure>,
         [identity, destination, policy]: [SocketAddr; 3],
     ) -> (knit_control::Addrs, tokio::sync::oneshot::Sender<()>) {
         let mut config = knit_control::config::Config::local(knit_control::config::IdentityConfig::for_dir(dir.join("identity")));
@@ -153,6 +168,9 @@ impl LocalMesh {
         config.identity_addr = identity;
         config.destination_addr = destination;
         config.policy_addr = policy;
+        if let Some(configure) = configure {
+            configure(&mut config);
+        }
         let control = knit_control::Control::bind(config).await.expect("control plane starts");
         let addrs = control.addrs();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -167,7 +185,7 @@ impl LocalMesh {
         let _ = self.shutdown.take().expect("running").send(());
         tokio::time::sleep(down_for).await;
         let addrs = [self.control.identity, self.control.destination, self.control.policy];
-        let (control, shutdown) = Self::start_control_at(&self.dir, self.tls, self.cluster_networks.as_deref(), addrs).await;
+        let (control, shutdown) = Self::start_control_at(&self.dir, self.tls, self.cluster_networks.as_deref(), self.configure.as_ref(), addrs).await;
         assert_eq!(control.destination, self.control.destination);
         self.shutdown = Some(shutdown);
     }
@@ -257,16 +275,21 @@ impl LocalMesh {
     /// A workload named `name` whose application listens on `app`, its port named `port_name`.
     pub async fn workload_at(&self, name: &str, app: SocketAddr, port_name: &str, service_account: &str, labels: &[(&str, &str)]) -> TestProxy {
         let proxy = self.proxy(name, service_account, Some(app)).await;
-        self.declare(name, app, port_name, service_account, proxy.addrs.inbound.port(), labels).await;
+        // knit-control's viz finds its proxy (to scrape and tap) by these.
+        let ports = [("knit.dev/proxy-admin-port", proxy.addrs.admin.port()), ("knit.dev/proxy-tap-port", proxy.addrs.tap.map_or(0, |t| t.port()))];
+        self.declare(name, app, port_name, service_account, proxy.addrs.inbound.port(), labels, &ports).await;
         proxy
     }
 
-    /// Declares an ExternalWorkload (meshed, its proxy's inbound on `inbound`) in `workloads.yaml`.
-    pub async fn declare(&self, name: &str, app: SocketAddr, port_name: &str, service_account: &str, inbound: u16, labels: &[(&str, &str)]) {
+    /// Declares an ExternalWorkload (meshed, its proxy's inbound on `inbound`, its admin and tap
+    /// ports in `ports`) in `workloads.yaml`.
+    #[allow(clippy::too_many_arguments)]
+    async fn declare(&self, name: &str, app: SocketAddr, port_name: &str, service_account: &str, inbound: u16, labels: &[(&str, &str)], ports: &[(&str, u16)]) {
         let id = identity(service_account);
         let labels: String = labels.iter().map(|(k, v)| format!("    {k}: {v}\n")).collect();
+        let ports: String = ports.iter().map(|(k, p)| format!("    {k}: \"{p}\"\n")).collect();
         let doc = format!(
-            "apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: {name}\n  namespace: {NS}\n  labels:\n{labels}  annotations:\n    knit.dev/proxy-inbound-port: \"{inbound}\"\nspec:\n  meshTLS:\n    identity: {id}\n    serverName: {id}\n  workloadIPs:\n    - ip: {ip}\n  ports:\n    - name: {port_name}\n      port: {port}\n",
+            "apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata:\n  name: {name}\n  namespace: {NS}\n  labels:\n{labels}  annotations:\n    knit.dev/proxy-inbound-port: \"{inbound}\"\n{ports}spec:\n  meshTLS:\n    identity: {id}\n    serverName: {id}\n  workloadIPs:\n    - ip: {ip}\n  ports:\n    - name: {port_name}\n      port: {port}\n",
             ip = app.ip(),
             port = app.port(),
         );
