@@ -244,6 +244,15 @@ got_b=$(($(meshed_in "$B" 6379) - before_b)) got_c=$(($(meshed_in "$C" 6379) - b
 check "the TCPRoute split 40 connections between its backends ($got_b to b, $got_c to c)" test "$got_b" -ge 8 -a "$got_c" -ge 8 -a $((got_b + got_c)) = 40
 check "a's proxy counted the TCPRoute" test "$(metric "$A" outbound_tcp_route_open_total 'route_kind="TCPRoute"' 'route_name="redis-half"')" = 40
 
+# --- the admin port, from another host -----------------------------------------------------------
+# As a scraper would reach it: as the proxy's UID, so a's own proxy does not intercept, and to
+# 4191, which init leaves alone inbound.
+remote() { in_ns "$A" setpriv --reuid=2102 --regid=2102 --clear-groups curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@"; }
+check "b's /metrics answers a remote scraper" test "$(remote "http://$IP_B:4191/metrics")" = 200
+check "b's /config_dump is for loopback only (403 from a)" test "$(remote "http://$IP_B:4191/config_dump")" = 403
+check "b's /shutdown is not for a remote client" test "$(remote -X POST "http://$IP_B:4191/shutdown")" != 200
+check "b's proxy is still ready" in_ns "$B" curl -fsS --max-time 1 -o /dev/null http://127.0.0.1:4191/ready
+
 for ns in "$A" "$B" "$C"; do in_ns "$ns" "$TMP/knit-proxy" init --remove 2>>"$TMP/init.log"; done
 echo "netns-mesh: $passed passed, $failed failed"
 ((failed == 0))

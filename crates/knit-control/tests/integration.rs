@@ -138,9 +138,16 @@ async fn issuer_rotation_is_picked_up_without_a_restart() {
     let first = certify(client.clone(), &pki.key).await.unwrap();
     // A broken issuer file is refused and the old issuer keeps signing.
     std::fs::write(pki.dir.join(layout::ISSUER_CERT), "not a certificate").unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut refused = false;
+    for _ in 0..100 {
+        if metrics(addrs.admin).await.contains("identity_reloads_total{result=\"error\"}") {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the broken issuer file was read and refused");
     assert_eq!(certify(client.clone(), &pki.key).await.unwrap(), first);
-    assert!(metrics(addrs.admin).await.contains("identity_reloads_total{result=\"error\"}"));
     // A new issuer from the same anchor takes over.
     let next = create::issuer("identity-2.knit.cluster.local", 365 * DAY, &pki.anchor).unwrap();
     layout::write_issuer(&pki.dir, &next).unwrap();

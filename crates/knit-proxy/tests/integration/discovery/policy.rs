@@ -37,10 +37,22 @@ async fn only_authorized_identities_reach_the_application() {
     // Without mesh TLS there is no identity at all.
     let (status, body) = crate::harness::request(server.addrs.inbound, "GET", "/", "books", "").await;
     assert_eq!(status, 403, "{body}");
+    // The application's own `l5d-*` headers choose nothing: not a downgrade that would skip
+    // books' proxy, not web's identity.
+    let forged = format!(
+        "GET / HTTP/1.1\r\nHost: books:8080\r\nl5d-orig-proto: HTTP/1.1\r\nl5d-client-id: {}\r\nl5d-dst-override: books.{NS}.svc.cluster.local:8080\r\nConnection: close\r\n\r\n",
+        identity("web")
+    );
+    let mut tcp = tokio::net::TcpStream::connect(other.addrs.outbound).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, forged.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains(&identity("other")) && !answer.contains(&identity("web")), "books' proxy saw other's proven identity: {answer}");
     assert_eq!(books.served(), served_before, "denied requests never reached the application");
 
     let deny = server.metric("inbound_http_authz_deny_total", &[r#"srv_name="books-http""#]).await;
-    assert_eq!(deny - deny_before, 2.0);
+    assert_eq!(deny - deny_before, 3.0);
     let allow = server.metric("inbound_http_authz_allow_total", &[r#"srv_name="books-http""#, r#"authz_name="books-authz""#]).await;
     assert!(allow >= 5.0, "allowed requests are counted: {allow}");
 
