@@ -67,16 +67,22 @@ fn looks_like_http1(buf: &[u8]) -> bool {
     matches!(http1(buf), Detection::NeedMore | Detection::Done(Protocol::Http1))
 }
 
+/// HTTP/1 is decided by the request line alone: once a valid one has arrived, the connection is
+/// HTTP whatever follows (the HTTP server answers a malformed header with 400). Judging the
+/// headers too would make the answer depend on where the client's bytes were split: a request
+/// whose first segment ends before a malformed header would be HTTP, the same bytes in one
+/// segment opaque, forwarded past HTTP routes and authorization to an application whose parser
+/// may be more lenient (found by the `detect` fuzz target).
 fn http1(buf: &[u8]) -> Detection {
-    // No header slots: a valid request line followed by any header yields TooManyHeaders, which
-    // is enough to know the protocol without parsing the rest of the head twice.
+    let line = buf.iter().position(|b| *b == b'\n').map(|i| &buf[..=i]);
+    // No header slots: only the request line is parsed.
     let mut headers = [httparse::EMPTY_HEADER; 0];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    match req.parse(line.unwrap_or(buf)) {
+        // A complete line parses as Partial (the head goes on), or Complete for a line that is
+        // also the end of the head ("GET / HTTP/1.1\n" then "\n" is not in `line`).
         Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => Detection::Done(Protocol::Http1),
-        // httparse validates the request line before any header, so a Partial result with a line
-        // break in the buffer means the request line is complete and valid.
-        Ok(httparse::Status::Partial) if buf.contains(&b'\n') => Detection::Done(Protocol::Http1),
+        Ok(httparse::Status::Partial) if line.is_some() => Detection::Done(Protocol::Http1),
         Ok(httparse::Status::Partial) => Detection::NeedMore,
         Err(_) => Detection::Done(Protocol::Opaque),
     }

@@ -100,3 +100,23 @@ fn never_panics_on_arbitrary_prefixes() {
         }
     }
 }
+
+/// Found by the `detect` fuzz target: a valid request line followed by a malformed header was
+/// HTTP/1 when the header had not arrived yet and opaque when it had, so the same bytes were
+/// HTTP or raw TCP depending on how the client split them. The request line alone decides now.
+#[test]
+fn the_decision_does_not_depend_on_where_the_bytes_were_split() {
+    let crash: &[u8] = b"GET /books HTTP/1.1\r\nHost: books\r.transport.l5d.io/v1\n\r";
+    let bad_header: &[u8] = b"GET /admin HTTP/1.1\r\nHost: x\rfoo: bar\r\n\r\n";
+    let good: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    for input in [crash, bad_header, good] {
+        let mut decided = None;
+        for end in 1..=input.len() {
+            if let Detection::Done(p) = detect(&input[..end]) {
+                assert_eq!(*decided.get_or_insert(p.clone()), p, "{:?} at {end} bytes", String::from_utf8_lossy(input));
+            }
+        }
+        assert_eq!(decided, Some(Protocol::Http1), "{:?}", String::from_utf8_lossy(input));
+    }
+    assert_eq!(detect(b"GET\x01/ HTTP/1.1\r\n"), done(Protocol::Opaque), "an invalid request line is still not HTTP");
+}
