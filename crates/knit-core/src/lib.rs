@@ -10,4 +10,5 @@
 pub mod destination;
 pub mod detect;
 pub mod parse;
+pub mod per_source;
 pub mod transport_header;

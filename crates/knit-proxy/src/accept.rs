@@ -11,7 +11,13 @@
 //! - the loop ends when draining starts, dropping the listener so new connections are refused.
 
 use crate::drain;
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use knit_core::per_source::{PerSource, SourceGuard};
+use std::{
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -24,16 +30,39 @@ pub const KEEPALIVE: Duration = Duration::from_secs(10);
 /// control-plane streams, files, the runtime's own.
 pub const RESERVED_FDS: u64 = 128;
 
-/// Connections one listener class may hold open at once.
+/// Connections one listener class may hold open at once, and optionally from one client
+/// address: one client must not take every place of a small listener (admin, tap) and leave
+/// the kubelet's probes waiting behind it.
 #[derive(Clone)]
 pub struct Limit {
     permits: Arc<Semaphore>,
     pub max: usize,
+    per_source: Option<PerSource>,
+}
+
+/// A connection's place under its [`Limit`]; released when dropped.
+pub struct Permit {
+    _global: OwnedSemaphorePermit,
+    _source: Option<SourceGuard>,
 }
 
 impl Limit {
     pub fn new(max: usize) -> Self {
-        Self { permits: Arc::new(Semaphore::new(max)), max }
+        Self { permits: Arc::new(Semaphore::new(max)), max, per_source: None }
+    }
+
+    /// As [`Self::new`], with at most `per_source` connections from one non-loopback address.
+    pub fn per_source(max: usize, per_source: usize) -> Self {
+        Self { per_source: Some(PerSource::new(per_source)), ..Self::new(max) }
+    }
+
+    /// Counts a connection from `client` against the per-source cap; `None` when it is full.
+    fn admit(&self, global: OwnedSemaphorePermit, client: IpAddr) -> Option<Permit> {
+        let source = match &self.per_source {
+            Some(p) => Some(p.admit(client)?),
+            None => None,
+        };
+        Some(Permit { _global: global, _source: source })
     }
 
     /// Connections open now.
@@ -69,7 +98,7 @@ pub fn tune(tcp: &TcpStream) {
 /// permit that counts it against `limit` (dropped when the connection's task ends).
 pub async fn accept_loop<F, Fut>(listener: TcpListener, limit: Limit, mut drain: Option<drain::Watch>, what: &'static str, mut on_conn: F)
 where
-    F: FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit, Option<drain::Watch>) -> Fut,
+    F: FnMut(TcpStream, SocketAddr, Permit, Option<drain::Watch>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut backoff = Duration::from_millis(10);
@@ -100,6 +129,11 @@ where
             Ok((tcp, client)) => {
                 backoff = Duration::from_millis(10);
                 full_logged = false;
+                let Some(permit) = limit.admit(permit, client.ip()) else {
+                    // Closed at once: its place goes to the next client.
+                    tracing::debug!(listener = what, %client, "too many connections from one client; closed");
+                    continue;
+                };
                 tune(&tcp);
                 tokio::spawn(on_conn(tcp, client, permit, drain.clone()));
             }
@@ -155,6 +189,18 @@ mod tests {
         assert_eq!(limit.in_use(), 1);
         release_tx.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("served once the first ended").unwrap();
+    }
+
+    #[test]
+    fn one_client_cannot_take_every_place() {
+        let limit = Limit::per_source(8, 2);
+        let global = || limit.permits.clone().try_acquire_owned().unwrap();
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        let held = [limit.admit(global(), remote).unwrap(), limit.admit(global(), remote).unwrap()];
+        assert!(limit.admit(global(), remote).is_none(), "a third from the same address");
+        assert_eq!(limit.in_use(), 2, "the refused one's place is free again");
+        drop(held);
+        assert_eq!(limit.in_use(), 0);
     }
 
     #[test]

@@ -33,11 +33,15 @@ pub struct Admin {
 }
 
 /// Admin connections open at once: enough for probes, scrapers and a person; its own limit, so
-/// that a flood of data connections never keeps `/live` from answering.
-const CONNECTIONS: usize = 64;
+/// that a flood of data connections never keeps `/live` from answering. At most 8 from one
+/// address (the kubelet's probes and a scraper need one or two each), so that one client
+/// holding connections open cannot keep the probes waiting.
+const CONNECTIONS: usize = 256;
+const CONNECTIONS_PER_CLIENT: usize = 8;
+
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     let header_read_timeout = admin.config.http.header_read_timeout;
-    crate::accept::accept_loop(listener, crate::accept::Limit::new(CONNECTIONS), None, "admin", move |tcp, client, permit, _| {
+    crate::accept::accept_loop(listener, crate::accept::Limit::per_source(CONNECTIONS, CONNECTIONS_PER_CLIENT), None, "admin", move |tcp, client, permit, _| {
         let admin = admin.clone();
         async move {
             let svc = service_fn(move |req| {

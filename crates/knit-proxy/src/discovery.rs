@@ -353,6 +353,16 @@ impl Discovery {
             return default();
         }
         let pinned = self.cfg.inbound_ports.contains(&port);
+        // A port scan must not open a policy stream per port (they share one connection with
+        // outbound discovery): past a few undeclared ports, the others are refused until some
+        // are forgotten. Refused, not given the default policy: a Server on an undeclared port
+        // may be stricter than the default, and a scan must not walk around it.
+        if !pinned && !self.inbound.contains(&port) && self.inbound.unpinned() >= MAX_UNDECLARED_INBOUND_PORTS {
+            tracing::debug!(port, "too many undeclared inbound ports in use; refusing this one until some are forgotten");
+            return Arc::new(ServerPolicy::invalid(&format!(
+                "port {port} is not in KNIT_PROXY_INBOUND_PORTS and {MAX_UNDECLARED_INBOUND_PORTS} undeclared ports are already in use"
+            )));
+        }
         let rx = self.inbound_watch(port, pinned);
         let answer = rx.borrow().clone();
         match answer {
@@ -515,6 +525,9 @@ fn backoff(failures: u32) -> Duration {
 
 /// A map of watched answers, each kept alive by its stream task and dropped (aborting the task)
 /// once unused for the idle timeout.
+/// Inbound ports outside `KNIT_PROXY_INBOUND_PORTS` whose policy is watched at once.
+const MAX_UNDECLARED_INBOUND_PORTS: usize = 64;
+
 struct Cache<K, V> {
     idle: Duration,
     epoch: Instant,
@@ -555,6 +568,15 @@ impl<K: Eq + Hash + Clone, V: Clone> Cache<K, V> {
         let (value, task) = make();
         map.insert(key, Entry { value: value.clone(), last_used: AtomicU64::new(now), pinned, task });
         value
+    }
+
+    fn contains(&self, key: &K) -> bool {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).contains_key(key)
+    }
+
+    /// Entries that idleness may forget.
+    fn unpinned(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|e| !e.pinned).count()
     }
 
     fn sweep(&self, now: Instant) {
@@ -618,6 +640,34 @@ mod tests {
         let eps = pool.endpoints();
         assert_eq!(eps.len(), 1, "{eps:?}");
         assert_eq!(eps[0].labels.iter().collect::<Vec<_>>(), [("namespace", "demo"), ("pod", "b")]);
+    }
+
+    #[tokio::test]
+    async fn a_port_scan_opens_a_bounded_number_of_policy_streams() {
+        let cfg = DiscoveryConfig {
+            destination_addr: None,
+            // Nobody answers there: every watch stays pending, as under a scan.
+            policy_addr: Some(crate::control::ControlAddr { addr: "127.0.0.1:9".into(), tls_name: None }),
+            workload: r#"{"ns":"demo","pod":"web"}"#.into(),
+            context: String::new(),
+            outbound_idle_timeout: Duration::from_secs(5),
+            inbound_idle_timeout: Duration::from_secs(90),
+            initial_timeout: Duration::from_secs(3),
+            default_inbound_policy: crate::policy::inbound::DefaultPolicy::AllUnauthenticated,
+            cluster_networks: vec![],
+            inbound_ports: [8080].into(),
+            trust_loopback: false,
+            opaque_ports: BTreeSet::new(),
+        };
+        let d = Discovery::spawn(cfg, None).unwrap();
+        for port in 10_000..10_000 + MAX_UNDECLARED_INBOUND_PORTS as u16 {
+            assert!(d.inbound(port).invalid.is_none(), "{port}: the default policy until the control plane answers");
+        }
+        assert_eq!(d.inbound.len(), MAX_UNDECLARED_INBOUND_PORTS + 1, "one watch per port, and the declared one");
+        let refused = d.inbound(20_000);
+        assert!(refused.invalid.as_deref().is_some_and(|r| r.contains("undeclared")), "past the bound a new port is refused, not defaulted");
+        assert_eq!(d.inbound.len(), MAX_UNDECLARED_INBOUND_PORTS + 1, "and opens no stream");
+        assert!(d.inbound(10_000).invalid.is_none() && d.inbound(8080).invalid.is_none(), "ports in use and declared ports are unaffected");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub enum ProxyError {
     BadAuthority(String),
     #[error("the request's URI names {uri} but its Host header names {host}: send one authority (the proxy routes and the application reads the same one)")]
     MismatchedAuthority { uri: String, host: String },
+    #[error("the request has more than one Host header: send one (the proxy routes and the application reads the same one)")]
+    DuplicateHost,
     #[error("{0:?} is not a valid path once normalized")]
     BadPath(String),
     #[error("a non-HTTP connection reached the outbound listener with no original destination (no iptables redirect) and no port forward: nothing says where it should go")]
@@ -36,6 +38,8 @@ pub enum ProxyError {
     NoIdentity,
     #[error("a transport header arrived without mesh TLS; with identity on, direct connections must be mutually authenticated")]
     DirectWithoutTls,
+    #[error("the connection was addressed to {0}, which is not this workload; inbound serves only this workload's addresses")]
+    NotLocal(SocketAddr),
     #[error("upstream {addr} answered the upgrade with {status} instead of switching protocols")]
     UpgradeRefused { addr: SocketAddr, status: http::StatusCode },
     #[error("no answer from the control plane about {what} within {timeout:?}: is knit-control running and reachable?")]
@@ -103,9 +107,11 @@ impl ProxyError {
             Self::NoAuthority
             | Self::BadAuthority(_)
             | Self::MismatchedAuthority { .. }
+            | Self::DuplicateHost
             | Self::BadPath(_)
             | Self::TransportHeader(_)
-            | Self::DirectWithoutTls => Blame::Client,
+            | Self::DirectWithoutTls
+            | Self::NotLocal(_) => Blame::Client,
             Self::ConnectTimeout { .. } | Self::Connect { .. } | Self::Upstream { .. } | Self::UpgradeRefused { .. } | Self::Tls { .. } => Blame::Upstream,
             Self::NoIdentity => Blame::Proxy,
             Self::NoRoute { .. } | Self::NoTarget | Self::NoDestination | Self::Loop(_) => Blame::Proxy,
@@ -150,7 +156,7 @@ impl ProxyError {
             Self::ConnectTimeout { .. } => "connect_timeout",
             Self::Connect { .. } => "connect",
             Self::NoRoute { .. } => "no_route",
-            Self::NoAuthority | Self::BadAuthority(_) | Self::MismatchedAuthority { .. } => "bad_authority",
+            Self::NoAuthority | Self::BadAuthority(_) | Self::MismatchedAuthority { .. } | Self::DuplicateHost => "bad_authority",
             Self::BadPath(_) => "bad_path",
             Self::NoTarget | Self::NoDestination => "no_target",
             Self::Loop(_) => "loop",
@@ -160,6 +166,7 @@ impl ProxyError {
             Self::Tls { .. } => "tls",
             Self::NoIdentity => "no_identity",
             Self::DirectWithoutTls => "direct_without_tls",
+            Self::NotLocal(_) => "not_local",
             Self::DiscoveryTimeout { .. } => "discovery_timeout",
             Self::NoDiscovery { .. } => "no_discovery",
             Self::InvalidPolicy(_) => "invalid_policy",

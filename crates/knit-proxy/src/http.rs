@@ -116,6 +116,9 @@ pub struct Ctx {
     /// Inbound: the connection came from a peer proxy over the mesh protocol (mesh TLS, or a
     /// transport header), so its requests may carry the proxies' own headers (`l5d-orig-proto`).
     pub from_peer: bool,
+    /// The connection's requests in flight and the tunnels (WebSocket, CONNECT) spliced from
+    /// them: the connection stays counted (its listener's permit, its drain watch) until all end.
+    pub activity: Arc<Activity>,
 }
 
 /// The endpoint a request goes to, the logical name it was addressed by, and inbound, the
@@ -181,7 +184,7 @@ where
 {
     let http = &ctx.side.config.http;
     let resets = Arc::new(ResetBudget::new());
-    let activity = Arc::new(Activity::new());
+    let activity = ctx.activity.clone();
     let svc = {
         let (ctx, resets, activity) = (ctx.clone(), resets.clone(), activity.clone());
         service_fn(move |req| {
@@ -255,31 +258,43 @@ where
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
+    // Upgraded connections outlive the HTTP connection that carried them.
+    activity.finished().await;
 }
 
 /// Streams the server resets because the client broke the protocol on them, before the
 /// connection is closed (the "MadeYouReset" attack makes the server reset streams for it).
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
 
-/// When a connection last started a request, and how many are in flight: it is idle with none
-/// for the idle timeout.
-struct Activity {
+/// When a connection last started a request, and how many are in flight (requests, and tunnels
+/// spliced from them): it is idle with none for the idle timeout.
+#[derive(Default)]
+pub struct Activity {
     in_flight: std::sync::atomic::AtomicUsize,
     changed: tokio::sync::Notify,
 }
 
-/// A request being handled; ends with the handler.
-struct Busy(Arc<Activity>);
+/// A request being handled, or a tunnel open; ends when dropped.
+pub struct Busy(Arc<Activity>);
 
 impl Activity {
-    fn new() -> Self {
-        Self { in_flight: Default::default(), changed: tokio::sync::Notify::new() }
-    }
-
-    fn start(self: &Arc<Self>) -> Busy {
+    pub fn start(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.changed.notify_waiters();
         Busy(self.clone())
+    }
+
+    /// Completes once nothing is in flight.
+    async fn finished(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Completes once no request has been in flight for `timeout`.

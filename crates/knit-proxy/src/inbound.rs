@@ -33,7 +33,11 @@ use knit_core::{
     detect::Protocol as Detected,
     transport_header::{self, Decoded, HeaderError, SessionProtocol, TransportHeader},
 };
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -73,7 +77,13 @@ struct Conn {
 
 async fn accept(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError> {
     let local = tcp.local_addr().map_err(|source| ProxyError::Connect { addr: client, source })?;
-    let target = orig_dst::redirected_dst(&tcp).or(side.config.inbound.target_addr);
+    let redirected = orig_dst::redirected_dst(&tcp);
+    // Inbound is for this workload: a packet addressed elsewhere that reached the redirect (a
+    // neighbour on the same link can send one) must not make the proxy dial out for it.
+    if let Some(t) = redirected.filter(|t| !is_local(t.ip(), local.ip())) {
+        return Err(ProxyError::NotLocal(t));
+    }
+    let target = redirected.or(side.config.inbound.target_addr);
     let mut conn =
         Conn { client, local, target, tls: Tls::NoIdentity(NoTlsReason::NoTlsFromRemote), client_id: None, from_peer: false, side: side.clone(), drain };
     let io = PrefixedIo::new(Bytes::new(), tcp);
@@ -98,14 +108,25 @@ async fn accept(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: dra
             let Some(creds) = ours else {
                 // The client chooses its SNI: the label's values are bounded.
                 conn.tls = Tls::Opaque { sni: sni.map(|s| side.hostnames.get(&s)) };
+                // A port whose policy says HTTP is served as HTTP, whatever arrived: TLS the
+                // proxy cannot read would skip its routes and per-route authorization.
+                if matches!(protocol, Some(Protocol::Http1 | Protocol::Http2 | Protocol::Grpc)) {
+                    return conn.serve_http(d.io, HttpVersion::Http1).await;
+                }
                 return conn.opaque(d.io, Bytes::new()).await;
             };
             let log = side.dialer.log.clone();
             let (tls, client_id, transport) = crate::tls::accept(d.io, creds, client, &side.metrics.identity, &log).await?;
             conn.tls = Tls::Inbound { client_id: client_id.clone() };
             conn.from_peer = client_id.is_some();
-            conn.client_id = client_id;
             let io = PrefixedIo::new(Bytes::new(), tls);
+            // The transport header (which names a local port and the protocol) is a peer
+            // proxy's: only from a client that proved a mesh identity, as Linkerd requires.
+            if transport && client_id.is_none() {
+                side.metrics.identity.handshake_failed(side.direction, "direct_without_identity");
+                return Err(ProxyError::DirectWithoutTls);
+            }
+            conn.client_id = client_id;
             if transport {
                 return conn.direct(io).await;
             }
@@ -280,6 +301,7 @@ impl Conn {
             client_id: self.client_id,
             tls: self.tls,
             from_peer: self.from_peer,
+            activity: Default::default(),
         };
         http::serve(io, version, Arc::new(ctx), self.drain).await;
         Ok(())
@@ -345,6 +367,13 @@ impl Conn {
     }
 }
 
+/// Whether an inbound connection's original destination is this workload: the address it was
+/// accepted on, or loopback (a workload that calls itself through its own proxy).
+fn is_local(target: IpAddr, local: IpAddr) -> bool {
+    let target = target.to_canonical();
+    target == local.to_canonical() || target.is_loopback() || crate::loops::is_local(target)
+}
+
 /// Reads a complete transport header within [`HEADER_TIMEOUT`] in all; the bytes after it stay
 /// in front of the stream.
 async fn read_header<I>(io: PrefixedIo<I>, peer: SocketAddr) -> Result<(TransportHeader, PrefixedIo<I>), ProxyError>
@@ -367,6 +396,23 @@ where
                 // A peer proxy writes the whole header at once; taking this long means it is not one.
                 Err(_) => return Err(HeaderError::Malformed("timed out inside the header").into()),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_workloads_addresses_are_inbound_targets() {
+        let pod: IpAddr = "10.0.0.5".parse().unwrap();
+        assert!(is_local(pod, pod));
+        assert!(is_local("::ffff:10.0.0.5".parse().unwrap(), pod), "in any spelling");
+        assert!(is_local("127.0.0.1".parse().unwrap(), pod) && is_local("::1".parse().unwrap(), pod), "the workload calling itself");
+        // TEST-NET addresses: never local here.
+        for other in ["192.0.2.1", "198.51.100.7", "169.254.169.254"] {
+            assert!(!is_local(other.parse().unwrap(), pod), "{other}");
         }
     }
 }

@@ -150,7 +150,10 @@ pub fn chain_rules(cfg: &InitConfig) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
         comment(&mut r, "ignore-subnet");
         inbound.push(r);
     }
-    let mut r = args(&["-p", "tcp", "-j", "REDIRECT", "--to-ports", &cfg.inbound_port.to_string()]);
+    // Only what is addressed to this pod: a packet for another address that reaches the pod's
+    // interface (a neighbour can send one) is dropped by the kernel rather than handed to the
+    // proxy to dial out for.
+    let mut r = args(&["-p", "tcp", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "REDIRECT", "--to-ports", &cfg.inbound_port.to_string()]);
     comment(&mut r, "redirect-all-incoming-to-proxy");
     inbound.push(r);
 

@@ -196,9 +196,12 @@ impl Proxy {
             }
         }
 
-        let data = accept::Limit::new(accept::data_connections(self.config.max_connections));
-        tracing::debug!(max = data.max, "data listeners' connection limit");
-        tokio::spawn(accept::accept_loop(self.inbound, data.clone(), Some(watch.clone()), "inbound", {
+        // Inbound and outbound each get half: remote clients holding connections to the
+        // inbound port cannot keep the application's own calls waiting, nor the reverse.
+        let half = (accept::data_connections(self.config.max_connections) / 2).max(1);
+        let (inbound_limit, outbound_limit) = (accept::Limit::new(half), accept::Limit::new(half));
+        tracing::debug!(max = half, "connection limit of each direction");
+        tokio::spawn(accept::accept_loop(self.inbound, inbound_limit, Some(watch.clone()), "inbound", {
             let side = inbound.clone();
             move |tcp, client, permit, drain| {
                 let side = side.clone();
@@ -212,7 +215,7 @@ impl Proxy {
         let outbound_listeners = std::iter::once((self.outbound, None)).chain(self.forwards.into_iter().map(|(l, a)| (l, Some(a))));
         for (listener, forward) in outbound_listeners {
             let side = outbound.clone();
-            tokio::spawn(accept::accept_loop(listener, data.clone(), Some(watch.clone()), "outbound", move |tcp, client, permit, drain| {
+            tokio::spawn(accept::accept_loop(listener, outbound_limit.clone(), Some(watch.clone()), "outbound", move |tcp, client, permit, drain| {
                 let (side, forward) = (side.clone(), forward.clone());
                 async move {
                     let Some(drain) = drain else { return };

@@ -50,8 +50,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// Whether `ip` belongs to a local interface: only a local address can be bound. Asked only when
-/// a target's port is one of the proxy's own, so the syscall is rare.
-fn is_local(ip: IpAddr) -> bool {
+/// a target's port is one of the proxy's own, or an inbound connection's original destination is
+/// not the address it arrived on, so the syscall is rare.
+pub(crate) fn is_local(ip: IpAddr) -> bool {
     UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 

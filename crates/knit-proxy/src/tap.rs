@@ -345,8 +345,10 @@ impl Tap for TapService {
     }
 }
 
-/// Tap connections open at once: one per knit-control replica, and room to spare.
+/// Tap connections open at once: one per knit-control replica, and room to spare; a few from
+/// any one address.
 const CONNECTIONS: usize = 16;
+const CONNECTIONS_PER_CLIENT: usize = 4;
 /// How long a connection from any other identity may stay open.
 const REFUSED_LIFETIME: std::time::Duration = std::time::Duration::from_secs(5);
 /// An `ObserveRequest` is a match expression and a limit: a few hundred bytes.
@@ -364,7 +366,7 @@ pub async fn serve(
 ) {
     let allowed: Arc<str> = allowed.into();
     let log = Arc::new(crate::tls::LogOnce::default());
-    crate::accept::accept_loop(listener, crate::accept::Limit::new(CONNECTIONS), None, "tap", move |tcp, peer, permit, _| {
+    crate::accept::accept_loop(listener, crate::accept::Limit::per_source(CONNECTIONS, CONNECTIONS_PER_CLIENT), None, "tap", move |tcp, peer, permit, _| {
         let (taps, allowed, metrics, log, identity) = (taps.clone(), allowed.clone(), metrics.clone(), log.clone(), identity.clone());
         async move {
             let Some(creds) = identity.current() else { return };

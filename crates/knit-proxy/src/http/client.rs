@@ -33,7 +33,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 type H2Sender = hyper::client::conn::http2::SendRequest<ReqBody>;
@@ -174,23 +174,43 @@ fn upstream_error(addr: SocketAddr, e: legacy::Error) -> ProxyError {
     ProxyError::Upstream { addr, source: e.into() }
 }
 
-/// One HTTP/2 connection per endpoint, shared by every request to it. A slot's async lock makes
-/// concurrent first requests wait for one dial instead of each opening a connection.
+/// One HTTP/2 connection per endpoint, shared by its requests. A slot's async lock makes
+/// concurrent first requests wait for one dial instead of each opening a connection. A
+/// connection unused for [`H2_IDLE`] is let go (hyper closes it once its last sender is
+/// dropped), so endpoints that left discovery do not keep connections open for ever.
 #[derive(Default)]
 struct H2Pool {
-    slots: Mutex<HashMap<Endpoint, Arc<tokio::sync::Mutex<Option<H2Sender>>>>>,
+    slots: Mutex<H2Slots>,
 }
+
+#[derive(Default)]
+struct H2Slots {
+    /// Each endpoint's connection (behind the lock its first dial holds) and when it was last used.
+    map: HashMap<Endpoint, (H2Slot, Instant)>,
+    swept: Option<Instant>,
+}
+
+type H2Slot = Arc<tokio::sync::Mutex<Option<H2Sender>>>;
+
+/// How long an unused HTTP/2 upstream connection is kept.
+const H2_IDLE: Duration = Duration::from_secs(60);
 
 impl H2Pool {
     async fn sender(&self, endpoint: &Endpoint, connector: &Connector) -> Result<H2Sender, ProxyError> {
         let slot = {
             // A poisoned lock means a panic while inserting into a map; the map is still valid.
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            if slots.len() >= SWEEP_AT {
-                // Slots of endpoints whose connection closed (and that nobody is dialling) go.
-                slots.retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().map_or(true, |g| g.as_ref().is_some_and(|s| !s.is_closed())));
+            let now = Instant::now();
+            if slots.map.len() >= SWEEP_AT || slots.swept.is_none_or(|t| now.duration_since(t) > H2_IDLE / 6) {
+                slots.swept = Some(now);
+                // Slots nobody is using or dialling go when their connection closed or idled.
+                slots.map.retain(|_, (s, used)| {
+                    Arc::strong_count(s) > 1 || s.try_lock().map_or(true, |g| g.as_ref().is_some_and(|s| !s.is_closed()) && now.duration_since(*used) < H2_IDLE)
+                });
             }
-            slots.entry(endpoint.clone()).or_default().clone()
+            let entry = slots.map.entry(endpoint.clone()).or_insert_with(|| (Arc::default(), now));
+            entry.1 = now;
+            entry.0.clone()
         };
         let mut slot = slot.lock().await;
         if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {

@@ -295,7 +295,10 @@ async fn tunnel(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Result
     if switched {
         let upstream_side = hyper::upgrade::on(&mut rsp);
         let client = ctx.client;
+        // The tunnel keeps its connection counted (http::serve waits for it).
+        let busy = ctx.activity.start();
         tokio::spawn(async move {
+            let _busy = busy;
             match tokio::try_join!(client_side, upstream_side) {
                 Ok((c, u)) => {
                     let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));

@@ -33,6 +33,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        // A client's `Connection` may not remove what routing, authorization and framing read
+        // (the request's authority, its length): the next hop must see the same request.
+        .filter(|n| ![header::HOST, header::CONTENT_LENGTH, header::TRANSFER_ENCODING].contains(n))
         .collect();
     for n in named {
         headers.remove(n);

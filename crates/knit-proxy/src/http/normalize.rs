@@ -12,8 +12,13 @@ use crate::error::ProxyError;
 use http::{header, uri::PathAndQuery, Method, Request, Uri};
 use std::borrow::Cow;
 
-/// Refuses a request whose URI authority and `Host` header name different hosts or ports.
+/// Refuses a request with more than one `Host` header (RFC 9112 §3.2: routing would read the
+/// first, an application may read the last), or whose URI authority and `Host` name different
+/// hosts or ports.
 pub fn check_authority<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(ProxyError::DuplicateHost);
+    }
     if req.method() == Method::CONNECT {
         return Ok(());
     }

@@ -9,7 +9,7 @@ fn defaults_match_linkerd() {
     let cfg = parse_args(&[]).unwrap();
     let (inbound, output) = chain_rules(&cfg);
     assert_eq!(inbound[0][..6], argv("-p tcp -m multiport --dports 4190,4191"));
-    assert!(inbound.last().unwrap().join(" ").starts_with("-p tcp -j REDIRECT --to-ports 4143"));
+    assert!(inbound.last().unwrap().join(" ").starts_with("-p tcp -m addrtype --dst-type LOCAL -j REDIRECT --to-ports 4143"));
     assert!(output[0].join(" ").starts_with("-m owner --uid-owner 2102 -j RETURN"));
     assert!(output[1].join(" ").starts_with("-o lo -j RETURN"));
     assert!(output.last().unwrap().join(" ").starts_with("-p tcp -j REDIRECT --to-ports 4140"));

@@ -75,8 +75,13 @@ pub struct CloseLabels {
 }
 
 /// Label values an attacker may choose (a request's `Host`, a ClientHello's SNI): at most
-/// `limit` distinct ones become series; the rest share the value `overflow`, so 10,000 made-up
-/// names cost 10,000 lookups, not 10,000 series.
+/// `limit` distinct ones become series; the rest (and any longer than a DNS name) share the
+/// value `overflow`, so 10,000 made-up names cost 10,000 lookups, not 10,000 series. The first
+/// `limit` stay for the process's life: a flood before the real names arrive pushes those into
+/// `overflow` (counted, just not by name).
+/// The longest value [`Bounded`] keeps as itself: a DNS name's longest, with a port.
+const MAX_VALUE_LEN: usize = 253 + 6;
+
 pub struct Bounded {
     limit: usize,
     seen: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -88,6 +93,10 @@ impl Bounded {
     }
 
     pub fn get(&self, value: &str) -> String {
+        // No DNS name is longer; a longer value is not a name worth a series of its own.
+        if value.len() > MAX_VALUE_LEN {
+            return "overflow".to_string();
+        }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.contains(value) {
             return value.to_string();

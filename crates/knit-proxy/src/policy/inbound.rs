@@ -119,7 +119,7 @@ pub struct ServerPolicy {
     routes: Vec<InboundRoute>,
     rate_limit: Option<Arc<RateLimit>>,
     /// Set when the control plane's message was unusable: everything is refused with this.
-    invalid: Option<String>,
+    pub(crate) invalid: Option<String>,
 }
 
 pub struct HttpPermit<'p> {

@@ -333,4 +333,12 @@ async fn odd_spellings_of_a_path_or_authority_do_not_walk_around_a_route() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("names admin.internal but its Host header names web.test"), "{answer}");
+    // Two Host headers: routing would read one, the application perhaps the other.
+    let answer = raw(proxy.outbound, b"GET /hello HTTP/1.1\r\nHost: web.test\r\nHost: admin.internal\r\nConnection: close\r\n\r\n").await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("more than one Host header"), "{answer}");
+    // `Connection: host` does not take away the Host the request was routed by.
+    let answer = raw(proxy.outbound, b"GET /headers HTTP/1.1\r\nHost: web.test\r\nConnection: close, host\r\n\r\n").await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.to_ascii_lowercase().contains("host: web.test"), "{answer}");
 }

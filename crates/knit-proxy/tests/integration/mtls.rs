@@ -155,6 +155,38 @@ async fn a_plaintext_transport_header_is_refused_once_identity_is_on() {
     assert_eq!(server.metric("tls_handshake_failures_total", &[r#"reason="direct_without_tls""#]).await, 1.0);
 }
 
+/// Mesh TLS without a client certificate, negotiating the transport header anyway: the header
+/// (which chooses a local port and a protocol) is a peer proxy's, and a client that proved no
+/// identity is not one.
+#[tokio::test]
+async fn a_transport_header_inside_tls_without_a_client_identity_is_refused() {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::start("direct-anon").await;
+    let app = server::start().await;
+    let (_client, server) = pair(&pki, app, BOOKS).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pki.anchor.cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"transport.l5d.io/v1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.addrs.inbound).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(ServerName::try_from(BOOKS).unwrap(), tcp).await.unwrap();
+    let header =
+        knit_core::transport_header::TransportHeader { port: app.port(), name: None, protocol: Some(knit_core::transport_header::SessionProtocol::Http1) };
+    tls.write_all(&header.encode()).await.unwrap();
+    tls.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await.expect("closed");
+    assert!(out.is_empty(), "nothing is proxied: {}", String::from_utf8_lossy(&out));
+    assert_eq!(server.metric("tls_handshake_failures_total", &[r#"reason="direct_without_identity""#]).await, 1.0);
+}
+
 #[tokio::test]
 async fn a_peer_with_the_wrong_identity_is_refused_with_an_explanation() {
     let pki = Pki::start("wrong").await;

@@ -29,6 +29,28 @@ async fn collect(client: Arc<Client>, target: Target, filter: Filter, secs: u64)
     out
 }
 
+/// What knit-control taps for workload `name` (its pod and deployment share the name).
+fn target(name: &str, proxy: &crate::harness::TestProxy) -> Target {
+    Target {
+        admin: proxy.addrs.admin,
+        namespace: NS.into(),
+        deployment: name.into(),
+        pod: name.into(),
+        identity: Some(identity(name)),
+        tap: proxy.addrs.tap.expect("tap is on"),
+    }
+}
+
+/// `n` requests to books for `path` through `outbound`, 50 ms apart, in the background.
+pub(super) fn traffic(outbound: std::net::SocketAddr, path: &'static str, n: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for _ in 0..n {
+            send(outbound, "books:8080", path, 1).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn knit_control_taps_over_mtls_and_nobody_else_can() {
     let mesh = LocalMesh::start("tap").await;
@@ -37,18 +59,11 @@ async fn knit_control_taps_over_mtls_and_nobody_else_can() {
     mesh.write("services.yaml", &service("books", &[("app", "books")], &[])).await;
     let web = mesh.proxy("web", "web", None).await;
     assert_eq!(count_from(&send(web.addrs.outbound, "books:8080", "/warm", 5).await, "books"), 5);
-    let target = Target {
-        admin: books_proxy.addrs.admin,
-        namespace: NS.into(),
-        deployment: "books".into(),
-        pod: "books".into(),
-        identity: Some(identity("books")),
-        tap: books_proxy.addrs.tap.expect("tap is on"),
-    };
+    let target = target("books", &books_proxy);
 
     // Traffic to two paths while knit-control taps only one of them.
     let outbound = web.addrs.outbound;
-    let traffic = tokio::spawn(async move {
+    let load = tokio::spawn(async move {
         for _ in 0..30 {
             send(outbound, "books:8080", "/books/1", 1).await;
             send(outbound, "books:8080", "/other", 1).await;
@@ -57,7 +72,7 @@ async fn knit_control_taps_over_mtls_and_nobody_else_can() {
     });
     let filter = Filter { path_prefix: Some("/books".into()), ..Default::default() };
     let seen = collect(client(&mesh, CONTROL_IDENTITY), target.clone(), filter, 3).await;
-    traffic.abort();
+    load.abort();
     let tapped: Vec<&Tapped> = seen.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert!(!tapped.is_empty(), "requests were tapped: {seen:?}");
     for t in &tapped {
@@ -103,23 +118,9 @@ async fn refusals_are_tapped_and_outbound_events_name_the_destination() {
     let web = mesh.proxy("web", "web", None).await;
     let other = mesh.proxy("other", "other", None).await;
     crate::assert_eventually!(send(other.addrs.outbound, "books:8080", "/", 1).await[0].0 == 403, "the policy applies");
-    let target = |name: &str, proxy: &crate::harness::TestProxy| Target {
-        admin: proxy.addrs.admin,
-        namespace: NS.into(),
-        deployment: name.into(),
-        pod: name.into(),
-        identity: Some(identity(name)),
-        tap: proxy.addrs.tap.expect("tap is on"),
-    };
 
     // books' proxy refuses other: the refusal is tapped, though no request reached books.
-    let outbound = other.addrs.outbound;
-    let denied = tokio::spawn(async move {
-        for _ in 0..20 {
-            send(outbound, "books:8080", "/denied", 1).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let denied = traffic(other.addrs.outbound, "/denied", 20);
     let filter = Filter { path_prefix: Some("/denied".into()), ..Default::default() };
     let seen = collect(client(&mesh, CONTROL_IDENTITY), target("books", &books_proxy), filter, 2).await;
     denied.abort();
@@ -130,13 +131,7 @@ async fn refusals_are_tapped_and_outbound_events_name_the_destination() {
     }
 
     // web's outbound events name where the request went, from discovery's labels.
-    let outbound = web.addrs.outbound;
-    let calls = tokio::spawn(async move {
-        for _ in 0..20 {
-            send(outbound, "books:8080", "/books/2", 1).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let calls = traffic(web.addrs.outbound, "/books/2", 20);
     let seen = collect(client(&mesh, CONTROL_IDENTITY), target("web", &web), Filter::default(), 2).await;
     calls.abort();
     let tapped: Vec<&Tapped> = seen.iter().filter_map(|r| r.as_ref().ok()).collect();
@@ -187,22 +182,8 @@ async fn clients_without_the_identity_cannot_hold_the_tap_port() {
     assert!(took < Duration::from_secs(10), "the silent clients were closed after {took:?}, expected about 5 s");
 
     // knit-control taps as before.
-    let target = Target {
-        admin: books_proxy.addrs.admin,
-        namespace: NS.into(),
-        deployment: "books".into(),
-        pod: "books".into(),
-        identity: Some(identity("books")),
-        tap,
-    };
-    let outbound = web.addrs.outbound;
-    let traffic = tokio::spawn(async move {
-        for _ in 0..40 {
-            send(outbound, "books:8080", "/books/1", 1).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    let seen = collect(client(&mesh, CONTROL_IDENTITY), target, Filter::default(), 2).await;
-    traffic.abort();
+    let calls = traffic(web.addrs.outbound, "/books/1", 40);
+    let seen = collect(client(&mesh, CONTROL_IDENTITY), target("books", &books_proxy), Filter::default(), 2).await;
+    calls.abort();
     assert!(seen.iter().any(|r| r.is_ok()), "{seen:?}");
 }

@@ -5,7 +5,7 @@
 //! ConfigMap from and asks SubjectAccessReviews of. The proxies, their tap servers and
 //! knit-control are the real ones.
 
-use super::fixture::{send, service, Backend, Behaviour, LocalMesh, NS};
+use super::fixture::{service, Backend, Behaviour, LocalMesh, NS};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
@@ -134,6 +134,18 @@ async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(StatusCode, Incoming), String> {
+    get_as(false, tap_api, serving_ca, client, path, headers).await
+}
+
+/// As [`get`], over HTTP/2 when `h2` (as the aggregator does when the server offers it).
+async fn get_as(
+    h2: bool,
+    tap_api: SocketAddr,
+    serving_ca: &str,
+    client: Option<&Credentials>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(StatusCode, Incoming), String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(serving_ca.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -142,7 +154,7 @@ async fn get(
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots);
-    let config = match client {
+    let mut config = match client {
         Some(c) => builder
             .with_client_auth_cert(
                 CertificateDer::pem_slice_iter(c.cert_pem.as_bytes()).map(|c| c.unwrap()).collect(),
@@ -151,18 +163,33 @@ async fn get(
             .unwrap(),
         None => builder.with_no_client_auth(),
     };
+    if h2 {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+    }
     let tcp = tokio::net::TcpStream::connect(tap_api).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("knit-tap.knit.svc").unwrap(), tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| format!("http: {e}"))?;
-    tokio::spawn(conn);
-    let mut req = Request::get(path).header("host", "knit-tap.knit.svc");
+    let mut req = Request::get(format!("https://knit-tap.knit.svc{path}"));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let rsp = sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()).await.map_err(|e| format!("request: {e}"))?;
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
+    let rsp = if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.map_err(|e| format!("http: {e}"))?;
+        tokio::spawn(conn);
+        sender.send_request(req).await
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| format!("http: {e}"))?;
+        tokio::spawn(conn);
+        let mut req = req;
+        *req.uri_mut() = path.parse().unwrap();
+        req.headers_mut().insert("host", "knit-tap.knit.svc".parse().unwrap());
+        sender.send_request(req).await
+    }
+    .map_err(|e| format!("request: {e}"))?;
     Ok((rsp.status(), rsp.into_body()))
 }
 
@@ -215,19 +242,19 @@ async fn the_api_server_decides_who_may_tap() {
     let ca = serving_ca.cert_pem.as_str();
     let tap_path = format!("/apis/tap.knit.dev/v1alpha1/watch/namespaces/{NS}/deployments/books/tap?path=/books");
 
-    // Discovery, as the aggregator's availability check asks it.
-    let (status, body) = get(tap_api, ca, Some(&front_proxy), "/apis/tap.knit.dev/v1alpha1", &[]).await.unwrap();
-    let list = json_of(body).await;
-    assert_eq!((status, list["kind"].as_str(), list["groupVersion"].as_str()), (StatusCode::OK, Some("APIResourceList"), Some("tap.knit.dev/v1alpha1")));
+    // Discovery, as the aggregator's availability check asks it, over HTTP/1 and HTTP/2.
+    for h2 in [false, true] {
+        let (status, body) = get_as(h2, tap_api, ca, Some(&front_proxy), "/apis/tap.knit.dev/v1alpha1", &[]).await.unwrap();
+        let list = json_of(body).await;
+        assert_eq!(
+            (status, list["kind"].as_str(), list["groupVersion"].as_str()),
+            (StatusCode::OK, Some("APIResourceList"), Some("tap.knit.dev/v1alpha1")),
+            "h2: {h2}"
+        );
+    }
 
     // alice may: she sees books' requests, and the review asked exactly that.
-    let outbound = web.addrs.outbound;
-    let traffic = tokio::spawn(async move {
-        for _ in 0..60 {
-            send(outbound, "books:8080", "/books/1", 1).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let traffic = super::tap::traffic(web.addrs.outbound, "/books/1", 60);
     let alice = [("X-Remote-User", "alice"), ("X-Remote-Group", "devs"), ("X-Remote-Group", "system:authenticated")];
     let (status, body) = get(tap_api, ca, Some(&front_proxy), &tap_path, &alice).await.unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -242,6 +269,29 @@ async fn the_api_server_decides_who_may_tap() {
         serde_json::json!({"group": "tap.knit.dev", "version": "v1alpha1", "resource": "deployments", "subresource": "tap", "verb": "watch", "namespace": NS, "name": "books"})
     );
     assert!(asked.lock().unwrap().tokens.iter().all(|t| t == "Bearer knit-control-token"), "knit-control asks with its own credentials");
+
+    // One user's taps are bounded: the aggregator's connections are everyone's.
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        let (status, body) = get_as(true, tap_api, ca, Some(&front_proxy), &tap_path, &alice).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        open.push(body);
+    }
+    let (status, body) = get_as(true, tap_api, ca, Some(&front_proxy), &tap_path, &alice).await.unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{}", json_of(body).await);
+    open.pop();
+    let mut freed = false;
+    for _ in 0..50 {
+        let (status, body) = get(tap_api, ca, Some(&front_proxy), &tap_path, &alice).await.unwrap();
+        if status == StatusCode::OK {
+            freed = true;
+            open.push(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "a tap closed is a place again");
+    drop(open);
 
     // bob may not, and is told so as Kubernetes tells it.
     let (status, body) = get(tap_api, ca, Some(&front_proxy), &tap_path, &[("X-Remote-User", "bob")]).await.unwrap();
