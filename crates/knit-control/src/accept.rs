@@ -29,25 +29,43 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
-/// Accepts connections into `on_conn` (spawned) until the task is dropped; each holds a permit
-/// of `max` until its task ends.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, max: usize, what: &'static str, mut on_conn: F)
+/// How many connections a listener takes: in all, and from one non-loopback address.
+#[derive(Clone, Copy)]
+pub struct Caps {
+    pub total: usize,
+    pub per_source: Option<usize>,
+}
+
+/// Accepts connections into `on_conn` (spawned) until the task is dropped; each holds its place
+/// under `caps` until its task ends. A client over its per-source cap is closed at once.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, caps: Caps, what: &'static str, mut on_conn: F)
 where
     F: FnMut(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(max));
+    let permits = Arc::new(Semaphore::new(caps.total));
+    let per_source = caps.per_source.map(knit_core::per_source::PerSource::new);
     let mut backoff = Duration::from_millis(10);
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
         match listener.accept().await {
             Ok((tcp, peer)) => {
                 backoff = Duration::from_millis(10);
+                let source = match &per_source {
+                    Some(p) => match p.admit(peer.ip()) {
+                        Some(guard) => Some(guard),
+                        None => {
+                            tracing::debug!(listener = what, %peer, "too many connections from one client; closed");
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 tune(&tcp);
                 let conn = on_conn(tcp, peer);
                 tokio::spawn(async move {
                     conn.await;
-                    drop(permit);
+                    drop((permit, source));
                 });
             }
             Err(e) => {
@@ -158,18 +176,18 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// The connections of a gRPC port, for tonic's `serve_with_incoming`: at most `max` open, TLS
+/// The connections of a gRPC port, for tonic's `serve_with_incoming`: at most `caps` open, TLS
 /// terminated first when `tls` is given. The listener closes once the server stops taking them.
 pub fn incoming(
     listener: TcpListener,
-    max: usize,
+    caps: Caps,
     tls: Option<Arc<rustls::ServerConfig>>,
     what: &'static str,
 ) -> impl Stream<Item = Result<Conn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Conn, std::io::Error>>(64);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let closed = tx.clone();
-    let serve = accept_loop(listener, max, what, move |tcp, peer| {
+    let serve = accept_loop(listener, caps, what, move |tcp, peer| {
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         async move {
             let info = TcpConnectInfo { local_addr: tcp.local_addr().ok(), remote_addr: Some(peer) };

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 /// `kubernetes`: the Kubernetes source's status; `/ready` waits for its first listings.
 pub async fn serve(listener: TcpListener, service: Arc<Service>, kubernetes: Option<crate::k8s::Status>) {
-    crate::accept::accept_loop(listener, 64, "admin", move |tcp, _| {
+    crate::accept::accept_loop(listener, crate::accept::Caps { total: 256, per_source: Some(8) }, "admin", move |tcp, _| {
         let (service, kubernetes) = (service.clone(), kubernetes.clone());
         async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {

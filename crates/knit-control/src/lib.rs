@@ -29,8 +29,9 @@ pub mod webhook;
 use std::{future::Future, net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
 
-/// Connections each gRPC port holds open at once (a proxy keeps one or two per port).
-const GRPC_CONNECTIONS: usize = 20_000;
+/// Connections each gRPC port holds open at once (a proxy keeps one or two per port), and from
+/// one address (a pod's proxy; loopback, where local mode's proxies all are, is not counted).
+const GRPC_CAPS: accept::Caps = accept::Caps { total: 20_000, per_source: Some(64) };
 
 /// How long open gRPC streams get to end after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -246,7 +247,7 @@ impl Control {
             policy: grpc::PolicyServers::new(self.index.clone()),
         };
         let tls = self.tls.clone();
-        let incoming = move |l: TcpListener, what| accept::incoming(l, GRPC_CONNECTIONS, tls.clone(), what);
+        let incoming = move |l: TcpListener, what| accept::incoming(l, GRPC_CAPS, tls.clone(), what);
         let servers = services.serve([self.identity, self.destination, self.policy], incoming, signal);
         tokio::pin!(servers);
         let result = tokio::select! {

@@ -431,7 +431,7 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
 }
 
 pub async fn serve(listener: TcpListener, viz: Viz) {
-    crate::accept::accept_loop(listener, 1024, "viz", move |tcp, _| {
+    crate::accept::accept_loop(listener, crate::accept::Caps { total: 1024, per_source: None }, "viz", move |tcp, _| {
         let viz = viz.clone();
         async move {
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {

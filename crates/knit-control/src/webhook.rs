@@ -125,7 +125,7 @@ const MAX_BODY: usize = 3 << 20;
 
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, injector: Arc<Injector>, namespaces: Arc<dyn Namespaces>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    crate::accept::accept_loop(listener, 256, "webhook", move |tcp, peer| {
+    crate::accept::accept_loop(listener, crate::accept::Caps { total: 256, per_source: None }, "webhook", move |tcp, peer| {
         let (acceptor, injector, namespaces) = (acceptor.clone(), injector.clone(), namespaces.clone());
         async move {
             let tls = match tokio::time::timeout(crate::accept::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -43,6 +43,19 @@ impl Naming {
 pub struct KubernetesTokens {
     client: Client,
     naming: Naming,
+    /// TokenReviews in flight: callers with no credentials must not turn into a flood of API
+    /// calls.
+    reviews: tokio::sync::Semaphore,
+}
+
+/// TokenReviews knit-control asks at once; more wait (up to the review timeout).
+const CONCURRENT_REVIEWS: usize = 64;
+
+/// Whether `token` has a JWT's shape (three base64url parts): anything else is refused without
+/// asking the API server.
+pub fn looks_like_jwt(token: &str) -> bool {
+    let parts: Vec<&str> = token.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
 }
 
 /// What one TokenReview answer means.
@@ -116,11 +129,18 @@ fn dns_label(s: &str) -> bool {
 
 impl KubernetesTokens {
     pub fn new(client: Client, naming: Naming) -> Self {
-        Self { client, naming }
+        Self { client, naming, reviews: tokio::sync::Semaphore::new(CONCURRENT_REVIEWS) }
     }
 
     async fn check(&self, token: &[u8]) -> Result<String, Rejection> {
         let token = std::str::from_utf8(token).map_err(|_| Rejection { reason: "token_invalid", message: "the token is not UTF-8".into() })?;
+        if !looks_like_jwt(token) {
+            return Err(Rejection { reason: "token_invalid", message: "the token is not a ServiceAccount token (a JWT)".into() });
+        }
+        let _review = match tokio::time::timeout(TIMEOUT, self.reviews.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => return Err(Rejection { reason: FAILED, message: format!("{CONCURRENT_REVIEWS} TokenReviews have been in flight for {TIMEOUT:?}; retry") }),
+        };
         let verdict = match self.ask(token, true).await {
             Verdict::RetryWithoutAudiences => {
                 tracing::debug!("TokenReview cannot check the {AUDIENCE} audience; asking without");

@@ -37,7 +37,7 @@ use std::{
     collections::BTreeMap,
     convert::Infallible,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 use tokio::net::TcpListener;
@@ -52,7 +52,7 @@ const REFRESH: Duration = Duration::from_secs(60);
 /// An API server that does not answer a review must not hold a tap request for ever.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 /// The API server (each of its replicas keeps a few connections) and room to spare.
-const CONNECTIONS: usize = 64;
+const CONNECTIONS: usize = 256;
 
 /// How the API server's front proxy proves itself and names users, from the
 /// `extension-apiserver-authentication` ConfigMap.
@@ -212,7 +212,9 @@ pub fn review(user: &User, target: &TapTarget) -> SubjectAccessReview {
                 resource: Some(target.resource.into()),
                 subresource: Some("tap".into()),
                 verb: Some("watch".into()),
-                namespace: (target.resource != "namespaces").then(|| target.namespace.clone()),
+                // For a namespace too (as Linkerd's tap asks): a RoleBinding in the namespace
+                // can then grant tapping all of it.
+                namespace: Some(target.namespace.clone()),
                 name: Some(target.name.clone()),
                 ..Default::default()
             }),
@@ -228,8 +230,10 @@ pub fn judge(answer: &SubjectAccessReview, user: &User, target: &TapTarget) -> R
     if status.is_some_and(|s| s.allowed && s.denied != Some(true)) {
         return Ok(());
     }
-    let scope = if target.resource == "namespaces" { String::new() } else { format!(" in the namespace {:?}", target.namespace) };
-    let mut message = format!("user {:?} cannot watch resource \"{}/tap\" {:?} in API group {GROUP:?}{scope}", user.name, target.resource, target.name);
+    let mut message = format!(
+        "user {:?} cannot watch resource \"{}/tap\" {:?} in API group {GROUP:?} in the namespace {:?}",
+        user.name, target.resource, target.name, target.namespace
+    );
     if let Some(reason) = status.and_then(|s| s.reason.as_deref()).filter(|r| !r.is_empty()) {
         message.push_str(": ");
         message.push_str(reason);
@@ -265,6 +269,29 @@ pub struct TapApi {
     cert: PathBuf,
     key: PathBuf,
     current: RwLock<Arc<Current>>,
+    /// Taps open per user: one user's watches must not take every connection the aggregator has.
+    taps: Arc<Mutex<BTreeMap<String, usize>>>,
+}
+
+/// Taps one user may have open at once.
+const TAPS_PER_USER: usize = 8;
+
+/// A user's open tap, counted until its response body is dropped.
+struct OpenTap {
+    user: String,
+    taps: Arc<Mutex<BTreeMap<String, usize>>>,
+}
+
+impl Drop for OpenTap {
+    fn drop(&mut self) {
+        let mut taps = self.taps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = taps.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                taps.remove(&self.user);
+            }
+        }
+    }
 }
 
 struct Current {
@@ -283,7 +310,7 @@ impl TapApi {
             tracing::warn!(error = %e, "the tap API cannot authenticate the API server yet; it answers 503 until it can");
         }
         let tls = tls_config(cert, key, header.as_ref().ok())?;
-        Ok(Self { viz, client, cert: cert.into(), key: key.into(), current: RwLock::new(Arc::new(Current { header, tls })) })
+        Ok(Self { viz, client, cert: cert.into(), key: key.into(), current: RwLock::new(Arc::new(Current { header, tls })), taps: Default::default() })
     }
 
     fn current(&self) -> Arc<Current> {
@@ -337,15 +364,33 @@ impl TapApi {
             tracing::info!(user = %user.name, target = ?target, "tap refused");
             return status(StatusCode::FORBIDDEN, "Forbidden", &why);
         }
+        let open = {
+            let mut taps = self.taps.lock().unwrap_or_else(|e| e.into_inner());
+            let n = taps.entry(user.name.clone()).or_insert(0);
+            if *n >= TAPS_PER_USER {
+                return status(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", &format!("user {:?} has {TAPS_PER_USER} taps open already", user.name));
+            }
+            *n += 1;
+            OpenTap { user: user.name.clone(), taps: self.taps.clone() }
+        };
         let mut params = super::params(req.uri().query().unwrap_or(""));
         params.retain(|k, _| ["method", "path", "authority", "max_rps", "limit"].contains(&k.as_str()));
         params.insert("namespace".into(), target.namespace.clone());
         params.insert("resource".into(), target.viz_resource());
         tracing::info!(user = %user.name, target = ?target, "tap");
-        self.viz.tap(&params).unwrap_or_else(|(code, body)| {
-            let message = body["error"].as_str().unwrap_or("tap failed").to_string();
-            status(code, if code == StatusCode::NOT_FOUND { "NotFound" } else { "BadRequest" }, &message)
-        })
+        match self.viz.tap(&params) {
+            // The user's tap stays counted while its stream is read.
+            Ok(rsp) => rsp.map(|body| {
+                http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_frame(body, move |f| {
+                    let _open = &open;
+                    f
+                }))
+            }),
+            Err((code, body)) => {
+                let message = body["error"].as_str().unwrap_or("tap failed").to_string();
+                status(code, if code == StatusCode::NOT_FOUND { "NotFound" } else { "BadRequest" }, &message)
+            }
+        }
     }
 }
 
@@ -358,10 +403,11 @@ fn tls_config(cert: &Path, key: &Path, header: Option<&RequestHeader>) -> anyhow
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("the tap API's key {}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let Some(header) = header else {
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
             .map_err(|e| anyhow::anyhow!("the tap API's certificate {}: {e}", cert.display()))?;
+        config.alpn_protocols = alpn();
         return Ok(Arc::new(config));
     };
     let mut roots = rustls::RootCertStore::empty();
@@ -372,11 +418,18 @@ fn tls_config(cert: &Path, key: &Path, header: Option<&RequestHeader>) -> anyhow
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| anyhow::anyhow!("requestheader-client-ca-file: {e}"))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_client_cert_verifier(verifier).with_single_cert(certs, key))
         .map_err(|e| anyhow::anyhow!("the tap API's certificate {}: {e}", cert.display()))?;
+    config.alpn_protocols = alpn();
     Ok(Arc::new(config))
+}
+
+/// HTTP/2 first: the aggregator then carries every watch and its discovery checks on one
+/// connection, instead of one connection per watch.
+fn alpn() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
 }
 
 /// Serves the tap API on `listener` until the task is dropped, re-reading the request-header
@@ -391,7 +444,7 @@ pub async fn serve(listener: TcpListener, api: Arc<TapApi>) {
             }
         }
     };
-    let accept = crate::accept::accept_loop(listener, CONNECTIONS, "tap-api", move |tcp, peer| {
+    let accept = crate::accept::accept_loop(listener, crate::accept::Caps { total: CONNECTIONS, per_source: None }, "tap-api", move |tcp, peer| {
         let api = api.clone();
         async move {
             let current = api.current();
@@ -406,11 +459,25 @@ pub async fn serve(listener: TcpListener, api: Arc<TapApi>) {
             if !front_proxy && current.header.is_ok() {
                 tracing::info!(%peer, client = ?cn, "a tap API client with a request-header certificate but a name it may not use");
             }
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let svc = hyper::service::service_fn(move |req| {
                 let (api, current) = (api.clone(), current.clone());
                 async move { Ok::<_, Infallible>(api.handle(req, &current.header, front_proxy).await) }
             });
-            let _ = crate::accept::http1().serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+            let io = hyper_util::rt::TokioIo::new(tls);
+            if h2 {
+                let mut b = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                b.timer(hyper_util::rt::TokioTimer::new())
+                    .max_concurrent_streams(256)
+                    .max_header_list_size(64 * 1024)
+                    .max_pending_accept_reset_streams(64)
+                    .max_local_error_reset_streams(256)
+                    .keep_alive_interval(Some(Duration::from_secs(30)))
+                    .keep_alive_timeout(Duration::from_secs(10));
+                let _ = b.serve_connection(io, svc).await;
+            } else {
+                let _ = crate::accept::http1().serve_connection(io, svc).await;
+            }
         }
     });
     tokio::join!(refresh, accept);

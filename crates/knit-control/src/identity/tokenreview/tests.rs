@@ -117,11 +117,11 @@ async fn api_server(answers: Vec<(u16, String)>) -> (Client, Seen) {
 async fn a_review_through_the_api() {
     let (client, seen) = api_server(vec![(201, recorded("authenticated"))]).await;
     let tokens = KubernetesTokens::new(client, naming());
-    assert_eq!(tokens.validate(b"the-token").await.unwrap(), BOOKS);
+    assert_eq!(tokens.validate(b"hdr.the-token.sig").await.unwrap(), BOOKS);
     let seen = seen.lock().unwrap();
     let (method, path, body) = &seen[0];
     assert_eq!((method.as_str(), path.as_str()), ("POST", "/apis/authentication.k8s.io/v1/tokenreviews"));
-    assert_eq!(body["spec"], serde_json::json!({"token": "the-token", "audiences": ["identity.l5d.io"]}));
+    assert_eq!(body["spec"], serde_json::json!({"token": "hdr.the-token.sig", "audiences": ["identity.l5d.io"]}));
 }
 
 #[tokio::test]
@@ -131,16 +131,33 @@ async fn a_token_audiences_error_is_asked_again_without_audiences() {
     let answers = vec![(201, recorded("audiences")), (201, serde_json::to_string(&legacy).unwrap())];
     let (client, seen) = api_server(answers).await;
     let tokens = KubernetesTokens::new(client, naming());
-    assert_eq!(tokens.validate(b"legacy-token").await.unwrap(), BOOKS);
+    assert_eq!(tokens.validate(b"hdr.legacy-token.sig").await.unwrap(), BOOKS);
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 2, "exactly one retry");
-    assert_eq!(seen[1].2["spec"], serde_json::json!({"token": "legacy-token"}));
+    assert_eq!(seen[1].2["spec"], serde_json::json!({"token": "hdr.legacy-token.sig"}));
 }
 
 #[tokio::test]
 async fn an_api_error_fails_the_review_with_its_status() {
     let (client, _) = api_server(vec![(403, recorded("forbidden"))]).await;
-    let err = KubernetesTokens::new(client, naming()).validate(b"t").await.unwrap_err();
+    let err = KubernetesTokens::new(client, naming()).validate(b"h.t.s").await.unwrap_err();
     assert_eq!(err.reason, "tokenreview_failed");
     assert!(err.message.contains("403 Forbidden"), "{}", err.message);
+}
+
+#[test]
+fn only_tokens_shaped_like_a_jwt_are_sent_to_the_api_server() {
+    // A projected ServiceAccount token's shape (header.claims.signature, base64url).
+    assert!(looks_like_jwt("eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVtbzp3ZWIifQ.c2lnbmF0dXJlLV8"));
+    for bad in ["", "not-a-token", "a.b", "a..c", "a.b.c.d", "a.b.c=", "a.b.c\n", "knit1.abc.def ", "a.b/c.d"] {
+        assert!(!looks_like_jwt(bad), "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_that_is_not_a_jwt_costs_no_review() {
+    let (client, seen) = api_server(vec![]).await;
+    let err = KubernetesTokens::new(client, naming()).validate(b"not a token").await.unwrap_err();
+    assert_eq!(err.reason, "token_invalid");
+    assert!(seen.lock().unwrap().is_empty());
 }

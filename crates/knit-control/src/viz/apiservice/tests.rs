@@ -103,11 +103,14 @@ fn the_review_asks_for_watch_on_the_tap_subresource() {
         json["spec"]["resourceAttributes"],
         serde_json::json!({"group": "tap.knit.dev", "version": "v1alpha1", "resource": "deployments", "subresource": "tap", "verb": "watch", "namespace": "demo", "name": "web"})
     );
-    // A namespace is cluster-scoped: the review names it, with no namespace.
+    // A namespace's tap names the namespace as the review's namespace too, so that a
+    // RoleBinding there can grant it.
     let ns = TapTarget { namespace: "demo".into(), resource: "namespaces", name: "demo".into() };
     let json = serde_json::to_value(review(&user, &ns)).unwrap();
-    assert_eq!(json["spec"]["resourceAttributes"]["resource"], "namespaces");
-    assert!(json["spec"]["resourceAttributes"].get("namespace").is_none());
+    assert_eq!(
+        (json["spec"]["resourceAttributes"]["resource"].as_str(), json["spec"]["resourceAttributes"]["namespace"].as_str()),
+        (Some("namespaces"), Some("demo"))
+    );
 }
 
 #[test]
