@@ -11,6 +11,8 @@
 # here carry traffic.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tests/netns-lib.sh
+. tests/netns-lib.sh
 
 BIN=$(realpath "${KNIT_PROXY_BIN:-target/debug/knit-proxy}")
 KNIT=$(realpath "${KNIT_BIN:-$(dirname "$BIN")/knit}")
@@ -32,26 +34,12 @@ failed=0
 
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+    stop_namespaces "$A" "$B" "$C" "$SW"
     wait 2>/dev/null
-    for ns in "$A" "$B" "$C" "$SW"; do ip netns del "$ns" 2>/dev/null; done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 
-check() { # name, then a command that must succeed
-    local name=$1
-    shift
-    if "$@"; then
-        echo "PASS $name"
-        passed=$((passed + 1))
-    else
-        echo "FAIL $name"
-        failed=$((failed + 1))
-        for log in "$TMP"/*.log; do
-            [ -s "$log" ] && { echo "--- $log"; tail -n 20 "$log"; }
-        done
-    fi
-}
 
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
@@ -244,10 +232,21 @@ got_b=$(($(meshed_in "$B" 6379) - before_b)) got_c=$(($(meshed_in "$C" 6379) - b
 check "the TCPRoute split 40 connections between its backends ($got_b to b, $got_c to c)" test "$got_b" -ge 8 -a "$got_c" -ge 8 -a $((got_b + got_c)) = 40
 check "a's proxy counted the TCPRoute" test "$(metric "$A" outbound_tcp_route_open_total 'route_kind="TCPRoute"' 'route_name="redis-half"')" = 40
 
+# --- a packet for another host, sent to b's link address ----------------------------------------
+# a routes c's address through b, as any neighbour on b's link can: b's kernel must drop it (init
+# redirects only what is addressed to b), never hand it to b's proxy to dial c on a's behalf.
+as_proxy_in_a() { in_ns "$A" setpriv --reuid=2102 --regid=2102 --clear-groups "$@"; }
+direct=$(as_proxy_in_a timeout 3 redis-cli -h "$IP_C" -p 6379 ping 2>/dev/null)
+in_ns "$A" ip route add "$IP_C/32" via "$IP_B"
+relayed=$(as_proxy_in_a timeout 3 redis-cli -h "$IP_C" -p 6379 ping 2>/dev/null)
+in_ns "$A" ip route del "$IP_C/32" via "$IP_B"
+check "c answers a directly ($direct)" test "$direct" = PONG
+check "b does not relay a connection addressed to c (${relayed:-no answer})" test "$relayed" != PONG
+
 # --- the admin port, from another host -----------------------------------------------------------
 # As a scraper would reach it: as the proxy's UID, so a's own proxy does not intercept, and to
 # 4191, which init leaves alone inbound.
-remote() { in_ns "$A" setpriv --reuid=2102 --regid=2102 --clear-groups curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@"; }
+remote() { as_proxy_in_a curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@"; }
 check "b's /metrics answers a remote scraper" test "$(remote "http://$IP_B:4191/metrics")" = 200
 check "b's /config_dump is for loopback only (403 from a)" test "$(remote "http://$IP_B:4191/config_dump")" = 403
 check "b's /shutdown is not for a remote client" test "$(remote -X POST "http://$IP_B:4191/shutdown")" != 200

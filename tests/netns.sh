@@ -6,6 +6,8 @@
 # every request crossed both. Needs root. Only the namespaces created here carry traffic.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tests/netns-lib.sh
+. tests/netns-lib.sh
 
 BIN=$(realpath "${KNIT_PROXY_BIN:-target/debug/knit-proxy}")
 KNIT=$(realpath "${KNIT_BIN:-$(dirname "$BIN")/knit}")
@@ -27,27 +29,12 @@ failed=0
 
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+    stop_namespaces "$A" "$B"
     wait 2>/dev/null
-    ip netns del "$A" 2>/dev/null
-    ip netns del "$B" 2>/dev/null
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 
-check() { # name, then a command that must succeed
-    local name=$1
-    shift
-    if "$@"; then
-        echo "PASS $name"
-        passed=$((passed + 1))
-    else
-        echo "FAIL $name"
-        failed=$((failed + 1))
-        for log in "$TMP"/*.log; do
-            [ -s "$log" ] && { echo "--- $log"; tail -n 30 "$log"; }
-        done
-    fi
-}
 
 in_a() { ip netns exec "$A" "$@"; }
 in_b() { ip netns exec "$B" "$@"; }
