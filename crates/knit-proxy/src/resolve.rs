@@ -2,14 +2,26 @@
 //! (`KNIT_PROXY_OUTBOUND_ENDPOINTS`), whose entries win over discovery so that a local override
 //! needs no control plane, and DNS for other names (a port forward to a host outside the mesh).
 
-use crate::{balance::Pool, error::ProxyError, policy::outbound::Load};
+use crate::{
+    balance::Pool,
+    error::ProxyError,
+    policy::outbound::{Load, OutboundPolicy},
+    retry::Budget,
+};
 use knit_core::destination::{Authority, DestinationTable, Endpoint};
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 pub struct Resolver {
+    entries: HashMap<Authority, Entry>,
+}
+
+struct Entry {
     /// One balancer per table entry, built at start-up: its endpoints' load and health persist
     /// across connections, as a discovered backend's do.
-    pools: HashMap<Authority, Arc<Pool<Endpoint>>>,
+    pool: Arc<Pool<Endpoint>>,
+    /// The entry's policy and retry budget, made at first use and shared by every connection
+    /// and request to it (as a discovered destination's are).
+    fixed: std::sync::OnceLock<(Arc<OutboundPolicy>, Arc<Budget>)>,
 }
 
 /// The load estimate of static endpoints: Linkerd's defaults for a Service.
@@ -17,25 +29,31 @@ const STATIC_LOAD: Load = Load::PeakEwma { default_rtt: Duration::from_millis(30
 
 impl Resolver {
     pub fn new(table: &DestinationTable) -> Self {
-        let pools = table
+        let entries = table
             .authorities()
             .map(|a| {
                 let pool = Pool::new(&STATIC_LOAD, None);
                 pool.update_add(table.get(a).map(<[Endpoint]>::to_vec).unwrap_or_default());
-                (a.clone(), Arc::new(pool))
+                (a.clone(), Entry { pool: Arc::new(pool), fixed: Default::default() })
             })
             .collect();
-        Self { pools }
+        Self { entries }
     }
 
     /// Whether the table names this authority.
     pub fn has(&self, authority: &Authority) -> bool {
-        self.pools.contains_key(authority)
+        self.entries.contains_key(authority)
     }
 
     /// The balancer of a table entry.
     pub fn pool(&self, authority: &Authority) -> Option<&Arc<Pool<Endpoint>>> {
-        self.pools.get(authority)
+        self.entries.get(authority).map(|e| &e.pool)
+    }
+
+    /// A table entry's policy and retry budget, `make` giving them the first time.
+    pub fn fixed(&self, authority: &Authority, make: impl FnOnce() -> OutboundPolicy) -> Option<(Arc<OutboundPolicy>, Arc<Budget>)> {
+        let e = self.entries.get(authority)?;
+        Some(e.fixed.get_or_init(|| (Arc::new(make()), Arc::new(Budget::default_per_destination()))).clone())
     }
 
     /// The first address DNS gives for a name outside the table (an IP literal is its own).

@@ -2,47 +2,69 @@
 //! backends and retries, and inbound authorization, route-not-found and local rate limits.
 //! Label names follow Linkerd's (`parent_*`, `route_*`, `backend_*`, `srv_*`, `authz_*`).
 
+use crate::policy::outbound::Meta;
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder},
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
+use std::sync::Arc;
 
-/// A policy resource as metric labels: `kind`, `group`, `name`, `namespace` (empty when unknown).
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
-pub struct Resource {
-    pub group: String,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    pub port: Option<u16>,
-}
+/// A policy object as metric labels (`group`, `kind`, `namespace`, `name`, `port`; empty when
+/// unknown, kind `default` for a default the control plane or the proxy made up), sharing the
+/// policy's own metadata: a request's series is found by comparing pointers, not strings, and
+/// nothing is copied per request.
+#[derive(Clone, Debug)]
+pub struct Resource(Arc<Meta>);
 
 impl Resource {
-    /// A policy object's labels: a default the control plane (or the proxy) made up has kind
-    /// `default`.
-    pub fn of(meta: &crate::policy::outbound::Meta) -> Self {
-        use crate::policy::outbound::Meta;
-        match meta {
-            Meta::Default(name) => Self { kind: "default".into(), name: name.clone(), ..Default::default() },
-            Meta::Resource { group, kind, name, namespace, port, .. } => {
-                Self { group: group.clone(), kind: kind.clone(), namespace: namespace.clone(), name: name.clone(), port: (*port != 0).then_some(*port) }
-            }
+    pub fn of(meta: &Arc<Meta>) -> Self {
+        Self(meta.clone())
+    }
+
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    /// (group, kind, namespace, name, port), as labelled.
+    fn parts(&self) -> (&str, &str, &str, &str, u16) {
+        match &*self.0 {
+            Meta::Default(name) => ("", "default", "", name, 0),
+            Meta::Resource { group, kind, name, namespace, port, .. } => (group, kind, namespace, name, *port),
         }
+    }
+
+    /// The labels `{prefix}_group`, `_kind`, `_namespace`, `_name` and `_port`.
+    fn encode(&self, prefix: &str, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let (group, kind, namespace, name, port) = self.parts();
+        let port = if port == 0 { String::new() } else { port.to_string() };
+        for (key, value) in [("group", group), ("kind", kind), ("namespace", namespace), ("name", name), ("port", &port)] {
+            (format!("{prefix}_{key}"), value).encode(encoder.encode_label())?;
+        }
+        Ok(())
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.parts() == other.parts()
+    }
+}
+
+impl Eq for Resource {}
+
+impl std::hash::Hash for Resource {
+    /// The name alone: equal label sets have equal names, and names are short.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.parts().3.hash(state);
+    }
+}
+
+/// An outbound route's labels: its parent (`parent_*`), the route (`route_*`), and `hostname`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct RouteLabels {
-    pub parent_group: String,
-    pub parent_kind: String,
-    pub parent_namespace: String,
-    pub parent_name: String,
-    pub parent_port: String,
-    pub route_group: String,
-    pub route_kind: String,
-    pub route_namespace: String,
-    pub route_name: String,
+    pub parent: Resource,
+    pub route: Resource,
     /// The host the request (`Host`) or connection (SNI) named; empty unless
     /// `KNIT_PROXY_OUTBOUND_METRICS_HOSTNAME_LABELS` turns it on, and bounded (see [`Bounded`]).
     pub hostname: String,
@@ -50,18 +72,19 @@ pub struct RouteLabels {
 
 impl RouteLabels {
     pub fn new(parent: &Resource, route: &Resource, hostname: String) -> Self {
-        Self {
-            hostname,
-            parent_group: parent.group.clone(),
-            parent_kind: parent.kind.clone(),
-            parent_namespace: parent.namespace.clone(),
-            parent_name: parent.name.clone(),
-            parent_port: parent.port.map(|p| p.to_string()).unwrap_or_default(),
-            route_group: route.group.clone(),
-            route_kind: route.kind.clone(),
-            route_namespace: route.namespace.clone(),
-            route_name: route.name.clone(),
+        Self { parent: parent.clone(), route: route.clone(), hostname }
+    }
+}
+
+impl EncodeLabelSet for RouteLabels {
+    fn encode(&self, mut encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.parent.encode("parent", &mut encoder)?;
+        // A route has no port of its own: `route_port` is not a label.
+        let (group, kind, namespace, name, _) = self.route.parts();
+        for (key, value) in [("route_group", group), ("route_kind", kind), ("route_namespace", namespace), ("route_name", name), ("hostname", &self.hostname)] {
+            (key, value).encode(encoder.encode_label())?;
         }
+        Ok(())
     }
 }
 
@@ -117,27 +140,23 @@ pub struct StatusLabels {
     pub route: RouteLabels,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// A route's backend: `backend_*`, then the route's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct BackendLabels {
-    pub backend_group: String,
-    pub backend_kind: String,
-    pub backend_namespace: String,
-    pub backend_name: String,
-    pub backend_port: String,
-    #[prometheus(flatten)]
+    pub backend: Resource,
     pub route: RouteLabels,
 }
 
 impl BackendLabels {
     pub fn new(route: RouteLabels, backend: &Resource) -> Self {
-        Self {
-            route,
-            backend_group: backend.group.clone(),
-            backend_kind: backend.kind.clone(),
-            backend_namespace: backend.namespace.clone(),
-            backend_name: backend.name.clone(),
-            backend_port: backend.port.map(|p| p.to_string()).unwrap_or_default(),
-        }
+        Self { route, backend: backend.clone() }
+    }
+}
+
+impl EncodeLabelSet for BackendLabels {
+    fn encode(&self, mut encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.backend.encode("backend", &mut encoder)?;
+        EncodeLabelSet::encode(&self.route, encoder)
     }
 }
 

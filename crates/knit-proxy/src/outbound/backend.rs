@@ -105,7 +105,7 @@ mod tests {
     use crate::policy::outbound::{Load, Meta};
 
     fn backend(capacity: usize, failfast: Duration) -> Backend {
-        Backend { meta: Meta::Default("b".into()), queue_capacity: capacity, failfast, kind: BackendKind::Fail { message: String::new() } }
+        Backend { meta: Arc::new(Meta::Default("b".into())), queue_capacity: capacity, failfast, kind: BackendKind::Fail { message: String::new() } }
     }
 
     fn pool() -> Arc<Pool<Endpoint>> {

@@ -54,9 +54,8 @@ impl Logical {
             Target::Authority(a) => a.clone(),
             Target::Addr(a) => Authority::from_addr(*a),
         };
-        if side.resolver.has(&key) {
-            let policy = OutboundPolicy::static_to(key.clone(), detect_timeout(side, key.port));
-            return Ok(Self { target, authority, budget: Arc::new(Budget::default_per_destination()), source: Source::Fixed(Arc::new(policy)) });
+        if let Some((policy, budget)) = side.resolver.fixed(&key, || OutboundPolicy::static_to(key.clone(), detect_timeout(side, key.port))) {
+            return Ok(Self { target, authority, budget, source: Source::Fixed(policy) });
         }
         if !side.discovery.has_policy() {
             let policy = fallback(side, &target).await?;

@@ -24,7 +24,7 @@ use crate::{
 use bytes::Bytes;
 use knit_core::destination::Endpoint;
 use prometheus_client::metrics::{counter::Counter, family::Family};
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub struct Opened {
 
 /// Picks the route of `policy` (the opaque or TLS part of the destination's policy, whose
 /// resource is `parent`), its backend and an endpoint, and connects to it.
-pub async fn open(logical: &Logical, parent: &Meta, policy: &OpaquePolicy, sni: Option<&str>, kind: Kind, side: &Side) -> Result<Opened, ProxyError> {
+pub async fn open(logical: &Logical, parent: &Arc<Meta>, policy: &OpaquePolicy, sni: Option<&str>, kind: Kind, side: &Side) -> Result<Opened, ProxyError> {
     let target = logical.target.to_string();
     let Some(route) = policy.route(sni) else {
         return Err(ProxyError::NoTcpRoute { target, sni: sni.map(str::to_string) });
@@ -149,7 +149,7 @@ impl RouteConn {
         self.open.get_or_create(&self.labels).inc();
         self.close.get_or_create(&CloseLabels { error: error.to_string(), route: self.labels.clone() }).inc();
         self.begun = false;
-        tracing::info!(route = %self.labels.route_name, parent = %self.labels.parent_name, error = %e, "connection refused");
+        tracing::info!(route = %self.labels.route.name(), parent = %self.labels.parent.name(), error = %e, "connection refused");
         e
     }
 }

@@ -30,7 +30,7 @@ mod tests;
 #[derive(Clone, Debug)]
 pub struct OutboundPolicy {
     /// The destination's resource, e.g. a Service's port.
-    pub meta: Meta,
+    pub meta: Arc<Meta>,
     pub protocol: Protocol,
 }
 
@@ -77,7 +77,7 @@ pub struct HttpPolicy {
 /// An HTTPRoute or GRPCRoute (whose matches are converted to path matches).
 #[derive(Clone, Debug)]
 pub struct HttpRoute {
-    pub meta: Meta,
+    pub meta: Arc<Meta>,
     /// Empty: any host.
     pub hosts: Vec<HostMatch>,
     pub rules: Vec<Rule>,
@@ -248,7 +248,7 @@ pub struct RouteBackend {
 
 #[derive(Clone, Debug)]
 pub struct Backend {
-    pub meta: Meta,
+    pub meta: Arc<Meta>,
     /// Requests that may wait for an endpoint to become ready.
     pub queue_capacity: usize,
     /// How long the backend may have no ready endpoint before waiting requests fail.
@@ -344,7 +344,7 @@ impl OpaquePolicy {
 /// An opaque (TCPRoute) or TLS (TLSRoute) route: one rule's filters and backends.
 #[derive(Clone, Debug)]
 pub struct OpaqueRoute {
-    pub meta: Meta,
+    pub meta: Arc<Meta>,
     /// TLS routes: the SNIs this route serves (empty: any). Always empty for opaque routes.
     pub snis: Vec<HostMatch>,
     /// Only `InternalError` and `Forbidden`.
@@ -438,7 +438,7 @@ impl OutboundPolicy {
     }
 
     fn synthesized(name: &str, kind: BackendKind, detect: Option<Duration>) -> Self {
-        let meta = Meta::Default(name.into());
+        let meta = Arc::new(Meta::Default(name.into()));
         let backend = RouteBackend {
             backend: Backend { meta: meta.clone(), queue_capacity: FORWARD_QUEUE_CAPACITY, failfast: FORWARD_FAILFAST, kind },
             filters: Vec::new(),

@@ -50,7 +50,7 @@ impl TryFrom<&api::OutboundPolicy> for OutboundPolicy {
     type Error = InvalidPolicy;
 
     fn try_from(p: &api::OutboundPolicy) -> Result<Self, InvalidPolicy> {
-        let meta = meta(p.metadata.as_ref()).map_err(|e| e.at("metadata"))?;
+        let meta = Arc::new(meta(p.metadata.as_ref()).map_err(|e| e.at("metadata"))?);
         let kind = p.protocol.as_ref().and_then(|p| p.kind.as_ref()).ok_or_else(|| InvalidPolicy::missing("protocol"))?;
         let protocol = protocol(kind).map_err(|e| e.at("protocol"))?;
         Ok(Self { meta, protocol })
@@ -146,7 +146,7 @@ pub(in crate::policy) fn hosts(hosts: &[http_api::HostMatch]) -> Result<Vec<Host
 }
 
 fn http_route(r: &api::HttpRoute) -> Result<HttpRoute, InvalidPolicy> {
-    let meta = meta(r.metadata.as_ref()).map_err(|e| e.at("metadata"))?;
+    let meta = Arc::new(meta(r.metadata.as_ref()).map_err(|e| e.at("metadata"))?);
     let hosts = hosts(&r.hosts)?;
     let rules = each(&r.rules, "rules", |rule| {
         let matches = each(&rule.matches, "matches", |m| RouteMatch::try_from(m).map_err(|e| InvalidPolicy::new("", e.to_string())))?;
@@ -162,7 +162,7 @@ fn http_route(r: &api::HttpRoute) -> Result<HttpRoute, InvalidPolicy> {
 }
 
 fn grpc_route(r: &api::GrpcRoute) -> Result<HttpRoute, InvalidPolicy> {
-    let meta = meta(r.metadata.as_ref()).map_err(|e| e.at("metadata"))?;
+    let meta = Arc::new(meta(r.metadata.as_ref()).map_err(|e| e.at("metadata"))?);
     let hosts = hosts(&r.hosts)?;
     let rules = each(&r.rules, "rules", |rule| {
         let matches = each(&rule.matches, "matches", |m| RouteMatch::try_from(m).map_err(|e| InvalidPolicy::new("", e.to_string())))?;
@@ -314,7 +314,7 @@ fn route_backend<F>(
 
 fn backend(b: &api::Backend) -> Result<Backend, InvalidPolicy> {
     use api::backend::{balance_p2c, endpoint_discovery, Kind};
-    let meta = meta(b.metadata.as_ref()).map_err(|e| e.at("metadata"))?;
+    let meta = Arc::new(meta(b.metadata.as_ref()).map_err(|e| e.at("metadata"))?);
     let queue = b.queue.as_ref().ok_or_else(|| InvalidPolicy::missing("queue"))?;
     let failfast = required_duration(queue.failfast_timeout.as_ref(), "failfast_timeout").map_err(|e| e.at("queue"))?;
     let queue_capacity = usize::try_from(queue.capacity).unwrap_or(usize::MAX);
@@ -424,7 +424,7 @@ fn single_route<'a, R, T>(routes: &'a [R], rules: impl Fn(&'a R) -> &'a [T]) -> 
 fn opaque_policy(routes: &[api::OpaqueRoute]) -> Result<OpaquePolicy, InvalidPolicy> {
     let Some((route, rule)) = single_route(routes, |r| &r.rules)? else { return Ok(OpaquePolicy { routes: Vec::new() }) };
     let convert = || -> Result<OpaqueRoute, InvalidPolicy> {
-        let meta = meta(route.metadata.as_ref()).map_err(|e| e.at("metadata"))?;
+        let meta = Arc::new(meta(route.metadata.as_ref()).map_err(|e| e.at("metadata"))?);
         let inner = || -> Result<(Vec<Filter>, Distribution), InvalidPolicy> {
             let filters = each(&rule.filters, "filters", opaque_filter)?;
             Ok((filters, distribution!(rule.backends.as_ref(), opaque_route, opaque_filter)))
@@ -439,7 +439,7 @@ fn opaque_policy(routes: &[api::OpaqueRoute]) -> Result<OpaquePolicy, InvalidPol
 /// correction to §4.2).
 fn tls_policy(routes: &[api::TlsRoute]) -> Result<OpaquePolicy, InvalidPolicy> {
     let routes = each(routes, "routes", |route| {
-        let meta = meta(route.metadata.as_ref()).map_err(|e| e.at("metadata"))?;
+        let meta = Arc::new(meta(route.metadata.as_ref()).map_err(|e| e.at("metadata"))?);
         let snis = each(&route.snis, "snis", |s| {
             use linkerd2_proxy_api::tls_route::sni_match::Match;
             // An SNI match has the shape of a host match; convert it as one, validation included.

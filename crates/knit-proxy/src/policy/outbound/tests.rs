@@ -112,7 +112,7 @@ fn http1(p: &OutboundPolicy) -> &HttpPolicy {
 fn converts_the_default_service_policy() {
     let p = OutboundPolicy::try_from(service_policy()).unwrap();
     assert_eq!(
-        p.meta,
+        *p.meta,
         Meta::Resource { group: "core".into(), kind: "Service".into(), name: "web".into(), namespace: "books".into(), section: "".into(), port: 8080 }
     );
     let Protocol::Detect { timeout, opaque, http1, http2 } = &p.protocol else { panic!("expected detect: {:?}", p.protocol) };
@@ -120,7 +120,7 @@ fn converts_the_default_service_policy() {
     assert_eq!(opaque.routes.len(), 1);
     assert_eq!(http2.routes.len(), 1);
     let route = &http1.routes[0];
-    assert_eq!(route.meta, Meta::Default("http".into()));
+    assert_eq!(*route.meta, Meta::Default("http".into()));
     let rule = &route.rules[0];
     assert!(matches!(&rule.matches[0].path, Some(route::PathMatch::Prefix(p)) if p.is_empty()));
     assert_eq!((rule.timeouts.clone(), rule.retry.is_none(), rule.allow_l5d_request_headers), (Timeouts::default(), true, false));
@@ -351,7 +351,7 @@ fn converts_failure_accrual() {
 fn opaque_and_tls_routes() {
     let p = OutboundPolicy::try_from(service_policy()).unwrap();
     let Protocol::Detect { opaque, .. } = &p.protocol else { unreachable!() };
-    assert_eq!(opaque.routes[0].meta, Meta::Default("opaq".into()));
+    assert_eq!(*opaque.routes[0].meta, Meta::Default("opaq".into()));
     assert!(matches!(&opaque.routes[0].backends, Distribution::FirstAvailable(b) if b.len() == 1));
 
     use api::tls_route::{distribution, filter};
@@ -643,7 +643,7 @@ fn backends_without_kind_fail_and_forward_backends_forward() {
 fn forward_to_sends_everything_to_the_original_destination() {
     let ep = Endpoint::plain("10.0.0.9:8080".parse().unwrap());
     let p = OutboundPolicy::forward_to(ep.clone(), Some(Duration::from_secs(10)));
-    assert_eq!(p.meta, Meta::Default("forward".into()));
+    assert_eq!(*p.meta, Meta::Default("forward".into()));
     for version in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
         let http = p.protocol.http(version).unwrap();
         let req = http::Request::post("/any/path?x=1").body(()).unwrap();
@@ -660,7 +660,7 @@ fn forward_to_sends_everything_to_the_original_destination() {
 }
 
 fn named_backend(name: &str) -> RouteBackend {
-    let meta = Meta::Default(name.into());
+    let meta = Arc::new(Meta::Default(name.into()));
     RouteBackend { backend: Backend { meta, queue_capacity: 1, failfast: ms(1), kind: BackendKind::Fail { message: String::new() } }, filters: vec![] }
 }
 
