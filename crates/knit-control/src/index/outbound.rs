@@ -282,59 +282,50 @@ pub(super) fn grpc_route(model: &Model, cfg: &IndexConfig, parent: &Parent<'_>, 
     }
 }
 
-/// A TCPRoute's one rule (validation guarantees one): its backends by weight.
-pub(super) fn tcp_route(model: &Model, cfg: &IndexConfig, parent: &Parent<'_>, r: &Route) -> api::OpaqueRoute {
-    use api::opaque_route::{distribution, filter, Distribution, Filter, RouteBackend, WeightedRouteBackend};
-    let refs = r.spec.rules.first().map_or(&[][..], |rule| &rule.backend_refs[..]);
-    let invalid = |message: String| Filter { kind: Some(filter::Kind::Invalid(linkerd2_proxy_api::opaque_route::Invalid { message })) };
-    let kind = if refs.is_empty() {
-        distribution::Kind::FirstAvailable(distribution::FirstAvailable {
-            backends: vec![RouteBackend { backend: Some(parent.default_backend.clone()), filters: Vec::new() }],
-        })
-    } else {
-        let backends = refs
-            .iter()
-            .map(|b| {
-                let (backend, problem) = opaque_backend(model, cfg, &r.metadata.namespace, parent, b);
-                WeightedRouteBackend {
-                    backend: Some(RouteBackend { backend: Some(backend), filters: problem.into_iter().map(invalid).collect() }),
-                    weight: b.weight,
-                }
+/// The one rule (validation guarantees one) of a TCPRoute or a TLSRoute: its backends by weight,
+/// or the parent's own backend when it names none. The two APIs' types are alike but distinct,
+/// so `$api` names the module (`opaque_route` or `tls_route`).
+macro_rules! single_rule {
+    ($api:ident, $model:expr, $cfg:expr, $parent:expr, $r:expr) => {{
+        use api::$api::{distribution, filter, Distribution, Filter, RouteBackend, Rule, WeightedRouteBackend};
+        let (model, cfg, parent, r): (&Model, &IndexConfig, &Parent<'_>, &Route) = ($model, $cfg, $parent, $r);
+        let refs = r.spec.rules.first().map_or(&[][..], |rule| &rule.backend_refs[..]);
+        let invalid = |message: String| Filter { kind: Some(filter::Kind::Invalid(linkerd2_proxy_api::opaque_route::Invalid { message })) };
+        let kind = if refs.is_empty() {
+            distribution::Kind::FirstAvailable(distribution::FirstAvailable {
+                backends: vec![RouteBackend { backend: Some(parent.default_backend.clone()), filters: Vec::new() }],
             })
-            .collect();
-        distribution::Kind::RandomAvailable(distribution::RandomAvailable { backends })
-    };
-    let rule = api::opaque_route::Rule { backends: Some(Distribution { kind: Some(kind) }), filters: Vec::new() };
-    api::OpaqueRoute { metadata: Some(resource(Kind::TcpRoute.group(), "TCPRoute", &r.metadata.name, &r.metadata.namespace, 0)), rules: vec![rule] }
+        } else {
+            let backends = refs
+                .iter()
+                .map(|b| {
+                    let (backend, problem) = opaque_backend(model, cfg, &r.metadata.namespace, parent, b);
+                    WeightedRouteBackend {
+                        backend: Some(RouteBackend { backend: Some(backend), filters: problem.into_iter().map(invalid).collect() }),
+                        weight: b.weight,
+                    }
+                })
+                .collect();
+            distribution::Kind::RandomAvailable(distribution::RandomAvailable { backends })
+        };
+        Rule { backends: Some(Distribution { kind: Some(kind) }), filters: Vec::new() }
+    }};
+}
+
+/// A TCPRoute: its one rule's backends by weight.
+pub(super) fn tcp_route(model: &Model, cfg: &IndexConfig, parent: &Parent<'_>, r: &Route) -> api::OpaqueRoute {
+    api::OpaqueRoute {
+        metadata: Some(resource(Kind::TcpRoute.group(), "TCPRoute", &r.metadata.name, &r.metadata.namespace, 0)),
+        rules: vec![single_rule!(opaque_route, model, cfg, parent, r)],
+    }
 }
 
 /// A TLSRoute: its hostnames are the SNIs it serves; its one rule's backends by weight.
 pub(super) fn tls_route(model: &Model, cfg: &IndexConfig, parent: &Parent<'_>, r: &Route) -> api::TlsRoute {
-    use api::tls_route::{distribution, filter, Distribution, Filter, RouteBackend, WeightedRouteBackend};
-    let refs = r.spec.rules.first().map_or(&[][..], |rule| &rule.backend_refs[..]);
-    let invalid = |message: String| Filter { kind: Some(filter::Kind::Invalid(linkerd2_proxy_api::opaque_route::Invalid { message })) };
-    let kind = if refs.is_empty() {
-        distribution::Kind::FirstAvailable(distribution::FirstAvailable {
-            backends: vec![RouteBackend { backend: Some(parent.default_backend.clone()), filters: Vec::new() }],
-        })
-    } else {
-        let backends = refs
-            .iter()
-            .map(|b| {
-                let (backend, problem) = opaque_backend(model, cfg, &r.metadata.namespace, parent, b);
-                WeightedRouteBackend {
-                    backend: Some(RouteBackend { backend: Some(backend), filters: problem.into_iter().map(invalid).collect() }),
-                    weight: b.weight,
-                }
-            })
-            .collect();
-        distribution::Kind::RandomAvailable(distribution::RandomAvailable { backends })
-    };
-    let rule = api::tls_route::Rule { backends: Some(Distribution { kind: Some(kind) }), filters: Vec::new() };
     api::TlsRoute {
         metadata: Some(resource(Kind::TlsRoute.group(), "TLSRoute", &r.metadata.name, &r.metadata.namespace, 0)),
         snis: snis(&r.spec.hostnames),
-        rules: vec![rule],
+        rules: vec![single_rule!(tls_route, model, cfg, parent, r)],
     }
 }
 
