@@ -3,7 +3,7 @@
 #   scripts/test.sh
 # Debian packages: curl, nghttp2-client (nghttp, h2load), redis-server, redis-tools, iptables,
 # iproute2, util-linux (setpriv), unzip, prometheus (prometheus, promtool), chromium, postgresql
-# (server, psql, pgbench); Python: grpcio,
+# (server, psql, pgbench), podman and binutils (strip) for the container images; Python: grpcio,
 # grpcio-tools, kubernetes-validate, jsonschema, playwright (driving Debian's chromium: never
 # `playwright install`, which downloads browsers from a CDN);
 # helm (scripts/install-tools.sh, into target/tools).
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 need=()
 for pair in curl:curl nghttp:nghttp2-client h2load:nghttp2-client redis-server:redis-server redis-cli:redis-tools \
             iptables:iptables ip:iproute2 setpriv:util-linux prometheus:prometheus promtool:prometheus chromium:chromium \
-            psql:postgresql-client pgbench:postgresql-client; do
+            psql:postgresql-client pgbench:postgresql-client podman:podman strip:binutils; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 # PostgreSQL's server is not on PATH: look for its initdb and its system user.
@@ -52,5 +52,12 @@ if [ "$(id -u)" = 0 ]; then
     KNIT_PROXY_BIN=target/debug/knit-proxy tests/netns-mesh.sh
 else
     echo "SKIP tests/netns.sh and tests/netns-mesh.sh: need root (network namespaces and iptables)"
+fi
+
+echo "==> container images (release build, FROM scratch, each run chrooted in its own root filesystem)"
+if [ "$(id -u)" = 0 ]; then
+    scripts/images.sh --check
+else
+    echo "SKIP scripts/images.sh --check: needs root (podman mount, chroot, network namespaces)"
 fi
 echo "==> all tests passed"
