@@ -105,6 +105,15 @@ impl Collector for IndexCollector {
             for (file, status) in files.iter() {
                 ConstGauge::new(status.errors.len() as i64).encode(family.encode_family(&[("file", file.as_str())])?)?;
             }
+            let mut family = enc.encode_descriptor(
+                "manifest_unknown_fields",
+                "Fields Knit does not know (and ignores) in each manifest file's valid documents, as last read",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (file, status) in files.iter() {
+                ConstGauge::new(status.warnings.len() as i64).encode(family.encode_family(&[("file", file.as_str())])?)?;
+            }
             let mut family = enc.encode_descriptor("manifest_reads", "Times each manifest file was read after a change", None, MetricType::Counter)?;
             for (file, status) in files.iter() {
                 ConstCounter::new(status.reads).encode(family.encode_family(&[("file", file.as_str())])?)?;

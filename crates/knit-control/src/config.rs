@@ -57,6 +57,7 @@ impl Config {
                 kubernetes: false,
                 kubeconfig: None,
                 config_poll_interval: Duration::from_millis(100),
+                strict_fields: false,
                 cluster_domain: "cluster.local".into(),
                 identity_trust_domain: None,
                 control_plane_namespace: "knit".into(),
@@ -118,6 +119,10 @@ pub struct DiscoveryConfig {
     /// How often the manifest directory is checked for changes.
     #[arg(long, env = "KNIT_CONTROL_CONFIG_POLL_INTERVAL", default_value = "100ms", value_parser = duration)]
     pub config_poll_interval: Duration,
+    /// A manifest document with a field Knit does not know is refused as invalid, instead of
+    /// served with a warning (kubectl's `--validate=strict`).
+    #[arg(long, env = "KNIT_CONTROL_STRICT_FIELDS")]
+    pub strict_fields: bool,
     #[arg(long, env = "KNIT_CONTROL_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
     /// The last part of every identity name; the cluster domain when not given.

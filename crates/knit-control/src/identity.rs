@@ -89,7 +89,8 @@ struct ResultLabel {
 }
 
 fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
+    use anyhow::Context;
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Reads the identity files. With `tokens` given (TokenReview), the local token key is not read:
@@ -115,8 +116,16 @@ impl Service {
 
     /// Like `load`, with callers' tokens checked by `tokens` (when given) instead of the local
     /// token key.
+    /// A missing file at start names the command that writes it.
     pub fn load_with(cfg: &IdentityConfig, tokens: Option<Arc<dyn TokenValidator>>) -> anyhow::Result<Self> {
-        Ok(Self::new(load_state(cfg, tokens.as_ref())?, tokens))
+        let state = load_state(cfg, tokens.as_ref()).map_err(|e| match e.downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == std::io::ErrorKind::NotFound => e.context(format!(
+                "no identity in {dir}: create one with `knit identity init --dir {dir}` (or point --identity-dir, or the --trust-anchors, --issuer-cert, --issuer-key and --token-key files, at an existing one)",
+                dir = cfg.identity_dir.display()
+            )),
+            _ => e,
+        })?;
+        Ok(Self::new(state, tokens))
     }
 
     fn new(state: State, tokens: Option<Arc<dyn TokenValidator>>) -> Self {

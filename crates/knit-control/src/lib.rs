@@ -130,7 +130,7 @@ impl Control {
             default_opaque_ports: d.default_opaque_ports.clone(),
             global_egress_namespace: d.global_egress_network_namespace.clone(),
         }));
-        let local = d.config_dir.as_deref().map(|dir| local::LocalSource::load(dir, index.clone())).transpose()?;
+        let local = d.config_dir.as_deref().map(|dir| local::LocalSource::load(dir, index.clone(), d.strict_fields)).transpose()?;
         let tap_api_tls = match (&config.viz.tap_api_tls_cert, &config.viz.tap_api_tls_key) {
             (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
             _ => None,

@@ -31,6 +31,8 @@ pub struct LocalSource {
     /// What each file contributed, to keep it while the file is invalid.
     applied: HashMap<String, Vec<Resource>>,
     files: Files,
+    /// Unknown fields make a document invalid (`--strict-fields`).
+    strict: bool,
 }
 
 /// What is known of each manifest file, for the admin server's metrics.
@@ -42,13 +44,15 @@ pub struct FileStatus {
     pub reads: u64,
     /// Its invalid documents, as last read.
     pub errors: Vec<String>,
+    /// The fields of its valid documents that Knit does not know, as last read.
+    pub warnings: Vec<String>,
 }
 
 impl LocalSource {
     /// Reads the whole directory once; a directory that cannot be read stops start-up.
-    pub fn load(dir: &Path, index: Arc<Index>) -> anyhow::Result<Self> {
+    pub fn load(dir: &Path, index: Arc<Index>, strict: bool) -> anyhow::Result<Self> {
         std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("reading the manifest directory {}: {e}", dir.display()))?;
-        let mut source = Self { dir: dir.to_path_buf(), index, seen: HashMap::new(), applied: HashMap::new(), files: Default::default() };
+        let mut source = Self { dir: dir.to_path_buf(), index, seen: HashMap::new(), applied: HashMap::new(), files: Default::default(), strict };
         source.scan();
         Ok(source)
     }
@@ -120,7 +124,10 @@ impl LocalSource {
             }
         };
         self.seen.insert(path.to_path_buf(), stamp);
-        let (mut resources, mut errors) = resources::parse(&name, &text);
+        let resources::Parsed { mut resources, mut errors, warnings } = resources::parse_file(&name, &text, self.strict);
+        for w in &warnings {
+            tracing::warn!("{w}: it has no effect (--strict-fields refuses such documents)");
+        }
         // What only the control plane's configuration can tell: an EgressNetwork over the
         // cluster's own networks is refused, like any invalid document.
         let cluster = &self.index.config().cluster_networks;
@@ -153,6 +160,7 @@ impl LocalSource {
         let status = files.entry(name).or_default();
         status.reads += 1;
         status.errors = errors;
+        status.warnings = warnings;
     }
 }
 

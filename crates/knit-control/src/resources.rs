@@ -680,10 +680,27 @@ impl std::fmt::Display for Key {
     }
 }
 
+/// What one manifest file holds.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub resources: Vec<Resource>,
+    /// Its invalid documents: `FILE: document N (KIND NS/NAME): FIELD: REASON`.
+    pub errors: Vec<String>,
+    /// Fields Knit does not know in its valid documents, which have no effect (as kubectl's
+    /// field validation warns): `FILE: document N (KIND NS/NAME): unknown field "PATH"`.
+    pub warnings: Vec<String>,
+}
+
 /// Parses every document of one manifest file. `file` names it in error messages.
 pub fn parse(file: &str, text: &str) -> (Vec<Resource>, Vec<String>) {
-    let mut resources = Vec::new();
-    let mut errors = Vec::new();
+    let parsed = parse_file(file, text, false);
+    (parsed.resources, parsed.errors)
+}
+
+/// Parses every document of one manifest file, with its unknown fields; `strict` makes a
+/// document with an unknown field invalid.
+pub fn parse_file(file: &str, text: &str, strict: bool) -> Parsed {
+    let mut out = Parsed::default();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let n = i + 1;
         let budget = std::cell::Cell::new(bounded::MAX_NODES);
@@ -691,26 +708,47 @@ pub fn parse(file: &str, text: &str) -> (Vec<Resource>, Vec<String>) {
             Ok(v) => v,
             Err(e) => {
                 // A syntax error ends the file's documents: the YAML stream cannot be resynchronised.
-                errors.push(format!("{file}: document {n}: {e}"));
+                out.errors.push(format!("{file}: document {n}: {e}"));
                 break;
             }
         };
         if value.is_null() {
             continue;
         }
-        match parse_document(value) {
-            Ok(Some(r)) => resources.push(r),
+        let mut unknown = Vec::new();
+        match parse_object(value, &mut unknown) {
             Ok(None) => {}
-            Err(e) => errors.push(format!("{file}: document {n}{e}")),
+            Ok(Some(_)) if strict && !unknown.is_empty() => {
+                out.errors.push(format!("{file}: document {n}{}: unknown field(s), refused by --strict-fields", unknown.join("; ")));
+            }
+            Ok(Some(r)) => {
+                out.warnings.extend(unknown.into_iter().map(|u| format!("{file}: document {n}{u}")));
+                out.resources.push(r);
+            }
+            Err(e) => out.errors.push(format!("{file}: document {n}{e}")),
         }
     }
-    (resources, errors)
+    out
 }
 
 /// Parses one object in its Kubernetes API shape (a manifest document, or an object from the
 /// Kubernetes API): `Ok(None)` for a kind Knit does not serve (Deployments and the like live in
-/// the same files), `Err` with ` (KIND NS/NAME): FIELD: REASON` for one it cannot use.
+/// the same files), `Err` with ` (KIND NS/NAME): FIELD: REASON` for one it cannot use. Fields it
+/// does not know are logged (an API server has already checked them against its schema).
 pub fn parse_document(value: serde_json::Value) -> Result<Option<Resource>, String> {
+    let mut unknown = Vec::new();
+    let parsed = parse_object(value, &mut unknown);
+    for u in unknown {
+        tracing::warn!("ignored{u}");
+    }
+    parsed
+}
+
+/// As `parse_document`, with each field of the spec that Knit does not read added to
+/// `unknown` as ` (KIND NS/NAME): unknown field "spec.rules[0].retries"`. Services are core
+/// Kubernetes objects of which Knit reads a part, and metadata and status are the API server's:
+/// only the specs of the kinds Knit owns or implements are held to every field.
+pub fn parse_object(value: serde_json::Value, unknown: &mut Vec<String>) -> Result<Option<Resource>, String> {
     let text = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_string);
     let (Some(api_version), Some(kind_name)) = (text("apiVersion"), text("kind")) else {
         return Err(": apiVersion and kind are required".to_string());
@@ -723,23 +761,41 @@ pub fn parse_document(value: serde_json::Value) -> Result<Option<Resource>, Stri
         tracing::debug!("skipping {api_version} {kind_name}: not a kind Knit serves");
         return Ok(None);
     };
-    fn de<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
-        serde_path_to_error::deserialize(v).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+    fn de<T: serde::de::DeserializeOwned>(v: serde_json::Value, ignored: &mut Vec<String>) -> Result<T, String> {
+        let mut note = |path: serde_ignored::Path<'_>| ignored.push(field_path(&path));
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(v, &mut note)).map_err(|e| format!("{}: {}", e.path(), e.inner()))
     }
-    let parsed = || -> Result<Resource, String> {
-        Ok(match kind {
-            Kind::Service => Resource::Service(Arc::new(de(value)?)),
-            Kind::ExternalWorkload => Resource::ExternalWorkload(Arc::new(de(value)?)),
-            Kind::Server => Resource::Server(Arc::new(de(value)?)),
-            Kind::AuthorizationPolicy => Resource::AuthorizationPolicy(Arc::new(de(value)?)),
-            Kind::MeshTlsAuthentication => Resource::MeshTlsAuthentication(Arc::new(de(value)?)),
-            Kind::NetworkAuthentication => Resource::NetworkAuthentication(Arc::new(de(value)?)),
-            Kind::RateLimitPolicy => Resource::RateLimitPolicy(Arc::new(de(value)?)),
-            Kind::HttpRoute | Kind::PolicyHttpRoute | Kind::GrpcRoute | Kind::TcpRoute | Kind::TlsRoute => Resource::Route(kind, Arc::new(de(value)?)),
-            Kind::TrafficSplit => Resource::TrafficSplit(Arc::new(de(value)?)),
-            Kind::EgressNetwork => Resource::EgressNetwork(Arc::new(de(value)?)),
-        })
+    let mut ignored = Vec::new();
+    let i = &mut ignored;
+    let resource = match kind {
+        Kind::Service => de(value, i).map(|r| Resource::Service(Arc::new(r))),
+        Kind::ExternalWorkload => de(value, i).map(|r| Resource::ExternalWorkload(Arc::new(r))),
+        Kind::Server => de(value, i).map(|r| Resource::Server(Arc::new(r))),
+        Kind::AuthorizationPolicy => de(value, i).map(|r| Resource::AuthorizationPolicy(Arc::new(r))),
+        Kind::MeshTlsAuthentication => de(value, i).map(|r| Resource::MeshTlsAuthentication(Arc::new(r))),
+        Kind::NetworkAuthentication => de(value, i).map(|r| Resource::NetworkAuthentication(Arc::new(r))),
+        Kind::RateLimitPolicy => de(value, i).map(|r| Resource::RateLimitPolicy(Arc::new(r))),
+        Kind::HttpRoute | Kind::PolicyHttpRoute | Kind::GrpcRoute | Kind::TcpRoute | Kind::TlsRoute => de(value, i).map(|r| Resource::Route(kind, Arc::new(r))),
+        Kind::TrafficSplit => de(value, i).map(|r| Resource::TrafficSplit(Arc::new(r))),
+        Kind::EgressNetwork => de(value, i).map(|r| Resource::EgressNetwork(Arc::new(r))),
     };
-    let resource = parsed().map_err(|e| format!("{label}: {e}"))?;
+    if kind != Kind::Service {
+        unknown.extend(ignored.into_iter().filter(|p| p.starts_with("spec.") || p.starts_with("spec[")).map(|p| format!("{label}: unknown field {p:?}")));
+    }
+    let resource = resource.map_err(|e| format!("{label}: {e}"))?;
     validate::validate(resource).map(Some).map_err(|(field, reason)| format!("{label}: {field}: {reason}"))
+}
+
+/// A field's path as kubectl writes it: `spec.rules[0].backendRefs[1].retries`.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
+    }
 }

@@ -197,3 +197,14 @@ fn kubernetes_mode_without_a_cluster_stops_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)"), "{err}");
 }
+
+/// A first run without an identity names the command that makes one.
+#[test]
+fn no_identity_says_how_to_make_one() {
+    let dir = std::env::temp_dir().join(format!("knit-control-no-identity-{}", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_knit-control")).arg("--identity-dir").arg(&dir).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("no identity in {0}: create one with `knit identity init --dir {0}`", dir.display())), "{err}");
+    assert!(err.contains("No such file or directory"), "the cause is kept: {err}");
+}

@@ -151,6 +151,14 @@ pub struct CheckArgs {
     /// A proxy's admin address (repeatable): its certificate's expiry is checked too.
     #[arg(long = "proxy")]
     proxies: Vec<std::net::SocketAddr>,
+    /// Local mode: check the manifest directory as knit-control reads it (invalid documents,
+    /// and fields Knit does not know, which have no effect).
+    #[arg(long, conflicts_with = "pre")]
+    config_dir: Option<PathBuf>,
+    /// With --config-dir: a field Knit does not know fails the check (as knit-control's
+    /// --strict-fields refuses the document).
+    #[arg(long, requires = "config_dir")]
+    strict_fields: bool,
 }
 
 struct LocalCheck {
@@ -160,11 +168,17 @@ struct LocalCheck {
 
 /// `knit check`, the local-mode part: anchors, issuer, and that the issuer chains to an anchor.
 pub fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let mut failed = 0;
+    if let Some(config_dir) = &args.config_dir {
+        failed += manifests(config_dir, args.strict_fields)?;
+    }
     let Some(dir) = args.dir.clone() else {
+        if args.config_dir.is_some() {
+            return if failed > 0 { Err(anyhow::anyhow!("{failed} check(s) failed")) } else { Ok(()) };
+        }
         return crate::check::kubernetes(args.pre, &args.namespace);
     };
     let args = LocalCheck { dir, proxies: args.proxies };
-    let mut failed = 0;
     let mut report = |ok: Result<String, String>, what: &str| match ok {
         Ok(msg) => println!("√ {what}: {msg}"),
         Err(msg) => {
@@ -207,6 +221,44 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
         bail!("{failed} check(s) failed");
     }
     Ok(())
+}
+
+/// The manifest directory's files as knit-control reads them: each invalid document is a failed
+/// check, each unknown field a warning (a failure with `strict`). Returns the failures.
+fn manifests(dir: &std::path::Path, strict: bool) -> anyhow::Result<usize> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("reading the manifest directory {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.') && (n.ends_with(".yaml") || n.ends_with(".yml"))))
+        .collect();
+    files.sort();
+    let (mut failed, mut resources, mut unknown) = (0, 0, 0);
+    for path in &files {
+        let name = path.strip_prefix(dir).unwrap_or(path).display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                failed += 1;
+                println!("× manifest {name}: {e}");
+                continue;
+            }
+        };
+        let parsed = knit_control::resources::parse_file(&name, &text, strict);
+        for e in &parsed.errors {
+            failed += 1;
+            println!("× manifest {e}");
+        }
+        for w in &parsed.warnings {
+            println!("‼ manifest {w}: it has no effect (--strict-fields makes this a failure)");
+        }
+        resources += parsed.resources.len();
+        unknown += parsed.warnings.len();
+    }
+    if failed == 0 {
+        let ignored = if unknown > 0 { format!(", {unknown} unknown field(s) ignored") } else { String::new() };
+        println!("√ manifests in {}: {resources} resource(s) in {} file(s){ignored}", dir.display(), files.len());
+    }
+    Ok(failed)
 }
 
 /// Reads a proxy's certificate expiry from its admin server's metrics.

@@ -19,8 +19,9 @@ use std::{
 pub struct InjectArgs {
     /// A manifest file, or `-` for stdin.
     pub file: PathBuf,
-    /// The trust anchors proxies get (PEM); by default the installation's, read from the
-    /// manifests of `knit install` given with --from.
+    /// The trust anchors proxies get (PEM); by default the installation's: from the manifests
+    /// of `knit install` given with --from, or else from the cluster (KUBECONFIG or in-cluster),
+    /// as `linkerd inject` reads them.
     #[arg(long)]
     pub identity_trust_anchors_file: Option<PathBuf>,
     /// The installation's manifests (`knit install` output), to take the trust anchors from.
@@ -87,13 +88,48 @@ fn installed_values(manifests: &str, ns: &str) -> anyhow::Result<knit_control::i
     serde_yaml::from_str(&config).map_err(|e| anyhow!("{ns}/knit-config values.yaml: {e}"))
 }
 
+/// Whether a Kubernetes API server is configured: KUBECONFIG, ~/.kube/config, or a pod's service
+/// account (as kubectl looks for one).
+fn cluster_configured() -> bool {
+    std::env::var_os("KUBECONFIG").is_some_and(|k| !k.is_empty())
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("HOME").is_some_and(|h| Path::new(&h).join(".kube/config").is_file())
+}
+
+/// The installation's values, from the ConfigMap `knit install` put in the cluster (as `linkerd
+/// inject` reads `linkerd-config`).
+fn cluster_values(ns: &str) -> anyhow::Result<knit_control::inject::Values> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let config = rt.block_on(async {
+        let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+        let api = kube::Api::<ConfigMap>::namespaced(client, ns);
+        match tokio::time::timeout(std::time::Duration::from_secs(30), api.get("knit-config")).await {
+            Err(_) => Err(anyhow!("the Kubernetes API server did not answer within 30s")),
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
+                Err(anyhow!("the cluster has no ConfigMap {ns}/knit-config: is Knit installed (knit install | kubectl apply -f -; --namespace if elsewhere)? Offline, pass --from install.yaml"))
+            }
+            Ok(r) => r.with_context(|| format!("reading ConfigMap {ns}/knit-config from the cluster")),
+        }
+    })?;
+    let values = config
+        .data
+        .and_then(|mut d| d.remove("values.yaml"))
+        .ok_or_else(|| anyhow!("ConfigMap {ns}/knit-config in the cluster has no values.yaml: reinstall with knit upgrade"))?;
+    serde_yaml::from_str(&values).map_err(|e| anyhow!("{ns}/knit-config values.yaml (from the cluster): {e}"))
+}
+
 pub fn inject(args: InjectArgs) -> anyhow::Result<()> {
     let options = Options::new(&args.options, false, false);
     let values = match (&args.identity_trust_anchors_file, &args.from) {
         (Some(file), _) => options.inject_values(&read_input(file)?),
         (None, Some(from)) => installed_values(&read_input(from)?, &options.namespace)?,
+        (None, None) if cluster_configured() => cluster_values(&options.namespace)?,
         (None, None) => {
-            return Err(anyhow!("proxies need the installation's trust anchors: pass --from with the output of knit install, or --identity-trust-anchors-file"))
+            return Err(anyhow!(
+                "proxies need the installation's trust anchors, and there is no cluster to read them from (no KUBECONFIG, ~/.kube/config or in-cluster service account): \
+                 pass --from install.yaml (the output of knit install), or --identity-trust-anchors-file trust-anchors.pem"
+            ))
         }
     };
     let injector = Injector::new(values);

@@ -28,6 +28,10 @@ pub struct InstallArgs {
     /// Leave the CRDs out (they are already installed, e.g. Linkerd's).
     #[arg(long)]
     pub skip_crds: bool,
+    /// Only the CRDs, as Linkerd's first step (`knit install --crds | kubectl apply -f -`, then
+    /// `knit install | kubectl apply -f -`).
+    #[arg(long, conflicts_with_all = ["skip_crds", "ha"])]
+    pub crds: bool,
     #[command(flatten)]
     pub options: OptionArgs,
     #[command(flatten)]
@@ -146,6 +150,11 @@ pub fn to_yaml(objects: &[Value]) -> String {
 }
 
 pub fn install(args: InstallArgs) -> anyhow::Result<()> {
+    if args.crds {
+        let crds: Vec<Value> = CRDS.iter().map(|text| serde_yaml::from_str(text).expect("the CRDs shipped in the binary parse (tested)")).collect();
+        print!("{}", to_yaml(&crds));
+        return Ok(());
+    }
     let options = Options::new(&args.options, args.ha, !args.skip_crds);
     let material = Material::load_or_generate(&args.material, &options)?;
     print!("{}", to_yaml(&render(&options, &material)));

@@ -24,7 +24,8 @@ enum Command {
     /// Trust anchors, issuers and local-mode tokens.
     #[command(subcommand)]
     Identity(identity::Command),
-    /// Check an installation: in a cluster (--pre before installing), or local mode's (--dir).
+    /// Check an installation: in a cluster (--pre before installing), or local mode's (--dir,
+    /// --config-dir).
     Check(identity::CheckArgs),
     /// Print the control plane's Kubernetes manifests: `knit install | kubectl apply -f -`.
     Install(install::InstallArgs),
@@ -32,7 +33,7 @@ enum Command {
     Upgrade(install::UpgradeArgs),
     /// Print what removes Knit: `knit uninstall | kubectl delete -f -`.
     Uninstall(install::UninstallArgs),
-    /// Mesh the workloads of a manifest as the proxy injector would: `knit inject app.yaml --from install.yaml`.
+    /// Mesh the workloads of a manifest as the proxy injector would: `knit inject app.yaml | kubectl apply -f -`.
     Inject(inject::InjectArgs),
     /// Remove what `knit inject` (or the injector) added.
     Uninject(inject::UninjectArgs),

@@ -186,6 +186,17 @@ fn install_validates_against_kubernetes_1_29_and_newer() {
             kubernetes_validate(&out, version, &format!("install-{mode}-{version}"));
         }
     }
+    // Linkerd's two steps: the CRDs alone, then the rest (which holds them too).
+    let (ok, crds, err) = knit_io(&["install", "--crds"], "");
+    assert!(ok, "{err}");
+    let kinds = |yaml: &str| -> Vec<String> {
+        serde_yaml::Deserializer::from_str(yaml)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .map(|o: serde_json::Value| o["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(kinds(&crds).len() >= 9 && kinds(&crds).iter().all(|k| k == "CustomResourceDefinition"), "{crds}");
+    kubernetes_validate(&crds, "1.29.0", "install-crds");
 }
 
 #[test]
@@ -406,6 +417,44 @@ fn check_reads_a_cluster_and_says_how_to_fix_what_is_wrong() {
     // No cluster at all.
     let (ok, out) = knit_with_kubeconfig(&["check"], "/nonexistent/kubeconfig");
     assert!(!ok && out.contains("× Kubernetes API") && out.contains("fix:"), "{out}");
+}
+
+/// `knit inject app.yaml` with no --from reads the installation from the cluster, as `linkerd
+/// inject` does: the same output as --from the install manifests. Offline it names what to pass.
+#[test]
+fn inject_reads_the_installation_from_the_cluster() {
+    let (ok, install, _) = knit_io(&["install"], "");
+    assert!(ok);
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&install).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let config = docs.iter().find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "knit-config").expect("knit install renders knit-config");
+    let api = FakeApi::start([(api_path(config), config.clone())].into(), true);
+    let app = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: demo}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: app, image: web}]\n";
+    let home = temp_dir("inject-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let inject = |args: &[&str], kubeconfig: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_knit"));
+        cmd.args(["inject", "-"]).args(args).env("HOME", &home).env_remove("KUBECONFIG").env_remove("KUBERNETES_SERVICE_HOST");
+        if let Some(k) = kubeconfig {
+            cmd.env("KUBECONFIG", k);
+        }
+        let mut child = cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), app.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, from_cluster, err) = inject(&[], Some(&api.kubeconfig("inject-cluster")));
+    assert!(ok && err.contains("1 workload(s) injected"), "{err}");
+    let install_file = format!("{}.yaml", temp_dir("inject-install"));
+    std::fs::write(&install_file, &install).unwrap();
+    let (ok, from_file, err) = inject(&["--from", &install_file], None);
+    assert!(ok, "{err}");
+    assert!(from_cluster.contains("knit-proxy") && from_cluster == from_file, "{from_cluster}");
+    // Installed elsewhere, or not at all: the namespace and the fix are named.
+    let (ok, _, err) = inject(&["--namespace", "mesh"], Some(&api.kubeconfig("inject-elsewhere")));
+    assert!(!ok && err.contains("no ConfigMap mesh/knit-config") && err.contains("--from"), "{err}");
+    // No cluster at all: what to pass.
+    let (ok, _, err) = inject(&[], None);
+    assert!(!ok && err.contains("no cluster") && err.contains("--from install.yaml") && err.contains("--identity-trust-anchors-file"), "{err}");
 }
 
 #[path = "cli/viz.rs"]
@@ -629,4 +678,24 @@ mod chart {
         let (ok, err) = render(&sets);
         assert!(!ok && err.contains("--set-file webhook.keyPEM=") && !err.contains("identityTrustAnchorsPEM="), "{err}");
     }
+}
+
+/// `knit check --config-dir` reads a manifest directory as knit-control does: unknown fields are
+/// warnings naming the file, document and field (failures with --strict-fields), an invalid
+/// document fails.
+#[test]
+fn check_warns_of_unknown_manifest_fields() {
+    let dir = temp_dir("check-fields");
+    std::fs::create_dir_all(&dir).unwrap();
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: books, namespace: demo}\nspec:\n  parentRefs: [{kind: Service, name: books, port: 8080}]\n  rules:\n    - backendRefs:\n        - {name: books-v2, port: 8080, retries: 3}\n";
+    std::fs::write(format!("{dir}/route.yaml"), route).unwrap();
+    let (ok, out) = knit(&["check", "--config-dir", &dir]);
+    assert!(ok, "{out}");
+    assert!(out.contains(r#"‼ manifest route.yaml: document 1 (HTTPRoute demo/books): unknown field "spec.rules[0].backendRefs[0].retries""#), "{out}");
+    assert!(out.contains("1 resource(s) in 1 file(s), 1 unknown field(s) ignored"), "{out}");
+    let (ok, out) = knit(&["check", "--config-dir", &dir, "--strict-fields"]);
+    assert!(!ok && out.contains("× manifest route.yaml: document 1") && out.contains("1 check(s) failed"), "{out}");
+    std::fs::write(format!("{dir}/bad.yaml"), "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata: {name: s}\nspec: {port: -1}\n").unwrap();
+    let (ok, out) = knit(&["check", "--config-dir", &dir]);
+    assert!(!ok && out.contains("× manifest bad.yaml: document 1 (Server default/s)"), "{out}");
 }

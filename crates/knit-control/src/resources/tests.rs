@@ -113,3 +113,46 @@ fn status_ranges_in_linkerd_syntax() {
     assert!(annotations::status_ranges("504-500").is_err());
     assert!(annotations::status_ranges("5xx,abc").is_err());
 }
+
+/// A tutorial's HTTPRoute with `retries` and `timeouts` inside a backendRef (fields Gateway API
+/// does not have there): served, with a warning naming the file, document and field path;
+/// refused with `strict`.
+#[test]
+fn unknown_fields_are_warned_by_path_and_refused_when_strict() {
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: books, namespace: demo, uid: x1, resourceVersion: '7'}\n\
+                spec:\n  parentRefs: [{kind: Service, name: books, port: 8080}]\n  rules:\n    - backendRefs:\n        - {name: books-v1, port: 8080}\n        - {name: books-v2, port: 8080, retries: 3, timeouts: {request: 1s}}\n\
+                status: {parents: []}\n---\n\
+                apiVersion: v1\nkind: Service\nmetadata: {name: books, namespace: demo}\nspec:\n  type: LoadBalancer\n  ports: [{port: 8080}]\n";
+    let parsed = parse_file("routes.yaml", yaml, false);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    assert_eq!(parsed.resources.len(), 2);
+    assert_eq!(
+        parsed.warnings,
+        [
+            r#"routes.yaml: document 1 (HTTPRoute demo/books): unknown field "spec.rules[0].backendRefs[1].retries""#,
+            r#"routes.yaml: document 1 (HTTPRoute demo/books): unknown field "spec.rules[0].backendRefs[1].timeouts""#,
+        ],
+        "metadata and status are the API server's, and a Service's other fields are Kubernetes' own"
+    );
+    let strict = parse_file("routes.yaml", yaml, true);
+    assert_eq!(strict.resources.len(), 1, "only the Service is served");
+    assert!(strict.errors.len() == 1 && strict.errors[0].starts_with("routes.yaml: document 1 (HTTPRoute demo/books): unknown field"), "{:?}", strict.errors);
+}
+
+/// The manifests this repository ships and tests with use no field Knit ignores.
+#[test]
+fn shipped_manifests_have_no_unknown_fields() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dirs = ["crates/knit-control/tests/manifests", "crates/knit/src/demo", "fuzz/seeds/manifest"];
+    let mut read = 0;
+    for dir in dirs {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let parsed = parse_file(&path.display().to_string(), &text, false);
+            assert!(parsed.warnings.is_empty(), "{:#?}", parsed.warnings);
+            read += parsed.resources.len();
+        }
+    }
+    assert!(read > 20, "{read} resources read");
+}
