@@ -11,9 +11,9 @@
 //!   the resource's pods are meshed (`pods`). Paging for large meshes: `limit`, `offset`, `sort=name|rps|success_rate|latency_ms_p99`
 //!   (names ascending, numbers descending), `order=asc|desc`, `filter=SUBSTRING` (of the
 //!   namespace or name); the answer says `total`.
-//! - `GET /api/edges?namespace=NS&window=30s`: deployment-to-deployment edges, mTLS and
-//!   identities; paged as stat is (`sort=name|requests|bytes`). `nodes`: the deployments the
-//!   edges join.
+//! - `GET /api/edges?kind=deployment|pod&namespace=NS&window=30s`: deployment-to-deployment
+//!   (or pod-to-pod) edges, mTLS and identities; paged as stat is (`sort=name|requests|bytes`).
+//!   `nodes`: the resources the edges join.
 //! - `GET /api/routes?namespace=NS&deployment=NAME&window=30s`: the HTTP routes a deployment
 //!   calls, with success rate, rps and latency after retries.
 //! - `GET /api/authz?namespace=NS&deployment=NAME&window=30s`: its inbound authorization
@@ -165,9 +165,9 @@ impl Viz {
                     Err(e) => (e.status(), serde_json::json!({ "error": e.to_string() })),
                 },
             },
-            "/api/edges" => match window(params, self) {
+            "/api/edges" => match window(params, self).and_then(|w| Ok((w, edges::By::parse(params.get("kind").map_or("deployment", String::as_str))?))) {
                 Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
-                Ok(w) => match self.edges(params.get("namespace").map(String::as_str).filter(|n| !n.is_empty()), w).await {
+                Ok((w, by)) => match self.edges(by, params.get("namespace").map(String::as_str).filter(|n| !n.is_empty()), w).await {
                     Ok(edges) => {
                         let matches = |e: &edges::Edge, f: &str| [&e.src_namespace, &e.src, &e.dst_namespace, &e.dst].iter().any(|s| s.contains(f));
                         // How many deployments the edges join: whether a graph of them can be drawn.
@@ -298,13 +298,13 @@ impl Viz {
     }
 
     /// The edges touching `namespace` in `window`, cached as stat rows are.
-    async fn edges(&self, namespace: Option<&str>, window: Duration) -> Result<Arc<Vec<edges::Edge>>, query::QueryError> {
-        let key = format!("edges {namespace:?} {window:?}");
+    async fn edges(&self, by: edges::By, namespace: Option<&str>, window: Duration) -> Result<Arc<Vec<edges::Edge>>, query::QueryError> {
+        let key = format!("edges {by:?} {namespace:?} {window:?}");
         if let Some(Cached::Edges(e)) = self.cached(&key) {
             return Ok(e);
         }
         let identities = self.targets().into_iter().filter_map(|t| Some(((t.namespace, t.deployment), t.identity?))).collect();
-        let found = Arc::new(edges::edges(&self.source, namespace, window, &identities).await?);
+        let found = Arc::new(edges::edges(&self.source, by, namespace, window, &identities).await?);
         self.remember(key, Cached::Edges(found.clone()));
         Ok(found)
     }

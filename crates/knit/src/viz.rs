@@ -51,9 +51,15 @@ pub struct PolicyArgs {
 
 #[derive(clap::Args)]
 pub struct EdgesArgs {
+    /// What the edges join: deployment (deploy) or pod (po).
+    #[arg(default_value = "deployment")]
+    kind: String,
     /// Only edges touching this namespace.
     #[arg(short, long)]
     namespace: Option<String>,
+    /// Edges in every namespace (the default without --namespace).
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    all_namespaces: bool,
     #[arg(short = 't', long = "time-window", default_value = "30s", value_parser = parse_duration)]
     window: Duration,
     /// table or json.
@@ -99,11 +105,16 @@ pub struct TapArgs {
 #[derive(clap::Args)]
 pub struct StatArgs {
     /// What to list: deploy (deployment), po (pod), ns (namespace), svc (service), srv (server),
-    /// authorizationpolicy or httproute (route).
+    /// authorizationpolicy or httproute (route); KIND/NAME for one of them (deploy/web).
     kind: String,
+    /// One resource of KIND by name (`knit viz stat deploy web`, as KIND/NAME).
+    name: Option<String>,
     /// Only resources of this namespace.
     #[arg(short, long)]
     namespace: Option<String>,
+    /// Resources of every namespace (the default without --namespace).
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    all_namespaces: bool,
     /// Outbound traffic of the listed resources to this one (KIND/NAME, e.g. deploy/books).
     #[arg(long)]
     to: Option<stat::Resource>,
@@ -154,18 +165,29 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
 }
 
 async fn stat_cmd(args: StatArgs) -> anyhow::Result<()> {
-    let kind = stat::Kind::parse(&args.kind).map_err(anyhow::Error::msg)?;
+    // `deploy/web` lists one deployment (as `linkerd viz stat deploy/web`).
+    let (kind, name) = match (args.kind.split_once('/'), args.name.as_deref()) {
+        (Some(_), Some(_)) => anyhow::bail!("{:?} names a resource already: give KIND/NAME or KIND NAME", args.kind),
+        (Some((_, "")), None) => anyhow::bail!("{:?}: the name is empty", args.kind),
+        (Some((kind, name)), None) => (kind, Some(name)),
+        (None, name) => (&args.kind[..], name),
+    };
+    let kind = stat::Kind::parse(kind).map_err(anyhow::Error::msg)?;
     let q = stat::Query {
         to: args.to.clone(),
         from: args.from.clone(),
         to_namespace: args.to_namespace.clone(),
         from_namespace: args.from_namespace.clone(),
-        ..stat::Query::new(kind, args.namespace.clone(), args.window)
+        // -A is every namespace, as no --namespace is (clap refuses both together).
+        ..stat::Query::new(kind, args.namespace.clone().filter(|_| !args.all_namespaces), args.window)
     };
     let rows = match &args.prometheus {
         Some(url) => stat::stat(&query::Source::Prometheus(Arc::new(query::Prometheus::new(url)?)), &q, &Default::default()).await?,
         None => fetch(args.api.viz_addr, &q).await?,
     };
+    // A Service's rows are per port (books:8080): svc/books names them all.
+    let named = |r: &stat::Row, n: &str| r.name == n || r.name.split_once(':').is_some_and(|(svc, _)| svc == n);
+    let rows: Vec<stat::Row> = rows.into_iter().filter(|r| name.is_none_or(|n| named(r, n))).collect();
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Output::Table | Output::Wide => print!("{}", table(&rows, &q, args.output == Output::Wide)),
@@ -218,8 +240,10 @@ async fn fetch(viz: SocketAddr, q: &stat::Query) -> anyhow::Result<Vec<stat::Row
 }
 
 async fn edges_cmd(args: EdgesArgs) -> anyhow::Result<()> {
-    let mut params = vec![("window", format!("{}s", args.window.as_secs_f64()))];
-    if let Some(ns) = &args.namespace {
+    let by = knit_control::viz::edges::By::parse(&args.kind).map_err(anyhow::Error::msg)?;
+    let kind = if by == knit_control::viz::edges::By::Pod { "pod" } else { "deployment" };
+    let mut params = vec![("window", format!("{}s", args.window.as_secs_f64())), ("kind", kind.to_string())];
+    if let Some(ns) = args.namespace.as_ref().filter(|_| !args.all_namespaces) {
         params.push(("namespace", ns.clone()));
     }
     let json = get_json(args.api.viz_addr, "edges", &params).await?;

@@ -19,26 +19,50 @@ pub struct Edge {
     pub server_id: Option<String>,
 }
 
-/// The deployment-to-deployment edges seen in `window`, limited to those touching `namespace`.
-/// `identities`: each (namespace, deployment)'s proxy identity, for the client side.
+/// Which resources an edge joins: deployments, or pods (as `linkerd viz edges deployment|pod`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum By {
+    Deployment,
+    Pod,
+}
+
+impl By {
+    /// A kind as `linkerd viz edges` takes it (`deploy`, `po`, ...).
+    pub fn parse(kind: &str) -> Result<Self, String> {
+        match super::stat::Kind::parse(kind)? {
+            super::stat::Kind::Deployment => Ok(By::Deployment),
+            super::stat::Kind::Pod => Ok(By::Pod),
+            other => Err(format!("edges join deployments or pods, not {}s", other.label())),
+        }
+    }
+}
+
+/// The edges between resources of kind `by` seen in `window`, limited to those touching
+/// `namespace`. `identities`: each (namespace, deployment)'s proxy identity, for the client side.
 pub async fn edges(
     source: &Source,
+    by: By,
     namespace: Option<&str>,
     window: Duration,
     identities: &BTreeMap<(String, String), String>,
 ) -> Result<Vec<Edge>, QueryError> {
     let source = source.snapshot();
-    let by = ["namespace", "deployment", "dst_namespace", "dst_deployment", "tls", "server_id"];
+    // The caller's deployment comes last, for its identity (for deployments, the same label twice).
+    let (src, dst) = match by {
+        By::Deployment => ("deployment", "dst_deployment"),
+        By::Pod => ("pod", "dst_pod"),
+    };
+    let by = ["namespace", src, "dst_namespace", dst, "tls", "server_id", "deployment"];
     let http = source.increase("response_total", &[("direction", "outbound")], &by, window).await?;
     let tcp = source.increase("tcp_write_bytes_total", &[("direction", "outbound"), ("peer", "dst")], &by, window).await?;
     let mut out: BTreeMap<[String; 4], Edge> = BTreeMap::new();
     for (grouped, is_http) in [(&http, true), (&tcp, false)] {
         for (g, v) in grouped {
-            let [ns, src, dst_ns, dst, tls, server_id] = <[String; 6]>::try_from(g.clone()).expect("grouped by six labels");
+            let [ns, src, dst_ns, dst, tls, server_id, deployment] = <[String; 7]>::try_from(g.clone()).expect("grouped by seven labels");
             if dst.is_empty() || *v <= 0.0 || namespace.is_some_and(|n| n != ns && n != dst_ns) {
                 continue;
             }
-            let client_id = identities.get(&(ns.clone(), src.clone())).cloned();
+            let client_id = identities.get(&(ns.clone(), deployment)).cloned();
             let edge = out.entry([ns.clone(), src.clone(), dst_ns.clone(), dst.clone()]).or_insert_with(|| Edge {
                 src_namespace: ns,
                 src,

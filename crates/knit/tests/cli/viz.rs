@@ -202,6 +202,12 @@ async fn send(outbound: SocketAddr, n: u64, rps: u64) -> (u64, u64) {
     (ok, failed)
 }
 
+/// The `name`s of a JSON list of rows.
+fn json_names(out: &str) -> Vec<String> {
+    let rows: serde_json::Value = serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    rows.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap_or_default().to_string()).collect()
+}
+
 fn row<'a>(rows: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     rows.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no row {name} in {rows:#}"))
 }
@@ -394,7 +400,16 @@ fn prometheus_with_the_shipped_configuration_agrees_with_the_built_in_store() {
         agree(row(&builtin, name), row(&from_prometheus, name));
     }
     let source = knit_control::viz::query::Source::Prometheus(Arc::new(knit_control::viz::query::Prometheus::new(&prom.url).unwrap()));
-    let edges = mesh.rt.block_on(knit_control::viz::edges::edges(&source, Some("test"), Duration::from_secs(10), &Default::default())).unwrap();
+    let edges = mesh
+        .rt
+        .block_on(knit_control::viz::edges::edges(
+            &source,
+            knit_control::viz::edges::By::Deployment,
+            Some("test"),
+            Duration::from_secs(10),
+            &Default::default(),
+        ))
+        .unwrap();
     assert_eq!(edges.iter().map(|e| (e.src.as_str(), e.dst.as_str(), e.secured)).collect::<Vec<_>>(), [("web", "books", true)], "{edges:?}");
     assert_eq!(edges[0].server_id.as_deref(), Some("books.test.serviceaccount.identity.knit.cluster.local"));
     let _ = mesh.rt.block_on(traffic);
@@ -552,6 +567,33 @@ fn tap_top_edges_routes_and_authz_on_the_demo() {
         let row = services.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name}: {services:#}"));
         assert!(row["namespace"] == "demo" && row["requests"].as_f64() > Some(0.0), "{row}");
     }
+
+    // The examples of Linkerd's `viz stat`, `edges`, `routes` and `authz` reference pages, as
+    // written there (`linkerd` → `knit`, their namespaces and deployments → the demo's): each
+    // runs and shows what it names. (`tap` and `top` are above, with --duration to end them.)
+    for (args, shows) in [
+        ("stat deployments -n demo", "books-v1"),
+        ("stat deploy web -n demo", "web"),
+        ("stat namespaces", "demo"),
+        ("stat deploy/books-v1 -n demo", "books-v1"),
+        ("stat deploy/books-v1 --from deploy/web -n demo", "books-v1"),
+        ("stat pods --to deploy/books-v1 --to-namespace demo --all-namespaces", "web"),
+        // The demo's authors deployment has two pods, authors-1 and authors-2.
+        ("stat po -n demo", "authors-2"),
+        ("stat svc/books -n demo", "books:8080"),
+        ("edges po -n demo", "authors-2"),
+        ("edges deployment -n demo", "books-v1"),
+        ("edges deploy --all-namespaces", "authors"),
+        ("routes deploy/web -n demo", "books-split"),
+        ("authz -n demo deploy/books-v1", "books-from-web"),
+    ] {
+        let (ok, out, err) = knit(&args.split(' ').collect::<Vec<_>>());
+        assert!(ok && out.contains(shows), "knit viz {args}: {out}{err}");
+    }
+    let (ok, out, err) = knit(&["stat", "deploy/web", "-n", "demo", "-o", "json"]);
+    assert!(ok && json_names(&out) == ["web"], "one deployment by name: {out}{err}");
+    let (ok, _, err) = knit(&["edges", "svc", "-n", "demo"]);
+    assert!(!ok && err.contains("deployments or pods"), "{err}");
 
     let (ok, _, err) = knit(&["tap", "deploy/nope", "-n", "demo", "--duration", "1s"]);
     assert!(!ok && err.contains("no meshed workload matches"), "{err}");
