@@ -46,9 +46,9 @@ stop() { # pid: ends one process this script started and forgets it
 target/release/knit identity init --dir "$TMP/id" >/dev/null
 start_control() { # name, manifest dir, extra flags...
     local name=$1 dir=$2; shift 2
-    local dst=$(free_port) pol=$(free_port) id=$(free_port) admin=$(free_port)
+    local dst=$(free_port) pol=$(free_port) id=$(free_port) admin=$(free_port) viz=$(free_port)
     taskset -c 1 "$C" --config-dir "$dir" --identity-dir "$TMP/id" --identity-addr 127.0.0.1:$id --admin-addr 127.0.0.1:$admin \
-        --destination-addr 127.0.0.1:$dst --policy-addr 127.0.0.1:$pol "$@" 2>"$TMP/$name.log" &
+        --destination-addr 127.0.0.1:$dst --policy-addr 127.0.0.1:$pol --viz-addr 127.0.0.1:$viz "$@" 2>"$TMP/$name.log" &
     PIDS+=($!)
     eval "${name}_PID=$! ${name}_DST=$dst ${name}_POL=$pol"
     wait_http "http://127.0.0.1:$admin/ready" "$TMP/$name.log"

@@ -62,7 +62,9 @@ target/release/knit identity init --dir "$TMP/id" >/dev/null
 target/release/knit identity token --dir "$TMP/id" --identity "client.$ID" >"$TMP/client.token"
 target/release/knit identity token --dir "$TMP/id" --identity "server.$ID" >"$TMP/server.token"
 CP_ID=$(free_port); CP_ADMIN=$(free_port)
-taskset -c 0 target/release/knit-control --identity-dir "$TMP/id" --identity-addr 127.0.0.1:$CP_ID --admin-addr 127.0.0.1:$CP_ADMIN 2>"$TMP/control.log" &
+# Every port its own (a busy 8084, 8086 or 8090 must not stop the run).
+taskset -c 0 target/release/knit-control --identity-dir "$TMP/id" --identity-addr 127.0.0.1:$CP_ID --admin-addr 127.0.0.1:$CP_ADMIN \
+    --destination-addr 127.0.0.1:$(free_port) --policy-addr 127.0.0.1:$(free_port) --viz-addr 127.0.0.1:$(free_port) 2>"$TMP/control.log" &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$CP_ADMIN/ready" "$TMP/control.log"
 mtls_env() { # name
@@ -138,7 +140,16 @@ for s in "${SETUPS[@]}"; do measure max "$s" "${URL[$s]}" --max --connections 50
 
 PEAK="{\"knit-1hop\":$(hwm_kb "$K1_PID"),\"knit-2hop\":$(hwm_kb "$KC_PID $KS_PID"),\"knit-2hop-mtls\":$(hwm_kb "$TC_PID $TS_PID"),\"haproxy\":$(hwm_kb "$HA_PID")}"
 CMD="bench/run.sh${1:+ $1}"
-python3 bench/report.py "$RAW" --idle-rss-kb "$K1_IDLE_RSS" --peak-rss "$PEAK" --command "$CMD" --ticks "$(getconf CLK_TCK)" >bench/RESULTS.md
+python3 bench/report.py "$RAW" --idle-rss-kb "$K1_IDLE_RSS" --peak-rss "$PEAK" --command "$CMD" --ticks "$(getconf CLK_TCK)" >"$TMP/results.md"
+# The sections other scripts write (discovery, viz, images: each between its <!-- --> markers)
+# follow this one and are kept.
+python3 - "$TMP/results.md" bench/RESULTS.md <<'EOF'
+import os, sys
+new, results = sys.argv[1:]
+old = open(results).read() if os.path.exists(results) else ""
+i = old.find("\n<!-- ")
+open(results, "w").write(open(new).read().rstrip("\n") + "\n" + (old[i:] if i >= 0 else ""))
+EOF
 echo "wrote bench/RESULTS.md"
 # Discovery (knit-control under churn, P2C against round robin) adds its section; KNIT_BENCH_DISCOVERY=0 skips it.
 [ "${KNIT_BENCH_DISCOVERY:-1}" = 0 ] || bench/discovery.sh ${1:+"$1"}
