@@ -12,8 +12,8 @@
 #                 2103 for knit-control); then try `podman run` (reported, not required).
 #     --no-build  check or save the images already built instead of building them
 #     --save DIR  also write each image as an OCI archive, DIR/<name>-VERSION.tar
-# The release binaries are built (cargo build --release --locked) only when target/release lacks
-# them or they report another version. Contexts are staged in target/images/<name>/ (see
+# The release binaries are built first (cargo build --release --locked: nothing to do when they
+# are current) unless --no-build. Contexts are staged in target/images/<name>/ (see
 # Containerfile for what goes in). Storage: the default (overlay) when it works; otherwise vfs in
 # a store of its own, /var/lib/containers/storage-vfs, since podman refuses a second driver in the
 # same store (KNIT_IMAGE_STORAGE=vfs|overlay forces one). Debian packages: podman, iptables,
@@ -76,17 +76,14 @@ esac
 pod() { podman "${STORE[@]}" "$@"; }
 
 # --- release binaries -----------------------------------------------------------------------------
-binaries_current() {
-    local b
-    for b in "${IMAGES[@]}"; do
-        [ -x "$BIN/$b" ] || return 1
-        [ "$("$BIN/$b" --version 2>/dev/null)" = "$b $VERSION" ] || return 1
-    done
-}
-if ((BUILD)) && ! binaries_current; then
-    echo "==> building the release binaries (missing, or not version $VERSION)"
+# Always through cargo (a no-op when they are current), so an image never holds a stale binary.
+if ((BUILD)); then
+    echo "==> release binaries (cargo build --release --locked)"
     cargo build --release --locked -p knit-proxy -p knit-control
 fi
+for b in "${IMAGES[@]}"; do
+    [ "$("$BIN/$b" --version 2>/dev/null)" = "$b $VERSION" ] || die "$BIN/$b is not version $VERSION: build it (without --no-build)"
+done
 
 # --- staging ----------------------------------------------------------------------------------------
 # Copies FILE to ROOT at the same path, following symlinks (the loader's /lib64 link, Debian's
