@@ -23,6 +23,11 @@ use std::{
 /// file is refused as invalid (keeping what it served), rather than read into memory.
 const MAX_FILE_BYTES: u64 = 8 << 20;
 
+/// Why a manifest file of `len` bytes is refused unread, if it is.
+pub fn oversized(name: &str, len: u64) -> Option<String> {
+    (len > MAX_FILE_BYTES).then(|| format!("{name}: {len} bytes, more than a manifest file may hold ({MAX_FILE_BYTES}); split it"))
+}
+
 pub struct LocalSource {
     dir: PathBuf,
     index: Arc<Index>,
@@ -107,10 +112,9 @@ impl LocalSource {
 
     fn read(&mut self, path: &Path, stamp: (SystemTime, u64)) {
         let name = self.name(path);
-        if stamp.1 > MAX_FILE_BYTES {
+        if let Some(error) = oversized(&name, stamp.1) {
             // Remembered as seen: it is refused until it changes, and serves what it served.
             self.seen.insert(path.to_path_buf(), stamp);
-            let error = format!("{name}: {} bytes, more than a manifest file may hold ({MAX_FILE_BYTES}); split it", stamp.1);
             tracing::warn!("invalid manifest, skipped: {error}");
             self.files.lock().unwrap_or_else(|p| p.into_inner()).entry(name).or_default().errors = vec![error];
             return;
@@ -165,7 +169,7 @@ impl LocalSource {
 }
 
 /// The manifest files in `dir` (not hidden, `.yaml` or `.yml`) with their modification time and length.
-fn manifest_files(dir: &Path) -> std::io::Result<HashMap<PathBuf, (SystemTime, u64)>> {
+pub fn manifest_files(dir: &Path) -> std::io::Result<HashMap<PathBuf, (SystemTime, u64)>> {
     let mut files = HashMap::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;

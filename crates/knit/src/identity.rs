@@ -226,15 +226,21 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
 /// The manifest directory's files as knit-control reads them: each invalid document is a failed
 /// check, each unknown field a warning (a failure with `strict`). Returns the failures.
 fn manifests(dir: &std::path::Path, strict: bool) -> anyhow::Result<usize> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+    use knit_control::local;
+    let mut files: Vec<(PathBuf, u64)> = local::manifest_files(dir)
         .map_err(|e| anyhow::anyhow!("reading the manifest directory {}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.') && (n.ends_with(".yaml") || n.ends_with(".yml"))))
+        .into_iter()
+        .map(|(path, (_, len))| (path, len))
         .collect();
     files.sort();
     let (mut failed, mut resources, mut unknown) = (0, 0, 0);
-    for path in &files {
+    for (path, len) in &files {
         let name = path.strip_prefix(dir).unwrap_or(path).display().to_string();
+        if let Some(e) = local::oversized(&name, *len) {
+            failed += 1;
+            println!("× manifest {e}");
+            continue;
+        }
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {

@@ -85,7 +85,12 @@ fn installed_values(manifests: &str, ns: &str) -> anyhow::Result<knit_control::i
         .filter(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "knit-config" && o["metadata"]["namespace"] == ns)
         .find_map(|o| o["data"]["values.yaml"].as_str().map(str::to_string))
         .ok_or_else(|| anyhow!("--from has no ConfigMap {ns}/knit-config with values.yaml; pass the output of knit install (or `kubectl get -n {ns} configmap knit-config -o yaml`)"))?;
-    serde_yaml::from_str(&config).map_err(|e| anyhow!("{ns}/knit-config values.yaml: {e}"))
+    values_yaml(&config, ns, "--from")
+}
+
+/// The injector's values as ConfigMap knit-config holds them; `from` says where it was read.
+fn values_yaml(yaml: &str, ns: &str, from: &str) -> anyhow::Result<knit_control::inject::Values> {
+    serde_yaml::from_str(yaml).map_err(|e| anyhow!("{ns}/knit-config values.yaml ({from}): {e}"))
 }
 
 /// Whether a Kubernetes API server is configured: KUBECONFIG, ~/.kube/config, or a pod's service
@@ -116,7 +121,7 @@ fn cluster_values(ns: &str) -> anyhow::Result<knit_control::inject::Values> {
         .data
         .and_then(|mut d| d.remove("values.yaml"))
         .ok_or_else(|| anyhow!("ConfigMap {ns}/knit-config in the cluster has no values.yaml: reinstall with knit upgrade"))?;
-    serde_yaml::from_str(&values).map_err(|e| anyhow!("{ns}/knit-config values.yaml (from the cluster): {e}"))
+    values_yaml(&values, ns, "from the cluster")
 }
 
 pub fn inject(args: InjectArgs) -> anyhow::Result<()> {

@@ -166,13 +166,14 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
 
 async fn stat_cmd(args: StatArgs) -> anyhow::Result<()> {
     // `deploy/web` lists one deployment (as `linkerd viz stat deploy/web`).
-    let (kind, name) = match (args.kind.split_once('/'), args.name.as_deref()) {
-        (Some(_), Some(_)) => anyhow::bail!("{:?} names a resource already: give KIND/NAME or KIND NAME", args.kind),
-        (Some((_, "")), None) => anyhow::bail!("{:?}: the name is empty", args.kind),
-        (Some((kind, name)), None) => (kind, Some(name)),
-        (None, name) => (&args.kind[..], name),
+    let (kind, name) = match (args.kind.contains('/'), args.name.clone()) {
+        (true, Some(_)) => anyhow::bail!("{:?} names a resource already: give KIND/NAME or KIND NAME", args.kind),
+        (true, None) => {
+            let r: stat::Resource = args.kind.parse().map_err(anyhow::Error::msg)?;
+            (r.kind, Some(r.name))
+        }
+        (false, name) => (stat::Kind::parse(&args.kind).map_err(anyhow::Error::msg)?, name),
     };
-    let kind = stat::Kind::parse(kind).map_err(anyhow::Error::msg)?;
     let q = stat::Query {
         to: args.to.clone(),
         from: args.from.clone(),
@@ -187,7 +188,7 @@ async fn stat_cmd(args: StatArgs) -> anyhow::Result<()> {
     };
     // A Service's rows are per port (books:8080): svc/books names them all.
     let named = |r: &stat::Row, n: &str| r.name == n || r.name.split_once(':').is_some_and(|(svc, _)| svc == n);
-    let rows: Vec<stat::Row> = rows.into_iter().filter(|r| name.is_none_or(|n| named(r, n))).collect();
+    let rows: Vec<stat::Row> = rows.into_iter().filter(|r| name.as_deref().is_none_or(|n| named(r, n))).collect();
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Output::Table | Output::Wide => print!("{}", table(&rows, &q, args.output == Output::Wide)),

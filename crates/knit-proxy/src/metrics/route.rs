@@ -28,10 +28,8 @@ impl Resource {
 
     /// (group, kind, namespace, name, port), as labelled.
     fn parts(&self) -> (&str, &str, &str, &str, u16) {
-        match &*self.0 {
-            Meta::Default(name) => ("", "default", "", name, 0),
-            Meta::Resource { group, kind, name, namespace, port, .. } => (group, kind, namespace, name, *port),
-        }
+        let m = &*self.0;
+        (m.group(), m.kind(), m.namespace(), m.name(), m.port())
     }
 
     /// The labels `{prefix}_group`, `_kind`, `_namespace`, `_name` and `_port`.

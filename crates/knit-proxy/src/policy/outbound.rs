@@ -404,6 +404,14 @@ impl Meta {
             Self::Resource { namespace, .. } => namespace,
         }
     }
+
+    /// 0 when unset.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::Default(_) => 0,
+            Self::Resource { port, .. } => *port,
+        }
+    }
 }
 
 impl Protocol {
