@@ -22,6 +22,9 @@ pub struct Issued {
     /// The issuer first, then any chain bundled with it, ordered towards the root.
     pub intermediates: Vec<Vec<u8>>,
     pub valid_until: OffsetDateTime,
+    /// SHA-256 of the requester's public key (DER SubjectPublicKeyInfo): one per proxy, the same
+    /// across its refreshes, since a proxy keeps its key for its lifetime.
+    pub key_sha256: [u8; 32],
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,6 +85,8 @@ pub struct Ca {
     pub anchors: Vec<CertInfo>,
     /// The trust anchors as they were loaded (DER), for building root stores.
     pub anchors_der: Vec<Vec<u8>>,
+    /// The anchor (index into `anchors`) the issuer chains to: the one its leaves depend on.
+    pub issuer_anchor: usize,
     pub lifetime: Duration,
     pub skew: Duration,
 }
@@ -105,15 +110,15 @@ impl Ca {
         if anchors.is_empty() {
             return Err(LoadError::NoAnchors);
         }
-        if !chains_to(&issuer_cert, &chain[1..], &anchors) {
+        let Some(issuer_anchor) = chains_to(&issuer_cert, &chain[1..], &anchors) else {
             let names = anchors.iter().filter_map(|a| CertInfo::from_der(a).ok()).map(|i| i.subject).collect::<Vec<_>>().join("; ");
             return Err(LoadError::Untrusted { subject, issuer: issuer_cert.issuer().to_string(), anchors: names });
-        }
+        };
         let issuer_info = CertInfo::from_der(issuer_der).map_err(|e| LoadError::Parse(e.to_string()))?;
         let issuer = Issuer::from_ca_cert_der(&issuer_der.clone().into(), key).map_err(|e| LoadError::Parse(e.to_string()))?;
         let anchors_der = anchors.clone();
         let anchors = anchors.iter().filter_map(|a| CertInfo::from_der(a).ok()).collect();
-        Ok(Self { issuer, issuer_info, chain, anchors, anchors_der, lifetime, skew })
+        Ok(Self { issuer, issuer_info, chain, anchors, anchors_der, issuer_anchor, lifetime, skew })
     }
 
     /// Validates `csr` (DER, or PEM) for `identity` and signs a leaf for it.
@@ -123,7 +128,7 @@ impl Ca {
             return Err(CertifyError::IssuerExpired(self.issuer_info.not_after));
         }
         let der = csr_der(csr)?;
-        validate_csr(identity, &der)?;
+        let key_sha256 = validate_csr(identity, &der)?;
         let parsed = CertificateSigningRequestParams::from_der(&der.clone().into()).map_err(|e| match e {
             rcgen::Error::InvalidCertificationRequestSignature => CertifyError::CsrSignature,
             other => CertifyError::Sign(format!("reading the request: {other}")),
@@ -145,7 +150,7 @@ impl Ca {
         serial[0] &= 0x7f; // positive
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let leaf = params.signed_by(&parsed.public_key, &self.issuer).map_err(|e| CertifyError::Sign(e.to_string()))?;
-        Ok(Issued { leaf_der: leaf.der().to_vec(), intermediates: self.chain.clone(), valid_until: params.not_after })
+        Ok(Issued { leaf_der: leaf.der().to_vec(), intermediates: self.chain.clone(), valid_until: params.not_after, key_sha256 })
     }
 }
 
@@ -157,7 +162,8 @@ fn csr_der(csr: &[u8]) -> Result<Vec<u8>, CertifyError> {
     Ok(csr.to_vec())
 }
 
-fn validate_csr(identity: &str, der: &[u8]) -> Result<(), CertifyError> {
+/// Checks the request and returns the SHA-256 of its public key.
+fn validate_csr(identity: &str, der: &[u8]) -> Result<[u8; 32], CertifyError> {
     let (_, req) = X509CertificationRequest::from_der(der).map_err(|_| CertifyError::CsrMalformed)?;
     req.verify_signature().map_err(|_| CertifyError::CsrSignature)?;
     let info = &req.certification_request_info;
@@ -187,27 +193,36 @@ fn validate_csr(identity: &str, der: &[u8]) -> Result<(), CertifyError> {
             return Err(CertifyError::CommonName { expected: identity.to_string(), found: cn.to_string() });
         }
     }
-    Ok(())
+    Ok(crate::inspect::sha256(info.subject_pki.raw))
 }
 
-/// Whether `cert` is an anchor itself, or is signed by one (directly or through `chain`).
-fn chains_to(cert: &X509Certificate<'_>, chain: &[Vec<u8>], anchors: &[Vec<u8>]) -> bool {
-    let parsed: Vec<X509Certificate<'_>> = anchors.iter().chain(chain).filter_map(|d| X509Certificate::from_der(d).ok().map(|(_, c)| c)).collect();
-    let (anchor_certs, chain_certs) = parsed.split_at(anchors.len().min(parsed.len()));
+/// The anchor (index into `anchors`, DER) that `cert` (DER) is, or is signed by, directly or
+/// through `chain`: which anchor a certificate depends on.
+pub fn anchor_of(cert: &[u8], chain: &[Vec<u8>], anchors: &[Vec<u8>]) -> Option<usize> {
+    let (_, cert) = X509Certificate::from_der(cert).ok()?;
+    chains_to(&cert, chain, anchors)
+}
+
+/// The anchor `cert` is, or is signed by (directly or through `chain`).
+fn chains_to(cert: &X509Certificate<'_>, chain: &[Vec<u8>], anchors: &[Vec<u8>]) -> Option<usize> {
+    fn parse(d: &[u8]) -> Option<X509Certificate<'_>> {
+        X509Certificate::from_der(d).ok().map(|(_, c)| c)
+    }
+    // Anchors keep their index; one that does not parse is skipped.
+    let anchor_certs: Vec<(usize, X509Certificate<'_>)> = anchors.iter().enumerate().filter_map(|(i, d)| Some((i, parse(d)?))).collect();
+    let chain_certs: Vec<X509Certificate<'_>> = chain.iter().filter_map(|d| parse(d)).collect();
     let signed_by = |child: &X509Certificate<'_>, parent: &X509Certificate<'_>| {
         child.issuer() == parent.subject() && child.verify_signature(Some(parent.public_key())).is_ok()
     };
     let mut current = cert.clone();
     for _ in 0..=chain_certs.len() {
-        if anchor_certs.iter().any(|a| a.tbs_certificate.as_ref() == current.tbs_certificate.as_ref() || signed_by(&current, a)) {
-            return true;
+        let found = anchor_certs.iter().find(|(_, a)| a.tbs_certificate.as_ref() == current.tbs_certificate.as_ref() || signed_by(&current, a));
+        if let Some((i, _)) = found {
+            return Some(*i);
         }
-        match chain_certs.iter().find(|p| signed_by(&current, p)) {
-            Some(p) => current = p.clone(),
-            None => return false,
-        }
+        current = chain_certs.iter().find(|p| signed_by(&current, p))?.clone();
     }
-    false
+    None
 }
 
 #[cfg(test)]

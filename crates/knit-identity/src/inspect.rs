@@ -133,3 +133,23 @@ impl fmt::Display for CertInfo {
         write!(f, "serial:      {}", self.serial)
     }
 }
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// A certificate's SHA-256 fingerprint (of its DER), in lower-case hex: how anchors are named
+/// where their subjects may repeat.
+pub fn fingerprint(der: &[u8]) -> String {
+    sha256(der).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One certificate (DER) as PEM.
+pub fn cert_pem(der: &[u8]) -> String {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    let b64 = STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
+    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+}

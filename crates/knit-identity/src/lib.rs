@@ -8,12 +8,14 @@
 //! - [`csr`]: a proxy's in-memory key and its certificate signing request.
 //! - [`inspect`]: certificates in human terms.
 //! - [`layout`]: the identity directory `knit identity init` writes and knit-control reads.
+//! - [`rotation`]: where a trust-anchor rotation stands.
 
 pub mod ca;
 pub mod create;
 pub mod csr;
 pub mod inspect;
 pub mod layout;
+pub mod rotation;
 pub mod token;
 
 /// Linkerd's identity name: `<serviceaccount>.<namespace>.serviceaccount.identity.<control-plane-ns>.<trust-domain>`.

@@ -1,14 +1,17 @@
 //! Connections to the control plane (identity, destination, policy): plaintext h2c when it is on
 //! loopback (local mode), TLS 1.3 when it is across a network (Kubernetes), with its certificate
 //! checked against the mesh's trust anchors and the identity it must present
-//! (`KNIT_PROXY_*_SVC_NAME`, as Linkerd's `LINKERD2_PROXY_*_SVC_NAME`).
+//! (`KNIT_PROXY_*_SVC_NAME`, as Linkerd's `LINKERD2_PROXY_*_SVC_NAME`). Every new connection
+//! reads the trust anchors again ([`ControlTls`]), so that after an anchor rotation the identity,
+//! destination and policy channels reconnect under the new bundle without a restart.
 
+use crate::identity::{IdentityError, TrustAnchors};
 use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
 use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
@@ -38,6 +41,45 @@ impl std::fmt::Display for ControlAddr {
     }
 }
 
+/// Client TLS for the control plane, following the trust-anchor bundle: [`Self::config`] reads
+/// it again and rebuilds the configuration when its contents changed. A bundle that cannot be
+/// read or holds no anchor keeps the previous configuration (and says so once).
+pub struct ControlTls {
+    anchors: TrustAnchors,
+    /// The bundle's bytes and the configuration built from them.
+    current: Mutex<(Vec<u8>, Arc<ClientConfig>)>,
+}
+
+impl ControlTls {
+    /// Reads the bundle once: at start-up, an unusable one is an error.
+    pub fn new(anchors: TrustAnchors) -> Result<Self, IdentityError> {
+        let pem = anchors.pem()?.into_owned();
+        let (roots, _) = crate::identity::parse_anchors(&pem, &anchors)?;
+        Ok(Self { current: Mutex::new((pem, client_config(roots))), anchors })
+    }
+
+    /// The configuration for a new connection, under the bundle of the moment.
+    pub fn config(&self) -> Arc<ClientConfig> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = self.anchors.pem().and_then(|pem| {
+            if pem.as_ref() == current.0.as_slice() {
+                return Ok(None);
+            }
+            let (roots, names) = crate::identity::parse_anchors(&pem, &self.anchors)?;
+            Ok(Some((pem.into_owned(), roots, names)))
+        });
+        match fresh {
+            Ok(None) => {}
+            Ok(Some((pem, roots, names))) => {
+                tracing::info!(anchors = ?names, "the control-plane connections use the new trust anchors");
+                *current = (pem, client_config(roots));
+            }
+            Err(e) => tracing::warn!(error = %e, "the control plane is checked with the previous trust anchors"),
+        }
+        current.1.clone()
+    }
+}
+
 /// Client TLS for the control plane: TLS 1.3, h2, the trust anchors as roots, no client certificate.
 pub fn client_config(roots: RootCertStore) -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -59,7 +101,7 @@ pub enum ChannelError {
 }
 
 /// A lazily connecting channel: it dials on first use and again after the connection is lost.
-pub fn channel(addr: &ControlAddr, tls: Option<&Arc<ClientConfig>>) -> Result<Channel, ChannelError> {
+pub fn channel(addr: &ControlAddr, tls: Option<&Arc<ControlTls>>) -> Result<Channel, ChannelError> {
     let endpoint = Endpoint::from_shared(format!("http://{}", addr.addr))
         .expect("an http URI built from a validated HOST:PORT is valid")
         .connect_timeout(Duration::from_secs(1))
@@ -73,7 +115,7 @@ pub fn channel(addr: &ControlAddr, tls: Option<&Arc<ClientConfig>>) -> Result<Ch
 }
 
 /// The TLS configuration and server name `addr` is reached with, if it names an identity.
-fn tls_of(addr: &ControlAddr, tls: Option<&Arc<ClientConfig>>) -> Result<Option<(Arc<ClientConfig>, ServerName<'static>)>, ChannelError> {
+fn tls_of(addr: &ControlAddr, tls: Option<&Arc<ControlTls>>) -> Result<Option<(Arc<ControlTls>, ServerName<'static>)>, ChannelError> {
     let Some(name) = &addr.tls_name else { return Ok(None) };
     let config = tls.ok_or_else(|| ChannelError::NoAnchors(addr.addr.clone()))?.clone();
     let server_name = ServerName::try_from(name.clone()).map_err(|_| ChannelError::BadName(addr.addr.clone(), name.clone()))?;
@@ -81,14 +123,14 @@ fn tls_of(addr: &ControlAddr, tls: Option<&Arc<ClientConfig>>) -> Result<Option<
 }
 
 /// Whether [`channel`] will accept `addr` with `tls`, without building it.
-pub fn check(addr: &ControlAddr, tls: Option<&Arc<ClientConfig>>) -> Result<(), ChannelError> {
+pub fn check(addr: &ControlAddr, tls: Option<&Arc<ControlTls>>) -> Result<(), ChannelError> {
     tls_of(addr, tls).map(drop)
 }
 
 /// Dials the control plane and completes the TLS handshake, for tonic's channel.
 #[derive(Clone)]
 struct TlsConnect {
-    config: Arc<ClientConfig>,
+    config: Arc<ControlTls>,
     name: ServerName<'static>,
     addr: String,
 }
@@ -110,7 +152,7 @@ impl tower_service::Service<http::Uri> for TlsConnect {
             let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to the control plane at {}", this.addr));
             let tcp = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(this.addr.as_str())).await.map_err(|_| timed_out())??;
             tcp.set_nodelay(true)?;
-            let handshake = tokio_rustls::TlsConnector::from(this.config.clone()).connect(this.name.clone(), tcp);
+            let handshake = tokio_rustls::TlsConnector::from(this.config.config()).connect(this.name.clone(), tcp);
             let tls = tokio::time::timeout(Duration::from_secs(10), handshake).await.map_err(|_| timed_out())?.map_err(|e| {
                 std::io::Error::new(e.kind(), format!("TLS to the control plane at {} (expected identity {}): {e}", this.addr, this.name.to_str()))
             })?;

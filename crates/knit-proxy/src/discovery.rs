@@ -159,7 +159,7 @@ impl Discovery {
     /// Builds the clients (no connection is made until something is looked up) and starts the
     /// eager inbound watches and the idle sweeper. Must be called inside a tokio runtime.
     /// `tls`: how to reach a control plane that serves TLS (its addresses name its identity).
-    pub fn spawn(cfg: DiscoveryConfig, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Arc<Self>, crate::control::ChannelError> {
+    pub fn spawn(cfg: DiscoveryConfig, tls: Option<&Arc<crate::control::ControlTls>>) -> Result<Arc<Self>, crate::control::ChannelError> {
         let dst = cfg.destination_addr.as_ref().map(|a| crate::control::channel(a, tls)).transpose()?.map(DestinationClient::new);
         let policy = cfg.policy_addr.as_ref().map(|a| crate::control::channel(a, tls)).transpose()?;
         let default_policy = cfg.loopback(ServerPolicy::default_for(cfg.default_inbound_policy, &cfg.cluster_networks));

@@ -3,8 +3,10 @@
 //!
 //! The certify loop refreshes at 70% of the certificate's remaining lifetime (Linkerd's rule,
 //! clamped to [min, max] refresh), retries failures with jittered backoff while the old
-//! certificate stays in use, and rebuilds the TLS configurations when the trust-anchor file
-//! changes, so an anchor rotation needs no restart.
+//! certificate stays in use, and rebuilds the TLS configurations when the trust-anchor bundle's
+//! contents change (a file rewritten in place, renamed over, or a kubelet `..data` symlink
+//! swap), so an anchor rotation needs no restart. When the new bundle no longer holds the
+//! anchor the current leaf chains to, it certifies again at once.
 
 use crate::metrics::IdentityMetrics;
 use knit_identity::inspect::{pem_certs, CertInfo};
@@ -44,8 +46,8 @@ pub struct IdentityConfig {
 pub enum TrustAnchors {
     /// A PEM bundle file, re-read when it changes (local mode: rotation without a restart).
     File(PathBuf),
-    /// A PEM bundle given inline (`KNIT_PROXY_IDENTITY_TRUST_ANCHORS`): what the Kubernetes
-    /// injector sets, since a pod cannot mount the control plane's ConfigMap from another namespace.
+    /// A PEM bundle given inline (`KNIT_PROXY_IDENTITY_TRUST_ANCHORS`), for clusters that ask
+    /// for it (`identity.trustAnchorsInline`); it never changes while the proxy runs.
     Pem(String),
 }
 
@@ -54,6 +56,15 @@ impl TrustAnchors {
         match self {
             TrustAnchors::File(p) => p.display().to_string(),
             TrustAnchors::Pem(_) => "KNIT_PROXY_IDENTITY_TRUST_ANCHORS".to_string(),
+        }
+    }
+
+    /// The bundle as it is now: a file is read again (through any symlinks, so a kubelet
+    /// `..data` swap is seen whole: the old or the new bundle, never a mix).
+    pub fn pem(&self) -> Result<std::borrow::Cow<'_, [u8]>, IdentityError> {
+        match self {
+            TrustAnchors::File(path) => read(path).map(std::borrow::Cow::Owned),
+            TrustAnchors::Pem(pem) => Ok(std::borrow::Cow::Borrowed(pem.as_bytes())),
         }
     }
 }
@@ -107,19 +118,12 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, IdentityError> {
     std::fs::read(path).map_err(|source| IdentityError::Read { path: path.display().to_string(), source })
 }
 
-/// The trust anchors as a root store (also what the control plane's certificate is checked with).
-pub fn anchor_roots(source: &TrustAnchors) -> Result<RootCertStore, IdentityError> {
-    anchors(source).map(|(roots, _)| roots)
-}
-
-fn anchors(source: &TrustAnchors) -> Result<(RootCertStore, Vec<String>), IdentityError> {
-    let pem = match source {
-        TrustAnchors::File(path) => String::from_utf8_lossy(&read(path)?).into_owned(),
-        TrustAnchors::Pem(pem) => pem.clone(),
-    };
+/// The anchors in `pem` (read from `source`) as a root store, with their subjects. Also what
+/// the control plane's certificate is checked with.
+pub fn parse_anchors(pem: &[u8], source: &TrustAnchors) -> Result<(RootCertStore, Vec<String>), IdentityError> {
     let mut store = RootCertStore::empty();
     let mut names = Vec::new();
-    for der in pem_certs(&pem).map_err(|_| IdentityError::NoAnchors(source.source()))? {
+    for der in pem_certs(&String::from_utf8_lossy(pem)).map_err(|_| IdentityError::NoAnchors(source.source()))? {
         if store.add(CertificateDer::from(der.clone())).is_ok() {
             names.push(CertInfo::from_der(&der).map(|i| i.subject).unwrap_or_default());
         }
@@ -187,22 +191,20 @@ fn validate(name: &str, chain: &[Vec<u8>], roots: &RootCertStore) -> Result<(), 
 }
 
 /// Starts the certify loop; the returned handle is ready once the first certificate arrives.
-pub fn spawn(cfg: IdentityConfig, metrics: IdentityMetrics) -> Identity {
+/// `control_tls`: how the identity service is reached when its address names an identity.
+pub fn spawn(cfg: IdentityConfig, control_tls: Option<Arc<crate::control::ControlTls>>, metrics: IdentityMetrics) -> Identity {
     let (tx, rx) = watch::channel(None);
     let name: Arc<str> = cfg.local_name.clone().into();
-    tokio::spawn(certify_loop(cfg, tx, metrics));
+    tokio::spawn(certify_loop(cfg, control_tls, tx, metrics));
     Identity { name, creds: rx }
 }
 
-/// A fingerprint of the anchors file, to notice a new bundle (inline anchors never change).
-fn stamp(source: &TrustAnchors) -> Option<(SystemTime, u64)> {
-    match source {
-        TrustAnchors::File(path) => std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len()))),
-        TrustAnchors::Pem(_) => None,
-    }
-}
-
-async fn certify_loop(cfg: IdentityConfig, tx: watch::Sender<Option<Arc<Creds>>>, metrics: IdentityMetrics) {
+async fn certify_loop(
+    cfg: IdentityConfig,
+    control_tls: Option<Arc<crate::control::ControlTls>>,
+    tx: watch::Sender<Option<Arc<Creds>>>,
+    metrics: IdentityMetrics,
+) {
     let local = match knit_identity::csr::generate(&cfg.local_name) {
         Ok(l) => l,
         Err(e) => {
@@ -213,17 +215,21 @@ async fn certify_loop(cfg: IdentityConfig, tx: watch::Sender<Option<Arc<Creds>>>
     let key = PrivatePkcs8KeyDer::from(local.key.serialize_der());
     let mut chain: Option<(Vec<Vec<u8>>, SystemTime)> = None;
     let mut failures = 0u32;
-    let mut anchors_seen = stamp(&cfg.trust_anchors);
+    // The bundle's bytes when the credentials in use were built (a bundle is a few kilobytes:
+    // comparing contents sees every kind of update, where times and sizes can coincide).
+    let mut anchors_seen: Option<Vec<u8>> = None;
     loop {
-        let result = certify_once(&cfg, &local.csr_der).await.and_then(|(issued, expiry)| {
-            let (roots, names) = anchors(&cfg.trust_anchors)?;
+        let result = certify_once(&cfg, control_tls.as_ref(), &local.csr_der).await.and_then(|(issued, expiry)| {
+            let pem = cfg.trust_anchors.pem()?.into_owned();
+            let (roots, names) = parse_anchors(&pem, &cfg.trust_anchors)?;
             validate(&cfg.local_name, &issued, &roots)?;
             let creds = build(&issued, &key, roots, names)?;
-            Ok((issued, expiry, creds))
+            Ok((issued, expiry, creds, pem))
         });
         let wait = match result {
-            Ok((issued, expiry, creds)) => {
+            Ok((issued, expiry, creds, pem)) => {
                 failures = 0;
+                anchors_seen = Some(pem);
                 tracing::info!(identity = %cfg.local_name, issuer = %creds.leaf.issuer, valid_until = %creds.leaf.not_after, "certified");
                 metrics.refreshed(expiry);
                 tx.send_replace(Some(Arc::new(creds)));
@@ -246,35 +252,49 @@ async fn certify_loop(cfg: IdentityConfig, tx: watch::Sender<Option<Arc<Creds>>>
             if tokio::time::Instant::now() >= deadline {
                 break;
             }
-            let now = stamp(&cfg.trust_anchors);
-            if now == anchors_seen {
-                continue;
-            }
-            anchors_seen = now;
-            if let Some((issued, _)) = &chain {
-                match anchors(&cfg.trust_anchors).and_then(|(roots, names)| build(issued, &key, roots, names)) {
-                    Ok(creds) => {
-                        tracing::info!(anchors = ?creds.anchors, "trust anchors reloaded");
-                        tx.send_replace(Some(Arc::new(creds)));
+            let Some((issued, _)) = &chain else { continue };
+            let pem = match cfg.trust_anchors.pem() {
+                Ok(pem) if Some(pem.as_ref()) != anchors_seen.as_deref() => pem.into_owned(),
+                Ok(_) => continue,
+                Err(e) => {
+                    if anchors_seen.take().is_some() {
+                        metrics.anchors_reloaded(false);
+                        tracing::warn!(error = %e, "the trust anchors cannot be read; keeping the previous ones");
                     }
-                    Err(e) => tracing::warn!(error = %e, "trust anchors changed but cannot be used; keeping the previous ones"),
+                    continue;
+                }
+            };
+            anchors_seen = Some(pem.clone());
+            match parse_anchors(&pem, &cfg.trust_anchors).and_then(|(roots, names)| {
+                let chains = validate(&cfg.local_name, issued, &roots).is_ok();
+                build(issued, &key, roots, names).map(|c| (c, chains))
+            }) {
+                Ok((creds, chains)) => {
+                    metrics.anchors_reloaded(true);
+                    tracing::info!(anchors = ?creds.anchors, "trust anchors reloaded");
+                    let issuer = creds.leaf.issuer.clone();
+                    tx.send_replace(Some(Arc::new(creds)));
+                    if !chains {
+                        tracing::warn!(%issuer, "the current certificate does not chain to the new trust anchors; certifying again now");
+                        break;
+                    }
+                }
+                Err(e) => {
+                    metrics.anchors_reloaded(false);
+                    tracing::warn!(error = %e, "trust anchors changed but cannot be used; keeping the previous ones");
                 }
             }
         }
     }
 }
 
-async fn certify_once(cfg: &IdentityConfig, csr: &[u8]) -> Result<(Vec<Vec<u8>>, SystemTime), IdentityError> {
+async fn certify_once(cfg: &IdentityConfig, tls: Option<&Arc<crate::control::ControlTls>>, csr: &[u8]) -> Result<(Vec<Vec<u8>>, SystemTime), IdentityError> {
     let addr = &cfg.svc_addr;
     let err = |message: String| IdentityError::Certify { addr: addr.clone(), message };
     let token = read(&cfg.token_file)?;
-    // A new channel per call, as Linkerd's proxy does: nothing stale survives a failure.
-    // The anchors of the moment: the identity service's certificate is checked with them.
-    let tls = match addr.tls_name {
-        Some(_) => Some(crate::control::client_config(anchor_roots(&cfg.trust_anchors)?)),
-        None => None,
-    };
-    let channel = crate::control::channel(addr, tls.as_ref()).map_err(|e| err(e.to_string()))?;
+    // A new channel per call, as Linkerd's proxy does: nothing stale survives a failure. Its
+    // TLS handshake checks the identity service against the anchors of the moment.
+    let channel = crate::control::channel(addr, tls).map_err(|e| err(e.to_string()))?;
     let mut client = IdentityClient::new(channel);
     let req = CertifyRequest { identity: cfg.local_name.clone(), token, certificate_signing_request: csr.to_vec() };
     let rsp = tokio::time::timeout(Duration::from_secs(10), client.certify(req))

@@ -55,7 +55,7 @@ const HOSTNAME_LABELS: usize = 1_000;
 /// A proxy whose listeners are bound but not yet serving.
 pub struct Proxy {
     /// How to reach a control plane that serves TLS.
-    control_tls: Option<Arc<rustls::ClientConfig>>,
+    control_tls: Option<Arc<control::ControlTls>>,
     config: Arc<Config>,
     metrics: Metrics,
     log: Option<log::LogLevel>,
@@ -80,7 +80,7 @@ pub struct Addrs {
 
 /// TLS for the control plane, when the configuration names its identity: checked here, so that
 /// a name without trust anchors stops start-up with the reason.
-fn control_tls(config: &Config) -> stdio::Result<Option<Arc<rustls::ClientConfig>>> {
+fn control_tls(config: &Config) -> stdio::Result<Option<Arc<control::ControlTls>>> {
     let d = &config.discovery;
     let addrs: Vec<&control::ControlAddr> = d.destination_addr.iter().chain(&d.policy_addr).chain(config.identity.as_ref().map(|i| &i.svc_addr)).collect();
     if addrs.iter().all(|a| a.tls_name.is_none()) {
@@ -91,8 +91,7 @@ fn control_tls(config: &Config) -> stdio::Result<Option<Arc<rustls::ClientConfig
         .identity
         .as_ref()
         .ok_or_else(|| invalid("a control-plane TLS name (KNIT_PROXY_*_SVC_NAME) needs the identity configuration (KNIT_PROXY_IDENTITY_*)".into()))?;
-    let roots = identity::anchor_roots(&identity.trust_anchors).map_err(|e| invalid(e.to_string()))?;
-    let tls = control::client_config(roots);
+    let tls = Arc::new(control::ControlTls::new(identity.trust_anchors.clone()).map_err(|e| invalid(e.to_string()))?);
     for a in addrs {
         control::check(a, Some(&tls)).map_err(|e| invalid(e.to_string()))?;
     }
@@ -150,7 +149,7 @@ impl Proxy {
             admin::Admin { config: self.config.clone(), metrics: self.metrics.clone(), log: self.log.clone(), ready: ready.clone(), shutdown: shutdown_tx };
         let admin_task = tokio::spawn(admin::serve(self.admin, Arc::new(admin)));
 
-        let identity = self.config.identity.clone().map(|cfg| identity::spawn(cfg, self.metrics.identity.clone()));
+        let identity = self.config.identity.clone().map(|cfg| identity::spawn(cfg, self.control_tls.clone(), self.metrics.identity.clone()));
         let log = Arc::new(tls::LogOnce::default());
         let taps = tap::Taps::new(self.config.tap.as_ref().map_or(100, |t| t.max_rps));
         let discovery =

@@ -61,6 +61,8 @@ pub struct IdentityMetrics {
     pub refreshes: Counter,
     pub failures: Counter,
     pub handshake_failures: Family<labels::HandshakeLabels, Counter>,
+    /// Changes of the trust-anchor bundle, by whether they could be used.
+    pub anchor_reloads: Family<labels::ResultLabels, Counter>,
 }
 
 impl IdentityMetrics {
@@ -72,6 +74,10 @@ impl IdentityMetrics {
 
     pub fn failed(&self) {
         self.failures.inc();
+    }
+
+    pub fn anchors_reloaded(&self, ok: bool) {
+        self.anchor_reloads.get_or_create(&labels::ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
     }
 
     pub fn handshake_failed(&self, direction: Direction, reason: &'static str) {
@@ -117,11 +123,17 @@ impl Metrics {
             "Connections handed to opaque forwarding because detection ran out of time (silent_client: the client sent nothing)",
             detect.timeouts.clone(),
         );
-        let identity =
-            IdentityMetrics { expiry: Gauge::default(), refreshes: Counter::default(), failures: Counter::default(), handshake_failures: Family::default() };
+        let identity = IdentityMetrics {
+            expiry: Gauge::default(),
+            refreshes: Counter::default(),
+            failures: Counter::default(),
+            handshake_failures: Family::default(),
+            anchor_reloads: Family::default(),
+        };
         registry.register("identity_cert_expiration_timestamp_seconds", "When this proxy's certificate expires", identity.expiry.clone());
         registry.register("identity_cert_refreshes", "Certificates obtained from the identity service", identity.refreshes.clone());
         registry.register("identity_cert_refresh_failures", "Failed attempts to obtain a certificate", identity.failures.clone());
+        registry.register("identity_trust_anchor_reloads", "Changes of the trust-anchor bundle, by result", identity.anchor_reloads.clone());
         registry.register("tls_handshake_failures", "Mesh TLS handshakes that failed, by reason", identity.handshake_failures.clone());
         let route = route::RouteMetrics::register(&mut registry);
         registry.register_collector(Box::new(process::ProcessCollector::new()));

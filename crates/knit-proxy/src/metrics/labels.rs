@@ -296,6 +296,18 @@ impl EncodeLabelSet for HandshakeLabels {
     }
 }
 
+/// `result="ok"` or `result="error"`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+impl EncodeLabelSet for ResultLabels {
+    fn encode(&self, mut enc: LabelSetEncoder) -> EncResult {
+        put(&mut enc, "result", self.result)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ mod egress;
 mod fixture;
 mod opaque;
 mod policy;
+mod rotation;
 mod routing;
 mod tap;
 mod tap_api;

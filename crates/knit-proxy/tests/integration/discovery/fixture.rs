@@ -112,6 +112,10 @@ pub struct LocalMesh {
     cluster_networks: Option<Vec<ipnet::IpNet>>,
     /// Applied last to knit-control's configuration (at every start).
     configure: Option<ControlConfigure>,
+    /// The trust-anchor bundle proxies read (default: the identity directory's).
+    pub anchors_file: PathBuf,
+    /// Proxies' shortest certificate refresh (default 10 s).
+    pub min_refresh: Duration,
 }
 
 /// Changes a test makes to knit-control's configuration.
@@ -137,6 +141,11 @@ impl LocalMesh {
         Self::start_full(name, false, None, Some(configure)).await
     }
 
+    /// Over TLS, with `configure` applied to knit-control's configuration.
+    pub async fn start_tls_configured(name: &str, configure: ControlConfigure) -> Self {
+        Self::start_full(name, true, None, Some(configure)).await
+    }
+
     async fn start_with(name: &str, tls: bool, cluster_networks: Option<Vec<ipnet::IpNet>>) -> Self {
         Self::start_full(name, tls, cluster_networks, None).await
     }
@@ -149,7 +158,20 @@ impl LocalMesh {
         let material = layout::init(&dir.join("identity"), &layout::Params::default()).unwrap();
         let any = "127.0.0.1:0".parse().unwrap();
         let (control, shutdown) = Self::start_control_at(&dir, tls, cluster_networks.as_deref(), configure.as_ref(), [any; 3]).await;
-        Self { dir, manifests, control, tokens: material.token_key, tls, shutdown: Some(shutdown), workloads: Default::default(), cluster_networks, configure }
+        let anchors_file = dir.join("identity").join(layout::TRUST_ANCHORS);
+        Self {
+            dir,
+            manifests,
+            control,
+            tokens: material.token_key,
+            tls,
+            shutdown: Some(shutdown),
+            workloads: Default::default(),
+            cluster_networks,
+            configure,
+            anchors_file,
+            min_refresh: Duration::from_secs(10),
+        }
     }
 
     async fn start_control_at(
@@ -217,7 +239,7 @@ impl LocalMesh {
     }
 
     pub fn trust_anchors_file(&self) -> PathBuf {
-        self.dir.join("identity").join(layout::TRUST_ANCHORS)
+        self.anchors_file.clone()
     }
 
     /// A proxy certified as `service_account` that discovers from knit-control as workload
@@ -243,7 +265,7 @@ impl LocalMesh {
             trust_anchors: knit_proxy::identity::TrustAnchors::File(self.trust_anchors_file()),
             token_file,
             svc_addr: control(self.control.identity),
-            min_refresh: Duration::from_secs(10),
+            min_refresh: self.min_refresh,
             max_refresh: Duration::from_secs(86_400),
         };
         let (dst, pol) = (control(self.control.destination), control(self.control.policy));
