@@ -1,4 +1,6 @@
-//! The control plane's admin server (9990): `/metrics`, `/ready`, `/live`.
+//! The control plane's admin server (9990): `/metrics`, `/ready`, `/live`, and, to loopback
+//! peers only (`kubectl port-forward` arrives there), `/identity/leaves`: every unexpired leaf
+//! this control plane signed and the anchor it chains to, which names every meshed workload.
 //!
 //! The index's sizes and the manifest errors are read at scrape time, not mirrored in gauges.
 
@@ -19,7 +21,7 @@ use tokio::net::TcpListener;
 
 /// `kubernetes`: the Kubernetes source's status; `/ready` waits for its first listings.
 pub async fn serve(listener: TcpListener, service: Arc<Service>, kubernetes: Option<crate::k8s::Status>) {
-    crate::accept::accept_loop(listener, crate::accept::Caps { total: 256, per_source: Some(8) }, "admin", move |tcp, _| {
+    crate::accept::accept_loop(listener, crate::accept::Caps { total: 256, per_source: Some(8) }, "admin", move |tcp, peer| {
         let (service, kubernetes) = (service.clone(), kubernetes.clone());
         async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -32,6 +34,10 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, kubernetes: Opt
                             None => (StatusCode::OK, "ready\n".to_string()),
                         },
                         "/live" => (StatusCode::OK, "live\n".to_string()),
+                        "/identity/leaves" if peer.ip().is_loopback() => {
+                            (StatusCode::OK, serde_json::to_string_pretty(&service.leaves.report()).expect("leaves serialise"))
+                        }
+                        "/identity/leaves" => (StatusCode::FORBIDDEN, "only served to loopback: use kubectl port-forward\n".to_string()),
                         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
                     };
                     let mut rsp = Response::new(Full::new(Bytes::from(body)));

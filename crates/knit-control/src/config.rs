@@ -56,6 +56,7 @@ impl Config {
                 config_dir: None,
                 kubernetes: false,
                 kubeconfig: None,
+                distribute_trust_roots: false,
                 config_poll_interval: Duration::from_millis(100),
                 strict_fields: false,
                 cluster_domain: "cluster.local".into(),
@@ -116,6 +117,11 @@ pub struct DiscoveryConfig {
     /// config or KUBECONFIG when not given.
     #[arg(long, env = "KNIT_CONTROL_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: keep a copy of the trust bundle (the ConfigMap
+    /// `knit-identity-trust-roots`) in every namespace, where injected proxies mount it. Leave it
+    /// off when trust-manager writes those copies.
+    #[arg(long, env = "KNIT_CONTROL_DISTRIBUTE_TRUST_ROOTS", requires = "kubernetes")]
+    pub distribute_trust_roots: bool,
     /// How often the manifest directory is checked for changes.
     #[arg(long, env = "KNIT_CONTROL_CONFIG_POLL_INTERVAL", default_value = "100ms", value_parser = duration)]
     pub config_poll_interval: Duration,
@@ -213,6 +219,10 @@ pub struct IdentityConfig {
     /// Issuer private key PEM. Default: DIR/issuer/key.pem.
     #[arg(long, env = "KNIT_CONTROL_ISSUER_KEY")]
     pub issuer_key: Option<PathBuf>,
+    /// The CA that signed the issuer (a `kubernetes.io/tls` Secret's `ca.crt`, as cert-manager
+    /// writes it): its certificates that are not anchors complete the issuer's chain.
+    #[arg(long, env = "KNIT_CONTROL_ISSUER_CA")]
+    pub issuer_ca: Option<PathBuf>,
     /// Local-mode token key. Default: DIR/token.key.
     #[arg(long, env = "KNIT_CONTROL_TOKEN_KEY")]
     pub token_key: Option<PathBuf>,
@@ -234,6 +244,7 @@ impl IdentityConfig {
             trust_anchors: None,
             issuer_cert: None,
             issuer_key: None,
+            issuer_ca: None,
             token_key: None,
             issuance_lifetime: Duration::from_secs(86_400),
             clock_skew: Duration::from_secs(20),

@@ -1,6 +1,13 @@
 //! `Identity.Certify`: authenticate the caller's token, check that it names the identity the
 //! request asks for, and have the CA sign the CSR. The issuer, anchors and token key are files,
-//! reloaded when they change, so rotating them needs no restart.
+//! reloaded when their contents change (rewritten, renamed over, or swapped by the kubelet as a
+//! Secret or ConfigMap volume), so rotating them needs no restart; an update that cannot be
+//! loaded (a broken file, a key for another certificate, an issuer that chains to no anchor in
+//! the bundle) keeps the previous issuer, is logged and counted (`identity_reloads{result="error"}`).
+//!
+//! Every leaf it signs is remembered until it expires ([`Leaves`]), one per proxy key: which
+//! anchor each running proxy depends on, what `knit identity rotate` waits for before the old
+//! anchor may leave the bundle.
 //!
 //! Tokens are checked by a [`TokenValidator`]: in local mode, [`LocalTokens`] (signed with the
 //! control plane's token key); in a cluster, [`tokenreview::KubernetesTokens`] (a ServiceAccount
@@ -18,10 +25,11 @@ use prometheus_client::{
     registry::Registry,
 };
 use std::{
+    collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::{Arc, RwLock},
-    time::{SystemTime, UNIX_EPOCH},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 use tonic::{Request, Response, Status};
 
@@ -76,6 +84,94 @@ pub struct Service {
     issued: Counter,
     failures: Family<ReasonLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    pub leaves: Arc<Leaves>,
+    /// Bumped on every successful reload: the control plane's own serving certificate is issued
+    /// again under the new issuer.
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+/// A leaf this control plane signed, as `/identity/leaves` reports it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Leaf {
+    pub identity: String,
+    pub issuer: String,
+    /// The trust anchor the leaf chains to: its subject and SHA-256 fingerprint.
+    pub anchor: String,
+    pub anchor_sha256: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    pub certified_at: i64,
+}
+
+/// What `/identity/leaves` answers.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct LeavesReport {
+    /// Whether every running proxy has certified since this control plane started: leaves
+    /// signed before it started are unknown to it until their proxies refresh, which happens
+    /// within one issuance lifetime.
+    pub complete: bool,
+    /// Seconds until `complete`, when it is not.
+    pub complete_in: u64,
+    pub leaves: Vec<Leaf>,
+}
+
+/// Unexpired leaves by proxy key, bounded: past [`Leaves::MAX`] a new key is not remembered
+/// (and counted), so a caller with valid tokens and fresh keys cannot grow it without end.
+pub struct Leaves {
+    by_key: Mutex<HashMap<[u8; 32], Leaf>>,
+    started: Instant,
+    /// After this long every live proxy has certified at least once (its refresh comes at 70%
+    /// of a leaf's life, the leaf lives the issuance lifetime plus the skew).
+    settle: Duration,
+    untracked: Counter,
+}
+
+impl Leaves {
+    pub const MAX: usize = 100_000;
+
+    fn new(settle: Duration, untracked: Counter) -> Self {
+        Self { by_key: Mutex::new(HashMap::new()), started: Instant::now(), settle, untracked }
+    }
+
+    fn record(&self, key: [u8; 32], leaf: Leaf) {
+        let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= Self::MAX && !map.contains_key(&key) {
+            let now = unix_now();
+            map.retain(|_, l| l.not_after > now);
+            if map.len() >= Self::MAX {
+                self.untracked.inc();
+                return;
+            }
+        }
+        map.insert(key, leaf);
+    }
+
+    /// The unexpired leaves, by identity.
+    pub fn report(&self) -> LeavesReport {
+        let now = unix_now();
+        let mut leaves: Vec<Leaf> = {
+            let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, l| l.not_after > now);
+            map.values().cloned().collect()
+        };
+        leaves.sort_by(|a, b| (&a.identity, a.certified_at).cmp(&(&b.identity, b.certified_at)));
+        let complete_in = self.settle.saturating_sub(self.started.elapsed()).as_secs();
+        LeavesReport { complete: complete_in == 0, complete_in, leaves }
+    }
+
+    /// Unexpired leaves per anchor fingerprint.
+    fn per_anchor(&self) -> HashMap<(String, String), u64> {
+        let now = unix_now();
+        let mut counts = HashMap::new();
+        for l in self.by_key.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|l| l.not_after > now) {
+            *counts.entry((l.anchor.clone(), l.anchor_sha256.clone())).or_default() += 1;
+        }
+        counts
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,7 +193,12 @@ fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 /// a cluster has no use for one.
 fn load_state(cfg: &IdentityConfig, tokens: Option<&Arc<dyn TokenValidator>>) -> anyhow::Result<State> {
     let text = |p: std::path::PathBuf| -> anyhow::Result<String> { Ok(String::from_utf8_lossy(&read(&p)?).into_owned()) };
-    let ca = Ca::load(&text(cfg.issuer_cert())?, &text(cfg.issuer_key())?, &text(cfg.trust_anchors())?, cfg.issuance_lifetime, cfg.clock_skew)
+    let anchors = text(cfg.trust_anchors())?;
+    let mut chain = text(cfg.issuer_cert())?;
+    if let Some(path) = &cfg.issuer_ca {
+        chain.push_str(&completion(&text(path.clone())?, &anchors));
+    }
+    let ca = Ca::load(&chain, &text(cfg.issuer_key())?, &anchors, cfg.issuance_lifetime, cfg.clock_skew)
         .map_err(|e| anyhow::anyhow!("issuer {}: {e}", cfg.issuer_cert().display()))?;
     let tokens = match tokens {
         Some(t) => t.clone(),
@@ -107,6 +208,19 @@ fn load_state(cfg: &IdentityConfig, tokens: Option<&Arc<dyn TokenValidator>>) ->
         }
     };
     Ok(State { ca: Arc::new(ca), tokens })
+}
+
+/// The certificates of the issuer Secret's `ca.crt` (cert-manager writes the CA that signed
+/// `tls.crt` there) that are not anchors themselves: an intermediate CA between the issuer and
+/// the bundle, which completes the chain leaves are served with.
+fn completion(ca_pem: &str, anchors_pem: &str) -> String {
+    let anchors = knit_identity::inspect::pem_certs(anchors_pem).unwrap_or_default();
+    knit_identity::inspect::pem_certs(ca_pem)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| !anchors.contains(c))
+        .map(|c| knit_identity::inspect::cert_pem(&c))
+        .collect()
 }
 
 impl Service {
@@ -125,20 +239,28 @@ impl Service {
             )),
             _ => e,
         })?;
-        Ok(Self::new(state, tokens))
+        Ok(Self::new(state, tokens, cfg.issuance_lifetime + cfg.clock_skew * 2))
     }
 
-    fn new(state: State, tokens: Option<Arc<dyn TokenValidator>>) -> Self {
+    fn new(state: State, tokens: Option<Arc<dyn TokenValidator>>, settle: Duration) -> Self {
         let mut registry = Registry::default();
         let issued = Counter::default();
         let failures = Family::<ReasonLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
+        let untracked = Counter::default();
         registry.register("identity_certificates_issued", "Leaf certificates signed", issued.clone());
         registry.register("identity_certify_failures", "Certify requests refused, by reason", failures.clone());
         registry.register("identity_reloads", "Reloads of the identity files, by result", reloads.clone());
+        registry.register("identity_leaves_untracked", "Leaves signed but not remembered: the leaf registry was full", untracked.clone());
         let state = Arc::new(RwLock::new(state));
-        registry.register_collector(Box::new(ExpiryCollector(state.clone())));
-        Self { state, tokens, registry, issued, failures, reloads }
+        let leaves = Arc::new(Leaves::new(settle, untracked));
+        registry.register_collector(Box::new(ExpiryCollector(state.clone(), leaves.clone())));
+        Self { state, tokens, registry, issued, failures, reloads, leaves, generation: tokio::sync::watch::channel(0).0 }
+    }
+
+    /// Changes on every successful reload of the identity files.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// The current CA (for metrics, `knit check` and tests).
@@ -181,6 +303,16 @@ impl Service {
         }
         let issued = ca.certify(id, &req.certificate_signing_request).map_err(|e| self.fail(id, e.reason(), Status::failed_precondition(e.to_string())))?;
         self.issued.inc();
+        let anchor = &ca.anchors[ca.issuer_anchor];
+        let leaf = Leaf {
+            identity: id.to_string(),
+            issuer: ca.issuer_info.subject.clone(),
+            anchor: anchor.subject.clone(),
+            anchor_sha256: knit_identity::inspect::fingerprint(&ca.anchors_der[ca.issuer_anchor]),
+            not_after: issued.valid_until.unix_timestamp(),
+            certified_at: unix_now(),
+        };
+        self.leaves.record(issued.key_sha256, leaf);
         tracing::info!(identity = %id, valid_until = %issued.valid_until, "certified");
         Ok(CertifyResponse {
             leaf_certificate: issued.leaf_der,
@@ -195,6 +327,7 @@ impl Service {
                 let info = state.ca.issuer_info.clone();
                 *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
                 self.reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
+                self.generation.send_modify(|g| *g += 1);
                 tracing::info!(issuer = %info.subject, not_after = %info.not_after, "identity files reloaded");
             }
             Err(e) => {
@@ -221,16 +354,19 @@ impl Identity for Service {
     }
 }
 
-/// A cheap fingerprint of the identity files: modification times and sizes.
-fn fingerprint(cfg: &IdentityConfig) -> Vec<Option<(SystemTime, u64)>> {
-    [cfg.trust_anchors(), cfg.issuer_cert(), cfg.issuer_key(), cfg.token_key()]
+/// The identity files' contents (each a few kilobytes at most): comparing contents sees every
+/// kind of update, where modification times and sizes can coincide.
+fn fingerprint(cfg: &IdentityConfig) -> Vec<Option<[u8; 32]>> {
+    [Some(cfg.trust_anchors()), Some(cfg.issuer_cert()), Some(cfg.issuer_key()), Some(cfg.token_key()), cfg.issuer_ca.clone()]
         .iter()
-        .map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+        .map(|p| p.as_ref().and_then(|p| std::fs::read(p).ok()).map(|b| knit_identity::inspect::sha256(&b)))
         .collect()
 }
 
 /// Polls the identity files and reloads them when they change. Polling (rather than inotify)
-/// also follows Kubernetes' Secret updates, which swap a symlink.
+/// follows a Kubernetes volume's update, a `..data` symlink swapped over a new directory, which
+/// changes no watched file. An update seen half-done (a new certificate beside the old key)
+/// fails to load and keeps the previous issuer; the next poll sees the finished one.
 pub async fn watch_files(service: Arc<Service>, cfg: IdentityConfig) {
     let mut seen = fingerprint(&cfg);
     let mut tick = tokio::time::interval(cfg.reload_interval);
@@ -244,8 +380,8 @@ pub async fn watch_files(service: Arc<Service>, cfg: IdentityConfig) {
     }
 }
 
-/// Expiry timestamps, read from the current CA at scrape time.
-struct ExpiryCollector(Arc<RwLock<State>>);
+/// Expiry timestamps, read from the current CA at scrape time, and the leaves per anchor.
+struct ExpiryCollector(Arc<RwLock<State>>, Arc<Leaves>);
 
 impl std::fmt::Debug for ExpiryCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -264,9 +400,19 @@ impl Collector for ExpiryCollector {
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        for a in &ca.anchors {
-            let labels = [("subject", a.subject.clone())];
+        for (a, der) in ca.anchors.iter().zip(&ca.anchors_der) {
+            let labels = [("subject", a.subject.clone()), ("sha256", knit_identity::inspect::fingerprint(der))];
             ConstGauge::new(a.not_after.unix_timestamp()).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = enc.encode_descriptor(
+            "identity_leaves",
+            "Unexpired leaves this control plane signed, by the trust anchor they chain to",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for ((subject, sha256), n) in self.1.per_anchor() {
+            let labels = [("anchor", subject), ("sha256", sha256)];
+            ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! API server with it; `knit inject` applies it to manifests on disk, so both mesh a pod the same
 //! way.
 //!
-//! The patch only adds: labels and annotations, two volumes, the `knit-init` container, and the
+//! The patch only adds: labels and annotations, its volumes (token, xtables lock, and the trust bundle unless it is inline), the `knit-init` container, and the
 //! `knit-proxy` container, as a native sidecar (an init container with `restartPolicy: Always`,
 //! placed before the pod's own init containers so they already have a network) or, in classic
 //! mode, as the first container. A pod that already has a proxy gets an empty patch, so injecting
@@ -181,7 +181,7 @@ impl Injector {
             ("linkerd.io/trust-root-sha256".to_string(), self.values.trust_root_sha256()),
         ]);
         ops.add_entries(object, base, "annotations", added);
-        ops.insert(object, format!("{base}/spec/volumes"), None, proxy::volumes().iter().map(to_value).collect());
+        ops.insert(object, format!("{base}/spec/volumes"), None, proxy::volumes(&self.values).iter().map(to_value).collect());
         let sidecar = proxy::proxy(&self.values, &settings, &app_ports);
         let init = to_value(&proxy::init(&settings));
         if settings.native_sidecar {
@@ -218,7 +218,7 @@ pub fn uninject(object: &mut Value, base: &str) -> bool {
     };
     retain(pod, "initContainers", &[proxy::PROXY, proxy::INIT]);
     retain(pod, "containers", &[proxy::PROXY]);
-    retain(pod, "volumes", &[proxy::TOKEN_VOLUME, proxy::XTABLES_VOLUME]);
+    retain(pod, "volumes", &[proxy::TOKEN_VOLUME, proxy::XTABLES_VOLUME, proxy::TRUST_ROOTS_VOLUME]);
     for (field, prefix_keys) in [
         ("labels", &["linkerd.io/control-plane-ns", "linkerd.io/workload-ns", "linkerd.io/proxy-"][..]),
         ("annotations", &["linkerd.io/proxy-version", "linkerd.io/created-by", "linkerd.io/trust-root-sha256", KNIT_INJECT][..]),

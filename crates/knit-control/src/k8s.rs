@@ -23,6 +23,7 @@
 mod convert;
 #[cfg(test)]
 mod tests;
+pub mod trust_roots;
 mod watch;
 
 pub use watch::run;

@@ -216,6 +216,10 @@ impl Control {
             tasks.push(tokio::spawn(webhook::serve(w.listener, w.tls, w.injector, namespaces)));
         }
         if let Some((client, status)) = self.kubernetes {
+            if self.config.discovery.distribute_trust_roots {
+                let (path, ns) = (self.config.identity.trust_anchors(), self.config.discovery.control_plane_namespace.clone());
+                tasks.push(tokio::spawn(k8s::trust_roots::run(client.clone(), path, ns, self.service.reloads())));
+            }
             tasks.push(tokio::spawn(k8s::run(client, self.index.clone(), status)));
         }
         let scrape = matches!(self.viz_api.source, viz::query::Source::Store(_));

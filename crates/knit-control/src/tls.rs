@@ -2,7 +2,9 @@
 //! cluster, where proxies reach them across the pod network with ServiceAccount tokens in hand.
 //!
 //! The control plane certifies itself: its own CA signs a leaf for its identity
-//! (`knit-control.NS.serviceaccount.identity.NS.DOMAIN`), renewed at half its lifetime, so proxies
+//! (`knit-control.NS.serviceaccount.identity.NS.DOMAIN`), renewed at half its lifetime and at
+//! once when the issuer changes (so that an anchor rotation never leaves it on a leaf under an
+//! anchor that is leaving the bundle), so proxies
 //! check it against the trust anchors they already have and the name they are given
 //! (`KNIT_PROXY_*_SVC_NAME`), as Linkerd's proxies check its control plane. In local mode the
 //! ports stay plaintext on loopback.
@@ -52,9 +54,13 @@ pub fn serve_config(service: Arc<Service>, name: String) -> anyhow::Result<(Arc<
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
+    let mut reloads = service.reloads();
     let renew = async move {
         loop {
-            tokio::time::sleep(renew_in).await;
+            tokio::select! {
+                _ = tokio::time::sleep(renew_in) => {}
+                changed = reloads.changed() => if changed.is_err() { std::future::pending::<()>().await },
+            }
             renew_in = match issue(&service, &name) {
                 Ok((key, next)) => {
                     *resolver.0.write().unwrap_or_else(|p| p.into_inner()) = key;

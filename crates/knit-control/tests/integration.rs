@@ -57,9 +57,14 @@ async fn start(dir: &Path) -> (knit_control::Addrs, IdentityClient<tonic::transp
 }
 
 async fn metrics(addr: std::net::SocketAddr) -> String {
+    admin_get(addr, "/metrics").await
+}
+
+/// The whole HTTP/1 answer (status line, headers, body) of an admin GET.
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
@@ -86,10 +91,23 @@ async fn certifies_a_proxy_and_serves_expiry_metrics() {
     assert!(m.contains("identity_certificates_issued_total 1"), "{m}");
     assert!(m.contains("identity_issuer_expiry_timestamp_seconds "), "{m}");
     let anchor = CertInfo::from_pem(&pki.anchor.cert_pem).unwrap();
+    let sha256 = knit_identity::inspect::fingerprint(&knit_identity::inspect::pem_certs(&pki.anchor.cert_pem).unwrap()[0]);
     assert!(
-        m.contains(&format!("identity_trust_anchor_expiry_timestamp_seconds{{subject=\"{}\"}} {}", anchor.subject, anchor.not_after.unix_timestamp())),
+        m.contains(&format!(
+            "identity_trust_anchor_expiry_timestamp_seconds{{subject=\"{}\",sha256=\"{sha256}\"}} {}",
+            anchor.subject,
+            anchor.not_after.unix_timestamp()
+        )),
         "{m}"
     );
+    // The leaf just signed, counted under the anchor it chains to; listed to loopback callers.
+    assert!(m.contains(&format!("identity_leaves{{anchor=\"{}\",sha256=\"{sha256}\"}} 1", anchor.subject)), "{m}");
+    let answer = admin_get(addrs.admin, "/identity/leaves").await;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    let report: knit_control::identity::LeavesReport = serde_json::from_str(body).unwrap();
+    assert_eq!(report.leaves.len(), 1);
+    assert_eq!(report.leaves[0].anchor_sha256, sha256);
 }
 
 #[tokio::test]

@@ -1,13 +1,14 @@
 //! The objects the injector adds to a pod: the `knit-init` container that programs iptables, the
-//! `knit-proxy` container, and the volume that carries the proxy's identity token. Built as the
-//! real API types, so that a field name typo cannot compile.
+//! `knit-proxy` container, the volume that carries the proxy's identity token and the one that
+//! carries the trust bundle. Built as the real API types, so that a field name typo cannot
+//! compile.
 
 use super::{overrides::Settings, values::Values};
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler,
-        ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
-        VolumeMount, VolumeProjection,
+        Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Lifecycle,
+        LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+        ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -17,7 +18,13 @@ pub const PROXY: &str = "knit-proxy";
 pub const INIT: &str = "knit-init";
 pub const TOKEN_VOLUME: &str = "knit-identity-token";
 pub const XTABLES_VOLUME: &str = "knit-proxy-init-xtables-lock";
+/// The trust bundle's volume, from the ConfigMap of the same name in the pod's namespace.
+pub const TRUST_ROOTS_VOLUME: &str = "knit-identity-trust-roots";
 const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+/// Mounted whole (never with `subPath`, which the kubelet does not update): the bundle file is
+/// a symlink through `..data`, which the kubelet swaps atomically.
+const TRUST_ROOTS_DIR: &str = "/var/run/knit/identity/trust-roots";
+const TRUST_ROOTS_KEY: &str = "ca-bundle.crt";
 /// Audience of the projected token, checked by the control plane's TokenReview (Linkerd's).
 pub const TOKEN_AUDIENCE: &str = "identity.l5d.io";
 
@@ -68,7 +75,11 @@ pub fn proxy(values: &Values, s: &Settings, inbound_ports: &[i32]) -> Container 
         env("KNIT_PROXY_TAP_SVC_NAME", values.control_plane_identity()),
         env("KNIT_PROXY_IDENTITY_LOCAL_NAME", format!("$(_pod_sa).$(_pod_ns).{}", values.identity_suffix())),
         env("KNIT_PROXY_IDENTITY_TOKEN_FILE", format!("{TOKEN_DIR}/{TOKEN_VOLUME}")),
-        env("KNIT_PROXY_IDENTITY_TRUST_ANCHORS", &values.trust_anchors_pem),
+        if values.trust_anchors_inline {
+            env("KNIT_PROXY_IDENTITY_TRUST_ANCHORS", &values.trust_anchors_pem)
+        } else {
+            env("KNIT_PROXY_IDENTITY_TRUST_ANCHORS_FILE", format!("{TRUST_ROOTS_DIR}/{TRUST_ROOTS_KEY}"))
+        },
     ];
     env.retain(|e| e.value.as_deref() != Some(""));
     let resources = s
@@ -99,7 +110,13 @@ pub fn proxy(values: &Values, s: &Settings, inbound_ports: &[i32]) -> Container 
             ..Default::default()
         }),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        volume_mounts: Some(vec![VolumeMount { name: TOKEN_VOLUME.into(), mount_path: TOKEN_DIR.into(), read_only: Some(true), ..Default::default() }]),
+        volume_mounts: Some(
+            [(TOKEN_VOLUME, TOKEN_DIR)]
+                .into_iter()
+                .chain((!values.trust_anchors_inline).then_some((TRUST_ROOTS_VOLUME, TRUST_ROOTS_DIR)))
+                .map(|(name, path)| VolumeMount { name: name.into(), mount_path: path.into(), read_only: Some(true), ..Default::default() })
+                .collect(),
+        ),
         ..Default::default()
     }
 }
@@ -173,9 +190,14 @@ pub fn init(s: &Settings) -> Container {
     }
 }
 
-pub fn volumes() -> Vec<Volume> {
+pub fn volumes(values: &Values) -> Vec<Volume> {
     let token = ServiceAccountTokenProjection { audience: Some(TOKEN_AUDIENCE.into()), expiration_seconds: Some(86400), path: TOKEN_VOLUME.into() };
-    vec![
+    let trust_roots = Volume {
+        name: TRUST_ROOTS_VOLUME.into(),
+        config_map: Some(ConfigMapVolumeSource { name: TRUST_ROOTS_VOLUME.into(), optional: Some(false), ..Default::default() }),
+        ..Default::default()
+    };
+    let mut volumes = vec![
         Volume {
             name: TOKEN_VOLUME.into(),
             projected: Some(ProjectedVolumeSource {
@@ -185,5 +207,9 @@ pub fn volumes() -> Vec<Volume> {
             ..Default::default()
         },
         Volume { name: XTABLES_VOLUME.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
-    ]
+    ];
+    if !values.trust_anchors_inline {
+        volumes.push(trust_roots);
+    }
+    volumes
 }

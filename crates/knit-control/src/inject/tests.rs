@@ -15,9 +15,13 @@ fn injector() -> Injector {
 
 /// Injects `object` (a workload of any kind) and returns it patched.
 fn injected(object: &Value, ns: &BTreeMap<String, String>) -> Value {
+    injected_by(&injector(), object, ns)
+}
+
+fn injected_by(injector: &Injector, object: &Value, ns: &BTreeMap<String, String>) -> Value {
     let base = pod_template_path(object["kind"].as_str().unwrap()).unwrap();
     let owner = Owner { kind: object["kind"].as_str().unwrap().into(), name: object["metadata"]["name"].as_str().unwrap().into() };
-    match injector().inject(object, base, ns, Some(&owner)).unwrap() {
+    match injector.inject(object, base, ns, Some(&owner)).unwrap() {
         Outcome::Inject { patch, .. } => {
             let mut out = object.clone();
             json_patch::patch(&mut out, &patch).unwrap();
@@ -67,7 +71,14 @@ fn pod_gets_a_native_sidecar_with_its_overrides() {
             "{var}: the control plane proves this identity with TLS"
         );
     }
-    assert!(env(proxy, "KNIT_PROXY_IDENTITY_TRUST_ANCHORS").unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+    // The bundle comes from the namespace's ConfigMap, mounted whole (a subPath mount is never
+    // updated), so the proxy follows a rotation; it is not inline.
+    assert_eq!(env(proxy, "KNIT_PROXY_IDENTITY_TRUST_ANCHORS_FILE"), Some("/var/run/knit/identity/trust-roots/ca-bundle.crt"));
+    assert_eq!(env(proxy, "KNIT_PROXY_IDENTITY_TRUST_ANCHORS"), None);
+    let roots = named(&spec["volumes"], "knit-identity-trust-roots");
+    assert_eq!(roots["configMap"], json!({"name": "knit-identity-trust-roots", "optional": false}));
+    let mount = named(&proxy["volumeMounts"], "knit-identity-trust-roots");
+    assert_eq!(mount, &json!({"name": "knit-identity-trust-roots", "mountPath": "/var/run/knit/identity/trust-roots", "readOnly": true}));
     let init = &spec["initContainers"][0];
     assert_eq!(init["securityContext"]["capabilities"]["add"], json!(["NET_ADMIN", "NET_RAW"]));
     let args: Vec<&str> = init["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
@@ -88,7 +99,7 @@ fn deployment_template_gets_maps_and_lists_it_lacked() {
     let t = &d["spec"]["template"];
     assert_eq!(t["metadata"]["labels"]["linkerd.io/proxy-deployment"], "books");
     assert!(t["metadata"]["annotations"]["linkerd.io/created-by"].as_str().unwrap().starts_with("knit/"));
-    assert_eq!(t["spec"]["volumes"].as_array().unwrap().len(), 2);
+    assert_eq!(t["spec"]["volumes"].as_array().unwrap().len(), 3);
     assert_eq!(env(&t["spec"]["initContainers"][1], "KNIT_PROXY_INBOUND_PORTS"), Some("7000"));
     assert_eq!(d["spec"]["replicas"], 2, "the rest of the object is untouched");
 }
@@ -104,7 +115,19 @@ fn classic_mode_puts_the_proxy_first_and_init_after_the_pods_own() {
     assert!(spec["containers"][0].get("restartPolicy").is_none());
     assert_eq!(spec["containers"][0]["lifecycle"]["postStart"]["exec"]["command"][1], "await");
     let volumes: Vec<&str> = spec["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
-    assert_eq!(volumes, ["data", "knit-identity-token", "knit-proxy-init-xtables-lock"]);
+    assert_eq!(volumes, ["data", "knit-identity-token", "knit-proxy-init-xtables-lock", "knit-identity-trust-roots"]);
+}
+
+#[test]
+fn inline_anchors_when_the_cluster_asks_for_them() {
+    let values =
+        Values { trust_anchors_inline: true, trust_anchors_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(), ..Values::default() };
+    let pod = injected_by(&Injector::new(values), &corpus("pod.yaml"), &enabled());
+    let spec = &pod["spec"];
+    let proxy = spec["initContainers"].as_array().unwrap().iter().find(|c| c["name"] == "knit-proxy").unwrap();
+    assert!(env(proxy, "KNIT_PROXY_IDENTITY_TRUST_ANCHORS").unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(env(proxy, "KNIT_PROXY_IDENTITY_TRUST_ANCHORS_FILE"), None);
+    assert!(!spec["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "knit-identity-trust-roots"));
 }
 
 #[test]

@@ -12,8 +12,13 @@ pub struct Values {
     pub cluster_domain: String,
     /// The identity trust domain (Linkerd's `identityTrustDomain`); the cluster domain by default.
     pub trust_domain: String,
-    /// The trust anchors' PEM bundle, given to every proxy inline.
+    /// The trust anchors' PEM bundle: its digest annotates every injected pod, and with
+    /// `trust_anchors_inline` it is given to every proxy inline.
     pub trust_anchors_pem: String,
+    /// Give proxies the bundle inline (`KNIT_PROXY_IDENTITY_TRUST_ANCHORS`), fixed for the pod's
+    /// life, instead of mounting the `knit-identity-trust-roots` ConfigMap of the pod's namespace
+    /// (which knit-control or trust-manager keeps there), which proxies follow as it changes.
+    pub trust_anchors_inline: bool,
     pub proxy: ProxyValues,
     pub default_inbound_policy: String,
     pub cluster_networks: String,
@@ -58,6 +63,7 @@ impl Default for Values {
             cluster_domain: "cluster.local".into(),
             trust_domain: "cluster.local".into(),
             trust_anchors_pem: String::new(),
+            trust_anchors_inline: false,
             proxy: ProxyValues::default(),
             default_inbound_policy: "all-unauthenticated".into(),
             cluster_networks: crate::config::DEFAULT_CLUSTER_NETWORKS.into(),
