@@ -41,11 +41,13 @@ once (Helm's own `required` stops at the first), an empty namespace, an unknown 
 {{- define "knit.validate" -}}
 {{- $pems := list
   (list "identityTrustAnchorsPEM" .Values.identityTrustAnchorsPEM "ca.crt")
-  (list "identity.issuer.tls.crtPEM" .Values.identity.issuer.tls.crtPEM "issuer.crt")
-  (list "identity.issuer.tls.keyPEM" .Values.identity.issuer.tls.keyPEM "issuer.key")
   (list "webhook.caPEM" .Values.webhook.caPEM "webhook-ca.crt")
   (list "webhook.crtPEM" .Values.webhook.crtPEM "webhook.crt")
   (list "webhook.keyPEM" .Values.webhook.keyPEM "webhook.key") -}}
+{{- if not .Values.identity.externalIssuer -}}
+{{- $pems = append $pems (list "identity.issuer.tls.crtPEM" .Values.identity.issuer.tls.crtPEM "issuer.crt") -}}
+{{- $pems = append $pems (list "identity.issuer.tls.keyPEM" .Values.identity.issuer.tls.keyPEM "issuer.key") -}}
+{{- end -}}
 {{- $missing := list -}}
 {{- range $pems -}}
 {{- if not (index . 1) -}}

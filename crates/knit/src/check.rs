@@ -180,6 +180,7 @@ async fn installed(client: &Client, ns: &str, r: &mut Report) {
                 m.check().map(|()| "chains to the trust anchors".into()).map_err(|e| format!("{e}; fix: knit upgrade with a new issuer signed by the anchor")),
             );
             r.check("identity issuer expiry", crate::identity::cert_expiry(&m.issuer.cert_pem));
+            r.check("trust-anchor rotation", knit_identity::rotation::Rotation::read(&m.anchors_pem, &m.issuer.cert_pem).map(|r| r.describe()));
             r.check("webhook certificate expiry", crate::identity::cert_expiry(&m.webhook.cert_pem).map_err(|e| format!("{e}; fix: knit upgrade renews it")));
         }
         Err(e) => r.check("identity material", Err(e.clone())),

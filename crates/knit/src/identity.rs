@@ -65,10 +65,15 @@ pub enum Command {
     },
     /// Show the certificates in a PEM file in human terms.
     Show { file: PathBuf },
+    /// One step of a trust-anchor rotation (run it three times): add a new anchor to the
+    /// bundle; switch the issuer to one it signs; remove the old anchor once no proxy's leaf
+    /// chains to it. --status says where a rotation stands.
+    Rotate(crate::rotate::RotateArgs),
 }
 
 pub fn main(cmd: Command) -> anyhow::Result<()> {
     match cmd {
+        Command::Rotate(args) => crate::rotate::rotate(args),
         Command::Init { dir, trust_domain, control_plane_ns, anchor_lifetime, issuer_lifetime, force } => {
             if dir.join(layout::TRUST_ANCHORS).exists() && !force {
                 bail!("{} already holds identity material; pass --force to replace it (every proxy will need the new anchors)", dir.display());
@@ -211,6 +216,9 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
                 .map(|_| "chains to the trust anchors, and the key matches".to_string())
                 .map_err(|e| format!("{e}; fix: knit identity issuer --dir {}", args.dir.display()));
             report(chained, "issuer chain");
+            if let Ok(r) = knit_identity::rotation::Rotation::read(&anchors_pem, &cert) {
+                report(Ok(r.describe()), "trust-anchor rotation");
+            }
         }
         Err(e) => report(Err(format!("{e:#}")), "issuer"),
     }
@@ -267,14 +275,26 @@ fn manifests(dir: &std::path::Path, strict: bool) -> anyhow::Result<usize> {
     Ok(failed)
 }
 
-/// Reads a proxy's certificate expiry from its admin server's metrics.
-fn proxy_cert(admin: std::net::SocketAddr) -> Result<String, String> {
+/// GET `path` from an admin server (a proxy's or knit-control's): the body of a 200 answer.
+pub fn http_get(admin: std::net::SocketAddr, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)).map_err(|e| format!("cannot reach the admin server: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: knit-check\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: knit-cli\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut rsp = Vec::new();
+    s.take(64 << 20).read_to_end(&mut rsp).map_err(|e| e.to_string())?;
+    let rsp = String::from_utf8_lossy(&rsp);
+    let (head, body) = rsp.split_once("\r\n\r\n").ok_or("the answer is not HTTP")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        return Err(format!("{path} answered {status}: {}", body.trim()));
+    }
+    Ok(body.to_string())
+}
+
+/// Reads a proxy's certificate expiry from its admin server's metrics.
+fn proxy_cert(admin: std::net::SocketAddr) -> Result<String, String> {
+    let body = http_get(admin, "/metrics")?;
     let expiry = knit_control::viz::prom::parse(&body)
         .into_iter()
         .find(|s| s.name == "identity_cert_expiration_timestamp_seconds")

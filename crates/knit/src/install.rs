@@ -15,6 +15,7 @@ mod material;
 mod objects;
 
 pub use material::Material;
+pub use objects::identity_objects;
 
 use clap::Args;
 use serde_json::Value;
@@ -32,6 +33,11 @@ pub struct InstallArgs {
     /// `knit install | kubectl apply -f -`).
     #[arg(long, conflicts_with_all = ["skip_crds", "ha"])]
     pub crds: bool,
+    /// Only the identity alert rules (anchor and issuer expiry 30 and 7 days ahead, failed
+    /// reloads, proxies that cannot refresh) as a prometheus-operator PrometheusRule; the same
+    /// rules as a plain file are deploy/prometheus/knit-identity.rules.yml.
+    #[arg(long, conflicts_with_all = ["skip_crds", "ha", "crds"])]
+    pub prometheus_rule: bool,
     #[command(flatten)]
     pub options: OptionArgs,
     #[command(flatten)]
@@ -66,6 +72,15 @@ pub struct OptionArgs {
     /// Proxies as classic sidecars (for Kubernetes before 1.29) instead of native ones.
     #[arg(long)]
     pub disable_native_sidecar: bool,
+    /// cert-manager issues and renews the issuer, trust-manager distributes the bundle (Linkerd's
+    /// --identity-external-issuer): renders their Issuer, Certificate and Bundle instead of the
+    /// issuer Secret and the trust-roots ConfigMap. Needs --identity-trust-anchors-file alone.
+    #[arg(long)]
+    pub identity_external_issuer: bool,
+    /// Give proxies the trust bundle inline, fixed for each pod's life (as Linkerd does), instead
+    /// of the ConfigMap volume they follow through rotations.
+    #[arg(long)]
+    pub identity_trust_anchors_inline: bool,
 }
 
 /// Everything [`render`] needs.
@@ -83,6 +98,8 @@ pub struct Options {
     pub cluster_networks: String,
     pub controller_log_level: String,
     pub native_sidecar: bool,
+    pub external_issuer: bool,
+    pub trust_anchors_inline: bool,
 }
 
 impl Options {
@@ -100,6 +117,8 @@ impl Options {
             cluster_networks: a.cluster_networks.clone(),
             controller_log_level: a.controller_log_level.clone(),
             native_sidecar: !a.disable_native_sidecar,
+            external_issuer: a.identity_external_issuer,
+            trust_anchors_inline: a.identity_trust_anchors_inline,
         }
     }
 
@@ -113,6 +132,7 @@ impl Options {
             default_inbound_policy: self.default_inbound_policy.clone(),
             cluster_networks: self.cluster_networks.clone(),
             native_sidecar: self.native_sidecar,
+            trust_anchors_inline: self.trust_anchors_inline,
             ..Default::default()
         };
         v.proxy.image = self.proxy_image.clone();
@@ -149,7 +169,15 @@ pub fn to_yaml(objects: &[Value]) -> String {
     objects.iter().map(|o| format!("---\n{}", serde_yaml::to_string(o).expect("JSON values serialise as YAML"))).collect()
 }
 
+/// The identity alert rules, shipped as a Prometheus rules file.
+pub const ALERT_RULES: &str = include_str!("../../../deploy/prometheus/knit-identity.rules.yml");
+
 pub fn install(args: InstallArgs) -> anyhow::Result<()> {
+    if args.prometheus_rule {
+        let rules: Value = serde_yaml::from_str(ALERT_RULES).expect("the shipped rules parse (tested)");
+        print!("{}", to_yaml(&[objects::prometheus_rule(&args.options.namespace, rules)]));
+        return Ok(());
+    }
     if args.crds {
         let crds: Vec<Value> = CRDS.iter().map(|text| serde_yaml::from_str(text).expect("the CRDs shipped in the binary parse (tested)")).collect();
         print!("{}", to_yaml(&crds));

@@ -5,6 +5,7 @@ mod demo;
 mod identity;
 mod inject;
 mod install;
+mod rotate;
 mod viz;
 
 use clap::{Parser, Subcommand};

@@ -186,6 +186,28 @@ fn install_validates_against_kubernetes_1_29_and_newer() {
             kubernetes_validate(&out, version, &format!("install-{mode}-{version}"));
         }
     }
+    // With cert-manager and trust-manager: the Kubernetes objects validate (kubernetes-validate
+    // has no schemas for cert-manager's kinds: it skips them with a warning); the issuer Secret
+    // and the bundle's ConfigMap are theirs to write, the proxies' ConfigMap volume reads it.
+    let dir = temp_dir("install-external");
+    std::fs::create_dir_all(&dir).unwrap();
+    let anchor = knit_identity::create::trust_anchor("root.knit.cluster.local", std::time::Duration::from_secs(86_400)).unwrap();
+    std::fs::write(format!("{dir}/ca.crt"), &anchor.cert_pem).unwrap();
+    let (ok, out, err) = knit_io(&["install", "--identity-external-issuer", "--identity-trust-anchors-file", &format!("{dir}/ca.crt")], "");
+    assert!(ok, "{err}");
+    kubernetes_validate(&out, "1.33.0", "install-external");
+    let objects: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&out).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let kind = |k: &str| objects.iter().filter(|o| o["kind"] == k).map(|o| o["metadata"]["name"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>();
+    assert_eq!(kind("Certificate"), ["knit-identity-issuer"]);
+    assert_eq!(kind("Bundle"), ["knit-identity-trust-roots"]);
+    assert!(!kind("Secret").contains(&"knit-identity-issuer".to_string()) && !kind("ConfigMap").contains(&"knit-identity-trust-roots".to_string()));
+    let certificate = objects.iter().find(|o| o["kind"] == "Certificate").unwrap();
+    assert_eq!(certificate["spec"]["isCA"], true);
+    assert_eq!(certificate["spec"]["privateKey"]["encoding"], "PKCS8", "knit-control reads PKCS#8 keys");
+    let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    assert!(!deployment.to_string().contains("--distribute-trust-roots"), "trust-manager writes the bundle's copies");
+    let (ok, _, err) = knit_io(&["install", "--identity-external-issuer"], "");
+    assert!(!ok && err.contains("--identity-trust-anchors-file"), "{err}");
     // Linkerd's two steps: the CRDs alone, then the rest (which holds them too).
     let (ok, crds, err) = knit_io(&["install", "--crds"], "");
     assert!(ok, "{err}");
@@ -460,6 +482,9 @@ fn inject_reads_the_installation_from_the_cluster() {
 #[path = "cli/viz.rs"]
 mod viz;
 
+#[path = "cli/rotate.rs"]
+mod rotate;
+
 /// The Helm chart (charts/knit) against `knit install`: the same objects, field for field. In a
 /// module, so its helpers keep short names beside the rest of this file.
 mod chart {
@@ -595,9 +620,11 @@ mod chart {
         let helm = helm();
         let certificates = write_certificates(&temp_dir("helm-chart"));
         // (knit install flags, helm template flags): the defaults, --ha, and every other flag changed.
-        let cases: [(&[&str], &[&str]); 3] = [
+        let cases: [(&[&str], &[&str]); 4] = [
             (&[], &[]),
             (&["--ha"], &["--set", "ha=true"]),
+            // cert-manager and trust-manager write the issuer and the bundle: no issuer files.
+            (&["--identity-external-issuer"], &["--set", "identity.externalIssuer=true"]),
             (
                 &[
                     "--namespace=mesh",
@@ -610,6 +637,7 @@ mod chart {
                     "--cluster-networks=10.0.0.0/8,fd00::/8",
                     "--controller-log-level=debug",
                     "--disable-native-sidecar",
+                    "--identity-trust-anchors-inline",
                 ],
                 &[
                     "--set-string",
@@ -619,7 +647,7 @@ mod chart {
                     "--set-string",
                     r"clusterNetworks=10.0.0.0/8\,fd00::/8",
                     "--set",
-                    "disableNativeSidecar=true",
+                    "disableNativeSidecar=true,identity.trustAnchorsInline=true",
                 ],
             ),
         ];
@@ -628,7 +656,11 @@ mod chart {
             knit.arg("install").args(knit_flags);
             let mut chart = Command::new(&helm);
             chart.args(["template", "knit"]).arg(repo().join("charts/knit")).arg("--include-crds").args(helm_flags);
+            let external = knit_flags.contains(&"--identity-external-issuer");
             for (flag, value, path) in &certificates {
+                if external && value.starts_with("identity.issuer") {
+                    continue;
+                }
                 knit.arg(flag).arg(path);
                 chart.args(["--set-file", &format!("{value}={path}")]);
             }

@@ -21,8 +21,8 @@ const WEBHOOK_RENEW_BEFORE: time::Duration = time::Duration::days(60);
 #[derive(Args, Clone, Debug)]
 pub struct MaterialArgs {
     /// PEM bundle of trust anchors (Linkerd's --identity-trust-anchors-file). With the issuer
-    /// files; all three are generated when none is given.
-    #[arg(long, requires_all = ["identity_issuer_certificate_file", "identity_issuer_key_file"])]
+    /// files, or alone with --identity-external-issuer; all three are generated when none is given.
+    #[arg(long)]
     pub identity_trust_anchors_file: Option<PathBuf>,
     #[arg(long, requires = "identity_trust_anchors_file")]
     pub identity_issuer_certificate_file: Option<PathBuf>,
@@ -65,6 +65,16 @@ fn new_webhook(ns: &str) -> anyhow::Result<(String, Credentials)> {
 impl Material {
     pub fn load_or_generate(a: &MaterialArgs, o: &Options) -> anyhow::Result<Self> {
         let (anchors_pem, issuer) = match (&a.identity_trust_anchors_file, &a.identity_issuer_certificate_file, &a.identity_issuer_key_file) {
+            (Some(_), Some(_), Some(_)) if o.external_issuer => {
+                bail!("--identity-external-issuer: cert-manager issues the issuer; pass --identity-trust-anchors-file alone")
+            }
+            (Some(anchors), None, None) if o.external_issuer => (read(anchors)?, Credentials { cert_pem: String::new(), key_pem: String::new() }),
+            (None, ..) if o.external_issuer => {
+                bail!("--identity-external-issuer needs --identity-trust-anchors-file: the anchor of the Secret knit-trust-anchor")
+            }
+            (Some(_), None, _) | (Some(_), _, None) => {
+                bail!("--identity-trust-anchors-file needs --identity-issuer-certificate-file and --identity-issuer-key-file")
+            }
             (Some(anchors), Some(cert), Some(key)) => (read(anchors)?, Credentials { cert_pem: read(cert)?, key_pem: read(key)? }),
             _ => {
                 let anchor = create::trust_anchor(&format!("root.{}.{}", o.namespace, o.trust_domain), 3650 * DAY)?;
@@ -77,7 +87,13 @@ impl Material {
             _ => new_webhook(&o.namespace)?,
         };
         let m = Self { anchors_pem, issuer, webhook_ca_pem, webhook };
-        m.check()?;
+        if o.external_issuer {
+            if knit_identity::inspect::pem_certs(&m.anchors_pem).map_or(true, |c| c.is_empty()) {
+                bail!("the trust anchors file holds no PEM certificate");
+            }
+        } else {
+            m.check()?;
+        }
         Ok(m)
     }
 

@@ -10,12 +10,42 @@ const CONTROL: &str = "knit-control";
 const CONTROL_UID: i64 = 2103;
 
 fn labels(o: &Options, component: &str) -> Value {
-    json!({"app.kubernetes.io/part-of": "knit", "app.kubernetes.io/component": component, "knit.dev/control-plane-ns": o.namespace})
+    labels_in(&o.namespace, component)
+}
+
+fn labels_in(ns: &str, component: &str) -> Value {
+    json!({"app.kubernetes.io/part-of": "knit", "app.kubernetes.io/component": component, "knit.dev/control-plane-ns": ns})
 }
 
 fn meta(o: &Options, name: &str, component: &str) -> Value {
-    json!({"name": name, "namespace": o.namespace, "labels": labels(o, component)})
+    meta_in(&o.namespace, name, component)
 }
+
+fn meta_in(ns: &str, name: &str, component: &str) -> Value {
+    json!({"name": name, "namespace": ns, "labels": labels_in(ns, component)})
+}
+
+/// The trust bundle (Linkerd's `linkerd-identity-trust-roots`) and the issuer as a
+/// `kubernetes.io/tls` Secret, the shape cert-manager writes (`ca.crt`: here the bundle):
+/// what `knit install` renders and `knit identity rotate --manifests` prints at each step.
+pub fn identity_objects(ns: &str, anchors_pem: &str, issuer: &knit_identity::create::Credentials) -> [Value; 2] {
+    let data: serde_json::Map<String, Value> = [("ca.crt", anchors_pem), ("tls.crt", &issuer.cert_pem), ("tls.key", &issuer.key_pem)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(B64.encode(v))))
+        .collect();
+    [
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta_in(ns, TRUST_ROOTS, "identity"), "data": {"ca-bundle.crt": anchors_pem}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": meta_in(ns, "knit-identity-issuer", "identity"), "data": data}),
+    ]
+}
+
+/// The identity alert rules (`groups`, as in a rules file) as a prometheus-operator object.
+pub fn prometheus_rule(ns: &str, rules: Value) -> Value {
+    json!({"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": meta_in(ns, "knit-identity", "identity"), "spec": rules})
+}
+
+/// The trust bundle's ConfigMap, in the control plane's namespace and in every meshed one.
+pub const TRUST_ROOTS: &str = "knit-identity-trust-roots";
 
 fn cluster_meta(o: &Options, name: &str) -> Value {
     let mut m = meta(o, name, "control-plane");
@@ -35,9 +65,6 @@ pub fn control_plane(o: &Options, m: &Material) -> Vec<Value> {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": cluster_meta(o, &format!("knit-control-{}", o.namespace)),
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("knit-control-{}", o.namespace)},
                "subjects": [{"kind": "ServiceAccount", "name": CONTROL, "namespace": o.namespace}]}),
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(o, "knit-identity-trust-roots", "identity"),
-               "data": {"ca-bundle.crt": m.anchors_pem}}),
-        secret(o, "knit-identity-issuer", "identity", &[("tls.crt", &m.issuer.cert_pem), ("tls.key", &m.issuer.key_pem)]),
         secret(
             o,
             "knit-proxy-injector-tls",
@@ -48,6 +75,11 @@ pub fn control_plane(o: &Options, m: &Material) -> Vec<Value> {
                "data": {"values.yaml": serde_yaml::to_string(&o.inject_values(&m.anchors_pem)).expect("values serialise")}}),
         deployment(o),
     ];
+    if o.external_issuer {
+        out.extend(cert_manager(o));
+    } else {
+        out.extend(identity_objects(&o.namespace, &m.anchors_pem, &m.issuer));
+    }
     for (name, port, target, component) in [
         ("knit-identity", 8080, 8080, "identity"),
         ("knit-destination", 8086, 8086, "destination"),
@@ -99,10 +131,41 @@ fn secret(o: &Options, name: &str, component: &str, entries: &[(&str, &str)]) ->
     json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta(o, name, component), "data": data})
 }
 
-/// Read access to what the control plane serves, TokenReview and SubjectAccessReview: nothing else.
+/// `--identity-external-issuer`: cert-manager issues the issuer from the trust anchor in the
+/// Secret `knit-trust-anchor` (which the user creates in the control plane's namespace, as
+/// Linkerd's docs have it) and renews it; trust-manager (its trust namespace set to the control
+/// plane's) copies the anchor into the `knit-identity-trust-roots` ConfigMap of every namespace.
+fn cert_manager(o: &Options) -> Vec<Value> {
+    let issuer_name = format!("identity.{}.{}", o.namespace, o.trust_domain);
+    let mut bundle_meta = cluster_meta(o, TRUST_ROOTS);
+    bundle_meta["labels"]["app.kubernetes.io/component"] = json!("identity");
+    vec![
+        json!({"apiVersion": "cert-manager.io/v1", "kind": "Issuer", "metadata": meta(o, "knit-trust-anchor", "identity"),
+               "spec": {"ca": {"secretName": "knit-trust-anchor"}}}),
+        json!({"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": meta(o, "knit-identity-issuer", "identity"), "spec": {
+            "secretName": "knit-identity-issuer",
+            "duration": "48h0m0s",
+            "renewBefore": "25h0m0s",
+            "issuerRef": {"name": "knit-trust-anchor", "kind": "Issuer"},
+            "commonName": issuer_name,
+            "dnsNames": [issuer_name],
+            "isCA": true,
+            // PKCS#8: what knit-control reads; a new key at every renewal.
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "encoding": "PKCS8", "rotationPolicy": "Always"},
+            "usages": ["cert sign", "crl sign", "server auth", "client auth"],
+        }}),
+        json!({"apiVersion": "trust.cert-manager.io/v1alpha1", "kind": "Bundle", "metadata": bundle_meta, "spec": {
+            "sources": [{"secret": {"name": "knit-trust-anchor", "key": "tls.crt"}}],
+            "target": {"configMap": {"key": "ca-bundle.crt"}},
+        }}),
+    ]
+}
+
+/// Read access to what the control plane serves, TokenReview and SubjectAccessReview, and (unless
+/// trust-manager does it) writing the trust bundle's ConfigMap: nothing else.
 fn cluster_role(o: &Options) -> Value {
     let read = json!(["get", "list", "watch"]);
-    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta(o, &format!("knit-control-{}", o.namespace)), "rules": [
+    let mut role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": cluster_meta(o, &format!("knit-control-{}", o.namespace)), "rules": [
         // Endpoints come from Ready Pods for Services with a selector, from EndpointSlices otherwise.
         {"apiGroups": [""], "resources": ["namespaces", "services", "pods"], "verbs": read},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
@@ -113,12 +176,20 @@ fn cluster_role(o: &Options) -> Value {
         {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
         // The tap API asks whether the user may tap.
         {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
-    ]})
+    ]});
+    if !o.external_issuer {
+        // The trust bundle in every namespace, for injected proxies to mount (--distribute-trust-roots).
+        role["rules"]
+            .as_array_mut()
+            .expect("rules")
+            .push(json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "patch"]}));
+    }
+    role
 }
 
 fn deployment(o: &Options) -> Value {
     let replicas = if o.ha { 3 } else { 1 };
-    let args = [
+    let mut args = vec![
         "--kubernetes".to_string(),
         format!("--control-plane-namespace={}", o.namespace),
         format!("--cluster-domain={}", o.cluster_domain),
@@ -129,6 +200,7 @@ fn deployment(o: &Options) -> Value {
         "--trust-anchors=/var/run/knit/identity/trust-roots/ca-bundle.crt".to_string(),
         "--issuer-cert=/var/run/knit/identity/issuer/tls.crt".to_string(),
         "--issuer-key=/var/run/knit/identity/issuer/tls.key".to_string(),
+        "--issuer-ca=/var/run/knit/identity/issuer/ca.crt".to_string(),
         "--webhook-tls-cert=/var/run/knit/webhook/tls.crt".to_string(),
         "--webhook-tls-key=/var/run/knit/webhook/tls.key".to_string(),
         "--tap-api-tls-cert=/var/run/knit/webhook/tls.crt".to_string(),
@@ -136,6 +208,9 @@ fn deployment(o: &Options) -> Value {
         "--inject-values=/var/run/knit/config/values.yaml".to_string(),
         format!("--log={}", o.controller_log_level),
     ];
+    if !o.external_issuer {
+        args.push("--distribute-trust-roots".to_string());
+    }
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": 9990}, "periodSeconds": 10});
     let mut pod_spec = json!({
         "serviceAccountName": CONTROL,

@@ -1,0 +1,174 @@
+//! `knit identity rotate`: a trust-anchor rotation, one step per run, in the identity directory
+//! (`knit identity init`'s layout), printing the cluster's objects at each step with
+//! `--manifests`:
+//!
+//! 1. a new anchor (its key kept in `DIR/next/`) joins the bundle;
+//! 2. once every proxy has read the bundle, the issuer is replaced by one the new anchor signs;
+//! 3. once no proxy's leaf chains to the old anchor (knit-control's `/identity/leaves` says so),
+//!    the old anchor leaves the bundle and the new anchor's key takes its place.
+//!
+//! The step is read from the bundle and the issuer ([`knit_identity::rotation`]), so a run
+//! interrupted between steps simply continues.
+
+use anyhow::{bail, Context};
+use knit_control::identity::{Leaf, LeavesReport};
+use knit_identity::{
+    create::{self, Credentials},
+    inspect::{cert_pem, fingerprint, pem_certs, relative},
+    layout,
+    rotation::{Rotation, Step},
+};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+#[derive(clap::Args)]
+pub struct RotateArgs {
+    #[arg(long, default_value = "identity")]
+    dir: PathBuf,
+    /// knit-control's admin address (repeat it for every replica): the last step asks it which
+    /// anchor each proxy's leaf chains to. In a cluster: `kubectl -n knit port-forward
+    /// deploy/knit-control 9990`, then `--control-admin 127.0.0.1:9990`.
+    #[arg(long = "control-admin")]
+    control_admins: Vec<SocketAddr>,
+    /// Say where the rotation stands and change nothing.
+    #[arg(long)]
+    status: bool,
+    /// After the step, print the trust-roots ConfigMap and the issuer Secret for `kubectl apply -f -`.
+    #[arg(long)]
+    manifests: bool,
+    /// The control plane's namespace, for --manifests.
+    #[arg(long, default_value = "knit")]
+    namespace: String,
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    #[arg(long, default_value = "3650d", value_parser = duration)]
+    anchor_lifetime: Duration,
+    #[arg(long, default_value = "365d", value_parser = duration)]
+    issuer_lifetime: Duration,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    knit_core::parse::duration(s).map_err(|e| e.to_string())
+}
+
+const NEXT_ANCHOR: &str = "next/anchor.pem";
+const NEXT_KEY: &str = "next/anchor.key";
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Writes `contents` to a temporary file beside `path` and renames it over `path`: a reader sees
+/// the old file or the new one, never a part.
+fn replace(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    if secret { layout::write_secret(&tmp, contents.as_bytes()) } else { std::fs::write(&tmp, contents) }
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+pub fn rotate(args: RotateArgs) -> anyhow::Result<()> {
+    let dir = &args.dir;
+    let (bundle_path, issuer_path) = (dir.join(layout::TRUST_ANCHORS), dir.join(layout::ISSUER_CERT));
+    let rotation = Rotation::read(&read(&bundle_path)?, &read(&issuer_path)?).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    if args.status {
+        println!("{}", rotation.describe());
+        if matches!(rotation.step, Step::IssuerSwitched { .. }) && !args.control_admins.is_empty() {
+            match still_on_old(&args.control_admins, &rotation) {
+                Ok(()) => println!("no proxy's leaf chains to the old anchor any more: the next run removes it"),
+                Err(e) => println!("{e:#}"),
+            }
+        }
+        return Ok(());
+    }
+    match &rotation.step {
+        Step::Steady => {
+            let today = time::OffsetDateTime::now_utc().date();
+            let name = format!("root-{}{:02}{:02}.{}.{}", today.year(), u8::from(today.month()), today.day(), args.namespace, args.trust_domain);
+            let next = create::trust_anchor(&name, args.anchor_lifetime)?;
+            std::fs::create_dir_all(dir.join("next")).with_context(|| format!("creating {}", dir.join("next").display()))?;
+            replace(&dir.join(NEXT_KEY), &next.key_pem, true)?;
+            replace(&dir.join(NEXT_ANCHOR), &next.cert_pem, false)?;
+            let bundle: String = rotation.anchors.iter().map(|a| cert_pem(&a.der)).chain([next.cert_pem.clone()]).collect();
+            replace(&bundle_path, &bundle, false)?;
+            println!("step 1 of 3: the new anchor {name} joined the bundle {}", bundle_path.display());
+            println!("next: wait until every proxy has read it (at once in local mode; in a cluster, after `kubectl apply`, the kubelet updates the");
+            println!("      ConfigMap volume within about a minute and proxies follow it), then run knit identity rotate again to switch the issuer");
+        }
+        Step::AnchorAdded { new } => {
+            let next = Credentials { cert_pem: read(&dir.join(NEXT_ANCHOR))?, key_pem: read(&dir.join(NEXT_KEY))? };
+            let ours = pem_certs(&next.cert_pem).map_err(anyhow::Error::msg)?;
+            if ours.first().map(|d| fingerprint(d)) != Some(new.sha256.clone()) {
+                bail!(
+                    "the bundle's new anchor {} is not the one in {}: was step 1 run from another directory?",
+                    new.info.subject,
+                    dir.join(NEXT_ANCHOR).display()
+                );
+            }
+            let name = format!("identity-{}", new.info.subject.trim_start_matches("CN=").trim_start_matches("root-"));
+            let issuer = create::issuer(&name, args.issuer_lifetime, &next)?;
+            replace(&dir.join(layout::ISSUER_KEY), &issuer.key_pem, true)?;
+            replace(&issuer_path, &issuer.cert_pem, false)?;
+            println!("step 2 of 3: the issuer is now {name}, signed by {}; new leaves chain to it", new.info.subject);
+            println!("next: wait until every proxy has refreshed its leaf (within 70% of a leaf's lifetime, 24h by default), then run knit identity");
+            println!("      rotate --control-admin ADDR again: it removes the old anchor once knit-control reports no leaf under it");
+        }
+        Step::IssuerSwitched { old } => {
+            if args.control_admins.is_empty() {
+                bail!(
+                    "removing the old anchor needs knit-control's word that no proxy depends on it: name its admin address with --control-admin \
+                     (in a cluster: kubectl -n {} port-forward deploy/knit-control 9990, then --control-admin 127.0.0.1:9990)",
+                    args.namespace
+                );
+            }
+            still_on_old(&args.control_admins, &rotation)?;
+            replace(&bundle_path, &cert_pem(&rotation.current.der), false)?;
+            let next_anchor = read(&dir.join(NEXT_ANCHOR)).ok().and_then(|p| pem_certs(&p).ok()).and_then(|c| c.first().map(|d| fingerprint(d)));
+            if next_anchor.as_deref() == Some(rotation.current.sha256.as_str()) {
+                std::fs::rename(dir.join(NEXT_KEY), dir.join(layout::ANCHOR_KEY)).context("moving the new anchor's key into place")?;
+                let _ = std::fs::remove_dir_all(dir.join("next"));
+            }
+            let names: Vec<&str> = old.iter().map(|a| a.info.subject.as_str()).collect();
+            println!("step 3 of 3: {} left the bundle; it holds {} alone. The rotation is complete.", names.join(", "), rotation.current.info.subject);
+        }
+    }
+    if args.manifests {
+        let issuer = Credentials { cert_pem: read(&issuer_path)?, key_pem: read(&dir.join(layout::ISSUER_KEY))? };
+        let objects = crate::install::identity_objects(&args.namespace, &read(&bundle_path)?, &issuer);
+        print!("{}", crate::install::to_yaml(&objects));
+    }
+    Ok(())
+}
+
+/// Fails, naming them, while any proxy's leaf chains to an anchor other than the issuer's.
+fn still_on_old(admins: &[SocketAddr], rotation: &Rotation) -> anyhow::Result<()> {
+    let mut behind: Vec<Leaf> = Vec::new();
+    for admin in admins {
+        let body = crate::identity::http_get(*admin, "/identity/leaves").map_err(|e| anyhow::anyhow!("knit-control at {admin}: {e}"))?;
+        let report: LeavesReport = serde_json::from_str(&body).with_context(|| format!("knit-control at {admin}: /identity/leaves"))?;
+        if !report.complete {
+            bail!(
+                "knit-control at {admin} started too recently to know every proxy's leaf (leaves signed before it started are unknown to it): \
+                 run again in {}s",
+                report.complete_in
+            );
+        }
+        behind.extend(report.leaves.into_iter().filter(|l| l.anchor_sha256 != rotation.current.sha256));
+    }
+    if behind.is_empty() {
+        return Ok(());
+    }
+    behind.sort_by_key(|l| l.not_after);
+    let last = behind.last().map(|l| time::OffsetDateTime::from_unix_timestamp(l.not_after).map(relative).unwrap_or_default()).unwrap_or_default();
+    let mut names: Vec<&str> = behind.iter().map(|l| l.identity.as_str()).collect();
+    names.dedup();
+    let shown = names.iter().take(10).copied().collect::<Vec<_>>().join(", ");
+    let more = if names.len() > 10 { format!(" and {} more", names.len() - 10) } else { String::new() };
+    bail!(
+        "refusing to remove the old anchor: {} proxy leaf(s) still chain to it ({shown}{more}); they refresh before they expire (the last {last}): run again then",
+        behind.len()
+    )
+}
