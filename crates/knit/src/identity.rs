@@ -280,7 +280,8 @@ pub fn http_get(admin: std::net::SocketAddr, path: &str) -> Result<String, Strin
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)).map_err(|e| format!("cannot reach the admin server: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: knit-cli\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    // One write: `write!` would send the pieces separately.
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: knit-cli\r\nConnection: close\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
     let mut rsp = Vec::new();
     s.take(64 << 20).read_to_end(&mut rsp).map_err(|e| e.to_string())?;
     let rsp = String::from_utf8_lossy(&rsp);

@@ -122,7 +122,6 @@ impl Values {
     /// SHA-256 of the trust anchors, hex: the `linkerd.io/trust-root-sha256` annotation, so a
     /// rotation shows which pods still carry the old bundle.
     pub fn trust_root_sha256(&self) -> String {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.trust_anchors_pem.as_bytes());
-        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        knit_identity::inspect::fingerprint(self.trust_anchors_pem.as_bytes())
     }
 }

@@ -81,9 +81,14 @@ async fn injects_pods_over_https_and_refuses_bad_annotations() {
     assert_eq!(patched["spec"]["initContainers"][1]["resources"]["requests"]["cpu"], "150m");
     assert_eq!(patched["metadata"]["labels"]["linkerd.io/proxy-deployment"], "books", "the ReplicaSet's Deployment");
     assert_eq!(patched["metadata"]["labels"]["linkerd.io/workload-ns"], "shop", "the namespace comes from the request");
+    // The proxy follows its namespace's copy of the bundle; the pod is annotated with the digest
+    // of the control plane's bundle at injection time.
     let anchors = std::fs::read_to_string(pki.dir.join(knit_identity::layout::TRUST_ANCHORS)).unwrap();
     let env = patched["spec"]["initContainers"][1]["env"].as_array().unwrap();
-    assert!(env.iter().any(|e| e["name"] == "KNIT_PROXY_IDENTITY_TRUST_ANCHORS" && e["value"] == anchors.as_str()), "the control plane's anchors");
+    assert!(env.iter().any(|e| e["name"] == "KNIT_PROXY_IDENTITY_TRUST_ANCHORS_FILE" && e["value"] == "/var/run/knit/identity/trust-roots/ca-bundle.crt"));
+    assert!(patched["spec"]["volumes"].as_array().unwrap().iter().any(|v| v["configMap"]["name"] == "knit-identity-trust-roots"));
+    let digest = knit_identity::inspect::fingerprint(anchors.as_bytes());
+    assert_eq!(patched["metadata"]["annotations"]["linkerd.io/trust-root-sha256"], digest.as_str(), "the control plane's anchors");
 
     // Not opted in: allowed unchanged.
     let (status, rsp) = post(addr, &ca, review(|_| {}).to_string()).await;

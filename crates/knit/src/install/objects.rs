@@ -25,9 +25,11 @@ fn meta_in(ns: &str, name: &str, component: &str) -> Value {
     json!({"name": name, "namespace": ns, "labels": labels_in(ns, component)})
 }
 
-/// The trust bundle (Linkerd's `linkerd-identity-trust-roots`) and the issuer as a
-/// `kubernetes.io/tls` Secret, the shape cert-manager writes (`ca.crt`: here the bundle):
-/// what `knit install` renders and `knit identity rotate --manifests` prints at each step.
+/// The trust bundle (Linkerd's `linkerd-identity-trust-roots`) and the issuer Secret with the
+/// keys cert-manager writes (`tls.crt`, `tls.key`, `ca.crt`: here the bundle): what `knit
+/// install` renders and `knit identity rotate --manifests` prints at each step. Its type stays
+/// `Opaque`, as earlier installations made it: a Secret's type cannot change, so an upgrade
+/// applied over it would fail; knit-control reads a `kubernetes.io/tls` one the same way.
 pub fn identity_objects(ns: &str, anchors_pem: &str, issuer: &knit_identity::create::Credentials) -> [Value; 2] {
     let data: serde_json::Map<String, Value> = [("ca.crt", anchors_pem), ("tls.crt", &issuer.cert_pem), ("tls.key", &issuer.key_pem)]
         .iter()
@@ -35,7 +37,7 @@ pub fn identity_objects(ns: &str, anchors_pem: &str, issuer: &knit_identity::cre
         .collect();
     [
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta_in(ns, TRUST_ROOTS, "identity"), "data": {"ca-bundle.crt": anchors_pem}}),
-        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": meta_in(ns, "knit-identity-issuer", "identity"), "data": data}),
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta_in(ns, "knit-identity-issuer", "identity"), "data": data}),
     ]
 }
 

@@ -57,9 +57,16 @@ fn least_privilege() {
         let verbs: Vec<&str> = rule["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         let resources = rule["resources"].to_string();
         let reviews = resources == r#"["tokenreviews"]"# || resources == r#"["subjectaccessreviews"]"#;
-        assert!(verbs == ["get", "list", "watch"] || (reviews && verbs == ["create"]), "{rule}");
+        // The one write: the trust bundle's ConfigMap in every namespace (--distribute-trust-roots).
+        let bundle = resources == r#"["configmaps"]"# && verbs == ["get", "list", "watch", "create", "patch"];
+        assert!(verbs == ["get", "list", "watch"] || (reviews && verbs == ["create"]) || bundle, "{rule}");
         assert!(!resources.contains("secrets") && !resources.contains('*'), "{rule}");
     }
+    // With trust-manager writing the bundle, knit-control writes nothing.
+    let external = Options { external_issuer: true, ..options(false) };
+    let objects_external = render(&external, &material());
+    let role = find(&objects_external, "ClusterRole", "knit-control-knit");
+    assert!(role["rules"].as_array().unwrap().iter().all(|r| !r["resources"].to_string().contains("configmaps")), "{role}");
     // In kube-system, only the role that reads how the API server's front proxy authenticates.
     for o in objects.iter().filter(|o| o["metadata"]["namespace"] == "kube-system") {
         assert_eq!((o["kind"].as_str(), o["roleRef"]["name"].as_str()), (Some("RoleBinding"), Some("extension-apiserver-authentication-reader")), "{o}");

@@ -64,7 +64,7 @@ fn rotate_steps_and_refuses_to_drop_an_anchor_a_proxy_still_depends_on() {
     // 2. The issuer switches to one the new anchor signs; --manifests prints what to apply.
     let (ok, out) = rotate(&["--manifests"]);
     assert!(ok && out.contains("step 2 of 3"), "{out}");
-    assert!(out.contains("kind: ConfigMap") && out.contains("name: knit-identity-trust-roots") && out.contains("type: kubernetes.io/tls"), "{out}");
+    assert!(out.contains("kind: ConfigMap") && out.contains("name: knit-identity-trust-roots") && out.contains("ca.crt:"), "{out}");
 
     // 3. Refused without knit-control's word, and at once after the switch: the proxy's leaf
     // still chains to the old anchor (or knit-control is too young to know every leaf).

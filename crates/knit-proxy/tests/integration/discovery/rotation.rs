@@ -90,6 +90,7 @@ async fn anchor_rotation_and_issuer_renewal_through_kubelet_volumes_drop_no_requ
     });
     let mut mesh = LocalMesh::start_tls_configured("rotation-volumes", configure).await;
     let roots = KubeletVolume(mesh.dir.join("trust-roots"));
+    let roots_dir = &roots.0;
     let issuer_volume = KubeletVolume(mesh.dir.join("issuer"));
     mesh.anchors_file = roots.0.join("ca-bundle.crt");
     mesh.min_refresh = Duration::from_millis(500);
@@ -127,16 +128,22 @@ async fn anchor_rotation_and_issuer_renewal_through_kubelet_volumes_drop_no_requ
             while inflight.join_next().await.is_some() {}
         })
     };
-    let anchor_reloads = || async move {
+    // Each proxy reads the bundle when it changes and at every refresh (whichever comes first
+    // sees a new bundle): the sum of both counts moves once it has read the bundle written.
+    let bundle_reads = || async move {
         let mut v = Vec::new();
         for a in admins {
-            v.push(sum_metric(&scrape(a).await, "identity_trust_anchor_reloads_total", &[r#"result="ok""#]));
+            let m = scrape(a).await;
+            v.push(sum_metric(&m, "identity_trust_anchor_reloads_total", &[r#"result="ok""#]) + sum_metric(&m, "identity_cert_refreshes_total", &[]));
         }
         v
     };
-    // Every proxy has followed the bundle `n` times.
-    let followed =
-        |n: f64| async move { crate::harness::eventually(Duration::from_secs(20), || async { anchor_reloads().await.iter().all(|r| *r >= n) }).await };
+    // Writes the bundle, and returns once every proxy has read it.
+    let write_bundle = |pem: String| async move {
+        let before = bundle_reads().await;
+        KubeletVolume(roots_dir.clone()).write(&[("ca-bundle.crt", &pem)]);
+        crate::harness::eventually(Duration::from_secs(30), || async { bundle_reads().await.iter().zip(&before).all(|(now, b)| now > b) }).await
+    };
     // knit-control knows every proxy's leaf and each chains to `anchor` under `issuer`.
     let control_admin = mesh.control.admin;
     let leaves_under = |anchor: String, issuer: String| async move {
@@ -154,15 +161,13 @@ async fn anchor_rotation_and_issuer_renewal_through_kubelet_volumes_drop_no_requ
 
     // 1. The new anchor joins the bundle (kubectl apply of the ConfigMap, then the kubelet).
     let new_anchor = create::trust_anchor("root-2.knit.cluster.local", 10 * YEAR).unwrap();
-    roots.write(&[("ca-bundle.crt", &format!("{}{}", old_anchor.cert_pem, new_anchor.cert_pem))]);
-    assert!(followed(1.0).await, "every proxy followed the two-anchor bundle: {:?}", anchor_reloads().await);
+    assert!(write_bundle(format!("{}{}", old_anchor.cert_pem, new_anchor.cert_pem)).await, "every proxy read the two-anchor bundle");
     // 2. The issuer Secret switches to an issuer under the new anchor.
     let issuer_2 = create::issuer("identity-2.knit.cluster.local", YEAR, &new_anchor).unwrap();
     issuer_volume.write(&pairs(&tls_secret(&issuer_2, &new_anchor)));
     assert!(leaves_under("root-2".into(), "identity-2".into()).await, "every leaf chains to the new anchor: {:?}", leaves(control_admin).await);
     // 3. The old anchor leaves the bundle.
-    roots.write(&[("ca-bundle.crt", &new_anchor.cert_pem)]);
-    assert!(followed(2.0).await, "every proxy followed the bundle without the old anchor");
+    assert!(write_bundle(new_anchor.cert_pem.clone()).await, "every proxy read the bundle without the old anchor");
     // 4. cert-manager renews the issuer (a new key under the same anchor).
     let issuer_3 = create::issuer("identity-3.knit.cluster.local", YEAR, &new_anchor).unwrap();
     issuer_volume.write(&pairs(&tls_secret(&issuer_3, &new_anchor)));
