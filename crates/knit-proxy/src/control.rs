@@ -43,7 +43,7 @@ impl std::fmt::Display for ControlAddr {
 
 /// Client TLS for the control plane, following the trust-anchor bundle: [`Self::config`] reads
 /// it again and rebuilds the configuration when its contents changed. A bundle that cannot be
-/// read or holds no anchor keeps the previous configuration (and says so once).
+/// read or holds no anchor keeps the previous configuration (and says so at each connection).
 pub struct ControlTls {
     anchors: TrustAnchors,
     /// The bundle's bytes and the configuration built from them.
