@@ -6,7 +6,8 @@
 # (server, psql, pgbench), podman and binutils (strip) for the container images; Python: grpcio,
 # grpcio-tools, kubernetes-validate, jsonschema, playwright (driving Debian's chromium: never
 # `playwright install`, which downloads browsers from a CDN);
-# helm (scripts/install-tools.sh, into target/tools).
+# helm (scripts/install-tools.sh, into target/tools); Node.js and npm (Debian's, when missing),
+# for cert-manager's schemas (tests/k8s/cert-manager).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,18 @@ if ! python3 -c 'import grpc, grpc_tools, kubernetes_validate, jsonschema, playw
     python3 -m pip install --quiet grpcio grpcio-tools kubernetes-validate jsonschema playwright
 fi
 scripts/install-tools.sh
+# cert-manager's and trust-manager's CRD schemas (npm, pinned by package-lock.json), for the
+# objects `knit install --identity-external-issuer` renders.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "==> installing: nodejs npm"
+    sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if ! cmp -s tests/k8s/cert-manager/package-lock.json tests/k8s/cert-manager/node_modules/.installed-lock.json 2>/dev/null; then
+    echo "==> installing cert-manager's schemas (npm ci in tests/k8s/cert-manager)"
+    (cd tests/k8s/cert-manager && npm ci --silent --no-audit --no-fund && cp package-lock.json node_modules/.installed-lock.json)
+fi
 
 echo "==> formatting and lints"
 cargo fmt --all --check

@@ -9,11 +9,11 @@ a. A live local mesh (`knit demo`): the pages load without console errors, the n
    updates off), the deployment page shows callers, destinations, exactly its pods (as
    /api/stat?kind=pod&deployment= lists them) and its routes and authorization decisions (as
    `knit viz routes` and `knit viz authz` report them), the certificates page lists every pod with its
-   time left, and the tap page streams (or says tap is missing when /api/tap is 404).
+   time left and the issuer and trust anchors (as /api/identity), and the tap page streams (or says tap is missing when /api/tap is 404).
 b. 5,000 workloads (fake proxies, tests/dashboard/fake_proxies.py, scraped by a real
    knit-control): first render of the biggest namespace and of all deployments, a sort, a
-   filter, paging, the overview with its server-paged edges table, the certificates page (and
-   its "expiring within 6h only" filter) and a deployment with a pod that has no proxy, each
+   filter, paging, the overview with its server-paged edges table, the certificates page (its
+   "expiring within 6h only" filter, and an anchor and issuer highlighted 30 and 7 days ahead) and a deployment with a pod that has no proxy, each
    timed and checked against the API; the DOM never holds more than a few hundred table rows.
    Timings are printed and written to bench/dashboard-results.md; only correctness is asserted.
 
@@ -384,6 +384,33 @@ def check_policy_table(pg, knit, viz, view, name, namespace="demo"):
     return sorted(seen["cli"])
 
 
+def check_trust(pg, base, levels, where):
+    """The certificates page's issuer and trust-anchor table: one row for the issuer and one per
+    anchor, as /api/identity lists them, each highlighted at the level `levels` says
+    ({"issuer": ..., "anchor": ...}: ok, warning within 30 days, critical within 7)."""
+    api = get_json(base + "/api/identity")
+    want = [("issuer", api["issuer"]["subject"], str(api["issuer"]["not_after"]))]
+    want += [("anchor", a["subject"], str(a["not_after"])) for a in api["anchors"]]
+    pg.wait("""(n) => { const w = document.querySelector('[data-testid="trust-wrap"]');
+              return w && w.dataset.state === 'ready' && document.querySelectorAll('[data-testid="trust-row"]').length === n; }""",
+            len(want), what="the issuer and trust-anchor table")
+    rows = pg.page.evaluate("""() => [...document.querySelectorAll('[data-testid="trust-row"]')].map(r => ({kind: r.dataset.kind,
+              subject: r.dataset.subject, notAfter: r.dataset.notAfter, level: r.dataset.level, cls: r.className,
+              left: r.querySelector('[data-col="time-left"]').textContent, current: r.dataset.current}))""")
+    check([(r["kind"], r["subject"], r["notAfter"]) for r in rows] == want, f"{where}: the issuer and every trust anchor, as /api/identity lists them", rows)
+    got = {r["kind"]: r["level"] for r in rows}
+    check(got == levels, f"{where}: expiry levels {levels}", rows)
+    for r in rows:
+        cls = {"ok": "", "warning": "expiring", "critical": "expired"}[r["level"]]
+        badge = {"ok": None, "warning": "expires within 30 days", "critical": "expires within 7 days"}[r["level"]]
+        check((cls in r["cls"].split()) if cls else not ({"expiring", "expired"} & set(r["cls"].split())), f"{where}: the {r['kind']} row highlighted as {r['level']}", r)
+        check(badge is None or r["left"].endswith(badge), f"{where}: the {r['kind']} row's badge says {badge}", r)
+    check(sum(r["current"] == "true" for r in rows if r["kind"] == "anchor") == 1, f"{where}: one anchor marked as the issuer's", rows)
+    step = pg.page.get_attribute('[data-testid="rotation-step"]', "data-step")
+    check(step == api["step"], f"{where}: the rotation step is /api/identity's ({api['step']})", step)
+    return api
+
+
 def test_demo(bin_dir, browser, procs):
     log("\n== a. a live local mesh: knit demo")
     knit = os.path.join(bin_dir, "knit")
@@ -515,6 +542,9 @@ def test_demo(bin_dir, browser, procs):
               "certificates: time left shown (a 24h certificate: about 23h 59m)", [(c["pod"], c["left"]) for c in certs])
         check(all(c["expiring"] == "false" for c in certs), "certificates: none highlighted as expiring (< 6h)")
         check(all(c["identity"].endswith(".demo.serviceaccount.identity.knit.cluster.local") for c in certs), "certificates: each pod's identity")
+        trust = check_trust(pg, base, {"issuer": "ok", "anchor": "ok"}, "certificates")
+        check(trust["leaves"]["total"] >= len(DEMO_PODS) and trust["leaves"]["behind"] == 0,
+              f"certificates: /api/identity counts the demo's leaves ({trust['leaves']['total']}), none under an old anchor", trust["leaves"])
 
         # Tap.
         tap = tap_available(base)
@@ -676,7 +706,9 @@ def test_scale(bin_dir, browser, procs, n_workloads, n_namespaces, results_path)
         ok(f"{n_workloads:,} ExternalWorkloads written ({len(by_ns)} namespaces, the biggest {biggest} with {len(by_ns[biggest]):,}); fake proxies on 0.0.0.0:{port}")
 
         knit, control_bin = os.path.join(bin_dir, "knit"), os.path.join(bin_dir, "knit-control")
-        init = subprocess.run([knit, "identity", "init", "--dir", os.path.join(tmp, "identity")], capture_output=True, text=True, timeout=60)
+        # An anchor and an issuer near their end: the certificates page highlights them.
+        init = subprocess.run([knit, "identity", "init", "--dir", os.path.join(tmp, "identity"), "--anchor-lifetime", "20d", "--issuer-lifetime", "5d"],
+                              capture_output=True, text=True, timeout=60)
         if init.returncode != 0:
             raise Failure(f"knit identity init: {init.stderr}")
         any_port = "127.0.0.1:0"
@@ -929,6 +961,7 @@ def test_scale(bin_dir, browser, procs, n_workloads, n_namespaces, results_path)
             check(soon_before <= expiring <= soon_after and low <= expiring <= high,
                   f"certificates: {expiring:,} expiring within 6h, as /api/certificates?expiring_within=6h ({soon_before:,} to {soon_after:,}; the plan: {low:,} to {high:,})")
             timings.append((f"certificates ({n_workloads:,}), first render, soonest first", wall, server_certs, "page load to rows; server: /api/certificates?sort=expires_at"))
+            check_trust(pg, base, {"issuer": "critical", "anchor": "warning"}, "certificates")
 
             # The "expiring within 6h only" checkbox: the server's expiring_within=6h.
             server = timed_get(base + "/api/certificates?" + urllib.parse.urlencode({"sort": "expires_at", "limit": 50, "expiring_within": "6h"}), 120)[1]

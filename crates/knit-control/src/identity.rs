@@ -196,7 +196,10 @@ fn load_state(cfg: &IdentityConfig, tokens: Option<&Arc<dyn TokenValidator>>) ->
     let anchors = text(cfg.trust_anchors())?;
     let mut chain = text(cfg.issuer_cert())?;
     if let Some(path) = &cfg.issuer_ca {
-        chain.push_str(&completion(&text(path.clone())?, &anchors));
+        let completion = knit_identity::inspect::chain_completion(&text(path.clone())?, &format!("{anchors}\n{chain}"));
+        if !completion.is_empty() {
+            chain = format!("{}\n{completion}", chain.trim_end());
+        }
     }
     let ca = Ca::load(&chain, &text(cfg.issuer_key())?, &anchors, cfg.issuance_lifetime, cfg.clock_skew)
         .map_err(|e| anyhow::anyhow!("issuer {}: {e}", cfg.issuer_cert().display()))?;
@@ -208,19 +211,6 @@ fn load_state(cfg: &IdentityConfig, tokens: Option<&Arc<dyn TokenValidator>>) ->
         }
     };
     Ok(State { ca: Arc::new(ca), tokens })
-}
-
-/// The certificates of the issuer Secret's `ca.crt` (cert-manager writes the CA that signed
-/// `tls.crt` there) that are not anchors themselves: an intermediate CA between the issuer and
-/// the bundle, which completes the chain leaves are served with.
-fn completion(ca_pem: &str, anchors_pem: &str) -> String {
-    let anchors = knit_identity::inspect::pem_certs(anchors_pem).unwrap_or_default();
-    knit_identity::inspect::pem_certs(ca_pem)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| !anchors.contains(c))
-        .map(|c| knit_identity::inspect::cert_pem(&c))
-        .collect()
 }
 
 impl Service {

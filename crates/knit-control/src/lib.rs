@@ -156,6 +156,7 @@ impl Control {
         let viz_api = viz::Viz::new(
             &config.viz,
             index.clone(),
+            service.clone(),
             Arc::new(viz::tap::Client::new(service.clone(), index.config().identity("knit-control", &config.discovery.control_plane_namespace))),
         )?;
         let tap_api = match (tap_api_tls, client) {

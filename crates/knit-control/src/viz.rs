@@ -24,6 +24,9 @@
 //!   identity and certificate expiry; paged as stat is (`sort=name|expires_at`, soonest first).
 //!   `proxies` and `without_expiry` count the namespace and deployment's proxies before paging.
 //!
+//! - `GET /api/identity`: the issuer and the trust anchors, their expiry, where an anchor
+//!   rotation stands, and the leaves this control plane signed under each anchor ([`trust`]).
+//!
 //! Answers computed from metrics say `as_of`: when the data was last scraped (Unix seconds).
 //! - `GET /api/tap?namespace=NS&resource=KIND/NAME&method=GET&path=PREFIX&authority=PREFIX&max_rps=100&limit=N`:
 //!   a live stream of requests (newline-delimited JSON, one object per completed request, or
@@ -41,6 +44,7 @@ pub mod routes;
 pub mod stat;
 pub mod store;
 pub mod tap;
+pub mod trust;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -57,6 +61,8 @@ pub struct Viz {
     pub store: Arc<store::Store>,
     pub source: query::Source,
     pub tap: Arc<tap::Client>,
+    /// The issuer and its trust anchors, for `/api/identity`.
+    pub identity: Arc<crate::identity::Service>,
     /// Answers by query, with the scrape round they were computed in: pages and refreshes of the
     /// same view within a round cost only the paging.
     cache: Arc<std::sync::Mutex<Cache>>,
@@ -72,13 +78,18 @@ enum Cached {
 }
 
 impl Viz {
-    pub fn new(config: &crate::config::VizConfig, index: Arc<crate::index::Index>, tap: Arc<tap::Client>) -> Result<Self, query::QueryError> {
+    pub fn new(
+        config: &crate::config::VizConfig,
+        index: Arc<crate::index::Index>,
+        identity: Arc<crate::identity::Service>,
+        tap: Arc<tap::Client>,
+    ) -> Result<Self, query::QueryError> {
         let store = Arc::new(store::Store::new(config.viz_retention));
         let source = match &config.prometheus_url {
             Some(url) => query::Source::Prometheus(Arc::new(query::Prometheus::new(url)?)),
             None => query::Source::Store(store.clone()),
         };
-        Ok(Self { index, store, source, tap, cache: Default::default() })
+        Ok(Self { index, store, source, tap, identity, cache: Default::default() })
     }
 
     /// The meshed workloads' proxies, as the index knows them now.
@@ -225,6 +236,7 @@ impl Viz {
                     Err(e) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
                 }
             }
+            "/api/identity" => (StatusCode::OK, serde_json::json!(trust::report(&self.identity))),
             "/api/targets" => {
                 let groups: Vec<serde_json::Value> = self
                     .targets()

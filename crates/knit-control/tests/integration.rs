@@ -108,6 +108,21 @@ async fn certifies_a_proxy_and_serves_expiry_metrics() {
     let report: knit_control::identity::LeavesReport = serde_json::from_str(body).unwrap();
     assert_eq!(report.leaves.len(), 1);
     assert_eq!(report.leaves[0].anchor_sha256, sha256);
+    // The dashboard's trust panel: the same anchor, its expiry, and the leaf under it.
+    let answer = admin_get(addrs.viz, "/api/identity").await;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    let trust: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(trust["step"], "steady", "{trust}");
+    assert_eq!(trust["anchors"].as_array().unwrap().len(), 1, "{trust}");
+    let a = &trust["anchors"][0];
+    assert_eq!(
+        (a["sha256"].as_str(), a["not_after"].as_i64(), a["current"].as_bool(), a["leaves"].as_u64()),
+        (Some(sha256.as_str()), Some(anchor.not_after.unix_timestamp()), Some(true), Some(1))
+    );
+    assert_eq!(trust["issuer"]["subject"], issuer.subject.as_str());
+    assert_eq!((trust["leaves"]["total"].as_u64(), trust["leaves"]["behind"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(trust["warn_secs"], 30 * 86_400);
 }
 
 #[tokio::test]
@@ -179,6 +194,41 @@ async fn issuer_rotation_is_picked_up_without_a_restart() {
     }
     assert!(rotated, "new leaves come from the new issuer");
     let _ = client.certify(request(ID, token(&pki.key, ID, 600), csr::generate(ID).unwrap().csr_der)).await.unwrap();
+}
+
+/// The issuer Secret as cert-manager writes it for a CA Issuer whose own Secret holds only an
+/// intermediate: `tls.crt` is the issuer alone and `ca.crt` the intermediate, which
+/// `--issuer-ca` adds to the chain every leaf is served with. (The recorded Secret is the
+/// CLI's fixture; its `tls.crt` carries the chain, which is split here into the two files.)
+#[tokio::test]
+async fn the_issuer_secrets_ca_crt_completes_the_chain() {
+    use base64::Engine;
+    let pki = pki("issuer-ca");
+    let recorded: serde_json::Value = serde_json::from_str(include_str!("../../knit/tests/k8s/cert-manager-identity.json")).unwrap();
+    let data = |key: &str| {
+        let b64 = recorded["items"][0]["data"][key].as_str().unwrap();
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
+    };
+    let chain = knit_identity::inspect::pem_certs(&data("tls.crt")).unwrap();
+    let secret = pki.dir.join("issuer-secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("tls.crt"), knit_identity::inspect::cert_pem(&chain[0])).unwrap();
+    std::fs::write(secret.join("tls.key"), data("tls.key")).unwrap();
+    std::fs::write(secret.join("ca.crt"), knit_identity::inspect::cert_pem(&chain[1])).unwrap();
+    std::fs::write(pki.dir.join(layout::TRUST_ANCHORS), data("ca.crt")).unwrap();
+    let mut identity = IdentityConfig::for_dir(&pki.dir);
+    identity.issuer_cert = Some(secret.join("tls.crt"));
+    identity.issuer_key = Some(secret.join("tls.key"));
+    // Without ca.crt the issuer does not reach the anchor: start-up is refused.
+    let err = Control::bind(Config::local(identity.clone())).await.err().expect("refused without ca.crt");
+    assert!(format!("{err:#}").contains("does not chain to any trust anchor"), "{err:#}");
+    identity.issuer_ca = Some(secret.join("ca.crt"));
+    let control = Control::bind(Config::local(identity)).await.expect("control plane starts");
+    let addrs = control.addrs();
+    tokio::spawn(control.run(std::future::pending()));
+    let mut client = IdentityClient::connect(format!("http://{}", addrs.identity)).await.unwrap();
+    let rsp = client.certify(request(ID, token(&pki.key, ID, 600), csr::generate(ID).unwrap().csr_der)).await.expect("certified").into_inner();
+    assert_eq!(rsp.intermediate_certificates, chain, "the leaf is served with the issuer and the intermediate");
 }
 
 #[tokio::test]

@@ -117,7 +117,8 @@ impl Ca {
         let issuer_info = CertInfo::from_der(issuer_der).map_err(|e| LoadError::Parse(e.to_string()))?;
         let issuer = Issuer::from_ca_cert_der(&issuer_der.clone().into(), key).map_err(|e| LoadError::Parse(e.to_string()))?;
         let anchors_der = anchors.clone();
-        let anchors = anchors.iter().filter_map(|a| CertInfo::from_der(a).ok()).collect();
+        // Every anchor parsed, so that `anchors`, `anchors_der` and `issuer_anchor` agree.
+        let anchors = anchors.iter().map(|a| CertInfo::from_der(a)).collect::<Result<_, _>>().map_err(|e| LoadError::Parse(format!("a trust anchor: {e}")))?;
         Ok(Self { issuer, issuer_info, chain, anchors, anchors_der, issuer_anchor, lifetime, skew })
     }
 

@@ -153,3 +153,12 @@ pub fn cert_pem(der: &[u8]) -> String {
     let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
     format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
 }
+
+/// The certificates of `ca_pem` that are not in `known_pem` (the bundle and the issuer's chain so
+/// far), as PEM: what the issuer Secret's `ca.crt` adds to the issuer's chain (cert-manager writes
+/// the CA that signed `tls.crt` there; when that is an intermediate between the issuer and an
+/// anchor, leaves must be served with it).
+pub fn chain_completion(ca_pem: &str, known_pem: &str) -> String {
+    let known = pem_certs(known_pem).unwrap_or_default();
+    pem_certs(ca_pem).unwrap_or_default().into_iter().filter(|c| !known.contains(c)).map(|c| cert_pem(&c)).collect()
+}

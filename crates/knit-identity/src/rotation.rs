@@ -10,7 +10,7 @@
 //! "Newer" is the later `notBefore`: the anchor created for the rotation.
 
 use crate::{
-    ca::anchor_of,
+    ca::{anchor_of, Ca},
     inspect::{fingerprint, pem_certs, CertInfo},
 };
 
@@ -57,7 +57,19 @@ impl Rotation {
         let issuer = chain.first().ok_or("the issuer file holds no certificate")?;
         let ders: Vec<Vec<u8>> = anchors.iter().map(|a| a.der.clone()).collect();
         let at = anchor_of(issuer, &chain[1..], &ders).ok_or("the issuer chains to no anchor in the bundle: switch it back, or add its anchor first")?;
-        let current = anchors[at].clone();
+        Ok(Self::new(anchors, at))
+    }
+
+    /// Where a loaded issuer stands: its bundle, and the anchor it chains to.
+    pub fn of(ca: &Ca) -> Self {
+        let anchors =
+            ca.anchors.iter().zip(&ca.anchors_der).map(|(info, der)| Anchor { info: info.clone(), sha256: fingerprint(der), der: der.clone() }).collect();
+        Self::new(anchors, ca.issuer_anchor)
+    }
+
+    /// `current`: the index in `anchors` (not empty) of the anchor the issuer chains to.
+    fn new(anchors: Vec<Anchor>, current: usize) -> Self {
+        let current = anchors[current].clone();
         let newest = anchors.iter().max_by_key(|a| a.info.not_before).expect("not empty").clone();
         let step = if anchors.len() == 1 {
             Step::Steady
@@ -66,7 +78,7 @@ impl Rotation {
         } else {
             Step::IssuerSwitched { old: anchors.iter().filter(|a| a.sha256 != current.sha256).cloned().collect() }
         };
-        Ok(Self { anchors, current, step })
+        Self { anchors, current, step }
     }
 
     /// One line for `knit check`: the step, and what comes next.

@@ -48,16 +48,16 @@ fn api_err(e: kube::Error) -> String {
     }
 }
 
-pub fn kubernetes(pre: bool, namespace: &str) -> anyhow::Result<()> {
+pub fn kubernetes(pre: bool, namespace: &str, control_admins: &[std::net::SocketAddr]) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let failed = rt.block_on(run(pre, namespace))?;
+    let failed = rt.block_on(run(pre, namespace, control_admins))?;
     if failed > 0 {
         bail!("{failed} check(s) failed");
     }
     Ok(())
 }
 
-async fn run(pre: bool, ns: &str) -> anyhow::Result<usize> {
+async fn run(pre: bool, ns: &str, control_admins: &[std::net::SocketAddr]) -> anyhow::Result<usize> {
     let mut r = Report::default();
     let client = match Client::try_default().await {
         Ok(c) => c,
@@ -89,7 +89,7 @@ async fn run(pre: bool, ns: &str) -> anyhow::Result<usize> {
     if pre {
         pre_install(&client, ns, &mut r).await;
     } else {
-        installed(&client, ns, &mut r).await;
+        installed(&client, ns, control_admins, &mut r).await;
     }
     Ok(r.failed)
 }
@@ -145,7 +145,7 @@ async fn pre_install(client: &Client, ns: &str, r: &mut Report) {
     }
 }
 
-async fn installed(client: &Client, ns: &str, r: &mut Report) {
+async fn installed(client: &Client, ns: &str, control_admins: &[std::net::SocketAddr], r: &mut Report) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for text in install::CRDS {
         let name = crd_name(text);
@@ -180,7 +180,12 @@ async fn installed(client: &Client, ns: &str, r: &mut Report) {
                 m.check().map(|()| "chains to the trust anchors".into()).map_err(|e| format!("{e}; fix: knit upgrade with a new issuer signed by the anchor")),
             );
             r.check("identity issuer expiry", crate::identity::cert_expiry(&m.issuer.cert_pem));
-            r.check("trust-anchor rotation", knit_identity::rotation::Rotation::read(&m.anchors_pem, &m.issuer.cert_pem).map(|r| r.describe()));
+            let rotation = knit_identity::rotation::Rotation::read(&m.anchors_pem, &m.issuer.cert_pem);
+            r.check("trust-anchor rotation", rotation.as_ref().map(|r| r.describe()).map_err(Clone::clone));
+            if let (Ok(rotation), false) = (&rotation, control_admins.is_empty()) {
+                // Blocking HTTP/1 to a loopback port-forward: short, and nothing else runs here.
+                r.check("proxy leaves", crate::identity::proxy_leaves(control_admins, rotation));
+            }
             r.check("webhook certificate expiry", crate::identity::cert_expiry(&m.webhook.cert_pem).map_err(|e| format!("{e}; fix: knit upgrade renews it")));
         }
         Err(e) => r.check("identity material", Err(e.clone())),

@@ -110,7 +110,9 @@ impl Mesh {
             std::fs::write(&split, SPLIT_MANIFEST)?;
         }
         let day = Duration::from_secs(86_400);
-        let params = layout::Params { anchor_lifetime: 30 * day, issuer_lifetime: 7 * day, ..Default::default() };
+        // Removed when the demo ends; long enough that nothing (the dashboard, knit check, the
+        // expiry alerts) warns about it while it runs.
+        let params = layout::Params { anchor_lifetime: 365 * day, issuer_lifetime: 90 * day, ..Default::default() };
         let material = layout::init(&secrets.join("identity"), &params).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut config = knit_control::config::Config::local(knit_control::config::IdentityConfig::for_dir(secrets.join("identity")));
         config.discovery.config_dir = Some(manifests.clone());

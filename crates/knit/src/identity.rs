@@ -156,6 +156,11 @@ pub struct CheckArgs {
     /// A proxy's admin address (repeatable): its certificate's expiry is checked too.
     #[arg(long = "proxy")]
     proxies: Vec<std::net::SocketAddr>,
+    /// knit-control's admin address (repeat it for every replica): the leaves it signed, by
+    /// anchor, and the proxies an anchor rotation still waits for. In a cluster: `kubectl -n knit
+    /// port-forward deploy/knit-control 9990`, then `--control-admin 127.0.0.1:9990`.
+    #[arg(long = "control-admin", conflicts_with = "pre")]
+    control_admins: Vec<std::net::SocketAddr>,
     /// Local mode: check the manifest directory as knit-control reads it (invalid documents,
     /// and fields Knit does not know, which have no effect).
     #[arg(long, conflicts_with = "pre")]
@@ -169,6 +174,7 @@ pub struct CheckArgs {
 struct LocalCheck {
     dir: PathBuf,
     proxies: Vec<std::net::SocketAddr>,
+    control_admins: Vec<std::net::SocketAddr>,
 }
 
 /// `knit check`, the local-mode part: anchors, issuer, and that the issuer chains to an anchor.
@@ -181,9 +187,9 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
         if args.config_dir.is_some() {
             return if failed > 0 { Err(anyhow::anyhow!("{failed} check(s) failed")) } else { Ok(()) };
         }
-        return crate::check::kubernetes(args.pre, &args.namespace);
+        return crate::check::kubernetes(args.pre, &args.namespace, &args.control_admins);
     };
-    let args = LocalCheck { dir, proxies: args.proxies };
+    let args = LocalCheck { dir, proxies: args.proxies, control_admins: args.control_admins };
     let mut report = |ok: Result<String, String>, what: &str| match ok {
         Ok(msg) => println!("√ {what}: {msg}"),
         Err(msg) => {
@@ -218,6 +224,9 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
             report(chained, "issuer chain");
             if let Ok(r) = knit_identity::rotation::Rotation::read(&anchors_pem, &cert) {
                 report(Ok(r.describe()), "trust-anchor rotation");
+                if !args.control_admins.is_empty() {
+                    report(proxy_leaves(&args.control_admins, &r), "proxy leaves");
+                }
             }
         }
         Err(e) => report(Err(format!("{e:#}")), "issuer"),
@@ -229,6 +238,14 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
         bail!("{failed} check(s) failed");
     }
     Ok(())
+}
+
+/// `knit check`'s line on the leaves knit-control signed: where they chain, and the proxies a
+/// rotation waits for (a failure only when knit-control cannot be asked).
+pub fn proxy_leaves(admins: &[std::net::SocketAddr], rotation: &knit_identity::rotation::Rotation) -> Result<String, String> {
+    crate::rotate::Known::fetch(admins)
+        .map(|k| k.describe(rotation))
+        .map_err(|e| format!("{e:#}; fix: point --control-admin at knit-control's admin port (kubectl port-forward in a cluster)"))
 }
 
 /// The manifest directory's files as knit-control reads them: each invalid document is a failed

@@ -143,32 +143,111 @@ pub fn rotate(args: RotateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fails, naming them, while any proxy's leaf chains to an anchor other than the issuer's.
+/// Fails, naming them, while any proxy's leaf chains to an anchor other than the issuer's, or
+/// while a replica is too young to know every proxy's leaf.
 fn still_on_old(admins: &[SocketAddr], rotation: &Rotation) -> anyhow::Result<()> {
-    let mut behind: Vec<Leaf> = Vec::new();
-    for admin in admins {
-        let body = crate::identity::http_get(*admin, "/identity/leaves").map_err(|e| anyhow::anyhow!("knit-control at {admin}: {e}"))?;
-        let report: LeavesReport = serde_json::from_str(&body).with_context(|| format!("knit-control at {admin}: /identity/leaves"))?;
-        if !report.complete {
-            bail!(
-                "knit-control at {admin} started too recently to know every proxy's leaf (leaves signed before it started are unknown to it): \
-                 run again in {}s",
-                report.complete_in
-            );
-        }
-        behind.extend(report.leaves.into_iter().filter(|l| l.anchor_sha256 != rotation.current.sha256));
+    let known = Known::fetch(admins)?;
+    if let Some((admin, secs)) = known.incomplete {
+        bail!(
+            "knit-control at {admin} started too recently to know every proxy's leaf (leaves signed before it started are unknown to it): \
+             run again in {secs}s"
+        );
     }
+    let behind = known.behind(rotation);
     if behind.is_empty() {
         return Ok(());
     }
-    behind.sort_by_key(|l| l.not_after);
+    bail!("refusing to remove the old anchor: {}: run again then", describe_behind(&behind))
+}
+
+/// The unexpired leaves every named knit-control replica signed.
+pub struct Known {
+    pub leaves: Vec<Leaf>,
+    /// A replica that started too recently to know every proxy's leaf, and how long until it does.
+    pub incomplete: Option<(SocketAddr, u64)>,
+}
+
+impl Known {
+    pub fn fetch(admins: &[SocketAddr]) -> anyhow::Result<Self> {
+        let mut known = Self { leaves: Vec::new(), incomplete: None };
+        for admin in admins {
+            let body = crate::identity::http_get(*admin, "/identity/leaves").map_err(|e| anyhow::anyhow!("knit-control at {admin}: {e}"))?;
+            let report: LeavesReport = serde_json::from_str(&body).with_context(|| format!("knit-control at {admin}: /identity/leaves"))?;
+            if !report.complete && known.incomplete.is_none_or(|(_, s)| s < report.complete_in) {
+                known.incomplete = Some((*admin, report.complete_in));
+            }
+            known.leaves.extend(report.leaves);
+        }
+        Ok(known)
+    }
+
+    /// The leaves under an anchor other than the issuer's, soonest to expire first.
+    pub fn behind(&self, rotation: &Rotation) -> Vec<Leaf> {
+        let mut behind: Vec<Leaf> = self.leaves.iter().filter(|l| l.anchor_sha256 != rotation.current.sha256).cloned().collect();
+        behind.sort_by_key(|l| l.not_after);
+        behind
+    }
+
+    /// `knit check`'s line: how many leaves chain where, and who a rotation still waits for.
+    pub fn describe(&self, rotation: &Rotation) -> String {
+        let behind = self.behind(rotation);
+        let mut line = if behind.is_empty() {
+            format!("{} leaf(s), all under the issuer's anchor {}", self.leaves.len(), rotation.current.info.subject)
+        } else {
+            format!("{} of {} leaf(s) are not under the issuer's anchor: {}", behind.len(), self.leaves.len(), describe_behind(&behind))
+        };
+        if let Some((admin, secs)) = self.incomplete {
+            line.push_str(&format!(" (knit-control at {admin} started too recently to know leaves signed before it: complete in {secs}s)"));
+        }
+        line
+    }
+}
+
+/// "N proxy leaf(s) still chain to an old anchor (a, b and 3 more); ..." for leaves sorted by expiry.
+fn describe_behind(behind: &[Leaf]) -> String {
     let last = behind.last().map(|l| time::OffsetDateTime::from_unix_timestamp(l.not_after).map(relative).unwrap_or_default()).unwrap_or_default();
     let mut names: Vec<&str> = behind.iter().map(|l| l.identity.as_str()).collect();
+    names.sort_unstable();
     names.dedup();
     let shown = names.iter().take(10).copied().collect::<Vec<_>>().join(", ");
     let more = if names.len() > 10 { format!(" and {} more", names.len() - 10) } else { String::new() };
-    bail!(
-        "refusing to remove the old anchor: {} proxy leaf(s) still chain to it ({shown}{more}); they refresh before they expire (the last {last}): run again then",
-        behind.len()
-    )
+    format!("{} proxy leaf(s) still chain to an old anchor ({shown}{more}); they refresh before they expire (the last {last})", behind.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(identity: &str, anchor_sha256: &str, not_after: i64) -> Leaf {
+        Leaf {
+            identity: identity.into(),
+            issuer: "CN=issuer".into(),
+            anchor: "CN=root".into(),
+            anchor_sha256: anchor_sha256.into(),
+            not_after,
+            certified_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_leaves_line_names_the_proxies_a_rotation_waits_for() {
+        let old = create::trust_anchor("root-1", Duration::from_secs(86_400)).unwrap();
+        let new = create::trust_anchor("root-2", Duration::from_secs(86_400)).unwrap();
+        let issuer = create::issuer("issuer-2", Duration::from_secs(86_400), &new).unwrap();
+        let rotation = Rotation::read(&format!("{}{}", old.cert_pem, new.cert_pem), &issuer.cert_pem).unwrap();
+        let (old_sha, new_sha) = (rotation.anchors[0].sha256.clone(), rotation.current.sha256.clone());
+        let soon = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+        let mut known = Known { leaves: vec![leaf("a.ns", &new_sha, soon)], incomplete: None };
+        assert!(known.describe(&rotation).starts_with("1 leaf(s), all under the issuer's anchor CN=root-2"), "{}", known.describe(&rotation));
+        known.leaves.extend((0..12).map(|i| leaf(&format!("w{i:02}.ns"), &old_sha, soon + i)));
+        known.leaves.push(leaf("w00.ns", &old_sha, soon + 100));
+        known.incomplete = Some(("127.0.0.1:9990".parse().unwrap(), 7));
+        let line = known.describe(&rotation);
+        assert!(
+            line.starts_with("13 of 14 leaf(s) are not under the issuer's anchor: 13 proxy leaf(s) still chain to an old anchor (w00.ns, w01.ns"),
+            "{line}"
+        );
+        assert!(line.contains("w09.ns and 2 more)") && line.contains("the last in 1h"), "{line}");
+        assert!(line.ends_with("complete in 7s)"), "{line}");
+    }
 }

@@ -169,6 +169,22 @@ fn kubernetes_validate(yaml: &str, version: &str, name: &str) {
     assert!(out.status.success(), "{file} against {version}:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
+/// Validates the cert-manager and trust-manager objects among `objects` against those projects'
+/// CRD schemas (tests/k8s/cert-manager: Node and the npm package scripts/test.sh installs there).
+/// The number of objects checked, or what failed.
+fn cert_manager_validate(objects: &[serde_json::Value], name: &str) -> Result<usize, String> {
+    let file = format!("{}.json", temp_dir(name));
+    std::fs::write(&file, serde_json::to_string(objects).unwrap()).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/k8s/cert-manager/validate.mjs");
+    let out = Command::new("node").arg(&script).arg(&file).output().expect("node is installed (scripts/test.sh installs it)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        return Err(format!("{stdout}{stderr}"));
+    }
+    let counted = stdout.split_whitespace().next().and_then(|n| n.parse().ok());
+    counted.ok_or_else(|| format!("unexpected output: {stdout}{stderr}"))
+}
+
 fn injector_corpus() -> String {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../knit-control/tests/inject");
     ["pod", "deployment", "statefulset", "job", "cronjob", "hostnetwork"]
@@ -187,8 +203,9 @@ fn install_validates_against_kubernetes_1_29_and_newer() {
         }
     }
     // With cert-manager and trust-manager: the Kubernetes objects validate (kubernetes-validate
-    // has no schemas for cert-manager's kinds: it skips them with a warning); the issuer Secret
-    // and the bundle's ConfigMap are theirs to write, the proxies' ConfigMap volume reads it.
+    // has no schemas for cert-manager's kinds: it skips them with a warning, and
+    // cert_manager_validate checks them); the issuer Secret and the bundle's ConfigMap are theirs
+    // to write, the proxies' ConfigMap volume reads it.
     let dir = temp_dir("install-external");
     std::fs::create_dir_all(&dir).unwrap();
     let anchor = knit_identity::create::trust_anchor("root.knit.cluster.local", std::time::Duration::from_secs(86_400)).unwrap();
@@ -201,6 +218,12 @@ fn install_validates_against_kubernetes_1_29_and_newer() {
     assert_eq!(kind("Certificate"), ["knit-identity-issuer"]);
     assert_eq!(kind("Bundle"), ["knit-identity-trust-roots"]);
     assert!(!kind("Secret").contains(&"knit-identity-issuer".to_string()) && !kind("ConfigMap").contains(&"knit-identity-trust-roots".to_string()));
+    assert_eq!(cert_manager_validate(&objects, "install-external"), Ok(3), "the Issuer, the Certificate and the Bundle");
+    let mut broken = objects.clone();
+    let at = broken.iter().position(|o| o["kind"] == "Certificate").unwrap();
+    broken[at]["spec"]["privateKey"]["algorithm"] = "EC".into();
+    let err = cert_manager_validate(&broken, "install-external-broken").unwrap_err();
+    assert!(err.contains("Certificate knit/knit-identity-issuer") && err.contains("privateKey/algorithm"), "{err}");
     let certificate = objects.iter().find(|o| o["kind"] == "Certificate").unwrap();
     assert_eq!(certificate["spec"]["isCA"], true);
     assert_eq!(certificate["spec"]["privateKey"]["encoding"], "PKCS8", "knit-control reads PKCS#8 keys");

@@ -128,8 +128,13 @@ impl Material {
             Ok(decoded)
         };
         let anchors_pem = field("ConfigMap", "knit-identity-trust-roots", "ca-bundle.crt")?;
-        let issuer =
-            Credentials { cert_pem: field("Secret", "knit-identity-issuer", "tls.crt")?, key_pem: field("Secret", "knit-identity-issuer", "tls.key")? };
+        // cert-manager's Secret may hold, in `ca.crt`, the intermediate between the issuer and
+        // the bundle: it completes the chain (as knit-control's --issuer-ca does).
+        let chain = field("Secret", "knit-identity-issuer", "tls.crt")?;
+        let ca = field("Secret", "knit-identity-issuer", "ca.crt").unwrap_or_default();
+        let completion = knit_identity::inspect::chain_completion(&ca, &format!("{anchors_pem}\n{chain}"));
+        let cert_pem = if completion.is_empty() { chain } else { format!("{}\n{completion}", chain.trim_end()) };
+        let issuer = Credentials { cert_pem, key_pem: field("Secret", "knit-identity-issuer", "tls.key")? };
         let webhook =
             Credentials { cert_pem: field("Secret", "knit-proxy-injector-tls", "tls.crt")?, key_pem: field("Secret", "knit-proxy-injector-tls", "tls.key")? };
         let webhook_ca_pem = field("Secret", "knit-proxy-injector-tls", "ca.crt")?;

@@ -112,6 +112,32 @@ fn upgrade_keeps_the_identity_and_uninstall_lists_everything() {
     assert!(err.contains("knit-identity-trust-roots") && err.contains("kubectl get -n knit secret,configmap -o yaml"), "{err}");
 }
 
+/// What `knit check` and `knit upgrade` read from a cluster where cert-manager writes the issuer
+/// Secret (`kubernetes.io/tls`, its chain in `tls.crt`, the anchor in `ca.crt`) and trust-manager
+/// the bundle's ConfigMap: recorded API JSON (`kubectl get -o json`), its issuer two CAs below the
+/// anchor. With the intermediate in `ca.crt` instead (a CA Issuer whose Secret holds only the
+/// intermediate), the chain is completed from it.
+#[test]
+fn cert_managers_issuer_secret_is_read_from_recorded_api_json() {
+    let recorded = include_str!("../../tests/k8s/cert-manager-identity.json");
+    let m = Material::from_manifests(recorded, "knit").unwrap();
+    m.check().unwrap();
+    assert_eq!(knit_identity::inspect::pem_certs(&m.issuer.cert_pem).unwrap().len(), 2, "the issuer and the intermediate");
+    let r = knit_identity::rotation::Rotation::read(&m.anchors_pem, &m.issuer.cert_pem).unwrap();
+    assert_eq!((r.step, r.current.info.subject.as_str()), (knit_identity::rotation::Step::Steady, "CN=root.knit.cluster.local"));
+
+    let mut list: Value = serde_json::from_str(recorded).unwrap();
+    let chain = String::from_utf8(B64.decode(list["items"][0]["data"]["tls.crt"].as_str().unwrap()).unwrap()).unwrap();
+    let certs = knit_identity::inspect::pem_certs(&chain).unwrap();
+    list["items"][0]["data"]["tls.crt"] = B64.encode(knit_identity::inspect::cert_pem(&certs[0])).into();
+    let alone = Material::from_manifests(&list.to_string(), "knit").unwrap();
+    alone.check().unwrap_err();
+    list["items"][0]["data"]["ca.crt"] = B64.encode(knit_identity::inspect::cert_pem(&certs[1])).into();
+    let completed = Material::from_manifests(&list.to_string(), "knit").unwrap();
+    completed.check().unwrap();
+    assert_eq!(knit_identity::inspect::pem_certs(&completed.issuer.cert_pem).unwrap(), certs);
+}
+
 #[test]
 fn the_control_plane_accepts_its_arguments_and_serves_tls_as_the_identity_proxies_expect() {
     use clap::Parser;

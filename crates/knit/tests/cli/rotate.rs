@@ -5,6 +5,17 @@
 use super::{knit, temp_dir};
 use std::time::Duration;
 
+/// The body of an HTTP/1 GET.
+fn http_body(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(out)
+}
+
 fn certs(path: &str) -> usize {
     knit_identity::inspect::pem_certs(&std::fs::read_to_string(path).unwrap()).unwrap().len()
 }
@@ -18,7 +29,7 @@ fn rotate_steps_and_refuses_to_drop_an_anchor_a_proxy_still_depends_on() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     // Leaves live 3 s (plus 1 s of skew each side): the proxy refreshes about every 3.5 s, and
     // knit-control knows every proxy's leaf 5 s after it starts.
-    let admin = rt.block_on(async {
+    let (admin, viz) = rt.block_on(async {
         let mut id = knit_control::config::IdentityConfig::for_dir(&identity);
         id.issuance_lifetime = Duration::from_secs(3);
         id.clock_skew = Duration::from_secs(1);
@@ -42,7 +53,7 @@ fn rotate_steps_and_refuses_to_drop_an_anchor_a_proxy_still_depends_on() {
         });
         let proxy = knit_proxy::Proxy::bind(c, None).await.unwrap();
         tokio::spawn(proxy.run(std::future::pending()));
-        cp.admin
+        (cp.admin, cp.viz)
     });
     let admin = admin.to_string();
     let rotate = |extra: &[&str]| {
@@ -73,6 +84,34 @@ fn rotate_steps_and_refuses_to_drop_an_anchor_a_proxy_still_depends_on() {
     let (ok, out) = rotate(&["--control-admin", &admin]);
     assert!(!ok && (out.contains("refusing to remove the old anchor") || out.contains("started too recently")), "{out}");
     assert_eq!(certs(&bundle), 2, "the old anchor stays while a proxy depends on it");
+    // knit check names the proxies the rotation waits for (the proxy may have refreshed already:
+    // its leaf lives 3 s).
+    let (ok, out) = knit(&["check", "--dir", &identity, "--control-admin", &admin]);
+    assert!(ok, "{out}");
+    let line = out.lines().find(|l| l.starts_with("√ proxy leaves: ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("still chain to an old anchor (web.test.serviceaccount.identity.knit.cluster.local)") || line.contains("all under the issuer's anchor"),
+        "{line}"
+    );
+    // The dashboard's trust panel says the same (knit-control reloads the files within 100 ms).
+    let mut trust = serde_json::Value::Null;
+    for _ in 0..50 {
+        let body = http_body(viz, "/api/identity");
+        trust = serde_json::from_str(&body).unwrap();
+        if trust["step"] == "issuer_switched" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(trust["step"], "issuer_switched", "{trust}");
+    let anchors = trust["anchors"].as_array().unwrap();
+    assert_eq!(anchors.iter().filter(|a| a["current"] == true).count(), 1, "{trust}");
+    assert_eq!(anchors.len(), 2, "{trust}");
+    let behind = trust["leaves"]["behind"].as_u64().unwrap();
+    let shown: Vec<&str> = trust["leaves"]["behind_shown"].as_array().unwrap().iter().map(|b| b["identity"].as_str().unwrap()).collect();
+    assert!(shown.len() as u64 == behind && shown.iter().all(|i| i.starts_with("web.test.")), "{trust}");
+    let (ok, out) = knit(&["check", "--dir", &identity, "--control-admin", "127.0.0.1:1"]);
+    assert!(!ok && out.contains("× proxy leaves: knit-control at 127.0.0.1:1"), "{out}");
     // Once the proxy has refreshed under the new issuer, the old anchor goes.
     let mut last = String::new();
     for _ in 0..60 {

@@ -1,6 +1,6 @@
 // Knit dashboard: plain JavaScript, no build step, no external resources. It reads knit-control's
 // viz API on the same origin (/api/stat, /api/edges, /api/routes, /api/authz, /api/certificates,
-// /api/tap) and refreshes the open view every few seconds in place, so scroll position, filters
+// /api/identity, /api/tap) and refreshes the open view every few seconds in place, so scroll position, filters
 // and focus are kept.
 // The header says when the view was last updated and how old the data is: every metrics answer
 // carries `as_of`, when knit-control's last scrape round ended.
@@ -1482,8 +1482,10 @@
     const pageLabel = h('span', { 'data-testid': 'page' });
     const prev = h('button', { type: 'button', 'aria-label': 'Previous page', 'data-testid': 'page-prev', onclick: () => go(st.offset - st.limit) }, '‹ Prev');
     const next = h('button', { type: 'button', 'aria-label': 'Next page', 'data-testid': 'page-next', onclick: () => go(st.offset + st.limit) }, 'Next ›');
+    const trust = trustPanel();
     const node = h('div', null,
       heading('Certificates', [['Overview', '#/'], ['Certificates', null]]),
+      trust.node,
       panel('Proxy certificates',
         h('p', { class: 'note' }, 'Each proxy\u2019s identity and how long its certificate has left. Rows expiring within 6 hours are highlighted.'),
         summary,
@@ -1592,7 +1594,73 @@
         firstRender('certificates');
       }
     }, err);
-    return { name: 'certificates', title: 'Certificates', node, sections: [section] };
+    return { name: 'certificates', title: 'Certificates', node, sections: [trust.section, section] };
+  }
+
+  // The issuer and the trust anchors (/api/identity): when they expire (highlighted 30 and 7 days
+  // ahead, as the shipped alert rules fire), where an anchor rotation stands, and the proxies it
+  // still waits for.
+  function trustPanel() {
+    const err = errorSlot();
+    const step = h('p', { class: 'note', 'data-testid': 'rotation-step' });
+    const cols = ['Certificate', 'SHA-256', 'Expires', 'Time left', 'Leaves'];
+    const tbody = h('tbody');
+    const wrap = h('div', { class: 'table-wrap', 'data-testid': 'trust-wrap', 'data-state': 'loading' },
+      h('table', { 'data-testid': 'trust' }, h('caption', { class: 'sr-only' }, 'Issuer and trust anchors'),
+        h('thead', null, h('tr', null, ...cols.map((c, i) => h('th', { scope: 'col', class: i >= 3 ? 'num' : null }, c)))), tbody));
+    const behind = h('p', { class: 'note', 'data-testid': 'rotation-behind', hidden: true });
+    const node = panel('Issuer and trust anchors',
+      h('p', { class: 'note' }, 'Highlighted 30 days before expiry, and as critical 7 days before (as the identity alert rules fire).'),
+      step, err, wrap, behind);
+
+    async function load(signal) {
+      const t = await api('/api/identity', {}, signal);
+      const now = Date.now() / 1000;
+      const rows = [{ key: 'issuer', kind: 'issuer', name: t.issuer.subject, notAfter: t.issuer.not_after }].concat(t.anchors.map((a) => (
+        { key: 'anchor ' + a.sha256, kind: 'anchor', name: a.subject, sha256: a.sha256, notAfter: a.not_after, leaves: a.leaves, current: a.current })));
+      reconcile(tbody, rows, (r) => r.key, (r) => h('tr', { 'data-testid': 'trust-row', 'data-kind': r.kind },
+        h('td', { 'data-col': 'name', class: 'wrap' }),
+        h('td', { 'data-col': 'sha256', class: 'mono' }),
+        h('td', { 'data-col': 'expires' }),
+        h('td', { 'data-col': 'time-left', class: 'num' }),
+        h('td', { 'data-col': 'leaves', class: 'num' })), (tr, r) => {
+        const left = r.notAfter - now;
+        const level = left <= t.critical_secs ? 'critical' : left <= t.warn_secs ? 'warning' : 'ok';
+        tr.classList.toggle('expiring', level === 'warning');
+        tr.classList.toggle('expired', level === 'critical');
+        tr.dataset.level = level;
+        tr.dataset.subject = r.name;
+        tr.dataset.notAfter = String(r.notAfter);
+        tr.dataset.current = String(!!r.current);
+        const label = r.kind === 'issuer' ? `Issuer ${r.name}` : `Trust anchor ${r.name}${r.current ? ' (the issuer\u2019s)' : ''}`;
+        setText(tr.children[0], label);
+        setText(tr.children[1], r.sha256 ? r.sha256.slice(0, 16) + '\u2026' : '-');
+        tr.children[1].title = r.sha256 || '';
+        setText(tr.children[2], fmt.date(r.notAfter));
+        const text = fmt.left(left);
+        const cell = tr.children[3];
+        if (cell.firstChild == null || cell.firstChild.textContent !== text || (cell.querySelector('.badge') || {}).textContent !== badge(level, left)) {
+          cell.replaceChildren(text);
+          if (level !== 'ok') cell.append(h('span', { class: 'badge' }, badge(level, left)));
+        }
+        setText(tr.children[4], r.leaves == null ? '-' : fmt.count(r.leaves));
+      });
+      setText(step, t.describe);
+      step.dataset.step = t.step;
+      const l = t.leaves;
+      behind.hidden = l.behind === 0 && l.complete;
+      const waits = l.behind === 0 ? 'No proxy\u2019s leaf chains to an old anchor.'
+        : `${fmt.count(l.behind)} of ${fmt.count(l.total)} proxy leaves still chain to an old anchor: ${l.behind_shown.map((b) => b.identity).join(', ')}${l.behind > l.behind_shown.length ? ' and more' : ''}.`;
+      setText(behind, waits + (l.complete ? '' : ` knit-control started recently: leaves signed before it are unknown to it for ${l.complete_in}s more.`));
+      behind.dataset.behind = String(l.behind);
+      wrap.dataset.state = 'ready';
+    }
+
+    function badge(level, left) {
+      return left <= 0 ? 'expired' : level === 'critical' ? 'expires within 7 days' : level === 'warning' ? 'expires within 30 days' : undefined;
+    }
+
+    return { node, section: new Section(load, err) };
   }
 
   function notFoundView() {
