@@ -7,15 +7,16 @@
 //! chart and the validator compare; their field names are checked by that strict validation.
 //!
 //! What runs needs little: knit-control reads (get/list/watch) the resources it serves and
-//! creates TokenReviews; it writes nothing else to the API, so its replicas serve side by side
-//! without a leader (no Lease). Installing needs the right to create CRDs, a ClusterRole and
+//! creates TokenReviews; the one thing it writes is the trust bundle's ConfigMap in each meshed
+//! namespace (unless trust-manager does), with server-side apply of identical content, so its
+//! replicas serve side by side without a leader (no Lease). Installing needs the right to create CRDs, a ClusterRole and
 //! its binding, and a MutatingWebhookConfiguration: cluster-admin, or an equivalent role, once.
 
-mod material;
+pub mod material;
 mod objects;
 
 pub use material::Material;
-pub use objects::identity_objects;
+pub use objects::{cert_manager, identity_objects, TRUST_ROOTS};
 
 use clap::Args;
 use serde_json::Value;

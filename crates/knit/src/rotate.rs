@@ -8,7 +8,10 @@
 //!    the old anchor leaves the bundle and the new anchor's key takes its place.
 //!
 //! The step is read from the bundle and the issuer ([`knit_identity::rotation`]), so a run
-//! interrupted between steps simply continues.
+//! interrupted between steps simply continues. With cert-manager and trust-manager, see
+//! [`cert_manager`].
+
+mod cert_manager;
 
 use anyhow::{bail, Context};
 use knit_control::identity::{Leaf, LeavesReport};
@@ -39,9 +42,20 @@ pub struct RotateArgs {
     /// After the step, print the trust-roots ConfigMap and the issuer Secret for `kubectl apply -f -`.
     #[arg(long)]
     manifests: bool,
-    /// The control plane's namespace, for --manifests.
+    /// The control plane's namespace, for --manifests and --external-issuer.
     #[arg(long, default_value = "knit")]
     namespace: String,
+    /// cert-manager holds the anchors and issues the issuer, trust-manager writes the bundle
+    /// (`knit install --identity-external-issuer`): read the step from the cluster's objects and
+    /// print, for `kubectl apply -f -`, the objects it changes (nothing is written; what to do
+    /// next goes to stderr).
+    #[arg(long, conflicts_with = "manifests")]
+    external_issuer: bool,
+    /// With --external-issuer: read the objects from this file instead of the cluster of
+    /// KUBECONFIG (`kubectl get -n knit secret/knit-identity-issuer configmap/knit-identity-trust-roots
+    /// bundle/knit-identity-trust-roots -o yaml`).
+    #[arg(long, requires = "external_issuer")]
+    from: Option<PathBuf>,
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
     #[arg(long, default_value = "3650d", value_parser = duration)]
@@ -71,18 +85,14 @@ fn replace(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
 }
 
 pub fn rotate(args: RotateArgs) -> anyhow::Result<()> {
+    if args.external_issuer {
+        return cert_manager::rotate(&args);
+    }
     let dir = &args.dir;
     let (bundle_path, issuer_path) = (dir.join(layout::TRUST_ANCHORS), dir.join(layout::ISSUER_CERT));
     let rotation = Rotation::read(&read(&bundle_path)?, &read(&issuer_path)?).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     if args.status {
-        println!("{}", rotation.describe());
-        if matches!(rotation.step, Step::IssuerSwitched { .. }) && !args.control_admins.is_empty() {
-            match still_on_old(&args.control_admins, &rotation) {
-                Ok(()) => println!("no proxy's leaf chains to the old anchor any more: the next run removes it"),
-                Err(e) => println!("{e:#}"),
-            }
-        }
-        return Ok(());
+        return status(&args, &rotation);
     }
     match &rotation.step {
         Step::Steady => {
@@ -139,6 +149,18 @@ pub fn rotate(args: RotateArgs) -> anyhow::Result<()> {
         let issuer = Credentials { cert_pem: read(&issuer_path)?, key_pem: read(&dir.join(layout::ISSUER_KEY))? };
         let objects = crate::install::identity_objects(&args.namespace, &read(&bundle_path)?, &issuer);
         print!("{}", crate::install::to_yaml(&objects));
+    }
+    Ok(())
+}
+
+/// `--status`: the step, and in the last one whether the old anchor may go.
+fn status(args: &RotateArgs, rotation: &Rotation) -> anyhow::Result<()> {
+    println!("{}", rotation.describe());
+    if matches!(rotation.step, Step::IssuerSwitched { .. }) && !args.control_admins.is_empty() {
+        match still_on_old(&args.control_admins, rotation) {
+            Ok(()) => println!("no proxy's leaf chains to the old anchor any more: the next run removes it"),
+            Err(e) => println!("{e:#}"),
+        }
     }
     Ok(())
 }

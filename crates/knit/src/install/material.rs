@@ -106,39 +106,11 @@ impl Material {
 
     /// The material of an installation, from its manifests (a YAML stream, or a `List`).
     pub fn from_manifests(text: &str, ns: &str) -> anyhow::Result<Self> {
-        let mut objects = Vec::new();
-        for doc in serde_yaml::Deserializer::from_str(text) {
-            let v: Value = serde::Deserialize::deserialize(doc).context("the current manifests are not YAML")?;
-            match v["kind"].as_str() {
-                Some("List") => objects.extend(v["items"].as_array().cloned().unwrap_or_default()),
-                Some(_) => objects.push(v),
-                None => {}
-            }
-        }
-        let find = |kind: &str, name: &str| objects.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name && o["metadata"]["namespace"] == ns);
-        let field = |kind: &str, name: &str, key: &str| -> anyhow::Result<String> {
-            let o = find(kind, name).ok_or_else(|| {
-                anyhow!("the current manifests have no {kind} {ns}/{name}; pass `kubectl get -n {ns} secret,configmap -o yaml` or the output of knit install")
-            })?;
-            let decoded = match (o["data"][key].as_str(), o["stringData"][key].as_str()) {
-                (Some(d), _) if kind == "Secret" => String::from_utf8(B64.decode(d).with_context(|| format!("{kind} {name}: {key} is not base64"))?)?,
-                (Some(d), _) | (None, Some(d)) => d.to_string(),
-                (None, None) => bail!("{kind} {ns}/{name} has no {key}"),
-            };
-            Ok(decoded)
-        };
-        let anchors_pem = field("ConfigMap", "knit-identity-trust-roots", "ca-bundle.crt")?;
-        // cert-manager's Secret may hold, in `ca.crt`, the intermediate between the issuer and
-        // the bundle: it completes the chain (as knit-control's --issuer-ca does).
-        let chain = field("Secret", "knit-identity-issuer", "tls.crt")?;
-        let ca = field("Secret", "knit-identity-issuer", "ca.crt").unwrap_or_default();
-        let completion = knit_identity::inspect::chain_completion(&ca, &format!("{anchors_pem}\n{chain}"));
-        let cert_pem = if completion.is_empty() { chain } else { format!("{}\n{completion}", chain.trim_end()) };
-        let issuer = Credentials { cert_pem, key_pem: field("Secret", "knit-identity-issuer", "tls.key")? };
-        let webhook =
-            Credentials { cert_pem: field("Secret", "knit-proxy-injector-tls", "tls.crt")?, key_pem: field("Secret", "knit-proxy-injector-tls", "tls.key")? };
-        let webhook_ca_pem = field("Secret", "knit-proxy-injector-tls", "ca.crt")?;
-        Ok(Self { anchors_pem, issuer, webhook_ca_pem, webhook })
+        let objects = manifest_objects(text)?;
+        let (anchors_pem, issuer) = identity_from_objects(&objects, ns)?;
+        let field = |key: &str| object_field(&objects, ns, "Secret", "knit-proxy-injector-tls", key);
+        let webhook = Credentials { cert_pem: field("tls.crt")?, key_pem: field("tls.key")? };
+        Ok(Self { anchors_pem, issuer, webhook_ca_pem: field("ca.crt")?, webhook })
     }
 
     /// A new webhook certificate when the current one expires within 60 days or does not name
@@ -157,6 +129,50 @@ impl Material {
         let empty = Credentials { cert_pem: String::new(), key_pem: String::new() };
         Self { anchors_pem: String::new(), issuer: empty.clone(), webhook_ca_pem: String::new(), webhook: empty }
     }
+}
+
+/// The objects of a YAML stream or of a `List` (as `kubectl get -o yaml` prints it).
+pub fn manifest_objects(text: &str) -> anyhow::Result<Vec<Value>> {
+    let mut objects = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let v: Value = serde::Deserialize::deserialize(doc).context("the current manifests are not YAML")?;
+        match v["kind"].as_str() {
+            Some("List") => objects.extend(v["items"].as_array().cloned().unwrap_or_default()),
+            Some(_) => objects.push(v),
+            None => {}
+        }
+    }
+    Ok(objects)
+}
+
+/// The object `kind` `ns/name` of `objects` (namespaced kinds).
+pub fn find_object<'a>(objects: &'a [Value], ns: &str, kind: &str, name: &str) -> Option<&'a Value> {
+    objects.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name && o["metadata"]["namespace"] == ns)
+}
+
+/// `key` of the Secret (decoded) or ConfigMap `ns/name` in `objects`.
+fn object_field(objects: &[Value], ns: &str, kind: &str, name: &str, key: &str) -> anyhow::Result<String> {
+    let o = find_object(objects, ns, kind, name).ok_or_else(|| {
+        anyhow!("the current manifests have no {kind} {ns}/{name}; pass `kubectl get -n {ns} secret,configmap -o yaml` or the output of knit install")
+    })?;
+    match (o["data"][key].as_str(), o["stringData"][key].as_str()) {
+        (Some(d), _) if kind == "Secret" => Ok(String::from_utf8(B64.decode(d).with_context(|| format!("{kind} {name}: {key} is not base64"))?)?),
+        (Some(d), _) | (None, Some(d)) => Ok(d.to_string()),
+        (None, None) => bail!("{kind} {ns}/{name} has no {key}"),
+    }
+}
+
+/// The trust bundle (the `knit-identity-trust-roots` ConfigMap) and the issuer (the
+/// `knit-identity-issuer` Secret, as Knit or cert-manager writes it) of `objects`.
+pub fn identity_from_objects(objects: &[Value], ns: &str) -> anyhow::Result<(String, Credentials)> {
+    let anchors_pem = object_field(objects, ns, "ConfigMap", "knit-identity-trust-roots", "ca-bundle.crt")?;
+    let field = |key: &str| object_field(objects, ns, "Secret", "knit-identity-issuer", key);
+    // cert-manager's Secret may hold, in `ca.crt`, the intermediate between the issuer and the
+    // bundle: it completes the chain (as knit-control's --issuer-ca does).
+    let chain = field("tls.crt")?;
+    let completion = knit_identity::inspect::chain_completion(&field("ca.crt").unwrap_or_default(), &format!("{anchors_pem}\n{chain}"));
+    let cert_pem = if completion.is_empty() { chain } else { format!("{}\n{completion}", chain.trim_end()) };
+    Ok((anchors_pem, Credentials { cert_pem, key_pem: field("tls.key")? }))
 }
 
 #[cfg(test)]

@@ -138,29 +138,65 @@ fn secret(o: &Options, name: &str, component: &str, entries: &[(&str, &str)]) ->
 /// Linkerd's docs have it) and renews it; trust-manager (its trust namespace set to the control
 /// plane's) copies the anchor into the `knit-identity-trust-roots` ConfigMap of every namespace.
 fn cert_manager(o: &Options) -> Vec<Value> {
-    let issuer_name = format!("identity.{}.{}", o.namespace, o.trust_domain);
-    let mut bundle_meta = cluster_meta(o, TRUST_ROOTS);
-    bundle_meta["labels"]["app.kubernetes.io/component"] = json!("identity");
     vec![
-        json!({"apiVersion": "cert-manager.io/v1", "kind": "Issuer", "metadata": meta(o, "knit-trust-anchor", "identity"),
-               "spec": {"ca": {"secretName": "knit-trust-anchor"}}}),
-        json!({"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": meta(o, "knit-identity-issuer", "identity"), "spec": {
-            "secretName": "knit-identity-issuer",
+        cert_manager::ca_issuer(&o.namespace, cert_manager::ANCHOR_SECRET),
+        cert_manager::issuer_certificate(&o.namespace, &o.trust_domain, cert_manager::ANCHOR_SECRET),
+        cert_manager::bundle(&o.namespace, &[cert_manager::ANCHOR_SECRET]),
+    ]
+}
+
+/// cert-manager's and trust-manager's objects, one by one: `knit install` renders them, `knit
+/// identity rotate --external-issuer` prints the ones each step changes.
+pub mod cert_manager {
+    use super::{meta_in, TRUST_ROOTS};
+    use base64::{engine::general_purpose::STANDARD as B64, Engine};
+    use serde_json::{json, Value};
+
+    /// The Secret holding the first trust anchor (certificate and key); the CA `Issuer` that
+    /// signs with it has the same name.
+    pub const ANCHOR_SECRET: &str = "knit-trust-anchor";
+    pub const ISSUER_CERTIFICATE: &str = "knit-identity-issuer";
+
+    /// A CA `Issuer` signing with the anchor in the Secret `secret` (named as the Secret).
+    pub fn ca_issuer(ns: &str, secret: &str) -> Value {
+        json!({"apiVersion": "cert-manager.io/v1", "kind": "Issuer", "metadata": meta_in(ns, secret, "identity"), "spec": {"ca": {"secretName": secret}}})
+    }
+
+    /// The identity issuer as a 48 h CA `Certificate` from the `Issuer` `issuer`. A change of
+    /// `issuerRef` makes cert-manager issue it again at once.
+    pub fn issuer_certificate(ns: &str, trust_domain: &str, issuer: &str) -> Value {
+        let name = format!("identity.{ns}.{trust_domain}");
+        json!({"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": meta_in(ns, ISSUER_CERTIFICATE, "identity"), "spec": {
+            "secretName": ISSUER_CERTIFICATE,
             "duration": "48h0m0s",
             "renewBefore": "25h0m0s",
-            "issuerRef": {"name": "knit-trust-anchor", "kind": "Issuer"},
-            "commonName": issuer_name,
-            "dnsNames": [issuer_name],
+            "issuerRef": {"name": issuer, "kind": "Issuer"},
+            "commonName": name,
+            "dnsNames": [name],
             "isCA": true,
             // PKCS#8: what knit-control reads; a new key at every renewal.
             "privateKey": {"algorithm": "ECDSA", "size": 256, "encoding": "PKCS8", "rotationPolicy": "Always"},
             "usages": ["cert sign", "crl sign", "server auth", "client auth"],
-        }}),
-        json!({"apiVersion": "trust.cert-manager.io/v1alpha1", "kind": "Bundle", "metadata": bundle_meta, "spec": {
-            "sources": [{"secret": {"name": "knit-trust-anchor", "key": "tls.crt"}}],
+        }})
+    }
+
+    /// trust-manager's `Bundle` (cluster-scoped): the anchors of the Secrets `sources` (their
+    /// `tls.crt`), written to the `knit-identity-trust-roots` ConfigMap of every namespace.
+    pub fn bundle(ns: &str, sources: &[&str]) -> Value {
+        let mut meta = meta_in(ns, TRUST_ROOTS, "identity");
+        meta.as_object_mut().map(|m| m.remove("namespace"));
+        let sources: Vec<Value> = sources.iter().map(|s| json!({"secret": {"name": s, "key": "tls.crt"}})).collect();
+        json!({"apiVersion": "trust.cert-manager.io/v1alpha1", "kind": "Bundle", "metadata": meta, "spec": {
+            "sources": sources,
             "target": {"configMap": {"key": "ca-bundle.crt"}},
-        }}),
-    ]
+        }})
+    }
+
+    /// A trust anchor's Secret, as cert-manager's CA `Issuer` reads it.
+    pub fn anchor_secret(ns: &str, name: &str, anchor: &knit_identity::create::Credentials) -> Value {
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": meta_in(ns, name, "identity"),
+               "data": {"tls.crt": B64.encode(&anchor.cert_pem), "tls.key": B64.encode(&anchor.key_pem)}})
+    }
 }
 
 /// Read access to what the control plane serves, TokenReview and SubjectAccessReview, and (unless
