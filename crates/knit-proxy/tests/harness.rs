@@ -243,3 +243,22 @@ impl BinProxy {
         assert!(ok, "kill -s {sig} {pid}");
     }
 }
+
+/// A port on 127.0.0.1 that is free now (for port forwards, which need one each), taken below
+/// the kernel's ephemeral range (32768 and up): every listener the tests bind to port 0 and
+/// every outgoing connection land there, so a port from here is not taken by another test
+/// between this check and the proxy's bind. Each port is handed out once per process.
+pub async fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // A different start per process, so that concurrent test binaries rarely meet.
+    let _ = NEXT.compare_exchange(0, (std::process::id() % u32::from(SPAN)) as u16 + 1, Ordering::Relaxed, Ordering::Relaxed);
+    loop {
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        if tokio::net::TcpListener::bind(("127.0.0.1", port)).await.is_ok() {
+            return port;
+        }
+    }
+}

@@ -1,17 +1,13 @@
 //! Opaque TCP: a real server-speaks-first protocol (Redis through a configured opaque port), a
 //! greeting server on an ordinary port, half-close, and byte counters.
 
-use crate::harness::{run, TestProxy};
+use crate::harness::{free_port, run, TestProxy};
 use knit_core::destination::Authority;
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
 };
-
-async fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
-}
 
 /// A port forward to `authority`, and `table` as the destination table.
 async fn forwarding_proxy(table: &str, authority: &str, opaque_port: Option<u16>) -> (TestProxy, SocketAddr) {

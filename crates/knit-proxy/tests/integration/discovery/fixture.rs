@@ -474,10 +474,7 @@ pub async fn tcp_line(addr: SocketAddr, line: &str) -> std::io::Result<String> {
     }
 }
 
-/// A port on 127.0.0.1 that was free a moment ago (for port forwards, which need one each).
-pub async fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
-}
+pub use crate::harness::free_port;
 
 /// Sends `n` GETs for `host` + `path` through `proxy`'s outbound listener over one keep-alive
 /// HTTP/1 connection pool; returns the statuses and bodies.
