@@ -85,9 +85,58 @@ impl IndexConfig {
 #[derive(Default)]
 pub struct Model {
     resources: BTreeMap<Key, Resource>,
+    /// The names of each namespace's workloads that carry each label, by a hash of namespace,
+    /// label and value (a collision only adds a candidate, which the selector then refuses): a
+    /// Service's endpoints are found without reading every workload of its namespace.
+    by_label: HashMap<u64, std::collections::BTreeSet<String>>,
+    hasher: std::hash::RandomState,
 }
 
 impl Model {
+    fn label_hash(&self, ns: &str, label: &str, value: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, (ns, label, value))
+    }
+
+    fn index_labels(&mut self, r: &Resource, add: bool) {
+        let Resource::ExternalWorkload(w) = r else { return };
+        for (label, value) in &w.metadata.labels {
+            let h = self.label_hash(&w.metadata.namespace, label, value);
+            if add {
+                self.by_label.entry(h).or_default().insert(w.metadata.name.clone());
+            } else if let Some(names) = self.by_label.get_mut(&h) {
+                names.remove(&w.metadata.name);
+                if names.is_empty() {
+                    self.by_label.remove(&h);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, key: Key, r: Resource) -> Option<Resource> {
+        let before = self.remove(&key);
+        self.index_labels(&r, true);
+        self.resources.insert(key, r);
+        before
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Resource> {
+        let before = self.resources.remove(key);
+        if let Some(b) = &before {
+            self.index_labels(b, false);
+        }
+        before
+    }
+
+    /// The workloads of `ns` that `svc` selects (by its selector, or for a Service without one,
+    /// those its EndpointSlices name).
+    pub fn selected<'a>(&'a self, ns: &'a str, svc: &'a Service) -> impl Iterator<Item = &'a Arc<ExternalWorkload>> + 'a {
+        let name_label = [(ENDPOINT_SLICE_LABEL, svc.metadata.name.as_str())];
+        let pairs: Vec<(&str, &str)> =
+            if svc.spec.selector.is_empty() { name_label.to_vec() } else { svc.spec.selector.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect() };
+        // The rarest label: the fewest candidates.
+        let candidates = pairs.iter().map(|(k, v)| self.by_label.get(&self.label_hash(ns, k, v))).min_by_key(|names| names.map_or(0, |n| n.len())).flatten();
+        candidates.into_iter().flatten().filter_map(move |name| self.workload(ns, name)).filter(move |w| endpoints::selects(svc, w))
+    }
     fn range<'a>(&'a self, kind: Kind, ns: Option<&'a str>) -> impl Iterator<Item = &'a Resource> + 'a {
         let start = Key { kind, namespace: ns.unwrap_or("").to_string(), name: String::new() };
         self.resources.range(start..).take_while(move |(k, _)| k.kind == kind && ns.is_none_or(|ns| k.namespace == ns)).map(|(_, r)| r)
@@ -263,10 +312,12 @@ impl Index {
         let old = state.sources.remove(source).unwrap_or_default();
         let mut changes = Vec::new();
         let new_keys: Vec<Key> = resources.iter().map(Resource::key).collect();
-        for key in old.iter().filter(|k| !new_keys.contains(k)) {
+        // A set: a file holds thousands of resources, and every key of the old ones is looked up.
+        let kept: std::collections::HashSet<&Key> = new_keys.iter().collect();
+        for key in old.iter().filter(|k| !kept.contains(k)) {
             if state.owners.get(key).map(String::as_str) == Some(source) {
                 state.owners.remove(key);
-                let before = state.model.resources.remove(key);
+                let before = state.model.remove(key);
                 changes.push(Change { key: key.clone(), before, after: None });
             }
         }
@@ -300,7 +351,7 @@ impl Index {
             return;
         }
         state.owners.remove(key);
-        let before = state.model.resources.remove(key);
+        let before = state.model.remove(key);
         self.publish(&mut state, &[Change { key: key.clone(), before, after: None }]);
     }
 
@@ -391,6 +442,6 @@ fn insert(state: &mut State, source: &str, r: Resource) -> Option<Change> {
     if state.model.resources.get(&key) == Some(&r) {
         return None;
     }
-    let before = state.model.resources.insert(key.clone(), r.clone());
+    let before = state.model.insert(key.clone(), r.clone());
     Some(Change { key, before, after: Some(r) })
 }

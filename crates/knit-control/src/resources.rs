@@ -13,7 +13,11 @@ mod validate;
 
 pub use annotations::{Accrual, Penalty, RetryConfig, ServiceConfig, Timeouts};
 use serde::Deserialize;
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
 pub use validate::DEFAULT_POLICIES;
 
 #[cfg(test)]
@@ -700,35 +704,104 @@ pub fn parse(file: &str, text: &str) -> (Vec<Resource>, Vec<String>) {
 /// Parses every document of one manifest file, with its unknown fields; `strict` makes a
 /// document with an unknown field invalid.
 pub fn parse_file(file: &str, text: &str, strict: bool) -> Parsed {
+    parse_file_cached(file, text, strict, &mut DocCache::default())
+}
+
+/// What one document gave, without its place in the file (added when it is reported).
+#[derive(Clone, Debug)]
+enum Doc {
+    /// An empty document (counted, as the YAML stream numbers it).
+    Empty,
+    /// A kind Knit does not serve.
+    Skipped,
+    /// A resource, and the fields of it Knit does not know (` (KIND NS/NAME): unknown field ...`).
+    Resource(Resource, Vec<String>),
+    Invalid(String),
+    /// YAML that does not parse: the rest of its document text is not read.
+    Syntax(String),
+}
+
+/// The documents of a file as last parsed, by their text: a rewrite of a file parses again only
+/// the documents whose text changed (a churning endpoint rewrites one document of thousands).
+#[derive(Default)]
+pub struct DocCache {
+    docs: HashMap<String, Vec<Doc>>,
+}
+
+/// As [`parse_file`], reusing the documents `cache` parsed from the file before (and leaving in
+/// it those of `text`). The file is split at its `---` lines (a document marker at the start of
+/// a line always ends a document, even inside a block scalar), and each part parsed alone: a
+/// syntax error loses only its own document.
+pub fn parse_file_cached(file: &str, text: &str, strict: bool, cache: &mut DocCache) -> Parsed {
     let mut out = Parsed::default();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let n = i + 1;
+    let mut next: HashMap<String, Vec<Doc>> = HashMap::new();
+    let mut n = 0;
+    for part in documents(text) {
+        let docs = match cache.docs.remove(part).or_else(|| next.get(part).cloned()) {
+            Some(docs) => docs,
+            None => parse_part(part),
+        };
+        for doc in &docs {
+            n += 1;
+            match doc {
+                Doc::Empty | Doc::Skipped => {}
+                Doc::Resource(_, unknown) if strict && !unknown.is_empty() => {
+                    out.errors.push(format!("{file}: document {n}{}: unknown field(s), refused by --strict-fields", unknown.join("; ")));
+                }
+                Doc::Resource(r, unknown) => {
+                    out.warnings.extend(unknown.iter().map(|u| format!("{file}: document {n}{u}")));
+                    out.resources.push(r.clone());
+                }
+                Doc::Invalid(e) | Doc::Syntax(e) => out.errors.push(format!("{file}: document {n}{e}")),
+            }
+        }
+        next.insert(part.to_string(), docs);
+    }
+    cache.docs = next;
+    out
+}
+
+/// The parts of a YAML stream between `---` lines (each line starting one, kept with it).
+fn documents(text: &str) -> impl Iterator<Item = &str> {
+    let mut starts: Vec<usize> = vec![0];
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let marker = line.strip_prefix("---").is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\n', '\r']));
+        if marker && at > 0 {
+            starts.push(at);
+        }
+        at += line.len();
+    }
+    starts.push(text.len());
+    let parts: Vec<&str> = starts.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+    parts.into_iter()
+}
+
+/// The documents of one part (one, unless the part holds `...` markers or none at all).
+fn parse_part(part: &str) -> Vec<Doc> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(part) {
         let budget = std::cell::Cell::new(bounded::MAX_NODES);
         let value = match serde::de::DeserializeSeed::deserialize(bounded::Bounded { budget: &budget }, doc) {
             Ok(v) => v,
             Err(e) => {
-                // A syntax error ends the file's documents: the YAML stream cannot be resynchronised.
-                out.errors.push(format!("{file}: document {n}: {e}"));
+                // A syntax error ends the part: the YAML stream cannot be resynchronised.
+                docs.push(Doc::Syntax(format!(": {e}")));
                 break;
             }
         };
         if value.is_null() {
+            docs.push(Doc::Empty);
             continue;
         }
         let mut unknown = Vec::new();
-        match parse_object(value, &mut unknown) {
-            Ok(None) => {}
-            Ok(Some(_)) if strict && !unknown.is_empty() => {
-                out.errors.push(format!("{file}: document {n}{}: unknown field(s), refused by --strict-fields", unknown.join("; ")));
-            }
-            Ok(Some(r)) => {
-                out.warnings.extend(unknown.into_iter().map(|u| format!("{file}: document {n}{u}")));
-                out.resources.push(r);
-            }
-            Err(e) => out.errors.push(format!("{file}: document {n}{e}")),
-        }
+        docs.push(match parse_object(value, &mut unknown) {
+            Ok(None) => Doc::Skipped,
+            Ok(Some(r)) => Doc::Resource(r, unknown),
+            Err(e) => Doc::Invalid(e),
+        });
     }
-    out
+    docs
 }
 
 /// Parses one object in its Kubernetes API shape (a manifest document, or an object from the

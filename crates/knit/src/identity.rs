@@ -255,7 +255,7 @@ fn manifests(dir: &std::path::Path, strict: bool) -> anyhow::Result<usize> {
     let mut files: Vec<(PathBuf, u64)> = local::manifest_files(dir)
         .map_err(|e| anyhow::anyhow!("reading the manifest directory {}: {e}", dir.display()))?
         .into_iter()
-        .map(|(path, (_, len))| (path, len))
+        .map(|(path, stamp)| (path, stamp.len))
         .collect();
     files.sort();
     let (mut failed, mut resources, mut unknown) = (0, 0, 0);

@@ -34,7 +34,7 @@ pub fn compute(model: &Model, cfg: &IndexConfig, key: &SvcPort) -> Option<Endpoi
     let svc = model.service(&key.ns, &key.name)?;
     let port = svc.spec.ports.iter().find(|p| p.port == key.port)?;
     let mut addrs = BTreeMap::new();
-    for w in model.workloads(&key.ns).filter(|w| selects(svc, w)) {
+    for w in model.selected(&key.ns, svc) {
         let Some(target) = target_port(svc, port, w) else { continue };
         let opaque = cfg.is_opaque(svc, key.port);
         for ip in &w.spec.workload_ips {
@@ -47,7 +47,7 @@ pub fn compute(model: &Model, cfg: &IndexConfig, key: &SvcPort) -> Option<Endpoi
 }
 
 /// A Service with a selector selects workloads by label; one without, its EndpointSlices'.
-fn selects(svc: &Service, w: &ExternalWorkload) -> bool {
+pub(super) fn selects(svc: &Service, w: &ExternalWorkload) -> bool {
     if svc.spec.selector.is_empty() {
         return w.metadata.labels.get(ENDPOINT_SLICE_LABEL) == Some(&svc.metadata.name);
     }

@@ -68,6 +68,22 @@ fn endpoints_follow_workloads_and_only_their_changes_publish() {
     assert_eq!(index.stats().published, before);
     assert!(!rx.has_changed().unwrap());
 
+    // The Services find their workloads by label (an index of them): relabelling moves b2 out
+    // of books-v1's view and back, and a relabelled workload leaves the views it no longer
+    // matches.
+    let v1 = |index: &Index| {
+        let rx = index.endpoints(&SvcPort { ns: "demo".into(), name: "books-v1".into(), port: 8080 });
+        let ips: Vec<String> = rx.borrow().as_ref().as_ref().unwrap().addrs.keys().map(|a| a.ip().to_string()).collect();
+        ips
+    };
+    assert_eq!(v1(&index), ["10.0.0.1"]);
+    load(&index, "w.yaml", &(workload("b1", "app: books, version: v1", "10.0.0.1", 4143) + &workload("b2", "app: books, version: v1", "10.0.0.2", 4200)));
+    assert_eq!(v1(&index), ["10.0.0.1", "10.0.0.2"]);
+    load(&index, "w.yaml", &(workload("b1", "app: authors, version: v1", "10.0.0.1", 4143) + &workload("b2", "app: books, version: v2", "10.0.0.2", 4200)));
+    assert_eq!(v1(&index), Vec::<String>::new());
+    assert_eq!(rx.borrow_and_update().as_ref().as_ref().unwrap().addrs.keys().map(|a| a.to_string()).collect::<Vec<_>>(), ["10.0.0.2:7000"]);
+    load(&index, "w.yaml", &(workload("b1", "app: books, version: v1", "10.0.0.1", 4143) + &workload("b2", "app: books, version: v2", "10.0.0.2", 4200)));
+
     // Removing b2 from the file removes the endpoint.
     load(&index, "w.yaml", &workload("b1", "app: books, version: v1", "10.0.0.1", 4143));
     assert!(rx.has_changed().unwrap());

@@ -156,3 +156,41 @@ fn shipped_manifests_have_no_unknown_fields() {
     }
     assert!(read > 20, "{read} resources read");
 }
+
+#[test]
+fn a_file_splits_at_its_document_markers_only() {
+    let text = "# head\na: 1\n---\nb: 2\n--- |\n  x\n  ---\n----\n---\t# c\nc: 3\n";
+    let parts: Vec<&str> = documents(text).collect();
+    assert_eq!(parts, ["# head\na: 1\n", "---\nb: 2\n", "--- |\n  x\n  ---\n----\n", "---\t# c\nc: 3\n"]);
+    assert_eq!(documents("").count(), 1);
+    assert_eq!(documents("---\na: 1\n").collect::<Vec<_>>(), ["---\na: 1\n"]);
+}
+
+/// Parsing with the documents of an earlier version of the file gives what parsing afresh gives:
+/// the same resources, errors and warnings, numbered where they are now.
+#[test]
+fn a_rewrite_reuses_the_unchanged_documents_and_reads_like_a_fresh_parse() {
+    const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: d, namespace: demo}\nspec: {bogus: 1}\n";
+    let svc = |name: &str| format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec: {{ports: [{{port: 80}}]}}\n");
+    let versions = [
+        format!("{}---\n{}---\n{}", svc("a"), svc("b"), svc("c")),
+        // b changed, a document added before c, one broken, one unknown field, an empty one.
+        format!("{}---\n{}---\n---\nkind: [unclosed\n---\n{ROUTE}---\n{}", svc("a"), svc("b2"), svc("c")),
+        format!("{}---\n{}", svc("c"), svc("a")),
+        String::new(),
+        format!("{}---\n{}", svc("a"), svc("a")),
+    ];
+    for strict in [false, true] {
+        let mut cache = DocCache::default();
+        for text in versions.iter().chain(versions.iter().rev()) {
+            let cached = parse_file_cached("f.yaml", text, strict, &mut cache);
+            let fresh = parse_file("f.yaml", text, strict);
+            assert_eq!(cached.resources, fresh.resources, "{text}");
+            assert_eq!((cached.errors, cached.warnings), (fresh.errors, fresh.warnings), "{text}");
+        }
+    }
+    let broken = parse_file("f.yaml", &versions[1], false);
+    assert_eq!(broken.resources.len(), 4, "a syntax error loses its own document only: {:?}", broken.errors);
+    assert!(broken.errors[0].starts_with("f.yaml: document 4: "), "{:?}", broken.errors);
+    assert!(broken.warnings[0].starts_with("f.yaml: document 5 (HTTPRoute demo/d): unknown field"), "{:?}", broken.warnings);
+}

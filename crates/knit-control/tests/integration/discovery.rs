@@ -30,6 +30,10 @@ struct Local {
 
 impl Local {
     async fn start(name: &str) -> Self {
+        Self::start_polling(name, Duration::from_millis(20)).await
+    }
+
+    async fn start_polling(name: &str, poll: Duration) -> Self {
         let pki = pki(name);
         let manifests = pki.dir.join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
@@ -38,7 +42,7 @@ impl Local {
         }
         let mut config = Config::local(IdentityConfig::for_dir(&pki.dir));
         config.discovery.config_dir = Some(manifests.clone());
-        config.discovery.config_poll_interval = Duration::from_millis(20);
+        config.discovery.config_poll_interval = poll;
         let control = Control::bind(config).await.expect("control plane starts");
         let addrs = control.addrs();
         tokio::spawn(control.run(std::future::pending()));
@@ -181,6 +185,64 @@ fn split_weights(p: &outb::OutboundPolicy) -> Vec<u32> {
         panic!("random")
     };
     r.backends.iter().map(|b| b.weight).collect()
+}
+
+/// With the poll an hour apart, only inotify can bring a change: a rename over the file, a
+/// write in place, a kubelet-style volume update (the `..data` symlink swapped to a new
+/// directory) and a removal each reach a Destination stream.
+#[tokio::test]
+async fn changes_are_read_when_they_happen_not_at_the_next_poll() {
+    let cp = Local::start_polling("inotify", Duration::from_secs(3600)).await;
+    let mut client = DestinationClient::new(Local::channel(cp.addrs.destination).await);
+    let get = |path: &str| dst::GetDestination { scheme: String::new(), path: path.into(), context_token: r#"{"ns":"demo"}"#.into() };
+    let mut stream = client.get(get("books-v1.demo.svc.cluster.local:8080")).await.unwrap().into_inner();
+    let addr = |ip: &str| TcpAddress::from(format!("{ip}:7001").parse::<SocketAddr>().unwrap());
+    let added = |u: dst::Update| match u.update {
+        Some(update::Update::Add(set)) => set.addrs.into_iter().map(|a| a.addr.unwrap()).collect::<Vec<_>>(),
+        other => panic!("an add expected, got {other:?}"),
+    };
+    let removed = |u: dst::Update| match u.update {
+        Some(update::Update::Remove(set)) => set.addrs,
+        other => panic!("a remove expected, got {other:?}"),
+    };
+    assert_eq!(added(next(&mut stream).await), [addr("10.1.0.1")]);
+
+    // A rename over the file (editors, kubectl-style tools).
+    cp.edit("workloads.yaml", |t| t.replacen("10.1.0.1", "10.1.0.2", 1));
+    assert_eq!(removed(next(&mut stream).await), [addr("10.1.0.1")]);
+    assert_eq!(added(next(&mut stream).await), [addr("10.1.0.2")]);
+
+    // A write in place.
+    let path = cp.manifests.join("workloads.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("10.1.0.2", "10.1.0.3", 1)).unwrap();
+    assert_eq!(removed(next(&mut stream).await), [addr("10.1.0.2")]);
+    assert_eq!(added(next(&mut stream).await), [addr("10.1.0.3")]);
+
+    // A ConfigMap volume: the file is a symlink into ..data, which the kubelet points at a new
+    // directory in one rename.
+    let volume = |version: &str, text: &str| {
+        let dir = cp.manifests.join(format!("..{version}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("workloads.yaml"), text).unwrap();
+        let tmp = cp.manifests.join("..data_tmp");
+        std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+        std::fs::rename(&tmp, cp.manifests.join("..data")).unwrap();
+    };
+    let text = std::fs::read_to_string(&path).unwrap();
+    volume("2026_12_04_v1", &text.replacen("10.1.0.3", "10.1.0.4", 1));
+    let link = cp.manifests.join(".workloads.yaml.link");
+    std::os::unix::fs::symlink("..data/workloads.yaml", &link).unwrap();
+    std::fs::rename(&link, &path).unwrap();
+    assert_eq!(removed(next(&mut stream).await), [addr("10.1.0.3")]);
+    assert_eq!(added(next(&mut stream).await), [addr("10.1.0.4")]);
+    volume("2026_12_04_v2", &text.replacen("10.1.0.3", "10.1.0.5", 1));
+    assert_eq!(removed(next(&mut stream).await), [addr("10.1.0.4")]);
+    assert_eq!(added(next(&mut stream).await), [addr("10.1.0.5")]);
+
+    // A removal: the workload's endpoint goes with its file.
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(removed(next(&mut stream).await), [addr("10.1.0.5")]);
 }
 
 #[tokio::test]
