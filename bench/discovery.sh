@@ -13,8 +13,8 @@ cd "$(dirname "$0")/.."
 
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
-CHURN=60s; CHURN_FAST=30s; DUR=15s; WARM=2s
-((QUICK)) && { CHURN=15s; CHURN_FAST=10s; DUR=5s; WARM=1s; }
+CHURN=60s; DUR=15s; WARM=2s
+((QUICK)) && { CHURN=15s; DUR=5s; WARM=1s; }
 RATE=500; CONNS=50          # load through the proxies: 10 rps per connection, so a 20 ms answer delays no send
 SLOW_MS=20                  # the slow endpoint's added delay
 RL_EVERY=2; RETRY_AFTER=1   # the rate-limited endpoint refuses every 2nd request, Retry-After: 1
@@ -67,8 +67,7 @@ churn() { # poll interval in ms, churn duration
     echo "  churn, poll every ${poll} ms: $json"
 }
 echo "== knit-control under churn (100 endpoint replacements/s)"
-churn 100 "$CHURN"   # the default interval
-((POLL_FLAG)) && churn 20 "$CHURN_FAST"
+churn 100 "$CHURN"   # the default interval: with inotify, only the fallback
 
 # --- 2. P2C against round robin ----------------------------------------------------------------
 serve() { # name, flags...: a backend on CPU 0; sets NAME=ip:port

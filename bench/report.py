@@ -238,7 +238,8 @@ def discovery_section(rows, command, ticks):
           f"`OutboundPolicies.Watch` streams. The churn rewrites one file {c['writes_per_second']} times a second, each rewrite giving "
           f"{c['replacements_per_write']} watched workloads a new IP ({c['replacements_per_write'] * c['writes_per_second']} endpoint "
           "replacements per second). Latency runs from the file's rename to the watcher receiving the `add` that names the new IP, "
-          "so it includes the directory poll interval (knit-control stats the directory, then re-reads changed files).\n")
+          "so it includes noticing the change (inotify; the poll, every `poll interval`, is only the fallback), re-parsing the "
+          "changed documents and recomputing the affected views. Profiles: bench/profiles/knit-control-churn.md.\n")
         w("| poll interval | churn s | replacements | delivered | missing | p50 ms | p90 ms | p99 ms | max ms | update messages | CPU s during churn | CPU ms per replacement |")
         w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in churn:
@@ -266,7 +267,8 @@ def discovery_section(rows, command, ticks):
         w(f"{b['rate']} rps over {b['conns']} connections (open loop) through one knit-proxy's outbound listener to a Service with "
           f"three endpoints: **slow** = two healthy + one answering {b['slow_ms']} ms late; **limited** = two healthy + one answering "
           f"{'every' if b['rl_every'] == 1 else 'every ' + ordinal(b['rl_every'])} request with 429 and `Retry-After: {b['retry_after']}`. "
-          "**RR**: the proxy's static table (`KNIT_PROXY_OUTBOUND_ENDPOINTS`), round robin. **P2C**: endpoints and policy from "
+          "**RR**: the proxy's static table (`KNIT_PROXY_OUTBOUND_ENDPOINTS`); named for the round robin it was until the "
+          "discovery-first outbound, it is now balanced by P2C over PeakEWMA too, without the failure penalty. **P2C**: endpoints and policy from "
           "knit-control (`BalanceP2c` with PeakEWMA; `PenaltyPeakEwma` for *limited*, annotated "
           "`balancer.alpha.linkerd.io/penalize-failures`). No retries: a 429 reaches the client. Non-2xx counts responses that "
           "were not 2xx and requests that failed.\n")

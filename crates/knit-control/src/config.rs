@@ -122,7 +122,8 @@ pub struct DiscoveryConfig {
     /// off when trust-manager writes those copies.
     #[arg(long, env = "KNIT_CONTROL_DISTRIBUTE_TRUST_ROOTS", requires = "kubernetes")]
     pub distribute_trust_roots: bool,
-    /// How often the manifest directory is checked for changes.
+    /// How often the manifest directory is also checked for changes: inotify reports them at once,
+    /// the poll catches what it cannot (network filesystems, a writer that keeps a file open).
     #[arg(long, env = "KNIT_CONTROL_CONFIG_POLL_INTERVAL", default_value = "100ms", value_parser = duration)]
     pub config_poll_interval: Duration,
     /// A manifest document with a field Knit does not know is refused as invalid, instead of

@@ -721,11 +721,17 @@ enum Doc {
     Syntax(String),
 }
 
-/// The documents of a file as last parsed, by their text: a rewrite of a file parses again only
-/// the documents whose text changed (a churning endpoint rewrites one document of thousands).
+/// The documents of a file as last parsed, by the SHA-256 of their text: a rewrite of a file
+/// parses again only the documents whose text changed (a churning endpoint rewrites one document
+/// of thousands). The digest, not the text, is kept: no copy of the file stays in memory.
 #[derive(Default)]
 pub struct DocCache {
-    docs: HashMap<String, Vec<Doc>>,
+    docs: HashMap<[u8; 32], Vec<Doc>>,
+}
+
+fn digest(text: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
 /// As [`parse_file`], reusing the documents `cache` parsed from the file before (and leaving in
@@ -734,10 +740,11 @@ pub struct DocCache {
 /// syntax error loses only its own document.
 pub fn parse_file_cached(file: &str, text: &str, strict: bool, cache: &mut DocCache) -> Parsed {
     let mut out = Parsed::default();
-    let mut next: HashMap<String, Vec<Doc>> = HashMap::new();
+    let mut next: HashMap<[u8; 32], Vec<Doc>> = HashMap::new();
     let mut n = 0;
     for part in documents(text) {
-        let docs = match cache.docs.remove(part).or_else(|| next.get(part).cloned()) {
+        let key = digest(part);
+        let docs = match cache.docs.remove(&key).or_else(|| next.get(&key).cloned()) {
             Some(docs) => docs,
             None => parse_part(part),
         };
@@ -755,7 +762,7 @@ pub fn parse_file_cached(file: &str, text: &str, strict: bool, cache: &mut DocCa
                 Doc::Invalid(e) | Doc::Syntax(e) => out.errors.push(format!("{file}: document {n}{e}")),
             }
         }
-        next.insert(part.to_string(), docs);
+        next.insert(key, docs);
     }
     cache.docs = next;
     out
