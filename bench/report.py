@@ -1,7 +1,8 @@
 """Turns bench/out/results.jsonl into bench/RESULTS.md (standard library only).
 
-`report.py discovery RAW ...` instead writes the discovery section (bench/discovery.sh) into the
-existing RESULTS.md, between its markers, keeping the rest of the file."""
+`report.py discovery RAW ...` and `report.py netns RAW ...` instead write the sections of
+bench/discovery.sh and bench/netns.sh into the existing RESULTS.md, each between its markers,
+keeping the rest of the file."""
 import argparse
 import datetime
 import json
@@ -292,8 +293,22 @@ def discovery_section(rows, command, ticks):
     return "\n".join(out)
 
 
+def write_section(results, begin, end, section):
+    """Replaces (or appends) one script's section of RESULTS.md, keeping the rest of the file."""
+    try:
+        text = open(results).read()
+    except FileNotFoundError:
+        text = ""
+    start, stop = text.find(begin), text.find(end)
+    if start >= 0 and stop > start:
+        text = text[:start] + section + text[stop + len(end):]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section + "\n"
+    with open(results, "w") as f:
+        f.write(text)
+
+
 def discovery_main(argv):
-    """Replaces (or appends) the discovery section of RESULTS.md, keeping the rest of the file."""
     ap = argparse.ArgumentParser(prog="report.py discovery")
     ap.add_argument("raw")
     ap.add_argument("--command", required=True)
@@ -301,22 +316,197 @@ def discovery_main(argv):
     ap.add_argument("--results", required=True)
     a = ap.parse_args(argv)
     rows = [json.loads(l) for l in open(a.raw) if l.strip()]
-    section = discovery_section(rows, a.command, a.ticks)
-    try:
-        text = open(a.results).read()
-    except FileNotFoundError:
-        text = ""
-    start, end = text.find(DISCOVERY_BEGIN), text.find(DISCOVERY_END)
-    if start >= 0 and end > start:
-        text = text[:start] + section + text[end + len(DISCOVERY_END):]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section + "\n"
-    with open(a.results, "w") as f:
-        f.write(text)
+    write_section(a.results, DISCOVERY_BEGIN, DISCOVERY_END, discovery_section(rows, a.command, a.ticks))
+
+
+NETNS_BEGIN = "<!-- netns: written by bench/netns.sh through report.py -->"
+NETNS_END = "<!-- end of netns -->"
+NETNS_SETUPS = ("direct", "haproxy", "knit-1hop", "knit-mtls")
+
+
+def netns_section(rows, command, ticks, idle_rss):
+    """The network-namespace benchmark: the transparent path with discovery, policy and mTLS."""
+    out = []
+    w = out.append
+    w(NETNS_BEGIN)
+    w("## The transparent path: network namespaces, discovery, policy and mTLS\n")
+    w(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+    w(f"- machine: {machine()}")
+    w(f"- command: `{command}` (root)")
+    w("- four network namespaces on a bridge, as pods on a node: **direct** (client → backend by IP), **haproxy** (client → "
+      "HAProxy 2.6 on the client's loopback, `nbthread 1` → backend), **knit-1hop** (the client calls a Service's ClusterIP; "
+      "`knit-proxy init`'s iptables redirect it to the client's knit-proxy, which reads `SO_ORIGINAL_DST`, resolves the "
+      "Service through knit-control's Destination and OutboundPolicies (local mode), balances with P2C and dials the "
+      "endpoint, which has no identity: plaintext), **knit-mtls** (the same client proxy to a Service whose endpoint is "
+      "meshed: mTLS with a transport header to the server's knit-proxy, whose inbound authorizes the client's identity "
+      "through a Server and an AuthorizationPolicy, then the backend)")
+    w("- proxies pinned to CPU 1 (both knit-mtls proxies share it); the load generator, the backends and knit-control to CPU 0")
+    reps = max((sum(1 for r in rows if r["kind"] == "latency" and r["setup"] == "direct" and r["args"] == x["args"])
+                for x in rows if x["kind"] == "latency"), default=1)
+    w(f"- every row is the median of {reps} interleaved round(s); errors are summed; read the ratios, absolute times drift\n")
+
+    def find(kind, setup, args=None):
+        runs = [r for r in rows if r["kind"] == kind and r["setup"] == setup and (args is None or r["args"] == args)]
+        if not runs:
+            return None
+        merged = dict(runs[-1])
+        merged["result"] = {k: statistics.median(r["result"][k] for r in runs) for k in runs[0]["result"]}
+        if "errors" in runs[0]["result"]:
+            merged["result"]["errors"] = sum(r["result"]["errors"] for r in runs)
+        merged["cpu_ticks"] = statistics.median(r.get("cpu_ticks", 0) for r in runs)
+        merged["rss_kb"] = max(r.get("rss_kb", 0) for r in runs)
+        return merged
+
+    ratio = lambda a, b: a / b if b else float("nan")
+    targets = []
+
+    w("### Latency at fixed request rates (HTTP/1.1, open loop)\n")
+    w("| rate | conns | setup | p50 ms | p99 ms | max ms | errors | added p50 ms | added p99 ms | added p50 × HAProxy | added p99 × HAProxy |")
+    w("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for rate, conns in ((1000, 10), (1000, 100), (5000, 100)):
+        args = f"--rate {rate} --connections {conns}"
+        base = find("latency", "direct", args)
+        ha = find("latency", "haproxy", args)
+        if not base:
+            continue
+        for setup in NETNS_SETUPS:
+            r = find("latency", setup, args)
+            if not r:
+                continue
+            x = r["result"]
+            a50, a99 = x["p50_ms"] - base["result"]["p50_ms"], x["p99_ms"] - base["result"]["p99_ms"]
+            rel = ""
+            if ha and setup.startswith("knit"):
+                h50 = ha["result"]["p50_ms"] - base["result"]["p50_ms"]
+                h99 = ha["result"]["p99_ms"] - base["result"]["p99_ms"]
+                rel = f" {ratio(a50, h50):.2f}× | {ratio(a99, h99):.2f}× |"
+                if setup == "knit-1hop" and rate == 1000:
+                    targets.append((f"one hop, {conns} connections at 1,000 rps: added p50 and p99 ≤ 1.2× HAProxy's",
+                                    ratio(a50, h50) <= 1.2 and ratio(a99, h99) <= 1.2, f"{ratio(a50, h50):.2f}× and {ratio(a99, h99):.2f}×"))
+            else:
+                rel = " | |"
+            w(f"| {rate} | {conns} | {setup} | {x['p50_ms']:.3f} | {x['p99_ms']:.3f} | {x['max_ms']:.3f} | {x['errors']:.0f} | {a50:.3f} | {a99:.3f} |{rel}")
+    w("")
+
+    w("### HTTP/2 and gRPC (1,000 rps, 10 connections, open loop)\n")
+    w("| protocol | setup | p50 ms | p99 ms | max ms | errors | added p50 ms | added p99 ms |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|")
+    for kind, name in (("h2", "HTTP/2"), ("grpc", "gRPC")):
+        base = find(kind, "direct")
+        for setup in NETNS_SETUPS:
+            r = find(kind, setup)
+            if r and base:
+                x, b = r["result"], base["result"]
+                w(f"| {name} | {setup} | {x['p50_ms']:.3f} | {x['p99_ms']:.3f} | {x['max_ms']:.3f} | {x['errors']:.0f} | "
+                  f"{x['p50_ms'] - b['p50_ms']:.3f} | {x['p99_ms'] - b['p99_ms']:.3f} |")
+    w("")
+
+    w("### Maximum throughput (closed loop) and proxy CPU per request\n")
+    w("CPU is the proxies' user + system time over the run (warm-up included, scaled to the measured window), per 10,000 requests.\n")
+    w("| protocol | setup | rps | × HAProxy | errors | proxy CPU s per 10k requests | × HAProxy |")
+    w("|---|---|---:|---:|---:|---:|---:|")
+    for kind, name in (("max", "HTTP/1.1, 50 connections"), ("max-h2", "HTTP/2, 10 connections × 10 streams")):
+        ha = find(kind, "haproxy")
+        cpu = {}
+        for setup in NETNS_SETUPS:
+            r = find(kind, setup)
+            if not r:
+                continue
+            x = r["result"]
+            secs = r["cpu_ticks"] / ticks * r["cpu_window_ratio"]
+            cpu[setup] = secs / x["requests"] * 10000 if x["requests"] and setup != "direct" else None
+        for setup in NETNS_SETUPS:
+            r = find(kind, setup)
+            if not r:
+                continue
+            x = r["result"]
+            tp = ratio(x["rps"], ha["result"]["rps"]) if ha else float("nan")
+            c = cpu.get(setup)
+            cs = f"{c:.3f}" if c is not None else "-"
+            cr = f"{ratio(c, cpu['haproxy']):.2f}×" if c is not None and cpu.get("haproxy") else "-"
+            w(f"| {name} | {setup} | {x['rps']:,.0f} | {tp:.2f}× | {x['errors']:.0f} | {cs} | {cr} |")
+            if kind == "max" and setup == "knit-1hop" and ha:
+                targets.append(("one hop: max throughput on one core ≥ 0.8× HAProxy's", tp >= 0.8, f"{tp:.2f}×"))
+                if c is not None and cpu.get("haproxy"):
+                    targets.append(("one hop: CPU per request ≤ 1.3× HAProxy's", ratio(c, cpu["haproxy"]) <= 1.3, f"{ratio(c, cpu['haproxy']):.2f}×"))
+            if kind == "max" and setup == "knit-mtls" and ha:
+                targets.append(("meshed pair with mTLS (both proxies on one core) ≥ 0.5× HAProxy's one hop", tp >= 0.5, f"{tp:.2f}×"))
+    w("")
+
+    w("### Opaque TCP (Redis: `redis-benchmark -t set,get -c 50`, closed loop)\n")
+    w("| setup | SET rps | GET rps | GET × HAProxy | GET p50 ms | GET p99 ms | proxy CPU s per 10k ops |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    ha = find("redis", "haproxy")
+    for setup in NETNS_SETUPS:
+        r = find("redis", setup)
+        if not r:
+            continue
+        x = r["result"]
+        c = f"{r['cpu_ticks'] / ticks / x['ops'] * 10000:.3f}" if setup != "direct" else "-"
+        gr = f"{ratio(x['get_rps'], ha['result']['get_rps']):.2f}×" if ha else "-"
+        w(f"| {setup} | {x['set_rps']:,.0f} | {x['get_rps']:,.0f} | {gr} | {x['get_p50_ms']:.3f} | {x['get_p99_ms']:.3f} | {c} |")
+    w("")
+
+    w("### Memory\n")
+    loaded = {s: (find("latency", s, "--rate 1000 --connections 100") or {}).get("rss_kb", 0) for s in ("haproxy", "knit-1hop", "knit-mtls")}
+    w("RSS idle is read after start-up and one request of each kind (identity, discovery and policy in place); under load is "
+      "the highest RSS sampled every 0.2 s during the 1,000 rps × 100 connections rows.\n")
+    w("| setup | idle RSS | RSS under 1,000 rps over 100 connections |")
+    w("|---|---:|---:|")
+    for setup in ("haproxy", "knit-1hop", "knit-mtls"):
+        w(f"| {setup} | {idle_rss.get(setup, 0) / 1024:.1f} MiB | {loaded[setup] / 1024:.1f} MiB |")
+    w("")
+    targets.append(("idle RSS with identity and discovery ≤ 8 MB", idle_rss["knit-1hop"] * 1024 <= 8e6, f"{idle_rss['knit-1hop'] * 1024 / 1e6:.1f} MB"))
+    targets.append(("RSS under 1,000 rps over 100 connections ≤ 14 MB", 0 < loaded["knit-1hop"] * 1024 <= 14e6, f"{loaded['knit-1hop'] * 1024 / 1e6:.1f} MB"))
+
+    idle = [r for r in rows if r["kind"] == "idle"]
+    if idle:
+        n = idle[0]["result"]["connections"]
+        w(f"Idle client connections: {n:,} opened at once to the proxy (HAProxy's frontend, or the ClusterIP through knit-proxy's "
+          "outbound), one exchange each (an HTTP/1.1 GET kept alive, an HTTP/2 GET on a connection kept open, a Redis PING), then "
+          "held quiet; the proxy is restarted before each row. Cost = RSS growth / connections held. The count is bounded by "
+          "this sandbox's descriptor limit, not chosen.\n")
+        w("| protocol | setup | held | RSS before | RSS held | per connection | × HAProxy |")
+        w("|---|---|---:|---:|---:|---:|---:|")
+        per = {}
+        for r in idle:
+            x = r["result"]
+            per[(r["args"], r["setup"])] = (x["rss_kb_after"] - x["rss_kb_before"]) * 1024 / max(x["held"], 1)
+        for r in idle:
+            x = r["result"]
+            c = per[(r["args"], r["setup"])]
+            h = per.get((r["args"], "haproxy"))
+            rel = f"{ratio(c, h):.2f}×" if r["setup"] != "haproxy" and h else "-"
+            w(f"| {r['args']} | {r['setup']} | {x['held']:,} | {x['rss_kb_before'] / 1024:.1f} MiB | {x['rss_kb_after'] / 1024:.1f} MiB | "
+              f"{c / 1000:.2f} kB | {rel} |")
+            if r["setup"] == "knit-1hop":
+                targets.append((f"idle {r['args']} client connections ≤ 4 kB each", c <= 4000, f"{c / 1000:.2f} kB"))
+        w("")
+
+    w("### Targets (issue #19)\n")
+    for name, ok, got in targets:
+        w(f"- {name}: {'met' if ok else '**missed**'} ({got})")
+    w("")
+    w(NETNS_END)
+    return "\n".join(out)
+
+
+def netns_main(argv):
+    ap = argparse.ArgumentParser(prog="report.py netns")
+    ap.add_argument("raw")
+    ap.add_argument("--command", required=True)
+    ap.add_argument("--ticks", type=int, default=100)
+    ap.add_argument("--idle-rss", required=True)
+    ap.add_argument("--results", required=True)
+    a = ap.parse_args(argv)
+    rows = [json.loads(l) for l in open(a.raw) if l.strip()]
+    write_section(a.results, NETNS_BEGIN, NETNS_END, netns_section(rows, a.command, a.ticks, json.loads(a.idle_rss)))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "discovery":
         discovery_main(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "netns":
+        netns_main(sys.argv[2:])
     else:
         main()

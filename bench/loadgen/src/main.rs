@@ -3,9 +3,10 @@
 //! `run` is open-loop: every request has an intended send time on a fixed schedule, and its
 //! latency is measured from that time, so a slow response delays no measurement out of the
 //! histogram (no coordinated omission). `--max` is closed-loop, for throughput. `control`
-//! measures knit-control's discovery under endpoint churn.
+//! measures knit-control's discovery under endpoint churn; `idle` holds connections open.
 
 mod control;
+mod idle;
 mod load;
 mod serve;
 
@@ -24,6 +25,8 @@ enum Command {
     Serve(serve::Args),
     /// Send load and print one JSON line of results.
     Run(load::Args),
+    /// Open many connections, one exchange each, and hold them idle (per-connection memory).
+    Idle(idle::Args),
     /// knit-control under churn: write manifests, or watch streams while rewriting them.
     Control(control::Args),
 }
@@ -32,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve::main(args),
         Command::Run(args) => load::main(args),
+        Command::Idle(args) => idle::main(args),
         Command::Control(args) => control::main(args),
     }
 }
