@@ -119,6 +119,8 @@ pub struct Ctx {
     /// The connection's requests in flight and the tunnels (WebSocket, CONNECT) spliced from
     /// them: the connection stays counted (its listener's permit, its drain watch) until all end.
     pub activity: Arc<Activity>,
+    /// The golden-metric handles of the connection's last request.
+    pub golden: crate::metrics::GoldenCache,
 }
 
 /// The endpoint a request goes to, the logical name it was addressed by, and inbound, the

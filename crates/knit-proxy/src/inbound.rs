@@ -302,6 +302,7 @@ impl Conn {
             tls: self.tls,
             from_peer: self.from_peer,
             activity: Default::default(),
+            golden: Default::default(),
         };
         http::serve(io, version, Arc::new(ctx), self.drain).await;
         Ok(())

@@ -42,6 +42,11 @@ impl<T: AsyncRead> AsyncRead for PrefixedIo<T> {
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix.split_to(n));
+            if this.prefix.is_empty() {
+                // Replayed: let go of detection's buffer, which a long-lived connection would
+                // otherwise hold for its whole life.
+                *this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         this.inner.poll_read(cx, buf)

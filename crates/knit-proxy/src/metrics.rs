@@ -16,7 +16,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Linkerd's latency buckets, in milliseconds.
 const LATENCY_MS: [f64; 25] = [
@@ -44,6 +44,97 @@ pub struct HttpMetrics {
     pub responses: Family<ResponseLabels, Counter>,
     pub latency: Family<StatusLabels, Histogram, fn() -> Histogram>,
     pub errors: Family<labels::ErrorLabels, Counter>,
+}
+
+/// The golden-metric handles of one label set: its request counter, and the latency histograms
+/// and response counters of the outcomes seen so far (a few; further ones take the families'
+/// lookup). A connection keeps those of its last request ([`GoldenCache`]): outbound requests
+/// on one connection usually share their labels, and then increment atomics instead of hashing
+/// and comparing a label set (with its strings) in three families.
+pub struct Golden {
+    labels: HttpLabels,
+    requests: Counter,
+    latency_family: Family<StatusLabels, Histogram, fn() -> Histogram>,
+    responses_family: Family<ResponseLabels, Counter>,
+    latency: Mutex<Vec<(Option<u16>, Histogram)>>,
+    responses: Mutex<Vec<(ResponseKey, Counter)>>,
+}
+
+/// A response's labels beyond its target's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ResponseKey {
+    status_code: Option<u16>,
+    classification: Classification,
+    grpc_status: Option<u32>,
+    error: Option<&'static str>,
+}
+
+/// The outcomes a [`Golden`] keeps handles for.
+const OUTCOMES: usize = 8;
+
+/// The handle of `key` in `seen`, created (and kept, while there is room) when missing.
+fn kept<K: PartialEq, M: Clone>(seen: &Mutex<Vec<(K, M)>>, key: K, create: impl FnOnce() -> M) -> M {
+    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, m)) = seen.iter().find(|(k, _)| *k == key) {
+        return m.clone();
+    }
+    let m = create();
+    if seen.len() < OUTCOMES {
+        seen.push((key, m.clone()));
+    }
+    m
+}
+
+impl Golden {
+    pub fn labels(&self) -> &HttpLabels {
+        &self.labels
+    }
+
+    /// Counts a request.
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    /// Records the time to the response headers (or the failure) with `status_code`.
+    pub fn latency(&self, status_code: Option<u16>, ms: f64) {
+        let create = || self.latency_family.get_or_create(&StatusLabels { target: self.labels.clone(), status_code }).clone();
+        kept(&self.latency, status_code, create).observe(ms);
+    }
+
+    /// Counts a finished response.
+    pub fn response(&self, status_code: Option<u16>, classification: Classification, grpc_status: Option<u32>, error: Option<&'static str>) {
+        let key = ResponseKey { status_code, classification, grpc_status, error };
+        let create = || {
+            let labels = ResponseLabels { status: StatusLabels { target: self.labels.clone(), status_code }, classification, grpc_status, error };
+            self.responses_family.get_or_create(&labels).clone()
+        };
+        kept(&self.responses, key, create).inc();
+    }
+}
+
+/// A connection's [`Golden`] handles of its last label set.
+#[derive(Default)]
+pub struct GoldenCache(Mutex<Option<Arc<Golden>>>);
+
+impl HttpMetrics {
+    /// The handles of `labels`: the connection's cached ones when the labels are the same,
+    /// else resolved (and cached in their place).
+    pub fn golden(&self, cache: &GoldenCache, labels: HttpLabels) -> Arc<Golden> {
+        let mut cached = cache.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = cached.as_ref().filter(|g| g.labels == labels) {
+            return g.clone();
+        }
+        let g = Arc::new(Golden {
+            requests: self.requests.get_or_create(&labels).clone(),
+            labels,
+            latency_family: self.latency.clone(),
+            responses_family: self.responses.clone(),
+            latency: Mutex::default(),
+            responses: Mutex::default(),
+        });
+        *cached = Some(g.clone());
+        g
+    }
 }
 
 #[derive(Clone)]
@@ -186,4 +277,54 @@ pub fn plaintext_tls(direction: Direction) -> Tls {
 
 pub fn labels_error(direction: Direction, error: &'static str) -> labels::ErrorLabels {
     labels::ErrorLabels { direction, error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(addr: &str) -> HttpLabels {
+        HttpLabels {
+            direction: Direction::Outbound,
+            authority: None,
+            target_addr: addr.parse().unwrap(),
+            tls: plaintext_tls(Direction::Outbound),
+            dst: Default::default(),
+            policy: None,
+        }
+    }
+
+    fn sample(text: &str, prefix: &str, parts: &[&str]) -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && parts.iter().all(|p| l.contains(p)))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    }
+
+    #[test]
+    fn a_connection_s_cached_golden_handles_count_into_its_requests_series() {
+        let m = Metrics::new();
+        let cache = GoldenCache::default();
+        // Two endpoints in turn on one connection, and more outcomes than are kept.
+        for i in 0..(OUTCOMES as u16 + 4) {
+            for addr in ["10.0.0.1:80", "10.0.0.2:80"] {
+                let g = m.http.golden(&cache, labels(addr));
+                g.request();
+                g.latency(Some(200 + i), 1.0);
+                g.response(Some(200 + i), Classification::Success, None, None);
+            }
+        }
+        let g = m.http.golden(&cache, labels("10.0.0.1:80"));
+        g.response(None, Classification::Failure, None, Some("stream_cancelled"));
+        let t = m.encode();
+        let n = OUTCOMES as f64 + 4.0;
+        for addr in ["10.0.0.1:80", "10.0.0.2:80"] {
+            let a = format!("target_addr=\"{addr}\"");
+            assert_eq!(sample(&t, "request_total{", &[&a]), n, "{t}");
+            assert_eq!(sample(&t, "response_latency_ms_count{", &[&a]), n);
+            assert_eq!(sample(&t, "response_total{", &[&a, "classification=\"success\""]), n);
+            assert_eq!(sample(&t, "response_total{", &[&a, "status_code=\"211\""]), 1.0);
+        }
+        assert_eq!(sample(&t, "response_total{", &["error=\"stream_cancelled\"", "target_addr=\"10.0.0.1:80\""]), 1.0);
+    }
 }

@@ -233,7 +233,7 @@ async fn serve_http(io: Io, version: HttpVersion, client: SocketAddr, target_add
         peer: Peer::Src,
     };
     let io = CountingIo::metered(io, &side.metrics.tcp, labels);
-    let ctx = Ctx { side: side.clone(), client, dest, client_id: None, tls, from_peer: false, activity: Default::default() };
+    let ctx = Ctx { side: side.clone(), client, dest, client_id: None, tls, from_peer: false, activity: Default::default(), golden: Default::default() };
     http::serve(io, version, Arc::new(ctx), drain).await;
 }
 

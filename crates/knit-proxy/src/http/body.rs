@@ -2,19 +2,19 @@
 //! ends, so that gRPC statuses in trailers classify the response and streamed responses are
 //! counted when they finish; and a body that fails when it stalls (a route's idle timeout).
 
-use crate::metrics::{Classification, ResponseLabels, StatusLabels};
+use crate::metrics::{Classification, Golden};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use prometheus_client::metrics::{counter::Counter, family::Family};
 use std::{
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
 pub struct Recorder {
-    pub family: Family<ResponseLabels, Counter>,
-    pub labels: StatusLabels,
+    pub golden: Arc<Golden>,
+    pub status_code: Option<u16>,
     /// grpc-status from the response headers (a trailers-only response), if any.
     pub grpc_status: Option<u32>,
     /// Set while someone taps this request: told of its end, with the bytes counted for it.
@@ -26,11 +26,10 @@ impl Recorder {
         if let Some((tap, bytes)) = self.tap {
             tap.end(bytes, self.grpc_status, error.is_some());
         }
-        let http_failed = self.labels.status_code.is_none_or(|s| s >= 500);
+        let http_failed = self.status_code.is_none_or(|s| s >= 500);
         let grpc_failed = self.grpc_status.is_some_and(|s| s != 0);
         let classification = if error.is_some() || http_failed || grpc_failed { Classification::Failure } else { Classification::Success };
-        let labels = ResponseLabels { status: self.labels, classification, grpc_status: self.grpc_status, error };
-        self.family.get_or_create(&labels).inc();
+        self.golden.response(self.status_code, classification, self.grpc_status, error);
     }
 }
 

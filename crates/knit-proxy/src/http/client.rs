@@ -75,8 +75,11 @@ impl EndpointLimits {
 }
 
 /// The pooled HTTP/1 client's connector: a [`Dialer`] for plain endpoints named by socket address.
+/// Shared: hyper-util clones the connector for every request, pooled connection or not, and a
+/// `Dialer` holds every metric family (a profile showed those clones and drops at 1.5% of the
+/// proxy's CPU).
 #[derive(Clone)]
-struct Connector(Dialer);
+struct Connector(Arc<Dialer>);
 
 impl Connector {
     async fn connect(&self, endpoint: &Endpoint, protocol: Option<SessionProtocol>) -> Result<ClientIo, ProxyError> {
@@ -112,7 +115,7 @@ impl Connection for ClientIo {
 
 impl Clients {
     pub fn new(dialer: Dialer, cfg: &HttpConfig) -> Self {
-        let connector = Connector(dialer);
+        let connector = Connector(Arc::new(dialer));
         let http1 = legacy::Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)

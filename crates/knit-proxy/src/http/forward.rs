@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     error::ProxyError,
-    metrics::{Direction, HttpLabels, StatusLabels},
+    metrics::{Direction, HttpLabels},
 };
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -93,14 +93,14 @@ fn labels(ctx: &Ctx, target: Option<&Routed>) -> HttpLabels {
 /// synthesized by a filter), so that success rates count it.
 fn record_synthetic(ctx: &Ctx, target: Option<&Routed>, status: StatusCode, error: Option<&ProxyError>, started: Instant) {
     let side = &ctx.side;
-    let labels = labels(ctx, target);
-    side.metrics.http.requests.get_or_create(&labels).inc();
+    let golden = side.metrics.http.golden(&ctx.golden, labels(ctx, target));
+    golden.request();
     if let Some(e) = error {
         side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e.metric_label())).inc();
     }
-    let status = StatusLabels { target: labels, status_code: Some(status.as_u16()) };
-    record_latency(side, &status, started);
-    Recorder { family: side.metrics.http.responses.clone(), labels: status, grpc_status: None, tap: None }.record(error.map(ProxyError::metric_label));
+    let status_code = Some(status.as_u16());
+    golden.latency(status_code, elapsed_ms(started));
+    Recorder { golden, status_code, grpc_status: None, tap: None }.record(error.map(ProxyError::metric_label));
 }
 
 /// Sends one request (one attempt, when retrying) to one endpoint and records its golden
@@ -108,33 +108,33 @@ fn record_synthetic(ctx: &Ctx, target: Option<&Routed>, status: StatusCode, erro
 pub(super) async fn call_endpoint(req: Request<ReqBody>, routed: &Routed, ctx: &Ctx, started: Instant) -> Result<Response<Body>, ProxyError> {
     let side = &ctx.side;
     let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
-    let labels = labels(ctx, Some(routed));
-    side.metrics.http.requests.get_or_create(&labels).inc();
+    let golden = side.metrics.http.golden(&ctx.golden, labels(ctx, Some(routed)));
+    golden.request();
     let mut tap = if side.taps.active() { start_tap(&req, routed, ctx) } else { None };
     let rsp = match forward(req, routed, ctx).await {
         Ok(rsp) => rsp,
         Err(e) => {
             side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e.metric_label())).inc();
-            let status = StatusLabels { target: labels, status_code: Some(e.http_status().as_u16()) };
-            record_latency(side, &status, started);
+            let status_code = Some(e.http_status().as_u16());
+            golden.latency(status_code, elapsed_ms(started));
             if let Some(t) = tap.as_mut() {
                 t.response(e.http_status().as_u16());
             }
             let tap = tap.map(|t| (t, 0));
-            Recorder { family: side.metrics.http.responses.clone(), labels: status, grpc_status: None, tap }.record(Some(e.metric_label()));
+            Recorder { golden, status_code, grpc_status: None, tap }.record(Some(e.metric_label()));
             return Err(e);
         }
     };
     if let Some(t) = tap.as_mut() {
         t.response(rsp.status().as_u16());
     }
-    let status = StatusLabels { target: labels, status_code: Some(rsp.status().as_u16()) };
-    record_latency(side, &status, started);
+    let status_code = Some(rsp.status().as_u16());
+    golden.latency(status_code, elapsed_ms(started));
     if side.config.log.access_log {
         tracing::info!(target: "access", client = %ctx.client, %method, %uri, ?version, status = rsp.status().as_u16(),
-            latency_ms = started.elapsed().as_secs_f64() * 1e3, target_addr = %status.target.target_addr);
+            latency_ms = started.elapsed().as_secs_f64() * 1e3, target_addr = %golden.labels().target_addr);
     }
-    let recorder = Recorder { family: side.metrics.http.responses.clone(), grpc_status: grpc_status(rsp.headers()), labels: status, tap: tap.map(|t| (t, 0)) };
+    let recorder = Recorder { golden, status_code, grpc_status: grpc_status(rsp.headers()), tap: tap.map(|t| (t, 0)) };
     Ok(rsp.map(|b| RecordBody::new(b, recorder).boxed()))
 }
 
@@ -315,6 +315,6 @@ async fn tunnel(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Result
     Ok(rsp)
 }
 
-fn record_latency(side: &super::Side, status: &StatusLabels, started: Instant) {
-    side.metrics.http.latency.get_or_create(status).observe(started.elapsed().as_secs_f64() * 1e3);
+fn elapsed_ms(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1e3
 }

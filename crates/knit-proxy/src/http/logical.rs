@@ -9,7 +9,7 @@ use crate::{
     balance,
     discovery::Target,
     error::ProxyError,
-    metrics::route::{BackendLabels, BackendStatusLabels, Resource, RouteLabels, StatusLabels},
+    metrics::route::{BackendLabels, Resource, RouteLabels},
     outbound::{backend, Logical},
     policy::outbound::{Filter, HttpPolicy, OutboundPolicy, Rule, Timeouts},
     retry::{self, RetryPolicy},
@@ -95,11 +95,11 @@ async fn serve_rule(mut req: Request<ReqBody>, r: &Routing, route_i: usize, plan
     match filtered {
         Ok(None) => {}
         Ok(Some(rsp)) => {
-            record_route(ctx, &labels, &Ok(rsp.status()), started);
+            ctx.side.metrics.route.record_route(&route.metrics, &labels, started.elapsed(), &Ok(rsp.status()));
             return Ok(rsp);
         }
         Err(e) => {
-            record_route(ctx, &labels, &Err(e.metric_label()), started);
+            ctx.side.metrics.route.record_route(&route.metrics, &labels, started.elapsed(), &Err(e.metric_label()));
             return Err(e);
         }
     }
@@ -111,7 +111,7 @@ async fn serve_rule(mut req: Request<ReqBody>, r: &Routing, route_i: usize, plan
         },
         None => attempts(req, &plan, r, ctx, &labels).await,
     };
-    record_route(ctx, &labels, &result.as_ref().map(|r| r.status()).map_err(|e| e.metric_label()), started);
+    ctx.side.metrics.route.record_route(&route.metrics, &labels, started.elapsed(), &result.as_ref().map(|r| r.status()).map_err(|e| e.metric_label()));
     result.map(|mut rsp| {
         for m in response_headers {
             m.apply(rsp.headers_mut());
@@ -126,16 +126,6 @@ fn forbidden_target(e: ProxyError, r: &Routing) -> ProxyError {
         ProxyError::Forbidden { .. } => ProxyError::Forbidden { target: r.logical.target.to_string() },
         e => e,
     }
-}
-
-fn record_route(ctx: &Ctx, labels: &RouteLabels, result: &Result<StatusCode, &'static str>, started: Instant) {
-    let m = &ctx.side.metrics.route;
-    m.request_duration.get_or_create(labels).observe(started.elapsed().as_secs_f64());
-    let (http_status, error) = match result {
-        Ok(s) => (s.as_str().to_string(), String::new()),
-        Err(e) => (String::new(), (*e).to_string()),
-    };
-    m.request_statuses.get_or_create(&StatusLabels { route: labels.clone(), http_status, error }).inc();
 }
 
 /// Applies a rule's (or a backend's) filters to the request. A filter that answers by itself
@@ -321,7 +311,7 @@ async fn send_once(
         .ok_or_else(|| ProxyError::BackendFailed { backend: r.policy.meta.name().to_string(), message: "the route has no backends".into() })?;
     let backend_labels = BackendLabels::new(labels.clone(), &Resource::of(&backend.backend.meta));
     let m = &ctx.side.metrics.route;
-    m.backend_requests.get_or_create(&backend_labels).inc();
+    m.backend_request(&backend.metrics, &backend_labels);
     let mut response_headers = Vec::new();
     if let Some(rsp) = apply_filters(&backend.filters, &mut req, &mut response_headers).map_err(|e| forbidden_target(e, r))? {
         return Ok(rsp);
@@ -354,12 +344,7 @@ async fn send_once(
         };
         picked.finish(outcome, elapsed, Instant::now());
     }
-    m.backend_duration.get_or_create(&backend_labels).observe(elapsed.as_secs_f64());
-    let (http_status, error) = match &result {
-        Ok(r) => (r.status().as_str().to_string(), String::new()),
-        Err(e) => (String::new(), e.metric_label().to_string()),
-    };
-    m.backend_statuses.get_or_create(&BackendStatusLabels { backend: backend_labels, http_status, error }).inc();
+    m.record_backend(&backend.metrics, &backend_labels, elapsed, &result.as_ref().map(|r| r.status()).map_err(|e| e.metric_label()));
     result.map(|mut rsp| {
         for h in response_headers {
             h.apply(rsp.headers_mut());

@@ -8,7 +8,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A policy object as metric labels (`group`, `kind`, `namespace`, `name`, `port`; empty when
 /// unknown, kind `default` for a default the control plane or the proxy made up), sharing the
@@ -214,6 +214,147 @@ pub struct RateLimitLabels {
     pub server: ServerLabels,
 }
 
+/// The metric handles of one policy object (an HTTP route, or a route's backend), resolved on
+/// its first request and kept with the object: later requests increment atomics instead of
+/// hashing and comparing their label set in each family (the proxy's top user-space cost in
+/// bench/profiles/knit-proxy-netns.md). The handles keep the metadata they were resolved for and
+/// are used only when a request's labels name the same objects (compared by pointer): an object
+/// reached under another parent, or with a `hostname` label, takes the families' lookup. A
+/// clone starts empty, since it may be placed under another parent.
+#[derive(Default)]
+pub struct Handles(OnceLock<Resolved>);
+
+impl Clone for Handles {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for Handles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Handles(resolved)" } else { "Handles" })
+    }
+}
+
+/// Handles of a route (`requests` is `None`) or of a backend.
+struct Resolved {
+    parent: Arc<Meta>,
+    route: Arc<Meta>,
+    backend: Option<Arc<Meta>>,
+    requests: Option<Counter>,
+    duration: Histogram,
+    /// The counters of the response statuses seen, a few at most; errors and further statuses
+    /// take the family's lookup.
+    statuses: Mutex<Vec<(u16, Counter)>>,
+}
+
+/// The statuses [`Resolved`] keeps counters for.
+const STATUSES: usize = 8;
+
+impl Resolved {
+    fn matches(&self, route: &RouteLabels, backend: Option<&Resource>) -> bool {
+        Arc::ptr_eq(&self.parent, &route.parent.0)
+            && Arc::ptr_eq(&self.route, &route.route.0)
+            && match (&self.backend, backend) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, &b.0),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+
+    /// The counter of `status`, when it is one of those kept.
+    fn status(&self, status: u16, create: impl FnOnce() -> Counter) -> Option<Counter> {
+        let mut seen = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = seen.iter().find(|(s, _)| *s == status) {
+            return Some(c.clone());
+        }
+        if seen.len() >= STATUSES {
+            return None;
+        }
+        let c = create();
+        seen.push((status, c.clone()));
+        Some(c)
+    }
+}
+
+/// A finished request or attempt: the response status, or the error's metric label.
+pub type Outcome<'a> = Result<http::StatusCode, &'a str>;
+
+fn outcome_labels(result: &Outcome<'_>) -> (String, String) {
+    match result {
+        Ok(s) => (s.as_str().to_string(), String::new()),
+        Err(e) => (String::new(), (*e).to_string()),
+    }
+}
+
+impl RouteMetrics {
+    fn resolved<'h>(&self, handles: &'h Handles, route: &RouteLabels, backend: Option<&Resource>) -> Option<&'h Resolved> {
+        if !route.hostname.is_empty() {
+            return None;
+        }
+        let r = handles.0.get_or_init(|| {
+            let (requests, duration) = match backend {
+                Some(b) => {
+                    let labels = BackendLabels::new(route.clone(), b);
+                    (Some(self.backend_requests.get_or_create(&labels).clone()), self.backend_duration.get_or_create(&labels).clone())
+                }
+                None => (None, self.request_duration.get_or_create(route).clone()),
+            };
+            Resolved {
+                parent: route.parent.0.clone(),
+                route: route.route.0.clone(),
+                backend: backend.map(|b| b.0.clone()),
+                requests,
+                duration,
+                statuses: Mutex::default(),
+            }
+        });
+        r.matches(route, backend).then_some(r)
+    }
+
+    /// Records a route's request (after retries): its duration and status.
+    pub fn record_route(&self, handles: &Handles, labels: &RouteLabels, elapsed: std::time::Duration, result: &Outcome<'_>) {
+        let resolved = self.resolved(handles, labels, None);
+        match resolved {
+            Some(r) => r.duration.observe(elapsed.as_secs_f64()),
+            None => self.request_duration.get_or_create(labels).observe(elapsed.as_secs_f64()),
+        }
+        let family = || {
+            let (http_status, error) = outcome_labels(result);
+            self.request_statuses.get_or_create(&StatusLabels { route: labels.clone(), http_status, error }).clone()
+        };
+        match (resolved, result) {
+            (Some(r), Ok(s)) => r.status(s.as_u16(), family).unwrap_or_else(family).inc(),
+            _ => family().inc(),
+        };
+    }
+
+    /// Counts an attempt sent to a route's backend.
+    pub fn backend_request(&self, handles: &Handles, labels: &BackendLabels) {
+        match self.resolved(handles, &labels.route, Some(&labels.backend)).and_then(|r| r.requests.as_ref()) {
+            Some(c) => c.inc(),
+            None => self.backend_requests.get_or_create(labels).inc(),
+        };
+    }
+
+    /// Records a backend attempt's response: its duration and status.
+    pub fn record_backend(&self, handles: &Handles, labels: &BackendLabels, elapsed: std::time::Duration, result: &Outcome<'_>) {
+        let resolved = self.resolved(handles, &labels.route, Some(&labels.backend));
+        match resolved {
+            Some(r) => r.duration.observe(elapsed.as_secs_f64()),
+            None => self.backend_duration.get_or_create(labels).observe(elapsed.as_secs_f64()),
+        }
+        let family = || {
+            let (http_status, error) = outcome_labels(result);
+            self.backend_statuses.get_or_create(&BackendStatusLabels { backend: labels.clone(), http_status, error }).clone()
+        };
+        match (resolved, result) {
+            (Some(r), Ok(s)) => r.status(s.as_u16(), family).unwrap_or_else(family).inc(),
+            _ => family().inc(),
+        };
+    }
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new([0.05, 0.5, 1.0, 10.0])
 }
@@ -292,5 +433,81 @@ impl RouteMetrics {
         inbound.register("http_route_not_found", "HTTP requests that matched no route of the server", m.route_not_found.clone());
         inbound.register("http_local_ratelimit", "HTTP requests refused by a local rate limit", m.local_ratelimit.clone());
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+    use std::time::Duration;
+
+    fn meta(name: &str) -> Arc<Meta> {
+        Arc::new(Meta::Resource { group: "".into(), kind: "Service".into(), name: name.into(), namespace: "ns".into(), section: "".into(), port: 80 })
+    }
+
+    fn text(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    fn sample(text: &str, prefix: &str, parts: &[&str]) -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && parts.iter().all(|p| l.contains(p)))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+
+    #[test]
+    fn cached_handles_count_into_the_series_a_lookup_would() {
+        let mut registry = Registry::default();
+        let m = RouteMetrics::register(&mut registry);
+        let (parent, other_parent, route) = (meta("a"), meta("b"), meta("r"));
+        let handles = Handles::default();
+        let labels = RouteLabels::new(&Resource::of(&parent), &Resource::of(&route), String::new());
+        // More statuses than are kept, an error, and the same route under another parent.
+        let statuses = (200..200 + STATUSES as u16 + 3).map(|c| StatusCode::from_u16(c).unwrap());
+        for s in statuses.clone() {
+            m.record_route(&handles, &labels, Duration::from_millis(1), &Ok(s));
+            m.record_route(&handles, &labels, Duration::from_millis(1), &Ok(s));
+        }
+        m.record_route(&handles, &labels, Duration::from_millis(1), &Err("unexpected"));
+        let elsewhere = RouteLabels::new(&Resource::of(&other_parent), &Resource::of(&route), String::new());
+        m.record_route(&handles, &elsewhere, Duration::from_millis(1), &Ok(StatusCode::OK));
+        let with_host = RouteLabels::new(&Resource::of(&parent), &Resource::of(&route), "h.example".into());
+        m.record_route(&handles, &with_host, Duration::from_millis(1), &Ok(StatusCode::OK));
+
+        let t = text(&registry);
+        let statuses_metric = "outbound_http_route_request_statuses_total{";
+        for s in statuses {
+            let code = format!("http_status=\"{}\"", s.as_u16());
+            assert_eq!(sample(&t, statuses_metric, &[&code, "parent_name=\"a\"", "hostname=\"\""]), 2, "{code}\n{t}");
+        }
+        assert_eq!(sample(&t, statuses_metric, &["error=\"unexpected\"", "parent_name=\"a\""]), 1);
+        assert_eq!(sample(&t, statuses_metric, &["http_status=\"200\"", "parent_name=\"b\""]), 1);
+        assert_eq!(sample(&t, statuses_metric, &["http_status=\"200\"", "hostname=\"h.example\""]), 1);
+        let count = "outbound_http_route_request_duration_seconds_count{";
+        assert_eq!(sample(&t, count, &["parent_name=\"a\"", "hostname=\"\""]), 2 * (STATUSES as u64 + 3) + 1);
+        assert_eq!(sample(&t, count, &["parent_name=\"b\""]), 1);
+
+        // A backend's handles: requests, durations and statuses, and another backend's labels.
+        let (backend, other) = (meta("be"), meta("other"));
+        let bh = Handles::default();
+        let bl = BackendLabels::new(labels.clone(), &Resource::of(&backend));
+        for _ in 0..3 {
+            m.backend_request(&bh, &bl);
+            m.record_backend(&bh, &bl, Duration::from_millis(1), &Ok(StatusCode::OK));
+        }
+        let ol = BackendLabels::new(labels, &Resource::of(&other));
+        m.backend_request(&bh, &ol);
+        m.record_backend(&bh, &ol, Duration::from_millis(1), &Err("unexpected"));
+        let t = text(&registry);
+        assert_eq!(sample(&t, "outbound_http_route_backend_requests_total{", &["backend_name=\"be\""]), 3);
+        assert_eq!(sample(&t, "outbound_http_route_backend_requests_total{", &["backend_name=\"other\""]), 1);
+        assert_eq!(sample(&t, "outbound_http_route_backend_response_statuses_total{", &["backend_name=\"be\"", "http_status=\"200\""]), 3);
+        assert_eq!(sample(&t, "outbound_http_route_backend_response_statuses_total{", &["backend_name=\"other\"", "error=\"unexpected\""]), 1);
+        // A clone (placed under another parent, say) starts without handles.
+        assert_eq!(format!("{:?}", bh.clone()), "Handles");
     }
 }

@@ -81,6 +81,8 @@ pub struct HttpRoute {
     /// Empty: any host.
     pub hosts: Vec<HostMatch>,
     pub rules: Vec<Rule>,
+    /// Its metric handles, resolved on its first request.
+    pub metrics: crate::metrics::route::Handles,
 }
 
 #[derive(Clone, Debug)]
@@ -244,6 +246,8 @@ pub struct RouteBackend {
     pub backend: Backend,
     /// Applied after the rule's filters, for requests sent to this backend.
     pub filters: Vec<Filter>,
+    /// Its metric handles, resolved on its first request.
+    pub metrics: crate::metrics::route::Handles,
 }
 
 #[derive(Clone, Debug)]
@@ -318,7 +322,7 @@ impl OpaquePolicy {
             retry: None,
             allow_l5d_request_headers: false,
         };
-        let http = HttpRoute { meta: route.meta.clone(), hosts: Vec::new(), rules: vec![rule] };
+        let http = HttpRoute { meta: route.meta.clone(), hosts: Vec::new(), rules: vec![rule], metrics: Default::default() };
         Some(HttpPolicy { routes: Arc::from(vec![http]), failure_accrual: None })
     }
 
@@ -450,6 +454,7 @@ impl OutboundPolicy {
         let backend = RouteBackend {
             backend: Backend { meta: meta.clone(), queue_capacity: FORWARD_QUEUE_CAPACITY, failfast: FORWARD_FAILFAST, kind },
             filters: Vec::new(),
+            metrics: Default::default(),
         };
         let opaque = OpaquePolicy {
             routes: vec![OpaqueRoute {
@@ -468,7 +473,7 @@ impl OutboundPolicy {
             retry: None,
             allow_l5d_request_headers: false,
         };
-        let route = HttpRoute { meta: meta.clone(), hosts: Vec::new(), rules: vec![rule] };
+        let route = HttpRoute { meta: meta.clone(), hosts: Vec::new(), rules: vec![rule], metrics: Default::default() };
         let http = HttpPolicy { routes: Arc::from(vec![route]), failure_accrual: None };
         Self { meta, protocol: Protocol::Detect { timeout, opaque, http1: http.clone(), http2: http } }
     }

@@ -158,7 +158,7 @@ fn http_route(r: &api::HttpRoute) -> Result<HttpRoute, InvalidPolicy> {
         let retry = rule.retry.as_ref().map(|r| RetryPolicy::try_from(r).map_err(|e| InvalidPolicy::new("retry", e.to_string()))).transpose()?;
         Ok(Rule { matches, filters, backends, timeouts, retry, allow_l5d_request_headers: rule.allow_l5d_request_headers })
     })?;
-    Ok(HttpRoute { meta, hosts, rules })
+    Ok(HttpRoute { meta, hosts, rules, metrics: Default::default() })
 }
 
 fn grpc_route(r: &api::GrpcRoute) -> Result<HttpRoute, InvalidPolicy> {
@@ -173,7 +173,7 @@ fn grpc_route(r: &api::GrpcRoute) -> Result<HttpRoute, InvalidPolicy> {
         let retry = rule.retry.as_ref().map(|r| RetryPolicy::try_from(r).map_err(|e| InvalidPolicy::new("retry", e.to_string()))).transpose()?;
         Ok(Rule { matches, filters, backends, timeouts, retry, allow_l5d_request_headers: rule.allow_l5d_request_headers })
     })?;
-    Ok(HttpRoute { meta, hosts, rules })
+    Ok(HttpRoute { meta, hosts, rules, metrics: Default::default() })
 }
 
 /// The path prefixes a rule's matches match, for `ReplacePrefixMatch` redirects. A rule without
@@ -309,7 +309,7 @@ fn route_backend<F>(
     filter: impl Fn(&F) -> Result<Filter, InvalidPolicy>,
 ) -> Result<RouteBackend, InvalidPolicy> {
     let backend = self::backend(backend.ok_or_else(|| InvalidPolicy::missing("backend"))?).map_err(|e| e.at("backend"))?;
-    Ok(RouteBackend { backend, filters: each(filters, "filters", filter)? })
+    Ok(RouteBackend { backend, filters: each(filters, "filters", filter)?, metrics: Default::default() })
 }
 
 fn backend(b: &api::Backend) -> Result<Backend, InvalidPolicy> {

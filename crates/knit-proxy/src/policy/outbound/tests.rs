@@ -661,7 +661,11 @@ fn forward_to_sends_everything_to_the_original_destination() {
 
 fn named_backend(name: &str) -> RouteBackend {
     let meta = Arc::new(Meta::Default(name.into()));
-    RouteBackend { backend: Backend { meta, queue_capacity: 1, failfast: ms(1), kind: BackendKind::Fail { message: String::new() } }, filters: vec![] }
+    RouteBackend {
+        backend: Backend { meta, queue_capacity: 1, failfast: ms(1), kind: BackendKind::Fail { message: String::new() } },
+        filters: vec![],
+        metrics: Default::default(),
+    }
 }
 
 #[test]
