@@ -101,6 +101,10 @@ pub struct HttpConfig {
     /// A client connection with no request in flight for this long is closed gracefully.
     #[serde(serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
+    /// An HTTP/1 client connection with no request in flight for this long is parked: hyper's
+    /// buffers and state are let go until the client sends again (`http/park.rs`). Zero: never.
+    #[serde(serialize_with = "ser_duration")]
+    pub park_after: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub h2_keep_alive_interval: Duration,
     #[serde(serialize_with = "ser_duration")]
@@ -272,6 +276,7 @@ impl Config {
         let h2_resets = r.get(&v("HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS"), "50", positive::<usize>);
         let header_read = r.get(&v("HTTP_HEADER_READ_TIMEOUT"), "10s", parse::duration);
         let http_idle = r.get(&v("HTTP_IDLE_TIMEOUT"), "60s", parse::duration);
+        let park_after = r.get(&v("HTTP1_PARK_AFTER"), "1s", parse::duration);
         let h2_ka_interval = r.get(&v("HTTP2_KEEP_ALIVE_INTERVAL"), "10s", parse::duration);
         let h2_ka_timeout = r.get(&v("HTTP2_KEEP_ALIVE_TIMEOUT"), "3s", parse::duration);
         let max_in_flight = r.get(&v("MAX_IN_FLIGHT_REQUESTS"), "10000", positive::<usize>);
@@ -321,6 +326,7 @@ impl Config {
                 h2_max_pending_accept_reset_streams: h2_resets.expect(m),
                 header_read_timeout: header_read.expect(m),
                 idle_timeout: http_idle.expect(m),
+                park_after: park_after.expect(m),
                 h2_keep_alive_interval: h2_ka_interval.expect(m),
                 h2_keep_alive_timeout: h2_ka_timeout.expect(m),
                 max_in_flight_requests: max_in_flight.expect(m),

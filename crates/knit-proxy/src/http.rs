@@ -10,6 +10,7 @@ pub mod headers;
 pub mod l5d;
 mod logical;
 pub mod normalize;
+mod park;
 
 use crate::{
     discovery::Target,
@@ -214,14 +215,13 @@ where
             }
         })
     };
-    let io = TokioIo::new(io);
     // Runs a hyper connection to its end, asking it to finish gracefully when draining starts or
     // when it has been idle (no request in flight) for the idle timeout, and dropping it (which
     // resets its streams) when the client spends its cancellation budget.
     macro_rules! drive {
         ($conn:expr) => {{
-            let conn = $conn;
-            tokio::pin!(conn);
+            // Boxed, as HTTP/1's: the connection task keeps no room for it.
+            let mut conn = Box::pin($conn);
             tokio::select! {
                 r = conn.as_mut() => r,
                 _ = drain.signaled() => {
@@ -241,12 +241,62 @@ where
         }};
     }
     let result = match version {
-        HttpVersion::Http1 => drive!(hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(http.header_read_timeout)
-            .max_buf_size(http.max_header_bytes.max(8192))
-            .serve_connection(io, svc)
-            .with_upgrades()),
+        HttpVersion::Http1 => {
+            // An idle HTTP/1 connection is closed when it has waited for a request head for the
+            // header timeout (hyper's timer runs between requests too), or for the idle timeout:
+            // parked, it keeps that deadline. Parking applies while it comes before.
+            let idle_close = http.idle_timeout.min(http.header_read_timeout);
+            let park_after = Some(http.park_after).filter(|p| !p.is_zero() && *p < idle_close);
+            let mut io = park::ParkIo::new(io);
+            loop {
+                let parking = io.parking();
+                // Boxed: a parked connection holds none of hyper's state.
+                let mut conn = Box::pin(
+                    hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(http.header_read_timeout)
+                        .max_buf_size(http.max_header_bytes.max(8192))
+                        .serve_connection(TokioIo::new(io), svc.clone())
+                        .with_upgrades(),
+                );
+                let parked = tokio::select! {
+                    r = conn.as_mut() => break r,
+                    _ = drain.signaled() => {
+                        conn.as_mut().graceful_shutdown();
+                        break conn.await;
+                    }
+                    () = activity.idle(http.idle_timeout) => {
+                        conn.as_mut().graceful_shutdown();
+                        break conn.await;
+                    }
+                    () = activity.idle(park_after.unwrap_or_default()), if park_after.is_some() => {
+                        parking.store(true, std::sync::atomic::Ordering::Relaxed);
+                        conn.as_mut().graceful_shutdown();
+                        conn.as_mut().await
+                    }
+                    _ = resets.exhausted.notified() => {
+                        tracing::warn!(client = %ctx.client, "closing a connection that cancels requests faster than {RESET_RATE}/s (rapid reset)");
+                        ctx.side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(ctx.side.direction, "rapid_reset")).inc();
+                        return;
+                    }
+                };
+                if parked.is_err() {
+                    break parked;
+                }
+                // Upgraded meanwhile (hyper handed the socket to the tunnel): nothing to park.
+                let Some(parts) = std::pin::Pin::into_inner(conn).into_parts() else { break Ok(()) };
+                let remaining = idle_close.saturating_sub(park_after.unwrap_or_default());
+                let resumed = tokio::select! {
+                    r = parts.io.into_inner().park(parts.read_buf) => r,
+                    _ = drain.signaled() => None,
+                    () = activity.idle(remaining) => None,
+                };
+                match resumed {
+                    Some(next) => io = next,
+                    None => break Ok(()),
+                }
+            }
+        }
         HttpVersion::Http2 => drive!(hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(http.h2_keep_alive_interval)
@@ -255,7 +305,7 @@ where
             .max_pending_accept_reset_streams(http.h2_max_pending_accept_reset_streams)
             .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
             .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX))
-            .serve_connection(io, svc)),
+            .serve_connection(TokioIo::new(io), svc)),
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection ended with an error");

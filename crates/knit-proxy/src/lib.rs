@@ -25,6 +25,7 @@ pub mod init;
 pub mod io;
 pub mod log;
 pub mod loops;
+pub mod memory;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
@@ -197,6 +198,9 @@ impl Proxy {
 
         // Inbound and outbound each get half: remote clients holding connections to the
         // inbound port cannot keep the application's own calls waiting, nor the reverse.
+        if !self.config.http.park_after.is_zero() {
+            tokio::spawn(memory::trim_loop());
+        }
         let half = (accept::data_connections(self.config.max_connections) / 2).max(1);
         let (inbound_limit, outbound_limit) = (accept::Limit::new(half), accept::Limit::new(half));
         tracing::debug!(max = half, "connection limit of each direction");

@@ -44,6 +44,10 @@ use tracing::Instrument;
 
 type Io = PrefixedIo<TcpStream>;
 
+// The larger steps of a connection (resolving, detecting, opening, copying, serving HTTP) are
+// boxed where they are awaited: a connection's task is as large as its largest step, and an
+// idle HTTP connection should not carry room for an opaque copy or a detection it is done with.
+
 pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, side: Arc<Side>, drain: drain::Watch) {
     let span = tracing::info_span!("outbound", %client);
     async move {
@@ -72,7 +76,7 @@ async fn accept(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, 
             return Err(ProxyError::Loop(dst));
         }
     }
-    let logical = Arc::new(Logical::resolve(side, target, authority).await?);
+    let logical = Arc::new(Box::pin(Logical::resolve(side, target, authority)).await?);
     let conn = Conn { client, orig_dst, logical, side: side.clone(), drain };
     let io = PrefixedIo::new(Bytes::new(), tcp);
     let policy = match conn.logical.policy(side).await {
@@ -85,8 +89,8 @@ async fn accept(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, 
         Protocol::Detect { timeout, opaque, .. } => conn.detected(io, &policy, opaque, *timeout).await,
         Protocol::Http1(_) | Protocol::Http2(_) | Protocol::Grpc(_) => conn.http_known(io).await,
         Protocol::Opaque(opaque) => {
-            let opened = opaque::open(&conn.logical, &policy.meta, opaque, None, Kind::Tcp, side).await?;
-            opaque::copy(io, opened, Bytes::new(), &conn.logical, side).await
+            let opened = Box::pin(opaque::open(&conn.logical, &policy.meta, opaque, None, Kind::Tcp, side)).await?;
+            Box::pin(opaque::copy(io, opened, Bytes::new(), &conn.logical, side)).await
         }
         Protocol::Tls(routes) => conn.tls(io, &policy, routes).await,
     }
@@ -114,7 +118,7 @@ impl Conn {
         };
         // Open the opaque route's connection and see who speaks first. If the route refuses (an
         // egress policy that allows only HTTP, say), wait for the client instead.
-        let mut opened = match opaque::open(&self.logical, &policy.meta, opaque, None, Kind::Tcp, &side).await {
+        let mut opened = match Box::pin(opaque::open(&self.logical, &policy.meta, opaque, None, Kind::Tcp, &side)).await {
             Ok(o) => o,
             Err(refused) => {
                 return match self.detect(silent, Timeouts { silent: None, total: timeout }).await? {
@@ -124,10 +128,10 @@ impl Conn {
             }
         };
         let mut io = silent;
-        let speaker = detect::first_speaker(&mut io, &mut opened.server).await.map_err(|source| ProxyError::Connect { addr: self.client, source })?;
+        let speaker = Box::pin(detect::first_speaker(&mut io, &mut opened.server)).await.map_err(|source| ProxyError::Connect { addr: self.client, source })?;
         match speaker {
             Speaker::Closed => Ok(()),
-            Speaker::Server(greeting) => opaque::copy(io, opened, greeting, &self.logical, &side).await,
+            Speaker::Server(greeting) => Box::pin(opaque::copy(io, opened, greeting, &self.logical, &side)).await,
             Speaker::Client(first) => {
                 let io = PrefixedIo::new(first, io.into_parts().1);
                 match self.detect(io, Timeouts { silent: None, total: timeout }).await? {
@@ -153,9 +157,9 @@ impl Conn {
             _ => {
                 let opened = match opened {
                     Some(o) => o,
-                    None => opaque::open(&self.logical, &policy.meta, opaque, None, Kind::Tcp, &self.side).await?,
+                    None => Box::pin(opaque::open(&self.logical, &policy.meta, opaque, None, Kind::Tcp, &self.side)).await?,
                 };
-                opaque::copy(d.io, opened, Bytes::new(), &self.logical, &self.side).await
+                Box::pin(opaque::copy(d.io, opened, Bytes::new(), &self.logical, &self.side)).await
             }
         }
     }
@@ -177,8 +181,8 @@ impl Conn {
         let t = Timeouts { silent: None, total: side.config.detect.timeout };
         match self.detect(io, t).await? {
             Outcome::Detected(detect::Detected { protocol: Detected::Tls { sni }, io }) => {
-                let opened = opaque::open(&self.logical, &policy.meta, routes, sni.as_deref(), Kind::Tls, side).await?;
-                opaque::copy(io, opened, Bytes::new(), &self.logical, side).await
+                let opened = Box::pin(opaque::open(&self.logical, &policy.meta, routes, sni.as_deref(), Kind::Tls, side)).await?;
+                Box::pin(opaque::copy(io, opened, Bytes::new(), &self.logical, side)).await
             }
             Outcome::Detected(_) => Err(ProxyError::NotTls { target: self.logical.target.to_string() }),
             Outcome::Closed | Outcome::Silent(_) => Ok(()),
@@ -198,7 +202,7 @@ impl Conn {
 
     async fn detect(&self, io: Io, t: Timeouts) -> Result<Outcome, ProxyError> {
         let side = &self.side;
-        detect::detect(io, t, &side.metrics.detect, side.direction).await.map_err(|source| ProxyError::Connect { addr: self.client, source })
+        Box::pin(detect::detect(io, t, &side.metrics.detect, side.direction)).await.map_err(|source| ProxyError::Connect { addr: self.client, source })
     }
 
     async fn http(self, io: Io, version: HttpVersion) -> Result<(), ProxyError> {
@@ -214,7 +218,7 @@ impl Conn {
 /// at once rather than after the whole detect timeout.
 async fn http_by_host(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError> {
     let t = Timeouts { silent: Some(side.config.detect.silent_timeout), total: side.config.detect.timeout };
-    match detect::detect(PrefixedIo::new(Bytes::new(), tcp), t, &side.metrics.detect, side.direction).await {
+    match Box::pin(detect::detect(PrefixedIo::new(Bytes::new(), tcp), t, &side.metrics.detect, side.direction)).await {
         Ok(Outcome::Detected(d)) if is_http(&d.protocol) => {
             let version = if d.protocol == Detected::Http2 { HttpVersion::Http2 } else { HttpVersion::Http1 };
             serve_http(d.io, version, client, side.config.outbound.listen_addr, Dest::PerRequest, side, drain).await;
@@ -234,7 +238,7 @@ async fn serve_http(io: Io, version: HttpVersion, client: SocketAddr, target_add
     };
     let io = CountingIo::metered(io, &side.metrics.tcp, labels);
     let ctx = Ctx { side: side.clone(), client, dest, client_id: None, tls, from_peer: false, activity: Default::default(), golden: Default::default() };
-    http::serve(io, version, Arc::new(ctx), drain).await;
+    Box::pin(http::serve(io, version, Arc::new(ctx), drain)).await;
 }
 
 fn is_http(p: &Detected) -> bool {

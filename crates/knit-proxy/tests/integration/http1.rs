@@ -229,3 +229,85 @@ async fn an_upgraded_request_carries_what_a_linkerd_peer_needs() {
     assert!(headers.contains("version: HTTP/2.0"), "{headers}");
     assert!(!headers.contains("transfer-encoding"), "HTTP/2 forbids transfer-encoding:\n{headers}");
 }
+
+/// Reads one response (with a Content-Length body) from a raw connection: status and body.
+async fn read_response(s: &mut tokio::net::TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut b = [0u8; 1024];
+        let n = s.read(&mut b).await.unwrap();
+        assert!(n > 0, "closed before a response head: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&b[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < head_end + len {
+        let mut b = [0u8; 1024];
+        let n = s.read(&mut b).await.unwrap();
+        assert!(n > 0, "closed in the body");
+        buf.extend_from_slice(&b[..n]);
+    }
+    assert!(!head.contains("connection: close"), "the proxy asked to close: {head}");
+    (status, String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned())
+}
+
+#[tokio::test]
+async fn idle_http1_connections_park_and_resume_on_the_same_socket() {
+    let app = server::start().await;
+    let proxy = TestProxy::start(|c| {
+        c.outbound.endpoints = format!("web.test:80={app}").parse().unwrap();
+        c.http.park_after = Duration::from_millis(100);
+        c.http.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let req = b"GET /hello HTTP/1.1\r\nHost: web.test\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(proxy.addrs.outbound).await.unwrap();
+    s.write_all(req).await.unwrap();
+    assert_eq!(read_response(&mut s).await, (200, "hello\n".into()));
+    // Parked, then a request.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.write_all(req).await.unwrap();
+    assert_eq!(read_response(&mut s).await, (200, "hello\n".into()), "served after parking");
+    // Parked, then a request in two pieces: the first wakes it, hyper reads the rest.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.write_all(&req[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(&req[10..]).await.unwrap();
+    assert_eq!(read_response(&mut s).await, (200, "hello\n".into()), "a head split across the wake-up");
+    // Parked, then two pipelined requests in one write.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.write_all(&[&req[..], &req[..]].concat()).await.unwrap();
+    assert_eq!(read_response(&mut s).await, (200, "hello\n".into()));
+    assert_eq!(read_response(&mut s).await, (200, "hello\n".into()), "the pipelined second request");
+    assert_eq!(proxy.metric("request_total", &[r#"direction="outbound""#]).await, 5.0);
+    assert_eq!(proxy.metric("tcp_open_total", &[r#"peer="src""#, r#"direction="outbound""#]).await, 1.0, "one client connection throughout");
+
+    // A client that wakes a parked connection and then stalls meets the header timeout.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = std::time::Instant::now();
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: web").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the stalled head was not timed out");
+    assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
+
+    // Another connection parks and is closed at the idle timeout, not kept for ever.
+    let proxy = TestProxy::start(|c| {
+        c.outbound.endpoints = format!("web.test:80={app}").parse().unwrap();
+        c.http.park_after = Duration::from_millis(100);
+        c.http.idle_timeout = Duration::from_millis(600);
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addrs.outbound).await.unwrap();
+    s.write_all(req).await.unwrap();
+    assert_eq!(read_response(&mut s).await, (200, "hello\n".into()));
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.expect("closed at the idle timeout").unwrap();
+    assert!(rest.is_empty(), "nothing written on an idle close: {rest:?}");
+    assert!(started.elapsed() >= Duration::from_millis(400), "closed after {:?}", started.elapsed());
+}
