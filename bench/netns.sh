@@ -319,7 +319,8 @@ idle() { # setup, protocol
     local gen=$!
     for _ in $(seq 600); do [ -s "$TMP/idle-ready" ] && break; sleep 0.1; done
     held=$(cat "$TMP/idle-ready" 2>/dev/null || echo 0)
-    sleep 3
+    # knit-proxy parks an idle HTTP/1 connection after 1 s and trims the heap within 2 s more.
+    sleep 5
     after=$(rss_kb "$(procs "$setup")")
     kill "$gen" 2>/dev/null; wait "$gen" 2>/dev/null || true
     echo "{\"kind\":\"idle\",\"setup\":\"$setup\",\"args\":\"$proto\",\"result\":{\"connections\":$IDLE_N,\"held\":$held,\"rss_kb_before\":$before,\"rss_kb_after\":$after}}" >>"$RAW"

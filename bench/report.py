@@ -402,7 +402,9 @@ def netns_section(rows, command, ticks, idle_rss):
     w("")
 
     w("### Maximum throughput (closed loop) and proxy CPU per request\n")
-    w("CPU is the proxies' user + system time over the run (warm-up included, scaled to the measured window), per 10,000 requests.\n")
+    w("CPU is the proxies' user + system time over the run (warm-up included, scaled to the measured window), per 10,000 requests. "
+      "The load generator and the backend share CPU 0: where haproxy's rps is close to direct's, that core, not HAProxy, was the "
+      "limit, so the rps ratio understates how far ahead HAProxy is: read the CPU ratio.\n")
     w("| protocol | setup | rps | × HAProxy | errors | proxy CPU s per 10k requests | × HAProxy |")
     w("|---|---|---:|---:|---:|---:|---:|")
     for kind, name in (("max", "HTTP/1.1, 50 connections"), ("max-h2", "HTTP/2, 10 connections × 10 streams")):
@@ -464,8 +466,9 @@ def netns_section(rows, command, ticks, idle_rss):
         n = idle[0]["result"]["connections"]
         w(f"Idle client connections: {n:,} opened at once to the proxy (HAProxy's frontend, or the ClusterIP through knit-proxy's "
           "outbound), one exchange each (an HTTP/1.1 GET kept alive, an HTTP/2 GET on a connection kept open, a Redis PING), then "
-          "held quiet; the proxy is restarted before each row. Cost = RSS growth / connections held. The count is bounded by "
-          "this sandbox's descriptor limit, not chosen.\n")
+          "held quiet; the proxy is restarted before each row, and RSS is read 5 s after the last exchange (knit-proxy parks an "
+          "HTTP/1 connection idle for 1 s and then returns free pages to the kernel). Cost = RSS growth / connections held. The "
+          "count is bounded by this sandbox's descriptor limit, not chosen.\n")
         w("| protocol | setup | held | RSS before | RSS held | per connection | × HAProxy |")
         w("|---|---|---:|---:|---:|---:|---:|")
         per = {}
