@@ -201,17 +201,6 @@ start_haproxy
 start_proxy "$NM" m
 start_proxy "$NK" k
 warm
-metric() { # namespace, metric name, label filters... -> sum of matching samples
-    local ns=$1 name=$2; shift 2
-    in_ns "$ns" curl -fsS --max-time 2 http://127.0.0.1:4191/metrics | grep "^$name{" | {
-        local sum=0 line ok f
-        while read -r line; do
-            ok=1; for f in "$@"; do [[ $line == *"$f"* ]] || ok=0; done
-            ((ok)) && sum=$((sum + ${line##* }))
-        done
-        echo "$sum"
-    }
-}
 # The path is the one claimed: m's proxy served k's requests over mTLS as k.
 [ "$(metric "$NM" request_total 'direction="inbound"' 'tls="true"' "client_id=\"k.$ID\"")" -ge 1 ] \
     || { echo "bench: m's proxy saw no mTLS request from k"; exit 1; }

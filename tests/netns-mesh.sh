@@ -164,19 +164,6 @@ for pair in "$B:b" "$C:c"; do
     in_ns "$ns" pgbench -q -i -s 1 -h 127.0.0.1 -U knit postgres >"$TMP/pgbench-init-$w.out" 2>&1
 done
 
-metric() { # namespace, metric name, label filters... -> sum of matching samples
-    local ns=$1 name=$2
-    shift 2
-    in_ns "$ns" curl -fsS --max-time 2 http://127.0.0.1:4191/metrics | grep "^$name{" | {
-        local sum=0 line ok f
-        while read -r line; do
-            ok=1
-            for f in "$@"; do [[ $line == *"$f"* ]] || ok=0; done
-            ((ok)) && sum=$((sum + ${line##* }))
-        done
-        echo "$sum"
-    }
-}
 client_id="client_id=\"a.$ID_SUFFIX\""
 meshed_in() { # namespace, port: inbound connections from a over mTLS to the app's port
     metric "$1" tcp_open_total 'direction="inbound"' 'peer="src"' 'tls="true"' "$client_id" "target_port=\"$2\""

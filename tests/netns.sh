@@ -84,19 +84,6 @@ start_proxy() { # namespace, log name, extra env...
     return 1
 }
 
-metric() { # namespace, metric name, label filters... -> sum of matching samples
-    local ns=$1 name=$2
-    shift 2
-    ip netns exec "$ns" curl -fsS --max-time 2 http://127.0.0.1:4191/metrics | grep "^$name{" | {
-        local sum=0 line ok f
-        while read -r line; do
-            ok=1
-            for f in "$@"; do [[ $line == *"$f"* ]] || ok=0; done
-            ((ok)) && sum=$((sum + ${line##* }))
-        done
-        echo "$sum"
-    }
-}
 
 start_proxy "$A" proxy-a
 start_proxy "$B" proxy-b

@@ -12,6 +12,7 @@
 //!
 //! [`HttpConfig::park_after`]: crate::config::HttpConfig
 
+use crate::io::PrefixedIo;
 use bytes::Bytes;
 use std::{
     io,
@@ -29,19 +30,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 const WAKE_READ: usize = 64;
 
 pin_project_lite::pin_project! {
-    /// The I/O hyper serves while a connection is not parked: bytes kept from before come first,
-    /// and a shutdown is not passed on while parking.
+    /// The I/O hyper serves while a connection is not parked: bytes kept from before come first
+    /// (a [`PrefixedIo`]), and a shutdown is not passed on while parking.
     pub struct ParkIo<I> {
         #[pin]
-        inner: I,
-        prefix: Bytes,
+        inner: PrefixedIo<I>,
         parking: Arc<AtomicBool>,
     }
 }
 
 impl<I: AsyncRead + Unpin> ParkIo<I> {
     pub fn new(inner: I) -> Self {
-        Self { inner, prefix: Bytes::new(), parking: Arc::default() }
+        Self { inner: PrefixedIo::new(Bytes::new(), inner), parking: Arc::default() }
     }
 
     /// The flag that, once set, keeps hyper's shutdown from reaching the socket.
@@ -51,36 +51,34 @@ impl<I: AsyncRead + Unpin> ParkIo<I> {
 
     /// Taken back from hyper, with the bytes it had read and not parsed: parks until the client
     /// sends more. `None` when the client closed the connection (or it failed) meanwhile.
-    pub async fn park(mut self, unparsed: Bytes) -> Option<Self> {
+    pub async fn park(self, unparsed: Bytes) -> Option<Self> {
         self.parking.store(false, Ordering::Relaxed);
-        if !unparsed.is_empty() {
-            // Part of a request is already here: no waiting.
-            self.prefix = unparsed;
-            return Some(self);
-        }
-        crate::memory::released();
-        let mut buf = [0u8; WAKE_READ];
-        let n = self.inner.read(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        self.prefix = Bytes::copy_from_slice(&buf[..n]);
-        Some(self)
+        // What hyper read and did not parse comes before what it never read of the last prefix.
+        let (left, mut inner) = self.inner.into_parts();
+        let unparsed = match (unparsed.is_empty(), left.is_empty()) {
+            (_, true) => unparsed,
+            (true, false) => left,
+            (false, false) => [unparsed, left].concat().into(),
+        };
+        let prefix = if unparsed.is_empty() {
+            // Nothing of a request is here yet: wait for it, holding no buffer of hyper's.
+            crate::memory::released();
+            let mut buf = [0u8; WAKE_READ];
+            let n = inner.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            Bytes::copy_from_slice(&buf[..n])
+        } else {
+            unparsed
+        };
+        Some(Self { inner: PrefixedIo::new(prefix, inner), parking: self.parking })
     }
 }
 
 impl<I: AsyncRead> AsyncRead for ParkIo<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            if this.prefix.is_empty() {
-                *this.prefix = Bytes::new();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        this.inner.poll_read(cx, buf)
+        self.project().inner.poll_read(cx, buf)
     }
 }
 
