@@ -69,11 +69,11 @@ struct ResponseKey {
     error: Option<&'static str>,
 }
 
-/// The outcomes a [`Golden`] keeps handles for.
+/// The outcomes a [`Golden`] (or a route's [`route::Handles`]) keeps handles for.
 const OUTCOMES: usize = 8;
 
 /// The handle of `key` in `seen`, created (and kept, while there is room) when missing.
-fn kept<K: PartialEq, M: Clone>(seen: &Mutex<Vec<(K, M)>>, key: K, create: impl FnOnce() -> M) -> M {
+pub(crate) fn kept<K: PartialEq, M: Clone>(seen: &Mutex<Vec<(K, M)>>, key: K, create: impl FnOnce() -> M) -> M {
     let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, m)) = seen.iter().find(|(k, _)| *k == key) {
         return m.clone();

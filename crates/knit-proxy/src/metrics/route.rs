@@ -243,13 +243,10 @@ struct Resolved {
     backend: Option<Arc<Meta>>,
     requests: Option<Counter>,
     duration: Histogram,
-    /// The counters of the response statuses seen, a few at most; errors and further statuses
-    /// take the family's lookup.
+    /// The counters of the response statuses seen, a few at most (`metrics::kept`); errors and
+    /// further statuses take the family's lookup.
     statuses: Mutex<Vec<(u16, Counter)>>,
 }
-
-/// The statuses [`Resolved`] keeps counters for.
-const STATUSES: usize = 8;
 
 impl Resolved {
     fn matches(&self, route: &RouteLabels, backend: Option<&Resource>) -> bool {
@@ -260,20 +257,6 @@ impl Resolved {
                 (None, None) => true,
                 _ => false,
             }
-    }
-
-    /// The counter of `status`, when it is one of those kept.
-    fn status(&self, status: u16, create: impl FnOnce() -> Counter) -> Option<Counter> {
-        let mut seen = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, c)) = seen.iter().find(|(s, _)| *s == status) {
-            return Some(c.clone());
-        }
-        if seen.len() >= STATUSES {
-            return None;
-        }
-        let c = create();
-        seen.push((status, c.clone()));
-        Some(c)
     }
 }
 
@@ -324,7 +307,7 @@ impl RouteMetrics {
             self.request_statuses.get_or_create(&StatusLabels { route: labels.clone(), http_status, error }).clone()
         };
         match (resolved, result) {
-            (Some(r), Ok(s)) => r.status(s.as_u16(), family).unwrap_or_else(family).inc(),
+            (Some(r), Ok(s)) => super::kept(&r.statuses, s.as_u16(), family).inc(),
             _ => family().inc(),
         };
     }
@@ -349,7 +332,7 @@ impl RouteMetrics {
             self.backend_statuses.get_or_create(&BackendStatusLabels { backend: labels.clone(), http_status, error }).clone()
         };
         match (resolved, result) {
-            (Some(r), Ok(s)) => r.status(s.as_u16(), family).unwrap_or_else(family).inc(),
+            (Some(r), Ok(s)) => super::kept(&r.statuses, s.as_u16(), family).inc(),
             _ => family().inc(),
         };
     }
@@ -467,7 +450,7 @@ mod tests {
         let handles = Handles::default();
         let labels = RouteLabels::new(&Resource::of(&parent), &Resource::of(&route), String::new());
         // More statuses than are kept, an error, and the same route under another parent.
-        let statuses = (200..200 + STATUSES as u16 + 3).map(|c| StatusCode::from_u16(c).unwrap());
+        let statuses = (200..200 + crate::metrics::OUTCOMES as u16 + 3).map(|c| StatusCode::from_u16(c).unwrap());
         for s in statuses.clone() {
             m.record_route(&handles, &labels, Duration::from_millis(1), &Ok(s));
             m.record_route(&handles, &labels, Duration::from_millis(1), &Ok(s));
@@ -488,7 +471,7 @@ mod tests {
         assert_eq!(sample(&t, statuses_metric, &["http_status=\"200\"", "parent_name=\"b\""]), 1);
         assert_eq!(sample(&t, statuses_metric, &["http_status=\"200\"", "hostname=\"h.example\""]), 1);
         let count = "outbound_http_route_request_duration_seconds_count{";
-        assert_eq!(sample(&t, count, &["parent_name=\"a\"", "hostname=\"\""]), 2 * (STATUSES as u64 + 3) + 1);
+        assert_eq!(sample(&t, count, &["parent_name=\"a\"", "hostname=\"\""]), 2 * (crate::metrics::OUTCOMES as u64 + 3) + 1);
         assert_eq!(sample(&t, count, &["parent_name=\"b\""]), 1);
 
         // A backend's handles: requests, durations and statuses, and another backend's labels.
