@@ -38,6 +38,8 @@ pub struct Config {
     pub discovery: crate::discovery::DiscoveryConfig,
     /// The tap server, on when `KNIT_PROXY_TAP_SVC_NAME` names who may tap.
     pub tap: Option<TapConfig>,
+    /// Trace export, on when a collector is named (`KNIT_PROXY_TRACE_COLLECTOR_SVC_ADDR`).
+    pub trace: Option<crate::trace::TraceConfig>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -302,6 +304,7 @@ impl Config {
             d.opaque_ports = ports.clone();
         }
         let tap = tap_config(&mut r, identity.is_some());
+        let trace = trace_config(&mut r, identity.is_some());
         if !r.errors.is_empty() {
             return Err(ConfigError(r.errors));
         }
@@ -339,6 +342,7 @@ impl Config {
             identity,
             discovery: discovery.expect(m),
             tap: tap.expect(m),
+            trace: trace.expect(m),
         })
     }
 
@@ -381,6 +385,66 @@ fn tap_config(r: &mut Reader<'_>, identity: bool) -> Option<Option<TapConfig>> {
         return None;
     }
     Some(Some(TapConfig { listen_addr: listen?, svc_name, max_rps: max_rps? }))
+}
+
+/// `KNIT_PROXY_<suffix>`, else Linkerd's `LINKERD2_PROXY_<suffix>`: the name set (Knit's when
+/// neither is), for reading and for error messages.
+fn knit_or_linkerd(r: &Reader<'_>, suffix: &str) -> String {
+    let knit = format!("KNIT_PROXY_{suffix}");
+    let linkerd = format!("LINKERD2_PROXY_{suffix}");
+    if r.env.var(&knit).is_none() && r.env.var(&linkerd).is_some() {
+        linkerd
+    } else {
+        knit
+    }
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err("expected a share between 0 and 1 (0.01 is 1%)".into()),
+    }
+}
+
+/// The tracing variables (LINKERD-WIRE.md §14): on when a collector is named. A collector with a
+/// TLS name is reached over mesh TLS, which needs this proxy's identity.
+fn trace_config(r: &mut Reader<'_>, identity: bool) -> Option<Option<crate::trace::TraceConfig>> {
+    let name = |r: &Reader<'_>, s: &str| knit_or_linkerd(r, s);
+    let addr_var = name(r, "TRACE_COLLECTOR_SVC_ADDR");
+    let collector = r.get(&addr_var, "", optional_control_addr)?;
+    let name_var = name(r, "TRACE_COLLECTOR_SVC_NAME");
+    let collector = collector.map(|a| with_tls_name(r, a, &name_var));
+    let service_name = r.env.var(&name(r, "TRACE_SERVICE_NAME")).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let attributes_path = r.env.var(&name(r, "TRACE_ATTRIBUTES_PATH")).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let extra = r.env.var(&name(r, "TRACE_EXTRA_ATTRIBUTES")).unwrap_or_default();
+    let otel = r.get("OTEL_RESOURCE_ATTRIBUTES", "", crate::trace::parse_otel_resource_attributes);
+    let sample = r.get("KNIT_PROXY_TRACE_SAMPLE_UNTRACED", "0", share);
+    let queue = r.get("KNIT_PROXY_TRACE_QUEUE", "1000", positive::<usize>);
+    let batch = r.get("KNIT_PROXY_TRACE_MAX_BATCH", "512", positive::<usize>);
+    let flush = r.get("KNIT_PROXY_TRACE_FLUSH_INTERVAL", "1s", parse::duration);
+    let timeout = r.get("KNIT_PROXY_TRACE_EXPORT_TIMEOUT", "10s", parse::duration);
+    let Some(collector) = collector else { return Some(None) };
+    if let (Some(tls_name), false) = (&collector.tls_name, identity) {
+        r.errors.push(VarError {
+            name: name_var,
+            value: tls_name.clone(),
+            reason: "the collector is reached over mesh TLS: set the identity variables (KNIT_PROXY_IDENTITY_*)".into(),
+        });
+        return None;
+    }
+    Some(Some(crate::trace::TraceConfig {
+        collector,
+        service_name: service_name.unwrap_or_else(|| "knit-proxy".into()),
+        attributes_path: attributes_path.map(Into::into),
+        extra_attributes: crate::trace::parse_lines(&extra),
+        otel_resource_attributes: otel?,
+        host_name: r.env.var("HOSTNAME").filter(|h| !h.trim().is_empty()),
+        sample_untraced: sample?,
+        queue: queue?,
+        max_batch: batch?,
+        flush_interval: flush?,
+        export_timeout: timeout?,
+    }))
 }
 
 /// The identity variables: all or nothing, keyed on `KNIT_PROXY_IDENTITY_LOCAL_NAME`.

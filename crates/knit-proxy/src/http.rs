@@ -65,6 +65,8 @@ pub struct Side {
     /// Label values the traffic chooses (`hostname`, a local-mode request's `authority`, an SNI
     /// passed through), bounded.
     pub hostnames: Bounded,
+    /// Span export, when a trace collector is configured (`trace.rs`).
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 impl Side {

@@ -37,6 +37,7 @@ pub mod route;
 pub mod tap;
 pub mod tcp;
 pub mod tls;
+pub mod trace;
 pub mod wait;
 
 use config::Config;
@@ -120,6 +121,9 @@ impl Proxy {
             forwards.push((bind(addr, &format!("port-forward {authority}")).await?, authority.clone()));
         }
         let control_tls = control_tls(&config)?;
+        if let Some(t) = &config.trace {
+            trace::export::check(&t.collector, config.identity.is_some()).map_err(|e| stdio::Error::new(stdio::ErrorKind::InvalidInput, e.to_string()))?;
+        }
         Ok(Self { config: Arc::new(config), control_tls, metrics: Metrics::new(), log, inbound, outbound, forwards, admin, tap })
     }
 
@@ -158,6 +162,10 @@ impl Proxy {
         let own =
             loops::OwnListeners::new(addrs.inbound, [addrs.outbound, addrs.admin].into_iter().chain(addrs.tap).chain(addrs.forwards.iter().map(|(a, _)| *a)));
         let resolver = Arc::new(resolve::Resolver::new(&self.config.outbound.endpoints));
+        let tracer = self.config.trace.as_ref().map(|cfg| {
+            let queue = trace::export::spawn(cfg, identity.clone(), self.metrics.trace.clone()).expect("the collector is checked by Proxy::bind");
+            Arc::new(trace::Tracer::new(queue, self.metrics.trace.clone(), cfg.sample_untraced))
+        });
         let side = |direction, timeout| {
             let dialer = tcp::Dialer { direction, timeout, metrics: self.metrics.clone(), identity: identity.clone(), log: log.clone() };
             Arc::new(http::Side {
@@ -172,6 +180,7 @@ impl Proxy {
                 own: own.clone(),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(self.config.http.max_in_flight_requests)),
                 hostnames: metrics::route::Bounded::new(HOSTNAME_LABELS),
+                tracer: tracer.clone(),
             })
         };
         let inbound = side(Direction::Inbound, self.config.inbound.connect_timeout);

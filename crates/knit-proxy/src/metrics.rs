@@ -36,6 +36,7 @@ pub struct Metrics {
     pub detect: DetectMetrics,
     pub identity: IdentityMetrics,
     pub route: route::RouteMetrics,
+    pub trace: crate::trace::TraceMetrics,
 }
 
 #[derive(Clone)]
@@ -227,8 +228,9 @@ impl Metrics {
         registry.register("identity_trust_anchor_reloads", "Changes of the trust-anchor bundle, by result", identity.anchor_reloads.clone());
         registry.register("tls_handshake_failures", "Mesh TLS handshakes that failed, by reason", identity.handshake_failures.clone());
         let route = route::RouteMetrics::register(&mut registry);
+        let trace = crate::trace::TraceMetrics::register(&mut registry);
         registry.register_collector(Box::new(process::ProcessCollector::new()));
-        Self { registry: Arc::new(registry), http, tcp, detect, identity, route }
+        Self { registry: Arc::new(registry), http, tcp, detect, identity, route, trace }
     }
 
     /// The Prometheus text exposition of every metric.

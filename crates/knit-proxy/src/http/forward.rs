@@ -18,7 +18,22 @@ use hyper_util::rt::TokioIo;
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::io::copy_bidirectional;
 
-pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
+pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
+    let Some(tracer) = ctx.side.tracer.clone() else { return respond(req, ctx).await };
+    // A trace may start (when sampling asks) where a request enters the mesh: from the
+    // application, or inbound from a client without a proxy.
+    let may_start = ctx.side.direction == Direction::Outbound || !ctx.from_peer;
+    let peer = crate::trace::Peer { addr: ctx.client, identity: ctx.client_id.as_deref() };
+    let span = tracer.server(&mut req, ctx.side.direction, peer, may_start);
+    let rsp = respond(req, ctx).await;
+    if let Some(span) = span {
+        tracer.finish(span, Some(rsp.status()), None);
+    }
+    rsp
+}
+
+/// The server side of one request: every answer, the endpoint's or the proxy's own.
+async fn respond(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
     let started = Instant::now();
     let mut req = req.map(|b| b.map_err(BoxError::from).boxed());
     // Routes and policy match what the application will read: one authority, one path spelling.
@@ -105,15 +120,27 @@ fn record_synthetic(ctx: &Ctx, target: Option<&Routed>, status: StatusCode, erro
 
 /// Sends one request (one attempt, when retrying) to one endpoint and records its golden
 /// metrics; `response_total` is recorded when the response body ends.
-pub(super) async fn call_endpoint(req: Request<ReqBody>, routed: &Routed, ctx: &Ctx, started: Instant) -> Result<Response<Body>, ProxyError> {
+pub(super) async fn call_endpoint(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx, started: Instant) -> Result<Response<Body>, ProxyError> {
     let side = &ctx.side;
     let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
     let golden = side.metrics.http.golden(&ctx.golden, labels(ctx, Some(routed)));
     golden.request();
     let mut tap = if side.taps.active() { start_tap(&req, routed, ctx) } else { None };
+    let span = side.tracer.as_deref().and_then(|t| {
+        let peer = crate::trace::Peer { addr: routed.endpoint.addr, identity: side.dialer.peer_identity(&routed.endpoint) };
+        Some((t, t.client(&mut req, side.direction, peer)?))
+    });
     let rsp = match forward(req, routed, ctx).await {
-        Ok(rsp) => rsp,
+        Ok(rsp) => {
+            if let Some((t, s)) = span {
+                t.finish(s, Some(rsp.status()), None);
+            }
+            rsp
+        }
         Err(e) => {
+            if let Some((t, s)) = span {
+                t.finish(s, None, Some(e.metric_label()));
+            }
             side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e.metric_label())).inc();
             let status_code = Some(e.http_status().as_u16());
             golden.latency(status_code, elapsed_ms(started));

@@ -11,3 +11,4 @@ mod rotation;
 mod routing;
 mod tap;
 mod tap_api;
+mod trace;

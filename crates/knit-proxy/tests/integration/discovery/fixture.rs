@@ -296,7 +296,20 @@ impl LocalMesh {
 
     /// A workload named `name` whose application listens on `app`, its port named `port_name`.
     pub async fn workload_at(&self, name: &str, app: SocketAddr, port_name: &str, service_account: &str, labels: &[(&str, &str)]) -> TestProxy {
-        let proxy = self.proxy(name, service_account, Some(app)).await;
+        self.workload_with(name, app, port_name, service_account, labels, |_| {}).await
+    }
+
+    /// As [`Self::workload_at`], with `configure` applied last to its proxy.
+    pub async fn workload_with(
+        &self,
+        name: &str,
+        app: SocketAddr,
+        port_name: &str,
+        service_account: &str,
+        labels: &[(&str, &str)],
+        configure: impl FnOnce(&mut knit_proxy::config::Config),
+    ) -> TestProxy {
+        let proxy = self.proxy_with(name, service_account, Some(app), configure).await;
         // knit-control's viz finds its proxy (to scrape and tap) by these.
         let ports = [("knit.dev/proxy-admin-port", proxy.addrs.admin.port()), ("knit.dev/proxy-tap-port", proxy.addrs.tap.map_or(0, |t| t.port()))];
         self.declare(name, app, port_name, service_account, proxy.addrs.inbound.port(), labels, &ports).await;
