@@ -154,7 +154,21 @@ impl Injector {
         if let Some(c) = containers.clone().find(|c| PROXY_NAMES.contains(&c.name.as_str())) {
             return Ok(Outcome::Skip(format!("the pod already has a {} container", c.name)));
         }
-        let settings = overrides::settings(&self.values, &a, mode)?;
+        let mut settings = overrides::settings(&self.values, &a, mode)?;
+        if let Some(t) = settings.trace.as_mut() {
+            let labels = string_map(pod.pointer("/metadata/labels"));
+            if let Some(name) = labels.get("app.kubernetes.io/instance").or_else(|| labels.get("app.kubernetes.io/name")) {
+                t.extra_attributes.push(("service.name".into(), name.clone()));
+            }
+            // A line break in a value would start another attribute.
+            let one_line = |s: &str| !s.contains(['\n', '\r']);
+            t.extra_attributes.extend(
+                annotations
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix("resource.opentelemetry.io/")?.to_string(), v.clone())))
+                    .filter(|(k, v)| one_line(k) && one_line(v) && !k.is_empty()),
+            );
+        }
         let app_ports: Vec<i32> = spec
             .containers
             .iter()
@@ -181,7 +195,7 @@ impl Injector {
             ("linkerd.io/trust-root-sha256".to_string(), self.values.trust_root_sha256()),
         ]);
         ops.add_entries(object, base, "annotations", added);
-        ops.insert(object, format!("{base}/spec/volumes"), None, proxy::volumes(&self.values).iter().map(to_value).collect());
+        ops.insert(object, format!("{base}/spec/volumes"), None, proxy::volumes(&self.values, &settings).iter().map(to_value).collect());
         let sidecar = proxy::proxy(&self.values, &settings, &app_ports);
         let init = to_value(&proxy::init(&settings));
         if settings.native_sidecar {
@@ -218,7 +232,7 @@ pub fn uninject(object: &mut Value, base: &str) -> bool {
     };
     retain(pod, "initContainers", &[proxy::PROXY, proxy::INIT]);
     retain(pod, "containers", &[proxy::PROXY]);
-    retain(pod, "volumes", &[proxy::TOKEN_VOLUME, proxy::XTABLES_VOLUME, proxy::TRUST_ROOTS_VOLUME]);
+    retain(pod, "volumes", &[proxy::TOKEN_VOLUME, proxy::XTABLES_VOLUME, proxy::TRUST_ROOTS_VOLUME, proxy::PODINFO_VOLUME]);
     for (field, prefix_keys) in [
         ("labels", &["linkerd.io/control-plane-ns", "linkerd.io/workload-ns", "linkerd.io/proxy-"][..]),
         ("annotations", &["linkerd.io/proxy-version", "linkerd.io/created-by", "linkerd.io/trust-root-sha256", KNIT_INJECT][..]),

@@ -411,9 +411,8 @@ fn share(s: &str) -> Result<f64, String> {
 fn trace_config(r: &mut Reader<'_>, identity: bool) -> Option<Option<crate::trace::TraceConfig>> {
     let name = |r: &Reader<'_>, s: &str| knit_or_linkerd(r, s);
     let addr_var = name(r, "TRACE_COLLECTOR_SVC_ADDR");
-    let collector = r.get(&addr_var, "", optional_control_addr)?;
+    let collector = r.get(&addr_var, "", optional_control_addr);
     let name_var = name(r, "TRACE_COLLECTOR_SVC_NAME");
-    let collector = collector.map(|a| with_tls_name(r, a, &name_var));
     let service_name = r.env.var(&name(r, "TRACE_SERVICE_NAME")).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let attributes_path = r.env.var(&name(r, "TRACE_ATTRIBUTES_PATH")).map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let extra = r.env.var(&name(r, "TRACE_EXTRA_ATTRIBUTES")).unwrap_or_default();
@@ -423,7 +422,7 @@ fn trace_config(r: &mut Reader<'_>, identity: bool) -> Option<Option<crate::trac
     let batch = r.get("KNIT_PROXY_TRACE_MAX_BATCH", "512", positive::<usize>);
     let flush = r.get("KNIT_PROXY_TRACE_FLUSH_INTERVAL", "1s", parse::duration);
     let timeout = r.get("KNIT_PROXY_TRACE_EXPORT_TIMEOUT", "10s", parse::duration);
-    let Some(collector) = collector else { return Some(None) };
+    let Some(collector) = collector?.map(|a| with_tls_name(r, a, &name_var)) else { return Some(None) };
     if let (Some(tls_name), false) = (&collector.tls_name, identity) {
         r.errors.push(VarError {
             name: name_var,
@@ -575,6 +574,47 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("6 bad variable"), "{text}");
         assert!(text.contains("KNIT_PROXY_INBOUND_LISTEN_ADDR=\"nope\": expected IP:PORT"), "{text}");
+    }
+
+    #[test]
+    fn tracing_reads_knit_s_names_or_linkerd_s() {
+        assert!(Config::from_env(&env(&[])).unwrap().trace.is_none(), "off without a collector");
+        let c = Config::from_env(&env(&[
+            ("LINKERD2_PROXY_TRACE_COLLECTOR_SVC_ADDR", "collector.linkerd-jaeger:4317"),
+            ("LINKERD2_PROXY_TRACE_SERVICE_NAME", "linkerd-proxy"),
+            ("LINKERD2_PROXY_TRACE_EXTRA_ATTRIBUTES", "k8s.pod.uid=1\nk8s.container.name=\"linkerd-proxy\""),
+            ("OTEL_RESOURCE_ATTRIBUTES", "team=shop"),
+        ]))
+        .unwrap();
+        let t = c.trace.unwrap();
+        assert_eq!(
+            (t.collector.addr.as_str(), t.collector.tls_name.as_deref(), t.service_name.as_str()),
+            ("collector.linkerd-jaeger:4317", None, "linkerd-proxy")
+        );
+        assert_eq!(t.extra_attributes, [("k8s.pod.uid".to_string(), "1".to_string()), ("k8s.container.name".into(), "linkerd-proxy".into())]);
+        assert_eq!(t.otel_resource_attributes, [("team".to_string(), "shop".to_string())]);
+        assert_eq!((t.sample_untraced, t.queue, t.flush_interval), (0.0, 1000, Duration::from_secs(1)));
+        // Knit's name wins over Linkerd's.
+        let c = Config::from_env(&env(&[("KNIT_PROXY_TRACE_COLLECTOR_SVC_ADDR", "127.0.0.1:4317"), ("LINKERD2_PROXY_TRACE_COLLECTOR_SVC_ADDR", "other:4317")]))
+            .unwrap();
+        assert_eq!(c.trace.unwrap().collector.addr, "127.0.0.1:4317");
+        // Bad values, by name; a collector identity needs this proxy's own.
+        let e = Config::from_env(&env(&[
+            ("LINKERD2_PROXY_TRACE_COLLECTOR_SVC_ADDR", "collector"),
+            ("KNIT_PROXY_TRACE_SAMPLE_UNTRACED", "1.5"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+        ]))
+        .unwrap_err();
+        let names: Vec<&str> = e.0.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["LINKERD2_PROXY_TRACE_COLLECTOR_SVC_ADDR", "OTEL_RESOURCE_ATTRIBUTES", "KNIT_PROXY_TRACE_SAMPLE_UNTRACED"], "{e}");
+        let e = Config::from_env(&env(&[("KNIT_PROXY_TRACE_COLLECTOR_SVC_ADDR", "10.0.0.9:4317"), ("KNIT_PROXY_TRACE_SAMPLE_UNTRACED", "1.5")])).unwrap_err();
+        assert_eq!(e.0[0].name, "KNIT_PROXY_TRACE_SAMPLE_UNTRACED");
+        let e = Config::from_env(&env(&[
+            ("KNIT_PROXY_TRACE_COLLECTOR_SVC_ADDR", "10.0.0.9:4317"),
+            ("KNIT_PROXY_TRACE_COLLECTOR_SVC_NAME", "collector.tracing.serviceaccount.identity.knit.cluster.local"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("KNIT_PROXY_IDENTITY_"), "{e}");
     }
 
     #[test]

@@ -125,7 +125,7 @@ fn cluster_values(ns: &str) -> anyhow::Result<knit_control::inject::Values> {
 }
 
 pub fn inject(args: InjectArgs) -> anyhow::Result<()> {
-    let options = Options::new(&args.options, false, false);
+    let options = Options::new(&args.options, false, false)?;
     let values = match (&args.identity_trust_anchors_file, &args.from) {
         (Some(file), _) => options.inject_values(&read_input(file)?),
         (None, Some(from)) => installed_values(&read_input(from)?, &options.namespace)?,

@@ -82,6 +82,13 @@ pub struct OptionArgs {
     /// of the ConfigMap volume they follow through rotations.
     #[arg(long)]
     pub identity_trust_anchors_inline: bool,
+    /// Chart values the flags above do not cover, as Helm takes them (`KEY=VALUE[,KEY=VALUE]`,
+    /// repeatable): proxy.tracing.enabled, proxy.tracing.collector.endpoint,
+    /// proxy.tracing.collector.meshIdentity.serviceAccountName,
+    /// proxy.tracing.collector.meshIdentity.namespace, proxy.tracing.traceServiceName,
+    /// proxy.tracing.sampleUntraced.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 /// Everything [`render`] needs.
@@ -101,11 +108,17 @@ pub struct Options {
     pub native_sidecar: bool,
     pub external_issuer: bool,
     pub trust_anchors_inline: bool,
+    pub tracing: knit_control::inject::values::TracingValues,
 }
 
 impl Options {
-    pub fn new(a: &OptionArgs, ha: bool, crds: bool) -> Self {
-        Self {
+    pub fn new(a: &OptionArgs, ha: bool, crds: bool) -> anyhow::Result<Self> {
+        let mut tracing = knit_control::inject::values::TracingValues::default();
+        for pair in a.set.iter().flat_map(|s| s.split(',')) {
+            set(&mut tracing, pair)?;
+        }
+        tracing.check().map_err(anyhow::Error::msg)?;
+        Ok(Self {
             ha,
             crds,
             namespace: a.namespace.clone(),
@@ -120,7 +133,8 @@ impl Options {
             native_sidecar: !a.disable_native_sidecar,
             external_issuer: a.identity_external_issuer,
             trust_anchors_inline: a.identity_trust_anchors_inline,
-        }
+            tracing,
+        })
     }
 
     /// The injector's values, as the webhook reads them from the knit-config ConfigMap.
@@ -138,8 +152,31 @@ impl Options {
         };
         v.proxy.image = self.proxy_image.clone();
         v.proxy.version = self.version.clone();
+        v.proxy.tracing = self.tracing.clone();
         v
     }
+}
+
+/// One `--set KEY=VALUE`, with the chart's key.
+fn set(t: &mut knit_control::inject::values::TracingValues, pair: &str) -> anyhow::Result<()> {
+    let (key, value) = pair.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {pair:?}: expected KEY=VALUE"))?;
+    let value = value.trim().to_string();
+    match key.trim() {
+        "proxy.tracing.enabled" => {
+            t.enabled = match value.as_str() {
+                "true" => true,
+                "false" => false,
+                _ => anyhow::bail!("--set {pair:?}: expected true or false"),
+            }
+        }
+        "proxy.tracing.collector.endpoint" => t.collector_endpoint = value,
+        "proxy.tracing.collector.meshIdentity.serviceAccountName" => t.collector_service_account = value,
+        "proxy.tracing.collector.meshIdentity.namespace" => t.collector_namespace = value,
+        "proxy.tracing.traceServiceName" => t.service_name = value,
+        "proxy.tracing.sampleUntraced" => t.sample_untraced = value,
+        other => anyhow::bail!("--set {other}: not a value knit install takes with --set (its flags set the others; see --help)"),
+    }
+    Ok(())
 }
 
 /// The CRDs, one file each, shared with the Helm chart.
@@ -184,7 +221,7 @@ pub fn install(args: InstallArgs) -> anyhow::Result<()> {
         print!("{}", to_yaml(&crds));
         return Ok(());
     }
-    let options = Options::new(&args.options, args.ha, !args.skip_crds);
+    let options = Options::new(&args.options, args.ha, !args.skip_crds)?;
     let material = Material::load_or_generate(&args.material, &options)?;
     print!("{}", to_yaml(&render(&options, &material)));
     Ok(())
@@ -207,7 +244,7 @@ pub struct UpgradeArgs {
 
 pub fn upgrade(args: UpgradeArgs) -> anyhow::Result<()> {
     let text = crate::inject::read_input(&args.from)?;
-    let options = Options::new(&args.options, args.ha, !args.skip_crds);
+    let options = Options::new(&args.options, args.ha, !args.skip_crds)?;
     let material = Material::from_manifests(&text, &options.namespace)?.renew_webhook(&options.namespace)?;
     material.check()?;
     print!("{}", to_yaml(&render(&options, &material)));
@@ -222,7 +259,7 @@ pub struct UninstallArgs {
 
 /// Every object `knit install` creates, as references, for `kubectl delete -f -`.
 pub fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
-    let options = Options::new(&OptionArgs { namespace: args.namespace, ..default_option_args() }, true, true);
+    let options = Options::new(&OptionArgs { namespace: args.namespace, ..default_option_args() }, true, true)?;
     let material = Material::placeholder();
     let refs: Vec<Value> = render(&options, &material)
         .into_iter()

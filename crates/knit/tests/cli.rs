@@ -187,7 +187,7 @@ fn cert_manager_validate(objects: &[serde_json::Value], name: &str) -> Result<us
 
 fn injector_corpus() -> String {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../knit-control/tests/inject");
-    ["pod", "deployment", "statefulset", "job", "cronjob", "hostnetwork"]
+    ["pod", "deployment", "statefulset", "job", "cronjob", "hostnetwork", "traced"]
         .iter()
         .map(|f| format!("---\n{}", std::fs::read_to_string(dir.join(format!("{f}.yaml"))).unwrap()))
         .collect()
@@ -643,8 +643,11 @@ mod chart {
         let helm = helm();
         let certificates = write_certificates(&temp_dir("helm-chart"));
         // (knit install flags, helm template flags): the defaults, --ha, and every other flag changed.
-        let cases: [(&[&str], &[&str]); 4] = [
+        let tracing = "proxy.tracing.enabled=true,proxy.tracing.collector.endpoint=otel.observability:4317,proxy.tracing.collector.meshIdentity.serviceAccountName=otel,proxy.tracing.sampleUntraced=0.01";
+        let cases: [(&[&str], &[&str]); 5] = [
             (&[], &[]),
+            // The same --set for both.
+            (&["--set", tracing], &["--set-string", tracing]),
             (&["--ha"], &["--set", "ha=true"]),
             // cert-manager and trust-manager write the issuer and the bundle: no issuer files.
             (&["--identity-external-issuer"], &["--set", "identity.externalIssuer=true"]),

@@ -46,6 +46,21 @@ pub struct Settings {
     pub shutdown_grace_period: String,
     /// `requests`/`limits` → resource → quantity.
     pub resources: BTreeMap<&'static str, BTreeMap<&'static str, String>>,
+    /// Trace export, when the values or the pod's annotations name a collector.
+    pub trace: Option<TraceSettings>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceSettings {
+    /// `HOST:PORT` of the OTLP collector.
+    pub collector: String,
+    /// The identity the collector proves (mesh TLS), when its service account is known.
+    pub svc_name: Option<String>,
+    pub service_name: String,
+    pub sample_untraced: String,
+    /// Resource attributes from the pod: `service.name` from its `app.kubernetes.io/instance`
+    /// or `app.kubernetes.io/name` label, and its `resource.opentelemetry.io/KEY` annotations.
+    pub extra_attributes: Vec<(String, String)>,
 }
 
 /// Annotations looked up pod first, then namespace.
@@ -143,6 +158,70 @@ fn uid(s: &str) -> Result<i64, String> {
     s.parse::<i64>().ok().filter(|u| *u > 0).ok_or_else(|| "expected a positive user or group ID".into())
 }
 
+/// `HOST:PORT`, a DNS name or an IP address and a port.
+pub(super) fn host_port(s: &str) -> Result<String, String> {
+    let bad = || "expected HOST:PORT, e.g. collector.tracing:4317".to_string();
+    if s.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(s.to_string());
+    }
+    let (host, p) = s.rsplit_once(':').ok_or_else(bad)?;
+    port(p).map_err(|_| bad())?;
+    if !knit_identity::is_dns_name(&host.trim_end_matches('.').to_ascii_lowercase()) {
+        return Err(bad());
+    }
+    Ok(s.to_string())
+}
+
+pub(super) fn share(s: &str) -> Result<String, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(s.to_string()),
+        _ => Err("expected a share between 0 and 1 (0.01 is 1%)".into()),
+    }
+}
+
+/// Trace export: the values' collector (when `proxy.tracing.enabled`) or the pod's or namespace's
+/// `trace-collector` annotation; the collector's identity from its service account
+/// (`config.alpha.linkerd.io/trace-collector-service-account`, or the values') and namespace
+/// (`config.knit.dev/trace-collector-namespace`, else the values' when the collector is theirs,
+/// else the second label of its host, `NAME.NAMESPACE...`).
+fn trace(values: &Values, a: &Annotations<'_>) -> Result<Option<TraceSettings>, InjectError> {
+    let t = &values.proxy.tracing;
+    let from_values = (t.enabled && !t.collector_endpoint.is_empty()).then(|| t.collector_endpoint.clone());
+    let annotated = a.config("trace-collector");
+    let collector = parse(a, "trace-collector", from_values, |s| host_port(s).map(Some))?;
+    let Some(collector) = collector else { return Ok(None) };
+    if let Some((key, value)) = a.config("trace-collector-protocol").filter(|(_, v)| v != "opentelemetry") {
+        return Err(InjectError::Annotation { key, value, reason: "Knit's proxy exports OpenTelemetry (OTLP gRPC) only, as Linkerd's does since 2.19".into() });
+    }
+    let sa_keys = [format!("{KNIT_CONFIG}trace-collector-service-account"), "config.alpha.linkerd.io/trace-collector-service-account".to_string()];
+    let sa = a.first(&sa_keys).map(|(_, v)| v).unwrap_or_else(|| t.collector_service_account.clone());
+    let svc_name = if sa.is_empty() {
+        None
+    } else {
+        let ns = a.first(&[format!("{KNIT_CONFIG}trace-collector-namespace")]).map(|(_, v)| v);
+        let ns = ns.or_else(|| (annotated.is_none() && !t.collector_namespace.is_empty()).then(|| t.collector_namespace.clone()));
+        let ns = ns.or_else(|| {
+            let host = collector.rsplit_once(':').map_or(collector.as_str(), |(h, _)| h);
+            host.parse::<std::net::IpAddr>().is_err().then(|| host.split('.').nth(1).map(str::to_string)).flatten()
+        });
+        let Some(ns) = ns.filter(|n| !n.is_empty()) else {
+            return Err(InjectError::Annotation {
+                key: sa_keys[0].clone(),
+                value: sa,
+                reason: format!("the collector {collector} names no namespace: set {KNIT_CONFIG}trace-collector-namespace"),
+            });
+        };
+        Some(format!("{sa}.{ns}.{}", values.identity_suffix()))
+    };
+    Ok(Some(TraceSettings {
+        collector,
+        svc_name,
+        service_name: t.service_name.clone(),
+        sample_untraced: parse(a, "trace-sample-untraced", t.sample_untraced.clone(), share)?,
+        extra_attributes: Vec::new(),
+    }))
+}
+
 /// The pod's settings, or the first annotation that cannot be used.
 pub fn settings(values: &Values, a: &Annotations<'_>, mode: Mode) -> Result<Settings, InjectError> {
     let p = &values.proxy;
@@ -189,5 +268,6 @@ pub fn settings(values: &Values, a: &Annotations<'_>, mode: Mode) -> Result<Sett
         await_ready: parse(a, "proxy-await", p.await_ready, boolean)?,
         shutdown_grace_period: parse(a, "shutdown-grace-period", p.shutdown_grace_period.clone(), duration)?,
         resources,
+        trace: trace(values, a)?,
     })
 }

@@ -6,9 +6,9 @@
 use super::{overrides::Settings, values::Values};
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Lifecycle,
-        LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
-        ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+        Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar,
+        EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements,
+        SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -25,6 +25,9 @@ const TOKEN_DIR: &str = "/var/run/secrets/tokens";
 /// a symlink through `..data`, which the kubelet swaps atomically.
 const TRUST_ROOTS_DIR: &str = "/var/run/knit/identity/trust-roots";
 const TRUST_ROOTS_KEY: &str = "ca-bundle.crt";
+/// The pod's labels as a file (downward API), the trace resource's attributes.
+pub const PODINFO_VOLUME: &str = "knit-podinfo";
+const PODINFO_DIR: &str = "/var/run/knit/podinfo";
 /// Audience of the projected token, checked by the control plane's TokenReview (Linkerd's).
 pub const TOKEN_AUDIENCE: &str = "identity.l5d.io";
 
@@ -49,7 +52,7 @@ fn image(s: &Settings) -> String {
 pub fn proxy(values: &Values, s: &Settings, inbound_ports: &[i32]) -> Container {
     let mut inbound_ports: Vec<String> = inbound_ports.iter().map(i32::to_string).collect();
     inbound_ports.dedup();
-    let mut env = vec![
+    let mut vars = vec![
         field_env("_pod_name", "metadata.name"),
         field_env("_pod_ns", "metadata.namespace"),
         field_env("_pod_sa", "spec.serviceAccountName"),
@@ -81,7 +84,20 @@ pub fn proxy(values: &Values, s: &Settings, inbound_ports: &[i32]) -> Container 
             env("KNIT_PROXY_IDENTITY_TRUST_ANCHORS_FILE", format!("{TRUST_ROOTS_DIR}/{TRUST_ROOTS_KEY}"))
         },
     ];
-    env.retain(|e| e.value.as_deref() != Some(""));
+    if let Some(t) = &s.trace {
+        let mut extra = vec!["k8s.pod.ip=$(_pod_ip)".to_string(), "k8s.pod.uid=$(_pod_uid)".into(), format!("k8s.container.name={PROXY}")];
+        extra.extend(t.extra_attributes.iter().map(|(k, v)| format!("{k}={v}")));
+        vars.splice(0..0, [field_env("_pod_ip", "status.podIP"), field_env("_pod_uid", "metadata.uid")]);
+        vars.extend([
+            env("KNIT_PROXY_TRACE_COLLECTOR_SVC_ADDR", &t.collector),
+            env("KNIT_PROXY_TRACE_COLLECTOR_SVC_NAME", t.svc_name.clone().unwrap_or_default()),
+            env("KNIT_PROXY_TRACE_SERVICE_NAME", &t.service_name),
+            env("KNIT_PROXY_TRACE_ATTRIBUTES_PATH", format!("{PODINFO_DIR}/labels")),
+            env("KNIT_PROXY_TRACE_EXTRA_ATTRIBUTES", extra.join("\n")),
+            env("KNIT_PROXY_TRACE_SAMPLE_UNTRACED", if t.sample_untraced == "0" { "" } else { &t.sample_untraced }),
+        ]);
+    }
+    vars.retain(|e| e.value.as_deref() != Some(""));
     let resources = s
         .resources
         .iter()
@@ -91,7 +107,7 @@ pub fn proxy(values: &Values, s: &Settings, inbound_ports: &[i32]) -> Container 
         name: PROXY.into(),
         image: Some(image(s)),
         image_pull_policy: Some(s.pull_policy.clone()),
-        env: Some(env),
+        env: Some(vars),
         ports: Some(vec![
             ContainerPort { name: Some("knit-proxy".into()), container_port: s.inbound_port.into(), ..Default::default() },
             ContainerPort { name: Some("knit-admin".into()), container_port: s.admin_port.into(), ..Default::default() },
@@ -114,6 +130,7 @@ pub fn proxy(values: &Values, s: &Settings, inbound_ports: &[i32]) -> Container 
             [(TOKEN_VOLUME, TOKEN_DIR)]
                 .into_iter()
                 .chain((!values.trust_anchors_inline).then_some((TRUST_ROOTS_VOLUME, TRUST_ROOTS_DIR)))
+                .chain(s.trace.is_some().then_some((PODINFO_VOLUME, PODINFO_DIR)))
                 .map(|(name, path)| VolumeMount { name: name.into(), mount_path: path.into(), read_only: Some(true), ..Default::default() })
                 .collect(),
         ),
@@ -190,7 +207,7 @@ pub fn init(s: &Settings) -> Container {
     }
 }
 
-pub fn volumes(values: &Values) -> Vec<Volume> {
+pub fn volumes(values: &Values, s: &Settings) -> Vec<Volume> {
     let token = ServiceAccountTokenProjection { audience: Some(TOKEN_AUDIENCE.into()), expiration_seconds: Some(86400), path: TOKEN_VOLUME.into() };
     let trust_roots = Volume {
         name: TRUST_ROOTS_VOLUME.into(),
@@ -210,6 +227,18 @@ pub fn volumes(values: &Values) -> Vec<Volume> {
     ];
     if !values.trust_anchors_inline {
         volumes.push(trust_roots);
+    }
+    if s.trace.is_some() {
+        let labels = DownwardAPIVolumeFile {
+            path: "labels".into(),
+            field_ref: Some(ObjectFieldSelector { field_path: "metadata.labels".into(), api_version: None }),
+            ..Default::default()
+        };
+        volumes.push(Volume {
+            name: PODINFO_VOLUME.into(),
+            downward_api: Some(DownwardAPIVolumeSource { items: Some(vec![labels]), ..Default::default() }),
+            ..Default::default()
+        });
     }
     volumes
 }

@@ -231,3 +231,73 @@ fn quantities() {
         assert!(overrides::quantity(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn trace_annotations_give_the_proxy_a_collector_its_identity_and_the_pod_s_attributes() {
+    let deployment = injected(&corpus("traced.yaml"), &BTreeMap::new());
+    let spec = &deployment["spec"]["template"]["spec"];
+    let proxy = named(&spec["initContainers"], "knit-proxy");
+    assert_eq!(env(proxy, "KNIT_PROXY_TRACE_COLLECTOR_SVC_ADDR"), Some("collector.tracing:4317"));
+    assert_eq!(env(proxy, "KNIT_PROXY_TRACE_COLLECTOR_SVC_NAME"), Some("collector.tracing.serviceaccount.identity.knit.cluster.local"));
+    assert_eq!(env(proxy, "KNIT_PROXY_TRACE_SERVICE_NAME"), Some("knit-proxy"));
+    assert_eq!(env(proxy, "KNIT_PROXY_TRACE_ATTRIBUTES_PATH"), Some("/var/run/knit/podinfo/labels"));
+    assert_eq!(
+        env(proxy, "KNIT_PROXY_TRACE_EXTRA_ATTRIBUTES"),
+        Some("k8s.pod.ip=$(_pod_ip)\nk8s.pod.uid=$(_pod_uid)\nk8s.container.name=knit-proxy\nservice.name=authors\nteam=catalogue")
+    );
+    assert_eq!(env(proxy, "KNIT_PROXY_TRACE_SAMPLE_UNTRACED"), None, "sampling is off unless asked for");
+    // The variables it refers to come first (Kubernetes expands only earlier ones).
+    let names: Vec<&str> = proxy["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert!(names.iter().position(|n| *n == "_pod_ip") < names.iter().position(|n| *n == "KNIT_PROXY_TRACE_EXTRA_ATTRIBUTES"));
+    let podinfo = named(&spec["volumes"], "knit-podinfo");
+    assert_eq!(podinfo["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"], "metadata.labels");
+    assert!(proxy["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == "knit-podinfo"));
+
+    let mut out = deployment.clone();
+    assert!(uninject(&mut out, "/spec/template"));
+    assert!(!out["spec"]["template"]["spec"]["volumes"].as_array().is_some_and(|v| v.iter().any(|v| v["name"] == "knit-podinfo")));
+}
+
+#[test]
+fn tracing_in_the_values_applies_to_every_pod_and_a_pod_may_sample() {
+    let mut values = injector().values().clone();
+    values.proxy.tracing.enabled = true;
+    values.proxy.tracing.collector_endpoint = "otel-collector.observability.svc.cluster.local:4317".into();
+    values.proxy.tracing.collector_service_account = "otel".into();
+    values.proxy.tracing.collector_namespace = "observability".into();
+    let by_values = Injector::new(values);
+    let mut pod = corpus("pod.yaml");
+    pod["metadata"]["annotations"]["config.knit.dev/trace-sample-untraced"] = json!("0.05");
+    let pod = injected_by(&by_values, &pod, &BTreeMap::new());
+    let proxy = named(&pod["spec"]["initContainers"], "knit-proxy");
+    assert_eq!(env(proxy, "KNIT_PROXY_TRACE_COLLECTOR_SVC_ADDR"), Some("otel-collector.observability.svc.cluster.local:4317"));
+    assert_eq!(env(proxy, "KNIT_PROXY_TRACE_COLLECTOR_SVC_NAME"), Some("otel.observability.serviceaccount.identity.knit.cluster.local"));
+    assert_eq!(env(proxy, "KNIT_PROXY_TRACE_SAMPLE_UNTRACED"), Some("0.05"));
+    // Off in the values and without annotations: nothing of it.
+    let plain = injected(&corpus("pod.yaml"), &BTreeMap::new());
+    let proxy = named(&plain["spec"]["initContainers"], "knit-proxy");
+    assert!(proxy["env"].as_array().unwrap().iter().all(|e| !e["name"].as_str().unwrap().contains("TRACE") && e["name"] != "_pod_ip"));
+    assert!(plain["spec"]["volumes"].as_array().unwrap().iter().all(|v| v["name"] != "knit-podinfo"));
+}
+
+#[test]
+fn bad_trace_annotations_are_refused_by_name() {
+    let cases = [
+        ("config.linkerd.io/trace-collector", "collector", "HOST:PORT"),
+        ("config.linkerd.io/trace-collector", "collector.tracing:0", "HOST:PORT"),
+        ("config.linkerd.io/trace-collector-protocol", "opencensus", "OTLP"),
+        ("config.knit.dev/trace-sample-untraced", "2", "between 0 and 1"),
+    ];
+    for (key, value, expect) in cases {
+        let mut d = corpus("traced.yaml");
+        d["spec"]["template"]["metadata"]["annotations"][key] = json!(value);
+        let err = injector().inject(&d, "/spec/template", &BTreeMap::new(), None).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(key) && text.contains(value) && text.contains(expect), "{text}");
+    }
+    // A service account but a collector address with no namespace in it.
+    let mut d = corpus("traced.yaml");
+    d["spec"]["template"]["metadata"]["annotations"]["config.linkerd.io/trace-collector"] = json!("10.0.0.7:4317");
+    let err = injector().inject(&d, "/spec/template", &BTreeMap::new(), None).unwrap_err().to_string();
+    assert!(err.contains("trace-collector-namespace"), "{err}");
+}

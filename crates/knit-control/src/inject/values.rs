@@ -54,6 +54,52 @@ pub struct ProxyValues {
     /// Classic mode: hold the application containers until the proxy is ready.
     pub await_ready: bool,
     pub shutdown_grace_period: String,
+    pub tracing: TracingValues,
+}
+
+/// Trace export for every injected proxy (Linkerd's `proxy.tracing`); a pod's
+/// `config.linkerd.io/trace-collector` (or `config.knit.dev/`) turns it on for that pod alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TracingValues {
+    pub enabled: bool,
+    /// The OTLP gRPC collector, `HOST:PORT` (Linkerd's `collector.endpoint`).
+    pub collector_endpoint: String,
+    /// The collector's mesh identity (Linkerd's `collector.meshIdentity`): with a service
+    /// account, proxies reach it over mesh TLS and it must prove
+    /// `SA.NAMESPACE.serviceaccount.identity...`; the namespace defaults to the endpoint's.
+    pub collector_service_account: String,
+    pub collector_namespace: String,
+    /// `service.name` before the pod's labels (Linkerd's `traceServiceName`).
+    pub service_name: String,
+    /// The share of untraced requests entering the mesh that start a trace (Knit's extension).
+    pub sample_untraced: String,
+}
+
+impl TracingValues {
+    /// What `knit install` refuses before any pod would be: enabled without a usable collector,
+    /// or a share that is not one. Named with the chart's keys.
+    pub fn check(&self) -> Result<(), String> {
+        if self.enabled {
+            super::overrides::host_port(&self.collector_endpoint)
+                .map_err(|e| format!("proxy.tracing.collector.endpoint={:?}: {e}", self.collector_endpoint))?;
+        }
+        super::overrides::share(&self.sample_untraced).map_err(|e| format!("proxy.tracing.sampleUntraced={:?}: {e}", self.sample_untraced))?;
+        Ok(())
+    }
+}
+
+impl Default for TracingValues {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            collector_endpoint: String::new(),
+            collector_service_account: String::new(),
+            collector_namespace: String::new(),
+            service_name: "knit-proxy".into(),
+            sample_untraced: "0".into(),
+        }
+    }
 }
 
 impl Default for Values {
@@ -97,6 +143,7 @@ impl Default for ProxyValues {
             ephemeral_storage_limit: None,
             await_ready: true,
             shutdown_grace_period: "2m".into(),
+            tracing: TracingValues::default(),
         }
     }
 }

@@ -6,13 +6,39 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use material::MaterialArgs;
 
 fn options(ha: bool) -> Options {
+    options_with(&[], ha).unwrap()
+}
+
+fn options_with(args: &[&str], ha: bool) -> anyhow::Result<Options> {
     use clap::Parser;
     #[derive(Parser)]
     struct A {
         #[command(flatten)]
         o: OptionArgs,
     }
-    Options::new(&A::parse_from(["knit"]).o, ha, true)
+    Options::new(&A::parse_from(std::iter::once("knit").chain(args.iter().copied())).o, ha, true)
+}
+
+#[test]
+fn set_takes_the_tracing_values_and_refuses_the_rest() {
+    let o = options_with(
+        &["--set", "proxy.tracing.enabled=true,proxy.tracing.collector.endpoint=otel.obs:4317", "--set", "proxy.tracing.sampleUntraced=0.1"],
+        false,
+    )
+    .unwrap();
+    let v = o.inject_values("");
+    assert!(v.proxy.tracing.enabled);
+    assert_eq!((v.proxy.tracing.collector_endpoint.as_str(), v.proxy.tracing.sample_untraced.as_str()), ("otel.obs:4317", "0.1"));
+    for (args, expect) in [
+        (&["--set", "proxy.tracing.enabled=true"][..], "proxy.tracing.collector.endpoint"),
+        (&["--set", "proxy.tracing.enabled=yes"][..], "true or false"),
+        (&["--set", "proxy.tracing.sampleUntraced=5"][..], "between 0 and 1"),
+        (&["--set", "namespace=mesh"][..], "not a value knit install takes"),
+        (&["--set", "proxy.tracing.enabled"][..], "KEY=VALUE"),
+    ] {
+        let err = options_with(args, false).err().unwrap_or_else(|| panic!("{args:?} accepted")).to_string();
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
 }
 
 fn material() -> Material {
