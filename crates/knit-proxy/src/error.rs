@@ -32,6 +32,10 @@ pub enum ProxyError {
     TransportHeader(#[from] HeaderError),
     #[error("upstream {addr} failed: {source}")]
     Upstream { addr: SocketAddr, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("upstream {addr} refused the request before reading it: {source}")]
+    Unsent { addr: SocketAddr, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("the client's request body failed: {0}")]
+    ClientBody(Box<dyn std::error::Error + Send + Sync>),
     #[error("mesh TLS with {addr} failed (expected identity {expected}): {message}")]
     Tls { addr: SocketAddr, expected: String, message: String },
     #[error("this proxy has no certificate yet, so it cannot open mesh TLS")]
@@ -76,15 +80,56 @@ pub enum ProxyError {
     RateLimited { policy: String, which: &'static str, retry_after: Duration },
 }
 
-/// Who caused a failure: it decides the status a client sees and whether a retry can help.
+/// Who caused a failure. It decides whether the endpoint is blamed (the balancer and failure
+/// accrual count only upstream failures) and is the `blame` label of `http_errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Blame {
-    /// The request itself is wrong; retrying it changes nothing.
+    /// The request itself is wrong, or the client failed it; retrying it changes nothing.
     Client,
-    /// The destination failed or could not be reached.
+    /// The destination failed, or could not be reached, or is overloaded.
     Upstream,
-    /// Configuration or discovery has no answer for the request.
+    /// The proxy's configuration or discovery has no answer for the request.
     Proxy,
+    /// The mesh's policy refused it: authorization, a rate limit, a route that forbids it or
+    /// no route that serves it.
+    Policy,
+}
+
+impl Blame {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blame::Client => "client",
+            Blame::Upstream => "upstream",
+            Blame::Proxy => "proxy",
+            Blame::Policy => "policy",
+        }
+    }
+}
+
+/// Whether a request that failed with an error may be sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Never: the same request meets the same answer, or a retry budget cannot make it safe.
+    No,
+    /// As a response with the error's HTTP status would be: when the route's retry conditions
+    /// name that status (a failed or timed-out attempt, as Linkerd retries them).
+    Yes,
+    /// The request certainly never reached an application (no connection, no TLS, a stream
+    /// the peer refused before reading it): sent again whatever the route's conditions.
+    IfUnsent,
+}
+
+/// Everything the proxy decides from an error, from one table ([`ProxyError::class`]): the
+/// status codes a client gets, the retry decision, the error metric's labels and whether the
+/// balancer blames the endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Class {
+    /// The `error` label of `http_errors_total` and the span's `error.type`.
+    pub kind: &'static str,
+    pub blame: Blame,
+    pub retry: Retry,
+    pub http: http::StatusCode,
+    pub grpc: tonic::Code,
 }
 
 impl ProxyError {
@@ -102,88 +147,65 @@ impl ProxyError {
         )
     }
 
-    pub fn blame(&self) -> Blame {
-        match self {
-            Self::NoAuthority
-            | Self::BadAuthority(_)
-            | Self::MismatchedAuthority { .. }
-            | Self::DuplicateHost
-            | Self::BadPath(_)
-            | Self::TransportHeader(_)
-            | Self::DirectWithoutTls
-            | Self::NotLocal(_) => Blame::Client,
-            Self::ConnectTimeout { .. } | Self::Connect { .. } | Self::Upstream { .. } | Self::UpgradeRefused { .. } | Self::Tls { .. } => Blame::Upstream,
-            Self::NoIdentity => Blame::Proxy,
-            Self::NoRoute { .. } | Self::NoTarget | Self::NoDestination | Self::Loop(_) => Blame::Proxy,
-            Self::DiscoveryTimeout { .. } | Self::NoDiscovery { .. } | Self::InvalidPolicy(_) | Self::BackendFailed { .. } => Blame::Proxy,
-            Self::RouteNotFound { .. } | Self::Unauthorized(_) | Self::RateLimited { .. } => Blame::Client,
-            Self::NoEndpoints { .. } | Self::Failfast { .. } | Self::QueueFull { .. } | Self::RequestTimeout { .. } | Self::UpstreamBusy { .. } => {
-                Blame::Upstream
+    /// The one classification of each error. HTTP statuses as Linkerd's proxy answers (504 for
+    /// timeouts, 502 for failed upstreams, 503 for none ready, 403 refused, 429 rate limited, 508
+    /// a loop); gRPC statuses as its synthesized gRPC responses carry them.
+    pub fn class(&self) -> Class {
+        use http::StatusCode as S;
+        use tonic::Code as G;
+        use Blame::{Client, Policy, Proxy, Upstream};
+        use Retry::{IfUnsent, No, Yes};
+        let (kind, blame, retry, http, grpc) = match self {
+            Self::ConnectTimeout { .. } => ("connect_timeout", Upstream, IfUnsent, S::GATEWAY_TIMEOUT, G::Unavailable),
+            Self::Connect { .. } => ("connect", Upstream, IfUnsent, S::BAD_GATEWAY, G::Unavailable),
+            Self::Tls { .. } => ("tls", Upstream, IfUnsent, S::BAD_GATEWAY, G::Unavailable),
+            Self::Unsent { .. } => ("upstream_refused", Upstream, IfUnsent, S::BAD_GATEWAY, G::Unavailable),
+            Self::Upstream { .. } => ("upstream", Upstream, Yes, S::BAD_GATEWAY, G::Unavailable),
+            Self::UpgradeRefused { .. } => ("upgrade_refused", Upstream, No, S::BAD_GATEWAY, G::Unavailable),
+            Self::RequestTimeout { which: "response", .. } => ("request_timeout", Upstream, Yes, S::GATEWAY_TIMEOUT, G::DeadlineExceeded),
+            Self::RequestTimeout { .. } => ("request_timeout", Upstream, No, S::GATEWAY_TIMEOUT, G::DeadlineExceeded),
+            Self::NoEndpoints { .. } => ("no_endpoints", Upstream, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
+            Self::Failfast { .. } => ("failfast", Upstream, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
+            Self::QueueFull { .. } => ("loadshed", Upstream, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
+            Self::UpstreamBusy { .. } => ("upstream_busy", Upstream, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
+            Self::ClientBody(_) => ("client_body", Client, No, S::BAD_REQUEST, G::Cancelled),
+            Self::NoAuthority | Self::BadAuthority(_) | Self::MismatchedAuthority { .. } | Self::DuplicateHost => {
+                ("bad_authority", Client, No, S::BAD_REQUEST, G::InvalidArgument)
             }
-            Self::Overloaded { .. } => Blame::Proxy,
-            Self::Forbidden { .. } | Self::NoTcpRoute { .. } | Self::NotTls { .. } => Blame::Client,
-        }
+            Self::BadPath(_) => ("bad_path", Client, No, S::BAD_REQUEST, G::InvalidArgument),
+            Self::TransportHeader(_) => ("transport_header", Client, No, S::BAD_REQUEST, G::InvalidArgument),
+            Self::DirectWithoutTls => ("direct_without_tls", Client, No, S::BAD_REQUEST, G::Unauthenticated),
+            Self::NotLocal(_) => ("not_local", Client, No, S::BAD_REQUEST, G::InvalidArgument),
+            Self::NotTls { .. } => ("not_tls", Client, No, S::BAD_REQUEST, G::InvalidArgument),
+            Self::RouteNotFound { .. } => ("route_not_found", Policy, No, S::NOT_FOUND, G::NotFound),
+            Self::NoTcpRoute { .. } => ("route_not_found", Policy, No, S::NOT_FOUND, G::NotFound),
+            Self::Forbidden { .. } => ("forbidden", Policy, No, S::FORBIDDEN, G::PermissionDenied),
+            Self::Unauthorized(_) => ("unauthorized", Policy, No, S::FORBIDDEN, G::PermissionDenied),
+            Self::RateLimited { .. } => ("rate_limited", Policy, No, S::TOO_MANY_REQUESTS, G::ResourceExhausted),
+            Self::NoRoute { .. } => ("no_route", Proxy, No, S::BAD_GATEWAY, G::Unavailable),
+            Self::NoTarget | Self::NoDestination => ("no_target", Proxy, No, S::BAD_GATEWAY, G::Unavailable),
+            Self::Loop(_) => ("loop", Proxy, No, S::LOOP_DETECTED, G::Aborted),
+            Self::NoIdentity => ("no_identity", Proxy, No, S::BAD_GATEWAY, G::Unavailable),
+            Self::DiscoveryTimeout { .. } => ("discovery_timeout", Proxy, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
+            Self::Overloaded { .. } => ("overloaded", Proxy, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
+            Self::NoDiscovery { .. } => ("no_discovery", Proxy, No, S::INTERNAL_SERVER_ERROR, G::Internal),
+            Self::InvalidPolicy(_) => ("invalid_policy", Proxy, No, S::INTERNAL_SERVER_ERROR, G::Internal),
+            Self::BackendFailed { .. } => ("backend_failed", Proxy, No, S::INTERNAL_SERVER_ERROR, G::Internal),
+        };
+        Class { kind, blame, retry, http, grpc }
     }
 
-    /// The status an HTTP client gets, as Linkerd answers: 504 for timeouts, 502 for failed
-    /// upstreams and missing routes, 400 for malformed requests.
+    pub fn blame(&self) -> Blame {
+        self.class().blame
+    }
+
     pub fn http_status(&self) -> http::StatusCode {
-        match self {
-            Self::ConnectTimeout { .. } | Self::RequestTimeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
-            Self::RouteNotFound { .. } => http::StatusCode::NOT_FOUND,
-            Self::Unauthorized(_) | Self::Forbidden { .. } => http::StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } => http::StatusCode::TOO_MANY_REQUESTS,
-            Self::DiscoveryTimeout { .. }
-            | Self::NoEndpoints { .. }
-            | Self::Failfast { .. }
-            | Self::QueueFull { .. }
-            | Self::Overloaded { .. }
-            | Self::UpstreamBusy { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
-            Self::InvalidPolicy(_) | Self::BackendFailed { .. } | Self::NoDiscovery { .. } => http::StatusCode::INTERNAL_SERVER_ERROR,
-            _ if self.blame() == Blame::Client => http::StatusCode::BAD_REQUEST,
-            _ => http::StatusCode::BAD_GATEWAY,
-        }
-    }
-
-    /// Whether the request certainly never reached the application, so it may be sent again.
-    pub fn retryable(&self) -> bool {
-        matches!(self, Self::ConnectTimeout { .. } | Self::Connect { .. })
+        self.class().http
     }
 
     /// The `error` label of `http_errors_total`.
     pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::ConnectTimeout { .. } => "connect_timeout",
-            Self::Connect { .. } => "connect",
-            Self::NoRoute { .. } => "no_route",
-            Self::NoAuthority | Self::BadAuthority(_) | Self::MismatchedAuthority { .. } | Self::DuplicateHost => "bad_authority",
-            Self::BadPath(_) => "bad_path",
-            Self::NoTarget | Self::NoDestination => "no_target",
-            Self::Loop(_) => "loop",
-            Self::TransportHeader(_) => "transport_header",
-            Self::Upstream { .. } => "upstream",
-            Self::UpgradeRefused { .. } => "upgrade_refused",
-            Self::Tls { .. } => "tls",
-            Self::NoIdentity => "no_identity",
-            Self::DirectWithoutTls => "direct_without_tls",
-            Self::NotLocal(_) => "not_local",
-            Self::DiscoveryTimeout { .. } => "discovery_timeout",
-            Self::NoDiscovery { .. } => "no_discovery",
-            Self::InvalidPolicy(_) => "invalid_policy",
-            Self::RouteNotFound { .. } => "route_not_found",
-            Self::NoEndpoints { .. } => "no_endpoints",
-            Self::Failfast { .. } => "failfast",
-            Self::Overloaded { .. } => "overloaded",
-            Self::UpstreamBusy { .. } => "upstream_busy",
-            Self::QueueFull { .. } => "loadshed",
-            Self::Forbidden { .. } => "forbidden",
-            Self::NoTcpRoute { .. } => "route_not_found",
-            Self::NotTls { .. } => "not_tls",
-            Self::BackendFailed { .. } => "backend_failed",
-            Self::RequestTimeout { .. } => "request_timeout",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::RateLimited { .. } => "rate_limited",
-        }
+        self.class().kind
     }
 
     /// How long a refused client should wait before trying again (`Retry-After`).
@@ -200,5 +222,121 @@ impl ProxyError {
             Self::Connect { source, .. } => source.raw_os_error(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode as S;
+    use tonic::Code as G;
+    use Blame::*;
+    use Retry::*;
+
+    /// Each variant's position, so that the table below is known to hold every one of them (a new
+    /// variant fails to compile here until it is added to the table).
+    fn variant(e: &ProxyError) -> usize {
+        use ProxyError as P;
+        match e {
+            P::ConnectTimeout { .. } => 0,
+            P::Connect { .. } => 1,
+            P::NoRoute { .. } => 2,
+            P::NoAuthority => 3,
+            P::BadAuthority(_) => 4,
+            P::MismatchedAuthority { .. } => 5,
+            P::DuplicateHost => 6,
+            P::BadPath(_) => 7,
+            P::NoDestination => 8,
+            P::NoTarget => 9,
+            P::Loop(_) => 10,
+            P::TransportHeader(_) => 11,
+            P::Upstream { .. } => 12,
+            P::Unsent { .. } => 13,
+            P::ClientBody(_) => 14,
+            P::Tls { .. } => 15,
+            P::NoIdentity => 16,
+            P::DirectWithoutTls => 17,
+            P::NotLocal(_) => 18,
+            P::UpgradeRefused { .. } => 19,
+            P::DiscoveryTimeout { .. } => 20,
+            P::NoDiscovery { .. } => 21,
+            P::InvalidPolicy(_) => 22,
+            P::RouteNotFound { .. } => 23,
+            P::NoEndpoints { .. } => 24,
+            P::Failfast { .. } => 25,
+            P::QueueFull { .. } => 26,
+            P::Overloaded { .. } => 27,
+            P::UpstreamBusy { .. } => 28,
+            P::Forbidden { .. } => 29,
+            P::NoTcpRoute { .. } => 30,
+            P::NotTls { .. } => 31,
+            P::BackendFailed { .. } => 32,
+            P::RequestTimeout { .. } => 33,
+            P::Unauthorized(_) => 34,
+            P::RateLimited { .. } => 35,
+        }
+    }
+    const VARIANTS: usize = 36;
+
+    #[test]
+    fn every_error_has_one_classification() {
+        let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let t = Duration::from_secs(1);
+        let s = || "x".to_string();
+        let boxed = || -> Box<dyn std::error::Error + Send + Sync> { "x".into() };
+        let authority = Authority::parse("books:80", None).unwrap();
+        #[rustfmt::skip]
+        let table: Vec<(ProxyError, &str, Blame, Retry, S, G)> = vec![
+            (ProxyError::ConnectTimeout { addr, timeout: t }, "connect_timeout", Upstream, IfUnsent, S::GATEWAY_TIMEOUT, G::Unavailable),
+            (ProxyError::Connect { addr, source: io::Error::from(io::ErrorKind::ConnectionRefused) }, "connect", Upstream, IfUnsent, S::BAD_GATEWAY, G::Unavailable),
+            (ProxyError::NoRoute { authority }, "no_route", Proxy, No, S::BAD_GATEWAY, G::Unavailable),
+            (ProxyError::NoAuthority, "bad_authority", Client, No, S::BAD_REQUEST, G::InvalidArgument),
+            (ProxyError::BadAuthority(s()), "bad_authority", Client, No, S::BAD_REQUEST, G::InvalidArgument),
+            (ProxyError::MismatchedAuthority { uri: s(), host: s() }, "bad_authority", Client, No, S::BAD_REQUEST, G::InvalidArgument),
+            (ProxyError::DuplicateHost, "bad_authority", Client, No, S::BAD_REQUEST, G::InvalidArgument),
+            (ProxyError::BadPath(s()), "bad_path", Client, No, S::BAD_REQUEST, G::InvalidArgument),
+            (ProxyError::NoDestination, "no_target", Proxy, No, S::BAD_GATEWAY, G::Unavailable),
+            (ProxyError::NoTarget, "no_target", Proxy, No, S::BAD_GATEWAY, G::Unavailable),
+            (ProxyError::Loop(addr), "loop", Proxy, No, S::LOOP_DETECTED, G::Aborted),
+            (ProxyError::TransportHeader(HeaderError::NoPreface), "transport_header", Client, No, S::BAD_REQUEST, G::InvalidArgument),
+            (ProxyError::Upstream { addr, source: boxed() }, "upstream", Upstream, Yes, S::BAD_GATEWAY, G::Unavailable),
+            (ProxyError::Unsent { addr, source: boxed() }, "upstream_refused", Upstream, IfUnsent, S::BAD_GATEWAY, G::Unavailable),
+            (ProxyError::ClientBody(boxed()), "client_body", Client, No, S::BAD_REQUEST, G::Cancelled),
+            (ProxyError::Tls { addr, expected: s(), message: s() }, "tls", Upstream, IfUnsent, S::BAD_GATEWAY, G::Unavailable),
+            (ProxyError::NoIdentity, "no_identity", Proxy, No, S::BAD_GATEWAY, G::Unavailable),
+            (ProxyError::DirectWithoutTls, "direct_without_tls", Client, No, S::BAD_REQUEST, G::Unauthenticated),
+            (ProxyError::NotLocal(addr), "not_local", Client, No, S::BAD_REQUEST, G::InvalidArgument),
+            (ProxyError::UpgradeRefused { addr, status: S::OK }, "upgrade_refused", Upstream, No, S::BAD_GATEWAY, G::Unavailable),
+            (ProxyError::DiscoveryTimeout { what: s(), timeout: t }, "discovery_timeout", Proxy, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
+            (ProxyError::NoDiscovery { path: s() }, "no_discovery", Proxy, No, S::INTERNAL_SERVER_ERROR, G::Internal),
+            (ProxyError::InvalidPolicy("x".into()), "invalid_policy", Proxy, No, S::INTERNAL_SERVER_ERROR, G::Internal),
+            (ProxyError::RouteNotFound { target: s(), method: http::Method::GET, path: s() }, "route_not_found", Policy, No, S::NOT_FOUND, G::NotFound),
+            (ProxyError::NoEndpoints { backend: s(), total: 0, ejected: 0 }, "no_endpoints", Upstream, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
+            (ProxyError::Failfast { backend: s(), unready: t }, "failfast", Upstream, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
+            (ProxyError::QueueFull { backend: s(), capacity: 1 }, "loadshed", Upstream, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
+            (ProxyError::Overloaded { max: 1 }, "overloaded", Proxy, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
+            (ProxyError::UpstreamBusy { addr, max: 1, waited: t }, "upstream_busy", Upstream, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
+            (ProxyError::Forbidden { target: s() }, "forbidden", Policy, No, S::FORBIDDEN, G::PermissionDenied),
+            (ProxyError::NoTcpRoute { target: s(), sni: None }, "route_not_found", Policy, No, S::NOT_FOUND, G::NotFound),
+            (ProxyError::NotTls { target: s() }, "not_tls", Client, No, S::BAD_REQUEST, G::InvalidArgument),
+            (ProxyError::BackendFailed { backend: s(), message: s() }, "backend_failed", Proxy, No, S::INTERNAL_SERVER_ERROR, G::Internal),
+            (ProxyError::RequestTimeout { route: s(), which: "response", timeout: t }, "request_timeout", Upstream, Yes, S::GATEWAY_TIMEOUT, G::DeadlineExceeded),
+            (ProxyError::RequestTimeout { route: s(), which: "request", timeout: t }, "request_timeout", Upstream, No, S::GATEWAY_TIMEOUT, G::DeadlineExceeded),
+            (ProxyError::Unauthorized(s()), "unauthorized", Policy, No, S::FORBIDDEN, G::PermissionDenied),
+            (ProxyError::RateLimited { policy: s(), which: "total", retry_after: t }, "rate_limited", Policy, No, S::TOO_MANY_REQUESTS, G::ResourceExhausted),
+        ];
+        let mut seen = [false; VARIANTS];
+        for (e, kind, blame, retry, http, grpc) in &table {
+            seen[variant(e)] = true;
+            assert_eq!(e.class(), Class { kind, blame: *blame, retry: *retry, http: *http, grpc: *grpc }, "{e:?}");
+            assert_eq!((e.metric_label(), e.blame(), e.http_status()), (*kind, *blame, *http));
+            // A client's fault is a 4xx; only the proxy's own and the upstream's are 5xx.
+            assert_eq!(http.is_client_error(), matches!(blame, Client | Policy), "{e:?}");
+        }
+        assert!(
+            seen.iter().all(|s| *s),
+            "variants missing from the table: {:?}",
+            seen.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| i).collect::<Vec<_>>()
+        );
     }
 }

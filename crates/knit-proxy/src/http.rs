@@ -192,7 +192,7 @@ where
     let activity = ctx.activity.clone();
     let svc = {
         let (ctx, resets, activity) = (ctx.clone(), resets.clone(), activity.clone());
-        service_fn(move |req| {
+        service_fn(move |req: Request<hyper::body::Incoming>| {
             let ctx = ctx.clone();
             let guard = CancelGuard { budget: resets.clone(), finished: false };
             let busy = activity.start();
@@ -207,8 +207,8 @@ where
                     }
                     Err(_) => {
                         let e = ProxyError::Overloaded { max: ctx.side.config.http.max_in_flight_requests };
-                        ctx.side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(ctx.side.direction, e.metric_label())).inc();
-                        error_response(&e)
+                        ctx.side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(ctx.side.direction, &e)).inc();
+                        error_response(&e, is_grpc(req.headers()))
                     }
                 };
                 guard.finished = true;
@@ -236,7 +236,7 @@ where
                 }
                 _ = resets.exhausted.notified() => {
                     tracing::warn!(client = %ctx.client, "closing a connection that cancels requests faster than {RESET_RATE}/s (rapid reset)");
-                    ctx.side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(ctx.side.direction, "rapid_reset")).inc();
+                    ctx.side.metrics.http.errors.get_or_create(&crate::metrics::labels_client_error(ctx.side.direction, "rapid_reset")).inc();
                     return;
                 }
             }
@@ -278,7 +278,7 @@ where
                     }
                     _ = resets.exhausted.notified() => {
                         tracing::warn!(client = %ctx.client, "closing a connection that cancels requests faster than {RESET_RATE}/s (rapid reset)");
-                        ctx.side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(ctx.side.direction, "rapid_reset")).inc();
+                        ctx.side.metrics.http.errors.get_or_create(&crate::metrics::labels_client_error(ctx.side.direction, "rapid_reset")).inc();
                         return;
                     }
                 };
@@ -420,14 +420,30 @@ impl Drop for CancelGuard {
     }
 }
 
-/// The response a client gets when the proxy itself fails the request: the status follows the
-/// error's blame, and the reason is in the body and in `l5d-proxy-error`.
-pub fn error_response(e: &ProxyError) -> Response<Body> {
+/// The response a client gets when the proxy itself fails the request: the status is the
+/// error's class, and the reason is in the body and in `l5d-proxy-error`. A gRPC client gets
+/// what Linkerd's proxy gives it: HTTP 200 with `grpc-status` and `grpc-message` and no body (a
+/// trailers-only response), which gRPC libraries read as the call's status.
+pub fn error_response(e: &ProxyError, grpc: bool) -> Response<Body> {
     let msg = e.to_string();
-    let mut rsp = Response::new(full(format!("{msg}\n")));
-    *rsp.status_mut() = e.http_status();
+    let class = e.class();
+    let mut rsp = if grpc {
+        let mut rsp = Response::new(full(""));
+        let h = rsp.headers_mut();
+        h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", http::HeaderValue::from(class.grpc as i32));
+        // grpc-message is percent-encoded (gRPC's HTTP/2 mapping).
+        if let Ok(v) = http::HeaderValue::from_str(&grpc_percent_encode(&msg)) {
+            h.insert("grpc-message", v);
+        }
+        rsp
+    } else {
+        let mut rsp = Response::new(full(format!("{msg}\n")));
+        *rsp.status_mut() = class.http;
+        rsp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+        rsp
+    };
     let h = rsp.headers_mut();
-    h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
     if let Ok(v) = http::HeaderValue::from_str(&msg) {
         h.insert(headers::L5D_PROXY_ERROR, v);
     }
@@ -435,6 +451,24 @@ pub fn error_response(e: &ProxyError) -> Response<Body> {
         h.insert(header::RETRY_AFTER, http::HeaderValue::from(after.as_secs().max(1)));
     }
     rsp
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc[+proto|;...]`).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// gRPC's percent-encoding of `grpc-message`: printable ASCII but `%` as is, the rest `%XX`.
+fn grpc_percent_encode(msg: &str) -> String {
+    use std::fmt::Write;
+    msg.bytes().fold(String::with_capacity(msg.len()), |mut out, b| {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+        out
+    })
 }
 
 pub fn full(b: impl Into<Bytes>) -> Body {

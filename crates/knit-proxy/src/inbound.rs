@@ -53,7 +53,7 @@ pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, side: Arc<Side
     let span = tracing::info_span!("inbound", %client);
     async move {
         if let Err(e) = accept(tcp, client, &side, drain).await {
-            side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e.metric_label())).inc();
+            side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, &e)).inc();
             tracing::info!(error = %e, "connection failed");
         }
     }

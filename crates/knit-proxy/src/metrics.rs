@@ -277,8 +277,15 @@ pub fn plaintext_tls(direction: Direction) -> Tls {
     }
 }
 
-pub fn labels_error(direction: Direction, error: &'static str) -> labels::ErrorLabels {
-    labels::ErrorLabels { direction, error }
+/// The labels of `http_errors_total` for `e`: its kind and who is to blame.
+pub fn labels_error(direction: Direction, e: &crate::error::ProxyError) -> labels::ErrorLabels {
+    let c = e.class();
+    labels::ErrorLabels { direction, error: c.kind, blame: c.blame.as_str() }
+}
+
+/// The labels of a connection the proxy closed for misbehaving (`rapid_reset`): the client's fault.
+pub fn labels_client_error(direction: Direction, error: &'static str) -> labels::ErrorLabels {
+    labels::ErrorLabels { direction, error, blame: crate::error::Blame::Client.as_str() }
 }
 
 #[cfg(test)]

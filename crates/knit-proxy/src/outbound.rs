@@ -52,7 +52,7 @@ pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, forward: Optio
     let span = tracing::info_span!("outbound", %client);
     async move {
         if let Err(e) = accept(tcp, client, forward, &side, drain).await {
-            side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e.metric_label())).inc();
+            side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, &e)).inc();
             tracing::info!(error = %e, "connection failed");
         }
     }

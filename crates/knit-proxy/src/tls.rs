@@ -48,7 +48,13 @@ impl ServerCertVerifier for Explaining {
                 Ok(i) => format!("presented {:?} issued by {} valid {} to {}", i.dns_sans, i.issuer, i.not_before, i.not_after),
                 Err(_) => "presented an unparsable certificate".into(),
             };
-            rustls::Error::General(format!("expected identity {}, {presented}; trust anchors: {:?}; {e}", server_name.to_str(), self.anchors))
+            let text = format!("expected identity {}, {presented}; trust anchors: {:?}; {e}", server_name.to_str(), self.anchors);
+            // rustls' typed reason travels inside, for `reason`.
+            let reason = match e {
+                rustls::Error::InvalidCertificate(c) => Some(c),
+                _ => None,
+            };
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(Explained { reason, text }))))
         })
     }
     fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
@@ -77,21 +83,68 @@ impl LogOnce {
     }
 }
 
-/// The `reason` label for a failed handshake, from rustls' description of it.
+/// A refused peer certificate, explained in full, with rustls' own reason kept.
+pub(crate) struct Explained {
+    reason: Option<rustls::CertificateError>,
+    text: String,
+}
+
+impl std::fmt::Display for Explained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+// rustls shows its `Other` certificate errors with `Debug`: the explanation, not the struct.
+impl std::fmt::Debug for Explained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Explained {}
+
+/// A failed handshake's message: the explanation of a refused certificate, else rustls' own.
+fn describe(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))) => match o.0.downcast_ref::<Explained>() {
+            Some(x) => format!("invalid peer certificate: {}", x.text),
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
+    }
+}
+
+/// The `reason` label for a failed handshake, from rustls' typed error (tokio-rustls carries it
+/// inside the I/O error): a certificate this side refused, or the alert the peer sent when it
+/// refused this side's.
 fn reason(e: &std::io::Error) -> &'static str {
-    let text = e.to_string().to_ascii_lowercase();
-    if text.contains("not valid for name") {
-        "wrong_identity"
-    } else if ["unknown issuer", "unknownissuer", "bad signature", "badsignature"].iter().any(|t| text.contains(t)) {
-        "untrusted_issuer"
-    } else if text.contains("expired") {
-        "expired"
-    } else if text.contains("not valid yet") {
-        "not_yet_valid"
-    } else if e.kind() == std::io::ErrorKind::TimedOut {
-        "timeout"
-    } else {
-        "other"
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        return "timeout";
+    }
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(c)) => certificate_reason(c),
+        Some(rustls::Error::AlertReceived(alert)) => match alert {
+            rustls::AlertDescription::UnknownCA => "untrusted_issuer",
+            rustls::AlertDescription::CertificateExpired => "expired",
+            rustls::AlertDescription::BadCertificate | rustls::AlertDescription::CertificateUnknown => "peer_refused_certificate",
+            _ => "other",
+        },
+        Some(rustls::Error::NoCertificatesPresented) => "no_client_certificate",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        _ => "other",
+    }
+}
+
+fn certificate_reason(c: &rustls::CertificateError) -> &'static str {
+    use rustls::CertificateError as C;
+    match c {
+        C::NotValidForName | C::NotValidForNameContext { .. } => "wrong_identity",
+        C::UnknownIssuer | C::BadSignature => "untrusted_issuer",
+        C::Expired | C::ExpiredContext { .. } => "expired",
+        C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
+        C::Other(other) => other.0.downcast_ref::<Explained>().and_then(|x| x.reason.as_ref()).map_or("other", certificate_reason),
+        _ => "other",
     }
 }
 
@@ -124,7 +177,7 @@ where
         if log.first(format!("{addr}/{expected}"), why) {
             tracing::warn!(peer = %addr, expected, reason = why, error = %e, "mesh TLS handshake failed");
         }
-        ProxyError::Tls { addr, expected: expected.into(), message: e.to_string() }
+        ProxyError::Tls { addr, expected: expected.into(), message: describe(&e) }
     })?;
     if tls.get_ref().1.alpn_protocol() != Some(TRANSPORT_ALPN) {
         metrics.handshake_failed(Direction::Outbound, "no_transport_alpn");

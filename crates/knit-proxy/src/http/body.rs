@@ -12,6 +12,13 @@ use std::{
     task::{Context, Poll},
 };
 
+/// An error of the client's own request body (it stopped sending, reset the stream, broke
+/// framing), marked as such where the request body enters the proxy, so that the upstream
+/// client's failure to send it is blamed on the client (`ProxyError::ClientBody`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 pub struct Recorder {
     pub golden: Arc<Golden>,
     pub status_code: Option<u16>,

@@ -87,13 +87,29 @@ impl Connector {
     }
 }
 
+/// The pooled client's connect error, carried through hyper-util's error whole: [`send_error`]
+/// takes the `ProxyError` back out (hyper-util lends it only by reference).
+#[derive(Debug)]
+struct ConnectFailed(Mutex<Option<ProxyError>>);
+
+impl std::fmt::Display for ConnectFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(e) => e.fmt(f),
+            None => f.write_str("connecting failed"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectFailed {}
+
 /// The pooled HTTP/1 client is handed URIs whose authority is the endpoint's socket address.
 impl tower_service::Service<Uri> for Connector {
     type Response = TokioIo<ClientIo>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send>>;
+    type Error = ConnectFailed;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectFailed>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectFailed>> {
         Poll::Ready(Ok(()))
     }
 
@@ -101,9 +117,40 @@ impl tower_service::Service<Uri> for Connector {
         let this = self.clone();
         Box::pin(async move {
             let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-            let addr: SocketAddr = authority.parse().map_err(|_| ProxyError::BadAuthority(authority.to_string()))?;
-            this.connect(&Endpoint::plain(addr), None).await.map(TokioIo::new)
+            let dialed = match authority.parse::<SocketAddr>() {
+                Ok(addr) => this.connect(&Endpoint::plain(addr), None).await,
+                Err(_) => Err(ProxyError::BadAuthority(authority.to_string())),
+            };
+            dialed.map(TokioIo::new).map_err(|e| ConnectFailed(Mutex::new(Some(e))))
         })
+    }
+}
+
+/// What a failed send says, from the error's causes rather than its text: the connector's own
+/// error (refused, timed out, TLS) as it was; the client's body failing (`ClientBody`: the
+/// client's fault, not the upstream's); a request the peer never read (an HTTP/2
+/// `REFUSED_STREAM`, or hyper giving the request back unsent: `Unsent`, safe to send again);
+/// anything else an upstream failure.
+fn send_error(addr: SocketAddr, e: Box<dyn std::error::Error + Send + Sync>) -> ProxyError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
+    let mut unsent = false;
+    while let Some(c) = cause {
+        if let Some(failed) = c.downcast_ref::<ConnectFailed>() {
+            if let Some(p) = failed.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return p;
+            }
+        }
+        if c.downcast_ref::<super::body::ClientBodyError>().is_some() {
+            return ProxyError::ClientBody(e);
+        }
+        unsent |= c.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled)
+            || c.downcast_ref::<h2::Error>().is_some_and(|h| h.reason() == Some(h2::Reason::REFUSED_STREAM));
+        cause = c.source();
+    }
+    if unsent {
+        ProxyError::Unsent { addr, source: e }
+    } else {
+        ProxyError::Upstream { addr, source: e }
     }
 }
 
@@ -133,7 +180,7 @@ impl Clients {
         let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         *req.uri_mut() = Uri::try_from(format!("http://{endpoint}{pq}")).map_err(|e| ProxyError::Upstream { addr: endpoint, source: e.into() })?;
         let permit = self.limits.acquire(endpoint).await?;
-        let rsp = self.http1.request(req).await.map_err(|e| upstream_error(endpoint, e))?;
+        let rsp = self.http1.request(req).await.map_err(|e| send_error(endpoint, e.into()))?;
         // The connection is busy until the response body ends: so is the permit.
         Ok(rsp.map(|b| super::body::PermitBody::new(b.map_err(super::BoxError::from), permit).boxed()))
     }
@@ -142,8 +189,8 @@ impl Clients {
     pub async fn http2(&self, endpoint: Endpoint, req: Request<ReqBody>) -> Result<Response<Incoming>, ProxyError> {
         let addr = endpoint.connect_addr();
         let mut sender = self.h2.sender(&endpoint, &self.connector).await?;
-        sender.ready().await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })?;
-        sender.send_request(req).await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })
+        sender.ready().await.map_err(|e| send_error(addr, e.into()))?;
+        sender.send_request(req).await.map_err(|e| send_error(addr, e.into()))
     }
 
     /// Sends a tunnel request (`Upgrade` or `CONNECT`) on a connection of its own, which becomes
@@ -157,24 +204,8 @@ impl Clients {
                 tracing::debug!(error = %e, "tunnel connection ended");
             }
         });
-        sender.send_request(req).await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })
+        sender.send_request(req).await.map_err(|e| send_error(addr, e.into()))
     }
-}
-
-fn upstream_error(addr: SocketAddr, e: legacy::Error) -> ProxyError {
-    // The connector's own error (refused, timed out) is more useful than hyper's wrapper.
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-    while let Some(s) = source {
-        if let Some(p) = s.downcast_ref::<ProxyError>() {
-            return match p {
-                ProxyError::Connect { addr, source } => ProxyError::Connect { addr: *addr, source: std::io::Error::new(source.kind(), source.to_string()) },
-                ProxyError::ConnectTimeout { addr, timeout } => ProxyError::ConnectTimeout { addr: *addr, timeout: *timeout },
-                other => ProxyError::Upstream { addr, source: other.to_string().into() },
-            };
-        }
-        source = s.source();
-    }
-    ProxyError::Upstream { addr, source: e.into() }
 }
 
 /// One HTTP/2 connection per endpoint, shared by its requests. A slot's async lock makes

@@ -35,12 +35,14 @@ pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body>
 /// The server side of one request: every answer, the endpoint's or the proxy's own.
 async fn respond(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
     let started = Instant::now();
-    let mut req = req.map(|b| b.map_err(BoxError::from).boxed());
+    let grpc = super::is_grpc(req.headers());
+    // Errors of the client's body are marked as the client's before they meet any upstream.
+    let mut req = req.map(|b| b.map_err(|e| BoxError::from(super::body::ClientBodyError(e))).boxed());
     // Routes and policy match what the application will read: one authority, one path spelling.
     if let Err(e) = super::normalize::check_authority(&req).and_then(|()| super::normalize::normalize(&mut req)) {
         record_synthetic(&ctx, None, e.http_status(), Some(&e), started);
         tracing::info!(client = %ctx.client, uri = %req.uri(), error = %e, "request refused");
-        return error_response(&e);
+        return error_response(&e, grpc);
     }
     let (method, uri) = (req.method().clone(), req.uri().clone());
     // Only while someone taps: what a tap of an answer the proxy gives itself reports.
@@ -79,7 +81,7 @@ async fn respond(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
     };
     result.unwrap_or_else(|e| {
         tracing::info!(client = %ctx.client, %method, %uri, error = %e, "request failed");
-        error_response(&e)
+        error_response(&e, grpc)
     })
 }
 
@@ -111,7 +113,7 @@ fn record_synthetic(ctx: &Ctx, target: Option<&Routed>, status: StatusCode, erro
     let golden = side.metrics.http.golden(&ctx.golden, labels(ctx, target));
     golden.request();
     if let Some(e) = error {
-        side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e.metric_label())).inc();
+        side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e)).inc();
     }
     let status_code = Some(status.as_u16());
     golden.latency(status_code, elapsed_ms(started));
@@ -141,7 +143,7 @@ pub(super) async fn call_endpoint(mut req: Request<ReqBody>, routed: &Routed, ct
             if let Some((t, s)) = span {
                 t.finish(s, None, Some(e.metric_label()));
             }
-            side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e.metric_label())).inc();
+            side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, &e)).inc();
             let status_code = Some(e.http_status().as_u16());
             golden.latency(status_code, elapsed_ms(started));
             if let Some(t) = tap.as_mut() {

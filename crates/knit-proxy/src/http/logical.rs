@@ -237,9 +237,7 @@ async fn attempts(req: Request<ReqBody>, plan: &Plan<'_>, r: &Routing, ctx: &Ctx
         return send_once(req, plan, r, ctx, labels, None).await;
     }
     let (parts, body) = req.into_parts();
-    let buffered = retry::buffer_body(body, policy.max_request_bytes)
-        .await
-        .map_err(|e| ProxyError::Upstream { addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)), source: format!("reading the request body: {e}").into() })?;
+    let buffered = retry::buffer_body(body, policy.max_request_bytes).await.map_err(ProxyError::ClientBody)?;
     // The first attempt keeps the client's request head (and its extensions); replays copy it.
     let (first, replay) = match buffered.replay() {
         Some(body) => {
@@ -290,7 +288,14 @@ fn grpc(headers: &HeaderMap) -> Option<i32> {
 fn should_retry(policy: &RetryPolicy, rsp: &Result<Response<Body>, ProxyError>) -> bool {
     match rsp {
         Ok(r) => policy.retryable(r.status(), grpc(r.headers())),
-        Err(e) => e.retryable(),
+        Err(e) => {
+            let c = e.class();
+            match c.retry {
+                crate::error::Retry::No => false,
+                crate::error::Retry::IfUnsent => true,
+                crate::error::Retry::Yes => policy.retryable(c.http, Some(c.grpc as i32)),
+            }
+        }
     }
 }
 
@@ -338,11 +343,18 @@ async fn send_once(
                 if let balance::Outcome::Failure { retry_after, .. } = &mut o {
                     *retry_after = retry::parse_retry_after(r.headers(), SystemTime::now());
                 }
-                o
+                Some(o)
             }
-            Err(_) => balance::Outcome::Failure { rate_limited: false, retry_after: None },
+            // Only the endpoint's own failures count against it: a client that broke its body,
+            // or a policy that refused the request, says nothing about the endpoint.
+            Err(e) if e.blame() == crate::error::Blame::Upstream => {
+                Some(balance::Outcome::Failure { rate_limited: e.http_status() == StatusCode::SERVICE_UNAVAILABLE, retry_after: None })
+            }
+            Err(_) => None,
         };
-        picked.finish(outcome, elapsed, Instant::now());
+        if let Some(o) = outcome {
+            picked.finish(o, elapsed, Instant::now());
+        }
     }
     m.record_backend(&backend.metrics, &backend_labels, elapsed, &result.as_ref().map(|r| r.status()).map_err(|e| e.metric_label()));
     result.map(|mut rsp| {

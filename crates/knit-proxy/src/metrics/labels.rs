@@ -274,12 +274,14 @@ impl EncodeLabelSet for DetectTimeoutLabels {
 pub struct ErrorLabels {
     pub direction: Direction,
     pub error: &'static str,
+    pub blame: &'static str,
 }
 
 impl EncodeLabelSet for ErrorLabels {
     fn encode(&self, mut enc: LabelSetEncoder) -> EncResult {
         put(&mut enc, "direction", self.direction.as_str())?;
-        put(&mut enc, "error", self.error)
+        put(&mut enc, "error", self.error)?;
+        put(&mut enc, "blame", self.blame)
     }
 }
 

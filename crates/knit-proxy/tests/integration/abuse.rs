@@ -50,11 +50,11 @@ async fn a_target_that_is_the_proxy_itself_is_refused_at_once_in_every_spelling(
     for host in &hosts {
         let started = Instant::now();
         let (status, body) = request(proxy.outbound, "POST", "/shutdown", host, "").await;
-        assert_eq!(status, 502, "{host}: {body}");
+        assert_eq!(status, 508, "{host}: {body}");
         assert!(body.contains("routing loop"), "{host}: {body}");
         assert!(started.elapsed() < Duration::from_secs(2), "{host}: refused after {:?}", started.elapsed());
     }
-    let loops = crate::harness::sum_metric(&crate::harness::scrape(proxy.admin).await, "http_errors_total", &[r#"error="loop""#]);
+    let loops = crate::harness::sum_metric(&crate::harness::scrape(proxy.admin).await, "http_errors_total", &[r#"error="loop""#, r#"blame="proxy""#]);
     assert_eq!(loops, hosts.len() as f64);
     assert_eq!(get(proxy.admin, "/ready").await.0, 200, "nothing reached /shutdown");
     assert!(proxy.fds() < 64, "no connection piled up: {} descriptors", proxy.fds());

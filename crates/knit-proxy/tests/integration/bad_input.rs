@@ -176,3 +176,41 @@ async fn bad_configuration_is_reported_at_once_with_exit_64() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("binding the admin listener on {addr}")), "{err}");
 }
+
+#[tokio::test]
+async fn a_client_that_breaks_off_its_body_is_blamed_not_the_upstream() {
+    let (proxy, _) = web_proxy().await;
+    let mut s = TcpStream::connect(proxy.addrs.outbound).await.unwrap();
+    // 100,000 bytes promised, 1,000 sent, then the client stops sending.
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: web.test\r\nContent-Length: 100000\r\n\r\n").await.unwrap();
+    s.write_all(&[b'x'; 1000]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("the proxy answers or closes");
+    let rsp = String::from_utf8_lossy(&out);
+    assert!(rsp.is_empty() || rsp.starts_with("HTTP/1.1 400"), "{rsp}");
+    let errors = |labels: &'static [&'static str]| {
+        let proxy = &proxy;
+        async move { proxy.metric("http_errors_total", labels).await }
+    };
+    assert!(crate::harness::eventually(Duration::from_secs(5), || async { errors(&[r#"error="client_body""#, r#"blame="client""#]).await == 1.0 }).await);
+    assert_eq!(errors(&[r#"blame="upstream""#]).await, 0.0, "the upstream did nothing wrong");
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn grpc_clients_get_the_proxy_s_errors_as_grpc_statuses() {
+    let (proxy, _) = web_proxy().await;
+    // No destination named unknown.test: the proxy answers itself.
+    let rsp = raw(
+        proxy.addrs.outbound,
+        b"POST /pkg.Svc/Call HTTP/1.1\r\nHost: unknown.invalid\r\nContent-Type: application/grpc\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(rsp.starts_with("HTTP/1.1 200"), "a trailers-only gRPC answer: {rsp}");
+    assert!(rsp.contains("grpc-status: 14"), "UNAVAILABLE: {rsp}");
+    assert!(rsp.contains("grpc-message: no destination for unknown.invalid"), "{rsp}");
+    assert!(rsp.contains("content-type: application/grpc"), "{rsp}");
+    let rsp = raw(proxy.addrs.outbound, b"POST /pkg.Svc/Call HTTP/1.1\r\nHost: unknown.invalid\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+    assert!(rsp.starts_with("HTTP/1.1 502"), "plain HTTP keeps its status: {rsp}");
+}
