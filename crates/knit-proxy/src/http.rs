@@ -10,6 +10,7 @@ pub mod headers;
 pub mod l5d;
 mod logical;
 pub mod normalize;
+mod outcome;
 mod park;
 
 use crate::{
@@ -188,6 +189,12 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let http = &ctx.side.config.http;
+    crate::record::note(|r| {
+        r.protocol = Some(match version {
+            HttpVersion::Http1 => "http/1",
+            HttpVersion::Http2 => "http/2",
+        })
+    });
     let resets = Arc::new(ResetBudget::new());
     let activity = ctx.activity.clone();
     let svc = {
@@ -206,9 +213,11 @@ where
                         rsp
                     }
                     Err(_) => {
+                        let mut req = req;
+                        let outcome = outcome::Outcome::open(&mut req, &ctx);
                         let e = ProxyError::Overloaded { max: ctx.side.config.http.max_in_flight_requests };
-                        ctx.side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(ctx.side.direction, &e)).inc();
-                        error_response(&e, is_grpc(req.headers()))
+                        outcome.failed(&e);
+                        outcome.close(error_response(&e, is_grpc(req.headers())), &ctx)
                     }
                 };
                 guard.finished = true;
@@ -236,7 +245,7 @@ where
                 }
                 _ = resets.exhausted.notified() => {
                     tracing::warn!(client = %ctx.client, "closing a connection that cancels requests faster than {RESET_RATE}/s (rapid reset)");
-                    ctx.side.metrics.http.errors.get_or_create(&crate::metrics::labels_client_error(ctx.side.direction, "rapid_reset")).inc();
+                    ctx.side.metrics.http.errors.get_or_create(&crate::metrics::error_labels(ctx.side.direction, "rapid_reset", crate::error::Blame::Client)).inc();
                     return;
                 }
             }
@@ -278,7 +287,7 @@ where
                     }
                     _ = resets.exhausted.notified() => {
                         tracing::warn!(client = %ctx.client, "closing a connection that cancels requests faster than {RESET_RATE}/s (rapid reset)");
-                        ctx.side.metrics.http.errors.get_or_create(&crate::metrics::labels_client_error(ctx.side.direction, "rapid_reset")).inc();
+                        ctx.side.metrics.http.errors.get_or_create(&crate::metrics::error_labels(ctx.side.direction, "rapid_reset", crate::error::Blame::Client)).inc();
                         return;
                     }
                 };

@@ -52,7 +52,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, side: Arc<Side>, drain: drain::Watch) {
     let span = tracing::info_span!("inbound", %client);
     async move {
-        if let Err(e) = accept(tcp, client, &side, drain).await {
+        if let Err(e) = crate::record::recorded(&side, client, accept(tcp, client, &side, drain)).await {
             side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, &e)).inc();
             tracing::info!(error = %e, "connection failed");
         }
@@ -84,6 +84,7 @@ async fn accept(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: dra
         return Err(ProxyError::NotLocal(t));
     }
     let target = redirected.or(side.config.inbound.target_addr);
+    crate::record::note(|r| r.target = target.map(|t| t.to_string()));
     let mut conn =
         Conn { client, local, target, tls: Tls::NoIdentity(NoTlsReason::NoTlsFromRemote), client_id: None, from_peer: false, side: side.clone(), drain };
     let io = PrefixedIo::new(Bytes::new(), tcp);
@@ -126,6 +127,7 @@ async fn accept(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: dra
                 side.metrics.identity.handshake_failed(side.direction, "direct_without_identity");
                 return Err(ProxyError::DirectWithoutTls);
             }
+            crate::record::note(|r| r.client_id.clone_from(&client_id));
             conn.client_id = client_id;
             if transport {
                 return conn.direct(io).await;
@@ -259,6 +261,7 @@ impl Conn {
             return Err(ProxyError::Loop(target));
         }
         self.target = Some(target);
+        crate::record::note(|r| r.target = Some(target.to_string()));
         match header.protocol {
             Some(SessionProtocol::Http1) => self.serve_http(io, HttpVersion::Http1).await,
             Some(SessionProtocol::Http2) => self.serve_http(io, HttpVersion::Http2).await,
@@ -328,12 +331,19 @@ impl Conn {
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let mut client_io = CountingIo::metered(io, &self.side.metrics.tcp, self.src_labels(target));
+        crate::record::note(|r| {
+            r.protocol = Some(if matches!(self.tls, Tls::Opaque { .. }) { "tls" } else { "opaque" });
+            r.endpoint = Some(target);
+        });
         if !greeting.is_empty() {
             client_io.write_all(&greeting).await.map_err(|source| ProxyError::Connect { addr: self.client, source })?;
         }
-        if let Err(e) = crate::tcp::forward(&mut client_io, &mut server).await {
-            client_io.set_errno(e.raw_os_error());
-            tracing::debug!(client = %self.client, %target, error = %e, "opaque connection ended with an error");
+        match crate::tcp::forward(&mut client_io, &mut server).await {
+            Ok(bytes) => crate::record::note(|r| r.bytes = Some(bytes)),
+            Err(e) => {
+                client_io.set_errno(e.raw_os_error());
+                tracing::debug!(client = %self.client, %target, error = %e, "opaque connection ended with an error");
+            }
         }
         Ok(())
     }
@@ -349,6 +359,7 @@ impl Conn {
         match policy.authorize_tcp(&client) {
             Ok(permit) => {
                 let authz = &permit.authz;
+                crate::record::note(|r| r.authz = Some(authz.name.clone()));
                 let labels = AuthzLabels { client_id, policy: PolicyLabels::new(server, ["", "", ""], [&authz.group, &authz.kind, &authz.name]) };
                 side.metrics.route.tcp_authz_allow.get_or_create(&labels).inc();
                 Ok(())

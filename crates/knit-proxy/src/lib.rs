@@ -31,6 +31,7 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod policy;
 pub mod ratelimit;
+pub mod record;
 pub mod resolve;
 pub mod retry;
 pub mod route;

@@ -280,12 +280,13 @@ pub fn plaintext_tls(direction: Direction) -> Tls {
 /// The labels of `http_errors_total` for `e`: its kind and who is to blame.
 pub fn labels_error(direction: Direction, e: &crate::error::ProxyError) -> labels::ErrorLabels {
     let c = e.class();
-    labels::ErrorLabels { direction, error: c.kind, blame: c.blame.as_str() }
+    error_labels(direction, c.kind, c.blame)
 }
 
-/// The labels of a connection the proxy closed for misbehaving (`rapid_reset`): the client's fault.
-pub fn labels_client_error(direction: Direction, error: &'static str) -> labels::ErrorLabels {
-    labels::ErrorLabels { direction, error, blame: crate::error::Blame::Client.as_str() }
+/// The labels of `http_errors_total` for an error of `kind` (`rapid_reset`: a connection the
+/// proxy closed for misbehaving).
+pub fn error_labels(direction: Direction, error: &'static str, blame: crate::error::Blame) -> labels::ErrorLabels {
+    labels::ErrorLabels { direction, error, blame: blame.as_str() }
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ type Io = PrefixedIo<TcpStream>;
 pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, side: Arc<Side>, drain: drain::Watch) {
     let span = tracing::info_span!("outbound", %client);
     async move {
-        if let Err(e) = accept(tcp, client, forward, &side, drain).await {
+        if let Err(e) = crate::record::recorded(&side, client, accept(tcp, client, forward, &side, drain)).await {
             side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, &e)).inc();
             tracing::info!(error = %e, "connection failed");
         }
@@ -71,6 +71,7 @@ async fn accept(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, 
         (None, Some(dst)) => (Target::Addr(dst), None),
         (None, None) => return http_by_host(tcp, client, side, drain).await,
     };
+    crate::record::note(|r| r.target = Some(target.to_string()));
     if let Target::Addr(dst) = target {
         if side.is_own(dst) {
             return Err(ProxyError::Loop(dst));

@@ -40,37 +40,60 @@ impl Recorder {
     }
 }
 
+/// What a [`RecordBody`] tells when its stream passes: the trailers and data it carries, and its
+/// end, once (`error`: `stream_error`, or `stream_cancelled` when dropped unfinished).
+pub trait OnEnd: Send + 'static {
+    fn trailers(&mut self, _trailers: &HeaderMap) {}
+    fn data(&mut self, _bytes: usize) {}
+    fn end(self, error: Option<&'static str>);
+}
+
+impl OnEnd for Recorder {
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        self.grpc_status = grpc_status(trailers).or(self.grpc_status);
+    }
+    fn data(&mut self, bytes: usize) {
+        if let Some((_, n)) = self.tap.as_mut() {
+            *n += bytes as u64;
+        }
+    }
+    fn end(self, error: Option<&'static str>) {
+        self.record(error);
+    }
+}
+
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 pin_project_lite::pin_project! {
-    pub struct RecordBody<B: Body> {
+    /// A response body that tells `R` of its frames and, once, of its end.
+    pub struct RecordBody<B: Body, R: OnEnd> {
         #[pin]
         inner: B,
-        recorder: Option<Recorder>,
+        recorder: Option<R>,
     }
 
-    impl<B: Body> PinnedDrop for RecordBody<B> {
+    impl<B: Body, R: OnEnd> PinnedDrop for RecordBody<B, R> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(r) = this.recorder.take() {
                 // An empty body may never be polled; anything else dropped early means the client
                 // went away or the stream was reset.
                 let ended = this.inner.as_ref().get_ref().is_end_stream();
-                r.record(if ended { None } else { Some("stream_cancelled") });
+                r.end(if ended { None } else { Some("stream_cancelled") });
             }
         }
     }
 }
 
-impl<B: Body> RecordBody<B> {
-    pub fn new(inner: B, recorder: Recorder) -> Self {
+impl<B: Body, R: OnEnd> RecordBody<B, R> {
+    pub fn new(inner: B, recorder: R) -> Self {
         Self { inner, recorder: Some(recorder) }
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for RecordBody<B> {
+impl<B: Body<Data = Bytes>, R: OnEnd> Body for RecordBody<B, R> {
     type Data = Bytes;
     type Error = B::Error;
 
@@ -81,21 +104,21 @@ impl<B: Body<Data = Bytes>> Body for RecordBody<B> {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(r) = this.recorder.as_mut() {
                     if let Some(trailers) = frame.trailers_ref() {
-                        r.grpc_status = grpc_status(trailers).or(r.grpc_status);
+                        r.trailers(trailers);
                     }
-                    if let (Some((_, bytes)), Some(data)) = (r.tap.as_mut(), frame.data_ref()) {
-                        *bytes += data.len() as u64;
+                    if let Some(data) = frame.data_ref() {
+                        r.data(data.len());
                     }
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(r) = this.recorder.take() {
-                    r.record(Some("stream_error"));
+                    r.end(Some("stream_error"));
                 }
             }
             Poll::Ready(None) => {
                 if let Some(r) = this.recorder.take() {
-                    r.record(None);
+                    r.end(None);
                 }
             }
             Poll::Pending => {}

@@ -5,6 +5,7 @@ use super::{
     body::{grpc_status, RecordBody, Recorder},
     error_response,
     headers::{self, L5D_CLIENT_ID, L5D_ORIG_PROTO},
+    outcome::Outcome,
     Body, BoxError, Ctx, Plan, ReqBody, Routed,
 };
 use crate::{
@@ -19,28 +20,20 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::io::copy_bidirectional;
 
 pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
-    let Some(tracer) = ctx.side.tracer.clone() else { return respond(req, ctx).await };
-    // A trace may start (when sampling asks) where a request enters the mesh: from the
-    // application, or inbound from a client without a proxy.
-    let may_start = ctx.side.direction == Direction::Outbound || !ctx.from_peer;
-    let peer = crate::trace::Peer { addr: ctx.client, identity: ctx.client_id.as_deref() };
-    let span = tracer.server(&mut req, ctx.side.direction, peer, may_start);
-    let rsp = respond(req, ctx).await;
-    if let Some(span) = span {
-        tracer.finish(span, Some(rsp.status()), None);
-    }
-    rsp
+    let outcome = Outcome::open(&mut req, &ctx);
+    let rsp = respond(req, &ctx, &outcome).await;
+    outcome.close(rsp, &ctx)
 }
 
-/// The server side of one request: every answer, the endpoint's or the proxy's own.
-async fn respond(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
-    let started = Instant::now();
+/// The server side of one request: every answer, the endpoint's or the proxy's own, noted in
+/// its outcome record.
+async fn respond(req: Request<Incoming>, ctx: &Arc<Ctx>, o: &Outcome) -> Response<Body> {
     let grpc = super::is_grpc(req.headers());
     // Errors of the client's body are marked as the client's before they meet any upstream.
     let mut req = req.map(|b| b.map_err(|e| BoxError::from(super::body::ClientBodyError(e))).boxed());
     // Routes and policy match what the application will read: one authority, one path spelling.
     if let Err(e) = super::normalize::check_authority(&req).and_then(|()| super::normalize::normalize(&mut req)) {
-        record_synthetic(&ctx, None, e.http_status(), Some(&e), started);
+        o.failed(&e);
         tracing::info!(client = %ctx.client, uri = %req.uri(), error = %e, "request refused");
         return error_response(&e, grpc);
     }
@@ -49,17 +42,20 @@ async fn respond(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
     let authority = ctx.side.taps.active().then(|| authority(&req).to_string());
     let planned = match ctx.side.direction {
         Direction::Outbound => ctx.plan(&req).await,
-        Direction::Inbound => super::authorize::plan(&mut req, &ctx),
+        Direction::Inbound => super::authorize::plan(&mut req, ctx),
     };
     let own_answer = |target: Option<&Routed>, status: StatusCode| {
         if let Some(authority) = &authority {
-            tap_own_answer(&ctx, &method, &uri, authority, target, status);
+            tap_own_answer(ctx, &method, &uri, authority, target, status);
         }
     };
     let result = match planned {
-        Ok(Plan::Endpoint(routed)) => call_endpoint(req, &routed, &ctx, started).await,
+        Ok(Plan::Endpoint(routed)) => {
+            o.target(Some(&routed));
+            call_endpoint(req, &routed, ctx, o.started, o).await
+        }
         Ok(Plan::Logical(logical)) => {
-            let result = super::logical::serve(req, logical, &ctx, started).await;
+            let result = super::logical::serve(req, logical, ctx, o).await;
             // Answers given before any endpoint was called; an endpoint's are tapped with it.
             if let Err(e) = &result {
                 if e.before_endpoint() {
@@ -69,17 +65,18 @@ async fn respond(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
             result
         }
         Ok(Plan::Respond { rsp, target }) => {
-            record_synthetic(&ctx, target.as_ref(), rsp.status(), None, started);
+            o.target(target.as_ref());
             own_answer(target.as_ref(), rsp.status());
             Ok(rsp)
         }
         Err((e, target)) => {
-            record_synthetic(&ctx, target.as_ref(), e.http_status(), Some(&e), started);
+            o.target(target.as_ref());
             own_answer(target.as_ref(), e.http_status());
             Err(e)
         }
     };
     result.unwrap_or_else(|e| {
+        o.failed(&e);
         tracing::info!(client = %ctx.client, %method, %uri, error = %e, "request failed");
         error_response(&e, grpc)
     })
@@ -87,7 +84,7 @@ async fn respond(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
 
 /// The golden-metric labels of a request to `target` (the unspecified address when no endpoint
 /// was chosen: a client address would add a series per ephemeral port).
-fn labels(ctx: &Ctx, target: Option<&Routed>) -> HttpLabels {
+pub(super) fn labels(ctx: &Ctx, target: Option<&Routed>) -> HttpLabels {
     let side = &ctx.side;
     HttpLabels {
         direction: side.direction,
@@ -106,30 +103,18 @@ fn labels(ctx: &Ctx, target: Option<&Routed>) -> HttpLabels {
     }
 }
 
-/// Records a request the proxy answered itself (refused, failed before any endpoint, or
-/// synthesized by a filter), so that success rates count it.
-fn record_synthetic(ctx: &Ctx, target: Option<&Routed>, status: StatusCode, error: Option<&ProxyError>, started: Instant) {
-    let side = &ctx.side;
-    let golden = side.metrics.http.golden(&ctx.golden, labels(ctx, target));
-    golden.request();
-    if let Some(e) = error {
-        side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, e)).inc();
-    }
-    let status_code = Some(status.as_u16());
-    golden.latency(status_code, elapsed_ms(started));
-    Recorder { golden, status_code, grpc_status: None, tap: None }.record(error.map(ProxyError::metric_label));
-}
-
 /// Sends one request (one attempt, when retrying) to one endpoint and records its golden
-/// metrics; `response_total` is recorded when the response body ends.
-pub(super) async fn call_endpoint(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx, started: Instant) -> Result<Response<Body>, ProxyError> {
+/// metrics; `response_total` is recorded when the response body ends. The attempt is noted in
+/// the request's outcome record, its failure counted there.
+pub(super) async fn call_endpoint(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx, started: Instant, o: &Outcome) -> Result<Response<Body>, ProxyError> {
     let side = &ctx.side;
-    let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
     let golden = side.metrics.http.golden(&ctx.golden, labels(ctx, Some(routed)));
     golden.request();
+    let peer_identity = side.dialer.peer_identity(&routed.endpoint);
+    o.attempt(routed, peer_identity);
     let mut tap = if side.taps.active() { start_tap(&req, routed, ctx) } else { None };
     let span = side.tracer.as_deref().and_then(|t| {
-        let peer = crate::trace::Peer { addr: routed.endpoint.addr, identity: side.dialer.peer_identity(&routed.endpoint) };
+        let peer = crate::trace::Peer { addr: routed.endpoint.addr, identity: peer_identity };
         Some((t, t.client(&mut req, side.direction, peer)?))
     });
     let rsp = match forward(req, routed, ctx).await {
@@ -143,7 +128,6 @@ pub(super) async fn call_endpoint(mut req: Request<ReqBody>, routed: &Routed, ct
             if let Some((t, s)) = span {
                 t.finish(s, None, Some(e.metric_label()));
             }
-            side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, &e)).inc();
             let status_code = Some(e.http_status().as_u16());
             golden.latency(status_code, elapsed_ms(started));
             if let Some(t) = tap.as_mut() {
@@ -159,16 +143,12 @@ pub(super) async fn call_endpoint(mut req: Request<ReqBody>, routed: &Routed, ct
     }
     let status_code = Some(rsp.status().as_u16());
     golden.latency(status_code, elapsed_ms(started));
-    if side.config.log.access_log {
-        tracing::info!(target: "access", client = %ctx.client, %method, %uri, ?version, status = rsp.status().as_u16(),
-            latency_ms = started.elapsed().as_secs_f64() * 1e3, target_addr = %golden.labels().target_addr);
-    }
     let recorder = Recorder { golden, status_code, grpc_status: grpc_status(rsp.headers()), tap: tap.map(|t| (t, 0)) };
     Ok(rsp.map(|b| RecordBody::new(b, recorder).boxed()))
 }
 
 /// The request's authority: its URI's, or its `Host` header.
-fn authority<B>(req: &Request<B>) -> &str {
+pub(super) fn authority<B>(req: &Request<B>) -> &str {
     req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("")
 }
 

@@ -4,7 +4,7 @@
 //! within the budget) → `send_once` (backend by weight → its filters → balancer → endpoint,
 //! per-attempt timeout, load and breaker feedback) → [`call_endpoint`](super::forward::call_endpoint).
 
-use super::{body::grpc_status, forward::call_endpoint, full, l5d, Body, Ctx, ReqBody, Routed};
+use super::{body::grpc_status, forward::call_endpoint, full, l5d, outcome::Outcome, Body, Ctx, ReqBody, Routed};
 use crate::{
     balance,
     discovery::Target,
@@ -36,7 +36,7 @@ struct Plan<'p> {
     retry: Option<RetryPolicy>,
 }
 
-pub async fn serve(mut req: Request<ReqBody>, r: Routing, ctx: &Ctx, started: Instant) -> Result<Response<Body>, ProxyError> {
+pub async fn serve(mut req: Request<ReqBody>, r: Routing, ctx: &Ctx, o: &Outcome) -> Result<Response<Body>, ProxyError> {
     // The application's `l5d-*` headers are read (for a rule that allows them) and removed.
     let overrides = l5d::take(req.headers_mut());
     let http = http_policy(&req, &r)?;
@@ -50,10 +50,10 @@ pub async fn serve(mut req: Request<ReqBody>, r: Routing, ctx: &Ctx, started: In
         let http = http_policy(&req, &over)?;
         let (ri, rule_i) = route_request(&req, &over, &http)?;
         let plan = plan(&http.routes[ri].rules[rule_i], &http, &overrides);
-        return serve_rule(req, &over, ri, plan, ctx, started).await;
+        return serve_rule(req, &over, ri, plan, ctx, o).await;
     }
     let plan = plan(rule, &http, &overrides);
-    serve_rule(req, &r, ri, plan, ctx, started).await
+    serve_rule(req, &r, ri, plan, ctx, o).await
 }
 
 /// The policy's HTTP routes for the request; for an opaque destination, how it serves a request
@@ -86,8 +86,10 @@ fn plan<'p>(rule: &'p Rule, http: &'p HttpPolicy, overrides: &l5d::Overrides) ->
 }
 
 /// The rule's filters, then its attempts within the request timeout.
-async fn serve_rule(mut req: Request<ReqBody>, r: &Routing, route_i: usize, plan: Plan<'_>, ctx: &Ctx, started: Instant) -> Result<Response<Body>, ProxyError> {
+async fn serve_rule(mut req: Request<ReqBody>, r: &Routing, route_i: usize, plan: Plan<'_>, ctx: &Ctx, o: &Outcome) -> Result<Response<Body>, ProxyError> {
+    let started = o.started;
     let route = &plan.http.routes[route_i];
+    o.route(|| format!("{}/{}", r.policy.meta.name(), route.meta.name()));
     let host = RequestInfo::new(&req).host.map(|h| ctx.side.hostname_label(&h)).unwrap_or_default();
     let labels = RouteLabels::new(&Resource::of(&r.policy.meta), &Resource::of(&route.meta), host);
     let mut response_headers = Vec::new();
@@ -105,11 +107,11 @@ async fn serve_rule(mut req: Request<ReqBody>, r: &Routing, route_i: usize, plan
     }
     let name = route.meta.name().to_string();
     let result = match plan.timeouts.request {
-        Some(t) => match tokio::time::timeout(t, attempts(req, &plan, r, ctx, &labels)).await {
+        Some(t) => match tokio::time::timeout(t, attempts(req, &plan, r, ctx, &labels, o)).await {
             Ok(r) => r,
             Err(_) => Err(ProxyError::RequestTimeout { route: name, which: "request", timeout: t }),
         },
-        None => attempts(req, &plan, r, ctx, &labels).await,
+        None => attempts(req, &plan, r, ctx, &labels, o).await,
     };
     ctx.side.metrics.route.record_route(&route.metrics, &labels, started.elapsed(), &result.as_ref().map(|r| r.status()).map_err(|e| e.metric_label()));
     result.map(|mut rsp| {
@@ -222,9 +224,9 @@ impl Replay {
 
 /// Sends the request, and again while the rule's retry policy, the retry budget and the
 /// buffered body allow. Tunnels (`Upgrade`, `CONNECT`) are never retried.
-async fn attempts(req: Request<ReqBody>, plan: &Plan<'_>, r: &Routing, ctx: &Ctx, labels: &RouteLabels) -> Result<Response<Body>, ProxyError> {
+async fn attempts(req: Request<ReqBody>, plan: &Plan<'_>, r: &Routing, ctx: &Ctx, labels: &RouteLabels, o: &Outcome) -> Result<Response<Body>, ProxyError> {
     let Some(policy) = plan.retry.as_ref().filter(|p| p.max_retries > 0 && !super::headers::is_tunnel(&req)) else {
-        return send_once(req, plan, r, ctx, labels, None).await;
+        return send_once(req, plan, r, ctx, labels, None, o).await;
     };
     let budget = &r.logical.budget;
     budget.deposit(Instant::now());
@@ -234,7 +236,7 @@ async fn attempts(req: Request<ReqBody>, plan: &Plan<'_>, r: &Routing, ctx: &Ctx
     let known = http_body::Body::size_hint(req.body()).exact().is_some_and(|n| n <= policy.max_request_bytes as u64);
     if !known {
         ctx.side.metrics.route.retry_overflow.get_or_create(labels).inc();
-        return send_once(req, plan, r, ctx, labels, None).await;
+        return send_once(req, plan, r, ctx, labels, None, o).await;
     }
     let (parts, body) = req.into_parts();
     let buffered = retry::buffer_body(body, policy.max_request_bytes).await.map_err(ProxyError::ClientBody)?;
@@ -248,7 +250,7 @@ async fn attempts(req: Request<ReqBody>, plan: &Plan<'_>, r: &Routing, ctx: &Ctx
         None => (Request::from_parts(parts, buffered.stream().boxed()), None),
     };
     let m = &ctx.side.metrics.route;
-    let mut rsp = send_once(first, plan, r, ctx, labels, Some(policy)).await;
+    let mut rsp = send_once(first, plan, r, ctx, labels, Some(policy), o).await;
     let mut attempt = 0;
     loop {
         if !should_retry(policy, &rsp) {
@@ -277,7 +279,7 @@ async fn attempts(req: Request<ReqBody>, plan: &Plan<'_>, r: &Routing, ctx: &Ctx
         tokio::time::sleep(delay).await;
         m.retry_requests.get_or_create(labels).inc();
         attempt += 1;
-        rsp = send_once(next, plan, r, ctx, labels, Some(policy)).await;
+        rsp = send_once(next, plan, r, ctx, labels, Some(policy), o).await;
     }
 }
 
@@ -308,6 +310,7 @@ async fn send_once(
     ctx: &Ctx,
     labels: &RouteLabels,
     retry: Option<&RetryPolicy>,
+    o: &Outcome,
 ) -> Result<Response<Body>, ProxyError> {
     let backend = plan
         .rule
@@ -329,11 +332,11 @@ async fn send_once(
     let started = Instant::now();
     let per_attempt = retry.and_then(|r| r.timeout).or(plan.timeouts.response);
     let result = match per_attempt {
-        Some(t) => match tokio::time::timeout(t, call_endpoint(req, &routed, ctx, started)).await {
+        Some(t) => match tokio::time::timeout(t, call_endpoint(req, &routed, ctx, started, o)).await {
             Ok(r) => r,
             Err(_) => Err(ProxyError::RequestTimeout { route: backend.backend.meta.name().to_string(), which: "response", timeout: t }),
         },
-        None => call_endpoint(req, &routed, ctx, started).await,
+        None => call_endpoint(req, &routed, ctx, started, o).await,
     };
     let elapsed = started.elapsed();
     if let Some(picked) = chosen.picked {

@@ -89,6 +89,12 @@ pub async fn open(logical: &Logical, parent: &Arc<Meta>, policy: &OpaquePolicy, 
         let outcome = if dialed.is_ok() { balance::Outcome::Success } else { balance::Outcome::Failure { rate_limited: false, retry_after: None } };
         p.record(outcome, started.elapsed(), Instant::now());
     }
+    crate::record::note(|r| {
+        r.protocol = Some(if kind == Kind::Tls { "tls" } else { "opaque" });
+        r.route = Some(format!("{}/{}", conn.labels.parent.name(), conn.labels.route.name()));
+        r.endpoint = Some(endpoint.addr);
+        r.server_id = side.dialer.peer_identity(&endpoint).map(str::to_string);
+    });
     match dialed {
         Ok(server) => Ok(Opened { server, endpoint, _picked: chosen.picked, route: conn }),
         Err(e) => Err(conn.refuse("unexpected", e)),
@@ -114,9 +120,12 @@ where
     if !greeting.is_empty() {
         client.write_all(&greeting).await.map_err(|e| ProxyError::Upstream { addr: opened.endpoint.addr, source: e.into() })?;
     }
-    if let Err(e) = crate::tcp::forward(&mut client, &mut opened.server).await {
-        client.set_errno(e.raw_os_error());
-        tracing::debug!(endpoint = %opened.endpoint, error = %e, "opaque connection ended with an error");
+    match crate::tcp::forward(&mut client, &mut opened.server).await {
+        Ok(bytes) => crate::record::note(|r| r.bytes = Some(bytes)),
+        Err(e) => {
+            client.set_errno(e.raw_os_error());
+            tracing::debug!(endpoint = %opened.endpoint, error = %e, "opaque connection ended with an error");
+        }
     }
     Ok(())
 }

@@ -1,0 +1,81 @@
+//! The access-log record of one TCP connection, as `http/outcome.rs` is one request's: opened
+//! when the connection is accepted, filled in by the steps it passes (its target, the identity
+//! its client proved, the protocol it turned out to carry, the route and endpoint, the
+//! authorization, the bytes copied) and written once when the connection ends, refused and
+//! failed connections included. Only while the access log is on: the record lives in a
+//! task-local of the connection's task, and [`note`] is a no-op elsewhere (an HTTP/2 stream's
+//! task, or with the log off).
+
+use crate::{error::ProxyError, http::Side};
+use std::{cell::RefCell, future::Future, net::SocketAddr, time::Instant};
+
+tokio::task_local! {
+    static RECORD: RefCell<Record>;
+}
+
+#[derive(Default)]
+pub struct Record {
+    /// Where the connection was going: its original destination, the port a transport header
+    /// named, or a port forward's destination.
+    pub target: Option<String>,
+    /// Inbound: the identity the client proved with mesh TLS.
+    pub client_id: Option<String>,
+    /// `http/1`, `http/2` (each request has its own line too), `opaque` or `tls`.
+    pub protocol: Option<&'static str>,
+    /// Outbound: the opaque or TLS route that carried it.
+    pub route: Option<String>,
+    /// Inbound: the authorization that allowed an opaque connection.
+    pub authz: Option<String>,
+    pub endpoint: Option<SocketAddr>,
+    /// Outbound: the identity the endpoint's proxy proved.
+    pub server_id: Option<String>,
+    /// Bytes from the client to the endpoint, and back.
+    pub bytes: Option<(u64, u64)>,
+}
+
+/// Adds to the current connection's record, if it has one.
+pub fn note(f: impl FnOnce(&mut Record)) {
+    let _ = RECORD.try_with(|r| f(&mut r.borrow_mut()));
+}
+
+/// Runs a connection's handling and, with the access log on, writes its record when it ends.
+pub async fn recorded(side: &Side, client: SocketAddr, handling: impl Future<Output = Result<(), ProxyError>>) -> Result<(), ProxyError> {
+    if !side.config.log.access_log {
+        return handling.await;
+    }
+    let started = Instant::now();
+    let (result, r) = RECORD
+        .scope(RefCell::new(Record::default()), async {
+            let result = handling.await;
+            (result, RECORD.with(|r| r.take()))
+        })
+        .await;
+    let dash = |s: Option<&str>| s.unwrap_or("-").to_string();
+    let class = result.as_ref().err().map(ProxyError::class);
+    let own = side.dialer.identity.as_ref().map(|i| i.name.to_string());
+    let (client_id, server_id) = match side.direction {
+        crate::metrics::Direction::Inbound => (r.client_id, own),
+        crate::metrics::Direction::Outbound => (own, r.server_id),
+    };
+    let (sent, received) = r.bytes.unwrap_or_default();
+    tracing::info!(
+        target: "access",
+        direction = side.direction.as_str(),
+        client = %client,
+        client_id = dash(client_id.as_deref()),
+        target_addr = dash(r.target.as_deref()),
+        protocol = r.protocol.unwrap_or("-"),
+        route = dash(r.route.as_deref()),
+        authz = dash(r.authz.as_deref()),
+        endpoint = r.endpoint.map_or_else(|| "-".to_string(), |e| e.to_string()),
+        server_id = dash(server_id.as_deref()),
+        error = class.map_or("-", |c| c.kind),
+        blame = class.map_or("-", |c| c.blame.as_str()),
+        reason = result.as_ref().err().map_or_else(|| "-".to_string(), |e| e.to_string()),
+        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        bytes_sent = sent,
+        bytes_received = received,
+        "connection"
+    );
+    result
+}
