@@ -9,6 +9,7 @@
 //! with identities knit-control issued. The table is read from each proxy's own metrics.
 
 mod apps;
+mod traces;
 
 use anyhow::Context as _;
 use apps::App;
@@ -134,7 +135,7 @@ impl Mesh {
 
     /// A proxy's configuration: identity from knit-control (with a token for its service
     /// account) and discovery from knit-control as the workload `spec.name`.
-    fn proxy_config(&self, spec: &Spec, app: SocketAddr) -> anyhow::Result<Config> {
+    fn proxy_config(&self, spec: &Spec, app: SocketAddr, collector: SocketAddr) -> anyhow::Result<Config> {
         let name = Self::identity_name(spec.service_account);
         let expires_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64 + 86_400;
         let token_file = self.secrets.join(format!("{}.token", spec.name));
@@ -164,6 +165,21 @@ impl Mesh {
         // Every demo workload shares 127.0.0.1: trusting loopback would let any of them past
         // books' AuthorizationPolicy.
         d.trust_loopback = false;
+        // Spans to the demo's collector. Web's proxy, where requests enter the mesh, starts a
+        // trace for one request in 20 (Knit's sampling of untraced requests); the others join.
+        config.trace = Some(knit_proxy::trace::TraceConfig {
+            collector: collector.into(),
+            service_name: spec.name.to_string(),
+            attributes_path: None,
+            extra_attributes: vec![("k8s.deployment.name".into(), spec.deployment.into())],
+            otel_resource_attributes: Vec::new(),
+            host_name: None,
+            sample_untraced: if spec.name == WEB.name { 0.05 } else { 0.0 },
+            queue: 1000,
+            max_batch: 512,
+            flush_interval: Duration::from_millis(500),
+            export_timeout: Duration::from_secs(5),
+        });
         Ok(config)
     }
 
@@ -210,17 +226,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let (mesh, control) = Mesh::bind(args.dir.clone()).await.context("starting knit-control")?;
+    let (collector_addr, collector) = traces::Collector::start().await.context("starting the trace collector")?;
 
     // Every process and proxy binds first; the workloads manifest then says where they are.
     let web_listener = TcpListener::bind("127.0.0.1:0").await?;
     let web_app = web_listener.local_addr()?;
-    let web_proxy = Proxy::bind(mesh.proxy_config(&WEB, web_app)?, None).await.context("starting web's proxy")?;
+    let web_proxy = Proxy::bind(mesh.proxy_config(&WEB, web_app, collector_addr)?, None).await.context("starting web's proxy")?;
     let web_addrs = web_proxy.addrs();
     let mut placed = vec![(&WEB, web_app, web_addrs.clone())];
     let mut proxies = vec![(WEB.name, web_proxy)];
     for (spec, app) in &BACKENDS {
         let addr = apps::serve_app(*app).await?;
-        let proxy = Proxy::bind(mesh.proxy_config(spec, addr)?, None).await.with_context(|| format!("starting {}'s proxy", spec.name))?;
+        let proxy = Proxy::bind(mesh.proxy_config(spec, addr, collector_addr)?, None).await.with_context(|| format!("starting {}'s proxy", spec.name))?;
         placed.push((spec, addr, proxy.addrs()));
         proxies.push((spec.name, proxy));
     }
@@ -251,6 +268,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut previous: Vec<Snapshot> = workloads.iter().map(|w| Snapshot::read(&w.metrics)).collect();
     let mut last = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(args.interval.max(1)));
+    let mut trace_shown: Option<Instant> = None;
     ticker.tick().await;
     loop {
         let ended = async {
@@ -263,6 +281,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = ticker.tick() => {
                 let now: Vec<Snapshot> = workloads.iter().map(|w| Snapshot::read(&w.metrics)).collect();
                 print_table(&workloads, &previous, &now, last.elapsed(), sent.load(Ordering::Relaxed));
+                // A sampled request end to end, every ten seconds: web's proxy, web's calls to
+                // books and authors, and their proxies (ten spans when nothing failed).
+                if trace_shown.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    if let Some(trace) = collector.latest(10, Duration::from_secs(1)) {
+                        println!("{}", traces::render(&trace));
+                        trace_shown = Some(Instant::now());
+                    }
+                }
                 previous = now;
                 last = Instant::now();
             }
@@ -322,6 +348,9 @@ fn print_intro(web: &knit_proxy::Addrs, viz: SocketAddr, manifests: &Path, durat
     println!("  - change the split: edit the weights in {} and save;", manifests.join("books-split.yaml").display());
     println!("    within a second the RPS of books-v1 and books-v2 follows. All manifests: {}", manifests.display());
     println!("  - try: curl -s http://{}/ ; metrics of web's proxy: curl -s http://{}/metrics", web.inbound, web.admin);
+    println!("  - tracing: web's proxy starts a W3C trace for one request in 20, web passes `traceparent` on to");
+    println!("    books and authors, and every proxy exports its spans over OTLP to a collector in this process;");
+    println!("    the newest trace is drawn under the table every 10 s.");
     println!("  - dashboard: http://{viz}/");
     let flag = if viz.port() == crate::viz::DEFAULT_PORT { String::new() } else { format!(" --viz-addr {viz}") };
     println!("  - in another terminal: knit viz stat deploy -n {NAMESPACE}{flag}   (or --to deploy/books-v1, -o wide)");

@@ -72,12 +72,20 @@ fn check_reports_missing_material() {
 
 #[test]
 fn demo_runs_for_a_duration_and_exits_cleanly() {
-    let (ok, out) = knit(&["demo", "--duration", "4s", "--interval", "1"]);
+    let (ok, out) = knit(&["demo", "--duration", "6s", "--interval", "1"]);
     assert!(ok, "{out}");
     assert!(out.contains("WORKLOAD") && out.contains("books-v1") && out.contains("stopped cleanly"), "{out}");
     // Traffic flowed: web's row shows a success rate, not a dash.
     let web = out.lines().rev().find(|l| l.starts_with("web ")).expect("a web row");
     assert!(web.contains('%'), "{web}");
+    // A trace was drawn end to end: web's proxy, then books' and authors' under web's calls.
+    let tree: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("trace ")).take_while(|l| !l.trim().is_empty()).collect();
+    assert!(tree.len() >= 12, "a trace of at least ten spans:\n{out}");
+    for hop in
+        ["web inbound server", "web outbound client GET /books", "inbound server GET /books", "web outbound client GET /authors", "inbound client GET /authors"]
+    {
+        assert!(tree.iter().any(|l| l.contains(hop)), "{hop} in\n{}", tree.join("\n"));
+    }
 }
 
 /// The demo's promise: edit the split manifest while it runs, and the traffic follows.

@@ -63,7 +63,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 
 async fn answer(
     app: App,
-    _req: Request<Incoming>,
+    req: Request<Incoming>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match app {
@@ -85,10 +85,17 @@ async fn answer(
             }
         }
         App::Web { outbound } => {
+            // As an application instrumented with OpenTelemetry would, web passes the trace
+            // context it was called with on to its own calls.
+            let traceparent = req.headers().get("traceparent").cloned();
             let call = |host: &'static str, path: &'static str| {
                 let client = client.clone();
+                let traceparent = traceparent.clone();
                 async move {
-                    let req = Request::get(format!("http://{outbound}{path}")).header("host", host).body(Empty::new()).expect("valid request");
+                    let mut req = Request::get(format!("http://{outbound}{path}")).header("host", host).body(Empty::new()).expect("valid request");
+                    if let Some(t) = traceparent {
+                        req.headers_mut().insert("traceparent", t);
+                    }
                     match client.request(req).await {
                         Ok(rsp) => {
                             let ok = rsp.status().is_success();
