@@ -22,11 +22,13 @@ use std::{
 /// Traces kept; older ones are forgotten.
 const KEPT: usize = 64;
 
+/// A trace's spans, each with the `service.name` of the proxy that sent it, and when the last
+/// one arrived.
+type Trace = (Vec<(String, Span)>, Instant);
+
 #[derive(Default)]
 struct Store {
-    /// Each trace's spans (with the `service.name` of the proxy that sent them) and when its
-    /// last span arrived.
-    traces: HashMap<Vec<u8>, (Vec<(String, Span)>, Instant)>,
+    traces: HashMap<Vec<u8>, Trace>,
     order: VecDeque<Vec<u8>>,
 }
 
@@ -97,7 +99,7 @@ pub fn render(spans: &[(String, Span)]) -> String {
     let trace: String = spans.first().map(|(_, s)| s.trace_id.iter().map(|b| format!("{b:02x}")).collect()).unwrap_or_default();
     let start = spans.iter().map(|(_, s)| s.start_time_unix_nano).min().unwrap_or(0);
     let _ = writeln!(out, "trace {trace}: {} spans (one server and one client span per proxy hop)", spans.len());
-    let _ = writeln!(out, "  {:<52} {:>9} {:>9}  {}", "PROXY DIRECTION KIND REQUEST STATUS", "START_MS", "TOOK_MS", "PEER");
+    let _ = writeln!(out, "  {:<52} {:>9} {:>9}  PEER", "PROXY DIRECTION KIND REQUEST STATUS", "START_MS", "TOOK_MS");
     // Roots: spans whose parent is not in this trace (the first proxy's server span).
     let mut roots: Vec<&(String, Span)> = spans.iter().filter(|(_, s)| !ids.contains(s.parent_span_id.as_slice())).collect();
     roots.sort_by_key(|(_, s)| s.start_time_unix_nano);
