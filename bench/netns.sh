@@ -4,6 +4,9 @@
 # beside it in the same run.
 #   bench/netns.sh [--quick]        (root: namespaces and iptables)
 #   bench/netns.sh --profile        perf profiles of the proxies at maximum HTTP/1.1 load instead
+#   bench/netns.sh --ab OLD-BINARY  the one-hop path only, this build beside an older knit-proxy
+#                                   binary (and this build with a trace collector configured):
+#                                   what a change costs, in its own section of RESULTS.md
 # Writes its section of bench/RESULTS.md (between its <!-- netns --> markers) and raw JSON lines
 # to bench/out/netns.jsonl; --profile writes bench/out/profile-<setup>.txt (perf report).
 #
@@ -18,9 +21,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-QUICK=0 PROFILE=0
+QUICK=0 PROFILE=0 AB=
 [ "${1:-}" = "--quick" ] && QUICK=1
 [ "${1:-}" = "--profile" ] && PROFILE=1
+if [ "${1:-}" = "--ab" ]; then
+    AB=$(realpath "${2:?bench/netns.sh --ab OLD-BINARY}")
+    [ -x "$AB" ] || { echo "bench/netns.sh: $AB is not an executable knit-proxy"; exit 1; }
+fi
 DUR=10s; WARM=2s; REPS=3; IDLE_N=4000
 ((QUICK)) && { DUR=3s; WARM=1s; REPS=1; IDLE_N=1000; }
 [ "$(id -u)" = 0 ] || { echo "bench/netns.sh: needs root (network namespaces, iptables)"; exit 1; }
@@ -47,6 +54,7 @@ chmod 755 "$TMP"
 L=$TMP/knit-loadgen P=$TMP/knit-proxy
 install -m 755 target/release/knit-loadgen "$L"
 install -m 755 target/release/knit-proxy "$P"
+[ -n "$AB" ] && install -m 755 "$AB" "$TMP/knit-proxy-old"
 CONTROL=target/release/knit-control KNIT=target/release/knit
 
 NP=kb-p-$$ NK=kb-k-$$ NS=kb-s-$$ NM=kb-m-$$ NSW=kb-sw-$$
@@ -172,16 +180,16 @@ start_haproxy() {
 # --- the proxies --------------------------------------------------------------------------------
 in_ns "$NK" "$P" init --proxy-uid 2102 2>>"$TMP/init.log"
 in_ns "$NM" "$P" init --proxy-uid 2102 2>>"$TMP/init.log"
-start_proxy() { # namespace, workload name: sets <NAME>_PID
+start_proxy() { # namespace, workload name: sets <NAME>_PID; PROXY_BIN and PROXY_ENV (an array) may change it
     local ns=$1 w=$2
-    ip netns exec "$ns" env -i PATH=/usr/bin:/bin \
+    ip netns exec "$ns" env -i PATH=/usr/bin:/bin "${PROXY_ENV[@]}" \
         KNIT_PROXY_INBOUND_LISTEN_ADDR=0.0.0.0:4143 KNIT_PROXY_OUTBOUND_LISTEN_ADDR=127.0.0.1:4140 \
         KNIT_PROXY_ADMIN_LISTEN_ADDR=0.0.0.0:4191 KNIT_PROXY_SHUTDOWN_GRACE_PERIOD=1s KNIT_PROXY_CORES=1 KNIT_PROXY_LOG=warn \
         KNIT_PROXY_IDENTITY_LOCAL_NAME="$w.$ID" KNIT_PROXY_IDENTITY_TRUST_ANCHORS_FILE="$TMP/id/trust-anchors.pem" \
         KNIT_PROXY_IDENTITY_TOKEN_FILE="$TMP/$w.token" KNIT_PROXY_IDENTITY_SVC_ADDR="$IP_S:18080" \
         KNIT_PROXY_DESTINATION_SVC_ADDR="$IP_S:18086" KNIT_PROXY_POLICY_SVC_ADDR="$IP_S:18090" \
         "KNIT_PROXY_POLICY_WORKLOAD={\"ns\":\"default\",\"external_workload\":\"$w\"}" \
-        taskset -c 1 setpriv --reuid=2102 --regid=2102 --clear-groups "$P" 2>"$TMP/proxy-$w.log" &
+        taskset -c 1 setpriv --reuid=2102 --regid=2102 --clear-groups "${PROXY_BIN:-$P}" 2>"$TMP/proxy-$w.log" &
     PIDS+=($!)
     eval "${w^^}_PID=$!"
     for _ in $(seq 150); do
@@ -197,6 +205,7 @@ warm() {
     in_ns "$NK" curl -fsS -o /dev/null --max-time 5 "http://$MESHED:8080/" || { echo "bench: k → meshed failed"; tail -n 20 "$TMP/proxy-k.log" "$TMP/proxy-m.log"; exit 1; }
     [ "$(in_ns "$NK" redis-cli -h "$MESHED" -p 6379 ping)" = PONG ] || { echo "bench: redis k → meshed failed"; exit 1; }
 }
+PROXY_ENV=()
 start_haproxy
 start_proxy "$NM" m
 start_proxy "$NK" k
@@ -249,6 +258,39 @@ print(json.dumps({f"{t.lower()}_{k}": float(rows[t][c]) for t in ("SET", "GET") 
     echo "{\"kind\":\"redis\",\"setup\":\"$setup\",\"args\":\"-t set,get -c 50\",\"cpu_ticks\":$((after - before)),\"cpu_window_ratio\":1.0,\"rss_kb\":$(rss_kb "$procs"),\"result\":$json}" >>"$RAW"
     echo "  redis $setup: $json"
 }
+
+if [ -n "$AB" ]; then
+    # The one-hop path with each binary in turn, k's proxy restarted for each, three rounds
+    # interleaved; HAProxy's rows are the yardstick of each round. `trace`: this build with a
+    # trace collector configured (nothing listens there) and untraced requests, what every
+    # request pays once tracing is on.
+    ab_variant() { # label: restarts k's proxy as that variant
+        kill "$K_PID"; wait "$K_PID" 2>/dev/null || true
+        case $1 in
+            old) PROXY_BIN=$TMP/knit-proxy-old PROXY_ENV=() ;;
+            new) PROXY_BIN=$P PROXY_ENV=() ;;
+            trace) PROXY_BIN=$P PROXY_ENV=(KNIT_PROXY_TRACE_COLLECTOR_SVC_ADDR="$IP_S:4317") ;;
+        esac
+        start_proxy "$NK" k
+        warm
+    }
+    for v in old new trace; do NSOF[knit-1hop@$v]=$NK URL[knit-1hop@$v]=${URL[knit-1hop]}; done
+    procs() { case $1 in haproxy) echo "$HA_PID" ;; knit-1hop*) echo "$K_PID" ;; esac; }
+    for rep in $(seq "$REPS"); do
+        echo "== A/B round $rep of $REPS"
+        measure max haproxy "${URL[haproxy]}" --max --connections 50
+        measure latency haproxy "${URL[haproxy]}" --rate 1000 --connections 10
+        for v in old new trace; do
+            ab_variant "$v"
+            measure max "knit-1hop@$v" "${URL[knit-1hop]}" --max --connections 50
+            measure latency "knit-1hop@$v" "${URL[knit-1hop]}" --rate 1000 --connections 10
+            measure latency "knit-1hop@$v" "${URL[knit-1hop]}" --rate 1000 --connections 100
+        done
+    done
+    python3 bench/report.py ab "$RAW" --command "bench/netns.sh --ab $(basename "$AB")" --ticks "$(getconf CLK_TCK)" --results bench/RESULTS.md
+    echo "wrote the A/B section of bench/RESULTS.md"
+    exit 0
+fi
 
 if ((PROFILE)); then
     command -v perf >/dev/null || { echo "bench/netns.sh: perf is missing: apt-get install linux-perf"; exit 1; }

@@ -506,7 +506,69 @@ def netns_main(argv):
     write_section(a.results, NETNS_BEGIN, NETNS_END, netns_section(rows, a.command, a.ticks, json.loads(a.idle_rss)))
 
 
+AB_BEGIN = "<!-- netns-ab: written by bench/netns.sh --ab through report.py -->"
+AB_END = "<!-- end of netns-ab -->"
+
+
+def ab_section(rows, command, ticks):
+    """What a change costs on the one-hop path: this build beside an older binary, HAProxy the yardstick."""
+    out = []
+    w = out.append
+    w(AB_BEGIN)
+    w("## A/B: this build beside an older knit-proxy on the one-hop path\n")
+    w(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+    w(f"- machine: {machine()}")
+    w(f"- command: `{command}` (root); the namespaces, Services and policy of the netns section, k's proxy restarted as each "
+      "variant in turn: **old** (the binary named), **new** (this build, no trace collector: tracing compiled in and off), "
+      "**trace** (this build with a collector configured and untraced requests, so every request's trace headers are read and "
+      "none is recorded); HAProxy's rows of the same rounds are the yardstick")
+    reps = max((sum(1 for r in rows if r["kind"] == "max" and r["setup"] == s) for s in ("haproxy",)), default=1)
+    w(f"- medians of {reps} interleaved round(s)\n")
+
+    def find(kind, setup, args):
+        runs = [r for r in rows if r["kind"] == kind and r["setup"] == setup and r["args"] == args]
+        if not runs:
+            return None
+        res = {k: statistics.median(r["result"][k] for r in runs) for k in runs[0]["result"]}
+        res["errors"] = sum(r["result"].get("errors", 0) for r in runs)
+        cpu = statistics.median(r["cpu_ticks"] / ticks * r["cpu_window_ratio"] / r["result"]["requests"] * 10000 if r["result"]["requests"] else 0 for r in runs)
+        return res, cpu
+
+    w("| variant | max rps (HTTP/1.1, 50 conns) | proxy CPU s / 10k req | × old | × HAProxy | p50 / p99 ms @1,000 rps, 10 conns | p50 / p99 ms @1,000 rps, 100 conns | errors |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    ha = find("max", "haproxy", "--max --connections 50")
+    old = find("max", "knit-1hop@old", "--max --connections 50")
+    for setup in ("haproxy", "knit-1hop@old", "knit-1hop@new", "knit-1hop@trace"):
+        m = find("max", setup, "--max --connections 50")
+        if not m:
+            continue
+        l10 = find("latency", setup, "--rate 1000 --connections 10")
+        l100 = find("latency", setup, "--rate 1000 --connections 100")
+        lat = lambda l: f"{l[0]['p50_ms']:.3f} / {l[0]['p99_ms']:.3f}" if l else "-"
+        x_old = f"{m[1] / old[1]:.2f}×" if old and old[1] and setup != "haproxy" else ""
+        x_ha = f"{m[1] / ha[1]:.2f}×" if ha and ha[1] and setup != "haproxy" else ""
+        errors = m[0]["errors"] + sum(l[0]["errors"] for l in (l10, l100) if l)
+        w(f"| {setup.replace('knit-1hop@', 'knit ')} | {m[0]['rps']:.0f} | {m[1]:.3f} | {x_old} | {x_ha} | {lat(l10)} | {lat(l100)} | {errors:.0f} |")
+    w("")
+    w(AB_END)
+    return "\n".join(out)
+
+
+def ab_main(argv):
+    ap = argparse.ArgumentParser(prog="report.py ab")
+    ap.add_argument("raw")
+    ap.add_argument("--command", required=True)
+    ap.add_argument("--ticks", type=int, default=100)
+    ap.add_argument("--results", required=True)
+    a = ap.parse_args(argv)
+    rows = [json.loads(l) for l in open(a.raw) if l.strip()]
+    write_section(a.results, AB_BEGIN, AB_END, ab_section(rows, a.command, a.ticks))
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "ab":
+        ab_main(sys.argv[2:])
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "discovery":
         discovery_main(sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "netns":
