@@ -263,7 +263,7 @@ fn inject_meshes_a_corpus_that_stays_valid_and_uninject_restores_it() {
     let corpus = injector_corpus();
     let (ok, injected, err) = knit_io(&["inject", "-", "--from", &install_file], &corpus);
     assert!(ok, "{err}");
-    assert!(err.contains("5 workload(s) injected") && err.contains("skipped DaemonSet node-agent") && err.contains("hostNetwork"), "{err}");
+    assert!(err.contains("6 workload(s) injected") && err.contains("skipped DaemonSet node-agent") && err.contains("hostNetwork"), "{err}");
     // Containers (they have an image) named knit-proxy, wherever the pod template is.
     fn proxies(v: &serde_json::Value) -> usize {
         match v {
@@ -277,7 +277,7 @@ fn inject_meshes_a_corpus_that_stays_valid_and_uninject_restores_it() {
     let parse = |s: &str| -> Vec<serde_json::Value> {
         serde_yaml::Deserializer::from_str(s).map(|d| serde::Deserialize::deserialize(d).unwrap()).filter(|v: &serde_json::Value| !v.is_null()).collect()
     };
-    assert_eq!(parse(&injected).iter().map(proxies).sum::<usize>(), 5, "{injected}");
+    assert_eq!(parse(&injected).iter().map(proxies).sum::<usize>(), 6, "{injected}");
     for version in ["1.29.0", "1.33.0", "1.37.0"] {
         kubernetes_validate(&injected, version, &format!("injected-{version}"));
     }
