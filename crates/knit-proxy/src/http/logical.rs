@@ -87,23 +87,15 @@ fn plan<'p>(rule: &'p Rule, http: &'p HttpPolicy, overrides: &l5d::Overrides) ->
 
 /// The rule's filters, then its attempts within the request timeout.
 async fn serve_rule(mut req: Request<ReqBody>, r: &Routing, route_i: usize, plan: Plan<'_>, ctx: &Ctx, o: &Outcome) -> Result<Response<Body>, ProxyError> {
-    let started = o.started;
     let route = &plan.http.routes[route_i];
     o.route(|| format!("{}/{}", r.policy.meta.name(), route.meta.name()));
     let host = RequestInfo::new(&req).host.map(|h| ctx.side.hostname_label(&h)).unwrap_or_default();
     let labels = RouteLabels::new(&Resource::of(&r.policy.meta), &Resource::of(&route.meta), host);
+    // The route's metrics are the request's: its outcome record writes them with its answer.
+    o.route_metrics(ctx.side.metrics.route.route_record(&route.metrics, labels.clone()));
     let mut response_headers = Vec::new();
-    let filtered = apply_filters(&plan.rule.filters, &mut req, &mut response_headers).map_err(|e| forbidden_target(e, r));
-    match filtered {
-        Ok(None) => {}
-        Ok(Some(rsp)) => {
-            ctx.side.metrics.route.record_route(&route.metrics, &labels, started.elapsed(), &Ok(rsp.status()));
-            return Ok(rsp);
-        }
-        Err(e) => {
-            ctx.side.metrics.route.record_route(&route.metrics, &labels, started.elapsed(), &Err(e.metric_label()));
-            return Err(e);
-        }
+    if let Some(rsp) = apply_filters(&plan.rule.filters, &mut req, &mut response_headers).map_err(|e| forbidden_target(e, r))? {
+        return Ok(rsp);
     }
     let name = route.meta.name().to_string();
     let result = match plan.timeouts.request {
@@ -113,7 +105,6 @@ async fn serve_rule(mut req: Request<ReqBody>, r: &Routing, route_i: usize, plan
         },
         None => attempts(req, &plan, r, ctx, &labels, o).await,
     };
-    ctx.side.metrics.route.record_route(&route.metrics, &labels, started.elapsed(), &result.as_ref().map(|r| r.status()).map_err(|e| e.metric_label()));
     result.map(|mut rsp| {
         for m in response_headers {
             m.apply(rsp.headers_mut());

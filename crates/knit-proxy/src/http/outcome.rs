@@ -2,7 +2,7 @@
 //! request arrives (its server span started), filled in as the request passes its stages (the
 //! route, the inbound policy decision, each attempt sent to an endpoint, the error it failed
 //! with), and finished once. When the response head is ready it writes the request-level
-//! metrics: the golden metrics of an answer the proxy gave itself (no endpoint was tried: a
+//! metrics: the route's (outbound), the golden metrics of an answer the proxy gave itself (no endpoint was tried: a
 //! refusal, a filter's answer, a failure before any endpoint; an endpoint's answers are counted
 //! per attempt by `call_endpoint`), and `http_errors_total` for the error the request failed
 //! with. When the response body ends (or is dropped), it writes the span and the access-log
@@ -16,7 +16,10 @@ use super::{
 };
 use crate::{
     error::{Blame, ProxyError},
-    metrics::{route::PolicyLabels, Direction},
+    metrics::{
+        route::{PolicyLabels, RouteRecord},
+        Direction,
+    },
     trace::{self, context::Context},
 };
 use http::{Method, Request, Response, StatusCode, Version};
@@ -57,6 +60,8 @@ struct State {
     endpoint: Option<(SocketAddr, Option<String>)>,
     /// Outbound: the route that served the request.
     route: Option<String>,
+    /// Outbound: its metrics, written with the answer.
+    route_metrics: Option<RouteRecord>,
     /// The endpoint an answer of the proxy's own was meant for (its metric labels), and
     /// inbound, the server, route and authorization it was checked against.
     target: Option<Routed>,
@@ -122,6 +127,11 @@ impl Outcome {
         }
     }
 
+    /// Outbound: the route's metrics, written when the request's answer is known.
+    pub fn route_metrics(&self, record: RouteRecord) {
+        self.state().route_metrics = Some(record);
+    }
+
     /// Where an answer of the proxy's own was headed, for its metric labels.
     pub fn target(&self, target: Option<&Routed>) {
         if let Some(t) = target {
@@ -145,6 +155,9 @@ impl Outcome {
             let error = s.error.as_ref();
             if let Some(e) = error {
                 side.metrics.http.errors.get_or_create(&crate::metrics::error_labels(side.direction, e.kind, e.blame)).inc();
+            }
+            if let Some(r) = &s.route_metrics {
+                side.metrics.route.record(r, self.started.elapsed(), &error.map_or(Ok(status), |e| Err(e.kind)));
             }
             if s.attempts == 0 {
                 // Answered by the proxy itself: counted as a request to where it was headed.

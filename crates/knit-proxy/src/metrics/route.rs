@@ -222,7 +222,7 @@ pub struct RateLimitLabels {
 /// reached under another parent, or with a `hostname` label, takes the families' lookup. A
 /// clone starts empty, since it may be placed under another parent.
 #[derive(Default)]
-pub struct Handles(OnceLock<Resolved>);
+pub struct Handles(OnceLock<Arc<Resolved>>);
 
 impl Clone for Handles {
     fn clone(&self) -> Self {
@@ -260,6 +260,12 @@ impl Resolved {
     }
 }
 
+/// A request's route and its resolved handles, recorded once when the request's outcome is known.
+pub struct RouteRecord {
+    resolved: Option<Arc<Resolved>>,
+    labels: RouteLabels,
+}
+
 /// A finished request or attempt: the response status, or the error's metric label.
 pub type Outcome<'a> = Result<http::StatusCode, &'a str>;
 
@@ -271,7 +277,7 @@ fn outcome_labels(result: &Outcome<'_>) -> (String, String) {
 }
 
 impl RouteMetrics {
-    fn resolved<'h>(&self, handles: &'h Handles, route: &RouteLabels, backend: Option<&Resource>) -> Option<&'h Resolved> {
+    fn resolved<'h>(&self, handles: &'h Handles, route: &RouteLabels, backend: Option<&Resource>) -> Option<&'h Arc<Resolved>> {
         if !route.hostname.is_empty() {
             return None;
         }
@@ -283,21 +289,34 @@ impl RouteMetrics {
                 }
                 None => (None, self.request_duration.get_or_create(route).clone()),
             };
-            Resolved {
+            Arc::new(Resolved {
                 parent: route.parent.0.clone(),
                 route: route.route.0.clone(),
                 backend: backend.map(|b| b.0.clone()),
                 requests,
                 duration,
                 statuses: Mutex::default(),
-            }
+            })
         });
         r.matches(route, backend).then_some(r)
     }
 
+    /// A request's route, to be recorded when the request's outcome is known (`http/outcome.rs`).
+    pub fn route_record(&self, handles: &Handles, labels: RouteLabels) -> RouteRecord {
+        RouteRecord { resolved: self.resolved(handles, &labels, None).cloned(), labels }
+    }
+
     /// Records a route's request (after retries): its duration and status.
     pub fn record_route(&self, handles: &Handles, labels: &RouteLabels, elapsed: std::time::Duration, result: &Outcome<'_>) {
-        let resolved = self.resolved(handles, labels, None);
+        self.record_route_as(self.resolved(handles, labels, None).map(|r| &**r), labels, elapsed, result);
+    }
+
+    /// Records the request of a [`RouteRecord`].
+    pub fn record(&self, r: &RouteRecord, elapsed: std::time::Duration, result: &Outcome<'_>) {
+        self.record_route_as(r.resolved.as_deref(), &r.labels, elapsed, result);
+    }
+
+    fn record_route_as(&self, resolved: Option<&Resolved>, labels: &RouteLabels, elapsed: std::time::Duration, result: &Outcome<'_>) {
         match resolved {
             Some(r) => r.duration.observe(elapsed.as_secs_f64()),
             None => self.request_duration.get_or_create(labels).observe(elapsed.as_secs_f64()),
