@@ -309,13 +309,7 @@ def write_section(results, begin, end, section):
 
 
 def discovery_main(argv):
-    ap = argparse.ArgumentParser(prog="report.py discovery")
-    ap.add_argument("raw")
-    ap.add_argument("--command", required=True)
-    ap.add_argument("--ticks", type=int, default=100)
-    ap.add_argument("--results", required=True)
-    a = ap.parse_args(argv)
-    rows = [json.loads(l) for l in open(a.raw) if l.strip()]
+    a, rows = section_args("report.py discovery", argv)
     write_section(a.results, DISCOVERY_BEGIN, DISCOVERY_END, discovery_section(rows, a.command, a.ticks))
 
 
@@ -494,15 +488,21 @@ def netns_section(rows, command, ticks, idle_rss):
     return "\n".join(out)
 
 
-def netns_main(argv):
-    ap = argparse.ArgumentParser(prog="report.py netns")
+def section_args(prog, argv, *extra):
+    """The arguments every section writer takes (raw rows, command, clock ticks, RESULTS.md), and `extra`."""
+    ap = argparse.ArgumentParser(prog=prog)
     ap.add_argument("raw")
     ap.add_argument("--command", required=True)
     ap.add_argument("--ticks", type=int, default=100)
-    ap.add_argument("--idle-rss", required=True)
     ap.add_argument("--results", required=True)
+    for flag in extra:
+        ap.add_argument(flag, required=True)
     a = ap.parse_args(argv)
-    rows = [json.loads(l) for l in open(a.raw) if l.strip()]
+    return a, [json.loads(l) for l in open(a.raw) if l.strip()]
+
+
+def netns_main(argv):
+    a, rows = section_args("report.py netns", argv, "--idle-rss")
     write_section(a.results, NETNS_BEGIN, NETNS_END, netns_section(rows, a.command, a.ticks, json.loads(a.idle_rss)))
 
 
@@ -555,13 +555,7 @@ def ab_section(rows, command, ticks):
 
 
 def ab_main(argv):
-    ap = argparse.ArgumentParser(prog="report.py ab")
-    ap.add_argument("raw")
-    ap.add_argument("--command", required=True)
-    ap.add_argument("--ticks", type=int, default=100)
-    ap.add_argument("--results", required=True)
-    a = ap.parse_args(argv)
-    rows = [json.loads(l) for l in open(a.raw) if l.strip()]
+    a, rows = section_args("report.py ab", argv)
     write_section(a.results, AB_BEGIN, AB_END, ab_section(rows, a.command, a.ticks))
 
 

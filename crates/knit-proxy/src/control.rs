@@ -110,7 +110,7 @@ pub fn channel(addr: &ControlAddr, tls: Option<&Arc<ControlTls>>) -> Result<Chan
         .keep_alive_timeout(Duration::from_secs(3));
     match tls_of(addr, tls)? {
         None => Ok(endpoint.connect_lazy()),
-        Some((config, name)) => Ok(endpoint.connect_with_connector_lazy(TlsConnect { config, name, addr: addr.addr.clone() })),
+        Some((config, name)) => Ok(tls_channel(&addr.addr, name, ClientTls::Control(config), "the control plane")),
     }
 }
 
@@ -127,12 +127,50 @@ pub fn check(addr: &ControlAddr, tls: Option<&Arc<ControlTls>>) -> Result<(), Ch
     tls_of(addr, tls).map(drop)
 }
 
-/// Dials the control plane and completes the TLS handshake, for tonic's channel.
+/// Where a connection's client TLS configuration comes from, read again for each connection.
+#[derive(Clone)]
+pub enum ClientTls {
+    /// The control plane's: the trust anchors of the moment, no client certificate.
+    Control(Arc<ControlTls>),
+    /// Mesh TLS with this proxy's current certificate and no ALPN, so that a meshed service's
+    /// proxy takes the connection for its original destination (the trace collector's).
+    Mesh(crate::identity::Identity),
+}
+
+impl ClientTls {
+    fn config(&self) -> Result<Arc<ClientConfig>, String> {
+        match self {
+            ClientTls::Control(c) => Ok(c.config()),
+            ClientTls::Mesh(identity) => {
+                let creds = identity.current().ok_or("this proxy has no certificate yet")?;
+                let mut config = (*creds.client).clone();
+                config.alpn_protocols.clear();
+                Ok(Arc::new(config))
+            }
+        }
+    }
+}
+
+/// A lazily connecting channel to `addr` over TLS, where the server must prove `name`; `what`
+/// names the service in errors ("the control plane", "the trace collector").
+pub fn tls_channel(addr: &str, name: ServerName<'static>, tls: ClientTls, what: &'static str) -> Channel {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("an http URI built from a validated HOST:PORT is valid")
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(3));
+    endpoint.connect_with_connector_lazy(TlsConnect { tls, name, addr: addr.to_string(), what })
+}
+
+/// Dials a service (its name resolved again on each connection) and completes the TLS
+/// handshake, for tonic's channel.
 #[derive(Clone)]
 struct TlsConnect {
-    config: Arc<ControlTls>,
+    tls: ClientTls,
     name: ServerName<'static>,
     addr: String,
+    what: &'static str,
 }
 
 type Io = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
@@ -149,13 +187,15 @@ impl tower_service::Service<http::Uri> for TlsConnect {
     fn call(&mut self, _: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to the control plane at {}", this.addr));
+            let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {} at {}", this.what, this.addr));
+            let config = this.tls.config().map_err(|e| std::io::Error::other(format!("{} at {}: {e}", this.what, this.addr)))?;
             let tcp = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(this.addr.as_str())).await.map_err(|_| timed_out())??;
             tcp.set_nodelay(true)?;
-            let handshake = tokio_rustls::TlsConnector::from(this.config.config()).connect(this.name.clone(), tcp);
-            let tls = tokio::time::timeout(Duration::from_secs(10), handshake).await.map_err(|_| timed_out())?.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("TLS to the control plane at {} (expected identity {}): {e}", this.addr, this.name.to_str()))
-            })?;
+            let handshake = tokio_rustls::TlsConnector::from(config).connect(this.name.clone(), tcp);
+            let tls = tokio::time::timeout(Duration::from_secs(10), handshake)
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| std::io::Error::new(e.kind(), format!("TLS to {} at {} (expected identity {}): {e}", this.what, this.addr, this.name.to_str())))?;
             Ok(hyper_util::rt::TokioIo::new(tls))
         })
     }

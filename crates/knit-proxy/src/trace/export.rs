@@ -4,9 +4,10 @@
 //! collector does not take in time is dropped and counted, never retried: while the collector
 //! is down the proxy's memory stays bounded by the queue, and no request waits on it.
 //!
-//! The collector is reached in plaintext (a loopback address, or no `..._SVC_NAME`), or over
-//! mesh TLS as Linkerd's proxy reaches it: this proxy's certificate, and the collector's proxy
-//! must prove `..._TRACE_COLLECTOR_SVC_NAME`.
+//! The collector is reached in plaintext (no `..._SVC_NAME`), or over mesh TLS as Linkerd's
+//! proxy reaches it: this proxy's certificate and no ALPN (`control::ClientTls::Mesh`; the
+//! collector's proxy takes the connection for its original destination), and the collector's
+//! proxy must prove `..._TRACE_COLLECTOR_SVC_NAME`.
 
 use super::{Kind, SpanData, TraceConfig, TraceMetrics, Value};
 use crate::{control::ControlAddr, identity::Identity};
@@ -17,15 +18,9 @@ use opentelemetry_proto::tonic::{
     trace::v1::{span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Span, Status},
 };
 use rustls::pki_types::ServerName;
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::{Duration, SystemTime},
-};
-use tokio::{net::TcpStream, sync::mpsc, time::Instant};
-use tonic::transport::{Channel, Endpoint};
+use std::time::SystemTime;
+use tokio::{sync::mpsc, time::Instant};
+use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -61,11 +56,7 @@ fn channel(collector: &ControlAddr, identity: Option<Identity>) -> Result<Channe
     let Some(name) = &collector.tls_name else { return Ok(crate::control::channel(collector, None)?) };
     let identity = identity.ok_or_else(|| ExportError::NoIdentity(name.clone()))?;
     let server_name = ServerName::try_from(name.clone()).map_err(|_| ExportError::BadName(name.clone()))?;
-    let endpoint = Endpoint::from_shared(format!("http://{}", collector.addr))
-        .expect("an http URI built from a validated HOST:PORT is valid")
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true);
-    Ok(endpoint.connect_with_connector_lazy(MeshConnect { identity, name: server_name, addr: collector.addr.clone() }))
+    Ok(crate::control::tls_channel(&collector.addr, server_name, crate::control::ClientTls::Mesh(identity), "the trace collector"))
 }
 
 async fn run(mut rx: mpsc::Receiver<SpanData>, mut client: TraceServiceClient<Channel>, resource: Resource, cfg: TraceConfig, metrics: TraceMetrics) {
@@ -162,47 +153,5 @@ fn span(s: SpanData) -> Span {
         attributes: s.attributes.into_iter().map(|(k, v)| kv(k, v)).collect(),
         status: Some(Status { code: if s.error { StatusCode::Error } else { StatusCode::Unset } as i32, message: String::new() }),
         ..Default::default()
-    }
-}
-
-/// Dials the collector (its name resolved again on each connection) and opens mesh TLS with
-/// this proxy's current certificate, without the transport ALPN: the collector's proxy takes
-/// the connection for its original destination, as from Linkerd's proxy.
-#[derive(Clone)]
-struct MeshConnect {
-    identity: Identity,
-    name: ServerName<'static>,
-    addr: String,
-}
-
-type Io = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
-
-impl tower_service::Service<http::Uri> for MeshConnect {
-    type Response = Io;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Io, std::io::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let failed = |what: String| std::io::Error::other(format!("the trace collector at {}: {what}", this.addr));
-            let creds = this.identity.current().ok_or_else(|| failed("this proxy has no certificate yet".into()))?;
-            let tcp = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(this.addr.as_str()))
-                .await
-                .map_err(|_| failed("connect timed out".into()))??;
-            tcp.set_nodelay(true)?;
-            let mut config = (*creds.client).clone();
-            config.alpn_protocols.clear();
-            let handshake = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(this.name.clone(), tcp);
-            let tls = tokio::time::timeout(Duration::from_secs(10), handshake)
-                .await
-                .map_err(|_| failed("TLS handshake timed out".into()))?
-                .map_err(|e| failed(format!("mesh TLS (expected identity {}): {e}", this.name.to_str())))?;
-            Ok(hyper_util::rt::TokioIo::new(tls))
-        })
     }
 }
