@@ -27,6 +27,12 @@ def machine():
     return f"{os.cpu_count()} CPUs ({cpu}), {mem_kb / 1048576:.0f} GiB, Linux {platform.release()}"
 
 
+def stamp(w):
+    """A section's date and machine lines."""
+    w(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+    w(f"- machine: {machine()}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("raw")
@@ -40,8 +46,7 @@ def main():
     out = []
     w = out.append
     w("# Knit benchmark results\n")
-    w(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
-    w(f"- machine: {machine()}")
+    stamp(w)
     w(f"- command: `{a.command}`")
     w("- setups, all on loopback: **direct** (load generator → backend), **haproxy** (one HAProxy hop, "
       "`nbthread 1`), **knit-1hop** (one knit-proxy: outbound listener, routed by Host), **knit-2hop** "
@@ -225,8 +230,7 @@ def discovery_section(rows, command, ticks):
     w = out.append
     w(DISCOVERY_BEGIN)
     w("## Discovery: knit-control under endpoint churn, and P2C against round robin\n")
-    w(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
-    w(f"- machine: {machine()}")
+    stamp(w)
     w(f"- command: `{command}`")
     w("- knit-control and the proxies pinned to CPU 1; the load generator, the watchers and the backends to CPU 0\n")
 
@@ -324,8 +328,7 @@ def netns_section(rows, command, ticks, idle_rss):
     w = out.append
     w(NETNS_BEGIN)
     w("## The transparent path: network namespaces, discovery, policy and mTLS\n")
-    w(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
-    w(f"- machine: {machine()}")
+    stamp(w)
     w(f"- command: `{command}` (root)")
     w("- four network namespaces on a bridge, as pods on a node: **direct** (client → backend by IP), **haproxy** (client → "
       "HAProxy 2.6 on the client's loopback, `nbthread 1` → backend), **knit-1hop** (the client calls a Service's ClusterIP; "
@@ -516,8 +519,7 @@ def ab_section(rows, command, ticks):
     w = out.append
     w(AB_BEGIN)
     w("## A/B: this build beside an older knit-proxy on the one-hop path\n")
-    w(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
-    w(f"- machine: {machine()}")
+    stamp(w)
     w(f"- command: `{command}` (root); the namespaces, Services and policy of the netns section, k's proxy restarted as each "
       "variant in turn: **old** (the binary named), **new** (this build, no trace collector: tracing compiled in and off), "
       "**trace** (this build with a collector configured and untraced requests, so every request's trace headers are read and "
