@@ -172,7 +172,25 @@ impl Tracer {
     }
 }
 
-/// A span's attributes, after OpenTelemetry's HTTP conventions and Linkerd's choice of them.
+/// The longest a header's attribute may be, and a URL's: whatever a client sends, a queued
+/// span stays a few kilobytes (`KNIT_PROXY_TRACE_QUEUE` of them at most).
+const MAX_HEADER_ATTR: usize = 256;
+const MAX_URL_ATTR: usize = 1024;
+
+/// `s`, cut at a character boundary to at most `max` bytes.
+fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// A span's attributes, after OpenTelemetry's HTTP conventions and Linkerd's choice of them;
+/// what the client chose is bounded in length.
 fn span<B>(req: &Request<B>, context: Context, parent: Option<[u8; 8]>, kind: Kind, direction: Direction, peer: Peer<'_>) -> SpanData {
     let h = req.headers();
     let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
@@ -182,23 +200,23 @@ fn span<B>(req: &Request<B>, context: Context, parent: Option<[u8; 8]>, kind: Ki
     let mut attributes = vec![
         ("http.request.method", Value::Str(req.method().to_string())),
         ("url.scheme", Value::Str(scheme.to_string())),
-        ("url.path", Value::Str(uri.path().to_string())),
+        ("url.path", Value::Str(bounded(uri.path(), MAX_URL_ATTR))),
         ("network.transport", Value::Str("tcp".into())),
         ("network.peer.address", Value::Str(peer.addr.ip().to_canonical().to_string())),
         ("network.peer.port", Value::Int(i64::from(peer.addr.port()))),
         ("direction", Value::Str(direction.as_str().into())),
     ];
     if let Some(q) = uri.query() {
-        attributes.push(("url.query", Value::Str(q.to_string())));
+        attributes.push(("url.query", Value::Str(bounded(q, MAX_URL_ATTR))));
     }
     if let Some(a) = authority {
         // Credentials in the authority never reach the collector.
         let host_port = a.rsplit_once('@').map_or(a, |(_, hp)| hp);
         let redacted = if a.contains('@') { format!("REDACTED:REDACTED@{host_port}") } else { a.to_string() };
         let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-        attributes.push(("url.full", Value::Str(format!("{scheme}://{redacted}{pq}"))));
+        attributes.push(("url.full", Value::Str(bounded(&format!("{scheme}://{redacted}{pq}"), MAX_URL_ATTR))));
         if let Ok(parsed) = http::uri::Authority::try_from(host_port) {
-            attributes.push(("server.address", Value::Str(parsed.host().to_string())));
+            attributes.push(("server.address", Value::Str(bounded(parsed.host(), MAX_HEADER_ATTR))));
             let port = parsed.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
             attributes.push(("server.port", Value::Int(i64::from(port))));
         }
@@ -210,7 +228,7 @@ fn span<B>(req: &Request<B>, context: Context, parent: Option<[u8; 8]>, kind: Ki
         ("l5d-orig-proto", "http.request.header.l5d-orig-proto"),
     ] {
         if let Some(v) = header(name) {
-            attributes.push((attr, Value::Str(v.to_string())));
+            attributes.push((attr, Value::Str(bounded(v, MAX_HEADER_ATTR))));
         }
     }
     if let Some(id) = peer.identity {
@@ -222,7 +240,7 @@ fn span<B>(req: &Request<B>, context: Context, parent: Option<[u8; 8]>, kind: Ki
         parent,
         remote_parent: kind == Kind::Server && parent.is_some(),
         kind,
-        name: uri.path().to_string(),
+        name: bounded(uri.path(), MAX_URL_ATTR),
         start: now,
         end: now,
         attributes,
@@ -331,6 +349,31 @@ mod tests {
         assert_eq!(attr(&s, "url.query"), Some(Value::Str("b=1".into())));
         assert_eq!(attr(&c, "error.type"), Some(Value::Str("503".into())));
         assert_eq!(s.name, "/a");
+    }
+
+    #[test]
+    fn what_the_client_chose_is_bounded() {
+        let (t, mut rx) = tracer(0.0);
+        let long = "u".repeat(5000);
+        let mut req = Request::get(format!("/{}?q={}", "a".repeat(5000), "b".repeat(5000)))
+            .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .header("user-agent", long.as_str())
+            .header("host", "h")
+            .body(())
+            .unwrap();
+        let s = t.server(&mut req, Direction::Inbound, PEER, false).unwrap();
+        t.finish(s, Some(http::StatusCode::OK), None);
+        let span = rx.try_recv().unwrap();
+        assert!(span.name.len() <= MAX_URL_ATTR);
+        for (k, v) in &span.attributes {
+            if let Value::Str(s) = v {
+                assert!(s.len() <= MAX_URL_ATTR, "{k}: {} bytes", s.len());
+            }
+        }
+        let ua = span.attributes.iter().find(|(k, _)| *k == "user_agent.original").unwrap();
+        assert!(matches!(&ua.1, Value::Str(s) if s.len() == MAX_HEADER_ATTR));
+        // Cut at a character boundary.
+        assert_eq!(bounded(&"é".repeat(10), 5), "éé");
     }
 
     #[test]
