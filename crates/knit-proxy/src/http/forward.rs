@@ -51,7 +51,10 @@ async fn respond(req: Request<Incoming>, ctx: &Arc<Ctx>, o: &Outcome) -> Respons
     };
     let result = match planned {
         Ok(Plan::Endpoint(routed)) => {
-            o.target(Some(&routed));
+            // Only the access log needs to know which policy allowed an endpoint's answer.
+            if o.logged() {
+                o.target(Some(&routed));
+            }
             call_endpoint(req, &routed, ctx, o.started, o).await
         }
         Ok(Plan::Logical(logical)) => {

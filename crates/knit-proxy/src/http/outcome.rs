@@ -132,6 +132,11 @@ impl Outcome {
         self.state().route_metrics = Some(record);
     }
 
+    /// Whether the access log will write this record.
+    pub fn logged(&self) -> bool {
+        self.facts.is_some()
+    }
+
     /// Where an answer of the proxy's own was headed, for its metric labels.
     pub fn target(&self, target: Option<&Routed>) {
         if let Some(t) = target {
