@@ -26,12 +26,17 @@ pub struct Recorder {
     pub grpc_status: Option<u32>,
     /// Set while someone taps this request: told of its end, with the bytes counted for it.
     pub tap: Option<(crate::tap::TapRequest, u64)>,
+    /// The attempt's client span, ended with the response body.
+    pub span: Option<(Arc<crate::trace::Tracer>, crate::trace::Started)>,
 }
 
 impl Recorder {
     pub fn record(self, error: Option<&'static str>) {
         if let Some((tap, bytes)) = self.tap {
             tap.end(bytes, self.grpc_status, error.is_some());
+        }
+        if let Some((tracer, span)) = self.span {
+            tracer.finish(span, self.status_code.and_then(|s| http::StatusCode::from_u16(s).ok()), error);
         }
         let http_failed = self.status_code.is_none_or(|s| s >= 500);
         let grpc_failed = self.grpc_status.is_some_and(|s| s != 0);

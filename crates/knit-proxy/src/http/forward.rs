@@ -116,17 +116,13 @@ pub(super) async fn call_endpoint(mut req: Request<ReqBody>, routed: &Routed, ct
     let peer_identity = side.dialer.peer_identity(&routed.endpoint);
     o.attempt(routed, peer_identity);
     let mut tap = if side.taps.active() { start_tap(&req, routed, ctx) } else { None };
-    let span = side.tracer.as_deref().and_then(|t| {
+    // The attempt's client span ends with the response body, as the request's server span does.
+    let span = side.tracer.as_ref().and_then(|t| {
         let peer = crate::trace::Peer { addr: routed.endpoint.addr, identity: peer_identity };
-        Some((t, t.client(&mut req, side.direction, peer)?))
+        Some((t.clone(), t.client(&mut req, side.direction, peer)?))
     });
     let rsp = match forward(req, routed, ctx).await {
-        Ok(rsp) => {
-            if let Some((t, s)) = span {
-                t.finish(s, Some(rsp.status()), None);
-            }
-            rsp
-        }
+        Ok(rsp) => rsp,
         Err(e) => {
             if let Some((t, s)) = span {
                 t.finish(s, None, Some(e.metric_label()));
@@ -137,7 +133,7 @@ pub(super) async fn call_endpoint(mut req: Request<ReqBody>, routed: &Routed, ct
                 t.response(e.http_status().as_u16());
             }
             let tap = tap.map(|t| (t, 0));
-            Recorder { golden, status_code, grpc_status: None, tap }.record(Some(e.metric_label()));
+            Recorder { golden, status_code, grpc_status: None, tap, span: None }.record(Some(e.metric_label()));
             return Err(e);
         }
     };
@@ -146,7 +142,7 @@ pub(super) async fn call_endpoint(mut req: Request<ReqBody>, routed: &Routed, ct
     }
     let status_code = Some(rsp.status().as_u16());
     golden.latency(status_code, elapsed_ms(started));
-    let recorder = Recorder { golden, status_code, grpc_status: grpc_status(rsp.headers()), tap: tap.map(|t| (t, 0)) };
+    let recorder = Recorder { golden, status_code, grpc_status: grpc_status(rsp.headers()), tap: tap.map(|t| (t, 0)), span };
     Ok(rsp.map(|b| RecordBody::new(b, recorder).boxed()))
 }
 

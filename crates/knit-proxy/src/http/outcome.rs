@@ -171,7 +171,7 @@ impl Outcome {
                 let status_code = Some(status.as_u16());
                 golden.latency(status_code, self.started.elapsed().as_secs_f64() * 1e3);
                 let grpc_status = grpc_status(rsp.headers());
-                Recorder { golden, status_code, grpc_status, tap: None }.record(error.map(|e| e.kind));
+                Recorder { golden, status_code, grpc_status, tap: None, span: None }.record(error.map(|e| e.kind));
             }
         }
         if self.span.is_none() && self.facts.is_none() {

@@ -161,6 +161,9 @@ async fn a_meshed_hop_gives_four_spans_each_the_parent_of_the_next() {
         assert_eq!(attr(span, "user_agent.original").as_deref(), Some("knit-test"));
     }
     assert_eq!(header(&app_saw, "traceparent"), Some(format!("00-{TRACE}-{}-01", chain[4]).as_str()), "the app's parent is books' client span");
+    // Spans end with the response body: web's attempt ends only after books' proxy has sent the
+    // whole response.
+    assert!(web_client.end_time_unix_nano >= books_server.end_time_unix_nano, "{web_client:?}\n{books_server:?}");
     assert_eq!(header(&app_saw, "tracestate"), Some("vendor=x"), "tracestate passes through");
     assert_eq!(attr(&web_server, "direction").as_deref(), Some("outbound"));
     assert_eq!(attr(&books_server, "direction").as_deref(), Some("inbound"));
