@@ -216,6 +216,9 @@ warm
 
 rss_kb() { local t=0 p; for p in $1; do t=$((t + $(awk '/VmRSS/ {print $2}' /proc/$p/status))); done; echo $t; }
 cpu_ticks() { local t=0 p; for p in $1; do t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo $t; }
+# knit-proxy lets go of its start-up code 2 s after it is ready (KNIT_PROXY_RELEASE_STARTUP_CODE):
+# memory is read after that.
+sleep 3
 IDLE_RSS="{\"knit-1hop\":$(rss_kb "$K_PID"),\"knit-mtls\":$(rss_kb "$K_PID $M_PID"),\"haproxy\":$(rss_kb "$HA_PID")}"
 
 SETUPS=(direct haproxy knit-1hop knit-mtls)
@@ -343,7 +346,8 @@ idle() { # setup, protocol
         knit-1hop) kill "$K_PID"; wait "$K_PID" 2>/dev/null || true; start_proxy "$NK" k; warm
                    ns=$NK; case $proto in redis) addr=$PLAIN:6379 ;; *) addr=$PLAIN:8080 ;; esac ;;
     esac
-    sleep 1
+    # (after knit-proxy has let go of its start-up code, 2 s after it is ready)
+    sleep 3
     before=$(rss_kb "$(procs "$setup")")
     rm -f "$TMP/idle-ready"
     ip netns exec "$ns" taskset -c 0 "$L" idle --addr "$addr" --protocol "$proto" --connections "$IDLE_N" --ready-file "$TMP/idle-ready" --hold 20s >"$TMP/idle.out" 2>&1 &

@@ -29,6 +29,8 @@ pub struct Config {
     pub shutdown_grace_period: Duration,
     /// Worker threads; 1 runs a current-thread runtime.
     pub cores: usize,
+    /// Once ready, the binary's pages that only start-up used are let go (`memory.rs`).
+    pub release_startup_code: bool,
     /// Connections the inbound and outbound listeners hold open at once, lowered to fit the
     /// file-descriptor limit with some in reserve for the admin server.
     pub max_connections: usize,
@@ -289,6 +291,7 @@ impl Config {
         let access_log = r.get(&v("ACCESS_LOG"), "false", parse::boolean);
         let grace = r.get(&v("SHUTDOWN_GRACE_PERIOD"), "2m", parse::duration);
         let cores = r.get(&v("CORES"), "1", positive::<usize>);
+        let release_code = r.get(&v("RELEASE_STARTUP_CODE"), "true", parse::boolean);
         if let (Some(s), Some(t)) = (silent, detect_timeout) {
             if s > t {
                 r.errors.push(VarError {
@@ -338,6 +341,7 @@ impl Config {
             log: LogConfig { filter: log_filter.expect(m), format: log_format.expect(m), access_log: access_log.expect(m) },
             shutdown_grace_period: grace.expect(m),
             cores: cores.expect(m),
+            release_startup_code: release_code.expect(m),
             max_connections: max_connections.expect(m),
             identity,
             discovery: discovery.expect(m),

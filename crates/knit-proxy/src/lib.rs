@@ -52,6 +52,10 @@ use std::{
 };
 use tokio::{net::TcpListener, sync::mpsc};
 
+/// How long after the proxy is ready its start-up code is let go (the first requests' code
+/// has run by then, and the control plane's first answers have arrived).
+const STARTUP_SETTLES: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Distinct `hostname` label values a proxy exports before the rest share `overflow`.
 const HOSTNAME_LABELS: usize = 1_000;
 
@@ -199,7 +203,17 @@ impl Proxy {
             discovery.inbound_ready().await;
         };
         tokio::select! {
-            () = started => ready.store(true, std::sync::atomic::Ordering::Release),
+            () = started => {
+                ready.store(true, std::sync::atomic::Ordering::Release);
+                // Once serving, start-up's code is not needed again (`memory.rs`). Only in a
+                // process of its own: an embedded proxy leaves its host's pages alone.
+                if self.log.is_some() && self.config.release_startup_code {
+                    tokio::spawn(async {
+                        tokio::time::sleep(STARTUP_SETTLES).await;
+                        let _ = tokio::task::spawn_blocking(memory::release_startup_code).await;
+                    });
+                }
+            }
             _ = &mut shutdown => {
                 admin_task.abort();
                 return true;
