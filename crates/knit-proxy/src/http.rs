@@ -130,6 +130,7 @@ pub struct Ctx {
 /// The endpoint a request goes to, the logical name it was addressed by, and inbound, the
 /// server, route and authorization it was checked against (its golden metrics' `srv_*`,
 /// `route_*` and `authz_*` labels).
+#[derive(Clone)]
 pub struct Routed {
     pub endpoint: Endpoint,
     pub authority: Option<Authority>,

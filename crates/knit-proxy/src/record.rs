@@ -33,6 +33,17 @@ pub struct Record {
     pub bytes: Option<(u64, u64)>,
 }
 
+/// The access log's `client_id` and `server_id` (`-` when unknown): inbound, the peer is the
+/// client and this proxy the server; outbound, the reverse.
+pub(crate) fn identities(side: &Side, peer_client: Option<String>, peer_server: Option<String>) -> (String, String) {
+    let own = side.dialer.identity.as_ref().map(|i| i.name.to_string());
+    let (client, server) = match side.direction {
+        crate::metrics::Direction::Inbound => (peer_client, own),
+        crate::metrics::Direction::Outbound => (own, peer_server),
+    };
+    (client.unwrap_or_else(|| "-".into()), server.unwrap_or_else(|| "-".into()))
+}
+
 /// Adds to the current connection's record, if it has one.
 pub fn note(f: impl FnOnce(&mut Record)) {
     let _ = RECORD.try_with(|r| f(&mut r.borrow_mut()));
@@ -52,23 +63,19 @@ pub async fn recorded(side: &Side, client: SocketAddr, handling: impl Future<Out
         .await;
     let dash = |s: Option<&str>| s.unwrap_or("-").to_string();
     let class = result.as_ref().err().map(ProxyError::class);
-    let own = side.dialer.identity.as_ref().map(|i| i.name.to_string());
-    let (client_id, server_id) = match side.direction {
-        crate::metrics::Direction::Inbound => (r.client_id, own),
-        crate::metrics::Direction::Outbound => (own, r.server_id),
-    };
+    let (client_id, server_id) = identities(side, r.client_id, r.server_id);
     let (sent, received) = r.bytes.unwrap_or_default();
     tracing::info!(
         target: "access",
         direction = side.direction.as_str(),
         client = %client,
-        client_id = dash(client_id.as_deref()),
+        client_id,
         target_addr = dash(r.target.as_deref()),
         protocol = r.protocol.unwrap_or("-"),
         route = dash(r.route.as_deref()),
         authz = dash(r.authz.as_deref()),
         endpoint = r.endpoint.map_or_else(|| "-".to_string(), |e| e.to_string()),
-        server_id = dash(server_id.as_deref()),
+        server_id,
         error = class.map_or("-", |c| c.kind),
         blame = class.map_or("-", |c| c.blame.as_str()),
         reason = result.as_ref().err().map_or_else(|| "-".to_string(), |e| e.to_string()),

@@ -32,9 +32,6 @@ use std::{
 
 pub struct Outcome {
     pub started: Instant,
-    side: Arc<Side>,
-    client: SocketAddr,
-    client_id: Option<String>,
     span: Option<trace::Started>,
     /// What the access log says of the request itself; copied only while it is on.
     facts: Option<Box<Facts>>,
@@ -42,6 +39,9 @@ pub struct Outcome {
 }
 
 struct Facts {
+    client: SocketAddr,
+    /// Inbound: the identity the client proved.
+    client_id: Option<String>,
     method: Method,
     authority: String,
     uri: String,
@@ -90,6 +90,8 @@ impl Outcome {
         });
         let facts = side.config.log.access_log.then(|| {
             Box::new(Facts {
+                client: ctx.client,
+                client_id: ctx.client_id.clone(),
                 method: req.method().clone(),
                 authority: super::forward::authority(req).to_string(),
                 uri: req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |p| p.to_string()),
@@ -98,15 +100,7 @@ impl Outcome {
                 span: tracing::Span::current(),
             })
         });
-        Self {
-            started: Instant::now(),
-            side: side.clone(),
-            client: ctx.client,
-            client_id: ctx.client_id.clone(),
-            span,
-            facts,
-            state: Mutex::new(State::default()),
-        }
+        Self { started: Instant::now(), span, facts, state: Mutex::new(State::default()) }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -140,7 +134,7 @@ impl Outcome {
     /// Where an answer of the proxy's own was headed, for its metric labels.
     pub fn target(&self, target: Option<&Routed>) {
         if let Some(t) = target {
-            self.state().target = Some(Routed { endpoint: t.endpoint.clone(), authority: t.authority.clone(), policy: t.policy.clone() });
+            self.state().target = Some(t.clone());
         }
     }
 
@@ -154,7 +148,7 @@ impl Outcome {
     /// response on with a body that finishes the record when it ends.
     pub fn close(self, rsp: Response<Body>, ctx: &Ctx) -> Response<Body> {
         let status = rsp.status();
-        let side = &self.side;
+        let side = &ctx.side;
         {
             let s = self.state();
             let error = s.error.as_ref();
@@ -178,7 +172,7 @@ impl Outcome {
             return rsp;
         }
         let grpc_status = grpc_status(rsp.headers());
-        let end = End { outcome: self, status, grpc_status, bytes: 0 };
+        let end = End { outcome: self, side: side.clone(), status, grpc_status, bytes: 0 };
         rsp.map(|b| RecordBody::new(b, end).boxed())
     }
 }
@@ -186,6 +180,7 @@ impl Outcome {
 /// The record waiting for the end of the response body.
 struct End {
     outcome: Outcome,
+    side: Arc<Side>,
     status: StatusCode,
     grpc_status: Option<u32>,
     bytes: u64,
@@ -201,10 +196,10 @@ impl OnEnd for End {
     }
 
     fn end(self, stream_error: Option<&'static str>) {
-        let End { outcome: o, status, grpc_status, bytes } = self;
+        let End { outcome: o, side, status, grpc_status, bytes } = self;
         let state = o.state.into_inner().unwrap_or_else(|p| p.into_inner());
         let kind = state.error.as_ref().map(|e| e.kind).or(stream_error);
-        if let (Some(tracer), Some(span)) = (o.side.tracer.as_deref(), o.span) {
+        if let (Some(tracer), Some(span)) = (side.tracer.as_deref(), o.span) {
             tracer.finish(span, Some(status), kind);
         }
         let Some(f) = o.facts else { return };
@@ -212,12 +207,7 @@ impl OnEnd for End {
             Some((addr, id)) => (addr.to_string(), id.clone()),
             None => ("-".to_string(), None),
         };
-        let own = o.side.dialer.identity.as_ref().map(|i| i.name.to_string());
-        // Inbound, the client is the peer and this proxy the server; outbound, the reverse.
-        let (client_id, server_id) = match o.side.direction {
-            Direction::Inbound => (o.client_id.clone(), own),
-            Direction::Outbound => (own, server_id),
-        };
+        let (client_id, server_id) = crate::record::identities(&side, f.client_id.clone(), server_id);
         let policy: Option<&PolicyLabels> = state.target.as_ref().and_then(|t| t.policy.as_deref());
         let dash = |s: Option<&str>| s.unwrap_or("-").to_string();
         let (trace_id, span_id) = match f.trace {
@@ -227,9 +217,9 @@ impl OnEnd for End {
         tracing::info!(
             target: "access",
             parent: &f.span,
-            direction = o.side.direction.as_str(),
-            client = %o.client,
-            client_id = dash(client_id.as_deref()),
+            direction = side.direction.as_str(),
+            client = %f.client,
+            client_id,
             method = %f.method,
             authority = f.authority,
             uri = f.uri,
@@ -240,7 +230,7 @@ impl OnEnd for End {
             server = dash(policy.map(|p| p.server.srv_name.as_str())),
             authz = dash(policy.map(|p| p.authz_name.as_str()).filter(|n| !n.is_empty())),
             endpoint,
-            server_id = dash(server_id.as_deref()),
+            server_id,
             attempts = state.attempts,
             error = dash(kind),
             blame = dash(state.error.as_ref().map(|e| e.blame.as_str())),
