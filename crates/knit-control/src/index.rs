@@ -243,7 +243,7 @@ impl<K: Eq + Hash + Clone, T: PartialEq> Views<K, Option<T>> {
 
 /// The endpoints of a Service port: `None` when the Service or the port does not exist.
 pub type EndpointsView = Option<endpoints::Endpoints>;
-pub use endpoints::{Endpoints, ENDPOINT_SLICE_LABEL};
+pub use endpoints::{Endpoints, CLUSTER_NAME_LABEL, ENDPOINT_SLICE_LABEL, REMOTE_GATEWAY_IDENTITY, REMOTE_SVC_FQ_NAME};
 
 struct State {
     model: Model,

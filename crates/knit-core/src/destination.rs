@@ -115,6 +115,10 @@ pub struct Meshed {
     pub inbound_port: u16,
     /// The identity the peer proxy must prove with mesh TLS; without one the hop is plaintext.
     pub identity: Option<std::sync::Arc<str>>,
+    /// A multicluster gateway's endpoint (Destination's `authority_override`): the transport
+    /// header names this authority in the gateway's cluster instead of a local port, and HTTP
+    /// requests are addressed to it.
+    pub gateway_target: Option<std::sync::Arc<Authority>>,
 }
 
 impl Endpoint {
@@ -146,7 +150,7 @@ impl FromStr for Endpoint {
         };
         let addr = addr.trim().parse::<SocketAddr>().map_err(|_| err())?;
         let meshed = match (inbound, identity) {
-            (Some(inbound_port), identity) => Some(Meshed { inbound_port, identity }),
+            (Some(inbound_port), identity) => Some(Meshed { inbound_port, identity, gateway_target: None }),
             // An identity says how to authenticate the peer proxy; without its port there is none.
             (None, Some(_)) => return Err(err()),
             (None, None) => None,
@@ -158,8 +162,8 @@ impl FromStr for Endpoint {
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.meshed {
-            Some(Meshed { inbound_port, identity: Some(id) }) => write!(f, "{}@{inbound_port}#{id}", self.addr),
-            Some(Meshed { inbound_port, identity: None }) => write!(f, "{}@{inbound_port}", self.addr),
+            Some(Meshed { inbound_port, identity: Some(id), .. }) => write!(f, "{}@{inbound_port}#{id}", self.addr),
+            Some(Meshed { inbound_port, identity: None, .. }) => write!(f, "{}@{inbound_port}", self.addr),
             None => write!(f, "{}", self.addr),
         }
     }

@@ -60,6 +60,9 @@ pub struct InboundConfig {
     pub connect_timeout: Duration,
     /// Local mode: where plain connections go when there is no original destination.
     pub target_addr: Option<SocketAddr>,
+    /// A multicluster gateway's: the DNS suffixes (`svc.cluster.local`) of the names a peer's
+    /// transport header may ask it to forward to. Empty: not a gateway.
+    pub gateway_suffixes: Vec<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -223,6 +226,20 @@ fn optional_addr(s: &str) -> Result<Option<SocketAddr>, String> {
     addr(s).map(Some)
 }
 
+/// Comma-separated DNS suffixes (`svc.cluster.local.`), lower-cased without the final dot.
+fn dns_suffixes(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for raw in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+        let suffix = raw.trim_end_matches('.').to_ascii_lowercase();
+        let label = |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !suffix.split('.').all(label) {
+            return Err(format!("{raw:?} is not a DNS suffix (dot-separated labels of letters, digits and '-')"));
+        }
+        out.push(suffix);
+    }
+    Ok(out)
+}
+
 /// The identity `var` names, which the service must prove with TLS (a cluster); unset, plaintext.
 fn with_tls_name(r: &Reader<'_>, addr: ControlAddr, var: &str) -> ControlAddr {
     let tls_name = r.env.var(var).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
@@ -263,6 +280,8 @@ impl Config {
         let inbound_listen = r.get(&v("INBOUND_LISTEN_ADDR"), "0.0.0.0:4143", addr);
         let inbound_connect = r.get(&v("INBOUND_CONNECT_TIMEOUT"), "1s", parse::duration);
         let inbound_target = r.get(&v("INBOUND_TARGET_ADDR"), "", optional_addr);
+        let gateway_var = knit_or_linkerd(&r, "INBOUND_GATEWAY_SUFFIXES");
+        let gateway_suffixes = r.get(&gateway_var, "", dns_suffixes);
         let outbound_listen = r.get(&v("OUTBOUND_LISTEN_ADDR"), "127.0.0.1:4140", addr);
         let outbound_connect = r.get(&v("OUTBOUND_CONNECT_TIMEOUT"), "1s", parse::duration);
         let endpoints = r.get(&v("OUTBOUND_ENDPOINTS"), "", str::parse::<DestinationTable>);
@@ -314,7 +333,12 @@ impl Config {
         // Every `get` above returned Some, or an error was recorded and we returned.
         let m = "checked: no errors were recorded";
         Ok(Config {
-            inbound: InboundConfig { listen_addr: inbound_listen.expect(m), connect_timeout: inbound_connect.expect(m), target_addr: inbound_target.expect(m) },
+            inbound: InboundConfig {
+                listen_addr: inbound_listen.expect(m),
+                connect_timeout: inbound_connect.expect(m),
+                target_addr: inbound_target.expect(m),
+                gateway_suffixes: gateway_suffixes.expect(m),
+            },
             outbound: OutboundConfig {
                 listen_addr: outbound_listen.expect(m),
                 connect_timeout: outbound_connect.expect(m),

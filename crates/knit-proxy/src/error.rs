@@ -28,6 +28,10 @@ pub enum ProxyError {
     NoTarget,
     #[error("refusing to forward to {0}: it is this proxy's own listener (a routing loop)")]
     Loop(SocketAddr),
+    #[error("this gateway does not forward to {target}: {reason}")]
+    GatewayDomain { target: String, reason: &'static str },
+    #[error("refusing to forward through this gateway: {0} (a loop between gateways)")]
+    GatewayLoop(&'static str),
     #[error(transparent)]
     TransportHeader(#[from] HeaderError),
     #[error("upstream {addr} failed: {source}")]
@@ -184,7 +188,8 @@ impl ProxyError {
             Self::RateLimited { .. } => ("rate_limited", Policy, No, S::TOO_MANY_REQUESTS, G::ResourceExhausted),
             Self::NoRoute { .. } => ("no_route", Proxy, No, S::BAD_GATEWAY, G::Unavailable),
             Self::NoTarget | Self::NoDestination => ("no_target", Proxy, No, S::BAD_GATEWAY, G::Unavailable),
-            Self::Loop(_) => ("loop", Proxy, No, S::LOOP_DETECTED, G::Aborted),
+            Self::Loop(_) | Self::GatewayLoop(_) => ("loop", Proxy, No, S::LOOP_DETECTED, G::Aborted),
+            Self::GatewayDomain { .. } => ("gateway_domain", Client, No, S::NOT_FOUND, G::NotFound),
             Self::NoIdentity => ("no_identity", Proxy, No, S::BAD_GATEWAY, G::Unavailable),
             Self::DiscoveryTimeout { .. } => ("discovery_timeout", Proxy, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
             Self::Overloaded { .. } => ("overloaded", Proxy, No, S::SERVICE_UNAVAILABLE, G::Unavailable),
@@ -274,9 +279,11 @@ mod tests {
             P::RequestTimeout { .. } => 33,
             P::Unauthorized(_) => 34,
             P::RateLimited { .. } => 35,
+            P::GatewayDomain { .. } => 36,
+            P::GatewayLoop(_) => 37,
         }
     }
-    const VARIANTS: usize = 36;
+    const VARIANTS: usize = 38;
 
     #[test]
     fn every_error_has_one_classification() {
@@ -324,6 +331,8 @@ mod tests {
             (ProxyError::RequestTimeout { route: s(), which: "request", timeout: t }, "request_timeout", Upstream, No, S::GATEWAY_TIMEOUT, G::DeadlineExceeded),
             (ProxyError::Unauthorized(s()), "unauthorized", Policy, No, S::FORBIDDEN, G::PermissionDenied),
             (ProxyError::RateLimited { policy: s(), which: "total", retry_after: t }, "rate_limited", Policy, No, S::TOO_MANY_REQUESTS, G::ResourceExhausted),
+            (ProxyError::GatewayDomain { target: s(), reason: "x" }, "gateway_domain", Client, No, S::NOT_FOUND, G::NotFound),
+            (ProxyError::GatewayLoop("x"), "loop", Proxy, No, S::LOOP_DETECTED, G::Aborted),
         ];
         let mut seen = [false; VARIANTS];
         for (e, kind, blame, retry, http, grpc) in &table {

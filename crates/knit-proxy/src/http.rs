@@ -61,6 +61,8 @@ pub struct Side {
     pub config: Arc<crate::config::Config>,
     /// This proxy's listeners; forwarding to one of them would loop.
     pub own: crate::loops::OwnListeners,
+    /// Inbound, on a multicluster gateway: the outbound side its peers' connections continue on.
+    pub gateway: Option<Arc<Side>>,
     /// Requests in flight on this side, bounded (`KNIT_PROXY_MAX_IN_FLIGHT_REQUESTS`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Label values the traffic chooses (`hostname`, a local-mode request's `authority`, an SNI
@@ -125,6 +127,8 @@ pub struct Ctx {
     pub activity: Arc<Activity>,
     /// The golden-metric handles of the connection's last request.
     pub golden: crate::metrics::GoldenCache,
+    /// Outbound: the connection is a peer's through this multicluster gateway (`gateway.rs`).
+    pub gateway: Option<Arc<crate::gateway::Hop>>,
 }
 
 /// The endpoint a request goes to, the logical name it was addressed by, and inbound, the

@@ -251,8 +251,8 @@ impl Conn {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (header, io) = read_header(io, self.client).await?;
-        if header.name.is_some() {
-            return Err(HeaderError::Malformed("the header names a destination (gateway forwarding), and this proxy is not a gateway").into());
+        if let Some(name) = header.name {
+            return Box::pin(self.gateway(&name, header.port, header.protocol, io)).await;
         }
         let target = SocketAddr::new(self.local.ip(), header.port);
         // A header may name any local port, but never one of this proxy's own (admin, tap,
@@ -267,6 +267,27 @@ impl Conn {
             Some(SessionProtocol::Http2) => self.serve_http(io, HttpVersion::Http2).await,
             None => self.opaque(io, Bytes::new()).await,
         }
+    }
+
+    /// A header that names `name:port`: a peer asks this proxy, as a multicluster gateway, to
+    /// forward the connection to that Service (`gateway.rs`). The connection is authorized by
+    /// the policy of the port it arrived on, the gateway's own.
+    async fn gateway<I>(self, name: &str, port: u16, protocol: Option<SessionProtocol>, io: PrefixedIo<I>) -> Result<(), ProxyError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(outbound) = self.side.gateway.clone() else {
+            return Err(HeaderError::Malformed("the header names a destination (gateway forwarding), and this proxy is not a gateway").into());
+        };
+        let target = crate::gateway::target(name, port, &self.side.config.inbound.gateway_suffixes)?;
+        crate::record::note(|r| r.target = Some(target.to_string()));
+        let (Some(own), Some(client_id)) = (self.side.dialer.identity.as_ref(), self.client_id.clone()) else {
+            return Err(ProxyError::DirectWithoutTls);
+        };
+        self.authorize_tcp(self.local.port())?;
+        let hop = crate::gateway::Hop { own: own.name.clone(), client: self.client, client_id, target, inbound: self.side.clone(), port: self.local.port() };
+        let io = CountingIo::metered(io, &self.side.metrics.tcp, self.src_labels(self.local));
+        crate::outbound::gateway(io, self.client, protocol, hop, &outbound, self.drain).await
     }
 
     fn target(&self) -> Result<SocketAddr, ProxyError> {
@@ -306,6 +327,7 @@ impl Conn {
             from_peer: self.from_peer,
             activity: Default::default(),
             golden: Default::default(),
+            gateway: None,
         };
         http::serve(io, version, Arc::new(ctx), self.drain).await;
         Ok(())
@@ -350,31 +372,36 @@ impl Conn {
 
     /// An opaque connection is authorized once, as a whole; a refused one is closed.
     fn authorize_tcp(&self, port: u16) -> Result<(), ProxyError> {
-        use crate::metrics::route::{AuthzLabels, PolicyLabels};
-        let side = &self.side;
-        let policy = side.discovery.inbound(port);
-        let client = crate::policy::inbound::Client { addr: self.client.ip(), identity: self.client_id.clone(), tls: matches!(self.tls, Tls::Inbound { .. }) };
-        let server = crate::http::authorize::server_labels(&policy, port);
-        let client_id = client.identity.clone().unwrap_or_default();
-        match policy.authorize_tcp(&client) {
-            Ok(permit) => {
-                let authz = &permit.authz;
-                crate::record::note(|r| r.authz = Some(authz.name.clone()));
-                let labels = AuthzLabels { client_id, policy: PolicyLabels::new(server, ["", "", ""], [&authz.group, &authz.kind, &authz.name]) };
-                side.metrics.route.tcp_authz_allow.get_or_create(&labels).inc();
-                Ok(())
-            }
-            Err(denied) => {
-                let labels = AuthzLabels { client_id, policy: PolicyLabels::new(server, ["", "", ""], ["", "", ""]) };
-                side.metrics.route.tcp_authz_deny.get_or_create(&labels).inc();
-                let message = denied.to_string();
-                let allowed = match &denied {
-                    crate::policy::inbound::Denied::Unauthorized { allowed, .. } => allowed.as_str(),
-                    crate::policy::inbound::Denied::NoRoute => "",
-                };
-                tracing::info!(client = %self.client, identity = self.client_id.as_deref().unwrap_or("-"), %message, %allowed, "connection denied by inbound policy");
-                Err(ProxyError::Unauthorized(message))
-            }
+        authorize(&self.side, self.client, self.client_id.as_deref(), matches!(self.tls, Tls::Inbound { .. }), port)
+    }
+}
+
+/// Authorizes a client on a local port by the port's policy as a whole (no routes): its
+/// identity and network. Counted in `tcp_authz_allow`/`tcp_authz_deny`; refused, the reason.
+pub(crate) fn authorize(side: &Side, client: SocketAddr, client_id: Option<&str>, tls: bool, port: u16) -> Result<(), ProxyError> {
+    use crate::metrics::route::{AuthzLabels, PolicyLabels};
+    let policy = side.discovery.inbound(port);
+    let peer = crate::policy::inbound::Client { addr: client.ip(), identity: client_id.map(str::to_string), tls };
+    let server = crate::http::authorize::server_labels(&policy, port);
+    let labels_id = client_id.unwrap_or_default().to_string();
+    match policy.authorize_tcp(&peer) {
+        Ok(permit) => {
+            let authz = &permit.authz;
+            crate::record::note(|r| r.authz = Some(authz.name.clone()));
+            let labels = AuthzLabels { client_id: labels_id, policy: PolicyLabels::new(server, ["", "", ""], [&authz.group, &authz.kind, &authz.name]) };
+            side.metrics.route.tcp_authz_allow.get_or_create(&labels).inc();
+            Ok(())
+        }
+        Err(denied) => {
+            let labels = AuthzLabels { client_id: labels_id, policy: PolicyLabels::new(server, ["", "", ""], ["", "", ""]) };
+            side.metrics.route.tcp_authz_deny.get_or_create(&labels).inc();
+            let message = denied.to_string();
+            let allowed = match &denied {
+                crate::policy::inbound::Denied::Unauthorized { allowed, .. } => allowed.as_str(),
+                crate::policy::inbound::Denied::NoRoute => "",
+            };
+            tracing::info!(%client, identity = client_id.unwrap_or("-"), %message, %allowed, "connection denied by inbound policy");
+            Err(ProxyError::Unauthorized(message))
         }
     }
 }

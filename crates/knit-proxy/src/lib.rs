@@ -18,6 +18,7 @@ pub mod detect;
 pub mod discovery;
 pub mod drain;
 pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod inbound;
@@ -171,7 +172,7 @@ impl Proxy {
             let queue = trace::export::spawn(cfg, identity.clone(), self.metrics.trace.clone()).expect("the collector is checked by Proxy::bind");
             Arc::new(trace::Tracer::new(queue, self.metrics.trace.clone(), cfg.sample_untraced))
         });
-        let side = |direction, timeout| {
+        let side = |direction, timeout, gateway| {
             let dialer = tcp::Dialer { direction, timeout, metrics: self.metrics.clone(), identity: identity.clone(), log: log.clone() };
             Arc::new(http::Side {
                 direction,
@@ -183,13 +184,15 @@ impl Proxy {
                 taps: taps.clone(),
                 config: self.config.clone(),
                 own: own.clone(),
+                gateway,
                 in_flight: Arc::new(tokio::sync::Semaphore::new(self.config.http.max_in_flight_requests)),
                 hostnames: metrics::route::Bounded::new(HOSTNAME_LABELS),
                 tracer: tracer.clone(),
             })
         };
-        let inbound = side(Direction::Inbound, self.config.inbound.connect_timeout);
-        let outbound = side(Direction::Outbound, self.config.outbound.connect_timeout);
+        let outbound = side(Direction::Outbound, self.config.outbound.connect_timeout, None);
+        let gateway = (!self.config.inbound.gateway_suffixes.is_empty()).then(|| outbound.clone());
+        let inbound = side(Direction::Inbound, self.config.inbound.connect_timeout, gateway);
 
         // Listeners are bound (connections queue in the backlog) but not served until the proxy
         // has a certificate, as Linkerd's proxy does: nothing is ever proxied without identity.

@@ -35,11 +35,14 @@ use crate::{
     policy::outbound::{OpaquePolicy, OutboundPolicy, Protocol},
 };
 use bytes::Bytes;
-use knit_core::{destination::Authority, detect::Protocol as Detected};
+use knit_core::{destination::Authority, detect::Protocol as Detected, transport_header::SessionProtocol};
 pub use logical::Logical;
 use opaque::Kind;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 use tracing::Instrument;
 
 type Io = PrefixedIo<TcpStream>;
@@ -231,6 +234,56 @@ async fn http_by_host(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drai
     }
 }
 
+/// A multicluster gateway's connection (`gateway.rs`): the peer's transport header named
+/// `hop.target`, and the connection is served as the application's call to it would be: HTTP
+/// by its routes (each request checked for a loop and readdressed by the hop), opaque bytes by
+/// its opaque route.
+pub async fn gateway<I>(
+    io: CountingIo<PrefixedIo<I>>,
+    client: SocketAddr,
+    protocol: Option<SessionProtocol>,
+    hop: crate::gateway::Hop,
+    side: &Arc<Side>,
+    drain: drain::Watch,
+) -> Result<(), ProxyError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let logical = Arc::new(Box::pin(Logical::resolve_gateway(side, hop.target.clone())).await?);
+    let version = match protocol {
+        Some(SessionProtocol::Http1) => HttpVersion::Http1,
+        Some(SessionProtocol::Http2) => HttpVersion::Http2,
+        None => {
+            if hop.from_self() {
+                return Err(ProxyError::GatewayLoop("the client's identity is this gateway's own"));
+            }
+            let policy = logical.policy(side).await?;
+            let routes = match &policy.protocol {
+                Protocol::Opaque(o) | Protocol::Tls(o) | Protocol::Detect { opaque: o, .. } => o,
+                Protocol::Http1(_) | Protocol::Http2(_) | Protocol::Grpc(_) => {
+                    return Err(ProxyError::NoTcpRoute { target: logical.target.to_string(), sni: None });
+                }
+            };
+            let opened = Box::pin(opaque::open(&logical, &policy.meta, routes, None, Kind::Tcp, side)).await?;
+            return Box::pin(opaque::copy(PrefixedIo::new(Bytes::new(), io), opened, Bytes::new(), &logical, side)).await;
+        }
+    };
+    let tls = plaintext_tls(side.direction);
+    let ctx = Ctx {
+        side: side.clone(),
+        client,
+        dest: Dest::Logical(logical),
+        client_id: None,
+        tls,
+        from_peer: false,
+        activity: Default::default(),
+        golden: Default::default(),
+        gateway: Some(Arc::new(hop)),
+    };
+    Box::pin(http::serve(io, version, Arc::new(ctx), drain)).await;
+    Ok(())
+}
+
 async fn serve_http(io: Io, version: HttpVersion, client: SocketAddr, target_addr: SocketAddr, dest: Dest, side: &Arc<Side>, drain: drain::Watch) {
     let tls = plaintext_tls(side.direction);
     let labels = TcpLabels {
@@ -238,7 +291,17 @@ async fn serve_http(io: Io, version: HttpVersion, client: SocketAddr, target_add
         peer: Peer::Src,
     };
     let io = CountingIo::metered(io, &side.metrics.tcp, labels);
-    let ctx = Ctx { side: side.clone(), client, dest, client_id: None, tls, from_peer: false, activity: Default::default(), golden: Default::default() };
+    let ctx = Ctx {
+        side: side.clone(),
+        client,
+        dest,
+        client_id: None,
+        tls,
+        from_peer: false,
+        activity: Default::default(),
+        golden: Default::default(),
+        gateway: None,
+    };
     Box::pin(http::serve(io, version, Arc::new(ctx), drain)).await;
 }
 

@@ -105,8 +105,13 @@ impl Dialer {
             }
             _ => ClientIo::Plain(io),
         };
-        if endpoint.meshed.is_some() {
-            let header = TransportHeader { port: endpoint.addr.port(), name: None, protocol }.encode();
+        if let Some(meshed) = &endpoint.meshed {
+            // A gateway is told the authority in its cluster; a peer proxy, the port behind it.
+            let header = match &meshed.gateway_target {
+                Some(t) => TransportHeader { port: t.port, name: Some(t.host.clone()), protocol },
+                None => TransportHeader { port: endpoint.addr.port(), name: None, protocol },
+            }
+            .encode();
             io.write_all(&header).await.map_err(|e| ProxyError::Upstream { addr, source: e.into() })?;
         }
         Ok(io)

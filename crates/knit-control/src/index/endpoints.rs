@@ -9,7 +9,7 @@
 
 use super::{names::ProfileKey, Change, IndexConfig, Model, SvcPort};
 use crate::resources::{ExternalWorkload, Kind, PortRef, Resource, Service};
-use linkerd2_proxy_api::destination::{protocol_hint, tls_identity, DestinationProfile, ProtocolHint, TlsIdentity, WeightedAddr};
+use linkerd2_proxy_api::destination::{protocol_hint, tls_identity, AuthorityOverride, DestinationProfile, ProtocolHint, TlsIdentity, WeightedAddr};
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
@@ -33,17 +33,67 @@ pub struct Endpoints {
 pub fn compute(model: &Model, cfg: &IndexConfig, key: &SvcPort) -> Option<Endpoints> {
     let svc = model.service(&key.ns, &key.name)?;
     let port = svc.spec.ports.iter().find(|p| p.port == key.port)?;
+    let remote = svc.metadata.annotations.get(REMOTE_SVC_FQ_NAME);
     let mut addrs = BTreeMap::new();
     for w in model.selected(&key.ns, svc) {
         let Some(target) = target_port(svc, port, w) else { continue };
         let opaque = cfg.is_opaque(svc, key.port);
         for ip in &w.spec.workload_ips {
             let addr = SocketAddr::new(ip.ip, target);
-            addrs.insert(addr, weighted_addr(w, addr, opaque));
+            let weighted = match remote {
+                Some(fq_name) => gateway_addr(w, addr, fq_name, key.port),
+                None => weighted_addr(w, addr, opaque),
+            };
+            addrs.insert(addr, weighted);
         }
     }
-    let labels = HashMap::from([("namespace".to_string(), key.ns.clone()), ("service".to_string(), key.name.clone())]);
+    let mut labels = HashMap::from([("namespace".to_string(), key.ns.clone()), ("service".to_string(), key.name.clone())]);
+    if let Some(fq_name) = remote {
+        labels.extend(remote_labels(svc, fq_name));
+    }
     Some(Endpoints { addrs, labels })
+}
+
+/// The annotation of a Service mirrored from another cluster through its gateway: the remote
+/// Service's fully qualified name (LINKERD-WIRE.md §12.1).
+pub const REMOTE_SVC_FQ_NAME: &str = "mirror.linkerd.io/remote-svc-fq-name";
+/// The annotation of a mirror's endpoints (the gateway's addresses): the identity the gateway proves.
+pub const REMOTE_GATEWAY_IDENTITY: &str = "mirror.linkerd.io/remote-gateway-identity";
+/// The label of a mirrored Service: the cluster it comes from.
+pub const CLUSTER_NAME_LABEL: &str = "mirror.linkerd.io/cluster-name";
+
+/// An endpoint of a gateway-mirrored Service, as Linkerd's destination controller sends it: the
+/// gateway's address, `authority_override` naming the remote Service and the port asked for, the
+/// gateway's identity as a DNS-like identity without `server_name`, an HTTP/2 hint and no
+/// `opaque_transport` (the client proxy dials the gateway port itself). Without the gateway's
+/// identity, neither TLS nor a hint.
+fn gateway_addr(gateway: &ExternalWorkload, addr: SocketAddr, fq_name: &str, port: u16) -> WeightedAddr {
+    let identity = gateway.metadata.annotations.get(REMOTE_GATEWAY_IDENTITY).filter(|id| !id.is_empty());
+    let tls_identity = identity.map(|name| TlsIdentity {
+        strategy: Some(tls_identity::Strategy::DnsLikeIdentity(tls_identity::DnsLikeIdentity { name: name.clone() })),
+        server_name: None,
+    });
+    let protocol_hint = identity.map(|_| ProtocolHint { protocol: Some(protocol_hint::Protocol::H2(protocol_hint::H2 {})), opaque_transport: None });
+    WeightedAddr {
+        addr: Some(addr.into()),
+        weight: WEIGHT,
+        metric_labels: HashMap::from([("zone_locality".to_string(), "unknown".to_string())]),
+        tls_identity,
+        protocol_hint,
+        authority_override: Some(AuthorityOverride { authority_override: format!("{fq_name}:{port}") }),
+        ..Default::default()
+    }
+}
+
+/// A gateway mirror's set labels: its cluster, and the remote Service's name and namespace
+/// (the first two labels of its fully qualified name).
+fn remote_labels(svc: &Service, fq_name: &str) -> impl Iterator<Item = (String, String)> {
+    let mut parts = fq_name.split('.');
+    let (name, ns) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let cluster = svc.metadata.labels.get(CLUSTER_NAME_LABEL).cloned().unwrap_or_default();
+    [("target_cluster", cluster), ("target_service", name.to_string()), ("target_service_namespace", ns.to_string())]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
 }
 
 /// A Service with a selector selects workloads by label; one without, its EndpointSlices'.

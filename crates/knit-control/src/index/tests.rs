@@ -274,3 +274,67 @@ fn egress_networks_pick_the_most_specific_in_scope_and_refuse_cluster_overlap() 
     let why = overlapping.unwrap().overlap(&index.config().cluster_networks).expect("refused");
     assert!(why.contains("10.2.0.0/16 overlaps the cluster network 10.0.0.0/8"), "{why}");
 }
+
+/// A Service mirrored from cluster `east` through its gateway, as Linkerd's service mirror
+/// writes it (LINKERD-WIRE.md §12.1): Destination answers with the gateway's address, the
+/// remote Service in `authority_override`, the gateway's identity and an HTTP/2 hint.
+const MIRROR: &str = "
+apiVersion: v1
+kind: Service
+metadata:
+  name: books-east
+  namespace: demo
+  labels: {mirror.linkerd.io/mirrored-service: 'true', mirror.linkerd.io/cluster-name: east}
+  annotations: {mirror.linkerd.io/remote-svc-fq-name: books.demo.svc.east.local}
+spec: {selector: {knit.dev/gateway: east}, clusterIP: 10.96.0.30, ports: [{name: http, port: 8080, targetPort: 4143}, {name: redis, port: 6379, targetPort: 4143}]}
+---
+apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata:
+  name: gateway-east
+  namespace: demo
+  labels: {knit.dev/gateway: east}
+  annotations: {mirror.linkerd.io/remote-gateway-identity: linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.east.local}
+spec:
+  workloadIPs: [{ip: 10.2.0.9}]
+  ports: [{name: mc-gateway, port: 4143}]
+";
+
+#[test]
+fn a_gateway_mirror_resolves_to_the_gateway_with_the_remote_authority() {
+    use linkerd2_proxy_api::destination::{tls_identity::Strategy, AuthorityOverride};
+    let index = index();
+    load(&index, "mirror.yaml", MIRROR);
+    for port in [8080, 6379] {
+        let rx = index.endpoints(&SvcPort { ns: "demo".into(), name: "books-east".into(), port });
+        let eps = rx.borrow().as_ref().clone().expect("the mirror exists");
+        let (addr, a) = eps.addrs.iter().next().unwrap();
+        assert_eq!((eps.addrs.len(), addr.to_string()), (1, "10.2.0.9:4143".to_string()), "the gateway, on its port");
+        assert_eq!(a.authority_override, Some(AuthorityOverride { authority_override: format!("books.demo.svc.east.local:{port}") }));
+        let id = a.tls_identity.as_ref().unwrap();
+        assert!(
+            matches!(&id.strategy, Some(Strategy::DnsLikeIdentity(d)) if d.name == "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.east.local")
+        );
+        assert_eq!(id.server_name, None, "the identity is the SNI");
+        let hint = a.protocol_hint.as_ref().unwrap();
+        assert!(matches!(hint.protocol, Some(protocol_hint::Protocol::H2(_))) && hint.opaque_transport.is_none(), "{hint:?}");
+        assert_eq!(a.metric_labels, HashMap::from([("zone_locality".to_string(), "unknown".to_string())]));
+        let set: BTreeMap<_, _> = eps.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            set,
+            BTreeMap::from([
+                ("namespace", "demo"),
+                ("service", "books-east"),
+                ("target_cluster", "east"),
+                ("target_service", "books"),
+                ("target_service_namespace", "demo")
+            ])
+        );
+    }
+    // Without the gateway's identity: the override alone, no TLS and no hint.
+    load(&index, "mirror.yaml", &MIRROR.replace("mirror.linkerd.io/remote-gateway-identity", "other"));
+    let rx = index.endpoints(&SvcPort { ns: "demo".into(), name: "books-east".into(), port: 8080 });
+    let eps = rx.borrow().as_ref().clone().unwrap();
+    let a = eps.addrs.values().next().unwrap();
+    assert!(a.authority_override.is_some() && a.tls_identity.is_none() && a.protocol_hint.is_none(), "{a:?}");
+}

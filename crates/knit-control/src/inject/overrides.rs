@@ -42,6 +42,9 @@ pub struct Settings {
     pub log_format: String,
     pub default_inbound_policy: String,
     pub native_sidecar: bool,
+    /// A multicluster gateway (`config.linkerd.io/enable-gateway`): its inbound forwards
+    /// transport headers naming this cluster's Services.
+    pub gateway: bool,
     pub await_ready: bool,
     pub shutdown_grace_period: String,
     /// `requests`/`limits` → resource → quantity.
@@ -265,6 +268,7 @@ pub fn settings(values: &Values, a: &Annotations<'_>, mode: Mode) -> Result<Sett
         log_format: parse(a, "proxy-log-format", p.log_format.clone(), one_of(&["plain", "json"]))?,
         default_inbound_policy: parse(a, "default-inbound-policy", values.default_inbound_policy.clone(), one_of(&crate::resources::DEFAULT_POLICIES))?,
         native_sidecar: parse(a, "proxy-enable-native-sidecar", values.native_sidecar, boolean)?,
+        gateway: parse(a, "enable-gateway", false, boolean)?,
         await_ready: parse(a, "proxy-await", p.await_ready, boolean)?,
         shutdown_grace_period: parse(a, "shutdown-grace-period", p.shutdown_grace_period.clone(), duration)?,
         resources,

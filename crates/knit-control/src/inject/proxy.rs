@@ -97,6 +97,10 @@ pub fn proxy(values: &Values, s: &Settings, inbound_ports: &[i32]) -> Container 
             env("KNIT_PROXY_TRACE_SAMPLE_UNTRACED", if t.sample_untraced == "0" { "" } else { &t.sample_untraced }),
         ]);
     }
+    if s.gateway {
+        // Linkerd's `svc.<clusterDomain>.`: the names a peer's transport header may ask for.
+        vars.push(env("KNIT_PROXY_INBOUND_GATEWAY_SUFFIXES", format!("svc.{}.", values.cluster_domain)));
+    }
     vars.retain(|e| e.value.as_deref() != Some(""));
     let resources = s
         .resources

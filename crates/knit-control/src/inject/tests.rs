@@ -301,3 +301,18 @@ fn bad_trace_annotations_are_refused_by_name() {
     let err = injector().inject(&d, "/spec/template", &BTreeMap::new(), None).unwrap_err().to_string();
     assert!(err.contains("trace-collector-namespace"), "{err}");
 }
+
+#[test]
+fn a_gateway_pod_forwards_this_clusters_service_names() {
+    let mut deployment = corpus("deployment.yaml");
+    let proxy_env = |d: &Value, var: &str| {
+        let pod = injected(d, &enabled());
+        let spec = &pod["spec"]["template"]["spec"];
+        let proxy =
+            [&spec["initContainers"], &spec["containers"]].into_iter().find_map(|l| l.as_array()?.iter().find(|c| c["name"] == "knit-proxy")).cloned().unwrap();
+        env(&proxy, var).map(str::to_string)
+    };
+    assert_eq!(proxy_env(&deployment, "KNIT_PROXY_INBOUND_GATEWAY_SUFFIXES"), None, "not a gateway unless asked");
+    deployment["spec"]["template"]["metadata"]["annotations"] = json!({"config.linkerd.io/enable-gateway": "true"});
+    assert_eq!(proxy_env(&deployment, "KNIT_PROXY_INBOUND_GATEWAY_SUFFIXES").as_deref(), Some("svc.cluster.local."));
+}

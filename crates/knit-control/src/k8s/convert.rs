@@ -203,7 +203,16 @@ pub fn endpoint_slice(slice: &k8s_openapi::api::discovery::v1::EndpointSlice) ->
         name: format!("endpointslice/{}", slice.metadata.name.clone()?),
         namespace: slice.metadata.namespace.clone().unwrap_or_else(|| "default".to_string()),
         labels: [(crate::index::ENDPOINT_SLICE_LABEL.to_string(), service.clone())].into(),
-        annotations: Default::default(),
+        // A gateway mirror's Endpoints name the gateway's identity; Kubernetes' EndpointSlice
+        // mirroring copies the Endpoints' annotations to the slices made of it.
+        annotations: slice
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| *k == crate::index::REMOTE_GATEWAY_IDENTITY)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         creation_timestamp: None,
     };
     Some(ExternalWorkload { metadata, spec: ExternalWorkloadSpec { mesh_tls: None, ports, workload_ips } })

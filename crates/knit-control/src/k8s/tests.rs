@@ -337,3 +337,21 @@ fn a_service_without_a_selector_takes_its_endpoint_slices() {
     fqdn.address_type = "FQDN".into();
     assert!(convert::endpoint_slice(&fqdn).is_none());
 }
+
+/// A Service Linkerd's service mirror wrote for `books` in cluster `east`, and the slice
+/// Kubernetes mirrored from its Endpoints (the gateway's address on the gateway port, the
+/// gateway's identity annotated): Destination answers as for any gateway mirror.
+#[test]
+fn a_mirrored_service_resolves_to_the_remote_gateway() {
+    let (mut t, index) = started();
+    list(&mut t, Input::Service, vec![load("service-books-east.json")]);
+    list(&mut t, Input::EndpointSlice, vec![load("endpointslice-books-east.json")]);
+    let rx = index.endpoints(&SvcPort { ns: "demo".into(), name: "books-east".into(), port: 8080 });
+    let eps = rx.borrow().as_ref().clone().expect("the mirror Service");
+    let (addr, a) = eps.addrs.iter().next().expect("the gateway");
+    assert_eq!(addr.to_string(), "172.18.0.40:4143");
+    assert_eq!(a.authority_override.as_ref().map(|o| o.authority_override.as_str()), Some("books.demo.svc.cluster.local:8080"));
+    let id = a.tls_identity.as_ref().and_then(|i| i.strategy.as_ref());
+    assert!(matches!(id, Some(Strategy::DnsLikeIdentity(d)) if d.name.starts_with("linkerd-gateway.linkerd-multicluster.")), "{id:?}");
+    assert_eq!(eps.labels.get("target_cluster").map(String::as_str), Some("east"));
+}

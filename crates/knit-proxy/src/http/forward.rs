@@ -31,6 +31,14 @@ async fn respond(req: Request<Incoming>, ctx: &Arc<Ctx>, o: &Outcome) -> Respons
     let grpc = super::is_grpc(req.headers());
     // Errors of the client's body are marked as the client's before they meet any upstream.
     let mut req = req.map(|b| b.map_err(|e| BoxError::from(super::body::ClientBodyError(e))).boxed());
+    // Through a gateway: the request the client's application sent, to the Service it named.
+    if let Some(hop) = &ctx.gateway {
+        if let Err(e) = hop.prepare(&mut req) {
+            o.failed(&e);
+            tracing::info!(client = %ctx.client, uri = %req.uri(), error = %e, "request refused by the gateway");
+            return error_response(&e, grpc);
+        }
+    }
     // Routes and policy match what the application will read: one authority, one path spelling.
     if let Err(e) = super::normalize::check_authority(&req).and_then(|()| super::normalize::normalize(&mut req)) {
         o.failed(&e);
@@ -222,6 +230,9 @@ async fn forward(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Resul
             req.headers_mut().insert(L5D_CLIENT_ID, v);
         }
     }
+    if let Some(target) = endpoint.meshed.as_ref().and_then(|m| m.gateway_target.as_deref()) {
+        address_to(&mut req, target);
+    }
     if tunnel {
         return self::tunnel(req, routed, ctx).await.map(boxed);
     }
@@ -251,6 +262,23 @@ async fn forward(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Resul
 
 fn boxed(rsp: Response<Incoming>) -> Response<Body> {
     rsp.map(|b| b.map_err(BoxError::from).boxed())
+}
+
+/// A request through a multicluster gateway is addressed to the Service in the gateway's cluster
+/// (Linkerd's `NewOverrideAuthority`): the authority it names, in its URI or its `Host` header,
+/// becomes the target, keeping the URI's form.
+fn address_to(req: &mut Request<ReqBody>, target: &knit_core::destination::Authority) {
+    let Ok(value) = HeaderValue::from_str(&target.to_string()) else { return };
+    if req.uri().authority().is_some() {
+        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let scheme = req.uri().scheme_str().unwrap_or("http");
+        if let Ok(uri) = Uri::try_from(format!("{scheme}://{target}{pq}")) {
+            *req.uri_mut() = uri;
+        }
+    }
+    if req.version() != Version::HTTP_2 || req.headers().contains_key(header::HOST) {
+        req.headers_mut().insert(header::HOST, value);
+    }
 }
 
 /// HTTP/1 → HTTP/2 for the hop between proxies, as Linkerd's proxy does it (LINKERD-WIRE.md

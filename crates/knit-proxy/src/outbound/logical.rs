@@ -32,6 +32,9 @@ pub struct Logical {
     /// Retries to this destination may add at most a fifth to its load, however many routes retry.
     pub budget: Arc<Budget>,
     source: Source,
+    /// A gateway's target: served only when the control plane (or the static table) knows it,
+    /// never by the fallback (a peer must not make the gateway dial whatever DNS says).
+    known_only: bool,
 }
 
 enum Source {
@@ -50,20 +53,36 @@ impl Logical {
     /// Finds where the policy of `target` comes from, waiting at most the discovery initial
     /// timeout for the control plane's first answer.
     pub async fn resolve(side: &Side, target: Target, authority: Option<Authority>) -> Result<Self, ProxyError> {
+        Self::resolve_with(side, target, authority, false).await
+    }
+
+    /// A multicluster gateway's target `name:port`, which must be a Service the control plane
+    /// knows (`ProxyError::GatewayDomain` otherwise, when its answer says so).
+    pub async fn resolve_gateway(side: &Side, target: Authority) -> Result<Self, ProxyError> {
+        Self::resolve_with(side, Target::Authority(target.clone()), Some(target), true).await
+    }
+
+    async fn resolve_with(side: &Side, target: Target, authority: Option<Authority>, known_only: bool) -> Result<Self, ProxyError> {
         let key = match &target {
             Target::Authority(a) => a.clone(),
             Target::Addr(a) => Authority::from_addr(*a),
         };
         if let Some((policy, budget)) = side.resolver.fixed(&key, || OutboundPolicy::static_to(key.clone(), detect_timeout(side, key.port))) {
-            return Ok(Self { target, authority, budget, source: Source::Fixed(policy) });
+            return Ok(Self { target, authority, budget, source: Source::Fixed(policy), known_only });
+        }
+        if known_only && !side.discovery.has_policy() {
+            return Err(ProxyError::GatewayDomain {
+                target: key.to_string(),
+                reason: "no policy service is configured, and the destination table does not name it",
+            });
         }
         if !side.discovery.has_policy() {
             let policy = fallback(side, &target).await?;
-            return Ok(Self { target, authority, budget: Arc::new(Budget::default_per_destination()), source: Source::Fixed(policy) });
+            return Ok(Self { target, authority, budget: Arc::new(Budget::default_per_destination()), source: Source::Fixed(policy), known_only });
         }
         let (rx, budget) = side.discovery.outbound(&target).await;
         let waited = side.discovery.config().initial_timeout;
-        Ok(Self { target, authority, budget, source: Source::Discovered { rx, fallback: OnceCell::new(), waited } })
+        Ok(Self { target, authority, budget, source: Source::Discovered { rx, fallback: OnceCell::new(), waited }, known_only })
     }
 
     /// The policy now. Errors: the control plane sent an invalid one, or has not answered.
@@ -77,6 +96,9 @@ impl Logical {
             Answer::Found(p) => Ok(p),
             Answer::Invalid(reason) => Err(ProxyError::InvalidPolicy(reason)),
             Answer::Pending => Err(ProxyError::DiscoveryTimeout { what: format!("the outbound policy of {}", self.target), timeout: waited }),
+            Answer::NotFound if self.known_only => {
+                Err(ProxyError::GatewayDomain { target: self.target.to_string(), reason: "the control plane knows no Service by that name" })
+            }
             Answer::NotFound => fallback_cell.get_or_try_init(|| fallback(side, &self.target)).await.cloned(),
         }
     }

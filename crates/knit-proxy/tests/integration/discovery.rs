@@ -5,6 +5,7 @@
 mod control_tls;
 mod egress;
 mod fixture;
+mod gateway;
 mod opaque;
 mod policy;
 mod rotation;

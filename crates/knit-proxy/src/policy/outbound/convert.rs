@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::retry::{self, InvalidBackoff};
-use knit_core::destination::MetricLabels;
+use knit_core::destination::{Authority, MetricLabels};
 use linkerd2_proxy_api::{destination, http_route as http_api, meta as meta_api, outbound as api};
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -489,7 +489,10 @@ fn tls_filter(f: &api::tls_route::Filter) -> Result<Filter, InvalidPolicy> {
 /// the port. Without it the endpoint is dialled directly, in plaintext, even when the control
 /// plane gives a TLS identity (Linkerd's proxy would do mesh TLS to the application port, which
 /// the peer's iptables rules redirect; Knit does not rely on interception at the peer).
-/// `authority_override` (multicluster gateways) is not supported and is ignored.
+///
+/// An `authority_override` makes the address a multicluster gateway's (LINKERD-WIRE.md §12.1):
+/// it is dialled as it is (no `opaque_transport` port), with mesh TLS to its identity, and the
+/// transport header names the override's `host:port`, which must be a DNS name with a port.
 pub fn endpoint(addr: &destination::WeightedAddr, set_labels: &HashMap<String, String>) -> Result<Endpoint, InvalidPolicy> {
     let tcp = addr.addr.as_ref().ok_or_else(|| InvalidPolicy::missing("addr"))?;
     let ip = tcp.ip.ok_or_else(|| InvalidPolicy::missing("addr.ip"))?;
@@ -498,14 +501,18 @@ pub fn endpoint(addr: &destination::WeightedAddr, set_labels: &HashMap<String, S
         0 => return Err(InvalidPolicy::new("addr.port", "expected a port from 1 to 65535, found 0")),
         p => p,
     };
+    let gateway_target = addr.authority_override.as_ref().map(|o| gateway_target(&o.authority_override)).transpose()?;
     let meshed = match addr.protocol_hint.as_ref().and_then(|h| h.opaque_transport.as_ref()) {
+        _ if gateway_target.is_some() => {
+            Some(knit_core::destination::Meshed { inbound_port: app_port, identity: identity(addr.tls_identity.as_ref())?, gateway_target })
+        }
         None => None,
         Some(ot) => {
             let inbound_port = match port(ot.inbound_port, "protocol_hint.opaque_transport.inbound_port")? {
                 0 => return Err(InvalidPolicy::new("protocol_hint.opaque_transport.inbound_port", "expected a port from 1 to 65535, found 0")),
                 p => p,
             };
-            Some(knit_core::destination::Meshed { inbound_port, identity: identity(addr.tls_identity.as_ref())? })
+            Some(knit_core::destination::Meshed { inbound_port, identity: identity(addr.tls_identity.as_ref())?, gateway_target: None })
         }
     };
     let merged = set_labels.iter().filter(|(k, _)| !addr.metric_labels.contains_key(*k)).chain(&addr.metric_labels);
@@ -514,6 +521,17 @@ pub fn endpoint(addr: &destination::WeightedAddr, set_labels: &HashMap<String, S
         tracing::debug!(?refused, "metric labels that are not Prometheus label names are not exported");
     }
     Ok(Endpoint { addr: SocketAddr::new(ip, app_port), meshed, labels })
+}
+
+/// A gateway's `authority_override`: `name:port` in the remote cluster, where the name is a DNS
+/// name (an address there would be another cluster's, meaningless here).
+fn gateway_target(raw: &str) -> Result<Arc<Authority>, InvalidPolicy> {
+    const FIELD: &str = "authority_override.authority_override";
+    let a = Authority::parse(raw, None).map_err(|_| InvalidPolicy::new(FIELD, format!("expected name:port, found {raw:?}")))?;
+    if a.host.parse::<std::net::IpAddr>().is_ok() || a.host.contains(':') {
+        return Err(InvalidPolicy::new(FIELD, format!("expected a DNS name, found the address {raw:?}")));
+    }
+    Ok(Arc::new(a))
 }
 
 fn identity(id: Option<&destination::TlsIdentity>) -> Result<Option<Arc<str>>, InvalidPolicy> {
