@@ -45,6 +45,7 @@ EXPECTED = {
     ("workload.linkerd.io", "ExternalWorkload"): ("externalworkloads", ["v1beta1"], "v1beta1", []),
     ("split.smi-spec.io", "TrafficSplit"): ("trafficsplits", ["v1alpha2"], "v1alpha2", ["ts"]),
     ("policy.linkerd.io", "EgressNetwork"): ("egressnetworks", ["v1alpha1"], "v1alpha1", []),
+    ("multicluster.linkerd.io", "Link"): ("links", ["v1alpha1", "v1alpha2", "v1alpha3"], "v1alpha3", []),
 }
 
 # Groups whose resources are not ours to check: the Gateway API ships its own CRDs.
@@ -52,6 +53,12 @@ FOREIGN_GROUPS = {"gateway.networking.k8s.io"}
 
 # Documents the schemas must refuse: (what, document, a word the error must contain).
 BAD_DOCUMENTS = [
+    ("Link without targetClusterName",
+     {"apiVersion": "multicluster.linkerd.io/v1alpha3", "kind": "Link", "metadata": {"name": "bad"},
+      "spec": {"gatewayAddress": "10.0.0.1"}}, "targetClusterName"),
+    ("v1alpha1 Link with a federatedServiceSelector (it came in v1alpha3)",
+     {"apiVersion": "multicluster.linkerd.io/v1alpha1", "kind": "Link", "metadata": {"name": "bad"},
+      "spec": {"targetClusterName": "east", "federatedServiceSelector": {}}}, "federatedServiceSelector"),
     ("EgressNetwork without a trafficPolicy",
      {"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "EgressNetwork", "metadata": {"name": "bad"},
       "spec": {"networks": [{"cidr": "203.0.113.0/24"}]}}, "trafficPolicy"),
@@ -128,6 +135,15 @@ BAD_DOCUMENTS = [
 
 # Linkerd-style documents the schemas must accept as they are, beyond Knit's own manifests.
 GOOD_DOCUMENTS = [
+    ("Link as linkerd multicluster link writes it",
+     {"apiVersion": "multicluster.linkerd.io/v1alpha3", "kind": "Link", "metadata": {"name": "east", "namespace": "linkerd-multicluster"},
+      "spec": {"targetClusterName": "east", "targetClusterDomain": "cluster.local", "targetClusterLinkerdNamespace": "linkerd",
+               "clusterCredentialsSecret": "cluster-credentials-east", "gatewayAddress": "172.18.0.40", "gatewayPort": "4143",
+               "gatewayIdentity": "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.cluster.local",
+               "probeSpec": {"path": "/ready", "port": "4191", "period": "3s", "timeout": "30s", "failureThreshold": "3"},
+               "selector": {"matchLabels": {"mirror.linkerd.io/exported": "true"}},
+               "remoteDiscoverySelector": {"matchLabels": {"mirror.linkerd.io/exported": "remote-discovery"}},
+               "federatedServiceSelector": {"matchLabels": {"mirror.linkerd.io/federated": "member"}}}}),
     ("EgressNetwork denying everything outside the cluster",
      {"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "EgressNetwork", "metadata": {"name": "all", "namespace": "linkerd-egress"},
       "spec": {"trafficPolicy": "Deny"}}),

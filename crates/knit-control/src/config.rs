@@ -27,6 +27,14 @@ pub struct Config {
     /// KNIT_PROXY_*_SVC_NAME). Without it they are plaintext h2c, for loopback.
     #[arg(long, env = "KNIT_CONTROL_SERVE_TLS_IDENTITY")]
     pub serve_tls_identity: Option<String>,
+    /// Serve this cluster's exported Services to linked control planes (mTLS, local mode's
+    /// multicluster: `knit.dev/remote-control-plane` of their Links names this address).
+    #[arg(long, env = "KNIT_CONTROL_MULTICLUSTER_ADDR")]
+    pub multicluster_addr: Option<SocketAddr>,
+    /// Identities that may read the exports (default: any control plane's,
+    /// `knit-control.*.serviceaccount.identity.*`, under the shared trust anchors).
+    #[arg(long, env = "KNIT_CONTROL_MULTICLUSTER_ALLOWED_IDENTITIES", value_delimiter = ',')]
+    pub multicluster_allowed_identities: Vec<String>,
     #[command(flatten)]
     pub identity: IdentityConfig,
     #[command(flatten)]
@@ -51,6 +59,8 @@ impl Config {
             destination_addr: any,
             policy_addr: any,
             serve_tls_identity: None,
+            multicluster_addr: None,
+            multicluster_allowed_identities: Vec::new(),
             identity,
             discovery: DiscoveryConfig {
                 config_dir: None,

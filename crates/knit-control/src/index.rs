@@ -243,7 +243,7 @@ impl<K: Eq + Hash + Clone, T: PartialEq> Views<K, Option<T>> {
 
 /// The endpoints of a Service port: `None` when the Service or the port does not exist.
 pub type EndpointsView = Option<endpoints::Endpoints>;
-pub use endpoints::{Endpoints, CLUSTER_NAME_LABEL, ENDPOINT_SLICE_LABEL, REMOTE_GATEWAY_IDENTITY, REMOTE_SVC_FQ_NAME};
+pub use endpoints::{Endpoints, CLUSTER_NAME_LABEL, ENDPOINT_SLICE_LABEL, MIRRORED_SERVICE_LABEL, REMOTE_GATEWAY_IDENTITY, REMOTE_SVC_FQ_NAME};
 
 struct State {
     model: Model,
@@ -260,6 +260,9 @@ struct State {
 pub struct Index {
     config: IndexConfig,
     state: Mutex<State>,
+    /// Bumped by every change: for readers of the whole index (a linked cluster's exports, the
+    /// service mirror's Links) rather than of one view.
+    generation: watch::Sender<u64>,
 }
 
 /// Counts for metrics and logs.
@@ -283,7 +286,7 @@ impl Index {
             profiles: Views::new(),
             published: 0,
         };
-        Self { config, state: Mutex::new(state) }
+        Self { config, state: Mutex::new(state), generation: watch::channel(0).0 }
     }
 
     pub fn config(&self) -> &IndexConfig {
@@ -369,7 +372,42 @@ impl Index {
         let backends_changed = changes.iter().any(|c| matches!(c.key.kind, Kind::Service | Kind::ExternalWorkload));
         n += profiles.refresh(|_| backends_changed, |k| endpoints::profile(model, cfg, k));
         state.published += n;
+        self.generation.send_modify(|g| *g += 1);
         tracing::debug!(changes = changes.len(), published = n, "index updated");
+    }
+
+    /// Changes whenever the index does.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// The Services `selector` picks that another cluster may mirror, each with whether it has
+    /// a ready endpoint (its first port's). Mirrors are never exported again: two linked
+    /// clusters would mirror each other's mirrors for ever.
+    pub fn exported(&self, selector: &crate::resources::LabelSelector) -> Vec<(Arc<Service>, bool)> {
+        let state = self.lock();
+        let model = &state.model;
+        model
+            .services()
+            .filter(|s| !s.metadata.labels.contains_key(MIRRORED_SERVICE_LABEL) && selector.matches(&s.metadata.labels))
+            .map(|s| {
+                let key = s.spec.ports.first().map(|p| SvcPort { ns: s.metadata.namespace.clone(), name: s.metadata.name.clone(), port: p.port });
+                let ready = key.and_then(|k| endpoints::compute(model, &self.config, &k)).is_some_and(|e| !e.addrs.is_empty());
+                (s.clone(), ready)
+            })
+            .collect()
+    }
+
+    /// Every Link, as of now.
+    pub fn links(&self) -> Vec<Arc<crate::resources::Link>> {
+        self.lock()
+            .model
+            .of_kind(Kind::Link, None)
+            .filter_map(|r| match r {
+                Resource::Link(l) => Some(l.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn endpoints(&self, key: &SvcPort) -> watch::Receiver<Arc<EndpointsView>> {

@@ -21,6 +21,7 @@ pub mod index;
 pub mod inject;
 pub mod k8s;
 pub mod local;
+pub mod multicluster;
 pub mod resources;
 pub mod tls;
 pub mod viz;
@@ -54,8 +55,14 @@ pub struct Control {
     /// The gRPC ports' TLS configuration, when they serve TLS.
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Renews the control plane's own certificate.
-    tls_renewal: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+    tls_renewal: Option<Renewal>,
+    /// The exports port for linked clusters (mTLS), its TLS and that certificate's renewal.
+    multicluster: Option<(TcpListener, Arc<rustls::ServerConfig>, Renewal)>,
+    mirror_metrics: multicluster::mirror::Metrics,
 }
+
+/// A task that keeps a serving certificate fresh.
+type Renewal = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The injector's listener and what it serves with.
 struct Webhook {
@@ -96,6 +103,14 @@ pub struct Addrs {
     pub webhook: Option<SocketAddr>,
     /// Only when the tap API has a serving certificate.
     pub tap_api: Option<SocketAddr>,
+    /// Only with `--multicluster-addr`.
+    pub multicluster: Option<SocketAddr>,
+}
+
+/// The identity the control plane proves to linked clusters: its serving identity, else the
+/// one its own namespace gives `knit-control`.
+fn own_identity(config: &config::Config, index: &index::Index) -> String {
+    config.serve_tls_identity.clone().unwrap_or_else(|| index.config().identity("knit-control", &config.discovery.control_plane_namespace))
 }
 
 /// A client of the Kubernetes API: from `kubeconfig`, else the in-cluster config or KUBECONFIG.
@@ -145,11 +160,19 @@ impl Control {
         let mut service = identity::Service::load_with(&config.identity, tokens)?;
         let k8s_status = kubernetes.as_ref().map(|(_, s)| s.clone());
         admin::register(&mut service.registry, index.clone(), local.as_ref().map(local::LocalSource::files), k8s_status);
+        let mirror_metrics = multicluster::mirror::Metrics::register(&mut service.registry);
         let service = Arc::new(service);
+        let multicluster = match config.multicluster_addr {
+            Some(addr) => {
+                let (tls, renewal) = tls::serve_config_with(service.clone(), own_identity(&config, &index), true)?;
+                Some((bind("multicluster", addr).await?, tls, Box::pin(renewal) as Renewal))
+            }
+            None => None,
+        };
         let (tls, tls_renewal) = match &config.serve_tls_identity {
             Some(name) => {
                 let (cfg, renewal) = tls::serve_config(service.clone(), name.clone())?;
-                (Some(cfg), Some(Box::pin(renewal) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>))
+                (Some(cfg), Some(Box::pin(renewal) as Renewal))
             }
             None => (None, None),
         };
@@ -182,6 +205,8 @@ impl Control {
             service,
             index,
             local,
+            multicluster,
+            mirror_metrics,
             config,
         })
     }
@@ -195,6 +220,7 @@ impl Control {
             viz: self.viz.local_addr().expect("bound"),
             webhook: self.webhook.as_ref().map(|w| w.listener.local_addr().expect("bound")),
             tap_api: self.tap_api.as_ref().map(|(l, _)| l.local_addr().expect("bound")),
+            multicluster: self.multicluster.as_ref().map(|(l, ..)| l.local_addr().expect("bound")),
         }
     }
 
@@ -232,6 +258,14 @@ impl Control {
         if let Some(renewal) = self.tls_renewal {
             tasks.push(tokio::spawn(renewal));
         }
+        if let Some((listener, tls, renewal)) = self.multicluster {
+            let allowed = multicluster::exports::Allowed(self.config.multicluster_allowed_identities.clone());
+            tasks.push(tokio::spawn(multicluster::exports::serve(listener, tls, self.index.clone(), allowed)));
+            tasks.push(tokio::spawn(renewal));
+        }
+        // Links whose remote is another knit-control are mirrored (no other Links, no work).
+        let client_tls = Arc::new(tls::ClientTls::new(self.service.clone(), own_identity(&self.config, &self.index)));
+        tasks.push(tokio::spawn(multicluster::mirror::run(self.index.clone(), client_tls, self.mirror_metrics.clone())));
         if let Some(local) = self.local {
             tasks.push(tokio::spawn(local.run(self.config.discovery.config_poll_interval)));
         }

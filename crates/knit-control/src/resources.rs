@@ -131,7 +131,7 @@ pub struct WorkloadIp {
     pub ip: IpAddr,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelector {
     #[serde(default)]
@@ -140,7 +140,7 @@ pub struct LabelSelector {
     pub match_expressions: Vec<LabelExpression>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 pub struct LabelExpression {
     pub key: String,
     pub operator: SelectorOp,
@@ -148,7 +148,7 @@ pub struct LabelExpression {
     pub values: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub enum SelectorOp {
     In,
     NotIn,
@@ -472,6 +472,85 @@ pub struct RouteTimeouts {
     pub backend_request: Option<String>,
 }
 
+/// `Link` (multicluster.linkerd.io; v1alpha3 stored, v1alpha1 and v1alpha2 served): another
+/// cluster whose exported Services this control plane mirrors (LINKERD-WIRE.md §12). In local
+/// mode the remote is a knit-control named by the `knit.dev/remote-control-plane` (address) and
+/// `knit.dev/remote-control-plane-identity` annotations, in place of a kubeconfig Secret.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Link {
+    pub metadata: ObjectMeta,
+    pub spec: LinkSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkSpec {
+    pub target_cluster_name: String,
+    #[serde(default = "default_cluster_domain")]
+    pub target_cluster_domain: String,
+    #[serde(default)]
+    pub target_cluster_linkerd_namespace: Option<String>,
+    #[serde(default)]
+    pub cluster_credentials_secret: Option<String>,
+    /// Comma-separated addresses (IPs here; Linkerd resolves names too).
+    #[serde(default)]
+    pub gateway_address: String,
+    #[serde(default)]
+    pub gateway_port: Option<IntOrString>,
+    #[serde(default)]
+    pub gateway_identity: String,
+    #[serde(default)]
+    pub probe_spec: Option<ProbeSpec>,
+    /// Unset or empty: matches nothing (Linkerd's `isExported`).
+    #[serde(default)]
+    pub selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub remote_discovery_selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub federated_service_selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub excluded_annotations: Vec<String>,
+    #[serde(default)]
+    pub excluded_labels: Vec<String>,
+}
+
+fn default_cluster_domain() -> String {
+    "cluster.local".into()
+}
+
+/// A number that Linkerd's CRDs write as a string (`gatewayPort: "4143"`) or a number.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum IntOrString {
+    Int(i64),
+    String(String),
+}
+
+impl IntOrString {
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            IntOrString::Int(n) => u64::try_from(*n).ok(),
+            IntOrString::String(s) => s.trim().parse().ok(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeSpec {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub port: Option<IntOrString>,
+    /// A duration (`3s`); Linkerd's older Links write seconds as a number.
+    #[serde(default)]
+    pub period: Option<IntOrString>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub failure_threshold: Option<IntOrString>,
+}
+
 /// `EgressNetwork` (policy.linkerd.io v1alpha1): traffic to networks outside the cluster, allowed
 /// or denied by default, with routes (`parentRefs` of kind EgressNetwork) for the exceptions
 /// (LINKERD-WIRE.md §13).
@@ -564,6 +643,8 @@ pub enum Kind {
     TlsRoute,
     TrafficSplit,
     EgressNetwork,
+    /// multicluster.linkerd.io
+    Link,
 }
 
 impl Kind {
@@ -582,6 +663,7 @@ impl Kind {
             Kind::TlsRoute => "TLSRoute",
             Kind::TrafficSplit => "TrafficSplit",
             Kind::EgressNetwork => "EgressNetwork",
+            Kind::Link => "Link",
         }
     }
 
@@ -592,6 +674,7 @@ impl Kind {
             Kind::ExternalWorkload => "workload.linkerd.io",
             Kind::HttpRoute | Kind::GrpcRoute | Kind::TcpRoute | Kind::TlsRoute => "gateway.networking.k8s.io",
             Kind::TrafficSplit => "split.smi-spec.io",
+            Kind::Link => "multicluster.linkerd.io",
             _ => "policy.linkerd.io",
         }
     }
@@ -614,6 +697,7 @@ impl Kind {
             ("gateway.networking.k8s.io", "TLSRoute") => Kind::TlsRoute,
             ("split.smi-spec.io", "TrafficSplit") => Kind::TrafficSplit,
             ("policy.linkerd.io", "EgressNetwork") => Kind::EgressNetwork,
+            ("multicluster.linkerd.io", "Link") => Kind::Link,
             _ => return None,
         })
     }
@@ -631,6 +715,7 @@ pub enum Resource {
     Route(Kind, Arc<Route>),
     TrafficSplit(Arc<TrafficSplit>),
     EgressNetwork(Arc<EgressNetwork>),
+    Link(Arc<Link>),
 }
 
 impl Resource {
@@ -646,6 +731,7 @@ impl Resource {
             Resource::Route(kind, _) => *kind,
             Resource::TrafficSplit(_) => Kind::TrafficSplit,
             Resource::EgressNetwork(_) => Kind::EgressNetwork,
+            Resource::Link(_) => Kind::Link,
         }
     }
 
@@ -661,6 +747,7 @@ impl Resource {
             Resource::Route(_, r) => &r.metadata,
             Resource::TrafficSplit(r) => &r.metadata,
             Resource::EgressNetwork(r) => &r.metadata,
+            Resource::Link(r) => &r.metadata,
         }
     }
 
@@ -858,6 +945,7 @@ pub fn parse_object(value: serde_json::Value, unknown: &mut Vec<String>) -> Resu
         Kind::HttpRoute | Kind::PolicyHttpRoute | Kind::GrpcRoute | Kind::TcpRoute | Kind::TlsRoute => de(value, i).map(|r| Resource::Route(kind, Arc::new(r))),
         Kind::TrafficSplit => de(value, i).map(|r| Resource::TrafficSplit(Arc::new(r))),
         Kind::EgressNetwork => de(value, i).map(|r| Resource::EgressNetwork(Arc::new(r))),
+        Kind::Link => de(value, i).map(|r| Resource::Link(Arc::new(r))),
     };
     if kind != Kind::Service {
         unknown.extend(ignored.into_iter().filter(|p| p.starts_with("spec.") || p.starts_with("spec[")).map(|p| format!("{label}: unknown field {p:?}")));

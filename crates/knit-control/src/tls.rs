@@ -46,13 +46,31 @@ pub(crate) fn issue(service: &Service, name: &str) -> anyhow::Result<(Arc<Certif
 /// The serving configuration (h2 only: every port is gRPC) and the task that keeps its
 /// certificate fresh.
 pub fn serve_config(service: Arc<Service>, name: String) -> anyhow::Result<(Arc<rustls::ServerConfig>, impl std::future::Future<Output = ()>)> {
+    serve_config_with(service, name, false)
+}
+
+/// As [`serve_config`]; with `mtls`, clients must present a certificate under the trust anchors.
+/// The anchors are read once: a new bundle takes a restart.
+pub fn serve_config_with(
+    service: Arc<Service>,
+    name: String,
+    mtls: bool,
+) -> anyhow::Result<(Arc<rustls::ServerConfig>, impl std::future::Future<Output = ()>)> {
     let (first, mut renew_in) = issue(&service, &name)?;
     let resolver = Arc::new(Resolver(RwLock::new(first)));
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| anyhow::anyhow!("control-plane TLS: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver.clone());
+        .map_err(|e| anyhow::anyhow!("control-plane TLS: {e}"))?;
+    let builder = if mtls {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&service)?), provider)
+            .build()
+            .map_err(|e| anyhow::anyhow!("client verification: {e}"))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
     let mut reloads = service.reloads();
     let renew = async move {
@@ -75,4 +93,62 @@ pub fn serve_config(service: Arc<Service>, name: String) -> anyhow::Result<(Arc<
         }
     };
     Ok((Arc::new(config), renew))
+}
+
+/// A client certificate for the control plane's own identity, issued by its CA and renewed at
+/// half its life, with the trust anchors as roots: what it dials other mesh parties with (a
+/// proxy's tap port, a linked cluster's control plane).
+pub struct ClientTls {
+    service: Arc<Service>,
+    identity: String,
+    current: std::sync::Mutex<Option<(Arc<rustls::ClientConfig>, std::time::Instant)>>,
+}
+
+#[derive(Debug)]
+struct OneCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for OneCert {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl ClientTls {
+    pub fn new(service: Arc<Service>, identity: String) -> Self {
+        Self { service, identity, current: std::sync::Mutex::new(None) }
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    pub fn config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((c, renew_at)) = current.as_ref() {
+            if std::time::Instant::now() < *renew_at {
+                return Ok(c.clone());
+            }
+        }
+        let (key, renew_in) = issue(&self.service, &self.identity)?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| anyhow::anyhow!("client TLS: {e}"))?
+            .with_root_certificates(roots(&self.service)?)
+            .with_client_cert_resolver(Arc::new(OneCert(key)));
+        let config = Arc::new(config);
+        *current = Some((config.clone(), std::time::Instant::now() + renew_in));
+        Ok(config)
+    }
+}
+
+/// The trust anchors, as rustls roots.
+fn roots(service: &Service) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in &service.ca().anchors_der {
+        roots.add(der.clone().into()).map_err(|e| anyhow::anyhow!("a trust anchor: {e}"))?;
+    }
+    Ok(roots)
 }

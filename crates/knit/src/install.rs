@@ -180,12 +180,13 @@ fn set(t: &mut knit_control::inject::values::TracingValues, pair: &str) -> anyho
 }
 
 /// The CRDs, one file each, shared with the Helm chart.
-pub const CRDS: [&str; 9] = [
+pub const CRDS: [&str; 10] = [
     include_str!("../../../charts/knit/crds/authorization-policy.yaml"),
     include_str!("../../../charts/knit/crds/egress-network.yaml"),
     include_str!("../../../charts/knit/crds/external-workload.yaml"),
     include_str!("../../../charts/knit/crds/http-local-ratelimit-policy.yaml"),
     include_str!("../../../charts/knit/crds/httproute.yaml"),
+    include_str!("../../../charts/knit/crds/link.yaml"),
     include_str!("../../../charts/knit/crds/meshtls-authentication.yaml"),
     include_str!("../../../charts/knit/crds/network-authentication.yaml"),
     include_str!("../../../charts/knit/crds/server.yaml"),

@@ -59,6 +59,8 @@ pub fn compute(model: &Model, cfg: &IndexConfig, key: &SvcPort) -> Option<Endpoi
 pub const REMOTE_SVC_FQ_NAME: &str = "mirror.linkerd.io/remote-svc-fq-name";
 /// The annotation of a mirror's endpoints (the gateway's addresses): the identity the gateway proves.
 pub const REMOTE_GATEWAY_IDENTITY: &str = "mirror.linkerd.io/remote-gateway-identity";
+/// The label of every mirrored Service.
+pub const MIRRORED_SERVICE_LABEL: &str = "mirror.linkerd.io/mirrored-service";
 /// The label of a mirrored Service: the cluster it comes from.
 pub const CLUSTER_NAME_LABEL: &str = "mirror.linkerd.io/cluster-name";
 

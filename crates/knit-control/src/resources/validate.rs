@@ -26,6 +26,10 @@ pub fn validate(resource: Resource) -> Result<Resource, Invalid> {
             }
             Resource::Route(kind, Arc::new(r))
         }
+        Resource::Link(l) => {
+            crate::multicluster::LinkSettings::of(&l)?;
+            Resource::Link(l)
+        }
         Resource::EgressNetwork(e) => {
             if e.spec.networks.as_ref().is_some_and(Vec::is_empty) {
                 return Err(("spec.networks".into(), "must list at least one network, or be left out for everything outside the cluster".into()));

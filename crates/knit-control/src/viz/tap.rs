@@ -11,13 +11,13 @@ use linkerd2_proxy_api::tap::{
     tap_event::{self, http::Event as HttpEvent},
     ObserveRequest, TapEvent,
 };
-use rustls::{client::ResolvesClientCert, pki_types::ServerName, sign::CertifiedKey, ClientConfig, RootCertStore};
+use rustls::{pki_types::ServerName, ClientConfig};
 use std::{
     collections::HashMap,
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
@@ -79,54 +79,18 @@ pub struct Tapped {
     pub error: Option<String>,
 }
 
-/// The client certificate knit-control taps with, renewed at half its life.
+/// knit-control's tap client: mTLS as its own identity (`tls::ClientTls`).
 pub struct Client {
-    service: Arc<Service>,
-    identity: String,
-    current: Mutex<Option<(Arc<ClientConfig>, Instant)>>,
-}
-
-#[derive(Debug)]
-struct OneCert(Arc<CertifiedKey>);
-
-impl ResolvesClientCert for OneCert {
-    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-    fn has_certs(&self) -> bool {
-        true
-    }
+    tls: crate::tls::ClientTls,
 }
 
 impl Client {
     pub fn new(service: Arc<Service>, identity: String) -> Self {
-        Self { service, identity, current: Mutex::new(None) }
+        Self { tls: crate::tls::ClientTls::new(service, identity) }
     }
 
     pub fn identity(&self) -> &str {
-        &self.identity
-    }
-
-    fn config(&self) -> anyhow::Result<Arc<ClientConfig>> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((c, renew_at)) = current.as_ref() {
-            if Instant::now() < *renew_at {
-                return Ok(c.clone());
-            }
-        }
-        let (key, renew_in) = crate::tls::issue(&self.service, &self.identity)?;
-        let mut roots = RootCertStore::empty();
-        for der in &self.service.ca().anchors_der {
-            roots.add(der.clone().into()).map_err(|e| anyhow::anyhow!("a trust anchor: {e}"))?;
-        }
-        let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| anyhow::anyhow!("tap TLS: {e}"))?
-            .with_root_certificates(roots)
-            .with_client_cert_resolver(Arc::new(OneCert(key)));
-        let config = Arc::new(config);
-        *current = Some((config.clone(), Instant::now() + renew_in));
-        Ok(config)
+        self.tls.identity()
     }
 
     /// Taps `targets` with `filter` until `out` closes, at most `max_rps` requests per second in
@@ -170,7 +134,7 @@ impl Client {
 
     async fn observe(&self, target: &Target, filter: &Filter, tx: &mpsc::Sender<Result<Tapped, String>>) -> anyhow::Result<()> {
         let name = target.identity.clone().ok_or_else(|| anyhow::anyhow!("not meshed (no identity): its proxy cannot be tapped"))?;
-        let connector = Connect { config: self.config()?, name: ServerName::try_from(name.clone())?, addr: target.tap };
+        let connector = Connect { config: self.tls.config()?, name: ServerName::try_from(name.clone())?, addr: target.tap };
         let channel = tonic::transport::Endpoint::from_static("http://tap.knit")
             .connect_with_connector(connector)
             .await

@@ -6,6 +6,7 @@ mod control_tls;
 mod egress;
 mod fixture;
 mod gateway;
+mod multicluster;
 mod opaque;
 mod policy;
 mod rotation;

@@ -150,12 +150,40 @@ impl LocalMesh {
         Self::start_full(name, tls, cluster_networks, None).await
     }
 
+    /// Another cluster linked to `other`: the same trust anchor, its own issuer and tokens.
+    pub async fn start_linked(name: &str, other: &LocalMesh, configure: Option<ControlConfigure>) -> Self {
+        Self::start_all(name, false, None, configure, Some(other.dir.join("identity"))).await
+    }
+
     async fn start_full(name: &str, tls: bool, cluster_networks: Option<Vec<ipnet::IpNet>>, configure: Option<ControlConfigure>) -> Self {
+        Self::start_all(name, tls, cluster_networks, configure, None).await
+    }
+
+    async fn start_all(
+        name: &str,
+        tls: bool,
+        cluster_networks: Option<Vec<ipnet::IpNet>>,
+        configure: Option<ControlConfigure>,
+        anchor_of: Option<PathBuf>,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("knit-discovery-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         let material = layout::init(&dir.join("identity"), &layout::Params::default()).unwrap();
+        if let Some(other) = anchor_of {
+            // The other cluster's anchor replaces this one's, and signs a new issuer here.
+            let id = dir.join("identity");
+            for f in [layout::TRUST_ANCHORS, layout::ANCHOR_KEY] {
+                std::fs::copy(other.join(f), id.join(f)).unwrap();
+            }
+            let anchor = knit_identity::create::Credentials {
+                cert_pem: std::fs::read_to_string(id.join(layout::TRUST_ANCHORS)).unwrap(),
+                key_pem: std::fs::read_to_string(id.join(layout::ANCHOR_KEY)).unwrap(),
+            };
+            let issuer = knit_identity::create::issuer(&format!("identity.{name}.cluster.local"), Duration::from_secs(86_400), &anchor).unwrap();
+            layout::write_issuer(&id, &issuer).unwrap();
+        }
         let any = "127.0.0.1:0".parse().unwrap();
         let (control, shutdown) = Self::start_control_at(&dir, tls, cluster_networks.as_deref(), configure.as_ref(), [any; 3]).await;
         let anchors_file = dir.join("identity").join(layout::TRUST_ANCHORS);

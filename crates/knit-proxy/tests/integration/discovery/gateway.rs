@@ -39,7 +39,7 @@ fn fq(name: &str) -> String {
     format!("{name}.{NS}.{SUFFIX}")
 }
 
-async fn client(mesh: &LocalMesh, authorities: &[String]) -> (TestProxy, Vec<SocketAddr>) {
+pub(super) async fn client(mesh: &LocalMesh, authorities: &[String]) -> (TestProxy, Vec<SocketAddr>) {
     let mut forwards = BTreeMap::new();
     for a in authorities {
         forwards.insert(free_port().await, a.parse::<Authority>().unwrap());
@@ -50,7 +50,7 @@ async fn client(mesh: &LocalMesh, authorities: &[String]) -> (TestProxy, Vec<Soc
 }
 
 /// One GET through a port forward, with extra headers: status and body.
-async fn get(to: SocketAddr, headers: &[(&str, &str)]) -> (u16, String) {
+pub(super) async fn get(to: SocketAddr, headers: &[(&str, &str)]) -> (u16, String) {
     let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
     let mut req = http::Request::get(format!("http://{to}/")).header("host", "books-east");
     for (k, v) in headers {

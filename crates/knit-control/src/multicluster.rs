@@ -1,0 +1,252 @@
+//! Multicluster, the control plane's half (LINKERD-WIRE.md §12): linked clusters in local mode.
+//!
+//! - [`exports`]: the API a linked control plane reads. `knit-control --multicluster-addr` serves,
+//!   over mTLS (a client certificate under the shared trust anchors, and a control plane's
+//!   identity), the Services a selector picks, as a stream of snapshots.
+//! - [`mirror`]: the service mirror. For each `Link` whose remote is another knit-control, it
+//!   follows that stream and writes, as a source of the index, a mirror Service `<svc>-<cluster>`
+//!   for each exported Service, whose endpoint is the remote gateway with its identity (so
+//!   Destination answers with `authority_override`, `index/endpoints.rs`); and it probes the
+//!   gateway, taking the endpoints away while it is down.
+//!
+//! Linkerd's service mirror reads the remote cluster's API server with a kubeconfig; a local-mode
+//! mesh has no API server, so the remote is a knit-control, named by two annotations of the Link:
+//! `knit.dev/remote-control-plane` (`HOST:PORT` of its multicluster port) and
+//! `knit.dev/remote-control-plane-identity` (the identity it proves).
+
+pub mod exports;
+pub mod mirror;
+
+use crate::resources::{LabelSelector, Link};
+use std::{net::IpAddr, net::SocketAddr, time::Duration};
+
+pub const REMOTE_ANNOTATION: &str = "knit.dev/remote-control-plane";
+pub const REMOTE_IDENTITY_ANNOTATION: &str = "knit.dev/remote-control-plane-identity";
+
+/// A Link, checked: what the mirror needs of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinkSettings {
+    /// `namespace/name` of the Link.
+    pub key: String,
+    pub cluster: String,
+    pub cluster_domain: String,
+    pub gateways: Vec<IpAddr>,
+    pub gateway_port: u16,
+    pub gateway_identity: String,
+    pub probe: Probe,
+    /// `None` (unset or empty): nothing is mirrored.
+    pub selector: Option<LabelSelector>,
+    pub excluded_labels: Vec<String>,
+    pub excluded_annotations: Vec<String>,
+    /// The remote knit-control, in local mode.
+    pub remote: Option<Remote>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub path: String,
+    pub port: u16,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Remote {
+    pub addr: SocketAddr,
+    pub identity: String,
+}
+
+type Invalid = (String, String);
+
+fn invalid(field: &str, reason: impl Into<String>) -> Invalid {
+    (field.to_string(), reason.into())
+}
+
+impl LinkSettings {
+    /// Checks a Link the way `linkerd multicluster link` writes one; every field that would make
+    /// the mirror fail later is refused here, with its name.
+    pub fn of(link: &Link) -> Result<Self, Invalid> {
+        let s = &link.spec;
+        let label = |v: &str| !v.is_empty() && v.len() <= 63 && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !label(&s.target_cluster_name) {
+            return Err(invalid("spec.targetClusterName", "expected a DNS label (lower-case letters, digits and '-'), as mirror names end with it"));
+        }
+        let mut gateways = Vec::new();
+        for a in s.gateway_address.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let ip = a.parse().map_err(|_| invalid("spec.gatewayAddress", format!("{a:?} is not an IP address (local mode does not resolve names)")))?;
+            gateways.push(ip);
+        }
+        if gateways.is_empty() {
+            return Err(invalid("spec.gatewayAddress", "expected the gateway's addresses, comma-separated"));
+        }
+        let port = |field: &str, v: Option<&crate::resources::IntOrString>, default: u16| -> Result<u16, Invalid> {
+            match v {
+                None => Ok(default),
+                Some(v) => v.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0).ok_or_else(|| invalid(field, "expected a port from 1 to 65535")),
+            }
+        };
+        let gateway_port = port("spec.gatewayPort", s.gateway_port.as_ref(), 4143)?;
+        if s.gateway_identity.trim().is_empty() {
+            return Err(invalid("spec.gatewayIdentity", "expected the identity the gateway proves"));
+        }
+        let p = s.probe_spec.clone().unwrap_or_default();
+        let period = match &p.period {
+            None => Duration::from_secs(3),
+            Some(crate::resources::IntOrString::Int(n)) => Duration::from_secs(u64::try_from(*n).unwrap_or(0)),
+            Some(crate::resources::IntOrString::String(v)) => knit_core::parse::duration(v)
+                .or_else(|_| v.parse::<u64>().map(Duration::from_secs))
+                .map_err(|_| invalid("spec.probeSpec.period", "expected a duration like 3s"))?,
+        };
+        if period.is_zero() {
+            return Err(invalid("spec.probeSpec.period", "must be more than zero"));
+        }
+        let timeout = match &p.timeout {
+            None => Duration::from_secs(30),
+            Some(v) => knit_core::parse::duration(v).map_err(|_| invalid("spec.probeSpec.timeout", "expected a duration like 30s"))?,
+        };
+        let failure_threshold = match &p.failure_threshold {
+            None => 3,
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("spec.probeSpec.failureThreshold", "expected a count of 1 or more"))?,
+        };
+        let path = p.path.clone().unwrap_or_else(|| "/ready".into());
+        if !path.starts_with('/') {
+            return Err(invalid("spec.probeSpec.path", "expected a path starting with /"));
+        }
+        let probe = Probe {
+            path,
+            port: port("spec.probeSpec.port", p.port.as_ref(), 4191)?,
+            period,
+            timeout: timeout.min(period.max(Duration::from_secs(1))),
+            failure_threshold,
+        };
+        let annotations = &link.metadata.annotations;
+        let remote = match (annotations.get(REMOTE_ANNOTATION), annotations.get(REMOTE_IDENTITY_ANNOTATION)) {
+            (None, None) => None,
+            (Some(addr), Some(identity)) if !identity.trim().is_empty() => Some(Remote {
+                addr: addr.trim().parse().map_err(|_| invalid(&format!("metadata.annotations.{REMOTE_ANNOTATION}"), format!("{addr:?} is not IP:PORT")))?,
+                identity: identity.trim().to_string(),
+            }),
+            _ => return Err(invalid("metadata.annotations", format!("{REMOTE_ANNOTATION} and {REMOTE_IDENTITY_ANNOTATION} go together"))),
+        };
+        let selector = s.selector.clone().filter(|sel| !sel.match_labels.is_empty() || !sel.match_expressions.is_empty());
+        Ok(Self {
+            key: format!("{}/{}", link.metadata.namespace, link.metadata.name),
+            cluster: s.target_cluster_name.clone(),
+            cluster_domain: s.target_cluster_domain.trim_end_matches('.').to_string(),
+            gateways,
+            gateway_port,
+            gateway_identity: s.gateway_identity.trim().to_string(),
+            probe,
+            selector,
+            excluded_labels: s.excluded_labels.clone(),
+            excluded_annotations: s.excluded_annotations.clone(),
+            remote,
+        })
+    }
+}
+
+/// Whether `key` is excluded by a list of names and `prefix*` patterns.
+fn excluded(patterns: &[String], key: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => key.starts_with(prefix),
+        None => p == key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{exports::Snapshot, *};
+    use crate::resources::{parse, Resource};
+
+    const LINK: &str = "apiVersion: multicluster.linkerd.io/v1alpha3
+kind: Link
+metadata:
+  name: east
+  namespace: linkerd-multicluster
+  annotations: {knit.dev/remote-control-plane: '10.1.0.2:8095', knit.dev/remote-control-plane-identity: knit-control.knit.serviceaccount.identity.knit.cluster.local}
+spec:
+  targetClusterName: east
+  targetClusterDomain: east.local
+  gatewayAddress: 10.1.0.5, 10.1.0.6
+  gatewayPort: '4143'
+  gatewayIdentity: linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.east.local
+  probeSpec: {path: /ready, port: '4191', period: 3s, timeout: 30s, failureThreshold: '3'}
+  selector: {matchLabels: {mirror.linkerd.io/exported: 'true'}}
+  excludedLabels: [team/*]
+";
+
+    fn link(yaml: &str) -> Result<LinkSettings, String> {
+        let (resources, errors) = parse("link.yaml", yaml);
+        match resources.first() {
+            Some(Resource::Link(l)) => Ok(LinkSettings::of(l).expect("parse validated it")),
+            _ => Err(errors.join("; ")),
+        }
+    }
+
+    #[test]
+    fn a_link_as_linkerd_writes_it() {
+        let s = link(LINK).unwrap();
+        assert_eq!((s.key.as_str(), s.cluster.as_str(), s.cluster_domain.as_str()), ("linkerd-multicluster/east", "east", "east.local"));
+        assert_eq!(s.gateways, ["10.1.0.5".parse::<IpAddr>().unwrap(), "10.1.0.6".parse().unwrap()]);
+        assert_eq!(s.gateway_port, 4143);
+        assert_eq!(s.probe, Probe { path: "/ready".into(), port: 4191, period: Duration::from_secs(3), timeout: Duration::from_secs(3), failure_threshold: 3 });
+        assert_eq!(s.remote.as_ref().map(|r| r.addr.to_string()).as_deref(), Some("10.1.0.2:8095"));
+        // Older Links write the period as a number of seconds; an empty selector mirrors nothing.
+        let old =
+            link(&LINK.replace("period: 3s", "period: 5").replace("selector: {matchLabels: {mirror.linkerd.io/exported: 'true'}}", "selector: {}")).unwrap();
+        assert_eq!((old.probe.period, old.selector), (Duration::from_secs(5), None));
+    }
+
+    #[test]
+    fn a_bad_link_is_refused_with_its_field() {
+        for (from, to, field) in [
+            ("targetClusterName: east", "targetClusterName: East_1", "spec.targetClusterName"),
+            ("gatewayAddress: 10.1.0.5, 10.1.0.6", "gatewayAddress: gw.example.com", "spec.gatewayAddress"),
+            ("gatewayAddress: 10.1.0.5, 10.1.0.6", "gatewayAddress: ''", "spec.gatewayAddress"),
+            ("gatewayPort: '4143'", "gatewayPort: '70000'", "spec.gatewayPort"),
+            ("failureThreshold: '3'", "failureThreshold: '0'", "spec.probeSpec.failureThreshold"),
+            ("period: 3s", "period: soon", "spec.probeSpec.period"),
+            ("'10.1.0.2:8095'", "'knit-control-east'", "knit.dev/remote-control-plane"),
+            ("gatewayIdentity: linkerd-gateway", "gatewayIdentity: ''\n  x: linkerd-gateway", "spec.gatewayIdentity"),
+        ] {
+            let e = link(&LINK.replace(from, to)).unwrap_err();
+            assert!(e.contains(field), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn mirrors_follow_the_exports_and_the_gateway() {
+        let s = link(LINK).unwrap();
+        let snapshot: Snapshot = serde_json::from_value(serde_json::json!({"services": [{
+            "name": "books", "namespace": "shop", "ready": true,
+            "labels": {"app": "books", "team/owner": "x", "mirror.linkerd.io/exported": "true"},
+            "annotations": {"config.linkerd.io/opaque-ports": "6379", "service.kubernetes.io/topology-mode": "Auto"},
+            "ports": [{"name": "http", "port": 8080}, {"name": "redis", "port": 6379}],
+        }]}))
+        .unwrap();
+        let resources = mirror::mirrors(&s, &snapshot, true);
+        let Some(Resource::Service(svc)) = resources.iter().find(|r| matches!(r, Resource::Service(_))) else { panic!("{resources:?}") };
+        assert_eq!((svc.metadata.name.as_str(), svc.metadata.namespace.as_str()), ("books-east", "shop"));
+        let labels: Vec<_> = svc.metadata.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(labels, ["app=books", "mirror.linkerd.io/cluster-name=east", "mirror.linkerd.io/mirrored-service=true"]);
+        assert_eq!(svc.metadata.annotations.get("mirror.linkerd.io/remote-svc-fq-name").map(String::as_str), Some("books.shop.svc.east.local"));
+        assert!(!svc.metadata.annotations.contains_key("service.kubernetes.io/topology-mode"));
+        assert_eq!(svc.config.opaque_ports.as_ref().map(|p| p.contains(&6379)), Some(true), "annotations are parsed as any Service's");
+        let Some(Resource::ExternalWorkload(w)) = resources.iter().find(|r| matches!(r, Resource::ExternalWorkload(_))) else { panic!() };
+        assert_eq!(w.spec.workload_ips.len(), 2, "the gateway's addresses");
+        assert!(w.spec.ports.iter().all(|p| p.port == 4143));
+        // Down gateway, or no ready endpoint there: the mirror stays, without endpoints.
+        for (ready, alive) in [(true, false), (false, true)] {
+            let mut snap = snapshot.clone();
+            snap.services[0].ready = ready;
+            let r = mirror::mirrors(&s, &snap, alive);
+            assert!(r.iter().any(|r| matches!(r, Resource::Service(_))));
+            assert!(r.iter().all(|r| !matches!(r, Resource::ExternalWorkload(w) if !w.spec.workload_ips.is_empty())));
+        }
+    }
+}

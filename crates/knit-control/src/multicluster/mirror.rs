@@ -1,0 +1,362 @@
+//! The service mirror (LINKERD-WIRE.md §12.1), for Links whose remote is another knit-control.
+//!
+//! One worker per Link. It follows the remote's exports ([`super::exports`]) and probes the
+//! gateway (`GET http://GATEWAY:probePort/probePath`, every `period`, `timeout` each; only 200 is
+//! a success). What it knows is written to the index as one source, `multicluster/NS/LINK`:
+//! - for each exported Service `svc`: a Service `svc-<cluster>` in the same namespace, with the
+//!   remote's ports, labels (without `mirror.linkerd.io/*`) and annotations (without the topology
+//!   ones), plus `mirror.linkerd.io/mirrored-service`, `mirror.linkerd.io/cluster-name` and
+//!   `mirror.linkerd.io/remote-svc-fq-name`; and its endpoints, as an EndpointSlice would give
+//!   them: the gateway's addresses on the gateway port, annotated with the gateway's identity.
+//!   Destination then answers with the gateway and `authority_override` (`index/endpoints.rs`);
+//! - the endpoints are empty while the remote Service has none ready, and while the gateway has
+//!   failed `failureThreshold` probes in a row (until one succeeds).
+//!
+//! When the remote cannot be reached, the mirrors stay as they were last seen (a remote control
+//! plane restarting must not take its Services away here), and the worker reconnects with
+//! backoff. A Link removed or changed stops its worker and removes (or replaces) its mirrors.
+
+use super::{
+    excluded,
+    exports::{ExportRequest, Snapshot, PATH},
+    LinkSettings,
+};
+use crate::{
+    index::{Index, CLUSTER_NAME_LABEL, ENDPOINT_SLICE_LABEL, MIRRORED_SERVICE_LABEL, REMOTE_GATEWAY_IDENTITY, REMOTE_SVC_FQ_NAME},
+    resources::Resource,
+    tls::ClientTls,
+};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::{
+    metrics::{family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde_json::json;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// The largest snapshot line read from a remote: 1,000 Services fit in a few hundred KiB.
+const MAX_SNAPSHOT_BYTES: usize = 16 << 20;
+/// Past this long without a byte (the remote sends one every 15 s), the stream is dead.
+const REMOTE_SILENCE: Duration = Duration::from_secs(45);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The mirror's metrics, by `target_cluster`.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// 1 while the gateway passes its probe.
+    pub gateway_alive: Family<Labels, Gauge>,
+    /// The last successful probe's latency, in milliseconds.
+    pub probe_latency_ms: Family<Labels, Gauge>,
+    /// Mirror Services written.
+    pub mirrored_services: Family<Labels, Gauge>,
+    /// 1 while the remote control plane's exports are being followed.
+    pub remote_connected: Family<Labels, Gauge>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register("multicluster_gateway_alive", "Whether a linked cluster's gateway passes its probe", m.gateway_alive.clone());
+        registry.register("multicluster_gateway_probe_latency_ms", "Latency of the gateway's last successful probe", m.probe_latency_ms.clone());
+        registry.register("multicluster_mirrored_services", "Services mirrored from a linked cluster", m.mirrored_services.clone());
+        registry.register("multicluster_remote_connected", "Whether the linked cluster's control plane is being followed", m.remote_connected.clone());
+        m
+    }
+
+    fn clear(&self, cluster: &str) {
+        let l = labels(cluster);
+        for f in [&self.gateway_alive, &self.probe_latency_ms, &self.mirrored_services, &self.remote_connected] {
+            f.remove(&l);
+        }
+    }
+}
+
+fn labels(cluster: &str) -> Labels {
+    vec![("target_cluster", cluster.to_string())]
+}
+
+/// Starts, replaces and stops one worker per Link as the Links in the index change.
+pub async fn run(index: Arc<Index>, tls: Arc<ClientTls>, metrics: Metrics) {
+    let mut changes = index.changes();
+    let mut workers: HashMap<String, (LinkSettings, tokio::task::JoinHandle<()>)> = HashMap::new();
+    loop {
+        let mut wanted = HashMap::new();
+        for link in index.links() {
+            match LinkSettings::of(&link) {
+                Ok(s) if s.remote.is_some() => {
+                    wanted.insert(s.key.clone(), s);
+                }
+                Ok(s) => tracing::debug!(link = %s.key, "a Link without knit.dev/remote-control-plane: not mirrored in local mode"),
+                Err((field, reason)) => tracing::warn!(link = %link.metadata.name, %field, %reason, "invalid Link"),
+            }
+        }
+        workers.retain(|key, (settings, task)| {
+            if wanted.get(key) == Some(settings) {
+                return true;
+            }
+            task.abort();
+            index.reset(&source(key), Vec::new());
+            metrics.clear(&settings.cluster);
+            tracing::info!(link = %key, "stopped mirroring");
+            false
+        });
+        for (key, settings) in wanted {
+            if workers.contains_key(&key) {
+                continue;
+            }
+            tracing::info!(link = %key, cluster = %settings.cluster, remote = ?settings.remote.as_ref().map(|r| r.addr), "mirroring a linked cluster");
+            let worker = Arc::new(Worker { settings: settings.clone(), index: index.clone(), metrics: metrics.clone(), state: Mutex::default() });
+            let task = tokio::spawn(worker.run(tls.clone()));
+            workers.insert(key, (settings, task));
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn source(link_key: &str) -> String {
+    format!("multicluster/{link_key}")
+}
+
+struct Worker {
+    settings: LinkSettings,
+    index: Arc<Index>,
+    metrics: Metrics,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The remote's exports as last seen; `None` before the first snapshot.
+    exports: Option<Snapshot>,
+    /// Whether the gateway passes its probe (false until the first success).
+    alive: bool,
+    /// What was last written to the index, to write only changes.
+    written: Option<(Snapshot, bool)>,
+}
+
+impl Worker {
+    /// Probes the gateway and follows the remote, in this one task: aborting it stops both.
+    async fn run(self: Arc<Self>, tls: Arc<ClientTls>) {
+        tokio::join!(self.probe_loop(), self.follow_loop(&tls));
+    }
+
+    async fn follow_loop(&self, tls: &ClientTls) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let started = Instant::now();
+            match self.follow(tls).await {
+                Ok(()) => tracing::info!(cluster = %self.settings.cluster, "the linked control plane ended the exports stream"),
+                Err(e) => {
+                    tracing::warn!(cluster = %self.settings.cluster, error = %format!("{e:#}"), retry_in = ?backoff, "cannot follow the linked control plane's exports")
+                }
+            }
+            self.metrics.remote_connected.get_or_create(&labels(&self.settings.cluster)).set(0);
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_secs(1);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Follows the remote's exports until the stream ends or fails.
+    async fn follow(&self, tls: &ClientTls) -> anyhow::Result<()> {
+        let remote = self.settings.remote.as_ref().expect("workers are started for remote Links");
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(remote.addr))
+            .await
+            .map_err(|_| anyhow::anyhow!("connecting to {} timed out", remote.addr))??;
+        let name = rustls::pki_types::ServerName::try_from(remote.identity.clone())?;
+        let io = tokio::time::timeout(CONNECT_TIMEOUT, tokio_rustls::TlsConnector::from(tls.config()?).connect(name, tcp))
+            .await
+            .map_err(|_| anyhow::anyhow!("TLS with {} timed out", remote.addr))?
+            .map_err(|e| anyhow::anyhow!("TLS with {} (expecting {}): {e}", remote.addr, remote.identity))?;
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(io))
+            .await?;
+        tokio::spawn(conn);
+        let selector = self.settings.selector.clone().unwrap_or_default();
+        let body = serde_json::to_vec(&ExportRequest { selector })?;
+        let uri = format!("https://{}{PATH}", remote.addr);
+        let req = http::Request::post(uri).header(http::header::CONTENT_TYPE, "application/json").body(Full::new(Bytes::from(body)))?;
+        let rsp = sender.send_request(req).await?;
+        if !rsp.status().is_success() {
+            let status = rsp.status();
+            let text = rsp.into_body().collect().await.map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned()).unwrap_or_default();
+            anyhow::bail!("the linked control plane answered {status}: {}", text.trim());
+        }
+        self.metrics.remote_connected.get_or_create(&labels(&self.settings.cluster)).set(1);
+        let mut body = rsp.into_body();
+        let mut buf = BytesMut::new();
+        loop {
+            let frame = match tokio::time::timeout(REMOTE_SILENCE, body.frame()).await {
+                Err(_) => anyhow::bail!("nothing from the linked control plane for {REMOTE_SILENCE:?}"),
+                Ok(None) => return Ok(()),
+                Ok(Some(f)) => f?,
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            buf.extend_from_slice(&data);
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let line = buf.split_to(end + 1);
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let snapshot: Snapshot = serde_json::from_slice(&line).map_err(|e| anyhow::anyhow!("a malformed snapshot: {e}"))?;
+                self.state.lock().unwrap_or_else(|p| p.into_inner()).exports = Some(snapshot);
+                self.publish();
+            }
+            if buf.len() > MAX_SNAPSHOT_BYTES {
+                anyhow::bail!("a snapshot longer than {MAX_SNAPSHOT_BYTES} bytes");
+            }
+        }
+    }
+
+    async fn probe_loop(&self) {
+        let p = &self.settings.probe;
+        let cluster = labels(&self.settings.cluster);
+        let mut failures = 0u32;
+        loop {
+            // Every gateway address is probed; one that answers is enough.
+            let mut ok = None;
+            let mut last_error = String::new();
+            for ip in &self.settings.gateways {
+                match probe(std::net::SocketAddr::new(*ip, p.port), &p.path, p.timeout).await {
+                    Ok(latency) => {
+                        ok = Some(latency);
+                        break;
+                    }
+                    Err(e) => last_error = e,
+                }
+            }
+            let alive = match ok {
+                Some(latency) => {
+                    failures = 0;
+                    self.metrics.probe_latency_ms.get_or_create(&cluster).set(i64::try_from(latency.as_millis()).unwrap_or(i64::MAX));
+                    true
+                }
+                None => {
+                    failures = failures.saturating_add(1);
+                    tracing::info!(cluster = %self.settings.cluster, failures, error = %last_error, "the gateway failed its probe");
+                    let was = self.state.lock().unwrap_or_else(|p| p.into_inner()).alive;
+                    was && failures < p.failure_threshold
+                }
+            };
+            self.metrics.gateway_alive.get_or_create(&cluster).set(i64::from(alive));
+            let changed = {
+                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                std::mem::replace(&mut st.alive, alive) != alive
+            };
+            if changed {
+                tracing::info!(cluster = %self.settings.cluster, alive, "the gateway's readiness changed");
+                self.publish();
+            }
+            // Jitter of up to a tenth of the period, as Linkerd's probe worker has.
+            let jitter = p.period.mul_f64(fastrand_fraction() * 0.1);
+            tokio::time::sleep(p.period + jitter).await;
+        }
+    }
+
+    /// Writes the mirrors as the state now says, if that changed.
+    fn publish(&self) {
+        let resources = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(exports) = st.exports.clone() else { return };
+            let now = (exports, st.alive);
+            if st.written.as_ref() == Some(&now) {
+                return;
+            }
+            let resources = mirrors(&self.settings, &now.0, now.1);
+            st.written = Some(now);
+            resources
+        };
+        let services = resources.iter().filter(|r| matches!(r, Resource::Service(_))).count();
+        self.metrics.mirrored_services.get_or_create(&labels(&self.settings.cluster)).set(i64::try_from(services).unwrap_or(i64::MAX));
+        self.index.reset(&source(&self.settings.key), resources);
+    }
+}
+
+/// A fraction in [0, 1) from the clock: enough to spread probes, no random crate needed.
+fn fastrand_fraction() -> f64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    f64::from(nanos % 1_000_000) / 1_000_000.0
+}
+
+/// One probe: `GET path` over HTTP/1 within `timeout`; only 200 counts.
+async fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req =
+            http::Request::get(path).header(http::header::HOST, addr.to_string()).body(http_body_util::Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+        let rsp = sender.send_request(req).await.map_err(|e| format!("GET {path} from {addr}: {e}"))?;
+        if rsp.status() != http::StatusCode::OK {
+            return Err(format!("GET {path} from {addr} answered {}", rsp.status()));
+        }
+        Ok(started.elapsed())
+    };
+    tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| Err(format!("GET {path} from {addr} timed out after {timeout:?}")))
+}
+
+/// The mirror Services of `exports` and their endpoints (LINKERD-WIRE.md §12.1).
+pub fn mirrors(link: &LinkSettings, exports: &Snapshot, gateway_alive: bool) -> Vec<Resource> {
+    const TOPOLOGY: [&str; 2] = ["service.kubernetes.io/topology-aware-hints", "service.kubernetes.io/topology-mode"];
+    let mut out = Vec::new();
+    for e in &exports.services {
+        let name = format!("{}-{}", e.name, link.cluster);
+        let mut labels: serde_json::Map<String, serde_json::Value> = e
+            .labels
+            .iter()
+            .filter(|(k, _)| !k.starts_with("mirror.linkerd.io/") && !excluded(&link.excluded_labels, k))
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        labels.insert(MIRRORED_SERVICE_LABEL.into(), json!("true"));
+        labels.insert(CLUSTER_NAME_LABEL.into(), json!(link.cluster));
+        let mut annotations: serde_json::Map<String, serde_json::Value> = e
+            .annotations
+            .iter()
+            .filter(|(k, _)| !TOPOLOGY.contains(&k.as_str()) && !excluded(&link.excluded_annotations, k))
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        let fq_name = format!("{}.{}.svc.{}", e.name, e.namespace, link.cluster_domain);
+        annotations.insert(REMOTE_SVC_FQ_NAME.into(), json!(fq_name));
+        let ports: Vec<_> =
+            e.ports.iter().map(|p| json!({"name": p.name, "port": p.port, "targetPort": link.gateway_port, "appProtocol": p.app_protocol})).collect();
+        let service = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": e.namespace, "labels": labels, "annotations": annotations},
+            "spec": {"ports": ports},
+        });
+        let ips: Vec<_> = if e.ready && gateway_alive { link.gateways.iter().map(|ip| json!({"ip": ip.to_string()})).collect() } else { Vec::new() };
+        let slice_ports: Vec<_> = e.ports.iter().map(|p| json!({"name": p.name, "port": link.gateway_port})).collect();
+        let endpoints = json!({
+            "apiVersion": "workload.linkerd.io/v1beta1", "kind": "ExternalWorkload",
+            "metadata": {
+                "name": format!("mirror/{name}"), "namespace": e.namespace,
+                "labels": {ENDPOINT_SLICE_LABEL: name, CLUSTER_NAME_LABEL: link.cluster},
+                "annotations": {REMOTE_GATEWAY_IDENTITY: link.gateway_identity},
+            },
+            "spec": {"workloadIPs": ips, "ports": slice_ports},
+        });
+        for doc in [service, endpoints] {
+            match crate::resources::parse_document(doc) {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(cluster = %link.cluster, service = %e.name, error = %err, "cannot mirror an exported Service"),
+            }
+        }
+    }
+    out
+}
