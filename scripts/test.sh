@@ -63,8 +63,9 @@ echo "==> transparent interception in network namespaces"
 if [ "$(id -u)" = 0 ]; then
     KNIT_PROXY_BIN=target/debug/knit-proxy tests/netns.sh
     KNIT_PROXY_BIN=target/debug/knit-proxy tests/netns-mesh.sh
+    KNIT_PROXY_BIN=target/debug/knit-proxy tests/netns-multicluster.sh
 else
-    echo "SKIP tests/netns.sh and tests/netns-mesh.sh: need root (network namespaces and iptables)"
+    echo "SKIP tests/netns.sh, tests/netns-mesh.sh and tests/netns-multicluster.sh: need root (network namespaces and iptables)"
 fi
 
 echo "==> container images (release build, FROM scratch, each run chrooted in its own root filesystem)"

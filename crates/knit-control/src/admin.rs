@@ -1,6 +1,7 @@
 //! The control plane's admin server (9990): `/metrics`, `/ready`, `/live`, and, to loopback
 //! peers only (`kubectl port-forward` arrives there), `/identity/leaves`: every unexpired leaf
-//! this control plane signed and the anchor it chains to, which names every meshed workload.
+//! this control plane signed and the anchor it chains to, which names every meshed workload;
+//! and `/multicluster`: each Link's remote, gateway and mirrors (`multicluster/mirror.rs`).
 //!
 //! The index's sizes and the manifest errors are read at scrape time, not mirrored in gauges.
 
@@ -20,12 +21,12 @@ use std::{convert::Infallible, sync::Arc};
 use tokio::net::TcpListener;
 
 /// `kubernetes`: the Kubernetes source's status; `/ready` waits for its first listings.
-pub async fn serve(listener: TcpListener, service: Arc<Service>, kubernetes: Option<crate::k8s::Status>) {
+pub async fn serve(listener: TcpListener, service: Arc<Service>, kubernetes: Option<crate::k8s::Status>, multicluster: crate::multicluster::mirror::Metrics) {
     crate::accept::accept_loop(listener, crate::accept::Caps { total: 256, per_source: Some(8) }, "admin", move |tcp, peer| {
-        let (service, kubernetes) = (service.clone(), kubernetes.clone());
+        let (service, kubernetes, multicluster) = (service.clone(), kubernetes.clone(), multicluster.clone());
         async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let (service, kubernetes) = (service.clone(), kubernetes.clone());
+                let (service, kubernetes, multicluster) = (service.clone(), kubernetes.clone(), multicluster.clone());
                 async move {
                     let (status, body) = match req.uri().path() {
                         "/metrics" => (StatusCode::OK, metrics(&service)),
@@ -37,7 +38,11 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, kubernetes: Opt
                         "/identity/leaves" if peer.ip().is_loopback() => {
                             (StatusCode::OK, serde_json::to_string_pretty(&service.leaves.report()).expect("leaves serialise"))
                         }
-                        "/identity/leaves" => (StatusCode::FORBIDDEN, "only served to loopback: use kubectl port-forward\n".to_string()),
+                        "/multicluster" if peer.ip().is_loopback() => {
+                            let links = multicluster.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                            (StatusCode::OK, serde_json::to_string_pretty(&links).expect("link status serialises"))
+                        }
+                        "/identity/leaves" | "/multicluster" => (StatusCode::FORBIDDEN, "only served to loopback: use kubectl port-forward\n".to_string()),
                         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
                     };
                     let mut rsp = Response::new(Full::new(Bytes::from(body)));

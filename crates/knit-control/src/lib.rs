@@ -233,7 +233,7 @@ impl Control {
         let addrs = self.addrs();
         let mut tasks = vec![
             tokio::spawn(identity::watch_files(self.service.clone(), self.config.identity.clone())),
-            tokio::spawn(admin::serve(self.admin, self.service.clone(), self.kubernetes.as_ref().map(|(_, s)| s.clone()))),
+            tokio::spawn(admin::serve(self.admin, self.service.clone(), self.kubernetes.as_ref().map(|(_, s)| s.clone()), self.mirror_metrics.clone())),
         ];
         if let Some(w) = self.webhook {
             let namespaces: Arc<dyn webhook::Namespaces> = match &self.kubernetes {

@@ -22,6 +22,9 @@ use std::{net::IpAddr, net::SocketAddr, time::Duration};
 
 pub const REMOTE_ANNOTATION: &str = "knit.dev/remote-control-plane";
 pub const REMOTE_IDENTITY_ANNOTATION: &str = "knit.dev/remote-control-plane-identity";
+/// Local mode: the range the mirror Services' ClusterIPs come from (a cluster's API server
+/// allocates them; here the Link says where), so that applications can call a mirror by address.
+pub const CLUSTER_IPS_ANNOTATION: &str = "knit.dev/mirror-cluster-ips";
 
 /// A Link, checked: what the mirror needs of it.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +43,8 @@ pub struct LinkSettings {
     pub excluded_annotations: Vec<String>,
     /// The remote knit-control, in local mode.
     pub remote: Option<Remote>,
+    /// Where mirrors' ClusterIPs come from; without it, mirrors are reached by name only.
+    pub cluster_ips: Option<ipnet::IpNet>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -133,6 +138,14 @@ impl LinkSettings {
             }),
             _ => return Err(invalid("metadata.annotations", format!("{REMOTE_ANNOTATION} and {REMOTE_IDENTITY_ANNOTATION} go together"))),
         };
+        let cluster_ips = match annotations.get(CLUSTER_IPS_ANNOTATION) {
+            None => None,
+            Some(v) => Some(
+                v.trim()
+                    .parse::<ipnet::IpNet>()
+                    .map_err(|_| invalid(&format!("metadata.annotations.{CLUSTER_IPS_ANNOTATION}"), format!("{v:?} is not a CIDR")))?,
+            ),
+        };
         let selector = s.selector.clone().filter(|sel| !sel.match_labels.is_empty() || !sel.match_expressions.is_empty());
         Ok(Self {
             key: format!("{}/{}", link.metadata.namespace, link.metadata.name),
@@ -146,7 +159,47 @@ impl LinkSettings {
             excluded_labels: s.excluded_labels.clone(),
             excluded_annotations: s.excluded_annotations.clone(),
             remote,
+            cluster_ips,
         })
+    }
+}
+
+/// A ClusterIP for each of `names` (`namespace/name`) in `range`: where its hash lands, or the
+/// next free address (stable while the set of names is; collisions move the later name).
+pub fn cluster_ips<'a>(range: &ipnet::IpNet, names: impl IntoIterator<Item = &'a str>) -> std::collections::BTreeMap<&'a str, IpAddr> {
+    use std::hash::{Hash, Hasher};
+    let hosts: Vec<IpAddr> = range.hosts().take(1 << 16).collect();
+    let mut taken = std::collections::BTreeSet::new();
+    let mut out = std::collections::BTreeMap::new();
+    let mut names: Vec<&str> = names.into_iter().collect();
+    names.sort_unstable();
+    for name in names {
+        if hosts.is_empty() || taken.len() == hosts.len() {
+            break;
+        }
+        // FNV-1a: the same on every build and machine (std's hasher is not promised to be).
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        name.hash(&mut h);
+        let mut i = (h.finish() % hosts.len() as u64) as usize;
+        while taken.contains(&i) {
+            i = (i + 1) % hosts.len();
+        }
+        taken.insert(i);
+        out.insert(name, hosts[i]);
+    }
+    out
+}
+
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
 }
 
@@ -168,7 +221,7 @@ kind: Link
 metadata:
   name: east
   namespace: linkerd-multicluster
-  annotations: {knit.dev/remote-control-plane: '10.1.0.2:8095', knit.dev/remote-control-plane-identity: knit-control.knit.serviceaccount.identity.knit.cluster.local}
+  annotations: {knit.dev/remote-control-plane: '10.1.0.2:8095', knit.dev/remote-control-plane-identity: knit-control.knit.serviceaccount.identity.knit.cluster.local, knit.dev/mirror-cluster-ips: 10.96.200.0/24}
 spec:
   targetClusterName: east
   targetClusterDomain: east.local
@@ -203,6 +256,15 @@ spec:
     }
 
     #[test]
+    fn cluster_ips_are_distinct_and_stable() {
+        let range: ipnet::IpNet = "10.96.200.0/30".parse().unwrap();
+        let ips = cluster_ips(&range, ["a/x", "b/y", "c/z"]);
+        assert_eq!(ips.len(), 2, "a /30 has two hosts: the third name gets none");
+        assert_ne!(ips.values().next(), ips.values().nth(1));
+        assert_eq!(cluster_ips(&range, ["b/y", "a/x"]), cluster_ips(&range, ["a/x", "b/y"]));
+    }
+
+    #[test]
     fn a_bad_link_is_refused_with_its_field() {
         for (from, to, field) in [
             ("targetClusterName: east", "targetClusterName: East_1", "spec.targetClusterName"),
@@ -213,6 +275,7 @@ spec:
             ("period: 3s", "period: soon", "spec.probeSpec.period"),
             ("'10.1.0.2:8095'", "'knit-control-east'", "knit.dev/remote-control-plane"),
             ("gatewayIdentity: linkerd-gateway", "gatewayIdentity: ''\n  x: linkerd-gateway", "spec.gatewayIdentity"),
+            ("10.96.200.0/24", "10.96.200.0/33", "knit.dev/mirror-cluster-ips"),
         ] {
             let e = link(&LINK.replace(from, to)).unwrap_err();
             assert!(e.contains(field), "{to}: {e}");
@@ -234,6 +297,16 @@ spec:
         assert_eq!((svc.metadata.name.as_str(), svc.metadata.namespace.as_str()), ("books-east", "shop"));
         let labels: Vec<_> = svc.metadata.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(labels, ["app=books", "mirror.linkerd.io/cluster-name=east", "mirror.linkerd.io/mirrored-service=true"]);
+        let ip: IpAddr = svc.spec.cluster_ip.as_deref().expect("a ClusterIP from the Link's range").parse().unwrap();
+        assert!(s.cluster_ips.unwrap().contains(&ip));
+        assert_eq!(
+            mirror::mirrors(&s, &snapshot, false).iter().find_map(|r| match r {
+                Resource::Service(s) => s.spec.cluster_ip.clone(),
+                _ => None,
+            }),
+            Some(ip.to_string()),
+            "stable"
+        );
         assert_eq!(svc.metadata.annotations.get("mirror.linkerd.io/remote-svc-fq-name").map(String::as_str), Some("books.shop.svc.east.local"));
         assert!(!svc.metadata.annotations.contains_key("service.kubernetes.io/topology-mode"));
         assert_eq!(svc.config.opaque_ports.as_ref().map(|p| p.contains(&6379)), Some(true), "annotations are parsed as any Service's");

@@ -5,6 +5,7 @@ mod demo;
 mod identity;
 mod inject;
 mod install;
+mod multicluster;
 mod rotate;
 mod viz;
 
@@ -41,6 +42,9 @@ enum Command {
     /// Golden metrics of the mesh: `knit viz stat deploy -n demo`.
     #[command(subcommand)]
     Viz(viz::Command),
+    /// Link clusters (a Link per linked cluster), and see their gateways and mirrors.
+    #[command(subcommand)]
+    Multicluster(multicluster::Command),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => inject::inject(args),
         Command::Uninject(args) => inject::uninject_cmd(args),
         Command::Viz(cmd) => viz::main(cmd),
+        Command::Multicluster(cmd) => multicluster::main(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

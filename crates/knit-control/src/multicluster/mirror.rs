@@ -59,6 +59,39 @@ pub struct Metrics {
     pub mirrored_services: Family<Labels, Gauge>,
     /// 1 while the remote control plane's exports are being followed.
     pub remote_connected: Family<Labels, Gauge>,
+    /// Each Link's state, for the admin server's `/multicluster` (and `knit multicluster`).
+    pub status: Arc<Mutex<std::collections::BTreeMap<String, LinkStatus>>>,
+}
+
+/// What the mirror knows of one Link, as `/multicluster` reports it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LinkStatus {
+    pub cluster: String,
+    pub remote: String,
+    pub remote_connected: bool,
+    /// Why the remote could not be followed, last time it could not.
+    pub remote_error: Option<String>,
+    pub gateway: GatewayStatus,
+    pub mirrors: Vec<MirrorStatus>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GatewayStatus {
+    pub addresses: Vec<String>,
+    pub alive: bool,
+    /// Probes failed in a row.
+    pub failures: u32,
+    pub probe_latency_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MirrorStatus {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ip: Option<String>,
+    /// Whether it has endpoints now (the remote Service has a ready one and the gateway is alive).
+    pub ready: bool,
 }
 
 impl Metrics {
@@ -71,7 +104,12 @@ impl Metrics {
         m
     }
 
-    fn clear(&self, cluster: &str) {
+    fn update(&self, link: &str, f: impl FnOnce(&mut LinkStatus)) {
+        f(self.status.lock().unwrap_or_else(|p| p.into_inner()).entry(link.to_string()).or_default());
+    }
+
+    fn clear(&self, link: &str, cluster: &str) {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).remove(link);
         let l = labels(cluster);
         for f in [&self.gateway_alive, &self.probe_latency_ms, &self.mirrored_services, &self.remote_connected] {
             f.remove(&l);
@@ -104,7 +142,7 @@ pub async fn run(index: Arc<Index>, tls: Arc<ClientTls>, metrics: Metrics) {
             }
             task.abort();
             index.reset(&source(key), Vec::new());
-            metrics.clear(&settings.cluster);
+            metrics.clear(key, &settings.cluster);
             tracing::info!(link = %key, "stopped mirroring");
             false
         });
@@ -113,6 +151,14 @@ pub async fn run(index: Arc<Index>, tls: Arc<ClientTls>, metrics: Metrics) {
                 continue;
             }
             tracing::info!(link = %key, cluster = %settings.cluster, remote = ?settings.remote.as_ref().map(|r| r.addr), "mirroring a linked cluster");
+            metrics.update(&key, |st| {
+                *st = LinkStatus {
+                    cluster: settings.cluster.clone(),
+                    remote: settings.remote.as_ref().map(|r| r.addr.to_string()).unwrap_or_default(),
+                    gateway: GatewayStatus { addresses: settings.gateways.iter().map(ToString::to_string).collect(), ..Default::default() },
+                    ..Default::default()
+                }
+            });
             let worker = Arc::new(Worker { settings: settings.clone(), index: index.clone(), metrics: metrics.clone(), state: Mutex::default() });
             let task = tokio::spawn(worker.run(tls.clone()));
             workers.insert(key, (settings, task));
@@ -154,13 +200,16 @@ impl Worker {
         let mut backoff = Duration::from_secs(1);
         loop {
             let started = Instant::now();
-            match self.follow(tls).await {
-                Ok(()) => tracing::info!(cluster = %self.settings.cluster, "the linked control plane ended the exports stream"),
-                Err(e) => {
-                    tracing::warn!(cluster = %self.settings.cluster, error = %format!("{e:#}"), retry_in = ?backoff, "cannot follow the linked control plane's exports")
-                }
-            }
+            let error = match self.follow(tls).await {
+                Ok(()) => "the linked control plane ended the exports stream".to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            tracing::warn!(cluster = %self.settings.cluster, %error, retry_in = ?backoff, "not following the linked control plane's exports");
             self.metrics.remote_connected.get_or_create(&labels(&self.settings.cluster)).set(0);
+            self.metrics.update(&self.settings.key, |st| {
+                st.remote_connected = false;
+                st.remote_error = Some(error);
+            });
             if started.elapsed() > Duration::from_secs(30) {
                 backoff = Duration::from_secs(1);
             }
@@ -197,6 +246,7 @@ impl Worker {
             anyhow::bail!("the linked control plane answered {status}: {}", text.trim());
         }
         self.metrics.remote_connected.get_or_create(&labels(&self.settings.cluster)).set(1);
+        self.metrics.update(&self.settings.key, |st| st.remote_connected = true);
         let mut body = rsp.into_body();
         let mut buf = BytesMut::new();
         loop {
@@ -253,6 +303,14 @@ impl Worker {
                 }
             };
             self.metrics.gateway_alive.get_or_create(&cluster).set(i64::from(alive));
+            self.metrics.update(&self.settings.key, |st| {
+                let g = &mut st.gateway;
+                (g.alive, g.failures) = (alive, failures);
+                match ok {
+                    Some(latency) => g.probe_latency_ms = Some(u64::try_from(latency.as_millis()).unwrap_or(u64::MAX)),
+                    None => g.last_error = Some(last_error.clone()),
+                }
+            });
             let changed = {
                 let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 std::mem::replace(&mut st.alive, alive) != alive
@@ -281,6 +339,25 @@ impl Worker {
             resources
         };
         let services = resources.iter().filter(|r| matches!(r, Resource::Service(_))).count();
+        let has_endpoints = |s: &crate::resources::Service| {
+            resources.iter().any(|r| {
+                matches!(r, Resource::ExternalWorkload(w) if w.metadata.namespace == s.metadata.namespace
+                    && w.metadata.labels.get(ENDPOINT_SLICE_LABEL) == Some(&s.metadata.name) && !w.spec.workload_ips.is_empty())
+            })
+        };
+        let mirrors = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Service(s) => Some(MirrorStatus {
+                    namespace: s.metadata.namespace.clone(),
+                    name: s.metadata.name.clone(),
+                    cluster_ip: s.spec.cluster_ip.clone(),
+                    ready: has_endpoints(s),
+                }),
+                _ => None,
+            })
+            .collect();
+        self.metrics.update(&self.settings.key, |st| st.mirrors = mirrors);
         self.metrics.mirrored_services.get_or_create(&labels(&self.settings.cluster)).set(i64::try_from(services).unwrap_or(i64::MAX));
         self.index.reset(&source(&self.settings.key), resources);
     }
@@ -314,7 +391,9 @@ async fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Res
 pub fn mirrors(link: &LinkSettings, exports: &Snapshot, gateway_alive: bool) -> Vec<Resource> {
     const TOPOLOGY: [&str; 2] = ["service.kubernetes.io/topology-aware-hints", "service.kubernetes.io/topology-mode"];
     let mut out = Vec::new();
-    for e in &exports.services {
+    let keys: Vec<String> = exports.services.iter().map(|e| format!("{}/{}", e.namespace, e.name)).collect();
+    let ips = link.cluster_ips.as_ref().map(|range| super::cluster_ips(range, keys.iter().map(String::as_str))).unwrap_or_default();
+    for (e, key) in exports.services.iter().zip(&keys) {
         let name = format!("{}-{}", e.name, link.cluster);
         let mut labels: serde_json::Map<String, serde_json::Value> = e
             .labels
@@ -337,7 +416,7 @@ pub fn mirrors(link: &LinkSettings, exports: &Snapshot, gateway_alive: bool) -> 
         let service = json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": e.namespace, "labels": labels, "annotations": annotations},
-            "spec": {"ports": ports},
+            "spec": {"ports": ports, "clusterIP": ips.get(key.as_str()).map(|ip| ip.to_string())},
         });
         let ips: Vec<_> = if e.ready && gateway_alive { link.gateways.iter().map(|ip| json!({"ip": ip.to_string()})).collect() } else { Vec::new() };
         let slice_ports: Vec<_> = e.ports.iter().map(|p| json!({"name": p.name, "port": link.gateway_port})).collect();

@@ -1,0 +1,275 @@
+//! `knit multicluster`: link clusters, and see how the links are doing.
+//!
+//! - `link` prints the `Link` a cluster needs to mirror another (local mode: its knit-control by
+//!   address and identity, the gateway by address, port and identity), checked as knit-control
+//!   will check it;
+//! - `unlink` prints the Link to delete (`kubectl delete -f -`, or remove its file);
+//! - `gateways` and `check` read knit-control's `/multicluster` (its admin port, loopback only:
+//!   `kubectl port-forward` in a cluster).
+
+use anyhow::Context;
+use std::{net::SocketAddr, time::Duration};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Print the Link that mirrors another cluster's exported Services into this one.
+    Link(Box<LinkArgs>),
+    /// Print the Link to remove (`kubectl delete -f -`, or delete its file in local mode).
+    Unlink(UnlinkArgs),
+    /// Each linked cluster's gateway: alive, probe latency, mirrored Services.
+    Gateways(AdminArgs),
+    /// Check every link: the remote followed (trust anchors shared), the gateway alive, mirrors fresh.
+    Check(AdminArgs),
+}
+
+#[derive(clap::Args)]
+pub struct LinkArgs {
+    /// The linked cluster's name: its mirrors are `<service>-<name>`.
+    #[arg(long)]
+    cluster_name: String,
+    /// The gateway's addresses (comma-separated IPs).
+    #[arg(long)]
+    gateway_address: String,
+    #[arg(long, default_value_t = 4143)]
+    gateway_port: u16,
+    /// The identity the gateway proves (its service account's mesh identity).
+    #[arg(long)]
+    gateway_identity: String,
+    #[arg(long, default_value_t = 4191)]
+    probe_port: u16,
+    #[arg(long, default_value = "3s")]
+    probe_period: String,
+    #[arg(long, default_value_t = 3)]
+    probe_failure_threshold: u32,
+    /// Local mode: the linked knit-control's multicluster address (its --multicluster-addr).
+    #[arg(long)]
+    remote_control_plane: SocketAddr,
+    /// The identity the linked knit-control proves.
+    #[arg(long, default_value = "knit-control.knit.serviceaccount.identity.knit.cluster.local")]
+    remote_control_plane_identity: String,
+    /// Local mode: the range mirrors' ClusterIPs come from (so applications can call them by address).
+    #[arg(long)]
+    mirror_cluster_ips: Option<String>,
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Where the Link lives.
+    #[arg(long, short, default_value = "linkerd-multicluster")]
+    namespace: String,
+    /// The label that exports a Service (`key=value`), Linkerd's by default.
+    #[arg(long, default_value = "mirror.linkerd.io/exported=true")]
+    selector: String,
+}
+
+#[derive(clap::Args)]
+pub struct UnlinkArgs {
+    #[arg(long)]
+    cluster_name: String,
+    #[arg(long, short, default_value = "linkerd-multicluster")]
+    namespace: String,
+}
+
+#[derive(clap::Args)]
+pub struct AdminArgs {
+    /// knit-control's admin address.
+    #[arg(long, default_value = "127.0.0.1:9990")]
+    admin_addr: SocketAddr,
+}
+
+pub fn main(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Link(a) => {
+            print!("{}", link(&a)?);
+            Ok(())
+        }
+        Command::Unlink(a) => {
+            print!("apiVersion: multicluster.linkerd.io/v1alpha3\nkind: Link\nmetadata:\n  name: {}\n  namespace: {}\n", a.cluster_name, a.namespace);
+            Ok(())
+        }
+        Command::Gateways(a) => {
+            let links = fetch(a.admin_addr)?;
+            print!("{}", gateways(&links));
+            Ok(())
+        }
+        Command::Check(a) => {
+            let links = fetch(a.admin_addr)?;
+            let (report, ok) = check(&links);
+            print!("{report}");
+            if ok {
+                Ok(())
+            } else {
+                anyhow::bail!("some links are not healthy")
+            }
+        }
+    }
+}
+
+/// The Link's YAML, refused with knit-control's reason if knit-control would refuse it.
+fn link(a: &LinkArgs) -> anyhow::Result<String> {
+    let (key, value) = a.selector.split_once('=').context("--selector: expected key=value")?;
+    let mut annotations = vec![
+        format!("    knit.dev/remote-control-plane: \"{}\"", a.remote_control_plane),
+        format!("    knit.dev/remote-control-plane-identity: {}", a.remote_control_plane_identity),
+    ];
+    if let Some(ips) = &a.mirror_cluster_ips {
+        annotations.push(format!("    knit.dev/mirror-cluster-ips: {ips}"));
+    }
+    let yaml = format!(
+        "apiVersion: multicluster.linkerd.io/v1alpha3\nkind: Link\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n{annotations}\nspec:\n  targetClusterName: {name}\n  targetClusterDomain: {domain}\n  gatewayAddress: {gw}\n  gatewayPort: \"{port}\"\n  gatewayIdentity: {gw_id}\n  probeSpec:\n    path: /ready\n    port: \"{probe}\"\n    period: {period}\n    timeout: 30s\n    failureThreshold: \"{threshold}\"\n  selector:\n    matchLabels:\n      {key}: \"{value}\"\n",
+        name = a.cluster_name,
+        ns = a.namespace,
+        annotations = annotations.join("\n"),
+        domain = a.cluster_domain,
+        gw = a.gateway_address,
+        port = a.gateway_port,
+        gw_id = a.gateway_identity,
+        probe = a.probe_port,
+        period = a.probe_period,
+        threshold = a.probe_failure_threshold,
+    );
+    let (resources, errors) = knit_control::resources::parse("link", &yaml);
+    if let Some(e) = errors.first() {
+        anyhow::bail!("this Link would be refused: {e}");
+    }
+    anyhow::ensure!(resources.len() == 1, "expected one Link");
+    Ok(yaml)
+}
+
+fn fetch(admin: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        use http_body_util::{BodyExt, Empty};
+        let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let req = http::Request::get(format!("http://{admin}/multicluster")).body(Empty::new())?;
+        let rsp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+            .await
+            .map_err(|_| anyhow::anyhow!("knit-control's admin server at {admin} did not answer within 10s"))?
+            .with_context(|| format!("cannot reach knit-control's admin server at {admin} (--admin-addr; in a cluster, kubectl port-forward first)"))?;
+        let status = rsp.status();
+        let body = rsp.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(status.is_success(), "{admin}/multicluster: {status}: {}", String::from_utf8_lossy(&body).trim());
+        Ok(serde_json::from_slice(&body)?)
+    })
+}
+
+fn links(v: &serde_json::Value) -> Vec<(&str, &serde_json::Value)> {
+    v.as_object().map(|m| m.iter().map(|(k, v)| (k.as_str(), v)).collect()).unwrap_or_default()
+}
+
+/// Linkerd's `multicluster gateways` columns.
+fn gateways(v: &serde_json::Value) -> String {
+    let mut out = format!("{:<20} {:<8} {:>12} {:>8}\n", "CLUSTER", "ALIVE", "LATENCY", "NUM_SVC");
+    for (_, l) in links(v) {
+        let g = &l["gateway"];
+        let latency = g["probe_latency_ms"].as_u64().filter(|_| g["alive"] == true).map_or("-".to_string(), |ms| format!("{ms}ms"));
+        let alive = if g["alive"] == true { "True" } else { "False" };
+        out += &format!("{:<20} {:<8} {:>12} {:>8}\n", l["cluster"].as_str().unwrap_or("?"), alive, latency, l["mirrors"].as_array().map_or(0, Vec::len));
+    }
+    out
+}
+
+/// Each link's checks, with the fix for those that fail; and whether all passed.
+fn check(v: &serde_json::Value) -> (String, bool) {
+    let mut out = String::new();
+    let mut all = true;
+    let mut line = |ok: bool, what: String, fix: Option<String>| {
+        all &= ok;
+        out += &format!("{} {what}\n", if ok { "√" } else { "×" });
+        if let (false, Some(fix)) = (ok, fix) {
+            out += &format!("    {fix}\n");
+        }
+    };
+    let links = links(v);
+    if links.is_empty() {
+        line(true, "no Links: nothing is mirrored".into(), None);
+    }
+    for (key, l) in links {
+        let cluster = l["cluster"].as_str().unwrap_or(key);
+        let error = l["remote_error"].as_str().unwrap_or("");
+        let anchors = error.contains("certificate") || error.contains("UnknownIssuer") || error.contains("BadSignature");
+        let fix = if anchors {
+            format!("{error}\n    the clusters do not share trust anchors: give both the same anchor (knit identity init once, then knit identity issuer in the other cluster's copy)")
+        } else {
+            format!(
+                "{} (is the linked knit-control running with --multicluster-addr at {}?)",
+                if error.is_empty() { "not connected yet" } else { error },
+                l["remote"].as_str().unwrap_or("?")
+            )
+        };
+        line(l["remote_connected"] == true, format!("{cluster}: the linked control plane is followed (and shares this cluster's trust anchors)"), Some(fix));
+        let g = &l["gateway"];
+        let gw_fix = format!(
+            "{} (is the gateway running at {}, its admin port reachable?)",
+            g["last_error"].as_str().unwrap_or("no successful probe yet"),
+            g["addresses"]
+        );
+        line(
+            g["alive"] == true,
+            format!("{cluster}: the gateway is alive (probe {})", g["probe_latency_ms"].as_u64().map_or("-".into(), |ms| format!("{ms}ms"))),
+            Some(gw_fix),
+        );
+        let mirrors = l["mirrors"].as_array().cloned().unwrap_or_default();
+        let ready = mirrors.iter().filter(|m| m["ready"] == true).count();
+        line(
+            mirrors.is_empty() || ready > 0 || g["alive"] != true,
+            format!("{cluster}: {} mirrored Services, {ready} with endpoints", mirrors.len()),
+            Some("no mirror has endpoints: do the exported Services have ready endpoints in the linked cluster?".into()),
+        );
+    }
+    (out, all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Command,
+    }
+
+    fn link_args(extra: &[&str]) -> LinkArgs {
+        let gateway = extra.windows(2).find(|w| w[0] == "--gateway-address").map_or("10.233.1.1", |w| w[1]);
+        let mut args = vec![
+            "knit",
+            "link",
+            "--cluster-name",
+            "east",
+            "--gateway-address",
+            gateway,
+            "--gateway-identity",
+            "gateway.shop.serviceaccount.identity.knit.cluster.local",
+            "--remote-control-plane",
+            "10.233.1.1:8095",
+        ];
+        args.extend(extra.iter().filter(|a| **a != "--gateway-address" && **a != gateway));
+        match Cli::parse_from(args).cmd {
+            Command::Link(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn link_prints_a_link_knit_control_accepts() {
+        let yaml = link(&link_args(&["--mirror-cluster-ips", "10.96.200.0/24"])).unwrap();
+        assert!(yaml.contains("targetClusterName: east") && yaml.contains("knit.dev/mirror-cluster-ips: 10.96.200.0/24"), "{yaml}");
+        let e = link(&link_args(&["--gateway-address", "gw.example"])).unwrap_err().to_string();
+        assert!(e.contains("spec.gatewayAddress"), "{e}");
+    }
+
+    #[test]
+    fn gateways_and_check_read_the_status() {
+        let v = serde_json::json!({"linkerd-multicluster/east": {
+            "cluster": "east", "remote": "10.0.0.1:8095", "remote_connected": false,
+            "remote_error": "TLS with 10.0.0.1:8095 (expecting knit-control...): invalid peer certificate: UnknownIssuer",
+            "gateway": {"addresses": ["10.0.0.2"], "alive": true, "failures": 0, "probe_latency_ms": 3},
+            "mirrors": [{"namespace": "shop", "name": "books-east", "cluster_ip": null, "ready": true}]}});
+        let table = gateways(&v);
+        assert!(table.lines().nth(1).is_some_and(|l| l.split_whitespace().collect::<Vec<_>>() == ["east", "True", "3ms", "1"]), "{table}");
+        let (report, ok) = check(&v);
+        assert!(!ok);
+        assert!(report.contains("do not share trust anchors"), "{report}");
+    }
+}
