@@ -7,7 +7,8 @@
 # One trust anchor, an issuer per cluster. East exports books and redis; west's Link (written by
 # `knit multicluster link`) mirrors them as books-east and redis-east with ClusterIPs; the client
 # calls those addresses and the requests cross west's proxy -> east's gateway -> east's books
-# over mTLS at both hops. Then the gateway dies (the probe takes the mirrors' endpoints away and
+# over mTLS at both hops; catalog, exported for remote discovery (flat mode), is reached at east's
+# pod directly with west's identity. Then the gateway dies (the probe takes the mirrors' endpoints away and
 # requests fail fast), comes back (traffic resumes, nothing restarted), and an unexported Service
 # leaves the mirror. Needs root; only the namespaces created here carry traffic.
 set -uo pipefail
@@ -83,6 +84,7 @@ east_manifests() { # redis exported: true|false
     {
         export_svc books 10.96.1.10 8080 true
         export_svc redis 10.96.1.11 6379 "$1"
+        export_svc catalog 10.96.1.12 8080 remote-discovery
         cat <<YAML
 ---
 apiVersion: workload.linkerd.io/v1beta1
@@ -207,7 +209,8 @@ wait_for() { # seconds, command...: true once the command succeeds
     "$@"
 }
 wait_for 15 test "$(mirror_field books-east ready)" = True
-check "west mirrors east's books and redis, with endpoints" test "$(mirror_field books-east ready)" = True -a "$(mirror_field redis-east ready)" = True
+check "west mirrors east's books, redis and catalog, with endpoints" \
+    test "$(mirror_field books-east ready)" = True -a "$(mirror_field redis-east ready)" = True -a "$(mirror_field catalog-east ready)" = True
 BOOKS=$(mirror_field books-east cluster_ip) REDIS=$(mirror_field redis-east cluster_ip)
 check "the mirrors have ClusterIPs from the Link's range ($BOOKS, $REDIS)" bash -c '[[ $1 == 10.96.200.* && $2 == 10.96.200.* && $1 != "$2" ]]' _ "$BOOKS" "$REDIS"
 
@@ -234,8 +237,16 @@ check "the gateway's metrics show the requests it forwarded to books" \
     test "$(metric "$EC" response_total 'direction="outbound"' 'dst_service="books"' 'status_code="200"')" -ge 10
 check "west's metrics name the cluster" test "$(metric "$WA" response_total 'direction="outbound"' 'dst_target_cluster="east"')" -ge 10
 out=$(in_ns "$WC" "$KNIT" multicluster gateways --admin-addr 127.0.0.1:19990 2>&1)
-check "knit multicluster gateways: east alive, 2 Services ($(echo "$out" | tail -n 1))" bash -c '[[ $(echo "$1" | tail -n 1) =~ ^east\ +True\ +[0-9]+ms\ +2$ ]]' _ "$out"
+check "knit multicluster gateways: east alive, 3 Services ($(echo "$out" | tail -n 1))" bash -c '[[ $(echo "$1" | tail -n 1) =~ ^east\ +True\ +[0-9]+ms\ +3$ ]]' _ "$out"
 check "knit multicluster check passes" in_ns "$WC" "$KNIT" multicluster check --admin-addr 127.0.0.1:19990
+
+# --- flat mode: catalog is exported for remote discovery -----------------------------------------
+CATALOG=$(mirror_field catalog-east cluster_ip)
+body=$(in_ns "$WA" curl -sS --max-time 5 "http://$CATALOG:8080/" 2>&1)
+check "curl to catalog-east ($CATALOG) reaches east's pod directly, which sees west's client identity ($body)" \
+    bash -c '[[ $1 == "books web.$2 | -"* ]]' _ "$body" "$SUFFIX"
+check "west's proxy dialled east's pod (not the gateway) over mTLS as books' identity" \
+    test "$(metric "$WA" tcp_open_total 'direction="outbound"' 'peer="dst"' 'tls="true"' "server_id=\"books.$SUFFIX\"" "target_ip=\"$IP_EB\"")" -ge 1
 
 # --- the gateway dies, then returns --------------------------------------------------------------
 kill "$GATEWAY_PID"
@@ -252,6 +263,7 @@ start=$(date +%s%N)
 code=$(in_ns "$WA" curl -s -o "$TMP/down.out" -w '%{http_code}' --max-time 5 "http://$BOOKS:8080/")
 took=$((($(date +%s%N) - start) / 1000000))
 check "the next fails fast with 503 and the reason ($code in ${took} ms: $(head -c 120 "$TMP/down.out"))" test "$code" = 503 -a "$took" -lt 2000
+check "catalog-east (flat) is still reached: it needs no gateway" test "$(in_ns "$WA" curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$CATALOG:8080/")" = 200
 out=$(in_ns "$WC" "$KNIT" multicluster check --admin-addr 127.0.0.1:19990 2>&1)
 check "knit multicluster check reports the dead gateway" bash -c '[[ $1 == *"× east: the gateway is alive"* ]]' _ "$out"
 start_gateway

@@ -241,9 +241,20 @@ impl<K: Eq + Hash + Clone, T: PartialEq> Views<K, Option<T>> {
     }
 }
 
+/// A Service another cluster may mirror (`Index::exported`).
+pub struct Exported {
+    pub service: Arc<Service>,
+    pub ready: bool,
+    /// Remote discovery (flat mode): its endpoints go with it, by Service port.
+    pub flat: bool,
+    pub endpoints: BTreeMap<u16, BTreeMap<std::net::SocketAddr, destination::WeightedAddr>>,
+}
+
 /// The endpoints of a Service port: `None` when the Service or the port does not exist.
 pub type EndpointsView = Option<endpoints::Endpoints>;
-pub use endpoints::{Endpoints, CLUSTER_NAME_LABEL, ENDPOINT_SLICE_LABEL, MIRRORED_SERVICE_LABEL, REMOTE_GATEWAY_IDENTITY, REMOTE_SVC_FQ_NAME};
+pub use endpoints::{
+    Endpoints, CLUSTER_NAME_LABEL, ENDPOINT_SLICE_LABEL, INBOUND_PORT_ANNOTATION, MIRRORED_SERVICE_LABEL, REMOTE_GATEWAY_IDENTITY, REMOTE_SVC_FQ_NAME,
+};
 
 struct State {
     model: Model,
@@ -381,19 +392,30 @@ impl Index {
         self.generation.subscribe()
     }
 
-    /// The Services `selector` picks that another cluster may mirror, each with whether it has
-    /// a ready endpoint (its first port's). Mirrors are never exported again: two linked
-    /// clusters would mirror each other's mirrors for ever.
-    pub fn exported(&self, selector: &crate::resources::LabelSelector) -> Vec<(Arc<Service>, bool)> {
+    /// The Services another cluster may mirror: those `selector` picks (through a gateway) and
+    /// those `remote_discovery` picks (flat: with their endpoints, by Service port). Each says
+    /// whether it has a ready endpoint (its first port's). Mirrors are never exported again: two
+    /// linked clusters would mirror each other's mirrors for ever.
+    pub fn exported(&self, selector: Option<&crate::resources::LabelSelector>, remote_discovery: Option<&crate::resources::LabelSelector>) -> Vec<Exported> {
         let state = self.lock();
         let model = &state.model;
+        let picks = |sel: Option<&crate::resources::LabelSelector>, s: &Service| sel.is_some_and(|sel| sel.matches(&s.metadata.labels));
         model
             .services()
-            .filter(|s| !s.metadata.labels.contains_key(MIRRORED_SERVICE_LABEL) && selector.matches(&s.metadata.labels))
-            .map(|s| {
-                let key = s.spec.ports.first().map(|p| SvcPort { ns: s.metadata.namespace.clone(), name: s.metadata.name.clone(), port: p.port });
-                let ready = key.and_then(|k| endpoints::compute(model, &self.config, &k)).is_some_and(|e| !e.addrs.is_empty());
-                (s.clone(), ready)
+            .filter(|s| !s.metadata.labels.contains_key(MIRRORED_SERVICE_LABEL))
+            .filter_map(|s| {
+                let flat = picks(remote_discovery, s);
+                if !flat && !picks(selector, s) {
+                    return None;
+                }
+                let key = |port: u16| SvcPort { ns: s.metadata.namespace.clone(), name: s.metadata.name.clone(), port };
+                let ready = s.spec.ports.first().and_then(|p| endpoints::compute(model, &self.config, &key(p.port))).is_some_and(|e| !e.addrs.is_empty());
+                let endpoints = if flat {
+                    s.spec.ports.iter().filter_map(|p| Some((p.port, endpoints::compute(model, &self.config, &key(p.port))?.addrs))).collect()
+                } else {
+                    BTreeMap::new()
+                };
+                Some(Exported { service: s.clone(), ready, flat, endpoints })
             })
             .collect()
     }

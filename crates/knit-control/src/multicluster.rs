@@ -39,6 +39,8 @@ pub struct LinkSettings {
     pub probe: Probe,
     /// `None` (unset or empty): nothing is mirrored.
     pub selector: Option<LabelSelector>,
+    /// Flat mode: Services mirrored with the remote's endpoints (no gateway in the way).
+    pub remote_discovery_selector: Option<LabelSelector>,
     pub excluded_labels: Vec<String>,
     pub excluded_annotations: Vec<String>,
     /// The remote knit-control, in local mode.
@@ -146,7 +148,8 @@ impl LinkSettings {
                     .map_err(|_| invalid(&format!("metadata.annotations.{CLUSTER_IPS_ANNOTATION}"), format!("{v:?} is not a CIDR")))?,
             ),
         };
-        let selector = s.selector.clone().filter(|sel| !sel.match_labels.is_empty() || !sel.match_expressions.is_empty());
+        let non_empty = |sel: &Option<LabelSelector>| sel.clone().filter(|sel| !sel.match_labels.is_empty() || !sel.match_expressions.is_empty());
+        let (selector, remote_discovery_selector) = (non_empty(&s.selector), non_empty(&s.remote_discovery_selector));
         Ok(Self {
             key: format!("{}/{}", link.metadata.namespace, link.metadata.name),
             cluster: s.target_cluster_name.clone(),
@@ -156,6 +159,7 @@ impl LinkSettings {
             gateway_identity: s.gateway_identity.trim().to_string(),
             probe,
             selector,
+            remote_discovery_selector,
             excluded_labels: s.excluded_labels.clone(),
             excluded_annotations: s.excluded_annotations.clone(),
             remote,
@@ -313,6 +317,25 @@ spec:
         let Some(Resource::ExternalWorkload(w)) = resources.iter().find(|r| matches!(r, Resource::ExternalWorkload(_))) else { panic!() };
         assert_eq!(w.spec.workload_ips.len(), 2, "the gateway's addresses");
         assert!(w.spec.ports.iter().all(|p| p.port == 4143));
+        // Flat mode: the remote's own endpoints, with their identity and inbound port.
+        let flat: Snapshot = serde_json::from_value(serde_json::json!({"services": [{
+            "name": "catalog", "namespace": "shop", "ready": true, "remoteDiscovery": true, "labels": {}, "annotations": {},
+            "ports": [{"name": "http", "port": 80}],
+            "endpoints": [{"ip": "10.1.0.9", "ports": {"80": 8080}, "identity": "catalog.shop.serviceaccount.identity.knit.east.local", "inboundPort": 4143}],
+        }]}))
+        .unwrap();
+        let r = mirror::mirrors(&s, &flat, false);
+        let Some(Resource::Service(svc)) = r.iter().find(|r| matches!(r, Resource::Service(_))) else { panic!() };
+        assert_eq!(svc.metadata.labels.get("multicluster.linkerd.io/remote-discovery").map(String::as_str), Some("east"));
+        assert!(!svc.metadata.annotations.contains_key("mirror.linkerd.io/remote-svc-fq-name"), "not through the gateway");
+        let Some(Resource::ExternalWorkload(w)) = r.iter().find(|r| matches!(r, Resource::ExternalWorkload(_))) else { panic!() };
+        assert_eq!(w.spec.workload_ips[0].ip.to_string(), "10.1.0.9");
+        assert_eq!((w.spec.ports[0].name.as_deref(), w.spec.ports[0].port), (Some("http"), 8080));
+        assert_eq!(
+            w.spec.mesh_tls.as_ref().map(|m| m.identity.as_str()),
+            Some("catalog.shop.serviceaccount.identity.knit.east.local"),
+            "the gateway's liveness does not matter"
+        );
         // Down gateway, or no ready endpoint there: the mirror stays, without endpoints.
         for (ready, alive) in [(true, false), (false, true)] {
             let mut snap = snapshot.clone();

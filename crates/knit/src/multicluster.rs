@@ -58,6 +58,9 @@ pub struct LinkArgs {
     /// The label that exports a Service (`key=value`), Linkerd's by default.
     #[arg(long, default_value = "mirror.linkerd.io/exported=true")]
     selector: String,
+    /// The label that exports a Service for flat mode (clients reach its pods directly).
+    #[arg(long, default_value = "mirror.linkerd.io/exported=remote-discovery")]
+    remote_discovery_selector: String,
 }
 
 #[derive(clap::Args)]
@@ -106,6 +109,7 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
 /// The Link's YAML, refused with knit-control's reason if knit-control would refuse it.
 fn link(a: &LinkArgs) -> anyhow::Result<String> {
     let (key, value) = a.selector.split_once('=').context("--selector: expected key=value")?;
+    let (flat_key, flat_value) = a.remote_discovery_selector.split_once('=').context("--remote-discovery-selector: expected key=value")?;
     let mut annotations = vec![
         format!("    knit.dev/remote-control-plane: \"{}\"", a.remote_control_plane),
         format!("    knit.dev/remote-control-plane-identity: {}", a.remote_control_plane_identity),
@@ -114,7 +118,7 @@ fn link(a: &LinkArgs) -> anyhow::Result<String> {
         annotations.push(format!("    knit.dev/mirror-cluster-ips: {ips}"));
     }
     let yaml = format!(
-        "apiVersion: multicluster.linkerd.io/v1alpha3\nkind: Link\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n{annotations}\nspec:\n  targetClusterName: {name}\n  targetClusterDomain: {domain}\n  gatewayAddress: {gw}\n  gatewayPort: \"{port}\"\n  gatewayIdentity: {gw_id}\n  probeSpec:\n    path: /ready\n    port: \"{probe}\"\n    period: {period}\n    timeout: 30s\n    failureThreshold: \"{threshold}\"\n  selector:\n    matchLabels:\n      {key}: \"{value}\"\n",
+        "apiVersion: multicluster.linkerd.io/v1alpha3\nkind: Link\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n{annotations}\nspec:\n  targetClusterName: {name}\n  targetClusterDomain: {domain}\n  gatewayAddress: {gw}\n  gatewayPort: \"{port}\"\n  gatewayIdentity: {gw_id}\n  probeSpec:\n    path: /ready\n    port: \"{probe}\"\n    period: {period}\n    timeout: 30s\n    failureThreshold: \"{threshold}\"\n  selector:\n    matchLabels:\n      {key}: \"{value}\"\n  remoteDiscoverySelector:\n    matchLabels:\n      {flat_key}: \"{flat_value}\"\n",
         name = a.cluster_name,
         ns = a.namespace,
         annotations = annotations.join("\n"),

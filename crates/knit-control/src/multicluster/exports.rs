@@ -1,6 +1,7 @@
 //! The exports API: what a linked control plane reads to mirror this cluster's Services.
 //!
-//! `POST /multicluster.knit.dev/v1/exports` with `{"selector": LABEL_SELECTOR}` answers `200`
+//! `POST /multicluster.knit.dev/v1/exports` with `{"selector": LABEL_SELECTOR,
+//! "remoteDiscoverySelector": LABEL_SELECTOR}` (either may be left out) answers `200`
 //! and a body of JSON lines that never ends: a [`Snapshot`] at once, another each time the
 //! selected Services (or whether they have a ready endpoint) change, and an empty line every 15 s
 //! so that the reader knows the stream is alive.
@@ -24,8 +25,14 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 const CAPS: crate::accept::Caps = crate::accept::Caps { total: 256, per_source: Some(16) };
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ExportRequest {
-    pub selector: LabelSelector,
+    /// Services mirrored through the gateway.
+    #[serde(default)]
+    pub selector: Option<LabelSelector>,
+    /// Services mirrored with their endpoints (flat mode).
+    #[serde(default)]
+    pub remote_discovery_selector: Option<LabelSelector>,
 }
 
 /// The exported Services, all of them, at one moment.
@@ -46,6 +53,25 @@ pub struct Export {
     pub ports: Vec<ExportPort>,
     /// Whether it has a ready endpoint.
     pub ready: bool,
+    /// Flat mode (remote discovery): the client connects to these endpoints itself.
+    #[serde(default)]
+    pub remote_discovery: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<ExportEndpoint>,
+}
+
+/// A flat-mode endpoint: one address, and where each Service port goes on it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportEndpoint {
+    pub ip: std::net::IpAddr,
+    /// Service port -> the port on this address.
+    pub ports: BTreeMap<u16, u16>,
+    /// The identity its proxy proves, when meshed; with it, the proxy's inbound port.
+    #[serde(default)]
+    pub identity: Option<String>,
+    #[serde(default)]
+    pub inbound_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -58,20 +84,45 @@ pub struct ExportPort {
     pub app_protocol: Option<String>,
 }
 
-pub fn snapshot(index: &Index, selector: &LabelSelector) -> Snapshot {
+pub fn snapshot(index: &Index, req: &ExportRequest) -> Snapshot {
     let services = index
-        .exported(selector)
+        .exported(req.selector.as_ref(), req.remote_discovery_selector.as_ref())
         .into_iter()
-        .map(|(s, ready)| Export {
-            name: s.metadata.name.clone(),
-            namespace: s.metadata.namespace.clone(),
-            labels: s.metadata.labels.clone(),
-            annotations: s.metadata.annotations.clone(),
-            ports: s.spec.ports.iter().map(|p| ExportPort { name: p.name.clone(), port: p.port, app_protocol: p.app_protocol.clone() }).collect(),
-            ready,
+        .map(|e| {
+            let s = &e.service;
+            Export {
+                name: s.metadata.name.clone(),
+                namespace: s.metadata.namespace.clone(),
+                labels: s.metadata.labels.clone(),
+                annotations: s.metadata.annotations.clone(),
+                ports: s.spec.ports.iter().map(|p| ExportPort { name: p.name.clone(), port: p.port, app_protocol: p.app_protocol.clone() }).collect(),
+                ready: e.ready,
+                remote_discovery: e.flat,
+                endpoints: flat_endpoints(&e.endpoints),
+            }
         })
         .collect();
     Snapshot { services }
+}
+
+/// A flat Service's endpoints by address: each address once, with its port for each Service
+/// port and the identity and inbound port Destination would give it.
+fn flat_endpoints(by_port: &BTreeMap<u16, BTreeMap<std::net::SocketAddr, linkerd2_proxy_api::destination::WeightedAddr>>) -> Vec<ExportEndpoint> {
+    use linkerd2_proxy_api::destination::tls_identity::Strategy;
+    let mut by_ip: BTreeMap<std::net::IpAddr, ExportEndpoint> = BTreeMap::new();
+    for (svc_port, addrs) in by_port {
+        for (addr, w) in addrs {
+            let e = by_ip.entry(addr.ip()).or_insert_with(|| ExportEndpoint { ip: addr.ip(), ports: BTreeMap::new(), identity: None, inbound_port: None });
+            e.ports.insert(*svc_port, addr.port());
+            if let Some(Strategy::DnsLikeIdentity(d)) = w.tls_identity.as_ref().and_then(|t| t.strategy.as_ref()) {
+                e.identity = Some(d.name.clone());
+            }
+            if let Some(ot) = w.protocol_hint.as_ref().and_then(|h| h.opaque_transport.as_ref()) {
+                e.inbound_port = u16::try_from(ot.inbound_port).ok();
+            }
+        }
+    }
+    by_ip.into_values().collect()
 }
 
 /// Who may read the exports.
@@ -145,14 +196,16 @@ async fn handle(req: Request<Incoming>, index: Arc<Index>, peer: SocketAddr) -> 
     };
     let request: ExportRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, format!("expected {{\"selector\": {{\"matchLabels\": ...}}}}: {e}"))),
+        Err(e) => {
+            return Ok(plain(StatusCode::BAD_REQUEST, format!("expected {{\"selector\": {{\"matchLabels\": ...}}, \"remoteDiscoverySelector\": ...}}: {e}")))
+        }
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
     tokio::spawn(async move {
         let mut changes = index.changes();
         let mut last = None;
         loop {
-            let now = snapshot(&index, &request.selector);
+            let now = snapshot(&index, &request);
             let line = if last.as_ref() != Some(&now) {
                 let mut line = serde_json::to_vec(&now).unwrap_or_default();
                 line.push(b'\n');

@@ -235,8 +235,8 @@ impl Worker {
             .handshake(TokioIo::new(io))
             .await?;
         tokio::spawn(conn);
-        let selector = self.settings.selector.clone().unwrap_or_default();
-        let body = serde_json::to_vec(&ExportRequest { selector })?;
+        let request = ExportRequest { selector: self.settings.selector.clone(), remote_discovery_selector: self.settings.remote_discovery_selector.clone() };
+        let body = serde_json::to_vec(&request)?;
         let uri = format!("https://{}{PATH}", remote.addr);
         let req = http::Request::post(uri).header(http::header::CONTENT_TYPE, "application/json").body(Full::new(Bytes::from(body)))?;
         let rsp = sender.send_request(req).await?;
@@ -387,7 +387,28 @@ async fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Res
     tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| Err(format!("GET {path} from {addr} timed out after {timeout:?}")))
 }
 
-/// The mirror Services of `exports` and their endpoints (LINKERD-WIRE.md §12.1).
+/// One remote endpoint of a flat mirror, as an EndpointSlice's workload: its address, its port
+/// for each of the mirror's ports (by name), and its proxy's identity and inbound port, so
+/// Destination sends it with `opaque_transport` and the remote identity (LINKERD-WIRE.md §12.2).
+fn flat_endpoint(link: &LinkSettings, e: &super::exports::Export, mirror: &str, ep: &super::exports::ExportEndpoint) -> serde_json::Value {
+    let ports: Vec<_> = e.ports.iter().filter_map(|p| Some(json!({"name": p.name, "port": ep.ports.get(&p.port)?}))).collect();
+    let mut annotations = serde_json::Map::new();
+    if let Some(port) = ep.inbound_port {
+        annotations.insert(crate::index::INBOUND_PORT_ANNOTATION.into(), json!(port.to_string()));
+    }
+    let mesh_tls = ep.identity.as_ref().map(|id| json!({"identity": id, "serverName": id}));
+    json!({
+        "apiVersion": "workload.linkerd.io/v1beta1", "kind": "ExternalWorkload",
+        "metadata": {
+            "name": format!("mirror/{mirror}/{}", ep.ip), "namespace": e.namespace,
+            "labels": {ENDPOINT_SLICE_LABEL: mirror, CLUSTER_NAME_LABEL: link.cluster},
+            "annotations": annotations,
+        },
+        "spec": {"workloadIPs": [{"ip": ep.ip.to_string()}], "ports": ports, "meshTLS": mesh_tls},
+    })
+}
+
+/// The mirror Services of `exports` and their endpoints (LINKERD-WIRE.md §12.1, §12.2).
 pub fn mirrors(link: &LinkSettings, exports: &Snapshot, gateway_alive: bool) -> Vec<Resource> {
     const TOPOLOGY: [&str; 2] = ["service.kubernetes.io/topology-aware-hints", "service.kubernetes.io/topology-mode"];
     let mut out = Vec::new();
@@ -409,8 +430,14 @@ pub fn mirrors(link: &LinkSettings, exports: &Snapshot, gateway_alive: bool) -> 
             .filter(|(k, _)| !TOPOLOGY.contains(&k.as_str()) && !excluded(&link.excluded_annotations, k))
             .map(|(k, v)| (k.clone(), json!(v)))
             .collect();
-        let fq_name = format!("{}.{}.svc.{}", e.name, e.namespace, link.cluster_domain);
-        annotations.insert(REMOTE_SVC_FQ_NAME.into(), json!(fq_name));
+        if e.remote_discovery {
+            // Flat mode (§12.2): Linkerd's labels, no gateway; the endpoints are the remote's own.
+            labels.insert("multicluster.linkerd.io/remote-discovery".into(), json!(link.cluster));
+            labels.insert("multicluster.linkerd.io/remote-service".into(), json!(e.name));
+        } else {
+            let fq_name = format!("{}.{}.svc.{}", e.name, e.namespace, link.cluster_domain);
+            annotations.insert(REMOTE_SVC_FQ_NAME.into(), json!(fq_name));
+        }
         let ports: Vec<_> =
             e.ports.iter().map(|p| json!({"name": p.name, "port": p.port, "targetPort": link.gateway_port, "appProtocol": p.app_protocol})).collect();
         let service = json!({
@@ -418,18 +445,23 @@ pub fn mirrors(link: &LinkSettings, exports: &Snapshot, gateway_alive: bool) -> 
             "metadata": {"name": name, "namespace": e.namespace, "labels": labels, "annotations": annotations},
             "spec": {"ports": ports, "clusterIP": ips.get(key.as_str()).map(|ip| ip.to_string())},
         });
-        let ips: Vec<_> = if e.ready && gateway_alive { link.gateways.iter().map(|ip| json!({"ip": ip.to_string()})).collect() } else { Vec::new() };
-        let slice_ports: Vec<_> = e.ports.iter().map(|p| json!({"name": p.name, "port": link.gateway_port})).collect();
-        let endpoints = json!({
-            "apiVersion": "workload.linkerd.io/v1beta1", "kind": "ExternalWorkload",
-            "metadata": {
-                "name": format!("mirror/{name}"), "namespace": e.namespace,
-                "labels": {ENDPOINT_SLICE_LABEL: name, CLUSTER_NAME_LABEL: link.cluster},
-                "annotations": {REMOTE_GATEWAY_IDENTITY: link.gateway_identity},
-            },
-            "spec": {"workloadIPs": ips, "ports": slice_ports},
-        });
-        for doc in [service, endpoints] {
+        let mut docs = vec![service];
+        if e.remote_discovery {
+            docs.extend(e.endpoints.iter().map(|ep| flat_endpoint(link, e, &name, ep)));
+        } else {
+            let ips: Vec<_> = if e.ready && gateway_alive { link.gateways.iter().map(|ip| json!({"ip": ip.to_string()})).collect() } else { Vec::new() };
+            let slice_ports: Vec<_> = e.ports.iter().map(|p| json!({"name": p.name, "port": link.gateway_port})).collect();
+            docs.push(json!({
+                "apiVersion": "workload.linkerd.io/v1beta1", "kind": "ExternalWorkload",
+                "metadata": {
+                    "name": format!("mirror/{name}"), "namespace": e.namespace,
+                    "labels": {ENDPOINT_SLICE_LABEL: name, CLUSTER_NAME_LABEL: link.cluster},
+                    "annotations": {REMOTE_GATEWAY_IDENTITY: link.gateway_identity},
+                },
+                "spec": {"workloadIPs": ips, "ports": slice_ports},
+            }));
+        }
+        for doc in docs {
             match crate::resources::parse_document(doc) {
                 Ok(Some(r)) => out.push(r),
                 Ok(None) => {}
