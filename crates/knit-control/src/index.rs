@@ -420,6 +420,11 @@ impl Index {
             .collect()
     }
 
+    /// The source a resource came from, if the index has it.
+    pub fn source_of(&self, key: &crate::resources::Key) -> Option<String> {
+        self.lock().owners.get(key).cloned()
+    }
+
     /// Every Link, as of now.
     pub fn links(&self) -> Vec<Arc<crate::resources::Link>> {
         self.lock()

@@ -334,7 +334,8 @@ impl Worker {
             if st.written.as_ref() == Some(&now) {
                 return;
             }
-            let resources = mirrors(&self.settings, &now.0, now.1);
+            let mut resources = mirrors(&self.settings, &now.0, now.1);
+            self.keep_local(&mut resources);
             st.written = Some(now);
             resources
         };
@@ -360,6 +361,34 @@ impl Worker {
         self.metrics.update(&self.settings.key, |st| st.mirrors = mirrors);
         self.metrics.mirrored_services.get_or_create(&labels(&self.settings.cluster)).set(i64::try_from(services).unwrap_or(i64::MAX));
         self.index.reset(&source(&self.settings.key), resources);
+    }
+}
+
+impl Worker {
+    /// Drops the mirrors whose name a Service of another source (the local cluster's own, or
+    /// another Link's mirror) already has, with their endpoints: a linked cluster must not
+    /// replace a local Service by exporting one named to collide (`books` from `east` and a local
+    /// `books-east`), as Linkerd's mirror refuses to.
+    fn keep_local(&self, resources: &mut Vec<Resource>) {
+        let own = source(&self.settings.key);
+        let taken: std::collections::BTreeSet<(String, String)> = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Service(s) if self.index.source_of(&r.key()).is_some_and(|src| src != own) => {
+                    tracing::warn!(cluster = %self.settings.cluster, namespace = %s.metadata.namespace, service = %s.metadata.name, "not mirroring: a Service of that name exists here already");
+                    Some((s.metadata.namespace.clone(), s.metadata.name.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        resources.retain(|r| {
+            let m = r.meta();
+            let name = match r {
+                Resource::ExternalWorkload(w) => w.metadata.labels.get(ENDPOINT_SLICE_LABEL).cloned().unwrap_or_default(),
+                _ => m.name.clone(),
+            };
+            !taken.contains(&(m.namespace.clone(), name))
+        });
     }
 }
 
@@ -390,14 +419,20 @@ async fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Res
 /// One remote endpoint of a flat mirror, as an EndpointSlice's workload: its address, its port
 /// for each of the mirror's ports (by name), and its proxy's identity and inbound port, so
 /// Destination sends it with `opaque_transport` and the remote identity (LINKERD-WIRE.md §12.2).
-fn flat_endpoint(link: &LinkSettings, e: &super::exports::Export, mirror: &str, ep: &super::exports::ExportEndpoint) -> serde_json::Value {
+fn flat_endpoint(link: &LinkSettings, e: &super::exports::Export, mirror: &str, ep: &super::exports::ExportEndpoint) -> Option<serde_json::Value> {
+    // A remote endpoint is a pod there: never this host, nor an address no pod has.
+    let ip = ep.ip.to_canonical();
+    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || matches!(ip, std::net::IpAddr::V4(v4) if v4.is_link_local() || v4.is_broadcast()) {
+        tracing::warn!(cluster = %link.cluster, service = %e.name, ip = %ep.ip, "ignoring a remote endpoint that no pod can have");
+        return None;
+    }
     let ports: Vec<_> = e.ports.iter().filter_map(|p| Some(json!({"name": p.name, "port": ep.ports.get(&p.port)?}))).collect();
     let mut annotations = serde_json::Map::new();
     if let Some(port) = ep.inbound_port {
         annotations.insert(crate::index::INBOUND_PORT_ANNOTATION.into(), json!(port.to_string()));
     }
     let mesh_tls = ep.identity.as_ref().map(|id| json!({"identity": id, "serverName": id}));
-    json!({
+    Some(json!({
         "apiVersion": "workload.linkerd.io/v1beta1", "kind": "ExternalWorkload",
         "metadata": {
             "name": format!("mirror/{mirror}/{}", ep.ip), "namespace": e.namespace,
@@ -405,7 +440,7 @@ fn flat_endpoint(link: &LinkSettings, e: &super::exports::Export, mirror: &str, 
             "annotations": annotations,
         },
         "spec": {"workloadIPs": [{"ip": ep.ip.to_string()}], "ports": ports, "meshTLS": mesh_tls},
-    })
+    }))
 }
 
 /// The mirror Services of `exports` and their endpoints (LINKERD-WIRE.md §12.1, §12.2).
@@ -447,7 +482,7 @@ pub fn mirrors(link: &LinkSettings, exports: &Snapshot, gateway_alive: bool) -> 
         });
         let mut docs = vec![service];
         if e.remote_discovery {
-            docs.extend(e.endpoints.iter().map(|ep| flat_endpoint(link, e, &name, ep)));
+            docs.extend(e.endpoints.iter().filter_map(|ep| flat_endpoint(link, e, &name, ep)));
         } else {
             let ips: Vec<_> = if e.ready && gateway_alive { link.gateways.iter().map(|ip| json!({"ip": ip.to_string()})).collect() } else { Vec::new() };
             let slice_ports: Vec<_> = e.ports.iter().map(|p| json!({"name": p.name, "port": link.gateway_port})).collect();
@@ -470,4 +505,39 @@ pub fn mirrors(link: &LinkSettings, exports: &Snapshot, gateway_alive: bool) -> 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_never_replaces_a_local_service() {
+        let index = Arc::new(Index::new(crate::index::IndexConfig {
+            cluster_domain: "cluster.local".into(),
+            trust_domain: "cluster.local".into(),
+            control_plane_ns: "knit".into(),
+            cluster_networks: vec![],
+            default_inbound_policy: "all-unauthenticated".into(),
+            default_opaque_ports: Default::default(),
+            global_egress_namespace: "linkerd-egress".into(),
+        }));
+        let local = "apiVersion: v1\nkind: Service\nmetadata: {name: books-east, namespace: shop}\nspec: {selector: {app: mine}, ports: [{port: 8080}]}\n";
+        index.reset("local.yaml", crate::resources::parse("local.yaml", local).0);
+        let link = "apiVersion: multicluster.linkerd.io/v1alpha3\nkind: Link\nmetadata: {name: east, namespace: shop, annotations: {knit.dev/remote-control-plane: '10.1.0.1:8095', knit.dev/remote-control-plane-identity: knit-control.knit.serviceaccount.identity.knit.cluster.local}}\nspec: {targetClusterName: east, gatewayAddress: 10.1.0.5, gatewayIdentity: gw, selector: {matchLabels: {x: y}}}\n";
+        let Some(Resource::Link(l)) = crate::resources::parse("link.yaml", link).0.pop() else { panic!() };
+        let settings = LinkSettings::of(&l).unwrap();
+        let worker = Worker { settings, index: index.clone(), metrics: Metrics::default(), state: Mutex::default() };
+        let export = |name: &str| serde_json::json!({"name": name, "namespace": "shop", "ready": true, "ports": [{"port": 8080}]});
+        worker.state.lock().unwrap().exports = Some(serde_json::from_value(serde_json::json!({"services": [export("books"), export("authors")]})).unwrap());
+        worker.state.lock().unwrap().alive = true;
+        worker.publish();
+        let exported: Vec<String> = index.exported(Some(&crate::resources::LabelSelector::default()), None).iter().map(|e| e.service.metadata.name.clone()).collect();
+        assert_eq!(exported, ["books-east"], "the local Service is, mirrors are not exported again");
+        let key = |name: &str| crate::resources::Key { kind: crate::resources::Kind::Service, namespace: "shop".into(), name: name.into() };
+        assert_eq!(index.source_of(&key("books-east")).as_deref(), Some("local.yaml"), "the local Service stays");
+        assert_eq!(index.source_of(&key("authors-east")).as_deref(), Some("multicluster/shop/east"));
+        let status = worker.metrics.status.lock().unwrap().get("shop/east").map(|s| s.mirrors.iter().map(|m| m.name.clone()).collect::<Vec<_>>());
+        assert_eq!(status, Some(vec!["authors-east".to_string()]));
+    }
 }
