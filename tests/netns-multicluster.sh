@@ -24,7 +24,7 @@ for b in "$BIN" "$KNIT" "$CONTROL"; do
 done
 [ "$(id -u)" = 0 ] || { echo "netns-multicluster: needs root"; exit 1; }
 
-R=knit-xr-$$ EC=knit-xec-$$ EB=knit-xeb-$$ WC=knit-xwc-$$ WA=knit-xwa-$$
+R=knit-xr-$$ EC=knit-xec-$$ EB=knit-xeb-$$ WC=knit-xwc-$$ WA=knit-xwa-$$ WB=knit-xwb-$$
 TMP=$(mktemp -d)
 chmod 755 "$TMP"
 install -m 755 "$BIN" "$TMP/knit-proxy"
@@ -35,7 +35,7 @@ failed=0
 
 cleanup() {
     for pid in "${PIDS[@]}" $GATEWAY_PID; do kill "$pid" 2>/dev/null; done
-    stop_namespaces "$EC" "$EB" "$WC" "$WA" "$R"
+    stop_namespaces "$EC" "$EB" "$WC" "$WA" "$WB" "$R"
     wait 2>/dev/null
     rm -rf "$TMP"
 }
@@ -44,7 +44,7 @@ trap cleanup EXIT
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 # --- the network: two bridges in the router, one host per veth ----------------------------------
-for ns in "$R" "$EC" "$EB" "$WC" "$WA"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+for ns in "$R" "$EC" "$EB" "$WC" "$WA" "$WB"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
 in_ns "$R" sysctl -qw net.ipv4.ip_forward=1
 for side in e:1 w:2; do
     ip -n "$R" link add "br-${side%%:*}" type bridge
@@ -52,7 +52,7 @@ for side in e:1 w:2; do
     ip -n "$R" link set "br-${side%%:*}" up
 done
 i=0
-for spec in "$EC:e:1:1" "$EB:e:1:2" "$WC:w:2:1" "$WA:w:2:2"; do
+for spec in "$EC:e:1:1" "$EB:e:1:2" "$WC:w:2:1" "$WA:w:2:2" "$WB:w:2:3"; do
     IFS=: read -r ns br net host <<<"$spec"
     i=$((i + 1))
     ip link add "kx$i-$$" type veth peer name "kr$i-$$"
@@ -63,7 +63,7 @@ for spec in "$EC:e:1:1" "$EB:e:1:2" "$WC:w:2:1" "$WA:w:2:2"; do
     ip -n "$ns" link set "kx$i-$$" up
     ip -n "$ns" route add default via "10.233.$net.254"
 done
-IP_EC=10.233.1.1 IP_EB=10.233.1.2 IP_WC=10.233.2.1
+IP_EC=10.233.1.1 IP_EB=10.233.1.2 IP_WC=10.233.2.1 IP_WB=10.233.2.3
 
 # --- identity: one anchor, an issuer per cluster ------------------------------------------------
 SUFFIX=shop.serviceaccount.identity.knit.cluster.local
@@ -71,20 +71,20 @@ SUFFIX=shop.serviceaccount.identity.knit.cluster.local
 cp -r "$TMP/east-id" "$TMP/west-id"
 "$KNIT" identity issuer --dir "$TMP/west-id" --name identity.west.cluster.local >/dev/null
 for w in books gateway; do "$KNIT" identity token --dir "$TMP/east-id" --identity "$w.$SUFFIX" >"$TMP/$w.token"; done
-"$KNIT" identity token --dir "$TMP/west-id" --identity "web.$SUFFIX" >"$TMP/web.token"
+for w in web books-w; do "$KNIT" identity token --dir "$TMP/west-id" --identity "$w.$SUFFIX" >"$TMP/$w.token"; done
 chmod 644 "$TMP"/*-id/trust-anchors.pem "$TMP"/*.token
 check "the clusters' issuers differ" bash -c '! cmp -s "$1/east-id/issuer/crt.pem" "$1/west-id/issuer/crt.pem"' _ "$TMP"
 
 # --- east: books and redis exported, a gateway with a policy of its own -------------------------
 mkdir -p "$TMP/east" "$TMP/west"
-export_svc() { # name, clusterIP, port, exported
-    printf -- '---\napiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: shop, labels: {mirror.linkerd.io/exported: "%s"}}\nspec:\n  clusterIP: %s\n  selector: {app: books}\n  ports: [{port: %s, targetPort: %s}]\n' "$1" "$4" "$2" "$3" "$3"
+export_svc() { # name, clusterIP, port, labels
+    printf -- '---\napiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: shop, labels: {%s}}\nspec:\n  clusterIP: %s\n  selector: {app: books}\n  ports: [{port: %s, targetPort: %s}]\n' "$1" "$4" "$2" "$3" "$3"
 }
-east_manifests() { # redis exported: true|false
+east_manifests() { # redis exported: true|false; books a federated member: member|no
     {
-        export_svc books 10.96.1.10 8080 true
-        export_svc redis 10.96.1.11 6379 "$1"
-        export_svc catalog 10.96.1.12 8080 remote-discovery
+        export_svc books 10.96.1.10 8080 "mirror.linkerd.io/exported: \"true\", mirror.linkerd.io/federated: ${2:-member}"
+        export_svc redis 10.96.1.11 6379 "mirror.linkerd.io/exported: \"$1\""
+        export_svc catalog 10.96.1.12 8080 "mirror.linkerd.io/exported: remote-discovery"
         cat <<YAML
 ---
 apiVersion: workload.linkerd.io/v1beta1
@@ -127,12 +127,28 @@ east_manifests true
 
 in_ns "$EB" "$TMP/knit-proxy" init --proxy-uid 2102 2>>"$TMP/init.log"
 in_ns "$WA" "$TMP/knit-proxy" init --proxy-uid 2102 2>>"$TMP/init.log"
+in_ns "$WB" "$TMP/knit-proxy" init --proxy-uid 2102 2>>"$TMP/init.log"
+# West's own books: a member of books-federated with east's.
+{
+    export_svc books 10.96.2.10 8080 "mirror.linkerd.io/federated: member"
+    cat <<YAML
+---
+apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata: {name: books-w, namespace: shop, labels: {app: books}}
+spec:
+  meshTLS: {identity: books-w.$SUFFIX, serverName: books-w.$SUFFIX}
+  workloadIPs: [{ip: $IP_WB}]
+  ports: [{port: 8080}]
+YAML
+} >"$TMP/west/app.yaml"
 in_ns "$EC" "$CONTROL" --identity-dir "$TMP/east-id" --identity-addr "$IP_EC:18080" --admin-addr 127.0.0.1:19990 \
     --destination-addr "$IP_EC:18086" --policy-addr "$IP_EC:18090" --multicluster-addr "$IP_EC:18095" \
     --config-dir "$TMP/east" 2>"$TMP/control-east.log" &
 PIDS+=($!)
 in_ns "$WC" "$CONTROL" --identity-dir "$TMP/west-id" --identity-addr "$IP_WC:18080" --admin-addr 127.0.0.1:19990 \
-    --destination-addr "$IP_WC:18086" --policy-addr "$IP_WC:18090" --config-dir "$TMP/west" 2>"$TMP/control-west.log" &
+    --destination-addr "$IP_WC:18086" --policy-addr "$IP_WC:18090" --federated-cluster-ips 10.96.201.0/24 \
+    --config-dir "$TMP/west" 2>"$TMP/control-west.log" &
 PIDS+=($!)
 
 proxy() { # namespace, workload, control-plane IP, trust anchors dir, extra env...; sets LAST_PID
@@ -167,21 +183,27 @@ proxy "$EB" books "$IP_EC" "$TMP/east-id" KNIT_PROXY_INBOUND_PORTS=8080,6379
 PIDS+=("$LAST_PID")
 proxy "$WA" web "$IP_WC" "$TMP/west-id"
 PIDS+=("$LAST_PID")
+proxy "$WB" books-w "$IP_WC" "$TMP/west-id" KNIT_PROXY_INBOUND_PORTS=8080
+PIDS+=("$LAST_PID")
 start_gateway
 ready "$EB" books
 ready "$WA" web
+ready "$WB" books-w
 
 # --- east's applications ------------------------------------------------------------------------
 cat >"$TMP/books.py" <<'PY'
-import http.server
+import http.server, sys
+NAME = sys.argv[1]
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = ("books %s | %s\n" % (self.headers.get("l5d-client-id", "-"), self.headers.get("forwarded", "-"))).encode()
+        body = ("%s %s | %s\n" % (NAME, self.headers.get("l5d-client-id", "-"), self.headers.get("forwarded", "-"))).encode()
         self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
     def log_message(self, *a): pass
 http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
 PY
-in_ns "$EB" python3 "$TMP/books.py" >"$TMP/books.out" 2>&1 &
+in_ns "$EB" python3 "$TMP/books.py" books >"$TMP/books.out" 2>&1 &
+PIDS+=($!)
+in_ns "$WB" python3 "$TMP/books.py" books-w >"$TMP/books-w.out" 2>&1 &
 PIDS+=($!)
 in_ns "$EB" redis-server --port 6379 --bind 0.0.0.0 --protected-mode no --save '' --appendonly no >"$TMP/redis.out" 2>&1 &
 PIDS+=($!)
@@ -196,12 +218,15 @@ status() { in_ns "$WC" curl -fsS --max-time 2 http://127.0.0.1:19990/multicluste
 mirror_field() { # mirror name, field -> value
     status | python3 -c 'import json, sys
 name, field = sys.argv[1:]
-for link in json.load(sys.stdin).values():
+status = json.load(sys.stdin)
+for f in status["federated"]:
+    if f["name"] == name: print(f[field]); sys.exit()
+for link in status["links"].values():
     for m in link["mirrors"]:
         if m["name"] == name: print(m[field]); sys.exit()
 print("-")' "$1" "$2"
 }
-gateway_alive() { status | python3 -c 'import json, sys; print(all(l["gateway"]["alive"] for l in json.load(sys.stdin).values()))'; }
+gateway_alive() { status | python3 -c 'import json, sys; print(all(l["gateway"]["alive"] for l in json.load(sys.stdin)["links"].values()))'; }
 wait_for() { # seconds, command...: true once the command succeeds
     local deadline=$((SECONDS + $1))
     shift
@@ -237,7 +262,7 @@ check "the gateway's metrics show the requests it forwarded to books" \
     test "$(metric "$EC" response_total 'direction="outbound"' 'dst_service="books"' 'status_code="200"')" -ge 10
 check "west's metrics name the cluster" test "$(metric "$WA" response_total 'direction="outbound"' 'dst_target_cluster="east"')" -ge 10
 out=$(in_ns "$WC" "$KNIT" multicluster gateways --admin-addr 127.0.0.1:19990 2>&1)
-check "knit multicluster gateways: east alive, 3 Services ($(echo "$out" | tail -n 1))" bash -c '[[ $(echo "$1" | tail -n 1) =~ ^east\ +True\ +[0-9]+ms\ +3$ ]]' _ "$out"
+check "knit multicluster gateways: east alive, 3 mirrored Services ($(echo "$out" | tail -n 1))" bash -c '[[ $(echo "$1" | tail -n 1) =~ ^east\ +True\ +[0-9]+ms\ +3$ ]]' _ "$out"
 check "knit multicluster check passes" in_ns "$WC" "$KNIT" multicluster check --admin-addr 127.0.0.1:19990
 
 # --- flat mode: catalog is exported for remote discovery -----------------------------------------
@@ -247,6 +272,44 @@ check "curl to catalog-east ($CATALOG) reaches east's pod directly, which sees w
     bash -c '[[ $1 == "books web.$2 | -"* ]]' _ "$body" "$SUFFIX"
 check "west's proxy dialled east's pod (not the gateway) over mTLS as books' identity" \
     test "$(metric "$WA" tcp_open_total 'direction="outbound"' 'peer="dst"' 'tls="true"' "server_id=\"books.$SUFFIX\"" "target_ip=\"$IP_EB\"")" -ge 1
+
+# --- federated: books-federated has a member in each cluster --------------------------------------
+wait_for 10 test "$(mirror_field books-federated clusters)" = "['east']"
+FED=$(mirror_field books-federated cluster_ip)
+check "books-federated has members here and in east ($FED, local $(mirror_field books-federated local), $(mirror_field books-federated clusters))" \
+    test "$(mirror_field books-federated local)" = True -a "$(mirror_field books-federated clusters)" = "['east']"
+fed_round() { # requests -> "east west failed" counts
+    local e=0 w=0 f=0 body
+    for _ in $(seq "$1"); do
+        body=$(in_ns "$WA" curl -sS --max-time 5 "http://$FED:8080/" 2>/dev/null)
+        case $body in "books-w "*) w=$((w + 1)) ;; "books "*) e=$((e + 1)) ;; *) f=$((f + 1)) ;; esac
+    done
+    echo "$e $w $f"
+}
+read -r e w f < <(fed_round 40)
+check "books-federated spreads over both clusters ($e east, $w west, $f failed)" test "$e" -ge 1 -a "$w" -ge 1 -a "$f" = 0
+# East's member leaves mid-traffic: no request fails, and the rest all go to west.
+fed_round 60 >"$TMP/fed-during.out" &
+during=$!
+sleep 1
+east_manifests true no
+wait "$during"
+read -r e w f <"$TMP/fed-during.out"
+check "east's member leaving mid-traffic fails no request ($e east, $w west, $f failed)" test "$f" = 0
+wait_for 10 test "$(mirror_field books-federated clusters)" = "[]"
+read -r e w f < <(fed_round 20)
+check "without east's member, books-federated is all west ($e east, $w west, $f failed)" test "$e" = 0 -a "$w" = 20
+east_manifests true member
+wait_for 10 test "$(mirror_field books-federated clusters)" = "['east']"
+# P2C prefers the member it knows: east's returning member starts at the default RTT estimate,
+# which decays (10 s time constant) until it is chosen again. Rounds of 10 until it is.
+back=$SECONDS e=0
+while ((SECONDS - back < 60)); do
+    read -r e w f < <(fed_round 10)
+    ((e > 0)) && break
+    sleep 0.5
+done
+check "east's member back: shared again, after $((SECONDS - back)) s ($e east, $w west, $f failed in the last round)" test "$e" -ge 1 -a "$f" = 0
 
 # --- the gateway dies, then returns --------------------------------------------------------------
 kill "$GATEWAY_PID"

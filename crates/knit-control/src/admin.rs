@@ -40,7 +40,9 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, kubernetes: Opt
                         }
                         "/multicluster" if peer.ip().is_loopback() => {
                             let links = multicluster.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                            (StatusCode::OK, serde_json::to_string_pretty(&links).expect("link status serialises"))
+                            let federated = multicluster.federated.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                            let status = serde_json::json!({"links": links, "federated": federated});
+                            (StatusCode::OK, serde_json::to_string_pretty(&status).expect("link status serialises"))
                         }
                         "/identity/leaves" | "/multicluster" => (StatusCode::FORBIDDEN, "only served to loopback: use kubectl port-forward\n".to_string()),
                         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),

@@ -35,6 +35,9 @@ pub struct Config {
     /// `knit-control.*.serviceaccount.identity.*`, under the shared trust anchors).
     #[arg(long, env = "KNIT_CONTROL_MULTICLUSTER_ALLOWED_IDENTITIES", value_delimiter = ',')]
     pub multicluster_allowed_identities: Vec<String>,
+    /// Local mode: the range federated Services' (`<svc>-federated`) ClusterIPs come from.
+    #[arg(long, env = "KNIT_CONTROL_FEDERATED_CLUSTER_IPS")]
+    pub federated_cluster_ips: Option<ipnet::IpNet>,
     #[command(flatten)]
     pub identity: IdentityConfig,
     #[command(flatten)]
@@ -61,6 +64,7 @@ impl Config {
             serve_tls_identity: None,
             multicluster_addr: None,
             multicluster_allowed_identities: Vec::new(),
+            federated_cluster_ips: None,
             identity,
             discovery: DiscoveryConfig {
                 config_dir: None,

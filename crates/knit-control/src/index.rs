@@ -245,15 +245,20 @@ impl<K: Eq + Hash + Clone, T: PartialEq> Views<K, Option<T>> {
 pub struct Exported {
     pub service: Arc<Service>,
     pub ready: bool,
+    /// Mirrored through the gateway.
+    pub gateway: bool,
     /// Remote discovery (flat mode): its endpoints go with it, by Service port.
     pub flat: bool,
+    /// A member of `<name>-federated` (its endpoints go with it too).
+    pub federated: bool,
     pub endpoints: BTreeMap<u16, BTreeMap<std::net::SocketAddr, destination::WeightedAddr>>,
 }
 
 /// The endpoints of a Service port: `None` when the Service or the port does not exist.
 pub type EndpointsView = Option<endpoints::Endpoints>;
 pub use endpoints::{
-    Endpoints, CLUSTER_NAME_LABEL, ENDPOINT_SLICE_LABEL, INBOUND_PORT_ANNOTATION, MIRRORED_SERVICE_LABEL, REMOTE_GATEWAY_IDENTITY, REMOTE_SVC_FQ_NAME,
+    Endpoints, CLUSTER_NAME_LABEL, ENDPOINT_SLICE_LABEL, INBOUND_PORT_ANNOTATION, LOCAL_DISCOVERY, MIRRORED_SERVICE_LABEL, REMOTE_GATEWAY_IDENTITY,
+    REMOTE_SVC_FQ_NAME,
 };
 
 struct State {
@@ -396,7 +401,8 @@ impl Index {
     /// those `remote_discovery` picks (flat: with their endpoints, by Service port). Each says
     /// whether it has a ready endpoint (its first port's). Mirrors are never exported again: two
     /// linked clusters would mirror each other's mirrors for ever.
-    pub fn exported(&self, selector: Option<&crate::resources::LabelSelector>, remote_discovery: Option<&crate::resources::LabelSelector>) -> Vec<Exported> {
+    pub fn exported(&self, selectors: [Option<&crate::resources::LabelSelector>; 3]) -> Vec<Exported> {
+        let [selector, remote_discovery, federated] = selectors;
         let state = self.lock();
         let model = &state.model;
         let picks = |sel: Option<&crate::resources::LabelSelector>, s: &Service| sel.is_some_and(|sel| sel.matches(&s.metadata.labels));
@@ -404,18 +410,18 @@ impl Index {
             .services()
             .filter(|s| !s.metadata.labels.contains_key(MIRRORED_SERVICE_LABEL))
             .filter_map(|s| {
-                let flat = picks(remote_discovery, s);
-                if !flat && !picks(selector, s) {
+                let (gateway, flat, member) = (picks(selector, s), picks(remote_discovery, s), picks(federated, s));
+                if !gateway && !flat && !member {
                     return None;
                 }
                 let key = |port: u16| SvcPort { ns: s.metadata.namespace.clone(), name: s.metadata.name.clone(), port };
                 let ready = s.spec.ports.first().and_then(|p| endpoints::compute(model, &self.config, &key(p.port))).is_some_and(|e| !e.addrs.is_empty());
-                let endpoints = if flat {
+                let endpoints = if flat || member {
                     s.spec.ports.iter().filter_map(|p| Some((p.port, endpoints::compute(model, &self.config, &key(p.port))?.addrs))).collect()
                 } else {
                     BTreeMap::new()
                 };
-                Some(Exported { service: s.clone(), ready, flat, endpoints })
+                Some(Exported { service: s.clone(), ready, gateway, flat, federated: member, endpoints })
             })
             .collect()
     }
@@ -423,6 +429,11 @@ impl Index {
     /// The source a resource came from, if the index has it.
     pub fn source_of(&self, key: &crate::resources::Key) -> Option<String> {
         self.lock().owners.get(key).cloned()
+    }
+
+    /// The Services `f` picks, as of now.
+    pub fn services_where(&self, f: impl Fn(&Service) -> bool) -> Vec<Arc<Service>> {
+        self.lock().model.services().filter(|s| f(s)).cloned().collect()
     }
 
     /// Every Link, as of now.

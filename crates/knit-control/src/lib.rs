@@ -266,6 +266,7 @@ impl Control {
         // Links whose remote is another knit-control are mirrored (no other Links, no work).
         let client_tls = Arc::new(tls::ClientTls::new(self.service.clone(), own_identity(&self.config, &self.index)));
         tasks.push(tokio::spawn(multicluster::mirror::run(self.index.clone(), client_tls, self.mirror_metrics.clone())));
+        tasks.push(tokio::spawn(multicluster::federation::run(self.index.clone(), self.config.federated_cluster_ips, self.mirror_metrics.federated.clone())));
         if let Some(local) = self.local {
             tasks.push(tokio::spawn(local.run(self.config.discovery.config_poll_interval)));
         }

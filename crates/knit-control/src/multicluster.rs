@@ -15,6 +15,7 @@
 //! `knit.dev/remote-control-plane-identity` (the identity it proves).
 
 pub mod exports;
+pub mod federation;
 pub mod mirror;
 
 use crate::resources::{LabelSelector, Link};
@@ -41,6 +42,8 @@ pub struct LinkSettings {
     pub selector: Option<LabelSelector>,
     /// Flat mode: Services mirrored with the remote's endpoints (no gateway in the way).
     pub remote_discovery_selector: Option<LabelSelector>,
+    /// Federated members: their endpoints join `<name>-federated`.
+    pub federated_selector: Option<LabelSelector>,
     pub excluded_labels: Vec<String>,
     pub excluded_annotations: Vec<String>,
     /// The remote knit-control, in local mode.
@@ -149,7 +152,8 @@ impl LinkSettings {
             ),
         };
         let non_empty = |sel: &Option<LabelSelector>| sel.clone().filter(|sel| !sel.match_labels.is_empty() || !sel.match_expressions.is_empty());
-        let (selector, remote_discovery_selector) = (non_empty(&s.selector), non_empty(&s.remote_discovery_selector));
+        let (selector, remote_discovery_selector, federated_selector) =
+            (non_empty(&s.selector), non_empty(&s.remote_discovery_selector), non_empty(&s.federated_service_selector));
         Ok(Self {
             key: format!("{}/{}", link.metadata.namespace, link.metadata.name),
             cluster: s.target_cluster_name.clone(),
@@ -160,6 +164,7 @@ impl LinkSettings {
             probe,
             selector,
             remote_discovery_selector,
+            federated_selector,
             excluded_labels: s.excluded_labels.clone(),
             excluded_annotations: s.excluded_annotations.clone(),
             remote,
@@ -290,7 +295,7 @@ spec:
     fn mirrors_follow_the_exports_and_the_gateway() {
         let s = link(LINK).unwrap();
         let snapshot: Snapshot = serde_json::from_value(serde_json::json!({"services": [{
-            "name": "books", "namespace": "shop", "ready": true,
+            "name": "books", "namespace": "shop", "ready": true, "gateway": true,
             "labels": {"app": "books", "team/owner": "x", "mirror.linkerd.io/exported": "true"},
             "annotations": {"config.linkerd.io/opaque-ports": "6379", "service.kubernetes.io/topology-mode": "Auto"},
             "ports": [{"name": "http", "port": 8080}, {"name": "redis", "port": 6379}],

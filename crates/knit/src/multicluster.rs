@@ -61,6 +61,9 @@ pub struct LinkArgs {
     /// The label that exports a Service for flat mode (clients reach its pods directly).
     #[arg(long, default_value = "mirror.linkerd.io/exported=remote-discovery")]
     remote_discovery_selector: String,
+    /// The label of the members of `<service>-federated`.
+    #[arg(long, default_value = "mirror.linkerd.io/federated=member")]
+    federated_service_selector: String,
 }
 
 #[derive(clap::Args)]
@@ -110,6 +113,7 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
 fn link(a: &LinkArgs) -> anyhow::Result<String> {
     let (key, value) = a.selector.split_once('=').context("--selector: expected key=value")?;
     let (flat_key, flat_value) = a.remote_discovery_selector.split_once('=').context("--remote-discovery-selector: expected key=value")?;
+    let (fed_key, fed_value) = a.federated_service_selector.split_once('=').context("--federated-service-selector: expected key=value")?;
     let mut annotations = vec![
         format!("    knit.dev/remote-control-plane: \"{}\"", a.remote_control_plane),
         format!("    knit.dev/remote-control-plane-identity: {}", a.remote_control_plane_identity),
@@ -118,7 +122,7 @@ fn link(a: &LinkArgs) -> anyhow::Result<String> {
         annotations.push(format!("    knit.dev/mirror-cluster-ips: {ips}"));
     }
     let yaml = format!(
-        "apiVersion: multicluster.linkerd.io/v1alpha3\nkind: Link\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n{annotations}\nspec:\n  targetClusterName: {name}\n  targetClusterDomain: {domain}\n  gatewayAddress: {gw}\n  gatewayPort: \"{port}\"\n  gatewayIdentity: {gw_id}\n  probeSpec:\n    path: /ready\n    port: \"{probe}\"\n    period: {period}\n    timeout: 30s\n    failureThreshold: \"{threshold}\"\n  selector:\n    matchLabels:\n      {key}: \"{value}\"\n  remoteDiscoverySelector:\n    matchLabels:\n      {flat_key}: \"{flat_value}\"\n",
+        "apiVersion: multicluster.linkerd.io/v1alpha3\nkind: Link\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n{annotations}\nspec:\n  targetClusterName: {name}\n  targetClusterDomain: {domain}\n  gatewayAddress: {gw}\n  gatewayPort: \"{port}\"\n  gatewayIdentity: {gw_id}\n  probeSpec:\n    path: /ready\n    port: \"{probe}\"\n    period: {period}\n    timeout: 30s\n    failureThreshold: \"{threshold}\"\n  selector:\n    matchLabels:\n      {key}: \"{value}\"\n  remoteDiscoverySelector:\n    matchLabels:\n      {flat_key}: \"{flat_value}\"\n  federatedServiceSelector:\n    matchLabels:\n      {fed_key}: \"{fed_value}\"\n",
         name = a.cluster_name,
         ns = a.namespace,
         annotations = annotations.join("\n"),
@@ -157,7 +161,7 @@ fn fetch(admin: SocketAddr) -> anyhow::Result<serde_json::Value> {
 }
 
 fn links(v: &serde_json::Value) -> Vec<(&str, &serde_json::Value)> {
-    v.as_object().map(|m| m.iter().map(|(k, v)| (k.as_str(), v)).collect()).unwrap_or_default()
+    v["links"].as_object().map(|m| m.iter().map(|(k, v)| (k.as_str(), v)).collect()).unwrap_or_default()
 }
 
 /// Linkerd's `multicluster gateways` columns.
@@ -265,11 +269,11 @@ mod tests {
 
     #[test]
     fn gateways_and_check_read_the_status() {
-        let v = serde_json::json!({"linkerd-multicluster/east": {
+        let v = serde_json::json!({"links": {"linkerd-multicluster/east": {
             "cluster": "east", "remote": "10.0.0.1:8095", "remote_connected": false,
             "remote_error": "TLS with 10.0.0.1:8095 (expecting knit-control...): invalid peer certificate: UnknownIssuer",
             "gateway": {"addresses": ["10.0.0.2"], "alive": true, "failures": 0, "probe_latency_ms": 3},
-            "mirrors": [{"namespace": "shop", "name": "books-east", "cluster_ip": null, "ready": true}]}});
+            "mirrors": [{"namespace": "shop", "name": "books-east", "cluster_ip": null, "ready": true}]}}, "federated": []});
         let table = gateways(&v);
         assert!(table.lines().nth(1).is_some_and(|l| l.split_whitespace().collect::<Vec<_>>() == ["east", "True", "3ms", "1"]), "{table}");
         let (report, ok) = check(&v);

@@ -47,6 +47,13 @@ pub fn compute(model: &Model, cfg: &IndexConfig, key: &SvcPort) -> Option<Endpoi
             addrs.insert(addr, weighted);
         }
     }
+    // A federated Service (§12.3): the local member's endpoints join the remote members'.
+    if let Some(member) = svc.metadata.annotations.get(LOCAL_DISCOVERY).filter(|m| **m != key.name) {
+        let member = SvcPort { ns: key.ns.clone(), name: member.clone(), port: key.port };
+        if model.service(&member.ns, &member.name).is_some_and(|m| !m.metadata.annotations.contains_key(LOCAL_DISCOVERY)) {
+            addrs.extend(compute(model, cfg, &member).map(|e| e.addrs).unwrap_or_default());
+        }
+    }
     let mut labels = HashMap::from([("namespace".to_string(), key.ns.clone()), ("service".to_string(), key.name.clone())]);
     if let Some(fq_name) = remote {
         labels.extend(remote_labels(svc, fq_name));
@@ -59,6 +66,8 @@ pub fn compute(model: &Model, cfg: &IndexConfig, key: &SvcPort) -> Option<Endpoi
 pub const REMOTE_SVC_FQ_NAME: &str = "mirror.linkerd.io/remote-svc-fq-name";
 /// The annotation of a mirror's endpoints (the gateway's addresses): the identity the gateway proves.
 pub const REMOTE_GATEWAY_IDENTITY: &str = "mirror.linkerd.io/remote-gateway-identity";
+/// The annotation of a federated Service naming its local member (`multicluster/federation.rs`).
+pub const LOCAL_DISCOVERY: &str = "multicluster.linkerd.io/local-discovery";
 /// The label of every mirrored Service.
 pub const MIRRORED_SERVICE_LABEL: &str = "mirror.linkerd.io/mirrored-service";
 /// The label of a mirrored Service: the cluster it comes from.
@@ -152,11 +161,18 @@ pub fn weighted_addr(w: &ExternalWorkload, addr: SocketAddr, opaque: bool) -> We
 /// Whether `change` can alter the endpoints of `key`: its Service changed, or a workload in its
 /// namespace that the Service selects (before or after the change).
 pub fn affects(model: &Model, change: &Change, key: &SvcPort) -> bool {
+    // A federated Service follows its local member too.
+    let member = model.service(&key.ns, &key.name).and_then(|s| s.metadata.annotations.get(LOCAL_DISCOVERY)).filter(|m| **m != key.name);
+    let named = |name: &str| name == key.name || member.is_some_and(|m| m == name);
     match change.key.kind {
-        Kind::Service => change.key.namespace == key.ns && change.key.name == key.name,
+        Kind::Service => change.key.namespace == key.ns && named(&change.key.name),
         Kind::ExternalWorkload if change.key.namespace == key.ns => {
-            let Some(svc) = model.service(&key.ns, &key.name) else { return false };
-            [&change.before, &change.after].into_iter().flatten().any(|r| matches!(r, Resource::ExternalWorkload(w) if selects(svc, w)))
+            let services: Vec<_> =
+                [Some(key.name.as_str()), member.map(String::as_str)].into_iter().flatten().filter_map(|n| model.service(&key.ns, n)).collect();
+            [&change.before, &change.after]
+                .into_iter()
+                .flatten()
+                .any(|r| matches!(r, Resource::ExternalWorkload(w) if services.iter().any(|svc| selects(svc, w))))
         }
         _ => false,
     }

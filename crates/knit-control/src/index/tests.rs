@@ -338,3 +338,27 @@ fn a_gateway_mirror_resolves_to_the_gateway_with_the_remote_authority() {
     let a = eps.addrs.values().next().unwrap();
     assert!(a.authority_override.is_some() && a.tls_identity.is_none() && a.protocol_hint.is_none(), "{a:?}");
 }
+
+#[test]
+fn a_federated_service_follows_its_local_and_remote_members() {
+    let index = index();
+    let local = "apiVersion: v1\nkind: Service\nmetadata: {name: books, namespace: demo, labels: {mirror.linkerd.io/federated: member}}\nspec: {selector: {app: books}, ports: [{port: 8080}]}\n";
+    load(&index, "local.yaml", &(local.to_string() + &workload("b1", "app: books", "10.0.0.1", 4143).replace("port: 7000", "port: 8080")));
+    let federated = "apiVersion: v1\nkind: Service\nmetadata: {name: books-federated, namespace: demo, annotations: {multicluster.linkerd.io/local-discovery: books, multicluster.linkerd.io/remote-discovery: books@east}}\nspec: {ports: [{port: 8080}]}\n";
+    load(&index, "federated", federated);
+    let remote = "apiVersion: workload.linkerd.io/v1beta1\nkind: ExternalWorkload\nmetadata: {name: mirror/books-federated/east/10.1.0.9, namespace: demo, labels: {knit.dev/endpointslice-service: books-federated}}\nspec: {workloadIPs: [{ip: 10.1.0.9}], ports: [{port: 8080}]}\n";
+    let mut rx = index.endpoints(&SvcPort { ns: "demo".into(), name: "books-federated".into(), port: 8080 });
+    let addrs =
+        |rx: &mut watch::Receiver<Arc<EndpointsView>>| rx.borrow_and_update().as_ref().clone().unwrap().addrs.keys().map(|a| a.to_string()).collect::<Vec<_>>();
+    assert_eq!(addrs(&mut rx), ["10.0.0.1:8080"]);
+    for round in 0..2 {
+        load(&index, "mirror", remote);
+        assert_eq!(addrs(&mut rx), ["10.0.0.1:8080", "10.1.0.9:8080"], "round {round}: the remote member joins");
+        index.reset("mirror", vec![]);
+        assert_eq!(addrs(&mut rx), ["10.0.0.1:8080"], "round {round}: and leaves");
+    }
+    // The local member's endpoints follow its workloads.
+    load(&index, "mirror", remote);
+    load(&index, "local.yaml", local);
+    assert_eq!(addrs(&mut rx), ["10.1.0.9:8080"]);
+}

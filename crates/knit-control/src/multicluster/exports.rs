@@ -33,6 +33,9 @@ pub struct ExportRequest {
     /// Services mirrored with their endpoints (flat mode).
     #[serde(default)]
     pub remote_discovery_selector: Option<LabelSelector>,
+    /// Members of `<name>-federated`, with their endpoints.
+    #[serde(default)]
+    pub federated_service_selector: Option<LabelSelector>,
 }
 
 /// The exported Services, all of them, at one moment.
@@ -53,9 +56,15 @@ pub struct Export {
     pub ports: Vec<ExportPort>,
     /// Whether it has a ready endpoint.
     pub ready: bool,
+    /// Mirrored through the gateway.
+    #[serde(default)]
+    pub gateway: bool,
     /// Flat mode (remote discovery): the client connects to these endpoints itself.
     #[serde(default)]
     pub remote_discovery: bool,
+    /// A member of `<name>-federated`: its endpoints join those of the other clusters' members.
+    #[serde(default)]
+    pub federated: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<ExportEndpoint>,
 }
@@ -86,7 +95,7 @@ pub struct ExportPort {
 
 pub fn snapshot(index: &Index, req: &ExportRequest) -> Snapshot {
     let services = index
-        .exported(req.selector.as_ref(), req.remote_discovery_selector.as_ref())
+        .exported([req.selector.as_ref(), req.remote_discovery_selector.as_ref(), req.federated_service_selector.as_ref()])
         .into_iter()
         .map(|e| {
             let s = &e.service;
@@ -97,7 +106,9 @@ pub fn snapshot(index: &Index, req: &ExportRequest) -> Snapshot {
                 annotations: s.metadata.annotations.clone(),
                 ports: s.spec.ports.iter().map(|p| ExportPort { name: p.name.clone(), port: p.port, app_protocol: p.app_protocol.clone() }).collect(),
                 ready: e.ready,
+                gateway: e.gateway,
                 remote_discovery: e.flat,
+                federated: e.federated,
                 endpoints: flat_endpoints(&e.endpoints),
             }
         })

@@ -61,6 +61,19 @@ pub struct Metrics {
     pub remote_connected: Family<Labels, Gauge>,
     /// Each Link's state, for the admin server's `/multicluster` (and `knit multicluster`).
     pub status: Arc<Mutex<std::collections::BTreeMap<String, LinkStatus>>>,
+    /// The federated Services (`federation.rs`), for `/multicluster` too.
+    pub federated: Arc<Mutex<Vec<FederatedStatus>>>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FederatedStatus {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ip: Option<String>,
+    /// Whether this cluster has a member.
+    pub local: bool,
+    /// The linked clusters that have one.
+    pub clusters: Vec<String>,
 }
 
 /// What the mirror knows of one Link, as `/multicluster` reports it.
@@ -235,7 +248,12 @@ impl Worker {
             .handshake(TokioIo::new(io))
             .await?;
         tokio::spawn(conn);
-        let request = ExportRequest { selector: self.settings.selector.clone(), remote_discovery_selector: self.settings.remote_discovery_selector.clone() };
+        let s = &self.settings;
+        let request = ExportRequest {
+            selector: s.selector.clone(),
+            remote_discovery_selector: s.remote_discovery_selector.clone(),
+            federated_service_selector: s.federated_selector.clone(),
+        };
         let body = serde_json::to_vec(&request)?;
         let uri = format!("https://{}{PATH}", remote.addr);
         let req = http::Request::post(uri).header(http::header::CONTENT_TYPE, "application/json").body(Full::new(Bytes::from(body)))?;
@@ -450,6 +468,21 @@ pub fn mirrors(link: &LinkSettings, exports: &Snapshot, gateway_alive: bool) -> 
     let keys: Vec<String> = exports.services.iter().map(|e| format!("{}/{}", e.namespace, e.name)).collect();
     let ips = link.cluster_ips.as_ref().map(|range| super::cluster_ips(range, keys.iter().map(String::as_str))).unwrap_or_default();
     for (e, key) in exports.services.iter().zip(&keys) {
+        if e.federated {
+            // Members of `<name>-federated` (§12.3): their endpoints, which `federation.rs` gathers.
+            let federated = format!("{}-federated", e.name);
+            let ports = serde_json::to_string(&e.ports).unwrap_or_default();
+            for ep in &e.endpoints {
+                let Some(mut doc) = flat_endpoint(link, e, &federated, ep) else { continue };
+                doc["metadata"]["name"] = json!(format!("mirror/{federated}/{}/{}", link.cluster, ep.ip));
+                doc["metadata"]["labels"][super::federation::MEMBER_LABEL] = json!(e.name);
+                doc["metadata"]["annotations"][super::federation::PORTS_ANNOTATION] = json!(ports);
+                push(&mut out, doc, link, e);
+            }
+        }
+        if !e.gateway && !e.remote_discovery {
+            continue;
+        }
         let name = format!("{}-{}", e.name, link.cluster);
         let mut labels: serde_json::Map<String, serde_json::Value> = e
             .labels
@@ -497,14 +530,18 @@ pub fn mirrors(link: &LinkSettings, exports: &Snapshot, gateway_alive: bool) -> 
             }));
         }
         for doc in docs {
-            match crate::resources::parse_document(doc) {
-                Ok(Some(r)) => out.push(r),
-                Ok(None) => {}
-                Err(err) => tracing::warn!(cluster = %link.cluster, service = %e.name, error = %err, "cannot mirror an exported Service"),
-            }
+            push(&mut out, doc, link, e);
         }
     }
     out
+}
+
+fn push(out: &mut Vec<Resource>, doc: serde_json::Value, link: &LinkSettings, e: &super::exports::Export) {
+    match crate::resources::parse_document(doc) {
+        Ok(Some(r)) => out.push(r),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(cluster = %link.cluster, service = %e.name, error = %err, "cannot mirror an exported Service"),
+    }
 }
 
 #[cfg(test)]
@@ -528,11 +565,12 @@ mod tests {
         let Some(Resource::Link(l)) = crate::resources::parse("link.yaml", link).0.pop() else { panic!() };
         let settings = LinkSettings::of(&l).unwrap();
         let worker = Worker { settings, index: index.clone(), metrics: Metrics::default(), state: Mutex::default() };
-        let export = |name: &str| serde_json::json!({"name": name, "namespace": "shop", "ready": true, "ports": [{"port": 8080}]});
+        let export = |name: &str| serde_json::json!({"name": name, "namespace": "shop", "ready": true, "gateway": true, "ports": [{"port": 8080}]});
         worker.state.lock().unwrap().exports = Some(serde_json::from_value(serde_json::json!({"services": [export("books"), export("authors")]})).unwrap());
         worker.state.lock().unwrap().alive = true;
         worker.publish();
-        let exported: Vec<String> = index.exported(Some(&crate::resources::LabelSelector::default()), None).iter().map(|e| e.service.metadata.name.clone()).collect();
+        let exported: Vec<String> =
+            index.exported([Some(&crate::resources::LabelSelector::default()), None, None]).iter().map(|e| e.service.metadata.name.clone()).collect();
         assert_eq!(exported, ["books-east"], "the local Service is, mirrors are not exported again");
         let key = |name: &str| crate::resources::Key { kind: crate::resources::Kind::Service, namespace: "shop".into(), name: name.into() };
         assert_eq!(index.source_of(&key("books-east")).as_deref(), Some("local.yaml"), "the local Service stays");
