@@ -12,6 +12,9 @@ use std::{net::SocketAddr, time::Duration};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
+    /// Print a cluster's gateway for Kubernetes (Deployment, Service, Server, AuthorizationPolicy):
+    /// `knit multicluster install | kubectl apply -f -`.
+    Install(InstallArgs),
     /// Print the Link that mirrors another cluster's exported Services into this one.
     Link(Box<LinkArgs>),
     /// Print the Link to remove (`kubectl delete -f -`, or delete its file in local mode).
@@ -67,6 +70,24 @@ pub struct LinkArgs {
 }
 
 #[derive(clap::Args)]
+pub struct InstallArgs {
+    #[arg(long, short, default_value = "linkerd-multicluster")]
+    namespace: String,
+    /// The gateway pod's container (the injector adds the proxy, in gateway mode).
+    #[arg(long, default_value = "registry.k8s.io/pause:3.9")]
+    gateway_image: String,
+    /// The gateway Service's type (LoadBalancer, NodePort, ClusterIP).
+    #[arg(long, default_value = "LoadBalancer")]
+    gateway_service_type: String,
+    #[arg(long, default_value = "knit")]
+    control_plane_namespace: String,
+    #[arg(long, default_value = "cluster.local")]
+    identity_trust_domain: String,
+    #[arg(long, default_value_t = 3)]
+    probe_period_seconds: u32,
+}
+
+#[derive(clap::Args)]
 pub struct UnlinkArgs {
     #[arg(long)]
     cluster_name: String,
@@ -83,6 +104,10 @@ pub struct AdminArgs {
 
 pub fn main(cmd: Command) -> anyhow::Result<()> {
     match cmd {
+        Command::Install(a) => {
+            print!("{}", install(&a));
+            Ok(())
+        }
         Command::Link(a) => {
             print!("{}", link(&a)?);
             Ok(())
@@ -107,6 +132,98 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The gateway, as Linkerd's multicluster chart makes it (LINKERD-WIRE.md §12.1): a pause
+/// container the injector meshes in gateway mode, a Service with the mirror's annotations, and a
+/// policy that lets every mesh identity in from anywhere (the gateway checks each request's
+/// identity against its own port's policy, and forwards only to this cluster's Services).
+fn install(a: &InstallArgs) -> String {
+    let ns = &a.namespace;
+    let identity = format!("linkerd-gateway.{ns}.serviceaccount.identity.{}.{}", a.control_plane_namespace, a.identity_trust_domain);
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {ns}
+  labels: {{linkerd.io/extension: multicluster}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: linkerd-gateway, namespace: {ns}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: linkerd-gateway
+  namespace: {ns}
+  labels: {{app: linkerd-gateway}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: linkerd-gateway}}}}
+  template:
+    metadata:
+      labels: {{app: linkerd-gateway}}
+      annotations:
+        linkerd.io/inject: enabled
+        config.linkerd.io/enable-gateway: "true"
+        config.linkerd.io/proxy-require-identity-inbound-ports: "4143"
+        config.linkerd.io/default-inbound-policy: all-authenticated
+    spec:
+      serviceAccountName: linkerd-gateway
+      automountServiceAccountToken: false
+      containers:
+        - name: pause
+          image: {image}
+          securityContext: {{runAsUser: 65534, runAsNonRoot: true, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {{drop: [ALL]}}}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: linkerd-gateway
+  namespace: {ns}
+  annotations:
+    mirror.linkerd.io/gateway-identity: {identity}
+    mirror.linkerd.io/probe-path: /ready
+    mirror.linkerd.io/probe-period: "{period}"
+    mirror.linkerd.io/multicluster-gateway: "true"
+spec:
+  type: {svc_type}
+  selector: {{app: linkerd-gateway}}
+  ports:
+    - {{name: mc-gateway, port: 4143, targetPort: 4143, protocol: TCP}}
+    - {{name: mc-probe, port: 4191, targetPort: 4191, protocol: TCP}}
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {{name: linkerd-gateway, namespace: {ns}}}
+spec:
+  podSelector: {{matchLabels: {{app: linkerd-gateway}}}}
+  port: 4143
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {{name: any-meshed, namespace: {ns}}}
+spec: {{identities: ["*"]}}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: NetworkAuthentication
+metadata: {{name: source-cluster, namespace: {ns}}}
+spec: {{networks: [{{cidr: 0.0.0.0/0}}, {{cidr: "::/0"}}]}}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: linkerd-gateway, namespace: {ns}}}
+spec:
+  targetRef: {{group: policy.linkerd.io, kind: Server, name: linkerd-gateway}}
+  requiredAuthenticationRefs:
+    - {{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: any-meshed}}
+    - {{group: policy.linkerd.io, kind: NetworkAuthentication, name: source-cluster}}
+"#,
+        image = a.gateway_image,
+        period = a.probe_period_seconds,
+        svc_type = a.gateway_service_type,
+    )
 }
 
 /// The Link's YAML, refused with knit-control's reason if knit-control would refuse it.
@@ -257,6 +374,23 @@ mod tests {
             Command::Link(a) => *a,
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn install_prints_a_gateway_knit_control_and_the_injector_accept() {
+        let Command::Install(a) = Cli::parse_from(["knit", "install"]).cmd else { unreachable!() };
+        let yaml = install(&a);
+        let (resources, errors) = knit_control::resources::parse("gateway", &yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(resources.len(), 5, "Service, Server, two authentications and the policy");
+        let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&yaml).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+        let svc = docs.iter().find(|d| d["kind"] == "Service").unwrap();
+        assert_eq!(
+            svc["metadata"]["annotations"]["mirror.linkerd.io/gateway-identity"],
+            "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.knit.cluster.local"
+        );
+        let pod = &docs.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"];
+        assert_eq!(pod["metadata"]["annotations"]["config.linkerd.io/enable-gateway"], "true");
     }
 
     #[test]

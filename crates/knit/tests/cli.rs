@@ -202,6 +202,15 @@ fn injector_corpus() -> String {
 }
 
 #[test]
+fn multicluster_install_validates_against_kubernetes_1_29_and_newer() {
+    let (ok, out, err) = knit_io(&["multicluster", "install"], "");
+    assert!(ok, "{err}");
+    for version in ["1.29.0", "1.37.0"] {
+        kubernetes_validate(&out, version, &format!("multicluster-install-{version}"));
+    }
+}
+
+#[test]
 fn install_validates_against_kubernetes_1_29_and_newer() {
     for (mode, args) in [("default", vec!["install"]), ("ha", vec!["install", "--ha"])] {
         let (ok, out, err) = knit_io(&args, "");
