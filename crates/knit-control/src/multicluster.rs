@@ -212,6 +212,21 @@ impl std::hash::Hasher for Fnv {
     }
 }
 
+/// Waits for the index to change, then a little longer, so that a burst of changes (a manifest
+/// rewrite, endpoint churn) costs one recomputation of a whole-index view, not one per change.
+/// `false` once the index is gone.
+pub(crate) async fn next_change(changes: &mut tokio::sync::watch::Receiver<u64>) -> bool {
+    if changes.changed().await.is_err() {
+        return false;
+    }
+    tokio::time::sleep(COALESCE).await;
+    changes.borrow_and_update();
+    true
+}
+
+/// How long a burst of index changes is gathered before a whole-index view is recomputed.
+const COALESCE: Duration = Duration::from_millis(50);
+
 /// Whether `key` is excluded by a list of names and `prefix*` patterns.
 fn excluded(patterns: &[String], key: &str) -> bool {
     patterns.iter().any(|p| match p.strip_suffix('*') {

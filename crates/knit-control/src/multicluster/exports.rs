@@ -231,7 +231,7 @@ async fn handle(req: Request<Incoming>, index: Arc<Index>, peer: SocketAddr) -> 
                 }
             }
             tokio::select! {
-                changed = changes.changed() => if changed.is_err() { return },
+                changed = super::next_change(&mut changes) => if !changed { return },
                 () = tokio::time::sleep(KEEPALIVE) => if tx.send(Ok(Frame::data(Bytes::from_static(b"\n")))).await.is_err() { return },
                 () = tx.closed() => return,
             }

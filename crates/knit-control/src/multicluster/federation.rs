@@ -50,7 +50,7 @@ pub async fn run(index: Arc<Index>, cluster_ips: Option<ipnet::IpNet>, status: A
             written = Some(docs);
             index.reset(SOURCE, resources);
         }
-        if changes.changed().await.is_err() {
+        if !super::next_change(&mut changes).await {
             return;
         }
     }

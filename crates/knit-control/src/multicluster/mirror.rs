@@ -176,7 +176,7 @@ pub async fn run(index: Arc<Index>, tls: Arc<ClientTls>, metrics: Metrics) {
             let task = tokio::spawn(worker.run(tls.clone()));
             workers.insert(key, (settings, task));
         }
-        if changes.changed().await.is_err() {
+        if !super::next_change(&mut changes).await {
             return;
         }
     }

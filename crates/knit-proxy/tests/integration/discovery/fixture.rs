@@ -316,6 +316,19 @@ impl LocalMesh {
         proxy
     }
 
+    /// A client proxy (identity `client`) whose port forwards reach `authorities`, and each
+    /// forward's address (port forwards stand in for the iptables redirect of a cluster; the tests
+    /// in tests/netns*.sh use the real one).
+    pub async fn forwarding_client(&self, authorities: &[&str]) -> (TestProxy, Vec<SocketAddr>) {
+        let mut forwards = std::collections::BTreeMap::new();
+        for a in authorities {
+            forwards.insert(free_port().await, a.parse::<knit_core::destination::Authority>().unwrap());
+        }
+        let proxy = self.proxy_with("client", "client", None, move |c| c.outbound.port_forwards = forwards).await;
+        let addrs = authorities.iter().map(|a| proxy.addrs.forwards.iter().find(|(_, f)| f.to_string() == *a).expect("forward").0).collect();
+        (proxy, addrs)
+    }
+
     /// A backend behind its own proxy, declared as an ExternalWorkload with `labels`, written
     /// to `workloads.yaml` with every workload declared so far.
     pub async fn workload(&self, backend: &Backend, service_account: &str, labels: &[(&str, &str)]) -> TestProxy {

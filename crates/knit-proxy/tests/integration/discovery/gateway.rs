@@ -5,13 +5,12 @@
 //! that Service's meshed endpoints. One control plane plays both clusters here: the mirror's
 //! `remote-svc-fq-name` names a Service it also serves (the two-cluster run is in tests/).
 
-use super::fixture::{free_port, identity, service, service_on, tcp_line, Backend, Behaviour, LocalMesh, Tcp, TcpBackend, NS};
+use super::fixture::{identity, service, service_on, tcp_line, Backend, Behaviour, LocalMesh, Tcp, TcpBackend, NS};
 use crate::harness::TestProxy;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioExecutor;
-use knit_core::destination::Authority;
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 const SUFFIX: &str = "svc.cluster.local";
 
@@ -37,16 +36,6 @@ fn mirror(name: &str, port: u16, remote: &str) -> String {
 
 fn fq(name: &str) -> String {
     format!("{name}.{NS}.{SUFFIX}")
-}
-
-pub(super) async fn client(mesh: &LocalMesh, authorities: &[String]) -> (TestProxy, Vec<SocketAddr>) {
-    let mut forwards = BTreeMap::new();
-    for a in authorities {
-        forwards.insert(free_port().await, a.parse::<Authority>().unwrap());
-    }
-    let proxy = mesh.proxy_with("client", "client", None, move |c| c.outbound.port_forwards = forwards).await;
-    let addrs = authorities.iter().map(|a| proxy.addrs.forwards.iter().find(|(_, f)| f.to_string() == *a).expect("forward").0).collect();
-    (proxy, addrs)
 }
 
 /// One GET through a port forward, with extra headers: status and body.
@@ -89,7 +78,7 @@ async fn a_mirror_reaches_the_remote_service_through_the_gateway_over_mtls() {
         format!("nothing-east.{NS}.{SUFFIX}:8080"),
         format!("outside-east.{NS}.{SUFFIX}:8080"),
     ];
-    let (client, fwd) = client(&mesh, &targets).await;
+    let (client, fwd) = mesh.forwarding_client(&targets.iter().map(String::as_str).collect::<Vec<_>>()).await;
 
     // HTTP: answered by books, which sees the gateway's identity (the hop it came from).
     for _ in 0..5 {
@@ -150,7 +139,7 @@ async fn the_gateway_refuses_callers_its_policy_does_not_allow() {
         ),
     )
     .await;
-    let (client, fwd) = client(&mesh, &[format!("books-east.{NS}.{SUFFIX}:8080")]).await;
+    let (client, fwd) = mesh.forwarding_client(&[&format!("books-east.{NS}.{SUFFIX}:8080")]).await;
     crate::assert_eventually!(gw.metric("inbound_tcp_authz_deny_total", &[]).await >= 1.0 || get(fwd[0], &[]).await.0 != 200, "the gateway's policy applies");
     let served = books.served();
     let (status, body) = get(fwd[0], &[]).await;

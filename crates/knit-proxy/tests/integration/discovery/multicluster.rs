@@ -6,7 +6,7 @@
 
 use super::{
     fixture::{free_port, identity, service, Backend, Behaviour, LocalMesh, CONTROL_IDENTITY, NS},
-    gateway::{client, get},
+    gateway::get,
 };
 use crate::harness::{scrape, sum_metric, TestProxy};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -54,7 +54,7 @@ async fn a_linked_clusters_exported_service_is_mirrored_and_reached_through_its_
     west.write("link.yaml", &link(remote, &gateway, "")).await;
 
     let target = format!("books-east.{NS}.svc.cluster.local:8080");
-    let (web, fwd) = client(&west, std::slice::from_ref(&target)).await;
+    let (web, fwd) = west.forwarding_client(&[&target]).await;
     crate::assert_eventually!(get(fwd[0], &[]).await.0 == 200, "west reaches east's books through the gateway");
     let (status, body) = get(fwd[0], &[]).await;
     assert_eq!((status, body.trim()), (200, format!("books {}", identity("gateway")).as_str()));
@@ -128,7 +128,7 @@ async fn a_link_to_an_unreachable_or_untrusted_remote_is_reported_and_leaves_loc
     .await;
     assert!(control_metric(&west, "manifest_invalid_documents", &[r#"file="bad-link.yaml""#]).await >= 1.0);
     // Local service is untouched.
-    let (web, fwd) = client(&west, &[format!("books.{NS}.svc.cluster.local:8080")]).await;
+    let (web, fwd) = west.forwarding_client(&[&format!("books.{NS}.svc.cluster.local:8080")]).await;
     let (status, body) = get(fwd[0], &[]).await;
     assert_eq!((status, body.split_whitespace().next()), (200, Some("books")));
     drop((web, stray, other));

@@ -3,23 +3,9 @@
 //! proxies, balanced, and follow TCPRoutes and TLSRoutes; HTTP-declared ports are never turned
 //! into raw TCP by a client that pauses.
 
-use super::fixture::{curl_https, free_port, identity, service, service_on, tcp_line, Backend, Behaviour, LocalMesh, Tcp, TcpBackend, TlsBackend, NS};
-use crate::harness::TestProxy;
-use knit_core::destination::Authority;
+use super::fixture::{curl_https, identity, service, service_on, tcp_line, Backend, Behaviour, LocalMesh, Tcp, TcpBackend, TlsBackend, NS};
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A client proxy whose port forwards reach `authorities` (port forwards stand in for the
-/// iptables redirect of a cluster; the tests in tests/netns.sh use the real one).
-async fn client(mesh: &LocalMesh, authorities: &[&str]) -> (TestProxy, Vec<SocketAddr>) {
-    let mut forwards = BTreeMap::new();
-    for a in authorities {
-        forwards.insert(free_port().await, a.parse::<Authority>().unwrap());
-    }
-    let proxy = mesh.proxy_with("client", "client", None, move |c| c.outbound.port_forwards = forwards).await;
-    let addrs = authorities.iter().map(|a| proxy.addrs.forwards.iter().find(|(_, f)| f.to_string() == *a).expect("forward").0).collect();
-    (proxy, addrs)
-}
 
 fn svc(name: &str, port: u16) -> String {
     format!("{name}.{NS}.svc.cluster.local:{port}")
@@ -33,7 +19,7 @@ async fn opaque_tcp_to_a_meshed_service_crosses_mtls_and_is_balanced() {
     let pb = mesh.workload_at(b.name, b.addr, "tcp", "db", &[("app", "db")]).await;
     // 6379 is one of the default opaque ports: no detection anywhere.
     mesh.write("db.yaml", &service_on("db", &[("app", "db")], 6379, "tcp", &[])).await;
-    let (client, fwd) = client(&mesh, &[&svc("db", 6379)]).await;
+    let (client, fwd) = mesh.forwarding_client(&[&svc("db", 6379)]).await;
     let mut seen = BTreeMap::<String, u32>::new();
     for i in 0..30 {
         let answer = tcp_line(fwd[0], &format!("PING {i}")).await.unwrap();
@@ -69,7 +55,7 @@ async fn a_tcp_route_splits_connections_by_weight_and_follows_its_manifest() {
         format!("apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {{name: pg-split, namespace: {NS}}}\nspec:\n  parentRefs: [{{kind: Service, name: pg, port: 5432}}]\n  rules:\n    - backendRefs:\n        - {{name: pg-a, port: 5432, weight: {wa}}}\n        - {{name: pg-b, port: 5432, weight: {wb}}}\n")
     };
     mesh.write("route.yaml", &route(50, 50)).await;
-    let (client, fwd) = client(&mesh, &[&svc("pg", 5432)]).await;
+    let (client, fwd) = mesh.forwarding_client(&[&svc("pg", 5432)]).await;
     let to = fwd[0];
     let seen = count(to, 40).await;
     // Binomial(40, 1/2): fewer than 8 on one side has a chance below 1 in 10^4.
@@ -108,7 +94,7 @@ async fn tls_routes_choose_a_backend_by_sni_over_mtls() {
     };
     let manifests = [services.join("---\n"), route("to-a", "a.example.com", "tls-a"), route("to-b", "*.example.com", "tls-b")];
     mesh.write("tls.yaml", &manifests.join("---\n")).await;
-    let (client, fwd) = client(&mesh, &[&svc("front", 443)]).await;
+    let (client, fwd) = mesh.forwarding_client(&[&svc("front", 443)]).await;
     // The exact name beats the wildcard; the wildcard takes the rest; no route, no connection.
     assert_eq!(curl_https("a.example.com", fwd[0]).await.unwrap(), "tls-a a.example.com\n");
     assert_eq!(curl_https("c.example.com", fwd[0]).await.unwrap(), "tls-b c.example.com\n");
@@ -127,7 +113,7 @@ async fn a_server_that_speaks_first_greets_through_the_mesh_at_once() {
     let _p = mesh.workload_at(smtp.name, smtp.addr, "smtp", "smtp", &[("app", "smtp")]).await;
     // Port 2525 is not a default opaque port: detection runs, and the silent client must not stall.
     mesh.write("smtp.yaml", &service_on("smtp", &[("app", "smtp")], 2525, "smtp", &[])).await;
-    let (_client, fwd) = client(&mesh, &[&svc("smtp", 2525)]).await;
+    let (_client, fwd) = mesh.forwarding_client(&[&svc("smtp", 2525)]).await;
     let mut tcp = tokio::net::TcpStream::connect(fwd[0]).await.unwrap();
     let started = std::time::Instant::now();
     let mut greeting = [0u8; 64];
@@ -145,7 +131,7 @@ async fn an_annotation_opaque_port_takes_http_and_raw_tcp() {
     let web = Backend::start("web-1", Behaviour::Ok).await;
     let server = mesh.workload(&web, "web", &[("app", "web")]).await;
     mesh.write("web.yaml", &service("web", &[("app", "web")], &[("config.linkerd.io/opaque-ports", "8080")])).await;
-    let (client, fwd) = client(&mesh, &[&svc("web", 8080)]).await;
+    let (client, fwd) = mesh.forwarding_client(&[&svc("web", 8080)]).await;
     // Through a port forward (as through iptables): the bytes go opaquely, HTTP included, over
     // mTLS; opaque bytes are not HTTP to either proxy, so no `l5d-client-id` is added.
     let (status, body) = crate::harness::request(fwd[0], "GET", "/", "web", "").await;
