@@ -279,12 +279,14 @@ impl Conn {
         let Some(outbound) = self.side.gateway.clone() else {
             return Err(HeaderError::Malformed("the header names a destination (gateway forwarding), and this proxy is not a gateway").into());
         };
-        let target = crate::gateway::target(name, port, &self.side.config.inbound.gateway_suffixes)?;
-        crate::record::note(|r| r.target = Some(target.to_string()));
+        // Who asks, before what it asks for: a caller the gateway's policy refuses learns nothing
+        // of which names it would forward.
         let (Some(own), Some(client_id)) = (self.side.dialer.identity.as_ref(), self.client_id.clone()) else {
             return Err(ProxyError::DirectWithoutTls);
         };
         self.authorize_tcp(self.local.port())?;
+        let target = crate::gateway::target(name, port, &self.side.config.inbound.gateway_suffixes)?;
+        crate::record::note(|r| r.target = Some(target.to_string()));
         let hop = crate::gateway::Hop { own: own.name.clone(), client: self.client, client_id, target, inbound: self.side.clone(), port: self.local.port() };
         let io = CountingIo::metered(io, &self.side.metrics.tcp, self.src_labels(self.local));
         crate::outbound::gateway(io, self.client, protocol, hop, &outbound, self.drain).await
