@@ -77,6 +77,19 @@ fn readdress<B>(req: &mut Request<B>, own: &str, client_id: &str, target: &Autho
             }
         }
     }
+    address_to(req, target)?;
+    // `for=` and `host=` are quoted (RFC 7239: an identity or `host:port` is not a token).
+    if let Ok(v) = HeaderValue::from_str(&format!("by={own};for=\"{client_id}\";host=\"{target}\";proto=https")) {
+        req.headers_mut().append(FORWARDED, v);
+    }
+    Ok(())
+}
+
+/// Addresses a request to `target` in the form it came in: the URI's authority, when it has
+/// one, and `Host` (HTTP/1 always; HTTP/2 only if it carried one). Both sides of a gateway hop do
+/// it: the client to the remote Service (Linkerd's `NewOverrideAuthority`), the gateway to the
+/// Service it forwards to.
+pub fn address_to<B>(req: &mut Request<B>, target: &Authority) -> Result<(), ProxyError> {
     let bad = || ProxyError::BadAuthority(target.to_string());
     let host = HeaderValue::from_str(&target.to_string()).map_err(|_| bad())?;
     if req.uri().authority().is_some() {
@@ -86,10 +99,6 @@ fn readdress<B>(req: &mut Request<B>, own: &str, client_id: &str, target: &Autho
     }
     if req.version() != Version::HTTP_2 || req.headers().contains_key(header::HOST) {
         req.headers_mut().insert(header::HOST, host);
-    }
-    // `for=` and `host=` are quoted (RFC 7239: an identity or `host:port` is not a token).
-    if let Ok(v) = HeaderValue::from_str(&format!("by={own};for=\"{client_id}\";host=\"{target}\";proto=https")) {
-        req.headers_mut().append(FORWARDED, v);
     }
     Ok(())
 }

@@ -230,8 +230,9 @@ async fn forward(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Resul
             req.headers_mut().insert(L5D_CLIENT_ID, v);
         }
     }
+    // Through a multicluster gateway: addressed to the Service in the gateway's cluster.
     if let Some(target) = endpoint.meshed.as_ref().and_then(|m| m.gateway_target.as_deref()) {
-        address_to(&mut req, target);
+        crate::gateway::address_to(&mut req, target)?;
     }
     if tunnel {
         return self::tunnel(req, routed, ctx).await.map(boxed);
@@ -262,23 +263,6 @@ async fn forward(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Resul
 
 fn boxed(rsp: Response<Incoming>) -> Response<Body> {
     rsp.map(|b| b.map_err(BoxError::from).boxed())
-}
-
-/// A request through a multicluster gateway is addressed to the Service in the gateway's cluster
-/// (Linkerd's `NewOverrideAuthority`): the authority it names, in its URI or its `Host` header,
-/// becomes the target, keeping the URI's form.
-fn address_to(req: &mut Request<ReqBody>, target: &knit_core::destination::Authority) {
-    let Ok(value) = HeaderValue::from_str(&target.to_string()) else { return };
-    if req.uri().authority().is_some() {
-        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let scheme = req.uri().scheme_str().unwrap_or("http");
-        if let Ok(uri) = Uri::try_from(format!("{scheme}://{target}{pq}")) {
-            *req.uri_mut() = uri;
-        }
-    }
-    if req.version() != Version::HTTP_2 || req.headers().contains_key(header::HOST) {
-        req.headers_mut().insert(header::HOST, value);
-    }
 }
 
 /// HTTP/1 → HTTP/2 for the hop between proxies, as Linkerd's proxy does it (LINKERD-WIRE.md
