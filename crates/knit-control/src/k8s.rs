@@ -67,10 +67,11 @@ pub enum Watched {
     TcpRoute,
     TlsRoute,
     EgressNetwork,
+    Link,
 }
 
 impl Watched {
-    pub const ALL: [Watched; 17] = [
+    pub const ALL: [Watched; 18] = [
         Watched::Namespace,
         Watched::Service,
         Watched::Pod,
@@ -88,7 +89,12 @@ impl Watched {
         Watched::TcpRoute,
         Watched::TlsRoute,
         Watched::EgressNetwork,
+        Watched::Link,
     ];
+
+    /// What the service mirror reads of a linked cluster's API (Kubernetes mode): its Services and
+    /// what gives them endpoints and identities, with the Namespaces whose annotations they inherit.
+    pub const REMOTE: [Watched; 4] = [Watched::Namespace, Watched::Service, Watched::Pod, Watched::EndpointSlice];
 
     /// Group, version, kind and plural of a custom resource; `None` for the core kinds.
     fn custom(self) -> Option<(&'static str, &'static str, &'static str, &'static str)> {
@@ -107,6 +113,7 @@ impl Watched {
             Watched::TcpRoute => ("gateway.networking.k8s.io", "v1alpha2", "TCPRoute", "tcproutes"),
             Watched::TlsRoute => ("gateway.networking.k8s.io", "v1alpha2", "TLSRoute", "tlsroutes"),
             Watched::EgressNetwork => ("policy.linkerd.io", "v1alpha1", "EgressNetwork", "egressnetworks"),
+            Watched::Link => ("multicluster.linkerd.io", "v1alpha3", "Link", "links"),
         })
     }
 
@@ -136,6 +143,7 @@ impl Watched {
             Watched::TcpRoute => "kubernetes/TCPRoute",
             Watched::TlsRoute => "kubernetes/TLSRoute",
             Watched::EgressNetwork => "kubernetes/EgressNetwork",
+            Watched::Link => "kubernetes/Link",
         }
     }
 
@@ -145,26 +153,55 @@ impl Watched {
     }
 }
 
-/// What the admin server reads: whether every watch has listed once, and how many objects were
-/// refused. Cloning shares it.
-#[derive(Clone, Debug, Default)]
+/// What the admin server (or the service mirror, of a linked cluster) reads: whether every watch
+/// has listed once, how many objects were refused, and the last watch error. Cloning shares it.
+#[derive(Clone, Debug)]
 pub struct Status(Arc<Shared>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
+    /// The kinds watched: all of them for this cluster, [`Watched::REMOTE`] for a linked one.
+    kinds: &'static [Watched],
     synced: [AtomicBool; Watched::ALL.len()],
     invalid: AtomicU64,
+    /// Why a watch is failing, while one is.
+    failing: std::sync::Mutex<BTreeMap<Watched, String>>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self::of(&Watched::ALL)
+    }
 }
 
 impl Status {
+    /// The status of watches over `kinds`.
+    pub fn of(kinds: &'static [Watched]) -> Self {
+        Self(Arc::new(Shared { kinds, synced: Default::default(), invalid: AtomicU64::new(0), failing: Default::default() }))
+    }
+
     /// Every watch has delivered its first complete listing (or found its CRD missing).
     pub fn ready(&self) -> bool {
-        self.0.synced.iter().all(|s| s.load(Ordering::Acquire))
+        self.0.kinds.iter().all(|k| self.0.synced[*k as usize].load(Ordering::Acquire))
     }
 
     /// The watches that have not listed yet, for `/ready`'s answer.
     pub fn pending(&self) -> Vec<&'static str> {
-        Watched::ALL.into_iter().filter(|k| !self.0.synced[*k as usize].load(Ordering::Acquire)).map(Watched::source).collect()
+        self.0.kinds.iter().filter(|k| !self.0.synced[**k as usize].load(Ordering::Acquire)).map(|k| k.source()).collect()
+    }
+
+    /// A failing watch's error (the first kind's, if several fail), while one is failing.
+    pub fn failing(&self) -> Option<String> {
+        let failing = self.0.failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing.iter().next().map(|(k, e)| format!("watching {}: {e}", k.source()))
+    }
+
+    fn set_failing(&self, kind: Watched, error: Option<String>) {
+        let mut failing = self.0.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            Some(e) => failing.insert(kind, e),
+            None => failing.remove(&kind),
+        };
     }
 
     /// How many times an object was refused as invalid since start-up (a counter).

@@ -242,6 +242,8 @@ impl Control {
             };
             tasks.push(tokio::spawn(webhook::serve(w.listener, w.tls, w.injector, namespaces)));
         }
+        // The service mirror reads Links' credentials Secrets through it.
+        let kube = self.kubernetes.as_ref().map(|(client, _)| client.clone());
         if let Some((client, status)) = self.kubernetes {
             if self.config.discovery.distribute_trust_roots {
                 let (path, ns) = (self.config.identity.trust_anchors(), self.config.discovery.control_plane_namespace.clone());
@@ -265,7 +267,7 @@ impl Control {
         }
         // Links whose remote is another knit-control are mirrored (no other Links, no work).
         let client_tls = Arc::new(tls::ClientTls::new(self.service.clone(), own_identity(&self.config, &self.index)));
-        tasks.push(tokio::spawn(multicluster::mirror::run(self.index.clone(), client_tls, self.mirror_metrics.clone())));
+        tasks.push(tokio::spawn(multicluster::mirror::run(self.index.clone(), client_tls, self.mirror_metrics.clone(), kube)));
         tasks.push(tokio::spawn(multicluster::federation::run(self.index.clone(), self.config.federated_cluster_ips, self.mirror_metrics.federated.clone())));
         if let Some(local) = self.local {
             tasks.push(tokio::spawn(local.run(self.config.discovery.config_poll_interval)));

@@ -9,14 +9,19 @@
 //!   Destination answers with `authority_override`, `index/endpoints.rs`); and it probes the
 //!   gateway, taking the endpoints away while it is down.
 //!
-//! Linkerd's service mirror reads the remote cluster's API server with a kubeconfig; a local-mode
-//! mesh has no API server, so the remote is a knit-control, named by two annotations of the Link:
-//! `knit.dev/remote-control-plane` (`HOST:PORT` of its multicluster port) and
-//! `knit.dev/remote-control-plane-identity` (the identity it proves).
+//! Where a Link's exports come from ([`Remote`]):
+//! - in Kubernetes mode, as Linkerd's service mirror does it, from the remote cluster's API
+//!   server, with the kubeconfig of the Link's `clusterCredentialsSecret` ([`remote`]): its
+//!   Services, Pods and EndpointSlices go through the same translation as this cluster's own, into
+//!   an index of their own, and the exports are computed from it as the remote's API would;
+//! - a local-mode mesh has no API server, so there the remote is a knit-control, named by two
+//!   annotations of the Link: `knit.dev/remote-control-plane` (`HOST:PORT` of its multicluster
+//!   port) and `knit.dev/remote-control-plane-identity` (the identity it proves).
 
 pub mod exports;
 pub mod federation;
 pub mod mirror;
+pub mod remote;
 
 use crate::resources::{LabelSelector, Link};
 use std::{net::IpAddr, net::SocketAddr, time::Duration};
@@ -46,7 +51,7 @@ pub struct LinkSettings {
     pub federated_selector: Option<LabelSelector>,
     pub excluded_labels: Vec<String>,
     pub excluded_annotations: Vec<String>,
-    /// The remote knit-control, in local mode.
+    /// Where the exports come from; `None`: nowhere (the Link is not mirrored).
     pub remote: Option<Remote>,
     /// Where mirrors' ClusterIPs come from; without it, mirrors are reached by name only.
     pub cluster_ips: Option<ipnet::IpNet>,
@@ -62,9 +67,21 @@ pub struct Probe {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Remote {
-    pub addr: SocketAddr,
-    pub identity: String,
+pub enum Remote {
+    /// Local mode: another knit-control's exports API, and the identity it must prove.
+    ControlPlane { addr: SocketAddr, identity: String },
+    /// Kubernetes mode: the linked cluster's API server, through the kubeconfig in this Secret of
+    /// the Link's namespace (`clusterCredentialsSecret`).
+    Kubernetes { secret: String },
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Remote::ControlPlane { addr, .. } => write!(f, "{addr}"),
+            Remote::Kubernetes { secret } => write!(f, "the API server of Secret {secret}"),
+        }
+    }
 }
 
 type Invalid = (String, String);
@@ -135,9 +152,10 @@ impl LinkSettings {
             failure_threshold,
         };
         let annotations = &link.metadata.annotations;
+        let secret = s.cluster_credentials_secret.as_deref().map(str::trim).filter(|n| !n.is_empty());
         let remote = match (annotations.get(REMOTE_ANNOTATION), annotations.get(REMOTE_IDENTITY_ANNOTATION)) {
-            (None, None) => None,
-            (Some(addr), Some(identity)) if !identity.trim().is_empty() => Some(Remote {
+            (None, None) => secret.map(|secret| Remote::Kubernetes { secret: secret.to_string() }),
+            (Some(addr), Some(identity)) if !identity.trim().is_empty() => Some(Remote::ControlPlane {
                 addr: addr.trim().parse().map_err(|_| invalid(&format!("metadata.annotations.{REMOTE_ANNOTATION}"), format!("{addr:?} is not IP:PORT")))?,
                 identity: identity.trim().to_string(),
             }),
@@ -272,7 +290,12 @@ spec:
         assert_eq!(s.gateways, ["10.1.0.5".parse::<IpAddr>().unwrap(), "10.1.0.6".parse().unwrap()]);
         assert_eq!(s.gateway_port, 4143);
         assert_eq!(s.probe, Probe { path: "/ready".into(), port: 4191, period: Duration::from_secs(3), timeout: Duration::from_secs(3), failure_threshold: 3 });
-        assert_eq!(s.remote.as_ref().map(|r| r.addr.to_string()).as_deref(), Some("10.1.0.2:8095"));
+        assert_eq!(s.remote.as_ref().map(ToString::to_string).as_deref(), Some("10.1.0.2:8095"));
+        // Without the local-mode annotations, the credentials Secret names the remote.
+        let k8s = LINK.replace("  annotations: {knit.dev/remote-control-plane: '10.1.0.2:8095', knit.dev/remote-control-plane-identity: knit-control.knit.serviceaccount.identity.knit.cluster.local, knit.dev/mirror-cluster-ips: 10.96.200.0/24}\n", "");
+        assert_eq!(link(&k8s).unwrap().remote, None);
+        let k8s = k8s.replace("  targetClusterName: east\n", "  targetClusterName: east\n  clusterCredentialsSecret: cluster-credentials-east\n");
+        assert_eq!(link(&k8s).unwrap().remote, Some(Remote::Kubernetes { secret: "cluster-credentials-east".into() }));
         // Older Links write the period as a number of seconds; an empty selector mirrors nothing.
         let old =
             link(&LINK.replace("period: 3s", "period: 5").replace("selector: {matchLabels: {mirror.linkerd.io/exported: 'true'}}", "selector: {}")).unwrap();

@@ -1,8 +1,9 @@
 //! `knit multicluster`: link clusters, and see how the links are doing.
 //!
-//! - `link` prints the `Link` a cluster needs to mirror another (local mode: its knit-control by
-//!   address and identity, the gateway by address, port and identity), checked as knit-control
-//!   will check it;
+//! - `install` prints the gateway and the read-only account a linking cluster reads this one as;
+//! - `link` prints the `Link` a cluster needs to mirror another, checked as knit-control will
+//!   check it: in Kubernetes, with the Secret holding the other cluster's kubeconfig
+//!   (`--kubeconfig`); in local mode, naming its knit-control by address and identity;
 //! - `unlink` prints the Link to delete (`kubectl delete -f -`, or remove its file);
 //! - `gateways` and `check` read knit-control's `/multicluster` (its admin port, loopback only:
 //!   `kubectl port-forward` in a cluster).
@@ -12,8 +13,8 @@ use std::{net::SocketAddr, time::Duration};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Print a cluster's gateway for Kubernetes (Deployment, Service, Server, AuthorizationPolicy):
-    /// `knit multicluster install | kubectl apply -f -`.
+    /// Print a cluster's gateway for Kubernetes (Deployment, Service, Server, AuthorizationPolicy)
+    /// and the read-only account linking clusters use: `knit multicluster install | kubectl apply -f -`.
     Install(InstallArgs),
     /// Print the Link that mirrors another cluster's exported Services into this one.
     Link(Box<LinkArgs>),
@@ -44,9 +45,17 @@ pub struct LinkArgs {
     probe_period: String,
     #[arg(long, default_value_t = 3)]
     probe_failure_threshold: u32,
+    /// Kubernetes mode: a kubeconfig for the linked cluster's API server (its remote-access
+    /// account, which `knit multicluster install` made there). The Link comes with a Secret
+    /// holding it, as Linkerd's does.
+    #[arg(long, conflicts_with = "remote_control_plane", required_unless_present = "remote_control_plane")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// Kubernetes mode: the trust domain of the linked cluster's identities (its identityTrustDomain).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
     /// Local mode: the linked knit-control's multicluster address (its --multicluster-addr).
     #[arg(long)]
-    remote_control_plane: SocketAddr,
+    remote_control_plane: Option<SocketAddr>,
     /// The identity the linked knit-control proves.
     #[arg(long, default_value = "knit-control.knit.serviceaccount.identity.knit.cluster.local")]
     remote_control_plane_identity: String,
@@ -134,6 +143,9 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The account a linking cluster reads this one's API server as (Linkerd's name).
+const REMOTE_ACCESS: &str = "linkerd-service-mirror-remote-access-default";
+
 /// The gateway, as Linkerd's multicluster chart makes it (LINKERD-WIRE.md §12.1): a pause
 /// container the injector meshes in gateway mode, a Service with the mirror's annotations, and a
 /// policy that lets every mesh identity in from anywhere (the gateway checks each request's
@@ -219,7 +231,58 @@ spec:
   requiredAuthenticationRefs:
     - {{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: any-meshed}}
     - {{group: policy.linkerd.io, kind: NetworkAuthentication, name: source-cluster}}
+---
+# What a linking cluster's service mirror reads here (Kubernetes mode): read access to Namespaces,
+# Services, Pods and EndpointSlices, nothing else. Its token Secret goes into the kubeconfig given
+# to `knit multicluster link --kubeconfig` in the other cluster.
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {remote}, namespace: {ns}}}
+---
+apiVersion: v1
+kind: Secret
+type: kubernetes.io/service-account-token
+metadata:
+  name: {remote}-token
+  namespace: {ns}
+  annotations: {{kubernetes.io/service-account.name: {remote}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {remote}-{ns}}}
+rules:
+  - apiGroups: [""]
+    resources: [namespaces, services, pods]
+    verbs: [get, list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {remote}-{ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {remote}-{ns}}}
+subjects:
+  - {{kind: ServiceAccount, name: {remote}, namespace: {ns}}}
+---
+# This cluster's control plane reads the Links' credentials Secrets, here only.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: knit-control-link-credentials, namespace: {ns}}}
+rules:
+  - apiGroups: [""]
+    resources: [secrets]
+    verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: knit-control-link-credentials, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: knit-control-link-credentials}}
+subjects:
+  - {{kind: ServiceAccount, name: knit-control, namespace: {cp}}}
 "#,
+        cp = a.control_plane_namespace,
+        remote = REMOTE_ACCESS,
         image = a.gateway_image,
         period = a.probe_period_seconds,
         svc_type = a.gateway_service_type,
@@ -231,18 +294,28 @@ fn link(a: &LinkArgs) -> anyhow::Result<String> {
     let (key, value) = a.selector.split_once('=').context("--selector: expected key=value")?;
     let (flat_key, flat_value) = a.remote_discovery_selector.split_once('=').context("--remote-discovery-selector: expected key=value")?;
     let (fed_key, fed_value) = a.federated_service_selector.split_once('=').context("--federated-service-selector: expected key=value")?;
-    let mut annotations = vec![
-        format!("    knit.dev/remote-control-plane: \"{}\"", a.remote_control_plane),
-        format!("    knit.dev/remote-control-plane-identity: {}", a.remote_control_plane_identity),
-    ];
+    let mut annotations = vec![];
+    let mut secret = String::new();
+    let mut credentials = String::new();
+    match (&a.remote_control_plane, &a.kubeconfig) {
+        (Some(addr), _) => {
+            annotations.push(format!("    knit.dev/remote-control-plane: \"{addr}\""));
+            annotations.push(format!("    knit.dev/remote-control-plane-identity: {}", a.remote_control_plane_identity));
+        }
+        (None, Some(path)) => {
+            secret = credentials_secret(a, path)?;
+            credentials = format!("  clusterCredentialsSecret: cluster-credentials-{}\n", a.cluster_name);
+        }
+        (None, None) => anyhow::bail!("name the linked cluster with --kubeconfig (Kubernetes) or --remote-control-plane (local mode)"),
+    }
     if let Some(ips) = &a.mirror_cluster_ips {
         annotations.push(format!("    knit.dev/mirror-cluster-ips: {ips}"));
     }
+    let annotations = if annotations.is_empty() { String::new() } else { format!("  annotations:\n{}\n", annotations.join("\n")) };
     let yaml = format!(
-        "apiVersion: multicluster.linkerd.io/v1alpha3\nkind: Link\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n{annotations}\nspec:\n  targetClusterName: {name}\n  targetClusterDomain: {domain}\n  gatewayAddress: {gw}\n  gatewayPort: \"{port}\"\n  gatewayIdentity: {gw_id}\n  probeSpec:\n    path: /ready\n    port: \"{probe}\"\n    period: {period}\n    timeout: 30s\n    failureThreshold: \"{threshold}\"\n  selector:\n    matchLabels:\n      {key}: \"{value}\"\n  remoteDiscoverySelector:\n    matchLabels:\n      {flat_key}: \"{flat_value}\"\n  federatedServiceSelector:\n    matchLabels:\n      {fed_key}: \"{fed_value}\"\n",
+        "apiVersion: multicluster.linkerd.io/v1alpha3\nkind: Link\nmetadata:\n  name: {name}\n  namespace: {ns}\n{annotations}spec:\n  targetClusterName: {name}\n  targetClusterDomain: {domain}\n{credentials}  gatewayAddress: {gw}\n  gatewayPort: \"{port}\"\n  gatewayIdentity: {gw_id}\n  probeSpec:\n    path: /ready\n    port: \"{probe}\"\n    period: {period}\n    timeout: 30s\n    failureThreshold: \"{threshold}\"\n  selector:\n    matchLabels:\n      {key}: \"{value}\"\n  remoteDiscoverySelector:\n    matchLabels:\n      {flat_key}: \"{flat_value}\"\n  federatedServiceSelector:\n    matchLabels:\n      {fed_key}: \"{fed_value}\"\n",
         name = a.cluster_name,
         ns = a.namespace,
-        annotations = annotations.join("\n"),
         domain = a.cluster_domain,
         gw = a.gateway_address,
         port = a.gateway_port,
@@ -256,7 +329,27 @@ fn link(a: &LinkArgs) -> anyhow::Result<String> {
         anyhow::bail!("this Link would be refused: {e}");
     }
     anyhow::ensure!(resources.len() == 1, "expected one Link");
-    Ok(yaml)
+    Ok(format!("{secret}{yaml}"))
+}
+
+/// The credentials Secret a Kubernetes-mode Link names, as `linkerd multicluster link` writes it
+/// (type, label, the trust- and cluster-domain annotations, the kubeconfig), after checking that
+/// the kubeconfig reads and names a server.
+fn credentials_secret(a: &LinkArgs, path: &std::path::Path) -> anyhow::Result<String> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+    let config = kube::config::Kubeconfig::from_yaml(&text).with_context(|| format!("the kubeconfig {}", path.display()))?;
+    let context = config.current_context.as_deref().and_then(|c| config.contexts.iter().find(|n| n.name == c)).and_then(|c| c.context.as_ref());
+    let cluster = context.and_then(|c| config.clusters.iter().find(|n| n.name == c.cluster)).and_then(|c| c.cluster.as_ref());
+    anyhow::ensure!(cluster.is_some_and(|c| c.server.is_some()), "the kubeconfig {} has no current context naming a cluster with a server", path.display());
+    Ok(format!(
+        "apiVersion: v1\nkind: Secret\ntype: mirror.linkerd.io/remote-kubeconfig\nmetadata:\n  name: cluster-credentials-{name}\n  namespace: {ns}\n  labels:\n    multicluster.linkerd.io/cluster-name: {name}\n  annotations:\n    multicluster.linkerd.io/trust-domain: {trust}\n    multicluster.linkerd.io/cluster-domain: {domain}\ndata:\n  kubeconfig: {data}\n---\n",
+        name = a.cluster_name,
+        ns = a.namespace,
+        trust = a.trust_domain,
+        domain = a.cluster_domain,
+        data = base64::engine::general_purpose::STANDARD.encode(text),
+    ))
 }
 
 fn fetch(admin: SocketAddr) -> anyhow::Result<serde_json::Value> {
@@ -391,6 +484,46 @@ mod tests {
         );
         let pod = &docs.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"];
         assert_eq!(pod["metadata"]["annotations"]["config.linkerd.io/enable-gateway"], "true");
+    }
+
+    #[test]
+    fn link_with_a_kubeconfig_prints_the_credentials_secret_and_its_link() {
+        let dir = std::env::temp_dir().join(format!("knit-mc-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("east.kubeconfig");
+        std::fs::write(&good, "apiVersion: v1\nkind: Config\nclusters:\n- name: east\n  cluster: {server: 'https://203.0.113.7:6443'}\ncontexts:\n- name: east\n  context: {cluster: east, user: mirror}\ncurrent-context: east\nusers:\n- name: mirror\n  user: {token: t}\n").unwrap();
+        let args = |extra: &[&str]| {
+            let base = [
+                "knit",
+                "link",
+                "--cluster-name",
+                "east",
+                "--gateway-address",
+                "203.0.113.8",
+                "--gateway-identity",
+                "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.east.local",
+            ];
+            match Cli::parse_from(base.iter().chain(extra)).cmd {
+                Command::Link(a) => *a,
+                _ => unreachable!(),
+            }
+        };
+        let yaml = link(&args(&["--kubeconfig", good.to_str().unwrap(), "--trust-domain", "east.local"])).unwrap();
+        let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&yaml).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+        assert_eq!(docs.len(), 2, "{yaml}");
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(docs[0].clone()).unwrap();
+        assert_eq!(secret.type_.as_deref(), Some("mirror.linkerd.io/remote-kubeconfig"));
+        let read = knit_control::multicluster::remote::credentials(&secret).unwrap();
+        assert_eq!((read.trust_domain.as_deref(), read.kubeconfig.clusters[0].name.as_str()), (Some("east.local"), "east"));
+        assert_eq!(docs[1]["spec"]["clusterCredentialsSecret"], "cluster-credentials-east");
+        assert!(docs[1]["metadata"].get("annotations").is_none(), "no local-mode annotations: {yaml}");
+        // A kubeconfig without a server, or neither way to reach the remote, is refused.
+        let bad = dir.join("bad.kubeconfig");
+        std::fs::write(&bad, "apiVersion: v1\nkind: Config\nclusters: []\n").unwrap();
+        let e = link(&args(&["--kubeconfig", bad.to_str().unwrap()])).unwrap_err().to_string();
+        assert!(e.contains("no current context"), "{e}");
+        assert!(Cli::try_parse_from(["knit", "link", "--cluster-name", "e", "--gateway-address", "1.2.3.4", "--gateway-identity", "g"]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

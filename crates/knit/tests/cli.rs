@@ -208,6 +208,25 @@ fn multicluster_install_validates_against_kubernetes_1_29_and_newer() {
     for version in ["1.29.0", "1.37.0"] {
         kubernetes_validate(&out, version, &format!("multicluster-install-{version}"));
     }
+    // `link --kubeconfig`: the credentials Secret and the Link.
+    let kubeconfig = format!("{}.kubeconfig", temp_dir("multicluster-link"));
+    std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\nclusters:\n- name: east\n  cluster: {server: 'https://203.0.113.7:6443'}\ncontexts:\n- name: east\n  context: {cluster: east, user: mirror}\ncurrent-context: east\nusers:\n- name: mirror\n  user: {token: t}\n").unwrap();
+    let args = [
+        "multicluster",
+        "link",
+        "--cluster-name",
+        "east",
+        "--gateway-address",
+        "203.0.113.8",
+        "--gateway-identity",
+        "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.knit.cluster.local",
+        "--kubeconfig",
+        &kubeconfig,
+    ];
+    let (ok, out, err) = knit_io(&args, "");
+    assert!(ok, "{err}");
+    assert!(out.contains("kind: Secret") && out.contains("clusterCredentialsSecret: cluster-credentials-east"), "{out}");
+    kubernetes_validate(&out, "1.37.0", "multicluster-link");
 }
 
 #[test]

@@ -20,17 +20,19 @@ use kube::{
 };
 use std::{collections::BTreeSet, sync::Arc};
 
-/// Watches every kind until the task is dropped, feeding the index. Never returns: a watch that
-/// fails retries with kube's default backoff without holding up the others.
+/// Watches every kind of `status` until the task is dropped, feeding the index. Never returns: a
+/// watch that fails retries with kube's default backoff without holding up the others.
 pub async fn run(client: Client, index: Arc<Index>, status: Status) {
-    let mut translator = Translator::new(index, status);
-    let mut events = futures_util::stream::select_all(Watched::ALL.map(|kind| watch(client.clone(), kind)));
+    let kinds = status.0.kinds;
+    let mut translator = Translator::new(index, status.clone());
+    let mut events = futures_util::stream::select_all(kinds.iter().map(|kind| watch(client.clone(), *kind)));
     let mut failing = BTreeSet::new();
     while let Some((kind, result)) = events.next().await {
         match result {
             Ok(input) => {
                 if failing.remove(&kind) {
                     tracing::info!(kind = kind.source(), "watch recovered");
+                    status.set_failing(kind, None);
                 }
                 translator.handle(input);
             }
@@ -38,6 +40,8 @@ pub async fn run(client: Client, index: Arc<Index>, status: Status) {
                 let missing = kind.custom().is_some() && not_found(&e);
                 if missing {
                     translator.missing(kind);
+                } else {
+                    status.set_failing(kind, Some(e.to_string()));
                 }
                 // Once per outage at warn: the backoff retries for as long as it lasts.
                 if failing.insert(kind) {

@@ -19,7 +19,7 @@
 use super::{
     excluded,
     exports::{ExportRequest, Snapshot, PATH},
-    LinkSettings,
+    remote, LinkSettings, Remote,
 };
 use crate::{
     index::{Index, CLUSTER_NAME_LABEL, ENDPOINT_SLICE_LABEL, MIRRORED_SERVICE_LABEL, REMOTE_GATEWAY_IDENTITY, REMOTE_SVC_FQ_NAME},
@@ -134,8 +134,9 @@ fn labels(cluster: &str) -> Labels {
     vec![("target_cluster", cluster.to_string())]
 }
 
-/// Starts, replaces and stops one worker per Link as the Links in the index change.
-pub async fn run(index: Arc<Index>, tls: Arc<ClientTls>, metrics: Metrics) {
+/// Starts, replaces and stops one worker per Link as the Links in the index change. `kube` is
+/// this cluster's API, in Kubernetes mode: it holds the Links' credentials Secrets.
+pub async fn run(index: Arc<Index>, tls: Arc<ClientTls>, metrics: Metrics, kube: Option<kube::Client>) {
     let mut changes = index.changes();
     let mut workers: HashMap<String, (LinkSettings, tokio::task::JoinHandle<()>)> = HashMap::new();
     loop {
@@ -145,7 +146,7 @@ pub async fn run(index: Arc<Index>, tls: Arc<ClientTls>, metrics: Metrics) {
                 Ok(s) if s.remote.is_some() => {
                     wanted.insert(s.key.clone(), s);
                 }
-                Ok(s) => tracing::debug!(link = %s.key, "a Link without knit.dev/remote-control-plane: not mirrored in local mode"),
+                Ok(s) => tracing::debug!(link = %s.key, "a Link with neither clusterCredentialsSecret nor knit.dev/remote-control-plane: not mirrored"),
                 Err((field, reason)) => tracing::warn!(link = %link.metadata.name, %field, %reason, "invalid Link"),
             }
         }
@@ -163,16 +164,18 @@ pub async fn run(index: Arc<Index>, tls: Arc<ClientTls>, metrics: Metrics) {
             if workers.contains_key(&key) {
                 continue;
             }
-            tracing::info!(link = %key, cluster = %settings.cluster, remote = ?settings.remote.as_ref().map(|r| r.addr), "mirroring a linked cluster");
+            let remote = settings.remote.as_ref().map(ToString::to_string).unwrap_or_default();
+            tracing::info!(link = %key, cluster = %settings.cluster, %remote, "mirroring a linked cluster");
             metrics.update(&key, |st| {
                 *st = LinkStatus {
                     cluster: settings.cluster.clone(),
-                    remote: settings.remote.as_ref().map(|r| r.addr.to_string()).unwrap_or_default(),
+                    remote,
                     gateway: GatewayStatus { addresses: settings.gateways.iter().map(ToString::to_string).collect(), ..Default::default() },
                     ..Default::default()
                 }
             });
-            let worker = Arc::new(Worker { settings: settings.clone(), index: index.clone(), metrics: metrics.clone(), state: Mutex::default() });
+            let worker =
+                Arc::new(Worker { settings: settings.clone(), index: index.clone(), metrics: metrics.clone(), state: Mutex::default(), kube: kube.clone() });
             let task = tokio::spawn(worker.run(tls.clone()));
             workers.insert(key, (settings, task));
         }
@@ -191,6 +194,7 @@ struct Worker {
     index: Arc<Index>,
     metrics: Metrics,
     state: Mutex<State>,
+    kube: Option<kube::Client>,
 }
 
 #[derive(Default)]
@@ -213,16 +217,16 @@ impl Worker {
         let mut backoff = Duration::from_secs(1);
         loop {
             let started = Instant::now();
-            let error = match self.follow(tls).await {
+            let followed = match self.settings.remote.as_ref().expect("workers are started for remote Links") {
+                Remote::ControlPlane { addr, identity } => self.follow(tls, *addr, identity).await,
+                Remote::Kubernetes { secret } => self.follow_kubernetes(secret).await,
+            };
+            let error = match followed {
                 Ok(()) => "the linked control plane ended the exports stream".to_string(),
                 Err(e) => format!("{e:#}"),
             };
-            tracing::warn!(cluster = %self.settings.cluster, %error, retry_in = ?backoff, "not following the linked control plane's exports");
-            self.metrics.remote_connected.get_or_create(&labels(&self.settings.cluster)).set(0);
-            self.metrics.update(&self.settings.key, |st| {
-                st.remote_connected = false;
-                st.remote_error = Some(error);
-            });
+            tracing::warn!(cluster = %self.settings.cluster, %error, retry_in = ?backoff, "not following the linked cluster's exports");
+            remote::Sink::connected(self, Some(error));
             if started.elapsed() > Duration::from_secs(30) {
                 backoff = Duration::from_secs(1);
             }
@@ -231,31 +235,47 @@ impl Worker {
         }
     }
 
-    /// Follows the remote's exports until the stream ends or fails.
-    async fn follow(&self, tls: &ClientTls) -> anyhow::Result<()> {
-        let remote = self.settings.remote.as_ref().expect("workers are started for remote Links");
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(remote.addr))
+    fn request(&self) -> ExportRequest {
+        let s = &self.settings;
+        ExportRequest {
+            selector: s.selector.clone(),
+            remote_discovery_selector: s.remote_discovery_selector.clone(),
+            federated_service_selector: s.federated_selector.clone(),
+        }
+    }
+
+    /// Kubernetes mode: follows the remote API server ([`remote`]) until the credentials Secret
+    /// changes or cannot be read.
+    async fn follow_kubernetes(&self, secret: &str) -> anyhow::Result<()> {
+        let Some(local) = &self.kube else {
+            anyhow::bail!(
+                "the Link names a credentials Secret, which only knit-control in Kubernetes mode can read (in local mode, name the remote with {} and {})",
+                super::REMOTE_ANNOTATION,
+                super::REMOTE_IDENTITY_ANNOTATION
+            )
+        };
+        let namespace = self.settings.key.split_once('/').map_or("", |(ns, _)| ns);
+        remote::follow(local, (namespace, secret), &self.settings.cluster_domain, self.index.config(), &self.request(), self).await
+    }
+
+    /// Local mode: follows the remote knit-control's exports until the stream ends or fails.
+    async fn follow(&self, tls: &ClientTls, addr: std::net::SocketAddr, identity: &str) -> anyhow::Result<()> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
-            .map_err(|_| anyhow::anyhow!("connecting to {} timed out", remote.addr))??;
-        let name = rustls::pki_types::ServerName::try_from(remote.identity.clone())?;
+            .map_err(|_| anyhow::anyhow!("connecting to {addr} timed out"))??;
+        let name = rustls::pki_types::ServerName::try_from(identity.to_string())?;
         let io = tokio::time::timeout(CONNECT_TIMEOUT, tokio_rustls::TlsConnector::from(tls.config()?).connect(name, tcp))
             .await
-            .map_err(|_| anyhow::anyhow!("TLS with {} timed out", remote.addr))?
-            .map_err(|e| anyhow::anyhow!("TLS with {} (expecting {}): {e}", remote.addr, remote.identity))?;
+            .map_err(|_| anyhow::anyhow!("TLS with {addr} timed out"))?
+            .map_err(|e| anyhow::anyhow!("TLS with {addr} (expecting {identity}): {e}"))?;
         let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .handshake(TokioIo::new(io))
             .await?;
         tokio::spawn(conn);
-        let s = &self.settings;
-        let request = ExportRequest {
-            selector: s.selector.clone(),
-            remote_discovery_selector: s.remote_discovery_selector.clone(),
-            federated_service_selector: s.federated_selector.clone(),
-        };
-        let body = serde_json::to_vec(&request)?;
-        let uri = format!("https://{}{PATH}", remote.addr);
+        let body = serde_json::to_vec(&self.request())?;
+        let uri = format!("https://{addr}{PATH}");
         let req = http::Request::post(uri).header(http::header::CONTENT_TYPE, "application/json").body(Full::new(Bytes::from(body)))?;
         let rsp = sender.send_request(req).await?;
         if !rsp.status().is_success() {
@@ -263,8 +283,7 @@ impl Worker {
             let text = rsp.into_body().collect().await.map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned()).unwrap_or_default();
             anyhow::bail!("the linked control plane answered {status}: {}", text.trim());
         }
-        self.metrics.remote_connected.get_or_create(&labels(&self.settings.cluster)).set(1);
-        self.metrics.update(&self.settings.key, |st| st.remote_connected = true);
+        remote::Sink::connected(self, None);
         let mut body = rsp.into_body();
         let mut buf = BytesMut::new();
         loop {
@@ -281,8 +300,7 @@ impl Worker {
                     continue;
                 }
                 let snapshot: Snapshot = serde_json::from_slice(&line).map_err(|e| anyhow::anyhow!("a malformed snapshot: {e}"))?;
-                self.state.lock().unwrap_or_else(|p| p.into_inner()).exports = Some(snapshot);
-                self.publish();
+                remote::Sink::snapshot(self, snapshot);
             }
             if buf.len() > MAX_SNAPSHOT_BYTES {
                 anyhow::bail!("a snapshot longer than {MAX_SNAPSHOT_BYTES} bytes");
@@ -379,6 +397,23 @@ impl Worker {
         self.metrics.update(&self.settings.key, |st| st.mirrors = mirrors);
         self.metrics.mirrored_services.get_or_create(&labels(&self.settings.cluster)).set(i64::try_from(services).unwrap_or(i64::MAX));
         self.index.reset(&source(&self.settings.key), resources);
+    }
+}
+
+impl remote::Sink for Worker {
+    fn snapshot(&self, snapshot: Snapshot) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).exports = Some(snapshot);
+        self.publish();
+    }
+
+    fn connected(&self, error: Option<String>) {
+        self.metrics.remote_connected.get_or_create(&labels(&self.settings.cluster)).set(i64::from(error.is_none()));
+        self.metrics.update(&self.settings.key, |st| {
+            st.remote_connected = error.is_none();
+            if error.is_some() {
+                st.remote_error = error;
+            }
+        });
     }
 }
 
@@ -564,7 +599,7 @@ mod tests {
         let link = "apiVersion: multicluster.linkerd.io/v1alpha3\nkind: Link\nmetadata: {name: east, namespace: shop, annotations: {knit.dev/remote-control-plane: '10.1.0.1:8095', knit.dev/remote-control-plane-identity: knit-control.knit.serviceaccount.identity.knit.cluster.local}}\nspec: {targetClusterName: east, gatewayAddress: 10.1.0.5, gatewayIdentity: gw, selector: {matchLabels: {x: y}}}\n";
         let Some(Resource::Link(l)) = crate::resources::parse("link.yaml", link).0.pop() else { panic!() };
         let settings = LinkSettings::of(&l).unwrap();
-        let worker = Worker { settings, index: index.clone(), metrics: Metrics::default(), state: Mutex::default() };
+        let worker = Worker { settings, index: index.clone(), metrics: Metrics::default(), state: Mutex::default(), kube: None };
         let export = |name: &str| serde_json::json!({"name": name, "namespace": "shop", "ready": true, "gateway": true, "ports": [{"port": 8080}]});
         worker.state.lock().unwrap().exports = Some(serde_json::from_value(serde_json::json!({"services": [export("books"), export("authors")]})).unwrap());
         worker.state.lock().unwrap().alive = true;

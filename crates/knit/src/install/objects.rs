@@ -211,6 +211,8 @@ fn cluster_role(o: &Options) -> Value {
         {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes", "tcproutes", "tlsroutes"], "verbs": read},
         {"apiGroups": ["workload.linkerd.io"], "resources": ["externalworkloads"], "verbs": read},
         {"apiGroups": ["split.smi-spec.io"], "resources": ["trafficsplits"], "verbs": read},
+        // Linked clusters (their credentials Secrets: a Role of `knit multicluster install`).
+        {"apiGroups": ["multicluster.linkerd.io"], "resources": ["links"], "verbs": read},
         {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
         // The tap API asks whether the user may tap.
         {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
