@@ -37,7 +37,8 @@ cleanup() {
     for pid in "${PIDS[@]}" $GATEWAY_PID; do kill "$pid" 2>/dev/null; done
     stop_namespaces "$EC" "$EB" "$WC" "$WA" "$WB" "$R"
     wait 2>/dev/null
-    rm -rf "$TMP"
+    # KNIT_TEST_KEEP=1 keeps the logs and manifests, for a failure's post-mortem.
+    if [ -n "${KNIT_TEST_KEEP:-}" ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 
@@ -63,7 +64,7 @@ for spec in "$EC:e:1:1" "$EB:e:1:2" "$WC:w:2:1" "$WA:w:2:2" "$WB:w:2:3"; do
     ip -n "$ns" link set "kx$i-$$" up
     ip -n "$ns" route add default via "10.233.$net.254"
 done
-IP_EC=10.233.1.1 IP_EB=10.233.1.2 IP_WC=10.233.2.1 IP_WB=10.233.2.3
+IP_EC=10.233.1.1 IP_EB=10.233.1.2 IP_WC=10.233.2.1 IP_WA=10.233.2.2 IP_WB=10.233.2.3
 
 # --- identity: one anchor, an issuer per cluster ------------------------------------------------
 SUFFIX=shop.serviceaccount.identity.knit.cluster.local
@@ -140,6 +141,13 @@ spec:
   meshTLS: {identity: books-w.$SUFFIX, serverName: books-w.$SUFFIX}
   workloadIPs: [{ip: $IP_WB}]
   ports: [{port: 8080}]
+---
+apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata: {name: web, namespace: shop, labels: {app: web}, annotations: {knit.dev/proxy-admin-port: "4191"}}
+spec:
+  meshTLS: {identity: web.$SUFFIX, serverName: web.$SUFFIX}
+  workloadIPs: [{ip: $IP_WA}]
 YAML
 } >"$TMP/west/app.yaml"
 in_ns "$EC" "$CONTROL" --identity-dir "$TMP/east-id" --identity-addr "$IP_EC:18080" --admin-addr 127.0.0.1:19990 \
@@ -147,7 +155,7 @@ in_ns "$EC" "$CONTROL" --identity-dir "$TMP/east-id" --identity-addr "$IP_EC:180
     --config-dir "$TMP/east" 2>"$TMP/control-east.log" &
 PIDS+=($!)
 in_ns "$WC" "$CONTROL" --identity-dir "$TMP/west-id" --identity-addr "$IP_WC:18080" --admin-addr 127.0.0.1:19990 \
-    --destination-addr "$IP_WC:18086" --policy-addr "$IP_WC:18090" --federated-cluster-ips 10.96.201.0/24 \
+    --destination-addr "$IP_WC:18086" --policy-addr "$IP_WC:18090" --federated-cluster-ips 10.96.201.0/24 --viz-scrape-interval 1s \
     --config-dir "$TMP/west" 2>"$TMP/control-west.log" &
 PIDS+=($!)
 
@@ -310,6 +318,21 @@ while ((SECONDS - back < 60)); do
     sleep 0.5
 done
 check "east's member back: shared again, after $((SECONDS - back)) s ($e east, $w west, $f failed in the last round)" test "$e" -ge 1 -a "$f" = 0
+
+# --- viz: west's knit-control scrapes web's proxy; the traffic names the clusters it reached ------
+for i in $(seq 5); do in_ns "$WA" curl -s -o /dev/null --max-time 5 "http://$BOOKS:8080/$i"; done
+sleep 2.5 # a scrape (every second here) after the last requests
+in_ns "$WC" "$KNIT" viz stat svc -n shop -t 1m -o json >"$TMP/stat-svc.json" 2>>"$TMP/cli.log"
+clusters_of() { python3 -c 'import json, sys; rows = {r["name"]: r for r in json.load(open(sys.argv[1]))}; print(",".join(rows.get(sys.argv[2], {}).get("clusters", ["?"])))' "$TMP/stat-svc.json" "$1"; }
+check "knit viz stat svc: books-east went to east ($(clusters_of books-east:8080)), books-federated to both ($(clusters_of books-federated:8080))" \
+    test "$(clusters_of books-east:8080)" = east -a "$(clusters_of books-federated:8080)" = ",east"
+in_ns "$WC" "$KNIT" viz edges deploy -n shop -t 1m -o json >"$TMP/edges.json" 2>>"$TMP/cli.log"
+edges=$(python3 -c 'import json, sys
+print(" ".join(sorted("%s>%s%s@%s" % (e["src"], "svc/" if e.get("via_gateway") else "", e["dst"], e.get("dst_cluster") or "local") for e in json.load(open(sys.argv[1])))))' "$TMP/edges.json")
+check "knit viz edges: web to east's Service through the gateway, to east's books pod, to west's books-w ($edges)" \
+    bash -c '[[ " $1 " == *" web>svc/books@east "* && " $1 " == *" web>books@east "* && " $1 " == *" web>books-w@local "* ]]' _ "$edges"
+out=$(in_ns "$WC" "$KNIT" viz edges deploy -n shop -t 1m 2>&1)
+check "the edges table has a DST_CLUSTER column" bash -c '[[ $(echo "$1" | head -n 1) == *DST_CLUSTER* ]]' _ "$out"
 
 # --- the gateway dies, then returns --------------------------------------------------------------
 kill "$GATEWAY_PID"

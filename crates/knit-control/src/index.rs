@@ -257,8 +257,8 @@ pub struct Exported {
 /// The endpoints of a Service port: `None` when the Service or the port does not exist.
 pub type EndpointsView = Option<endpoints::Endpoints>;
 pub use endpoints::{
-    Endpoints, CLUSTER_NAME_LABEL, ENDPOINT_SLICE_LABEL, INBOUND_PORT_ANNOTATION, LOCAL_DISCOVERY, MIRRORED_SERVICE_LABEL, REMOTE_GATEWAY_IDENTITY,
-    REMOTE_SVC_FQ_NAME,
+    Endpoints, CLUSTER_NAME_LABEL, ENDPOINT_SLICE_LABEL, INBOUND_PORT_ANNOTATION, LOCAL_DISCOVERY, MIRRORED_SERVICE_LABEL, REMOTE_DEPLOYMENT,
+    REMOTE_GATEWAY_IDENTITY, REMOTE_POD, REMOTE_SVC_FQ_NAME,
 };
 
 struct State {

@@ -257,17 +257,26 @@ async fn edges_cmd(args: EdgesArgs) -> anyhow::Result<()> {
         println!("No edges found.");
         return Ok(());
     }
-    let mut lines = vec![["SRC", "DST", "SRC_NS", "DST_NS", "SECURED", "CLIENT_ID", "SERVER_ID"].map(String::from).to_vec()];
+    // Linked clusters' destinations add a column (a gateway's is the remote Service, `svc/NAME`).
+    let clusters = edges.iter().any(|e| e.dst_cluster.is_some());
+    let mut header = vec!["SRC", "DST", "SRC_NS", "DST_NS"];
+    if clusters {
+        header.push("DST_CLUSTER");
+    }
+    header.extend(["SECURED", "CLIENT_ID", "SERVER_ID"]);
+    let mut lines = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     for e in &edges {
-        lines.push(vec![
-            e.src.clone(),
-            e.dst.clone(),
-            e.src_namespace.clone(),
-            e.dst_namespace.clone(),
+        let mut line =
+            vec![e.src.clone(), if e.via_gateway { format!("svc/{}", e.dst) } else { e.dst.clone() }, e.src_namespace.clone(), e.dst_namespace.clone()];
+        if clusters {
+            line.push(e.dst_cluster.clone().unwrap_or_else(|| "-".into()));
+        }
+        line.extend([
             if e.secured { "√".into() } else { "×".into() },
             e.client_id.clone().unwrap_or_else(|| "-".into()),
             e.server_id.clone().unwrap_or_else(|| "-".into()),
         ]);
+        lines.push(line);
     }
     print!("{}", columns(&lines));
     Ok(())
@@ -524,6 +533,14 @@ mod top {
     }
 }
 
+/// A row's clusters for the CLUSTER column: `local` for this one, `-` when none is known.
+fn cluster_names(clusters: &[String]) -> String {
+    if clusters.is_empty() {
+        return "-".into();
+    }
+    clusters.iter().map(|c| if c.is_empty() { "local" } else { c.as_str() }).collect::<Vec<_>>().join(",")
+}
+
 fn table(rows: &[stat::Row], q: &stat::Query, wide: bool) -> String {
     if rows.is_empty() {
         return "No traffic found.\n".to_string();
@@ -533,7 +550,13 @@ fn table(rows: &[stat::Row], q: &stat::Query, wide: bool) -> String {
     if all_namespaces {
         header.push("NAMESPACE");
     }
-    header.extend(["NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TCP_CONN"]);
+    header.push("NAME");
+    // Traffic to linked clusters (mirrored and federated Services) says where it went.
+    let clusters = rows.iter().any(|r| !r.clusters.is_empty());
+    if clusters {
+        header.push("CLUSTER");
+    }
+    header.extend(["MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TCP_CONN"]);
     if wide {
         header.extend(["MTLS", "READ_BYTES/SEC", "WRITE_BYTES/SEC"]);
     }
@@ -548,8 +571,11 @@ fn table(rows: &[stat::Row], q: &stat::Query, wide: bool) -> String {
             line.push(r.namespace.clone());
         }
         let traffic = r.requests > 0.0;
+        line.push(r.name.clone());
+        if clusters {
+            line.push(cluster_names(&r.clusters));
+        }
         line.extend([
-            r.name.clone(),
             r.pods.map_or("-".into(), |p| format!("{}/{}", p.meshed, p.total)),
             pct(r.success_rate),
             if traffic { format!("{:.1}rps", r.rps) } else { "-".into() },

@@ -70,8 +70,11 @@ pub const REMOTE_GATEWAY_IDENTITY: &str = "mirror.linkerd.io/remote-gateway-iden
 pub const LOCAL_DISCOVERY: &str = "multicluster.linkerd.io/local-discovery";
 /// The label of every mirrored Service.
 pub const MIRRORED_SERVICE_LABEL: &str = "mirror.linkerd.io/mirrored-service";
-/// The label of a mirrored Service: the cluster it comes from.
+/// The label of a mirrored Service, and of a remote pod's endpoint: the cluster it comes from.
 pub const CLUSTER_NAME_LABEL: &str = "mirror.linkerd.io/cluster-name";
+/// The annotations of a remote pod's endpoint (flat and federated): its pod and deployment there.
+pub const REMOTE_POD: &str = "knit.dev/remote-pod";
+pub const REMOTE_DEPLOYMENT: &str = "knit.dev/remote-deployment";
 
 /// An endpoint of a gateway-mirrored Service, as Linkerd's destination controller sends it: the
 /// gateway's address, `authority_override` naming the remote Service and the port asked for, the
@@ -136,6 +139,15 @@ pub fn weighted_addr(w: &ExternalWorkload, addr: SocketAddr, opaque: bool) -> We
     // `pod` and `deployment` as Linkerd names a Pod's endpoint: what `stat --to`, `--from` and
     // edges group by in Prometheus. Every workload is a pod to viz, local mode's included.
     let mut labels = HashMap::from([("pod".to_string(), w.metadata.name.clone()), ("deployment".to_string(), w.deployment().to_string())]);
+    // A remote pod (flat and federated endpoints): named as there, with its cluster.
+    if let Some(cluster) = w.metadata.labels.get(CLUSTER_NAME_LABEL) {
+        labels.insert("target_cluster".to_string(), cluster.clone());
+        for (label, annotation) in [("pod", REMOTE_POD), ("deployment", REMOTE_DEPLOYMENT)] {
+            if let Some(v) = w.metadata.annotations.get(annotation) {
+                labels.insert(label.to_string(), v.clone());
+            }
+        }
+    }
     let (tls_identity, protocol_hint) = match &w.spec.mesh_tls {
         None => (None, None),
         Some(tls) => {

@@ -81,6 +81,11 @@ pub struct ExportEndpoint {
     pub identity: Option<String>,
     #[serde(default)]
     pub inbound_port: Option<u16>,
+    /// The pod and deployment it belongs to there, for the callers' metrics (`dst_pod`, `dst_deployment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -123,7 +128,15 @@ fn flat_endpoints(by_port: &BTreeMap<u16, BTreeMap<std::net::SocketAddr, linkerd
     let mut by_ip: BTreeMap<std::net::IpAddr, ExportEndpoint> = BTreeMap::new();
     for (svc_port, addrs) in by_port {
         for (addr, w) in addrs {
-            let e = by_ip.entry(addr.ip()).or_insert_with(|| ExportEndpoint { ip: addr.ip(), ports: BTreeMap::new(), identity: None, inbound_port: None });
+            let label = |k: &str| w.metric_labels.get(k).cloned();
+            let e = by_ip.entry(addr.ip()).or_insert_with(|| ExportEndpoint {
+                ip: addr.ip(),
+                ports: BTreeMap::new(),
+                identity: None,
+                inbound_port: None,
+                pod: label("pod"),
+                deployment: label("deployment"),
+            });
             e.ports.insert(*svc_port, addr.port());
             if let Some(Strategy::DnsLikeIdentity(d)) = w.tls_identity.as_ref().and_then(|t| t.strategy.as_ref()) {
                 e.identity = Some(d.name.clone());

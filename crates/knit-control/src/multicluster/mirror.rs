@@ -22,7 +22,9 @@ use super::{
     remote, LinkSettings, Remote,
 };
 use crate::{
-    index::{Index, CLUSTER_NAME_LABEL, ENDPOINT_SLICE_LABEL, MIRRORED_SERVICE_LABEL, REMOTE_GATEWAY_IDENTITY, REMOTE_SVC_FQ_NAME},
+    index::{
+        Index, CLUSTER_NAME_LABEL, ENDPOINT_SLICE_LABEL, MIRRORED_SERVICE_LABEL, REMOTE_DEPLOYMENT, REMOTE_GATEWAY_IDENTITY, REMOTE_POD, REMOTE_SVC_FQ_NAME,
+    },
     resources::Resource,
     tls::ClientTls,
 };
@@ -483,6 +485,11 @@ fn flat_endpoint(link: &LinkSettings, e: &super::exports::Export, mirror: &str, 
     let mut annotations = serde_json::Map::new();
     if let Some(port) = ep.inbound_port {
         annotations.insert(crate::index::INBOUND_PORT_ANNOTATION.into(), json!(port.to_string()));
+    }
+    for (key, value) in [(REMOTE_POD, &ep.pod), (REMOTE_DEPLOYMENT, &ep.deployment)] {
+        if let Some(v) = value {
+            annotations.insert(key.into(), json!(v));
+        }
     }
     let mesh_tls = ep.identity.as_ref().map(|id| json!({"identity": id, "serverName": id}));
     Some(json!({

@@ -17,6 +17,13 @@ pub struct Edge {
     pub secured: bool,
     pub client_id: Option<String>,
     pub server_id: Option<String>,
+    /// The linked cluster the destination is in (`dst_target_cluster`); `None`: this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_cluster: Option<String>,
+    /// Through the linked cluster's gateway: the destination is the remote Service (`dst` its
+    /// name), as the caller cannot know which of its pods answered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub via_gateway: bool,
 }
 
 /// Which resources an edge joins: deployments, or pods (as `linkerd viz edges deployment|pod`).
@@ -52,18 +59,23 @@ pub async fn edges(
         By::Deployment => ("deployment", "dst_deployment"),
         By::Pod => ("pod", "dst_pod"),
     };
-    let by = ["namespace", src, "dst_namespace", dst, "tls", "server_id", "deployment"];
+    // A gateway mirror's endpoint is the gateway: no pod or deployment, but the remote Service.
+    let by = ["namespace", src, "dst_namespace", dst, "tls", "server_id", "deployment", "dst_target_cluster", "dst_target_service"];
     let http = source.increase("response_total", &[("direction", "outbound")], &by, window).await?;
     let tcp = source.increase("tcp_write_bytes_total", &[("direction", "outbound"), ("peer", "dst")], &by, window).await?;
-    let mut out: BTreeMap<[String; 4], Edge> = BTreeMap::new();
+    let mut out: BTreeMap<([String; 5], bool), Edge> = BTreeMap::new();
     for (grouped, is_http) in [(&http, true), (&tcp, false)] {
         for (g, v) in grouped {
-            let [ns, src, dst_ns, dst, tls, server_id, deployment] = <[String; 7]>::try_from(g.clone()).expect("grouped by seven labels");
+            let [ns, src, dst_ns, dst, tls, server_id, deployment, cluster, target_service] =
+                <[String; 9]>::try_from(g.clone()).expect("grouped by nine labels");
+            let via_gateway = dst.is_empty() && !cluster.is_empty() && !target_service.is_empty();
+            let dst = if via_gateway { target_service } else { dst };
             if dst.is_empty() || *v <= 0.0 || namespace.is_some_and(|n| n != ns && n != dst_ns) {
                 continue;
             }
             let client_id = identities.get(&(ns.clone(), deployment)).cloned();
-            let edge = out.entry([ns.clone(), src.clone(), dst_ns.clone(), dst.clone()]).or_insert_with(|| Edge {
+            let dst_cluster = Some(cluster.clone()).filter(|c| !c.is_empty());
+            let edge = out.entry(([ns.clone(), src.clone(), dst_ns.clone(), dst.clone(), cluster], via_gateway)).or_insert_with(|| Edge {
                 src_namespace: ns,
                 src,
                 dst_namespace: dst_ns,
@@ -73,6 +85,8 @@ pub async fn edges(
                 secured: true,
                 client_id,
                 server_id: None,
+                dst_cluster,
+                via_gateway,
             });
             if is_http {
                 edge.requests += v;
@@ -87,3 +101,6 @@ pub async fn edges(
     }
     Ok(out.into_values().collect())
 }
+
+#[cfg(test)]
+mod tests;

@@ -134,7 +134,14 @@ pub struct Row {
     /// Unknown when the index is not at hand (a stat straight from Prometheus) and for services.
     #[serde(default)]
     pub pods: Option<Pods>,
+    /// Outbound rows: the linked clusters the traffic went to (the `dst_target_cluster` label of
+    /// mirrored and federated Services), `""` standing for this one; empty when all stayed here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<String>,
 }
+
+/// The label that names a linked cluster on the callers' series.
+const CLUSTER: &str = "dst_target_cluster";
 
 /// The rows of `q`, sorted by namespace and name. `inventory`: the resources of `q.kind` the
 /// index knows (already narrowed to `q.deployment`), listed even without traffic.
@@ -183,8 +190,9 @@ pub async fn stat(source: &Source, q: &Query, inventory: &Inventory) -> Result<V
     // A namespace row is grouped by its namespace only.
     let by: Vec<&str> = if q.kind == Kind::Namespace { vec![ns_label.as_str()] } else { vec![ns_label.as_str(), name_label.as_str()] };
     let key = |g: &[String]| -> (String, String) { (g[0].clone(), g.last().cloned().unwrap_or_default()) };
-    let peer = if q.to.is_some() || q.from.is_some() { "dst" } else { "src" };
-    let mut rows = rows(&source.snapshot(), &m, &by, &key, q.window, Some(peer)).await?;
+    let outbound = q.to.is_some() || q.from.is_some();
+    let peer = if outbound { "dst" } else { "src" };
+    let mut rows = rows(&source.snapshot(), &m, &by, &key, q.window, Some(peer), outbound).await?;
     if q.to.is_none() && q.from.is_none() {
         for k in inventory.keys().filter(|(ns, _)| q.namespace.as_ref().is_none_or(|n| n == ns)) {
             rows.entry(k.clone()).or_insert_with(|| Row::empty(k.clone()));
@@ -218,7 +226,7 @@ async fn services(source: &Source, q: &Query) -> Result<Vec<Row>, QueryError> {
             _ => (String::new(), g[0].clone()),
         }
     };
-    let mut rows = rows(&source.snapshot(), &m, &["authority", "namespace"], &key, q.window, Some("dst")).await?;
+    let mut rows = rows(&source.snapshot(), &m, &["authority", "namespace"], &key, q.window, Some("dst"), true).await?;
     rows.retain(|(ns, name), _| !name.is_empty() && q.namespace.as_ref().is_none_or(|n| n == ns));
     Ok(rows.into_values().collect())
 }
@@ -237,7 +245,7 @@ async fn policies(source: &Source, q: &Query) -> Result<Vec<Row>, QueryError> {
     }
     let key = |g: &[String]| (g[0].clone(), g[1].clone());
     // No TCP: connections carry no srv_*/authz_* labels.
-    let rows = rows(&source.snapshot(), &m, &["namespace", name_label], &key, q.window, None).await?;
+    let rows = rows(&source.snapshot(), &m, &["namespace", name_label], &key, q.window, None, false).await?;
     Ok(rows.into_values().collect())
 }
 
@@ -292,6 +300,7 @@ impl Row {
             read_bytes_per_sec: 0.0,
             write_bytes_per_sec: 0.0,
             pods: None,
+            clusters: Vec::new(),
         }
     }
 }
@@ -299,8 +308,39 @@ impl Row {
 type Key<'a> = &'a (dyn Fn(&[String]) -> (String, String) + Sync);
 
 /// The golden metrics of the series matching `m`, grouped by `by` and keyed by `key`; the TCP
-/// columns from the `peer` side's connections, none without one.
+/// columns from the `peer` side's connections, none without one; with `clusters`, each row's
+/// [`Row::clusters`].
+#[allow(clippy::too_many_arguments)]
 async fn rows(
+    source: &Snapshot<'_>,
+    m: &[(&str, &str)],
+    by: &[&str],
+    key: Key<'_>,
+    window: Duration,
+    peer: Option<&str>,
+    clusters: bool,
+) -> Result<BTreeMap<(String, String), Row>, QueryError> {
+    let mut rows = golden(source, m, by, key, window, peer).await?;
+    if clusters {
+        let mut by = by.to_vec();
+        by.push(CLUSTER);
+        let seen = source.increase("response_total", m, &by, window).await?;
+        let mut found: BTreeMap<(String, String), std::collections::BTreeSet<String>> = BTreeMap::new();
+        for (g, n) in &seen {
+            if *n > 0.0 {
+                found.entry(key(&g[..g.len() - 1])).or_default().insert(g[g.len() - 1].clone());
+            }
+        }
+        for (k, set) in found {
+            if let Some(row) = rows.get_mut(&k).filter(|_| set.iter().any(|c| !c.is_empty())) {
+                row.clusters = set.into_iter().collect();
+            }
+        }
+    }
+    Ok(rows)
+}
+
+async fn golden(
     source: &Snapshot<'_>,
     m: &[(&str, &str)],
     by: &[&str],

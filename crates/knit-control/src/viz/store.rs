@@ -40,7 +40,7 @@ pub const FAMILIES: [&str; 14] = [
 ];
 
 /// The proxy labels kept; the address labels are not (`dst_*` name the destination).
-const KEPT_LABELS: [&str; 28] = [
+const KEPT_LABELS: [&str; 30] = [
     "direction",
     "authority",
     "tls",
@@ -55,6 +55,9 @@ const KEPT_LABELS: [&str; 28] = [
     "dst_service",
     "dst_deployment",
     "dst_pod",
+    // Mirrored and federated Services: the linked cluster, and the Service there.
+    "dst_target_cluster",
+    "dst_target_service",
     "http_status",
     "error",
     "parent_kind",

@@ -319,7 +319,8 @@ async fn send_once(
         req = req.map(|b| super::body::IdleBody::new(b, idle).boxed());
     }
     let chosen = backend::endpoint(&backend.backend, plan.http.failure_accrual.as_ref(), &ctx.side).await?;
-    let routed = Routed { endpoint: chosen.endpoint, authority: r.logical.authority.clone(), policy: None };
+    let authority = r.logical.authority.clone().or_else(|| r.policy.authority.clone());
+    let routed = Routed { endpoint: chosen.endpoint, authority, policy: None };
     let started = Instant::now();
     let per_attempt = retry.and_then(|r| r.timeout).or(plan.timeouts.response);
     let result = match per_attempt {

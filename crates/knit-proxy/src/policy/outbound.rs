@@ -32,6 +32,9 @@ pub struct OutboundPolicy {
     /// The destination's resource, e.g. a Service's port.
     pub meta: Arc<Meta>,
     pub protocol: Protocol,
+    /// A Service's logical `name.ns.svc.DOMAIN:port`: the `authority` label of traffic sent to
+    /// it by address, as LINKERD-WIRE.md §5 has it (the name the request used wins).
+    pub authority: Option<knit_core::destination::Authority>,
 }
 
 /// What a policy object is: a default the control plane made up, or a (Kubernetes) resource.
@@ -464,7 +467,7 @@ impl OutboundPolicy {
                 backends: Distribution::FirstAvailable(vec![backend.clone()]),
             }],
         };
-        let Some(timeout) = detect else { return Self { meta, protocol: Protocol::Opaque(opaque) } };
+        let Some(timeout) = detect else { return Self { meta, protocol: Protocol::Opaque(opaque), authority: None } };
         let rule = Rule {
             matches: Vec::new(),
             filters: Vec::new(),
@@ -475,7 +478,7 @@ impl OutboundPolicy {
         };
         let route = HttpRoute { meta: meta.clone(), hosts: Vec::new(), rules: vec![rule], metrics: Default::default() };
         let http = HttpPolicy { routes: Arc::from(vec![route]), failure_accrual: None };
-        Self { meta, protocol: Protocol::Detect { timeout, opaque, http1: http.clone(), http2: http } }
+        Self { meta, protocol: Protocol::Detect { timeout, opaque, http1: http.clone(), http2: http }, authority: None }
     }
 }
 

@@ -493,6 +493,12 @@
     { key: 'tcp', label: 'TCP', num: true, text: (r) => fmt.int(r.tcp_connections), raw: (r) => r.tcp_connections, title: 'Open TCP connections' },
   ];
 
+  // Outbound rows: the linked clusters the traffic reached (mirrored and federated Services),
+  // `local` for this one.
+  const clusterNames = (clusters) => (clusters && clusters.length ? clusters.map((c) => c || 'local').join(', ') : '-');
+  const CLUSTER_COLUMN = { key: 'cluster', label: 'Cluster', title: 'Linked clusters the traffic went to',
+    text: (r) => clusterNames(r.clusters), raw: (r) => (r.clusters || []).join(',') };
+
   // Sets the metric cells of a stat row to row `r`.
   function fillStatRow(tr, columns, r) {
     tr.dataset.requests = String(r.requests);
@@ -577,6 +583,7 @@
     const columns = [];
     if (opts.showNamespace) columns.push({ key: 'namespace', label: 'Namespace' });
     columns.push({ key: 'name', label: opts.nameLabel || 'Name', sort: 'name' });
+    if (opts.clusters) columns.push(CLUSTER_COLUMN);
     columns.push(...STAT_COLUMNS);
 
     const count = h('span', { class: 'count', 'data-testid': 'count', role: 'status' }, '…');
@@ -822,7 +829,7 @@
         const nodes = new Map();
         for (const e of edges) {
           nodes.set(e.src_namespace + '/' + e.src, { ns: e.src_namespace, name: e.src });
-          nodes.set(e.dst_namespace + '/' + e.dst, { ns: e.dst_namespace, name: e.dst });
+          nodes.set(edgeDst(e), { ns: e.dst_namespace, name: edgeDstName(e), cluster: e.dst_cluster || null });
         }
         const key = [...nodes.keys()].sort().join('|') + '#' + edges.map(edgeKey).sort().join('|');
         if (key !== graphKey) {
@@ -853,11 +860,21 @@
   }
 
   function edgeKey(e) {
-    return `${e.src_namespace}/${e.src}>${e.dst_namespace}/${e.dst}`;
+    return `${e.src_namespace}/${e.src}>${edgeDst(e)}`;
+  }
+
+  // An edge's destination: a deployment here, or in a linked cluster (`@cluster`), where it is
+  // the remote Service when reached through the gateway.
+  function edgeDstName(e) {
+    return (e.via_gateway ? 'svc/' : '') + e.dst + (e.dst_cluster ? ` @${e.dst_cluster}` : '');
+  }
+
+  function edgeDst(e) {
+    return `${e.dst_namespace}/${edgeDstName(e)}`;
   }
 
   function edgeTitle(e, secs) {
-    return `${e.src_namespace}/${e.src} → ${e.dst_namespace}/${e.dst}: ${fmt.rate(e.requests / secs)} rps, ` +
+    return `${e.src_namespace}/${e.src} → ${edgeDst(e)}: ${fmt.rate(e.requests / secs)} rps, ` +
       (e.secured ? 'mutual TLS' : 'NOT all mutual TLS') +
       (e.client_id ? `\nclient: ${e.client_id}` : '') + (e.server_id ? `\nserver: ${e.server_id}` : '');
   }
@@ -870,7 +887,7 @@
     const pairs = [];
     const seen = new Set();
     for (const e of edges) {
-      const a = e.src_namespace + '/' + e.src, b = e.dst_namespace + '/' + e.dst;
+      const a = e.src_namespace + '/' + e.src, b = edgeDst(e);
       if (a === b || seen.has(a + '>' + b)) continue;
       seen.add(a + '>' + b);
       out.get(a).push(b);
@@ -969,7 +986,7 @@
     const edgeLayer = s('g', { class: 'edges' });
     const nodeLayer = s('g', { class: 'nodes' });
     for (const e of edges) {
-      const a = e.src_namespace + '/' + e.src, b = e.dst_namespace + '/' + e.dst;
+      const a = e.src_namespace + '/' + e.src, b = edgeDst(e);
       const [ax, ay] = xy(a), [bx, by] = xy(b);
       let d, mx, my;
       if (a === b) {
@@ -1013,7 +1030,9 @@
     for (const [k, n] of nodes) {
       const [x, y] = xy(k);
       const label = n.name.length > 22 ? n.name.slice(0, 21) + '…' : n.name;
-      const a = s('a', { href: link.deploy(n.ns, n.name), class: 'node', 'data-testid': 'topology-node', 'data-name': n.name, 'data-namespace': n.ns },
+      // A linked cluster's node has no page here.
+      const a = s('a', { href: n.cluster ? null : link.deploy(n.ns, n.name), class: n.cluster ? 'node remote' : 'node', 'data-testid': 'topology-node',
+        'data-name': n.name, 'data-namespace': n.ns, 'data-cluster': n.cluster || '' },
         s('title', null, `${n.ns}/${n.name}`),
         s('rect', { x, y, width: W, height: H, rx: 6 }),
         multiNs ? s('text', { x: x + 10, y: y + 13, class: 'ns' }, n.ns) : null,
@@ -1121,9 +1140,11 @@
         emptyRow(tbody, cols.length, applied.filter ? `No edge matches “${applied.filter}”.` : 'No edges.');
         return;
       }
-      reconcile(tbody, edges, edgeKey, (e) => h('tr', { 'data-testid': 'edge-row', 'data-src': e.src, 'data-dst': e.dst, 'data-src-namespace': e.src_namespace, 'data-dst-namespace': e.dst_namespace },
+      reconcile(tbody, edges, edgeKey, (e) => h('tr', { 'data-testid': 'edge-row', 'data-src': e.src, 'data-dst': e.dst, 'data-src-namespace': e.src_namespace, 'data-dst-namespace': e.dst_namespace,
+        'data-dst-cluster': e.dst_cluster || '', 'data-via-gateway': String(!!e.via_gateway) },
         h('td', { 'data-col': 'src' }, h('a', { href: link.deploy(e.src_namespace, e.src) }, `${e.src_namespace}/${e.src}`)),
-        h('td', { 'data-col': 'dst' }, h('a', { href: link.deploy(e.dst_namespace, e.dst) }, `${e.dst_namespace}/${e.dst}`)),
+        // A linked cluster's deployment has no page here.
+        h('td', { 'data-col': 'dst' }, e.dst_cluster ? edgeDst(e) : h('a', { href: link.deploy(e.dst_namespace, e.dst) }, edgeDst(e))),
         h('td', { 'data-col': 'rps', class: 'num' }),
         h('td', { 'data-col': 'bytes', class: 'num' }),
         h('td', { 'data-col': 'mtls' }),
@@ -1227,7 +1248,7 @@
     });
     const destinations = statTable({
       label: 'Outbound destinations', testid: 'destinations', showNamespace: true, filterable: false, limit: 25, hidePagerWhenSmall: true,
-      base: () => ({ kind: 'deployment', from: resource, from_namespace: ns }), href: (r) => link.deploy(r.namespace, r.name),
+      base: () => ({ kind: 'deployment', from: resource, from_namespace: ns }), href: (r) => link.deploy(r.namespace, r.name), clusters: true,
       empty: `${name} called no meshed destination in the window.`,
     });
     const tap = tapPanel({ fixed: { namespace: ns, resource }, cap: 100, compact: true });

@@ -53,8 +53,31 @@ impl TryFrom<&api::OutboundPolicy> for OutboundPolicy {
         let meta = Arc::new(meta(p.metadata.as_ref()).map_err(|e| e.at("metadata"))?);
         let kind = p.protocol.as_ref().and_then(|p| p.kind.as_ref()).ok_or_else(|| InvalidPolicy::missing("protocol"))?;
         let protocol = protocol(kind).map_err(|e| e.at("protocol"))?;
-        Ok(Self { meta, protocol })
+        let authority = service_authority(&meta, &protocol);
+        Ok(Self { meta, protocol, authority })
     }
+}
+
+/// A Service policy's logical name: the discovery path of the backend that is the Service itself
+/// (`NAME.NS.svc.DOMAIN:PORT`, which only the control plane knows the domain of).
+fn service_authority(meta: &Meta, protocol: &Protocol) -> Option<Authority> {
+    let Meta::Resource { kind, name, namespace, port, .. } = meta else { return None };
+    if kind != "Service" || *port == 0 {
+        return None;
+    }
+    let (prefix, suffix) = (format!("{name}.{namespace}.svc."), format!(":{port}"));
+    let routes: Vec<&Distribution> = match protocol {
+        Protocol::Detect { opaque, http1, http2, .. } => {
+            let http = http1.routes.iter().chain(http2.routes.iter()).flat_map(|r| r.rules.iter().map(|rule| &rule.backends));
+            http.chain(opaque.routes.iter().map(|r| &r.backends)).collect()
+        }
+        Protocol::Http1(p) | Protocol::Http2(p) | Protocol::Grpc(p) => p.routes.iter().flat_map(|r| r.rules.iter().map(|rule| &rule.backends)).collect(),
+        Protocol::Opaque(p) | Protocol::Tls(p) => p.routes.iter().map(|r| &r.backends).collect(),
+    };
+    routes.into_iter().flat_map(Distribution::backends).find_map(|b| match &b.backend.kind {
+        BackendKind::Balancer { path, .. } if path.starts_with(&prefix) && path.ends_with(&suffix) => path.parse().ok(),
+        _ => None,
+    })
 }
 
 fn protocol(kind: &api::proxy_protocol::Kind) -> Result<Protocol, InvalidPolicy> {
