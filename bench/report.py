@@ -561,7 +561,97 @@ def ab_main(argv):
     write_section(a.results, AB_BEGIN, AB_END, ab_section(rows, a.command, a.ticks))
 
 
+MULTICLUSTER_BEGIN = "<!-- multicluster: written by bench/multicluster.sh through report.py -->"
+MULTICLUSTER_END = "<!-- end of multicluster -->"
+MULTICLUSTER_SETUPS = ("same-cluster", "flat", "gateway")
+
+
+def multicluster_section(rows, command, ticks):
+    """Across two clusters (through the gateway, and flat) beside the same call within one; the mirror at scale."""
+    out = []
+    w = out.append
+    w(MULTICLUSTER_BEGIN)
+    w("## Multicluster: across two clusters, beside the same call within one\n")
+    stamp(w)
+    w(f"- command: `{command}` (root)")
+    w("- two local-mode clusters in network namespaces on one bridge (one trust anchor, an issuer each); west's client calls "
+      "ClusterIPs through its knit-proxy (iptables interception): **same-cluster** (a west Service whose endpoint is east's books "
+      "pod: one mTLS hop, proxy to proxy), **flat** (`books-flat-east`, exported for remote discovery: the same hop, to the "
+      "endpoint east exports), **gateway** (`books-east`: mTLS to east's gateway, then mTLS to books); the backend answers `ok`")
+    w("- proxies pinned to CPU 1 (all of a path's proxies share it), the load generator, the backend and the control planes to CPU 0")
+    reps = max((sum(1 for r in rows if r["kind"] == "max" and r["setup"] == s) for s in MULTICLUSTER_SETUPS), default=1)
+    w(f"- medians of {reps} interleaved round(s); read the ratios, absolute times drift\n")
+
+    def find(kind, setup):
+        runs = [r for r in rows if r["kind"] == kind and r["setup"] == setup]
+        if not runs:
+            return None
+        res = {k: statistics.median(r["result"][k] for r in runs) for k in runs[0]["result"]}
+        res["errors"] = sum(r["result"].get("errors", 0) for r in runs)
+        cpu = statistics.median(r["cpu_ticks"] / ticks * r["cpu_window_ratio"] / r["result"]["requests"] * 10000 if r["result"]["requests"] else 0 for r in runs)
+        return res, cpu
+
+    ratio = lambda a, b: f"{a / b:.2f}×" if b else "-"
+    w("| setup | p50 / p99 ms @1,000 rps, 10 conns | p50 × same-cluster | p99 × same-cluster | max rps (HTTP/1.1, 50 conns) | × same-cluster | proxies' CPU s / 10k req | × same-cluster | errors |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base_l, base_m = find("latency", "same-cluster"), find("max", "same-cluster")
+    for setup in MULTICLUSTER_SETUPS:
+        l, m = find("latency", setup), find("max", setup)
+        if not l or not m:
+            continue
+        errors = l[0]["errors"] + m[0]["errors"]
+        w(f"| {setup} | {l[0]['p50_ms']:.3f} / {l[0]['p99_ms']:.3f} | {ratio(l[0]['p50_ms'], base_l[0]['p50_ms'])} | {ratio(l[0]['p99_ms'], base_l[0]['p99_ms'])} | "
+          f"{m[0]['rps']:.0f} | {ratio(m[0]['rps'], base_m[0]['rps'])} | {m[1]:.3f} | {ratio(m[1], base_m[1])} | {errors:.0f} |")
+    w("")
+    exports = [r["result"] for r in rows if r["kind"] == "export"]
+    if exports:
+        med = lambda k: statistics.median(e[k] for e in exports)
+        top = lambda k: max(e[k] for e in exports)
+        w(f"### From exported to reachable ({len(exports)} times)\n")
+        w("East's manifest gains `mirror.linkerd.io/exported=true` on a Service; the clock stops when west's `/multicluster` shows "
+          "its mirror ready, then at the client's first 200 through the mirror's ClusterIP; then the label is removed, until the "
+          "mirror is gone. It includes east's manifest polling (100 ms) and the client proxy's first lookup of a new ClusterIP.\n")
+        w("| step | median ms | max ms |")
+        w("|---|---:|---:|")
+        first = [r["result"] for r in rows if r["kind"] == "export" and r["args"] == "first"]
+        again = [r["result"] for r in rows if r["kind"] == "export" and r["args"] == "again"]
+        w(f"| exported → mirror ready in west | {med('mirrored_ms'):.0f} | {top('mirrored_ms'):.0f} |")
+        if first:
+            w(f"| exported → first request answered, a ClusterIP the client never called (once) | {first[0]['reached_ms']:.0f} | {first[0]['reached_ms']:.0f} |")
+        if again:
+            w(f"| re-exported → first request answered, a ClusterIP the client called while it was unexported ({len(again)}×; its proxy asks "
+              f"again about a target the control plane did not know every 5 s) | {statistics.median(e['reached_ms'] for e in again):.0f} | "
+              f"{max(e['reached_ms'] for e in again):.0f} |")
+        w(f"| unexported → mirror gone | {med('unexported_gone_ms'):.0f} | {top('unexported_gone_ms'):.0f} |")
+        w("")
+    for r in (r for r in rows if r["kind"] == "scale"):
+        x = r["result"]
+        grown = x["west_rss_kb_after"] - x["west_rss_kb_before"]
+        w(f"### The mirror at scale: {x['services']:,} exported Services, {x['endpoints']:,} remote endpoints\n")
+        w("East exports them all for remote discovery (so every endpoint is mirrored, with its identity); west links once. RSS "
+          "is read 3 s after start-up and 3 s after the last mirror is ready; a third knit-control holds the same Services and "
+          "workloads as its own manifests, for what holding them costs anyway.\n")
+        w("| measure | value |")
+        w("|---|---:|")
+        w(f"| time from the Link to every mirror ready | {x['mirrored_ms']:,} ms |")
+        w(f"| west's knit-control RSS, before → after | {x['west_rss_kb_before'] / 1024:.1f} → {x['west_rss_kb_after'] / 1024:.1f} MiB (+{grown / 1024:.1f} MiB) |")
+        w(f"| west's growth per remote endpoint (Services included) | {grown * 1024 / x['endpoints']:.0f} bytes |")
+        w(f"| east's knit-control RSS (serving the stream), before → after | {x['east_rss_kb_before'] / 1024:.1f} → {x['east_rss_kb_after'] / 1024:.1f} MiB |")
+        w(f"| a knit-control with the same objects as local manifests | {x['local_rss_kb'] / 1024:.1f} MiB |")
+        w("")
+    w(MULTICLUSTER_END)
+    return "\n".join(out)
+
+
+def multicluster_main(argv):
+    a, rows = section_args("report.py multicluster", argv)
+    write_section(a.results, MULTICLUSTER_BEGIN, MULTICLUSTER_END, multicluster_section(rows, a.command, a.ticks))
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "multicluster":
+        multicluster_main(sys.argv[2:])
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "ab":
         ab_main(sys.argv[2:])
         sys.exit(0)
