@@ -39,7 +39,10 @@ pub struct LinkSettings {
     pub key: String,
     pub cluster: String,
     pub cluster_domain: String,
+    /// The gateway's addresses given as IPs ...
     pub gateways: Vec<IpAddr>,
+    /// ... and as DNS names (resolved before each probe, as Linkerd resolves them).
+    pub gateway_names: Vec<String>,
     pub gateway_port: u16,
     pub gateway_identity: String,
     pub probe: Probe,
@@ -99,12 +102,16 @@ impl LinkSettings {
         if !label(&s.target_cluster_name) {
             return Err(invalid("spec.targetClusterName", "expected a DNS label (lower-case letters, digits and '-'), as mirror names end with it"));
         }
-        let mut gateways = Vec::new();
+        let (mut gateways, mut gateway_names) = (Vec::new(), Vec::new());
         for a in s.gateway_address.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            let ip = a.parse().map_err(|_| invalid("spec.gatewayAddress", format!("{a:?} is not an IP address (local mode does not resolve names)")))?;
-            gateways.push(ip);
+            match a.parse() {
+                Ok(ip) => gateways.push(ip),
+                // A cloud load balancer's name: resolved by the mirror before each probe.
+                Err(_) if dns_name(a) => gateway_names.push(a.trim_end_matches('.').to_ascii_lowercase()),
+                Err(_) => return Err(invalid("spec.gatewayAddress", format!("{a:?} is neither an IP address nor a DNS name"))),
+            }
         }
-        if gateways.is_empty() {
+        if gateways.is_empty() && gateway_names.is_empty() {
             return Err(invalid("spec.gatewayAddress", "expected the gateway's addresses, comma-separated"));
         }
         let port = |field: &str, v: Option<&crate::resources::IntOrString>, default: u16| -> Result<u16, Invalid> {
@@ -177,6 +184,7 @@ impl LinkSettings {
             cluster: s.target_cluster_name.clone(),
             cluster_domain: s.target_cluster_domain.trim_end_matches('.').to_string(),
             gateways,
+            gateway_names,
             gateway_port,
             gateway_identity: s.gateway_identity.trim().to_string(),
             probe,
@@ -189,6 +197,15 @@ impl LinkSettings {
             cluster_ips,
         })
     }
+}
+
+/// A hostname as DNS has it: dot-separated labels of letters, digits and '-' (not at either end),
+/// 253 characters at most, not all digits (that would be a malformed IP).
+fn dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let label =
+        |l: &str| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    name.len() <= 253 && name.split('.').all(label) && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 /// A ClusterIP for each of `names` (`namespace/name`) in `range`: where its hash lands, or the
@@ -288,6 +305,9 @@ spec:
         let s = link(LINK).unwrap();
         assert_eq!((s.key.as_str(), s.cluster.as_str(), s.cluster_domain.as_str()), ("linkerd-multicluster/east", "east", "east.local"));
         assert_eq!(s.gateways, ["10.1.0.5".parse::<IpAddr>().unwrap(), "10.1.0.6".parse().unwrap()]);
+        // A load balancer's name is kept, to be resolved.
+        let named = link(&LINK.replace("gatewayAddress: 10.1.0.5, 10.1.0.6", "gatewayAddress: 10.1.0.5, A1b2.elb.us-east-1.amazonaws.com.")).unwrap();
+        assert_eq!((named.gateways.len(), named.gateway_names.as_slice()), (1, &["a1b2.elb.us-east-1.amazonaws.com".to_string()][..]));
         assert_eq!(s.gateway_port, 4143);
         assert_eq!(s.probe, Probe { path: "/ready".into(), port: 4191, period: Duration::from_secs(3), timeout: Duration::from_secs(3), failure_threshold: 3 });
         assert_eq!(s.remote.as_ref().map(ToString::to_string).as_deref(), Some("10.1.0.2:8095"));
@@ -315,7 +335,8 @@ spec:
     fn a_bad_link_is_refused_with_its_field() {
         for (from, to, field) in [
             ("targetClusterName: east", "targetClusterName: East_1", "spec.targetClusterName"),
-            ("gatewayAddress: 10.1.0.5, 10.1.0.6", "gatewayAddress: gw.example.com", "spec.gatewayAddress"),
+            ("gatewayAddress: 10.1.0.5, 10.1.0.6", "gatewayAddress: gw_1.example.com", "spec.gatewayAddress"),
+            ("gatewayAddress: 10.1.0.5, 10.1.0.6", "gatewayAddress: 10.1.0.300", "spec.gatewayAddress"),
             ("gatewayAddress: 10.1.0.5, 10.1.0.6", "gatewayAddress: ''", "spec.gatewayAddress"),
             ("gatewayPort: '4143'", "gatewayPort: '70000'", "spec.gatewayPort"),
             ("failureThreshold: '3'", "failureThreshold: '0'", "spec.probeSpec.failureThreshold"),
@@ -339,7 +360,7 @@ spec:
             "ports": [{"name": "http", "port": 8080}, {"name": "redis", "port": 6379}],
         }]}))
         .unwrap();
-        let resources = mirror::mirrors(&s, &snapshot, true);
+        let resources = mirror::mirrors(&s, &snapshot, true, &s.gateways);
         let Some(Resource::Service(svc)) = resources.iter().find(|r| matches!(r, Resource::Service(_))) else { panic!("{resources:?}") };
         assert_eq!((svc.metadata.name.as_str(), svc.metadata.namespace.as_str()), ("books-east", "shop"));
         let labels: Vec<_> = svc.metadata.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -347,7 +368,7 @@ spec:
         let ip: IpAddr = svc.spec.cluster_ip.as_deref().expect("a ClusterIP from the Link's range").parse().unwrap();
         assert!(s.cluster_ips.unwrap().contains(&ip));
         assert_eq!(
-            mirror::mirrors(&s, &snapshot, false).iter().find_map(|r| match r {
+            mirror::mirrors(&s, &snapshot, false, &s.gateways).iter().find_map(|r| match r {
                 Resource::Service(s) => s.spec.cluster_ip.clone(),
                 _ => None,
             }),
@@ -367,7 +388,7 @@ spec:
             "endpoints": [{"ip": "10.1.0.9", "ports": {"80": 8080}, "identity": "catalog.shop.serviceaccount.identity.knit.east.local", "inboundPort": 4143}],
         }]}))
         .unwrap();
-        let r = mirror::mirrors(&s, &flat, false);
+        let r = mirror::mirrors(&s, &flat, false, &s.gateways);
         let Some(Resource::Service(svc)) = r.iter().find(|r| matches!(r, Resource::Service(_))) else { panic!() };
         assert_eq!(svc.metadata.labels.get("multicluster.linkerd.io/remote-discovery").map(String::as_str), Some("east"));
         assert!(!svc.metadata.annotations.contains_key("mirror.linkerd.io/remote-svc-fq-name"), "not through the gateway");
@@ -383,7 +404,7 @@ spec:
         for (ready, alive) in [(true, false), (false, true)] {
             let mut snap = snapshot.clone();
             snap.services[0].ready = ready;
-            let r = mirror::mirrors(&s, &snap, alive);
+            let r = mirror::mirrors(&s, &snap, alive, &s.gateways);
             assert!(r.iter().any(|r| matches!(r, Resource::Service(_))));
             assert!(r.iter().all(|r| !matches!(r, Resource::ExternalWorkload(w) if !w.spec.workload_ips.is_empty())));
         }

@@ -530,7 +530,7 @@ mod tests {
     fn link_prints_a_link_knit_control_accepts() {
         let yaml = link(&link_args(&["--mirror-cluster-ips", "10.96.200.0/24"])).unwrap();
         assert!(yaml.contains("targetClusterName: east") && yaml.contains("knit.dev/mirror-cluster-ips: 10.96.200.0/24"), "{yaml}");
-        let e = link(&link_args(&["--gateway-address", "gw.example"])).unwrap_err().to_string();
+        let e = link(&link_args(&["--gateway-address", "gw_1.example"])).unwrap_err().to_string();
         assert!(e.contains("spec.gatewayAddress"), "{e}");
     }
 

@@ -38,6 +38,7 @@ use prometheus_client::{
 use serde_json::json;
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -172,7 +173,10 @@ pub async fn run(index: Arc<Index>, tls: Arc<ClientTls>, metrics: Metrics, kube:
                 *st = LinkStatus {
                     cluster: settings.cluster.clone(),
                     remote,
-                    gateway: GatewayStatus { addresses: settings.gateways.iter().map(ToString::to_string).collect(), ..Default::default() },
+                    gateway: GatewayStatus {
+                        addresses: settings.gateways.iter().map(ToString::to_string).chain(settings.gateway_names.iter().cloned()).collect(),
+                        ..Default::default()
+                    },
                     ..Default::default()
                 }
             });
@@ -202,11 +206,13 @@ struct Worker {
 #[derive(Default)]
 struct State {
     /// The remote's exports as last seen; `None` before the first snapshot.
-    exports: Option<Snapshot>,
+    exports: Option<Arc<Snapshot>>,
     /// Whether the gateway passes its probe (false until the first success).
     alive: bool,
-    /// What was last written to the index, to write only changes.
-    written: Option<(Snapshot, bool)>,
+    /// The gateway's addresses: the Link's IPs, and what its names resolved to last.
+    gateway_ips: Vec<IpAddr>,
+    /// What was last written to the index, to write only changes (the snapshot shared, not copied).
+    written: Option<(Arc<Snapshot>, bool, Vec<IpAddr>)>,
 }
 
 impl Worker {
@@ -315,10 +321,11 @@ impl Worker {
         let cluster = labels(&self.settings.cluster);
         let mut failures = 0u32;
         loop {
+            let ips = self.gateway_ips().await;
             // Every gateway address is probed; one that answers is enough.
             let mut ok = None;
-            let mut last_error = String::new();
-            for ip in &self.settings.gateways {
+            let mut last_error = if ips.is_empty() { "the gateway's names resolve to no usable address".to_string() } else { String::new() };
+            for ip in &ips {
                 match probe(std::net::SocketAddr::new(*ip, p.port), &p.path, p.timeout).await {
                     Ok(latency) => {
                         ok = Some(latency);
@@ -351,7 +358,11 @@ impl Worker {
             });
             let changed = {
                 let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                std::mem::replace(&mut st.alive, alive) != alive
+                let moved = std::mem::replace(&mut st.gateway_ips, ips) != st.gateway_ips;
+                if moved {
+                    tracing::info!(cluster = %self.settings.cluster, gateway = ?st.gateway_ips, "the gateway's addresses changed");
+                }
+                (std::mem::replace(&mut st.alive, alive) != alive) | moved
             };
             if changed {
                 tracing::info!(cluster = %self.settings.cluster, alive, "the gateway's readiness changed");
@@ -363,16 +374,41 @@ impl Worker {
         }
     }
 
+    /// The gateway's addresses now: the Link's IPs, and its names resolved (a name that does not
+    /// resolve now keeps its last addresses). Addresses no gateway can have are dropped.
+    async fn gateway_ips(&self) -> Vec<IpAddr> {
+        let mut ips = self.settings.gateways.clone();
+        if !self.settings.gateway_names.is_empty() {
+            let before = self.state.lock().unwrap_or_else(|p| p.into_inner()).gateway_ips.clone();
+            for name in &self.settings.gateway_names {
+                match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((name.as_str(), self.settings.gateway_port))).await {
+                    Ok(Ok(found)) => ips.extend(found.map(|a| a.ip()).filter(|ip| usable(*ip))),
+                    failed => {
+                        let error = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".to_string(),
+                        };
+                        tracing::warn!(cluster = %self.settings.cluster, %name, %error, "resolving the gateway's name failed; keeping its last addresses");
+                        return before;
+                    }
+                }
+            }
+        }
+        ips.sort();
+        ips.dedup();
+        ips
+    }
+
     /// Writes the mirrors as the state now says, if that changed.
     fn publish(&self) {
         let resources = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let Some(exports) = st.exports.clone() else { return };
-            let now = (exports, st.alive);
+            let now = (exports, st.alive, st.gateway_ips.clone());
             if st.written.as_ref() == Some(&now) {
                 return;
             }
-            let mut resources = mirrors(&self.settings, &now.0, now.1);
+            let mut resources = mirrors(&self.settings, &now.0, now.1, &now.2);
             self.keep_local(&mut resources);
             st.written = Some(now);
             resources
@@ -404,7 +440,7 @@ impl Worker {
 
 impl remote::Sink for Worker {
     fn snapshot(&self, snapshot: Snapshot) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).exports = Some(snapshot);
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).exports = Some(Arc::new(snapshot));
         self.publish();
     }
 
@@ -476,8 +512,7 @@ async fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Res
 /// Destination sends it with `opaque_transport` and the remote identity (LINKERD-WIRE.md §12.2).
 fn flat_endpoint(link: &LinkSettings, e: &super::exports::Export, mirror: &str, ep: &super::exports::ExportEndpoint) -> Option<serde_json::Value> {
     // A remote endpoint is a pod there: never this host, nor an address no pod has.
-    let ip = ep.ip.to_canonical();
-    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || matches!(ip, std::net::IpAddr::V4(v4) if v4.is_link_local() || v4.is_broadcast()) {
+    if !usable(ep.ip) {
         tracing::warn!(cluster = %link.cluster, service = %e.name, ip = %ep.ip, "ignoring a remote endpoint that no pod can have");
         return None;
     }
@@ -503,8 +538,16 @@ fn flat_endpoint(link: &LinkSettings, e: &super::exports::Export, mirror: &str, 
     }))
 }
 
-/// The mirror Services of `exports` and their endpoints (LINKERD-WIRE.md §12.1, §12.2).
-pub fn mirrors(link: &LinkSettings, exports: &Snapshot, gateway_alive: bool) -> Vec<Resource> {
+/// Whether a remote address can be a pod's or a gateway's: never this host's loopback, nor an
+/// address no host has.
+fn usable(ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_link_local() || v4.is_broadcast()))
+}
+
+/// The mirror Services of `exports` and their endpoints (LINKERD-WIRE.md §12.1, §12.2), the
+/// gateway mirrors' at `gateway_ips`.
+pub fn mirrors(link: &LinkSettings, exports: &Snapshot, gateway_alive: bool, gateway_ips: &[IpAddr]) -> Vec<Resource> {
     const TOPOLOGY: [&str; 2] = ["service.kubernetes.io/topology-aware-hints", "service.kubernetes.io/topology-mode"];
     let mut out = Vec::new();
     let keys: Vec<String> = exports.services.iter().map(|e| format!("{}/{}", e.namespace, e.name)).collect();
@@ -559,7 +602,7 @@ pub fn mirrors(link: &LinkSettings, exports: &Snapshot, gateway_alive: bool) -> 
         if e.remote_discovery {
             docs.extend(e.endpoints.iter().filter_map(|ep| flat_endpoint(link, e, &name, ep)));
         } else {
-            let ips: Vec<_> = if e.ready && gateway_alive { link.gateways.iter().map(|ip| json!({"ip": ip.to_string()})).collect() } else { Vec::new() };
+            let ips: Vec<_> = if e.ready && gateway_alive { gateway_ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect() } else { Vec::new() };
             let slice_ports: Vec<_> = e.ports.iter().map(|p| json!({"name": p.name, "port": link.gateway_port})).collect();
             docs.push(json!({
                 "apiVersion": "workload.linkerd.io/v1beta1", "kind": "ExternalWorkload",
@@ -608,7 +651,8 @@ mod tests {
         let settings = LinkSettings::of(&l).unwrap();
         let worker = Worker { settings, index: index.clone(), metrics: Metrics::default(), state: Mutex::default(), kube: None };
         let export = |name: &str| serde_json::json!({"name": name, "namespace": "shop", "ready": true, "gateway": true, "ports": [{"port": 8080}]});
-        worker.state.lock().unwrap().exports = Some(serde_json::from_value(serde_json::json!({"services": [export("books"), export("authors")]})).unwrap());
+        worker.state.lock().unwrap().exports =
+            Some(Arc::new(serde_json::from_value(serde_json::json!({"services": [export("books"), export("authors")]})).unwrap()));
         worker.state.lock().unwrap().alive = true;
         worker.publish();
         let exported: Vec<String> =

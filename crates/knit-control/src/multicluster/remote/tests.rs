@@ -314,7 +314,7 @@ async fn a_linked_cluster_is_mirrored_from_its_api_server() {
     assert_eq!(authors.endpoints[0].identity.as_deref(), Some("authors.demo.serviceaccount.identity.knit.east.local"));
 
     // The mirrors, in this cluster's index: Destination answers for them.
-    index.reset("multicluster/linkerd-multicluster/east", mirrors(&l, &first, true));
+    index.reset("multicluster/linkerd-multicluster/east", mirrors(&l, &first, true, &l.gateways));
     let books_east = resolved(&index, "books-east");
     let addr = books_east.addrs.values().next().expect("the gateway mirror has the gateway");
     assert_eq!(addr.authority_override.as_ref().unwrap().authority_override, "books.demo.svc.cluster.local:8080");
