@@ -12,7 +12,8 @@
 //!   inbound port as a whole (its identities and networks, not its routes): the connection when
 //!   it arrives, and then each HTTP request, so a changed policy applies to open connections;
 //! - only names within the suffixes, and only Services the control plane knows: never an
-//!   address, never a name resolved by DNS (`GatewayDomain`: 404, gRPC `NotFound`);
+//!   address, never a name resolved by DNS (`GatewayDomain`: each HTTP request 404, gRPC
+//!   `NotFound`; an opaque connection is closed);
 //! - a client whose identity is this gateway's, or a request whose `forwarded` header already
 //!   names this gateway (`by=`), is a loop between gateways: 508, gRPC `Aborted`;
 //! - the endpoints it reaches are checked as every outbound endpoint is (never its own listeners).

@@ -108,6 +108,9 @@ pub enum Dest {
     /// Outbound in local mode, with no original destination: each request names its own with
     /// its authority.
     PerRequest,
+    /// A gateway asked for a name outside its suffixes: every request is answered 404 (gRPC
+    /// `NotFound`), as Linkerd's gateway answers `GatewayDomainInvalid`.
+    GatewayDomain { target: String, reason: &'static str },
 }
 
 /// One accepted connection's context, handed to every request on it.
@@ -171,6 +174,7 @@ impl Ctx {
                 Arc::new(Logical::resolve(&self.side, Target::Authority(a.clone()), Some(a)).await.map_err(|e| (e, None))?)
             }
             Dest::Inbound(_) => return Err((ProxyError::NoDestination, None)),
+            Dest::GatewayDomain { target, reason } => return Err((ProxyError::GatewayDomain { target: target.clone(), reason }, None)),
         };
         let policy = logical.policy(&self.side).await.map_err(|e| (e, None))?;
         Ok(Plan::Logical(logical::Routing { logical, policy }))

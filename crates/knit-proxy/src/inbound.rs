@@ -285,7 +285,15 @@ impl Conn {
             return Err(ProxyError::DirectWithoutTls);
         };
         self.authorize_tcp(self.local.port())?;
-        let target = crate::gateway::target(name, port, &self.side.config.inbound.gateway_suffixes)?;
+        let target = match crate::gateway::target(name, port, &self.side.config.inbound.gateway_suffixes) {
+            Ok(t) => t,
+            // HTTP: each request is answered 404, so the client's application sees why.
+            Err(ProxyError::GatewayDomain { target, reason }) if protocol.is_some() => {
+                let io = CountingIo::metered(io, &self.side.metrics.tcp, self.src_labels(self.local));
+                return crate::outbound::gateway_refused(io, self.client, protocol, (target, reason), &outbound, self.drain).await;
+            }
+            Err(e) => return Err(e),
+        };
         crate::record::note(|r| r.target = Some(target.to_string()));
         let hop = crate::gateway::Hop { own: own.name.clone(), client: self.client, client_id, target, inbound: self.side.clone(), port: self.local.port() };
         let io = CountingIo::metered(io, &self.side.metrics.tcp, self.src_labels(self.local));

@@ -284,6 +284,39 @@ where
     Ok(())
 }
 
+/// A gateway's HTTP connection whose transport header named a target outside its suffixes:
+/// served, with every request answered 404 (gRPC `NotFound`) and the reason.
+pub async fn gateway_refused<I>(
+    io: CountingIo<PrefixedIo<I>>,
+    client: SocketAddr,
+    protocol: Option<SessionProtocol>,
+    (target, reason): (String, &'static str),
+    side: &Arc<Side>,
+    drain: drain::Watch,
+) -> Result<(), ProxyError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let version = match protocol {
+        Some(SessionProtocol::Http2) => HttpVersion::Http2,
+        Some(SessionProtocol::Http1) => HttpVersion::Http1,
+        None => return Err(ProxyError::GatewayDomain { target, reason }),
+    };
+    let ctx = Ctx {
+        side: side.clone(),
+        client,
+        dest: Dest::GatewayDomain { target, reason },
+        client_id: None,
+        tls: plaintext_tls(side.direction),
+        from_peer: false,
+        activity: Default::default(),
+        golden: Default::default(),
+        gateway: None,
+    };
+    Box::pin(http::serve(io, version, Arc::new(ctx), drain)).await;
+    Ok(())
+}
+
 async fn serve_http(io: Io, version: HttpVersion, client: SocketAddr, target_addr: SocketAddr, dest: Dest, side: &Arc<Side>, drain: drain::Watch) {
     let tls = plaintext_tls(side.direction);
     let labels = TcpLabels {

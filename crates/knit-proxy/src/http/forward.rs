@@ -173,7 +173,7 @@ fn offer_tap(ctx: &Ctx, method: &http::Method, uri: &Uri, authority: &str, targe
     let destination = endpoint.map(|e| e.addr).or(match &ctx.dest {
         super::Dest::Inbound(addr) => Some(*addr),
         super::Dest::Logical(l) => l.addr(),
-        super::Dest::PerRequest => None,
+        super::Dest::PerRequest | super::Dest::GatewayDomain { .. } => None,
     });
     side.taps.request(&crate::tap::Meta {
         direction: side.direction,
