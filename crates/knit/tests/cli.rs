@@ -745,6 +745,41 @@ mod chart {
         }
     }
 
+    /// charts/knit-multicluster against `knit multicluster install`, with the defaults and with every flag changed.
+    #[test]
+    fn helm_multicluster_chart_renders_what_knit_multicluster_install_renders() {
+        let helm = helm();
+        let cases: [(&[&str], &[&str]); 2] = [
+            (&[], &[]),
+            (
+                &[
+                    "--namespace=mc",
+                    "--gateway-image=registry.example/pause:1",
+                    "--gateway-service-type=NodePort",
+                    "--control-plane-namespace=mesh",
+                    "--identity-trust-domain=id.example",
+                    "--probe-period-seconds=7",
+                ],
+                &[
+                    "--set-string",
+                    "namespace=mc,gateway.image=registry.example/pause:1,gateway.serviceType=NodePort,controlPlaneNamespace=mesh,identityTrustDomain=id.example",
+                    "--set",
+                    "gateway.probePeriodSeconds=7",
+                ],
+            ),
+        ];
+        for (knit_flags, helm_flags) in cases {
+            let want = objects(&stdout_of(Command::new(env!("CARGO_BIN_EXE_knit")).args(["multicluster", "install"]).args(knit_flags)));
+            let got = objects(&stdout_of(Command::new(&helm).args(["template", "mc"]).arg(repo().join("charts/knit-multicluster")).args(helm_flags)));
+            assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>(), "with {knit_flags:?}: the same objects");
+            for (key, object) in &want {
+                if let Some(d) = first_difference(object, &got[key], "") {
+                    panic!("with {knit_flags:?}, {key:?}: {d}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn helm_chart_refuses_missing_certificates() {
         let helm = helm();
