@@ -16,6 +16,9 @@ b. 5,000 workloads (fake proxies, tests/dashboard/fake_proxies.py, scraped by a 
    "expiring within 6h only" filter, and an anchor and issuer highlighted 30 and 7 days ahead) and a deployment with a pod that has no proxy, each
    timed and checked against the API; the DOM never holds more than a few hundred table rows.
    Timings are printed and written to bench/dashboard-results.md; only correctness is asserted.
+c. Linked clusters (one fake proxy whose traffic reaches another cluster, a real knit-control):
+   the topology names the remote nodes (`books @east`, `svc/books @east` through the gateway)
+   and links them nowhere, and a deployment's destinations have a Cluster column.
 
 Needs Debian's `chromium` and PyPI's `playwright` (no `playwright install`: the system browser is
 used). Exits non-zero when a check fails; every process it starts is stopped and every
@@ -1024,6 +1027,112 @@ def test_scale(bin_dir, browser, procs, n_workloads, n_namespaces, results_path)
     report(timings, n_workloads, n_namespaces, series, results_path, bin_dir, cycle, with_traffic)
 
 
+class LinkedProxy:
+    """One fake proxy (`web` in namespace shop) whose outbound series reach a linked cluster, in
+    the shape knit-proxy gives them (tests/netns-multicluster.sh checks that shape with real
+    proxies): `books-east` through east's gateway (the set's `target_*` labels, the gateway's
+    identity) and `books-federated`, whose members are west's books-w and east's books (its own
+    identity, `dst_target_cluster`). Counters grow 20 a second each."""
+
+    GATEWAY = "gateway.shop.serviceaccount.identity.knit.cluster.local"
+    SERIES = [
+        f'authority="books-east.shop.svc.cluster.local:8080",dst_namespace="shop",dst_service="books-east",dst_target_cluster="east",'
+        f'dst_target_service="books",dst_target_service_namespace="shop",tls="true",server_id="{GATEWAY}"',
+        'authority="books-federated.shop.svc.cluster.local:8080",dst_namespace="shop",dst_service="books-federated",dst_pod="books-w",'
+        'dst_deployment="books-w",tls="true",server_id="books-w.shop.serviceaccount.identity.knit.cluster.local"',
+        'authority="books-federated.shop.svc.cluster.local:8080",dst_namespace="shop",dst_service="books-federated",dst_pod="books",'
+        'dst_deployment="books",dst_target_cluster="east",tls="true",server_id="books.shop.serviceaccount.identity.knit.east.local"',
+    ]
+
+    def __init__(self):
+        import http.server
+        start = time.monotonic()
+        series = self.SERIES
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                n = int((time.monotonic() - start) * 20) + 100
+                lines = []
+                for labels in series:
+                    lines.append(f'response_total{{direction="outbound",{labels},status_code="200",classification="success"}} {n}')
+                    lines.append(f'response_latency_ms_bucket{{direction="outbound",{labels},status_code="200",le="+Inf"}} {n}')
+                    lines.append(f'tcp_write_bytes_total{{direction="outbound",peer="dst",{labels}}} {n * 100}')
+                body = ("\n".join(lines) + "\n").encode() if self.path.startswith("/metrics") else b"ready\n"
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_clusters(bin_dir, browser, procs):
+    log("\n== c. linked clusters: traffic to another cluster (a fake proxy, a real knit-control)")
+    tmp = tempfile.mkdtemp(prefix="knit-dashboard-clusters-")
+    proxy = LinkedProxy()
+    try:
+        os.makedirs(os.path.join(tmp, "manifests"))
+        with open(os.path.join(tmp, "manifests", "shop.yaml"), "w") as f:
+            f.write(f"""apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata: {{name: web, namespace: shop, labels: {{app: web}}, annotations: {{knit.dev/proxy-admin-port: "{proxy.port}"}}}}
+spec:
+  meshTLS: {{identity: web.shop.serviceaccount.identity.knit.cluster.local, serverName: web.shop.serviceaccount.identity.knit.cluster.local}}
+  workloadIPs: [{{ip: 127.0.0.1}}]
+""")
+        knit, control_bin = os.path.join(bin_dir, "knit"), os.path.join(bin_dir, "knit-control")
+        init = subprocess.run([knit, "identity", "init", "--dir", os.path.join(tmp, "identity")], capture_output=True, text=True, timeout=60)
+        if init.returncode != 0:
+            raise Failure(f"knit identity init: {init.stderr}")
+        any_port, viz = "127.0.0.1:0", f"127.0.0.1:{free_port()}"
+        procs.start("knit-control (clusters)", [
+            control_bin, "--config-dir", os.path.join(tmp, "manifests"), "--identity-dir", os.path.join(tmp, "identity"),
+            "--identity-addr", any_port, "--destination-addr", any_port, "--policy-addr", any_port, "--admin-addr", any_port,
+            "--webhook-addr", any_port, "--viz-addr", viz, "--viz-scrape-interval", "1s",
+        ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://{viz}"
+        wait_until(lambda: _up(base), 60, "the viz API")
+        wait_until(lambda: len(get_json(base + "/api/edges?window=30s", 10)["edges"]) == 3, 30, "three edges from web")
+        ok("/api/edges: web → books@east through the gateway, → books@east and → books-w (books-federated)")
+        pg = Page(browser, base)
+        try:
+            p = pg.page
+            pg.open("/")
+            pg.wait("""() => document.querySelectorAll('[data-testid="topology-edge"]').length === 3""", timeout=30, what="three topology edges")
+            drawn = p.evaluate("""() => [...document.querySelectorAll('[data-testid="topology-edge"]')].map(g => [g.dataset.dst, g.dataset.dstCluster, g.dataset.viaGateway]).sort()""")
+            check(drawn == [["books", "east", "false"], ["books", "east", "true"], ["books-w", "", "false"]],
+                  "overview: the topology draws east's books pod, east's Service through the gateway, and books-w here", drawn)
+            nodes = p.evaluate("""() => [...document.querySelectorAll('[data-testid="topology-node"]')].map(n => [n.dataset.name, n.dataset.cluster, n.hasAttribute('href')]).sort()""")
+            check(nodes == [["books @east", "east", False], ["books-w", "", True], ["svc/books @east", "east", False], ["web", "", True]],
+                  "overview: the linked cluster's nodes are named with it and link nowhere", nodes)
+            pg.open("/namespaces/shop/deployments/web")
+            pg.wait_rows("destinations", ["books", "books-w"])
+            dests = {r["name"]: r["cells"].get("cluster") for r in pg.rows("destinations")}
+            check(dests == {"books": "east", "books-w": "-"}, "deployment web: the Cluster column of its destinations", dests)
+            errors = pg.console_errors()
+            check(not errors, "no console errors", errors)
+        finally:
+            pg.close()
+    finally:
+        proxy.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _up(base):
+    try:
+        return get_json(base + "/api/targets", 5) is not None
+    except Exception:
+        return False
+
+
 def report(timings, n_workloads, n_namespaces, series, path, bin_dir, cycle, with_traffic):
     def sh(*argv):
         try:
@@ -1070,7 +1179,7 @@ def report(timings, n_workloads, n_namespaces, series, path, bin_dir, cycle, wit
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default="target/debug", help="directory with the knit and knit-control binaries")
-    ap.add_argument("--only", choices=["demo", "scale"], help="run one part only")
+    ap.add_argument("--only", choices=["demo", "clusters", "scale"], help="run one part only")
     ap.add_argument("--workloads", type=int, default=5000)
     ap.add_argument("--namespaces", type=int, default=50)
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "dashboard-results.md"), help="where part b writes its timings")
@@ -1096,6 +1205,7 @@ def main():
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
             try:
                 parts = [("demo", lambda: test_demo(bin_dir, browser, procs)),
+                         ("clusters", lambda: test_clusters(bin_dir, browser, procs)),
                          ("scale", lambda: test_scale(bin_dir, browser, procs, args.workloads, args.namespaces, args.results))]
                 for name, run in parts:
                     if args.only and args.only != name:

@@ -1021,7 +1021,8 @@
         [mx, my] = [(sx + tx) / 2, dip - 6];
       }
       const kind = e.secured ? 'secured' : 'plain';
-      const g = s('g', { 'data-testid': 'topology-edge', 'data-key': edgeKey(e), 'data-src': e.src, 'data-dst': e.dst, 'data-secured': String(e.secured) },
+      const g = s('g', { 'data-testid': 'topology-edge', 'data-key': edgeKey(e), 'data-src': e.src, 'data-dst': e.dst, 'data-secured': String(e.secured),
+        'data-dst-cluster': e.dst_cluster || '', 'data-via-gateway': String(!!e.via_gateway) },
         s('title', null, edgeTitle(e, secs)),
         s('path', { d, class: 'edge ' + kind, 'marker-end': `url(#arrow-${kind})` }),
         labels ? s('text', { x: mx, y: my, 'text-anchor': 'middle', class: 'edge-label ' + kind }, edgeLabel(e, secs)) : null);
