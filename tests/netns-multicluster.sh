@@ -11,6 +11,11 @@
 # pod directly with west's identity. Then the gateway dies (the probe takes the mirrors' endpoints away and
 # requests fail fast), comes back (traffic resumes, nothing restarted), and an unexported Service
 # leaves the mirror. Needs root; only the namespaces created here carry traffic.
+# West's control plane serves TLS (as in a cluster: its proxies name its identity).
+#
+# KNIT_TEST_LINKERD_PROXY=/path/to/linkerd2-proxy runs Linkerd's proxy as west's client (web)
+# instead of Knit's: the same checks, with Linkerd's proxy calling through Knit's gateway, flat
+# and federated. Nothing here builds it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=tests/netns-lib.sh
@@ -24,6 +29,10 @@ for b in "$BIN" "$KNIT" "$CONTROL"; do
 done
 [ "$(id -u)" = 0 ] || { echo "netns-multicluster: needs root"; exit 1; }
 
+LINKERD_PROXY=${KNIT_TEST_LINKERD_PROXY:-}
+[ -z "$LINKERD_PROXY" ] || [ -x "$LINKERD_PROXY" ] || { echo "netns-multicluster: KNIT_TEST_LINKERD_PROXY=$LINKERD_PROXY is not an executable"; exit 1; }
+# The identity west's knit-control proves on its gRPC ports.
+CPID=knit-control.knit.serviceaccount.identity.knit.cluster.local
 R=knit-xr-$$ EC=knit-xec-$$ EB=knit-xeb-$$ WC=knit-xwc-$$ WA=knit-xwa-$$ WB=knit-xwb-$$
 TMP=$(mktemp -d)
 chmod 755 "$TMP"
@@ -156,12 +165,15 @@ in_ns "$EC" "$CONTROL" --identity-dir "$TMP/east-id" --identity-addr "$IP_EC:180
 PIDS+=($!)
 in_ns "$WC" "$CONTROL" --identity-dir "$TMP/west-id" --identity-addr "$IP_WC:18080" --admin-addr 127.0.0.1:19990 \
     --destination-addr "$IP_WC:18086" --policy-addr "$IP_WC:18090" --federated-cluster-ips 10.96.201.0/24 --viz-scrape-interval 1s \
+    --serve-tls-identity "$CPID" \
     --config-dir "$TMP/west" 2>"$TMP/control-west.log" &
 PIDS+=($!)
 
 proxy() { # namespace, workload, control-plane IP, trust anchors dir, extra env...; sets LAST_PID
     local ns=$1 w=$2 cp=$3 id=$4
     shift 4
+    # West's control plane proves its identity.
+    [ "$cp" = "$IP_WC" ] && set -- KNIT_PROXY_IDENTITY_SVC_NAME="$CPID" KNIT_PROXY_DESTINATION_SVC_NAME="$CPID" KNIT_PROXY_POLICY_SVC_NAME="$CPID" "$@"
     # `ip netns exec` itself, not the in_ns function: $! is then the proxy's own pid (each
     # command execs the next), which the gateway's kill below needs.
     ip netns exec "$ns" env -i PATH=/usr/bin:/bin \
@@ -172,6 +184,28 @@ proxy() { # namespace, workload, control-plane IP, trust anchors dir, extra env.
         KNIT_PROXY_DESTINATION_SVC_ADDR="$cp:18086" KNIT_PROXY_POLICY_SVC_ADDR="$cp:18090" \
         "KNIT_PROXY_POLICY_WORKLOAD={\"ns\":\"shop\",\"external_workload\":\"$w\"}" "$@" \
         setpriv --reuid=2102 --regid=2102 --clear-groups "$TMP/knit-proxy" 2>>"$TMP/proxy-$w.log" &
+    LAST_PID=$!
+}
+linkerd_proxy() { # namespace, workload, control-plane IP, trust anchors dir; sets LAST_PID
+    local ns=$1 w=$2 cp=$3 id=$4 dir=$TMP/l5d-$w
+    # Linkerd's proxy never makes its key: its identity directory holds a PKCS#8 key and a CSR.
+    mkdir -p "$dir"
+    openssl ecparam -name prime256v1 -genkey -noout -out "$dir/key.pem" 2>/dev/null
+    openssl pkcs8 -topk8 -nocrypt -in "$dir/key.pem" -outform DER -out "$dir/key.p8"
+    openssl req -new -key "$dir/key.pem" -subj "/CN=$w.$SUFFIX" -addext "subjectAltName=DNS:$w.$SUFFIX" -outform DER -out "$dir/csr.der"
+    chown -R 2102:2102 "$dir"
+    ip netns exec "$ns" env -i PATH=/usr/bin:/bin \
+        LINKERD2_PROXY_INBOUND_LISTEN_ADDR=0.0.0.0:4143 LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR=127.0.0.1:4140 \
+        LINKERD2_PROXY_ADMIN_LISTEN_ADDR=0.0.0.0:4191 LINKERD2_PROXY_CONTROL_LISTEN_ADDR=0.0.0.0:4190 LINKERD2_PROXY_LOG=warn,linkerd=info \
+        LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD=1s LINKERD2_PROXY_IDENTITY_DIR="$dir" \
+        LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS="$(cat "$id/trust-anchors.pem")" LINKERD2_PROXY_IDENTITY_TOKEN_FILE="$TMP/$w.token" \
+        LINKERD2_PROXY_IDENTITY_LOCAL_NAME="$w.$SUFFIX" \
+        LINKERD2_PROXY_IDENTITY_SVC_ADDR="$cp:18080" LINKERD2_PROXY_IDENTITY_SVC_NAME="$CPID" \
+        LINKERD2_PROXY_DESTINATION_SVC_ADDR="$cp:18086" LINKERD2_PROXY_DESTINATION_SVC_NAME="$CPID" \
+        LINKERD2_PROXY_POLICY_SVC_ADDR="$cp:18090" LINKERD2_PROXY_POLICY_SVC_NAME="$CPID" \
+        "LINKERD2_PROXY_POLICY_WORKLOAD={\"ns\":\"shop\",\"external_workload\":\"$w\"}" \
+        LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS=10.0.0.0/8 \
+        setpriv --reuid=2102 --regid=2102 --clear-groups "$LINKERD_PROXY" 2>>"$TMP/proxy-$w.log" &
     LAST_PID=$!
 }
 ready() { # namespace, what
@@ -189,7 +223,13 @@ start_gateway() {
 }
 proxy "$EB" books "$IP_EC" "$TMP/east-id" KNIT_PROXY_INBOUND_PORTS=8080,6379
 PIDS+=("$LAST_PID")
-proxy "$WA" web "$IP_WC" "$TMP/west-id"
+if [ -n "$LINKERD_PROXY" ]; then
+    install -m 755 "$LINKERD_PROXY" "$TMP/linkerd2-proxy"
+    LINKERD_PROXY=$TMP/linkerd2-proxy
+    linkerd_proxy "$WA" web "$IP_WC" "$TMP/west-id"
+else
+    proxy "$WA" web "$IP_WC" "$TMP/west-id"
+fi
 PIDS+=("$LAST_PID")
 proxy "$WB" books-w "$IP_WC" "$TMP/west-id" KNIT_PROXY_INBOUND_PORTS=8080
 PIDS+=("$LAST_PID")
