@@ -11,11 +11,11 @@
 # pod directly with west's identity. Then the gateway dies (the probe takes the mirrors' endpoints away and
 # requests fail fast), comes back (traffic resumes, nothing restarted), and an unexported Service
 # leaves the mirror. Needs root; only the namespaces created here carry traffic.
-# West's control plane serves TLS (as in a cluster: its proxies name its identity).
+# The control planes serve TLS (as in a cluster: their proxies name their identity).
 #
 # KNIT_TEST_LINKERD_PROXY=/path/to/linkerd2-proxy runs Linkerd's proxy as west's client (web)
-# instead of Knit's: the same checks, with Linkerd's proxy calling through Knit's gateway, flat
-# and federated. Nothing here builds it.
+# instead of Knit's, or with KNIT_TEST_LINKERD_AS=gateway as east's gateway, or both
+# (web,gateway): the same checks, across Knit's and Linkerd's proxies. Nothing here builds it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=tests/netns-lib.sh
@@ -30,6 +30,9 @@ done
 [ "$(id -u)" = 0 ] || { echo "netns-multicluster: needs root"; exit 1; }
 
 LINKERD_PROXY=${KNIT_TEST_LINKERD_PROXY:-}
+# Which of Knit's proxies Linkerd's replaces: web (the client), gateway (east's), or web,gateway.
+LINKERD_AS=
+[ -n "$LINKERD_PROXY" ] && LINKERD_AS=${KNIT_TEST_LINKERD_AS:-web}
 [ -z "$LINKERD_PROXY" ] || [ -x "$LINKERD_PROXY" ] || { echo "netns-multicluster: KNIT_TEST_LINKERD_PROXY=$LINKERD_PROXY is not an executable"; exit 1; }
 # The identity west's knit-control proves on its gRPC ports.
 CPID=knit-control.knit.serviceaccount.identity.knit.cluster.local
@@ -160,7 +163,7 @@ spec:
 YAML
 } >"$TMP/west/app.yaml"
 in_ns "$EC" "$CONTROL" --identity-dir "$TMP/east-id" --identity-addr "$IP_EC:18080" --admin-addr 127.0.0.1:19990 \
-    --destination-addr "$IP_EC:18086" --policy-addr "$IP_EC:18090" --multicluster-addr "$IP_EC:18095" \
+    --destination-addr "$IP_EC:18086" --policy-addr "$IP_EC:18090" --multicluster-addr "$IP_EC:18095" --serve-tls-identity "$CPID" \
     --config-dir "$TMP/east" 2>"$TMP/control-east.log" &
 PIDS+=($!)
 in_ns "$WC" "$CONTROL" --identity-dir "$TMP/west-id" --identity-addr "$IP_WC:18080" --admin-addr 127.0.0.1:19990 \
@@ -172,8 +175,8 @@ PIDS+=($!)
 proxy() { # namespace, workload, control-plane IP, trust anchors dir, extra env...; sets LAST_PID
     local ns=$1 w=$2 cp=$3 id=$4
     shift 4
-    # West's control plane proves its identity.
-    [ "$cp" = "$IP_WC" ] && set -- KNIT_PROXY_IDENTITY_SVC_NAME="$CPID" KNIT_PROXY_DESTINATION_SVC_NAME="$CPID" KNIT_PROXY_POLICY_SVC_NAME="$CPID" "$@"
+    # The control planes prove their identity.
+    set -- KNIT_PROXY_IDENTITY_SVC_NAME="$CPID" KNIT_PROXY_DESTINATION_SVC_NAME="$CPID" KNIT_PROXY_POLICY_SVC_NAME="$CPID" "$@"
     # `ip netns exec` itself, not the in_ns function: $! is then the proxy's own pid (each
     # command execs the next), which the gateway's kill below needs.
     ip netns exec "$ns" env -i PATH=/usr/bin:/bin \
@@ -186,8 +189,10 @@ proxy() { # namespace, workload, control-plane IP, trust anchors dir, extra env.
         setpriv --reuid=2102 --regid=2102 --clear-groups "$TMP/knit-proxy" 2>>"$TMP/proxy-$w.log" &
     LAST_PID=$!
 }
-linkerd_proxy() { # namespace, workload, control-plane IP, trust anchors dir; sets LAST_PID
-    local ns=$1 w=$2 cp=$3 id=$4 dir=$TMP/l5d-$w
+linkerd_proxy() { # namespace, workload, control-plane IP, trust anchors dir, extra env...; sets LAST_PID
+    local ns=$1 w=$2 cp=$3 id=$4
+    local dir=$TMP/l5d-$w
+    shift 4
     # Linkerd's proxy never makes its key: its identity directory holds a PKCS#8 key and a CSR.
     mkdir -p "$dir"
     openssl ecparam -name prime256v1 -genkey -noout -out "$dir/key.pem" 2>/dev/null
@@ -196,7 +201,7 @@ linkerd_proxy() { # namespace, workload, control-plane IP, trust anchors dir; se
     chown -R 2102:2102 "$dir"
     ip netns exec "$ns" env -i PATH=/usr/bin:/bin \
         LINKERD2_PROXY_INBOUND_LISTEN_ADDR=0.0.0.0:4143 LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR=127.0.0.1:4140 \
-        LINKERD2_PROXY_ADMIN_LISTEN_ADDR=0.0.0.0:4191 LINKERD2_PROXY_CONTROL_LISTEN_ADDR=0.0.0.0:4190 LINKERD2_PROXY_LOG=warn,linkerd=info \
+        LINKERD2_PROXY_ADMIN_LISTEN_ADDR=0.0.0.0:4191 LINKERD2_PROXY_CONTROL_LISTEN_ADDR=0.0.0.0:4190 LINKERD2_PROXY_LOG="${KNIT_TEST_LINKERD_LOG:-warn,linkerd=info}" \
         LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD=1s LINKERD2_PROXY_IDENTITY_DIR="$dir" \
         LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS="$(cat "$id/trust-anchors.pem")" LINKERD2_PROXY_IDENTITY_TOKEN_FILE="$TMP/$w.token" \
         LINKERD2_PROXY_IDENTITY_LOCAL_NAME="$w.$SUFFIX" \
@@ -204,8 +209,8 @@ linkerd_proxy() { # namespace, workload, control-plane IP, trust anchors dir; se
         LINKERD2_PROXY_DESTINATION_SVC_ADDR="$cp:18086" LINKERD2_PROXY_DESTINATION_SVC_NAME="$CPID" \
         LINKERD2_PROXY_POLICY_SVC_ADDR="$cp:18090" LINKERD2_PROXY_POLICY_SVC_NAME="$CPID" \
         "LINKERD2_PROXY_POLICY_WORKLOAD={\"ns\":\"shop\",\"external_workload\":\"$w\"}" \
-        LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS=10.0.0.0/8 \
-        setpriv --reuid=2102 --regid=2102 --clear-groups "$LINKERD_PROXY" 2>>"$TMP/proxy-$w.log" &
+        LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS=10.0.0.0/8 "$@" \
+        setpriv --reuid=2102 --regid=2102 --clear-groups "$LINKERD_PROXY" >>"$TMP/proxy-$w.log" 2>&1 &
     LAST_PID=$!
 }
 ready() { # namespace, what
@@ -216,8 +221,15 @@ ready() { # namespace, what
     echo "$2 did not become ready"
     return 1
 }
+# Linkerd's inbound reads every connection's original destination, which only iptables' REDIRECT
+# gives: its gateway gets `knit-proxy init`, sparing east's control plane ports (and the probe's).
+[[ $LINKERD_AS == *gateway* ]] && in_ns "$EC" "$TMP/knit-proxy" init --proxy-uid 2102 --skip-inbound-ports 4191,18080-18095 2>>"$TMP/init.log"
 start_gateway() {
-    proxy "$EC" gateway "$IP_EC" "$TMP/east-id" KNIT_PROXY_INBOUND_GATEWAY_SUFFIXES=svc.cluster.local.
+    if [[ $LINKERD_AS == *gateway* ]]; then
+        linkerd_proxy "$EC" gateway "$IP_EC" "$TMP/east-id" LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES=svc.cluster.local.
+    else
+        proxy "$EC" gateway "$IP_EC" "$TMP/east-id" KNIT_PROXY_INBOUND_GATEWAY_SUFFIXES=svc.cluster.local.
+    fi
     GATEWAY_PID=$LAST_PID
     ready "$EC" gateway
 }
@@ -226,6 +238,8 @@ PIDS+=("$LAST_PID")
 if [ -n "$LINKERD_PROXY" ]; then
     install -m 755 "$LINKERD_PROXY" "$TMP/linkerd2-proxy"
     LINKERD_PROXY=$TMP/linkerd2-proxy
+fi
+if [[ $LINKERD_AS == *web* ]]; then
     linkerd_proxy "$WA" web "$IP_WC" "$TMP/west-id"
 else
     proxy "$WA" web "$IP_WC" "$TMP/west-id"
@@ -294,8 +308,10 @@ for i in $(seq 10); do
     [[ $body == "books gateway.$SUFFIX |"* ]] || { ok=0; echo "curl: $body"; }
 done
 check "curl to books-east's ClusterIP is answered by east's books, which sees the gateway's identity (10 requests)" test $ok = 1
-check "the request carries the gateway's forwarded element (by= the gateway, for= the client)" \
-    bash -c '[[ $1 == *"by=gateway.$2;for=\"web.$2\";host=\"books.shop.svc.cluster.local:8080\";proto=https"* ]]' _ "$body" "$SUFFIX"
+# Knit's gateway quotes the values RFC 7239 needs quoted; Linkerd's writes them bare.
+forwarded=${body#*| }
+check "the request carries the gateway's forwarded element (by= the gateway, for= the client: $forwarded)" \
+    bash -c '[[ ${1//\"/} == *"by=gateway.$2;for=web.$2;host=books.shop.svc.cluster.local:8080;proto=https"* ]]' _ "$forwarded" "$SUFFIX"
 ok=1
 for i in $(seq 10); do [ "$(in_ns "$WA" redis-cli -h "$REDIS" -p 6379 ping 2>&1)" = PONG ] || ok=0; done
 check "redis-cli to redis-east's ClusterIP answers PONG (10 connections)" test $ok = 1
@@ -383,8 +399,11 @@ wait_for 8 test "$(gateway_alive)" = False
 check "the probe marks the gateway down within its threshold" test "$(gateway_alive)" = False
 # The first request after the endpoints went waits out the balancer's failfast timeout (3 s, as
 # Linkerd's); from then on the backend is in failfast and requests are answered at once.
+# (Linkerd's proxy answers that first request 504, as its balancer's queue times out.)
 first=$(in_ns "$WA" curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://$BOOKS:8080/")
-check "the first request with the gateway down is answered 503 within the failfast timeout ($first)" test "$first" = 503
+want=503
+[[ $LINKERD_AS == *web* ]] && want=504
+check "the first request with the gateway down is answered $want within the failfast timeout ($first)" test "$first" = "$want"
 start=$(date +%s%N)
 code=$(in_ns "$WA" curl -s -o "$TMP/down.out" -w '%{http_code}' --max-time 5 "http://$BOOKS:8080/")
 took=$((($(date +%s%N) - start) / 1000000))
@@ -402,6 +421,6 @@ wait_for 10 test "$(mirror_field redis-east name)" = -
 check "redis unexported in east leaves west's mirror" test "$(mirror_field redis-east name)" = -
 check "books-east is still served" test "$(in_ns "$WA" curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$BOOKS:8080/")" = 200
 
-for ns in "$EB" "$WA"; do in_ns "$ns" "$TMP/knit-proxy" init --remove 2>>"$TMP/init.log"; done
+for ns in "$EB" "$WA" "$EC"; do in_ns "$ns" "$TMP/knit-proxy" init --remove 2>>"$TMP/init.log"; done
 echo "netns-multicluster: $passed passed, $failed failed"
 ((failed == 0))
