@@ -509,6 +509,18 @@ def netns_main(argv):
     write_section(a.results, NETNS_BEGIN, NETNS_END, netns_section(rows, a.command, a.ticks, json.loads(a.idle_rss)))
 
 
+def medians(rows, ticks, kind, setup, args=None):
+    """The runs of one row (any args when `args` is None): the median of each result, errors
+    summed, and the median proxy CPU seconds per 10,000 requests; None without runs."""
+    runs = [r for r in rows if r["kind"] == kind and r["setup"] == setup and (args is None or r["args"] == args)]
+    if not runs:
+        return None
+    res = {k: statistics.median(r["result"][k] for r in runs) for k in runs[0]["result"]}
+    res["errors"] = sum(r["result"].get("errors", 0) for r in runs)
+    cpu = statistics.median(r["cpu_ticks"] / ticks * r["cpu_window_ratio"] / r["result"]["requests"] * 10000 if r["result"]["requests"] else 0 for r in runs)
+    return res, cpu
+
+
 AB_BEGIN = "<!-- netns-ab: written by bench/netns.sh --ab through report.py -->"
 AB_END = "<!-- end of netns-ab -->"
 
@@ -528,13 +540,7 @@ def ab_section(rows, command, ticks):
     w(f"- medians of {reps} interleaved round(s)\n")
 
     def find(kind, setup, args):
-        runs = [r for r in rows if r["kind"] == kind and r["setup"] == setup and r["args"] == args]
-        if not runs:
-            return None
-        res = {k: statistics.median(r["result"][k] for r in runs) for k in runs[0]["result"]}
-        res["errors"] = sum(r["result"].get("errors", 0) for r in runs)
-        cpu = statistics.median(r["cpu_ticks"] / ticks * r["cpu_window_ratio"] / r["result"]["requests"] * 10000 if r["result"]["requests"] else 0 for r in runs)
-        return res, cpu
+        return medians(rows, ticks, kind, setup, args)
 
     w("| variant | max rps (HTTP/1.1, 50 conns) | proxy CPU s / 10k req | × old | × HAProxy | p50 / p99 ms @1,000 rps, 10 conns | p50 / p99 ms @1,000 rps, 100 conns | errors |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -583,13 +589,7 @@ def multicluster_section(rows, command, ticks):
     w(f"- medians of {reps} interleaved round(s); read the ratios, absolute times drift\n")
 
     def find(kind, setup):
-        runs = [r for r in rows if r["kind"] == kind and r["setup"] == setup]
-        if not runs:
-            return None
-        res = {k: statistics.median(r["result"][k] for r in runs) for k in runs[0]["result"]}
-        res["errors"] = sum(r["result"].get("errors", 0) for r in runs)
-        cpu = statistics.median(r["cpu_ticks"] / ticks * r["cpu_window_ratio"] / r["result"]["requests"] * 10000 if r["result"]["requests"] else 0 for r in runs)
-        return res, cpu
+        return medians(rows, ticks, kind, setup)
 
     ratio = lambda a, b: f"{a / b:.2f}×" if b else "-"
     w("| setup | p50 / p99 ms @1,000 rps, 10 conns | p50 × same-cluster | p99 × same-cluster | max rps (HTTP/1.1, 50 conns) | × same-cluster | proxies' CPU s / 10k req | × same-cluster | errors |")

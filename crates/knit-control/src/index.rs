@@ -54,6 +54,20 @@ pub struct IndexConfig {
 }
 
 impl IndexConfig {
+    /// The settings the unit tests share: Linkerd's defaults, `cluster.local`, control plane `knit`.
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        Self {
+            cluster_domain: "cluster.local".into(),
+            trust_domain: "cluster.local".into(),
+            control_plane_ns: "knit".into(),
+            cluster_networks: vec!["10.0.0.0/8".parse().expect("a CIDR")],
+            default_inbound_policy: "all-unauthenticated".into(),
+            default_opaque_ports: knit_core::parse::port_set(crate::config::DEFAULT_OPAQUE_PORTS).expect("the default opaque ports parse"),
+            global_egress_namespace: "linkerd-egress".into(),
+        }
+    }
+
     pub fn identity(&self, service_account: &str, ns: &str) -> String {
         format!("{service_account}.{ns}.serviceaccount.identity.{}.{}", self.control_plane_ns, self.trust_domain)
     }

@@ -7,15 +7,7 @@ use linkerd2_proxy_api::{
 };
 
 fn index() -> Index {
-    Index::new(IndexConfig {
-        cluster_domain: "cluster.local".into(),
-        trust_domain: "cluster.local".into(),
-        control_plane_ns: "knit".into(),
-        cluster_networks: vec!["10.0.0.0/8".parse().unwrap()],
-        default_inbound_policy: "all-unauthenticated".into(),
-        default_opaque_ports: knit_core::parse::port_set(crate::config::DEFAULT_OPAQUE_PORTS).unwrap(),
-        global_egress_namespace: "linkerd-egress".into(),
-    })
+    Index::new(IndexConfig::for_tests())
 }
 
 fn load(index: &Index, source: &str, yaml: &str) {

@@ -45,15 +45,7 @@ fn custom(kind: Watched) -> impl Fn(Event<DynamicObject>) -> Input {
 }
 
 fn config() -> IndexConfig {
-    IndexConfig {
-        cluster_domain: "cluster.local".into(),
-        trust_domain: "cluster.local".into(),
-        control_plane_ns: "knit".into(),
-        cluster_networks: vec!["10.0.0.0/8".parse().unwrap()],
-        default_inbound_policy: "all-unauthenticated".into(),
-        default_opaque_ports: knit_core::parse::port_set(crate::config::DEFAULT_OPAQUE_PORTS).unwrap(),
-        global_egress_namespace: "linkerd-egress".into(),
-    }
+    IndexConfig::for_tests()
 }
 
 fn index() -> Arc<Index> {

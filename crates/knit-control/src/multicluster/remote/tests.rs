@@ -271,15 +271,7 @@ impl Seen {
 }
 
 fn local_index() -> Arc<Index> {
-    Arc::new(Index::new(IndexConfig {
-        cluster_domain: "cluster.local".into(),
-        trust_domain: "cluster.local".into(),
-        control_plane_ns: "knit".into(),
-        cluster_networks: vec!["10.0.0.0/8".parse().unwrap()],
-        default_inbound_policy: "all-unauthenticated".into(),
-        default_opaque_ports: knit_core::parse::port_set(crate::config::DEFAULT_OPAQUE_PORTS).unwrap(),
-        global_egress_namespace: "linkerd-egress".into(),
-    }))
+    Arc::new(Index::new(IndexConfig::for_tests()))
 }
 
 /// What Destination answers for a Service port, as of now.
