@@ -342,6 +342,17 @@ fn credentials_secret(a: &LinkArgs, path: &std::path::Path) -> anyhow::Result<St
     let context = config.current_context.as_deref().and_then(|c| config.contexts.iter().find(|n| n.name == c)).and_then(|c| c.context.as_ref());
     let cluster = context.and_then(|c| config.clusters.iter().find(|n| n.name == c.cluster)).and_then(|c| c.cluster.as_ref());
     anyhow::ensure!(cluster.is_some_and(|c| c.server.is_some()), "the kubeconfig {} has no current context naming a cluster with a server", path.display());
+    // What knit-control will refuse, refused here with its reason (a local kubeconfig often
+    // names files or an exec plugin: `kubectl config view --flatten --minify` inlines files).
+    let probe = k8s_openapi::api::core::v1::Secret {
+        data: Some([("kubeconfig".to_string(), k8s_openapi::ByteString(text.clone().into_bytes()))].into()),
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(format!("cluster-credentials-{}", a.cluster_name)),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    knit_control::multicluster::remote::credentials(&probe).map_err(|e| anyhow::anyhow!("{e:#} (try `kubectl config view --flatten --minify`)"))?;
     Ok(format!(
         "apiVersion: v1\nkind: Secret\ntype: mirror.linkerd.io/remote-kubeconfig\nmetadata:\n  name: cluster-credentials-{name}\n  namespace: {ns}\n  labels:\n    multicluster.linkerd.io/cluster-name: {name}\n  annotations:\n    multicluster.linkerd.io/trust-domain: {trust}\n    multicluster.linkerd.io/cluster-domain: {domain}\ndata:\n  kubeconfig: {data}\n---\n",
         name = a.cluster_name,
@@ -522,6 +533,15 @@ mod tests {
         std::fs::write(&bad, "apiVersion: v1\nkind: Config\nclusters: []\n").unwrap();
         let e = link(&args(&["--kubeconfig", bad.to_str().unwrap()])).unwrap_err().to_string();
         assert!(e.contains("no current context"), "{e}");
+        // One knit-control would refuse (a plugin it would run) is refused here, with the fix.
+        let exec = dir.join("exec.kubeconfig");
+        std::fs::write(
+            &exec,
+            std::fs::read_to_string(&good).unwrap().replace("{token: t}", "{exec: {apiVersion: client.authentication.k8s.io/v1, command: aws}}"),
+        )
+        .unwrap();
+        let e = link(&args(&["--kubeconfig", exec.to_str().unwrap()])).unwrap_err().to_string();
+        assert!(e.contains("exec") && e.contains("--flatten"), "{e}");
         assert!(Cli::try_parse_from(["knit", "link", "--cluster-name", "e", "--gateway-address", "1.2.3.4", "--gateway-identity", "g"]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -51,11 +51,38 @@ pub fn credentials(secret: &Secret) -> anyhow::Result<Credentials> {
     if kubeconfig.clusters.is_empty() {
         anyhow::bail!("the Secret {name}'s kubeconfig names no cluster");
     }
+    if let Some(what) = local_reference(&kubeconfig) {
+        anyhow::bail!("the Secret {name}'s kubeconfig {what}: only inline credentials are read (a token, or client-certificate-data and client-key-data; certificate-authority-data)");
+    }
     let trust_domain = secret.metadata.annotations.as_ref().and_then(|a| a.get(TRUST_DOMAIN_ANNOTATION)).map(|d| d.trim().trim_end_matches('.').to_string());
     if let Some(d) = trust_domain.as_deref().filter(|d| d.is_empty() || d.contains(['/', ' '])) {
         anyhow::bail!("the Secret {name}'s {TRUST_DOMAIN_ANNOTATION} {d:?} is not a domain");
     }
     Ok(Credentials { kubeconfig, trust_domain, version: secret.metadata.resource_version.clone() })
+}
+
+/// What in a kubeconfig would make this process run a command or read one of its own files:
+/// an exec or auth-provider plugin, a token file, a certificate or key by path. The Secret's
+/// writer must not get knit-control to run a program, or to send one of its files (the
+/// issuer's key) to a server the kubeconfig names.
+fn local_reference(k: &kube::config::Kubeconfig) -> Option<String> {
+    for user in &k.auth_infos {
+        let Some(a) = &user.auth_info else { continue };
+        let found = [
+            (a.exec.is_some(), "exec"),
+            (a.auth_provider.is_some(), "auth-provider"),
+            (a.token_file.is_some(), "tokenFile"),
+            (a.client_certificate.is_some(), "client-certificate"),
+            (a.client_key.is_some(), "client-key"),
+        ];
+        if let Some((_, field)) = found.into_iter().find(|(set, _)| *set) {
+            return Some(format!("gives user {:?} a {field}", user.name));
+        }
+    }
+    k.clusters
+        .iter()
+        .find(|c| c.cluster.as_ref().is_some_and(|c| c.certificate_authority.is_some()))
+        .map(|c| format!("gives cluster {:?} a certificate-authority file", c.name))
 }
 
 /// A client of the remote API server, as the kubeconfig's current context says.

@@ -387,4 +387,20 @@ fn a_recorded_credentials_secret_is_read() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("is not a domain"), "{e}");
+    // Nothing that runs a program here or reads a file here (to send it to the server named).
+    let cluster = "apiVersion: v1\nkind: Config\nclusters:\n- name: e\n  cluster: {server: 'https://x'}\n";
+    for (user, field) in [
+        ("exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/sh, args: [-c, id]}", "exec"),
+        ("tokenFile: /var/run/knit/identity/issuer/key.pem", "tokenFile"),
+        ("client-certificate: /etc/passwd", "client-certificate"),
+        ("client-key: /etc/shadow", "client-key"),
+        ("auth-provider: {name: oidc}", "auth-provider"),
+    ] {
+        let yaml = format!("{cluster}users:\n- name: u\n  user: {{{user}}}\n");
+        let e = credentials(&serde_json::from_value(secret(&yaml, None)).unwrap()).unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains("only inline credentials"), "{field}: {e}");
+    }
+    let ca_file = "apiVersion: v1\nkind: Config\nclusters:\n- name: e\n  cluster: {server: 'https://x', certificate-authority: /etc/ssl/ca.pem}\n";
+    let e = credentials(&serde_json::from_value(secret(ca_file, None)).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("certificate-authority file"), "{e}");
 }

@@ -123,7 +123,7 @@ async fn a_link_to_an_unreachable_or_untrusted_remote_is_reported_and_leaves_loc
     // A malformed Link is refused with its field named, and serves nothing.
     west.write(
         "bad-link.yaml",
-        &link(nobody, &stray, "").replace("name: east", "name: bad").replace("gatewayAddress: 127.0.0.1", "gatewayAddress: gw.example"),
+        &link(nobody, &stray, "").replace("name: east", "name: bad").replace("gatewayAddress: 127.0.0.1", "gatewayAddress: gw_1.example"),
     )
     .await;
     assert!(control_metric(&west, "manifest_invalid_documents", &[r#"file="bad-link.yaml""#]).await >= 1.0);
