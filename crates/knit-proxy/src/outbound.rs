@@ -268,19 +268,7 @@ where
             return Box::pin(opaque::copy(PrefixedIo::new(Bytes::new(), io), opened, Bytes::new(), &logical, side)).await;
         }
     };
-    let tls = plaintext_tls(side.direction);
-    let ctx = Ctx {
-        side: side.clone(),
-        client,
-        dest: Dest::Logical(logical),
-        client_id: None,
-        tls,
-        from_peer: false,
-        activity: Default::default(),
-        golden: Default::default(),
-        gateway: Some(Arc::new(hop)),
-    };
-    Box::pin(http::serve(io, version, Arc::new(ctx), drain)).await;
+    serve_outbound(io, version, client, Dest::Logical(logical), Some(Arc::new(hop)), side, drain).await;
     Ok(())
 }
 
@@ -302,18 +290,7 @@ where
         Some(SessionProtocol::Http1) => HttpVersion::Http1,
         None => return Err(ProxyError::GatewayDomain { target, reason }),
     };
-    let ctx = Ctx {
-        side: side.clone(),
-        client,
-        dest: Dest::GatewayDomain { target, reason },
-        client_id: None,
-        tls: plaintext_tls(side.direction),
-        from_peer: false,
-        activity: Default::default(),
-        golden: Default::default(),
-        gateway: None,
-    };
-    Box::pin(http::serve(io, version, Arc::new(ctx), drain)).await;
+    serve_outbound(io, version, client, Dest::GatewayDomain { target, reason }, None, side, drain).await;
     Ok(())
 }
 
@@ -324,16 +301,32 @@ async fn serve_http(io: Io, version: HttpVersion, client: SocketAddr, target_add
         peer: Peer::Src,
     };
     let io = CountingIo::metered(io, &side.metrics.tcp, labels);
+    serve_outbound(io, version, client, dest, None, side, drain).await;
+}
+
+/// Serves one accepted connection's HTTP on the outbound side: each request planned for `dest`
+/// (through a multicluster gateway's `hop` when there is one).
+async fn serve_outbound<I>(
+    io: I,
+    version: HttpVersion,
+    client: SocketAddr,
+    dest: Dest,
+    gateway: Option<Arc<crate::gateway::Hop>>,
+    side: &Arc<Side>,
+    drain: drain::Watch,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let ctx = Ctx {
         side: side.clone(),
         client,
         dest,
         client_id: None,
-        tls,
+        tls: plaintext_tls(side.direction),
         from_peer: false,
         activity: Default::default(),
         golden: Default::default(),
-        gateway: None,
+        gateway,
     };
     Box::pin(http::serve(io, version, Arc::new(ctx), drain)).await;
 }

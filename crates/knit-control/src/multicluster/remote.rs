@@ -101,7 +101,8 @@ pub async fn read_secret(local: &kube::Client, namespace: &str, name: &str) -> a
 
 /// What the follower tells its caller.
 pub trait Sink {
-    /// The remote's exports changed (called once the first listing is complete, then at each change).
+    /// The remote's exports (once the first listing is complete, then after each change to the
+    /// remote's objects, which may leave them as they were).
     fn snapshot(&self, snapshot: Snapshot);
     /// Whether the remote's watches are all working, and why not.
     fn connected(&self, error: Option<String>);
@@ -129,9 +130,8 @@ pub async fn follow(
     let remote = client(&creds).await?;
     let index = remote_index(local_config, cluster_domain, creds.trust_domain.as_deref());
     let status = k8s::Status::of(&Watched::REMOTE);
-    let watches = AbortOnDrop(tokio::spawn(k8s::run(remote, index.clone(), status.clone())));
+    let _watches = AbortOnDrop(tokio::spawn(k8s::run(remote, index.clone(), status.clone())));
     let mut changes = index.changes();
-    let mut last: Option<Snapshot> = None;
     let mut last_error: Option<Option<String>> = None;
     // The index changed since the exports were last computed (or they never were).
     let mut dirty = true;
@@ -142,18 +142,15 @@ pub async fn follow(
             sink.connected(error.clone());
             last_error = Some(error);
         }
+        // The sink writes only what changed (the mirror compares with what it last wrote).
         if status.ready() && std::mem::take(&mut dirty) {
-            let now = exports::snapshot(&index, request);
-            if last.as_ref() != Some(&now) {
-                last = Some(now.clone());
-                sink.snapshot(now);
-            }
+            sink.snapshot(exports::snapshot(&index, request));
         }
         if tokio::time::Instant::now() >= recheck {
             recheck = tokio::time::Instant::now() + SECRET_RECHECK;
             let again = read_secret(local, namespace, secret).await?;
             if again.metadata.resource_version != creds.version {
-                drop(watches);
+                // (Returning drops `watches`, which stops them.)
                 anyhow::bail!("the credentials Secret {namespace}/{secret} changed: reconnecting with it");
             }
         }
