@@ -52,7 +52,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, side: Arc<Side>, drain: drain::Watch) {
     let span = tracing::info_span!("inbound", %client);
     async move {
-        if let Err(e) = crate::record::recorded(&side, client, accept(tcp, client, &side, drain)).await {
+        let handling = std::pin::pin!(accept(tcp, client, &side, drain));
+        if let Err(e) = crate::record::recorded(&side, client, handling).await {
             side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, &e)).inc();
             tracing::info!(error = %e, "connection failed");
         }

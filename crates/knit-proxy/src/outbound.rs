@@ -54,7 +54,8 @@ type Io = PrefixedIo<TcpStream>;
 pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, side: Arc<Side>, drain: drain::Watch) {
     let span = tracing::info_span!("outbound", %client);
     async move {
-        if let Err(e) = crate::record::recorded(&side, client, accept(tcp, client, forward, &side, drain)).await {
+        let handling = std::pin::pin!(accept(tcp, client, forward, &side, drain));
+        if let Err(e) = crate::record::recorded(&side, client, handling).await {
             side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, &e)).inc();
             tracing::info!(error = %e, "connection failed");
         }

@@ -7,7 +7,7 @@
 //! task, or with the log off).
 
 use crate::{error::ProxyError, http::Side};
-use std::{cell::RefCell, future::Future, net::SocketAddr, time::Instant};
+use std::{cell::RefCell, future::Future, net::SocketAddr, pin::Pin, time::Instant};
 
 tokio::task_local! {
     static RECORD: RefCell<Record>;
@@ -50,7 +50,10 @@ pub fn note(f: impl FnOnce(&mut Record)) {
 }
 
 /// Runs a connection's handling and, with the access log on, writes its record when it ends.
-pub async fn recorded(side: &Side, client: SocketAddr, handling: impl Future<Output = Result<(), ProxyError>>) -> Result<(), ProxyError> {
+/// The handling is pinned by the caller and lent: a future passed by value to an async fn is
+/// kept once as the argument and again as what is awaited (twice more inside the task-local's
+/// scope), and a connection's task is as large as that.
+pub async fn recorded<F: Future<Output = Result<(), ProxyError>>>(side: &Side, client: SocketAddr, handling: Pin<&mut F>) -> Result<(), ProxyError> {
     if !side.config.log.access_log {
         return handling.await;
     }

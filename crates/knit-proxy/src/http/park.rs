@@ -61,7 +61,9 @@ impl<I: AsyncRead + Unpin> ParkIo<I> {
             (false, false) => [unparsed, left].concat().into(),
         };
         let prefix = if unparsed.is_empty() {
-            // Nothing of a request is here yet: wait for it, holding no buffer of hyper's.
+            // Nothing of a request is here yet: wait for it, holding no buffer of hyper's. Even
+            // empty, `unparsed` is a slice of hyper's read buffer and would keep all of it.
+            drop(unparsed);
             crate::memory::released();
             let mut buf = [0u8; WAKE_READ];
             let n = inner.read(&mut buf).await.ok()?;
@@ -102,5 +104,47 @@ impl<I: AsyncWrite> AsyncWrite for ParkIo<I> {
             return this.inner.poll_flush(cx);
         }
         this.inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Buf;
+    use tokio::io::AsyncWriteExt;
+
+    /// hyper's read buffer, as `into_parts` hands it back: every byte parsed, the allocation kept.
+    struct ReadBuffer(Vec<u8>, Arc<AtomicBool>);
+
+    impl AsRef<[u8]> for ReadBuffer {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for ReadBuffer {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_lets_go_of_hyper_s_read_buffer() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let mut unparsed = Bytes::from_owner(ReadBuffer(vec![b'x'; 8192], dropped.clone()));
+        unparsed.advance(8192);
+        let (mut client, server) = tokio::io::duplex(1024);
+        let parked = tokio::spawn(ParkIo::new(server).park(unparsed));
+        for _ in 0..100 {
+            if dropped.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(dropped.load(Ordering::Relaxed), "the parked connection still holds the read buffer");
+        assert!(!parked.is_finished(), "parked until the client sends");
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let resumed = parked.await.unwrap().expect("resumed");
+        assert_eq!(resumed.inner.prefix(), b"GET / HTTP/1.1\r\n");
     }
 }
