@@ -20,7 +20,17 @@ impl TestProxy {
     pub async fn start(configure: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::loopback();
         configure(&mut config);
-        let proxy = Proxy::bind(config, None).await.expect("bind proxy");
+        // A test that restarts a proxy on its old ports can find one taken meanwhile by another
+        // test's ephemeral port (a client's, briefly): it tries again for a while.
+        let mut tries = 0;
+        let proxy = loop {
+            match Proxy::bind(config.clone(), None).await {
+                Ok(p) => break p,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => tries += 1,
+                Err(e) => panic!("bind proxy: {e}"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
         let addrs = proxy.addrs();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(proxy.run(async move {
