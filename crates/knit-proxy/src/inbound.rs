@@ -25,6 +25,7 @@ use crate::{
     metrics::{HttpLabels, NoTlsReason, Peer, TcpLabels, Tls},
     orig_dst,
     policy::inbound::Protocol,
+    record::{serving, Setup},
     tcp::ClientIo,
 };
 use bytes::{Bytes, BytesMut};
@@ -52,7 +53,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, side: Arc<Side>, drain: drain::Watch) {
     let span = tracing::info_span!("inbound", %client);
     async move {
-        let handling = std::pin::pin!(accept(tcp, client, &side, drain));
+        let handling = std::pin::pin!(crate::record::set_up_then_serve(Box::pin(accept(tcp, client, &side, drain))));
         if let Err(e) = crate::record::recorded(&side, client, handling).await {
             side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, &e)).inc();
             tracing::info!(error = %e, "connection failed");
@@ -76,7 +77,7 @@ struct Conn {
     drain: drain::Watch,
 }
 
-async fn accept(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError> {
+async fn accept(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: drain::Watch) -> Setup {
     let local = tcp.local_addr().map_err(|source| ProxyError::Connect { addr: client, source })?;
     let redirected = orig_dst::redirected_dst(&tcp);
     // Inbound is for this workload: a packet addressed elsewhere that reached the redirect (a
@@ -96,7 +97,7 @@ async fn accept(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: dra
     }
     let outcome = conn.detect(io, protocol).await?;
     let d = match outcome {
-        Outcome::Closed => return Ok(()),
+        Outcome::Closed => return Ok(None),
         Outcome::Silent(io) => return conn.speak_first(io, protocol).await,
         Outcome::Detected(d) => d,
     };
@@ -113,7 +114,7 @@ async fn accept(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: dra
                 // A port whose policy says HTTP is served as HTTP, whatever arrived: TLS the
                 // proxy cannot read would skip its routes and per-route authorization.
                 if matches!(protocol, Some(Protocol::Http1 | Protocol::Http2 | Protocol::Grpc)) {
-                    return conn.serve_http(d.io, HttpVersion::Http1).await;
+                    return conn.serve_http(d.io, HttpVersion::Http1);
                 }
                 return conn.opaque(d.io, Bytes::new()).await;
             };
@@ -178,12 +179,12 @@ impl Conn {
 
     /// The plaintext inside mesh TLS that carried no transport header: handled by the
     /// protocol, as a plaintext connection would be.
-    async fn after_tls<I>(self, io: PrefixedIo<I>, protocol: Option<Protocol>) -> Result<(), ProxyError>
+    async fn after_tls<I>(self, io: PrefixedIo<I>, protocol: Option<Protocol>) -> Setup
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         match self.detect(io, protocol).await? {
-            Outcome::Closed => Ok(()),
+            Outcome::Closed => Ok(None),
             Outcome::Silent(io) => self.speak_first(io, protocol).await,
             // A transport header must be negotiated with ALPN inside TLS: opaque otherwise.
             Outcome::Detected(d) if d.protocol == Detected::TransportHeader => self.opaque(d.io, Bytes::new()).await,
@@ -193,16 +194,16 @@ impl Conn {
 
     /// A detected stream, handled as the port's protocol says: HTTP ports are served as HTTP
     /// whatever arrived (hyper answers what is not HTTP with 400); others by what was detected.
-    async fn by_protocol<I>(self, io: PrefixedIo<I>, detected: Detected, protocol: Option<Protocol>) -> Result<(), ProxyError>
+    async fn by_protocol<I>(self, io: PrefixedIo<I>, detected: Detected, protocol: Option<Protocol>) -> Setup
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let http_port = matches!(protocol, Some(Protocol::Http1 | Protocol::Http2 | Protocol::Grpc));
         match detected {
             _ if matches!(protocol, Some(Protocol::Tls | Protocol::Opaque)) => self.opaque(io, Bytes::new()).await,
-            Detected::Http2 => self.serve_http(io, HttpVersion::Http2).await,
-            Detected::Http1 => self.serve_http(io, HttpVersion::Http1).await,
-            _ if http_port => self.serve_http(io, HttpVersion::Http1).await,
+            Detected::Http2 => self.serve_http(io, HttpVersion::Http2),
+            Detected::Http1 => self.serve_http(io, HttpVersion::Http1),
+            _ if http_port => self.serve_http(io, HttpVersion::Http1),
             _ => self.opaque(io, Bytes::new()).await,
         }
     }
@@ -210,7 +211,7 @@ impl Conn {
     /// A client that said nothing on a detected port: once the connection is authorized, the
     /// application is connected and whoever speaks first decides. A connection that would not be
     /// authorized as opaque TCP waits for the client instead (its HTTP may be, per route).
-    async fn speak_first<I>(self, mut io: PrefixedIo<I>, protocol: Option<Protocol>) -> Result<(), ProxyError>
+    async fn speak_first<I>(self, mut io: PrefixedIo<I>, protocol: Option<Protocol>) -> Setup
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -229,16 +230,16 @@ impl Conn {
         let mut server = self.connect_app(target).await?;
         let speaker = detect::first_speaker(&mut io, &mut server).await.map_err(|source| ProxyError::Connect { addr: self.client, source })?;
         match speaker {
-            Speaker::Closed => Ok(()),
-            Speaker::Server(greeting) => self.copy(io, server, greeting, target).await,
+            Speaker::Closed => Ok(None),
+            Speaker::Server(greeting) => self.copy(io, server, greeting, target),
             Speaker::Client(first) => {
                 let io = PrefixedIo::new(first, io.into_parts().1);
                 let side = self.side.clone();
                 match detect::detect(io, wait_for_client, &side.metrics.detect, side.direction).await {
                     // HTTP after all: the application connection is dropped unused.
                     Ok(Outcome::Detected(d)) if matches!(d.protocol, Detected::Http1 | Detected::Http2) => self.by_protocol(d.io, d.protocol, protocol).await,
-                    Ok(Outcome::Detected(d)) => self.copy(d.io, server, Bytes::new(), target).await,
-                    Ok(_) => Ok(()),
+                    Ok(Outcome::Detected(d)) => self.copy(d.io, server, Bytes::new(), target),
+                    Ok(_) => Ok(None),
                     Err(source) => Err(ProxyError::Connect { addr: self.client, source }),
                 }
             }
@@ -247,7 +248,7 @@ impl Conn {
 
     /// A peer proxy's direct connection: the transport header names the port on this workload
     /// and the session protocol, so no detection is needed.
-    async fn direct<I>(mut self, io: PrefixedIo<I>) -> Result<(), ProxyError>
+    async fn direct<I>(mut self, io: PrefixedIo<I>) -> Setup
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -264,8 +265,8 @@ impl Conn {
         self.target = Some(target);
         crate::record::note(|r| r.target = Some(target.to_string()));
         match header.protocol {
-            Some(SessionProtocol::Http1) => self.serve_http(io, HttpVersion::Http1).await,
-            Some(SessionProtocol::Http2) => self.serve_http(io, HttpVersion::Http2).await,
+            Some(SessionProtocol::Http1) => self.serve_http(io, HttpVersion::Http1),
+            Some(SessionProtocol::Http2) => self.serve_http(io, HttpVersion::Http2),
             None => self.opaque(io, Bytes::new()).await,
         }
     }
@@ -273,7 +274,7 @@ impl Conn {
     /// A header that names `name:port`: a peer asks this proxy, as a multicluster gateway, to
     /// forward the connection to that Service (`gateway.rs`). The connection is authorized by
     /// the policy of the port it arrived on, the gateway's own.
-    async fn gateway<I>(self, name: &str, port: u16, protocol: Option<SessionProtocol>, io: PrefixedIo<I>) -> Result<(), ProxyError>
+    async fn gateway<I>(self, name: &str, port: u16, protocol: Option<SessionProtocol>, io: PrefixedIo<I>) -> Setup
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -291,7 +292,7 @@ impl Conn {
             // HTTP: each request is answered 404, so the client's application sees why.
             Err(ProxyError::GatewayDomain { target, reason }) if protocol.is_some() => {
                 let io = CountingIo::metered(io, &self.side.metrics.tcp, self.src_labels(self.local));
-                return crate::outbound::gateway_refused(io, self.client, protocol, (target, reason), &outbound, self.drain).await;
+                return crate::outbound::gateway_refused(io, self.client, protocol, (target, reason), &outbound, self.drain);
             }
             Err(e) => return Err(e),
         };
@@ -323,7 +324,7 @@ impl Conn {
         }
     }
 
-    async fn serve_http<I>(self, io: PrefixedIo<I>, version: HttpVersion) -> Result<(), ProxyError>
+    fn serve_http<I>(self, io: PrefixedIo<I>, version: HttpVersion) -> Setup
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -340,45 +341,52 @@ impl Conn {
             golden: Default::default(),
             gateway: None,
         };
-        http::serve(io, version, Arc::new(ctx), self.drain).await;
-        Ok(())
+        let (ctx, drain) = (Arc::new(ctx), self.drain);
+        serving(async move {
+            http::serve(io, version, ctx, drain).await;
+            Ok(())
+        })
     }
 
     /// Forwards the connection byte for byte to the application, once it is authorized.
-    async fn opaque<I>(self, io: PrefixedIo<I>, greeting: Bytes) -> Result<(), ProxyError>
+    async fn opaque<I>(self, io: PrefixedIo<I>, greeting: Bytes) -> Setup
     where
-        I: AsyncRead + AsyncWrite + Unpin,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let target = self.target()?;
         self.authorize_tcp(target.port())?;
         let server = self.connect_app(target).await?;
-        self.copy(io, server, greeting, target).await
+        self.copy(io, server, greeting, target)
     }
 
     async fn connect_app(&self, target: SocketAddr) -> Result<ClientIo, ProxyError> {
         self.side.dialer.dial(&Endpoint::plain(target), None, None).await
     }
 
-    async fn copy<I>(&self, io: PrefixedIo<I>, mut server: ClientIo, greeting: Bytes, target: SocketAddr) -> Result<(), ProxyError>
+    /// Copies the connection's bytes to the application's, `greeting` (its first bytes) first.
+    fn copy<I>(self, io: PrefixedIo<I>, mut server: ClientIo, greeting: Bytes, target: SocketAddr) -> Setup
     where
-        I: AsyncRead + AsyncWrite + Unpin,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let mut client_io = CountingIo::metered(io, &self.side.metrics.tcp, self.src_labels(target));
         crate::record::note(|r| {
             r.protocol = Some(if matches!(self.tls, Tls::Opaque { .. }) { "tls" } else { "opaque" });
             r.endpoint = Some(target);
         });
-        if !greeting.is_empty() {
-            client_io.write_all(&greeting).await.map_err(|source| ProxyError::Connect { addr: self.client, source })?;
-        }
-        match crate::tcp::forward(&mut client_io, &mut server).await {
-            Ok(bytes) => crate::record::note(|r| r.bytes = Some(bytes)),
-            Err(e) => {
-                client_io.set_errno(e.raw_os_error());
-                tracing::debug!(client = %self.client, %target, error = %e, "opaque connection ended with an error");
+        let client = self.client;
+        serving(async move {
+            if !greeting.is_empty() {
+                client_io.write_all(&greeting).await.map_err(|source| ProxyError::Connect { addr: client, source })?;
             }
-        }
-        Ok(())
+            match crate::tcp::forward(&mut client_io, &mut server).await {
+                Ok(bytes) => crate::record::note(|r| r.bytes = Some(bytes)),
+                Err(e) => {
+                    client_io.set_errno(e.raw_os_error());
+                    tracing::debug!(%client, %target, error = %e, "opaque connection ended with an error");
+                }
+            }
+            Ok(())
+        })
     }
 
     /// An opaque connection is authorized once, as a whole; a refused one is closed.

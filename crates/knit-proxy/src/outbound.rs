@@ -33,6 +33,7 @@ use crate::{
     metrics::{plaintext_tls, HttpLabels, Peer, TcpLabels},
     orig_dst,
     policy::outbound::{OpaquePolicy, OutboundPolicy, Protocol},
+    record::{serving, Serving, Setup},
 };
 use bytes::Bytes;
 use knit_core::{destination::Authority, detect::Protocol as Detected, transport_header::SessionProtocol};
@@ -54,7 +55,7 @@ type Io = PrefixedIo<TcpStream>;
 pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, side: Arc<Side>, drain: drain::Watch) {
     let span = tracing::info_span!("outbound", %client);
     async move {
-        let handling = std::pin::pin!(accept(tcp, client, forward, &side, drain));
+        let handling = std::pin::pin!(crate::record::set_up_then_serve(Box::pin(accept(tcp, client, forward, &side, drain))));
         if let Err(e) = crate::record::recorded(&side, client, handling).await {
             side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, &e)).inc();
             tracing::info!(error = %e, "connection failed");
@@ -64,7 +65,7 @@ pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, forward: Optio
     .await
 }
 
-async fn accept(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError> {
+async fn accept(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, side: &Arc<Side>, drain: drain::Watch) -> Setup {
     let orig_dst = orig_dst::redirected_dst(&tcp);
     let (target, authority) = match (forward, orig_dst) {
         // A port forward to an address is that address, as an original destination would be.
@@ -95,7 +96,7 @@ async fn accept(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, 
         Protocol::Http1(_) | Protocol::Http2(_) | Protocol::Grpc(_) => conn.http_known(io).await,
         Protocol::Opaque(opaque) => {
             let opened = Box::pin(opaque::open(&conn.logical, &policy.meta, opaque, None, Kind::Tcp, side)).await?;
-            Box::pin(opaque::copy(io, opened, Bytes::new(), &conn.logical, side)).await
+            conn.copy(io, opened, Bytes::new())
         }
         Protocol::Tls(routes) => conn.tls(io, &policy, routes).await,
     }
@@ -113,11 +114,11 @@ struct Conn {
 impl Conn {
     /// `Detect`: HTTP is served by its routes; anything else takes the opaque route. A silent
     /// client lets the first speaker decide.
-    async fn detected(self, io: Io, policy: &OutboundPolicy, opaque: &OpaquePolicy, timeout: Duration) -> Result<(), ProxyError> {
+    async fn detected(self, io: Io, policy: &OutboundPolicy, opaque: &OpaquePolicy, timeout: Duration) -> Setup {
         let side = self.side.clone();
         let t = Timeouts { silent: Some(side.config.detect.silent_timeout), total: timeout };
         let silent = match self.detect(io, t).await? {
-            Outcome::Closed => return Ok(()),
+            Outcome::Closed => return Ok(None),
             Outcome::Detected(d) => return self.http_or_opaque(d, policy, opaque, None).await,
             Outcome::Silent(io) => io,
         };
@@ -135,13 +136,13 @@ impl Conn {
         let mut io = silent;
         let speaker = Box::pin(detect::first_speaker(&mut io, &mut opened.server)).await.map_err(|source| ProxyError::Connect { addr: self.client, source })?;
         match speaker {
-            Speaker::Closed => Ok(()),
-            Speaker::Server(greeting) => Box::pin(opaque::copy(io, opened, greeting, &self.logical, &side)).await,
+            Speaker::Closed => Ok(None),
+            Speaker::Server(greeting) => self.copy(io, opened, greeting),
             Speaker::Client(first) => {
                 let io = PrefixedIo::new(first, io.into_parts().1);
                 match self.detect(io, Timeouts { silent: None, total: timeout }).await? {
                     Outcome::Detected(d) => self.http_or_opaque(d, policy, opaque, Some(opened)).await,
-                    Outcome::Closed | Outcome::Silent(_) => Ok(()),
+                    Outcome::Closed | Outcome::Silent(_) => Ok(None),
                 }
             }
         }
@@ -149,58 +150,52 @@ impl Conn {
 
     /// A detected connection: HTTP is routed per request (an upstream connection opened for the
     /// silent client is dropped unused); anything else takes the opaque route.
-    async fn http_or_opaque(
-        self,
-        d: detect::Detected,
-        policy: &OutboundPolicy,
-        opaque: &OpaquePolicy,
-        opened: Option<opaque::Opened>,
-    ) -> Result<(), ProxyError> {
+    async fn http_or_opaque(self, d: detect::Detected, policy: &OutboundPolicy, opaque: &OpaquePolicy, opened: Option<opaque::Opened>) -> Setup {
         match d.protocol {
-            Detected::Http1 => self.http(d.io, HttpVersion::Http1).await,
-            Detected::Http2 => self.http(d.io, HttpVersion::Http2).await,
+            Detected::Http1 => self.http(d.io, HttpVersion::Http1),
+            Detected::Http2 => self.http(d.io, HttpVersion::Http2),
             _ => {
                 let opened = match opened {
                     Some(o) => o,
                     None => Box::pin(opaque::open(&self.logical, &policy.meta, opaque, None, Kind::Tcp, &self.side)).await?,
                 };
-                Box::pin(opaque::copy(d.io, opened, Bytes::new(), &self.logical, &self.side)).await
+                self.copy(d.io, opened, Bytes::new())
             }
         }
     }
 
     /// `Http1`, `Http2`, `Grpc`: HTTP whatever the client does; only the version is read from
     /// its first bytes (the HTTP/2 preface, else HTTP/1).
-    async fn http_known(self, io: Io) -> Result<(), ProxyError> {
+    async fn http_known(self, io: Io) -> Setup {
         let t = Timeouts { silent: None, total: self.side.config.detect.timeout };
         match self.detect(io, t).await? {
-            Outcome::Detected(d) if d.protocol == Detected::Http2 => self.http(d.io, HttpVersion::Http2).await,
-            Outcome::Detected(d) => self.http(d.io, HttpVersion::Http1).await,
-            Outcome::Closed | Outcome::Silent(_) => Ok(()),
+            Outcome::Detected(d) if d.protocol == Detected::Http2 => self.http(d.io, HttpVersion::Http2),
+            Outcome::Detected(d) => self.http(d.io, HttpVersion::Http1),
+            Outcome::Closed | Outcome::Silent(_) => Ok(None),
         }
     }
 
     /// `Tls`: the ClientHello's SNI chooses the route; a client that does not start TLS is refused.
-    async fn tls(self, io: Io, policy: &OutboundPolicy, routes: &OpaquePolicy) -> Result<(), ProxyError> {
+    async fn tls(self, io: Io, policy: &OutboundPolicy, routes: &OpaquePolicy) -> Setup {
         let side = &self.side;
         let t = Timeouts { silent: None, total: side.config.detect.timeout };
         match self.detect(io, t).await? {
             Outcome::Detected(detect::Detected { protocol: Detected::Tls { sni }, io }) => {
                 let opened = Box::pin(opaque::open(&self.logical, &policy.meta, routes, sni.as_deref(), Kind::Tls, side)).await?;
-                Box::pin(opaque::copy(io, opened, Bytes::new(), &self.logical, side)).await
+                self.copy(io, opened, Bytes::new())
             }
             Outcome::Detected(_) => Err(ProxyError::NotTls { target: self.logical.target.to_string() }),
-            Outcome::Closed | Outcome::Silent(_) => Ok(()),
+            Outcome::Closed | Outcome::Silent(_) => Ok(None),
         }
     }
 
     /// No usable policy: HTTP requests are answered with the reason; other bytes are refused.
-    async fn without_policy(self, io: Io, e: ProxyError) -> Result<(), ProxyError> {
+    async fn without_policy(self, io: Io, e: ProxyError) -> Setup {
         let t = Timeouts { silent: None, total: self.side.config.detect.timeout };
         match self.detect(io, t).await? {
-            Outcome::Detected(d) if d.protocol == Detected::Http1 => self.http(d.io, HttpVersion::Http1).await,
-            Outcome::Detected(d) if d.protocol == Detected::Http2 => self.http(d.io, HttpVersion::Http2).await,
-            Outcome::Closed => Ok(()),
+            Outcome::Detected(d) if d.protocol == Detected::Http1 => self.http(d.io, HttpVersion::Http1),
+            Outcome::Detected(d) if d.protocol == Detected::Http2 => self.http(d.io, HttpVersion::Http2),
+            Outcome::Closed => Ok(None),
             _ => Err(e),
         }
     }
@@ -210,10 +205,15 @@ impl Conn {
         Box::pin(detect::detect(io, t, &side.metrics.detect, side.direction)).await.map_err(|source| ProxyError::Connect { addr: self.client, source })
     }
 
-    async fn http(self, io: Io, version: HttpVersion) -> Result<(), ProxyError> {
+    fn http(self, io: Io, version: HttpVersion) -> Setup {
         let target_addr = self.orig_dst.unwrap_or(self.side.config.outbound.listen_addr);
-        serve_http(io, version, self.client, target_addr, Dest::Logical(self.logical), &self.side, self.drain).await;
-        Ok(())
+        Ok(Some(serve_http(io, version, self.client, target_addr, Dest::Logical(self.logical), &self.side, self.drain)))
+    }
+
+    /// Copies the connection's bytes to the opened upstream, `greeting` (the server's first
+    /// bytes) first.
+    fn copy(self, io: Io, opened: opaque::Opened, greeting: Bytes) -> Setup {
+        serving(async move { opaque::copy(io, opened, greeting, &self.logical, &self.side).await })
     }
 }
 
@@ -221,15 +221,14 @@ impl Conn {
 /// destination (`Host`, `:authority`) and is routed by that name's policy. Nothing else can be
 /// forwarded, so a client that stays silent (one waiting for a server to speak first) is closed
 /// at once rather than after the whole detect timeout.
-async fn http_by_host(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: drain::Watch) -> Result<(), ProxyError> {
+async fn http_by_host(tcp: TcpStream, client: SocketAddr, side: &Arc<Side>, drain: drain::Watch) -> Setup {
     let t = Timeouts { silent: Some(side.config.detect.silent_timeout), total: side.config.detect.timeout };
     match Box::pin(detect::detect(PrefixedIo::new(Bytes::new(), tcp), t, &side.metrics.detect, side.direction)).await {
         Ok(Outcome::Detected(d)) if is_http(&d.protocol) => {
             let version = if d.protocol == Detected::Http2 { HttpVersion::Http2 } else { HttpVersion::Http1 };
-            serve_http(d.io, version, client, side.config.outbound.listen_addr, Dest::PerRequest, side, drain).await;
-            Ok(())
+            Ok(Some(serve_http(d.io, version, client, side.config.outbound.listen_addr, Dest::PerRequest, side, drain)))
         }
-        Ok(Outcome::Closed) => Ok(()),
+        Ok(Outcome::Closed) => Ok(None),
         Ok(_) => Err(ProxyError::NoDestination),
         Err(source) => Err(ProxyError::Connect { addr: client, source }),
     }
@@ -246,7 +245,7 @@ pub async fn gateway<I>(
     hop: crate::gateway::Hop,
     side: &Arc<Side>,
     drain: drain::Watch,
-) -> Result<(), ProxyError>
+) -> Setup
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -266,23 +265,23 @@ where
                 }
             };
             let opened = Box::pin(opaque::open(&logical, &policy.meta, routes, None, Kind::Tcp, side)).await?;
-            return Box::pin(opaque::copy(PrefixedIo::new(Bytes::new(), io), opened, Bytes::new(), &logical, side)).await;
+            let side = side.clone();
+            return serving(async move { opaque::copy(PrefixedIo::new(Bytes::new(), io), opened, Bytes::new(), &logical, &side).await });
         }
     };
-    serve_outbound(io, version, client, Dest::Logical(logical), Some(Arc::new(hop)), side, drain).await;
-    Ok(())
+    Ok(Some(serve_outbound(io, version, client, Dest::Logical(logical), Some(Arc::new(hop)), side, drain)))
 }
 
 /// A gateway's HTTP connection whose transport header named a target outside its suffixes:
 /// served, with every request answered 404 (gRPC `NotFound`) and the reason.
-pub async fn gateway_refused<I>(
+pub fn gateway_refused<I>(
     io: CountingIo<PrefixedIo<I>>,
     client: SocketAddr,
     protocol: Option<SessionProtocol>,
     (target, reason): (String, &'static str),
     side: &Arc<Side>,
     drain: drain::Watch,
-) -> Result<(), ProxyError>
+) -> Setup
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -291,23 +290,22 @@ where
         Some(SessionProtocol::Http1) => HttpVersion::Http1,
         None => return Err(ProxyError::GatewayDomain { target, reason }),
     };
-    serve_outbound(io, version, client, Dest::GatewayDomain { target, reason }, None, side, drain).await;
-    Ok(())
+    Ok(Some(serve_outbound(io, version, client, Dest::GatewayDomain { target, reason }, None, side, drain)))
 }
 
-async fn serve_http(io: Io, version: HttpVersion, client: SocketAddr, target_addr: SocketAddr, dest: Dest, side: &Arc<Side>, drain: drain::Watch) {
+fn serve_http(io: Io, version: HttpVersion, client: SocketAddr, target_addr: SocketAddr, dest: Dest, side: &Arc<Side>, drain: drain::Watch) -> Serving {
     let tls = plaintext_tls(side.direction);
     let labels = TcpLabels {
         target: HttpLabels { direction: side.direction, authority: None, target_addr, tls: tls.clone(), dst: Default::default(), policy: None },
         peer: Peer::Src,
     };
     let io = CountingIo::metered(io, &side.metrics.tcp, labels);
-    serve_outbound(io, version, client, dest, None, side, drain).await;
+    serve_outbound(io, version, client, dest, None, side, drain)
 }
 
 /// Serves one accepted connection's HTTP on the outbound side: each request planned for `dest`
 /// (through a multicluster gateway's `hop` when there is one).
-async fn serve_outbound<I>(
+fn serve_outbound<I>(
     io: I,
     version: HttpVersion,
     client: SocketAddr,
@@ -315,7 +313,8 @@ async fn serve_outbound<I>(
     gateway: Option<Arc<crate::gateway::Hop>>,
     side: &Arc<Side>,
     drain: drain::Watch,
-) where
+) -> Serving
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ctx = Ctx {
@@ -329,7 +328,11 @@ async fn serve_outbound<I>(
         golden: Default::default(),
         gateway,
     };
-    Box::pin(http::serve(io, version, Arc::new(ctx), drain)).await;
+    let ctx = Arc::new(ctx);
+    Box::pin(async move {
+        http::serve(io, version, ctx, drain).await;
+        Ok(())
+    })
 }
 
 fn is_http(p: &Detected) -> bool {

@@ -44,6 +44,29 @@ pub(crate) fn identities(side: &Side, peer_client: Option<String>, peer_server: 
     (client.unwrap_or_else(|| "-".into()), server.unwrap_or_else(|| "-".into()))
 }
 
+/// The long part of a connection: serving its HTTP or copying its bytes, until it ends.
+pub type Serving = Pin<Box<dyn Future<Output = Result<(), ProxyError>> + Send>>;
+
+/// What setting a connection up (finding its target, detecting its protocol, TLS, opening the
+/// upstream) ends with: the [`Serving`] that takes over, or nothing left to do. The setup
+/// returns it instead of awaiting it, so that its own state is freed before the long part
+/// starts: a future is as large as the largest one it awaits inline, and an idle connection
+/// would otherwise carry room for a detection or a handshake it is long done with.
+pub type Setup = Result<Option<Serving>, ProxyError>;
+
+/// A setup's end: `f` serves the connection from here on.
+pub fn serving(f: impl Future<Output = Result<(), ProxyError>> + Send + 'static) -> Setup {
+    Ok(Some(Box::pin(f)))
+}
+
+/// Sets a connection up, on the heap, then serves it with that box freed.
+pub async fn set_up_then_serve(setup: Pin<Box<dyn Future<Output = Setup> + Send + '_>>) -> Result<(), ProxyError> {
+    match setup.await? {
+        Some(serving) => serving.await,
+        None => Ok(()),
+    }
+}
+
 /// Adds to the current connection's record, if it has one.
 pub fn note(f: impl FnOnce(&mut Record)) {
     let _ = RECORD.try_with(|r| f(&mut r.borrow_mut()));
