@@ -30,7 +30,11 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use knit_core::destination::{Authority, Endpoint};
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use client::Clients;
@@ -338,12 +342,31 @@ where
 /// connection is closed (the "MadeYouReset" attack makes the server reset streams for it).
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
 
-/// When a connection last started a request, and how many are in flight (requests, and tunnels
-/// spliced from them): it is idle with none for the idle timeout.
-#[derive(Default)]
+/// How many requests a connection has in flight (requests, and tunnels spliced from them) and
+/// when its last one ended: it is idle with none for the idle timeout. Nothing is signalled as
+/// requests come and go, which is every request: an idle timer, when it fires, reads when the
+/// connection was last busy and sleeps again for what is left. Only [`Activity::finished`]
+/// waits to be woken, once, as the connection ends.
 pub struct Activity {
     in_flight: std::sync::atomic::AtomicUsize,
-    changed: tokio::sync::Notify,
+    /// Milliseconds from `base` to the end of the last request.
+    last_end: std::sync::atomic::AtomicU64,
+    base: tokio::time::Instant,
+    /// Set while `finished` waits: the last request to end wakes it.
+    waiting: std::sync::atomic::AtomicBool,
+    drained: tokio::sync::Notify,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            in_flight: Default::default(),
+            last_end: Default::default(),
+            base: tokio::time::Instant::now(),
+            waiting: Default::default(),
+            drained: Default::default(),
+        }
+    }
 }
 
 /// A request being handled, or a tunnel open; ends when dropped.
@@ -351,46 +374,56 @@ pub struct Busy(Arc<Activity>);
 
 impl Activity {
     pub fn start(self: &Arc<Self>) -> Busy {
-        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.changed.notify_waiters();
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Completes once nothing is in flight.
     async fn finished(&self) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                return;
-            }
-            changed.await;
+        let drained = self.drained.notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        self.waiting.store(true, Ordering::SeqCst);
+        while self.in_flight.load(Ordering::SeqCst) != 0 {
+            drained.as_mut().await;
+            drained.set(self.drained.notified());
+            drained.as_mut().enable();
         }
     }
 
-    /// Completes once no request has been in flight for `timeout`.
+    /// Completes once no request has been in flight for `timeout`, counted from the end of the
+    /// last one, or from now if that was earlier.
     async fn idle(&self, timeout: std::time::Duration) {
+        let from = self.now_ms();
+        let sleep = tokio::time::sleep(timeout);
+        tokio::pin!(sleep);
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                tokio::select! {
-                    () = tokio::time::sleep(timeout) => return,
-                    () = changed => {}
+            sleep.as_mut().await;
+            let left = if self.in_flight.load(Ordering::SeqCst) == 0 {
+                let quiet = self.now_ms().saturating_sub(self.last_end.load(Ordering::SeqCst).max(from));
+                match timeout.checked_sub(std::time::Duration::from_millis(quiet)) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return,
                 }
             } else {
-                changed.await;
-            }
+                timeout
+            };
+            sleep.as_mut().reset(tokio::time::Instant::now() + left);
         }
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.0.changed.notify_waiters();
+        let a = &self.0;
+        a.last_end.store(a.now_ms(), Ordering::SeqCst);
+        if a.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && a.waiting.load(Ordering::SeqCst) {
+            a.drained.notify_waiters();
+        }
     }
 }
 

@@ -17,7 +17,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::{net::SocketAddr, sync::Arc, time::Instant};
-use tokio::io::copy_bidirectional;
 
 pub async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Body> {
     let outcome = Outcome::open(&mut req, &ctx);
@@ -322,7 +321,7 @@ async fn tunnel(mut req: Request<ReqBody>, routed: &Routed, ctx: &Ctx) -> Result
             match tokio::try_join!(client_side, upstream_side) {
                 Ok((c, u)) => {
                     let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                    if let Err(e) = copy_bidirectional(&mut c, &mut u).await {
+                    if let Err(e) = crate::tcp::forward(&mut c, &mut u).await {
                         tracing::debug!(%client, error = %e, "tunnel ended with an error");
                     }
                 }

@@ -311,3 +311,27 @@ async fn idle_http1_connections_park_and_resume_on_the_same_socket() {
     assert!(rest.is_empty(), "nothing written on an idle close: {rest:?}");
     assert!(started.elapsed() >= Duration::from_millis(400), "closed after {:?}", started.elapsed());
 }
+
+/// The idle timeout counts from the end of the last request: a request slower than it is
+/// answered, and a client that keeps asking more often than it keeps its one connection.
+#[tokio::test]
+async fn a_busy_connection_outlives_the_idle_timeout() {
+    let app = server::start().await;
+    let proxy = TestProxy::start(|c| {
+        c.outbound.endpoints = format!("web.test:80={app}").parse().unwrap();
+        c.http.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addrs.outbound).await.unwrap();
+    s.write_all(b"GET /slow?ms=900 HTTP/1.1\r\nHost: web.test\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200, "a request slower than the idle timeout");
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(b"GET /hello HTTP/1.1\r\nHost: web.test\r\n\r\n").await.unwrap();
+        assert_eq!(read_response(&mut s).await, (200, "hello\n".into()));
+    }
+    assert_eq!(proxy.metric("tcp_open_total", &[r#"peer="src""#, r#"direction="outbound""#]).await, 1.0, "one connection for 2 s of requests");
+    // Then quiet: closed.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.expect("closed at the idle timeout").unwrap();
+}
