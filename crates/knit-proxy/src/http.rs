@@ -256,7 +256,7 @@ where
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
-                _ = resets.exhausted.notified() => {
+                () = resets.exhausted() => {
                     tracing::warn!(client = %ctx.client, "closing a connection that cancels requests faster than {RESET_RATE}/s (rapid reset)");
                     ctx.side.metrics.http.errors.get_or_create(&crate::metrics::error_labels(ctx.side.direction, "rapid_reset", crate::error::Blame::Client)).inc();
                     return;
@@ -298,7 +298,7 @@ where
                         conn.as_mut().graceful_shutdown();
                         conn.as_mut().await
                     }
-                    _ = resets.exhausted.notified() => {
+                    () = resets.exhausted() => {
                         tracing::warn!(client = %ctx.client, "closing a connection that cancels requests faster than {RESET_RATE}/s (rapid reset)");
                         ctx.side.metrics.http.errors.get_or_create(&crate::metrics::error_labels(ctx.side.direction, "rapid_reset", crate::error::Blame::Client)).inc();
                         return;
@@ -438,12 +438,27 @@ const RESET_BURST: f64 = 200.0;
 /// on when the client cancelled them, and closes the connection when the budget runs out.
 struct ResetBudget {
     bucket: std::sync::Mutex<(f64, tokio::time::Instant)>,
-    exhausted: tokio::sync::Notify,
+    /// Spent: the connection's task, woken through `waker`, closes it. (A flag and a waker,
+    /// not a `Notify`: the connection polls this at every wake-up, and a `Notify` takes a lock.)
+    spent: std::sync::atomic::AtomicBool,
+    waker: futures_util::task::AtomicWaker,
 }
 
 impl ResetBudget {
     fn new() -> Self {
-        Self { bucket: std::sync::Mutex::new((RESET_BURST, tokio::time::Instant::now())), exhausted: tokio::sync::Notify::new() }
+        Self { bucket: std::sync::Mutex::new((RESET_BURST, tokio::time::Instant::now())), spent: Default::default(), waker: Default::default() }
+    }
+
+    /// Completes once the budget is spent.
+    fn exhausted(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.spent.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
     fn cancelled(&self) {
@@ -452,7 +467,8 @@ impl ResetBudget {
         b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * RESET_RATE).min(RESET_BURST) - 1.0;
         b.1 = now;
         if b.0 < 0.0 {
-            self.exhausted.notify_one();
+            self.spent.store(true, Ordering::Release);
+            self.waker.wake();
         }
     }
 }

@@ -43,6 +43,10 @@ pub struct Overrides {
 
 /// Reads the overrides a route may allow and removes every `l5d-*` header.
 pub fn take(headers: &mut HeaderMap) -> Overrides {
+    // Most requests carry none: one pass over the names instead of eight lookups by name.
+    if !headers.keys().any(is_l5d) {
+        return Overrides::default();
+    }
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let duration = |name: &str| get(name).and_then(|v| parse::duration(v).ok());
     let o = Overrides {
