@@ -373,8 +373,10 @@ impl Conn {
             r.protocol = Some(if matches!(self.tls, Tls::Opaque { .. }) { "tls" } else { "opaque" });
             r.endpoint = Some(target);
         });
-        let client = self.client;
+        let (client, drain) = (self.client, self.drain);
         serving(async move {
+            // Held while bytes move: the proxy's drain waits for the connection.
+            let _drain = drain;
             if !greeting.is_empty() {
                 client_io.write_all(&greeting).await.map_err(|source| ProxyError::Connect { addr: client, source })?;
             }

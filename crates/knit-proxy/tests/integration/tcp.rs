@@ -113,3 +113,39 @@ async fn half_close_lets_the_response_through() {
     assert_eq!(proxy.metric("tcp_write_bytes_total", &[r#"peer="src""#, r#"authority="sink.test:9000""#]).await, 16.0);
     assert_eq!(proxy.metric("tcp_open_connections", &[r#"peer="src""#]).await, 0.0);
 }
+
+/// Draining waits for opaque connections on both sides of the mesh: an open one keeps
+/// carrying bytes while the proxies drain, and each drain ends when it closes.
+#[tokio::test]
+async fn draining_waits_for_open_opaque_connections() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let mut server = TestProxy::start(move |c| {
+        c.detect.opaque_ports.insert(app.port());
+    })
+    .await;
+    let table = format!("echo.test:7000={app}@{}", server.addrs.inbound.port());
+    let (mut client, forward) = forwarding_proxy(&table, "echo.test:7000", Some(7000)).await;
+    let mut s = tokio::net::TcpStream::connect(forward).await.unwrap();
+    let mut buf = [0u8; 5];
+    s.write_all(b"first").await.unwrap();
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"first");
+    let (client_done, server_done) = (client.begin_shutdown(), server.begin_shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!client_done.is_finished() && !server_done.is_finished(), "a drain ended with an opaque connection open");
+    s.write_all(b"again").await.unwrap();
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"again", "the connection keeps working while the proxies drain");
+    drop(s);
+    assert!(tokio::time::timeout(Duration::from_secs(5), client_done).await.expect("client drained").unwrap());
+    assert!(tokio::time::timeout(Duration::from_secs(5), server_done).await.expect("server drained").unwrap());
+}
