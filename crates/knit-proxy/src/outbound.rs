@@ -33,7 +33,7 @@ use crate::{
     metrics::{plaintext_tls, HttpLabels, Peer, TcpLabels},
     orig_dst,
     policy::outbound::{OpaquePolicy, OutboundPolicy, Protocol},
-    record::{serving, Serving, Setup},
+    record::{Serving, Setup},
 };
 use bytes::Bytes;
 use knit_core::{destination::Authority, detect::Protocol as Detected, transport_header::SessionProtocol};
@@ -213,12 +213,7 @@ impl Conn {
     /// Copies the connection's bytes to the opened upstream, `greeting` (the server's first
     /// bytes) first.
     fn copy(self, io: Io, opened: opaque::Opened, greeting: Bytes) -> Setup {
-        serving(async move {
-            // All of the connection is held while bytes move: its drain watch keeps the proxy's
-            // drain waiting for it.
-            let conn = self;
-            opaque::copy(io, opened, greeting, &conn.logical, &conn.side).await
-        })
+        opaque::copy(io, opened, greeting, &self.logical, &self.side, self.drain)
     }
 }
 
@@ -270,12 +265,7 @@ where
                 }
             };
             let opened = Box::pin(opaque::open(&logical, &policy.meta, routes, None, Kind::Tcp, side)).await?;
-            let side = side.clone();
-            return serving(async move {
-                // Held while bytes move: the proxy's drain waits for the connection.
-                let _drain = drain;
-                opaque::copy(PrefixedIo::new(Bytes::new(), io), opened, Bytes::new(), &logical, &side).await
-            });
+            return opaque::copy(PrefixedIo::new(Bytes::new(), io), opened, Bytes::new(), &logical, side, drain);
         }
     };
     Ok(Some(serve_outbound(io, version, client, Dest::Logical(logical), Some(Arc::new(hop)), side, drain)))

@@ -19,6 +19,7 @@ use crate::{
         HttpLabels, Peer, TcpLabels,
     },
     policy::outbound::{Filter, Meta, OpaquePolicy},
+    record::{serving, Setup},
     tcp::ClientIo,
 };
 use bytes::Bytes;
@@ -103,9 +104,12 @@ pub async fn open(logical: &Logical, parent: &Arc<Meta>, policy: &OpaquePolicy, 
 
 /// Copies bytes between the client and the opened connection until both sides are done;
 /// `greeting` is what the server already said (a server-speaks-first protocol), written first.
-pub async fn copy<C>(client: PrefixedIo<C>, mut opened: Opened, greeting: Bytes, logical: &Logical, side: &Side) -> Result<(), ProxyError>
+/// Its labels are made here; what is returned holds only what the copy needs, and `drain`, so
+/// that the proxy's drain waits for the connection, and the logical target, whose discovery
+/// is followed while the connection lives.
+pub fn copy<C>(client: PrefixedIo<C>, mut opened: Opened, greeting: Bytes, logical: &Arc<Logical>, side: &Side, drain: crate::drain::Watch) -> Setup
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let target = HttpLabels {
         direction: side.direction,
@@ -117,17 +121,21 @@ where
     };
     let mut client = CountingIo::metered(client, &side.metrics.tcp, TcpLabels { target, peer: Peer::Src });
     opened.route.begin();
-    if !greeting.is_empty() {
-        client.write_all(&greeting).await.map_err(|e| ProxyError::Upstream { addr: opened.endpoint.addr, source: e.into() })?;
-    }
-    match crate::tcp::forward(&mut client, &mut opened.server).await {
-        Ok(bytes) => crate::record::note(|r| r.bytes = Some(bytes)),
-        Err(e) => {
-            client.set_errno(e.raw_os_error());
-            tracing::debug!(endpoint = %opened.endpoint, error = %e, "opaque connection ended with an error");
+    let held = (logical.clone(), drain);
+    serving(async move {
+        let _held = held;
+        if !greeting.is_empty() {
+            client.write_all(&greeting).await.map_err(|e| ProxyError::Upstream { addr: opened.endpoint.addr, source: e.into() })?;
         }
-    }
-    Ok(())
+        match crate::tcp::forward(&mut client, &mut opened.server).await {
+            Ok(bytes) => crate::record::note(|r| r.bytes = Some(bytes)),
+            Err(e) => {
+                client.set_errno(e.raw_os_error());
+                tracing::debug!(endpoint = %opened.endpoint, error = %e, "opaque connection ended with an error");
+            }
+        }
+        Ok(())
+    })
 }
 
 /// One connection of a route, counted open once and closed once.
