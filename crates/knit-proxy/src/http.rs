@@ -195,6 +195,18 @@ fn request_authority<B>(req: &Request<B>) -> Result<Authority, ProxyError> {
     Authority::parse(&raw, Some(80)).map_err(|_| ProxyError::BadAuthority(raw))
 }
 
+/// [`serve`], as what serves a connection once it is set up.
+pub fn serving<I>(io: I, version: HttpVersion, ctx: Ctx, drain: drain::Watch) -> crate::record::Serving
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(ctx);
+    Box::pin(async move {
+        serve(io, version, ctx, drain).await;
+        Ok(())
+    })
+}
+
 /// Serves one HTTP connection until the client closes it or draining ends it gracefully: HTTP/1
 /// finishes the request in flight, HTTP/2 sends GOAWAY and finishes open streams.
 pub async fn serve<I>(io: I, version: HttpVersion, ctx: Arc<Ctx>, mut drain: drain::Watch)

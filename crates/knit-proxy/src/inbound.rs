@@ -53,8 +53,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, side: Arc<Side>, drain: drain::Watch) {
     let span = tracing::info_span!("inbound", %client);
     async move {
-        let handling = std::pin::pin!(crate::record::set_up_then_serve(Box::pin(accept(tcp, client, &side, drain))));
-        if let Err(e) = crate::record::recorded(&side, client, handling).await {
+        if let Err(e) = crate::record::recorded(&side, client, Box::pin(accept(tcp, client, &side, drain))).await {
             side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, &e)).inc();
             tracing::info!(error = %e, "connection failed");
         }
@@ -341,11 +340,7 @@ impl Conn {
             golden: Default::default(),
             gateway: None,
         };
-        let (ctx, drain) = (Arc::new(ctx), self.drain);
-        serving(async move {
-            http::serve(io, version, ctx, drain).await;
-            Ok(())
-        })
+        Ok(Some(http::serving(io, version, ctx, self.drain)))
     }
 
     /// Forwards the connection byte for byte to the application, once it is authorized.

@@ -55,8 +55,7 @@ type Io = PrefixedIo<TcpStream>;
 pub async fn serve_connection(tcp: TcpStream, client: SocketAddr, forward: Option<Authority>, side: Arc<Side>, drain: drain::Watch) {
     let span = tracing::info_span!("outbound", %client);
     async move {
-        let handling = std::pin::pin!(crate::record::set_up_then_serve(Box::pin(accept(tcp, client, forward, &side, drain))));
-        if let Err(e) = crate::record::recorded(&side, client, handling).await {
+        if let Err(e) = crate::record::recorded(&side, client, Box::pin(accept(tcp, client, forward, &side, drain))).await {
             side.metrics.http.errors.get_or_create(&crate::metrics::labels_error(side.direction, &e)).inc();
             tracing::info!(error = %e, "connection failed");
         }
@@ -327,11 +326,7 @@ where
         golden: Default::default(),
         gateway,
     };
-    let ctx = Arc::new(ctx);
-    Box::pin(async move {
-        http::serve(io, version, ctx, drain).await;
-        Ok(())
-    })
+    http::serving(io, version, ctx, drain)
 }
 
 fn is_http(p: &Detected) -> bool {

@@ -59,8 +59,10 @@ pub fn serving(f: impl Future<Output = Result<(), ProxyError>> + Send + 'static)
     Ok(Some(Box::pin(f)))
 }
 
-/// Sets a connection up, on the heap, then serves it with that box freed.
-pub async fn set_up_then_serve(setup: Pin<Box<dyn Future<Output = Setup> + Send + '_>>) -> Result<(), ProxyError> {
+/// A connection's setup, on the heap: its box is freed before the connection is served.
+pub type SetupFuture<'a> = Pin<Box<dyn Future<Output = Setup> + Send + 'a>>;
+
+async fn set_up_then_serve(setup: SetupFuture<'_>) -> Result<(), ProxyError> {
     match setup.await? {
         Some(serving) => serving.await,
         None => Ok(()),
@@ -72,18 +74,18 @@ pub fn note(f: impl FnOnce(&mut Record)) {
     let _ = RECORD.try_with(|r| f(&mut r.borrow_mut()));
 }
 
-/// Runs a connection's handling and, with the access log on, writes its record when it ends.
-/// The handling is pinned by the caller and lent: a future passed by value to an async fn is
-/// kept once as the argument and again as what is awaited (twice more inside the task-local's
-/// scope), and a connection's task is as large as that.
-pub async fn recorded<F: Future<Output = Result<(), ProxyError>>>(side: &Side, client: SocketAddr, handling: Pin<&mut F>) -> Result<(), ProxyError> {
+/// Sets a connection up, serves it and, with the access log on, writes its record when it ends.
+/// The setup comes boxed: a future passed by value to an async fn is kept once as the argument
+/// and again as what is awaited (twice more inside the task-local's scope), and a connection's
+/// task is as large as that.
+pub async fn recorded(side: &Side, client: SocketAddr, setup: SetupFuture<'_>) -> Result<(), ProxyError> {
     if !side.config.log.access_log {
-        return handling.await;
+        return set_up_then_serve(setup).await;
     }
     let started = Instant::now();
     let (result, r) = RECORD
         .scope(RefCell::new(Record::default()), async {
-            let result = handling.await;
+            let result = set_up_then_serve(setup).await;
             (result, RECORD.with(|r| r.take()))
         })
         .await;
