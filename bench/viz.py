@@ -214,6 +214,10 @@ def main():
     lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines.append(f"| {s['up']:,} | {s['series']:,} | {s['base_rss_mib']:.1f} MiB | {s['rss_mib']:.1f} MiB | {s['bytes_per_series']:.0f} | {s['cpu_s_per_round']:.2f} s | "
                  f"{s['stat_all_ms']:.0f} ms ({s['stat_all_kib']:.0f} KiB) | {s['stat_page_ms']:.0f} ms | {s['stat_ns_ms']:.0f} ms | {s['edges_ms']:.0f} / {s['edges_cached_ms']:.0f} ms |")
+    lines.append("")
+    verdict = "met" if s["bytes_per_series"] <= 1000 else "**missed**"
+    lines.append(f"Target: at most 1 KB per series with its samples at 5,000 workloads: {verdict} ({s['bytes_per_series']:.0f} bytes; "
+                 "what it was and how it came down: [profiles/knit-control-viz.md](profiles/knit-control-viz.md)).")
     dash = os.path.join(ROOT, "bench", "dashboard-results.md")
     if os.path.exists(dash):
         lines += ["", "### Dashboard (headless Chromium)", "", f"From `tests/dashboard/test_dashboard.py`, in [dashboard-results.md](dashboard-results.md)."]

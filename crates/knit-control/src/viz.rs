@@ -270,7 +270,7 @@ impl Viz {
             [("namespace", namespace), ("deployment", deployment)].into_iter().filter_map(|(k, v)| Some((k, v?.as_str()))).collect();
         let now = std::time::Instant::now();
         self.store.each("identity_cert_expiration_timestamp_seconds", &matchers, |v| {
-            expiry.insert((v.labels.get("namespace").unwrap_or_default().to_string(), v.labels.get("pod").unwrap_or_default().to_string()), v.latest(now));
+            expiry.insert((v.get("namespace").unwrap_or_default().to_string(), v.get("pod").unwrap_or_default().to_string()), v.latest(now));
         });
         self.targets()
             .into_iter()

@@ -8,7 +8,10 @@
 //! Linkerd takes latency quantiles over `irate` (the last two samples); Knit takes them over the
 //! whole window, which is steadier and what the built-in store can answer the same way.
 
-use super::{prom, store::Store};
+use super::{
+    prom,
+    store::{Label, Store, View},
+};
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
@@ -70,8 +73,9 @@ impl Snapshot<'_> {
         match self.source {
             Source::Store(store) => {
                 let now = self.at.instant;
+                let by = labels(by);
                 let mut out = HashMap::new();
-                store.each(metric, matchers, |v| *out.entry(group(v.labels, by)).or_default() += v.increase(now, window));
+                store.each(metric, matchers, |v| *out.entry(group(&v, &by)).or_default() += v.increase(now, window));
                 Ok(owned(out))
             }
             Source::Prometheus(p) => {
@@ -86,10 +90,11 @@ impl Snapshot<'_> {
             Source::Store(store) => {
                 let now = self.at.instant;
                 // Keyed by the bound's bits, which sort as the bounds do (they are never negative).
+                let (by, le) = (labels(by), Label::of("le"));
                 let mut buckets: HashMap<Vec<Arc<str>>, BTreeMap<u64, f64>> = HashMap::new();
                 store.each(&bucket, matchers, |v| {
-                    let le = v.labels.get("le").and_then(|l| l.parse::<f64>().ok()).unwrap_or(f64::INFINITY);
-                    *buckets.entry(group(v.labels, by)).or_default().entry(le.to_bits()).or_default() += v.increase(now, window);
+                    let le = v.value(le).and_then(|l| l.parse::<f64>().ok()).unwrap_or(f64::INFINITY);
+                    *buckets.entry(group(&v, &by)).or_default().entry(le.to_bits()).or_default() += v.increase(now, window);
                 });
                 Ok(buckets
                     .into_iter()
@@ -110,8 +115,9 @@ impl Snapshot<'_> {
         match self.source {
             Source::Store(store) => {
                 let now = self.at.instant;
+                let by = labels(by);
                 let mut out = HashMap::new();
-                store.each(metric, matchers, |v| *out.entry(group(v.labels, by)).or_default() += v.latest(now));
+                store.each(metric, matchers, |v| *out.entry(group(&v, &by)).or_default() += v.latest(now));
                 Ok(owned(out))
             }
             Source::Prometheus(p) => p.query(&format!("sum({metric}{}) by ({})", selector(matchers), by.join(", ")), by, self.at.unix).await,
@@ -119,9 +125,13 @@ impl Snapshot<'_> {
     }
 }
 
+fn labels(by: &[&str]) -> Vec<Label> {
+    by.iter().map(|k| Label::of(k)).collect()
+}
+
 /// A series' group: its values of `by`, shared with the store (no copies per series).
-fn group(labels: &super::store::LabelSet, by: &[&str]) -> Vec<Arc<str>> {
-    by.iter().map(|k| labels.shared(k)).collect()
+fn group(v: &View<'_>, by: &[Label]) -> Vec<Arc<str>> {
+    by.iter().map(|k| v.shared(*k)).collect()
 }
 
 fn owned(grouped: HashMap<Vec<Arc<str>>, f64>) -> Grouped {

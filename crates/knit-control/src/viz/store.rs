@@ -3,8 +3,8 @@
 //! Linkerd's relabelling (`namespace`, `deployment`, `pod`). Outbound series name their
 //! destination with the `dst_*` labels the proxy takes from discovery, as Prometheus sees them.
 //!
-//! Memory: one entry per series (its labels, about 300 bytes) and one 16-byte sample per scrape
-//! within the retention. Series of a target that is gone, or that stopped appearing, are dropped
+//! Memory: one entry per series (its own labels, about 100 bytes: its family and its target's
+//! labels are held once) and one 16-byte sample per scrape within the retention. Series of a target that is gone, or that stopped appearing, are dropped
 //! once older than the retention.
 
 use super::prom;
@@ -112,10 +112,6 @@ impl Target {
             Kind::Service | Kind::Server | Kind::AuthorizationPolicy | Kind::HttpRoute => None,
         }
     }
-
-    fn labels(&self) -> [(&'static str, &str); 3] {
-        [("namespace", &self.namespace), ("deployment", &self.deployment), ("pod", &self.pod)]
-    }
 }
 
 /// How a target's last scrape went.
@@ -126,32 +122,65 @@ pub struct Health {
     pub series: usize,
 }
 
-/// A series' labels (`__name__` included), sorted by name, their strings shared across series.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct LabelSet(Arc<[(Arc<str>, Arc<str>)]>);
+/// A label name a query asks about, resolved once per query instead of once per series: one of
+/// the target's labels, or an index into [`KEPT_LABELS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Label {
+    Namespace,
+    Deployment,
+    Pod,
+    Kept(u8),
+    /// A label no stored series has.
+    Unknown,
+}
 
-impl LabelSet {
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.binary_search_by(|(k, _)| (**k).cmp(name)).ok().map(|i| &*self.0[i].1)
-    }
-
-    /// The value of `name` as a shared string (empty when absent), for grouping without copies.
-    pub fn shared(&self, name: &str) -> Arc<str> {
-        self.0.binary_search_by(|(k, _)| (**k).cmp(name)).ok().map_or_else(|| Arc::from(""), |i| self.0[i].1.clone())
+impl Label {
+    pub fn of(name: &str) -> Self {
+        match name {
+            "namespace" => Label::Namespace,
+            "deployment" => Label::Deployment,
+            "pod" => Label::Pod,
+            _ => KEPT_LABELS.iter().position(|l| *l == name).map_or(Label::Unknown, |i| Label::Kept(i as u8)),
+        }
     }
 }
 
+/// The target a series was scraped from: the labels all of its series share, held once.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Owner {
+    admin: SocketAddr,
+    namespace: Arc<str>,
+    deployment: Arc<str>,
+    pod: Arc<str>,
+}
+
+/// A series' own labels: (index into [`KEPT_LABELS`], value), in that order, each value shared
+/// across series. Its family and its target's labels are not repeated here.
+type Labels = Box<[(u8, Arc<str>)]>;
+
+/// One sample: nanoseconds from the store's epoch (negative before it) and the value.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    at: i64,
+    value: f64,
+}
+
+/// A series as scraped, before it is stored: its family and its kept labels.
+type Scraped = (&'static str, Vec<(u8, String)>);
+
 /// One family's series: by target and labels, the samples.
-type Family = HashMap<(SocketAddr, LabelSet), VecDeque<(Instant, f64)>>;
+type Family = HashMap<(Arc<Owner>, Labels), VecDeque<Sample>>;
 
 #[derive(Default)]
 struct Inner {
     targets: Vec<Target>,
     health: HashMap<SocketAddr, Health>,
-    /// Every label name and value, once.
+    /// Every label value, once.
     strings: std::collections::HashSet<Arc<str>>,
-    /// By family, then by target and labels: the samples.
-    series: HashMap<Arc<str>, Family>,
+    /// Each target's labels, shared by its series.
+    owners: HashMap<SocketAddr, Arc<Owner>>,
+    /// By family (one of [`FAMILIES`]), then by target and labels: the samples.
+    series: HashMap<&'static str, Family>,
     /// When each target was last scraped: a series new since then started from zero.
     last_scrape: HashMap<SocketAddr, Instant>,
 }
@@ -165,10 +194,28 @@ impl Inner {
         self.strings.insert(shared.clone());
         shared
     }
+
+    /// The labels of `target`'s series: the ones it had, unless they changed.
+    fn owner(&mut self, target: &Target) -> Arc<Owner> {
+        let same = |o: &Owner| *o.namespace == *target.namespace && *o.deployment == *target.deployment && *o.pod == *target.pod;
+        if let Some(owner) = self.owners.get(&target.admin).filter(|o| same(o)) {
+            return owner.clone();
+        }
+        let owner = Arc::new(Owner {
+            admin: target.admin,
+            namespace: self.intern(&target.namespace),
+            deployment: self.intern(&target.deployment),
+            pod: self.intern(&target.pod),
+        });
+        self.owners.insert(target.admin, owner.clone());
+        owner
+    }
 }
 
 pub struct Store {
     retention: Duration,
+    /// What sample times count from.
+    epoch: Instant,
     inner: Mutex<Inner>,
     /// Completed scrape rounds: answers computed in one round hold until the next.
     rounds: std::sync::atomic::AtomicU64,
@@ -176,38 +223,73 @@ pub struct Store {
     round_ended_ms: std::sync::atomic::AtomicU64,
 }
 
-/// One series as a query sees it.
-pub struct View<'a> {
-    pub labels: &'a LabelSet,
-    samples: &'a VecDeque<(Instant, f64)>,
+/// `at` in nanoseconds from `epoch`, negative before it.
+fn since(epoch: Instant, at: Instant) -> i64 {
+    match at.checked_duration_since(epoch) {
+        Some(after) => after.as_nanos() as i64,
+        None => -((epoch - at).as_nanos() as i64),
+    }
 }
 
-impl View<'_> {
+/// The value of a label a series lacks.
+static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+
+/// One series as a query sees it.
+pub struct View<'a> {
+    owner: &'a Owner,
+    labels: &'a [(u8, Arc<str>)],
+    samples: &'a VecDeque<Sample>,
+    epoch: Instant,
+}
+
+impl<'a> View<'a> {
+    /// The value of `label`, shared with the store.
+    pub fn value(&self, label: Label) -> Option<&'a Arc<str>> {
+        match label {
+            Label::Namespace => Some(&self.owner.namespace),
+            Label::Deployment => Some(&self.owner.deployment),
+            Label::Pod => Some(&self.owner.pod),
+            Label::Kept(i) => self.labels.iter().find(|(k, _)| *k == i).map(|(_, v)| v),
+            Label::Unknown => None,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        self.value(Label::of(name)).map(|v| &**v)
+    }
+
+    /// The value of `label` as a shared string (empty when absent), for grouping without copies.
+    pub fn shared(&self, label: Label) -> Arc<str> {
+        self.value(label).unwrap_or(&EMPTY).clone()
+    }
+
     /// The counter's increase over `window` ending at `now`, from the last sample at or before
     /// the window's start (or the first sample) to the newest; a counter that went down was
     /// reset and counts from zero. No extrapolation.
     /// Samples taken after `now` are not counted.
     pub fn increase(&self, now: Instant, window: Duration) -> f64 {
-        let start = now.checked_sub(window).unwrap_or(now);
-        let from = self.samples.iter().rposition(|(t, _)| *t <= start).unwrap_or(0);
-        let mut prev = self.samples[from].1;
+        let now = since(self.epoch, now);
+        let start = now.saturating_sub(window.as_nanos() as i64);
+        let from = self.samples.iter().rposition(|s| s.at <= start).unwrap_or(0);
+        let mut prev = self.samples[from].value;
         let mut total = 0.0;
-        for &(_, v) in self.samples.iter().skip(from + 1).take_while(|(t, _)| *t <= now) {
-            total += if v >= prev { v - prev } else { v };
-            prev = v;
+        for s in self.samples.iter().skip(from + 1).take_while(|s| s.at <= now) {
+            total += if s.value >= prev { s.value - prev } else { s.value };
+            prev = s.value;
         }
         total
     }
 
     /// The newest value taken at or before `now`.
     pub fn latest(&self, now: Instant) -> f64 {
-        self.samples.iter().rev().find(|(t, _)| *t <= now).map_or(0.0, |s| s.1)
+        let now = since(self.epoch, now);
+        self.samples.iter().rev().find(|s| s.at <= now).map_or(0.0, |s| s.value)
     }
 }
 
 impl Store {
     pub fn new(retention: Duration) -> Self {
-        Self { retention, inner: Mutex::new(Inner::default()), rounds: Default::default(), round_ended_ms: Default::default() }
+        Self { retention, epoch: Instant::now(), inner: Mutex::new(Inner::default()), rounds: Default::default(), round_ended_ms: Default::default() }
     }
 
     pub fn retention(&self) -> Duration {
@@ -240,32 +322,29 @@ impl Store {
             }
         };
         // Series that differ only in labels not kept (`error`, the address labels) are summed.
-        let mut scraped: HashMap<Vec<(&str, String)>, f64> = HashMap::new();
+        let mut scraped: HashMap<Scraped, f64> = HashMap::new();
         for sample in prom::parse(&text) {
-            let Some(name) = FAMILIES.iter().find(|f| **f == sample.name) else { continue };
-            let mut labels: Vec<(&str, String)> = Vec::with_capacity(16);
-            for (k, v) in &sample.labels {
-                if let Some(kept) = KEPT_LABELS.iter().find(|l| **l == k) {
-                    labels.push((kept, v.clone()));
+            let Some(family) = FAMILIES.iter().find(|f| **f == sample.name) else { continue };
+            let mut labels: Vec<(u8, String)> = Vec::with_capacity(sample.labels.len());
+            for (k, v) in sample.labels {
+                if let Some(kept) = KEPT_LABELS.iter().position(|l| *l == k) {
+                    labels.push((kept as u8, v));
                 }
             }
-            labels.extend(target.labels().map(|(k, v)| (k, v.to_string())));
-            labels.push(("__name__", name.to_string()));
-            labels.sort();
-            *scraped.entry(labels).or_default() += sample.value;
+            labels.sort_unstable();
+            *scraped.entry((family, labels)).or_default() += sample.value;
         }
         let count = scraped.len();
         let mut inner = self.lock();
-        let previous = inner.last_scrape.insert(target.admin, at);
-        for (labels, value) in scraped {
-            let set: Vec<(Arc<str>, Arc<str>)> = labels.iter().map(|(k, v)| (inner.intern(k), inner.intern(v))).collect();
-            let set = LabelSet(set.into());
-            let family = set.shared("__name__");
-            let samples = inner.series.entry(family).or_default().entry((target.admin, set)).or_insert_with(|| {
+        let previous = inner.last_scrape.insert(target.admin, at).map(|p| since(self.epoch, p));
+        let owner = inner.owner(target);
+        for ((family, labels), value) in scraped {
+            let labels: Labels = labels.iter().map(|(k, v)| (*k, inner.intern(v))).collect();
+            let samples = inner.series.entry(family).or_default().entry((owner.clone(), labels)).or_insert_with(|| {
                 // New on a target seen before: it counted from zero since the last scrape.
-                previous.map(|p| (p, 0.0)).into_iter().collect()
+                previous.map(|at| Sample { at, value: 0.0 }).into_iter().collect()
             });
-            samples.push_back((at, value));
+            samples.push_back(Sample { at: since(self.epoch, at), value });
         }
         inner.health.insert(target.admin, Health { up: true, error: None, series: count });
     }
@@ -273,26 +352,29 @@ impl Store {
     /// Drops samples older than the retention (keeping one before it, the baseline of a full
     /// window) and series with none left.
     pub fn expire(&self, now: Instant) {
-        let horizon = now.checked_sub(self.retention).unwrap_or(now);
+        let horizon = since(self.epoch, now).saturating_sub(self.retention.as_nanos() as i64);
         let mut inner = self.lock();
         for family in inner.series.values_mut() {
             family.retain(|_, samples| {
-                while samples.len() > 1 && samples[1].0 <= horizon {
+                while samples.len() > 1 && samples[1].at <= horizon {
                     samples.pop_front();
                 }
-                samples.back().is_some_and(|(t, _)| *t > horizon)
+                samples.back().is_some_and(|s| s.at > horizon)
             });
         }
-        // Strings no series uses any more (gone workloads) are dropped.
+        // Targets and strings no series uses any more (gone workloads) are dropped.
+        inner.owners.retain(|_, o| Arc::strong_count(o) > 1);
         inner.strings.retain(|s| Arc::strong_count(s) > 1);
     }
 
     /// Calls `f` with every series of `name` whose labels match every `matchers` pair.
     pub fn each(&self, name: &str, matchers: &[(&str, &str)], mut f: impl FnMut(View<'_>)) {
+        let matchers: Vec<(Label, &str)> = matchers.iter().map(|(k, v)| (Label::of(k), *v)).collect();
         let inner = self.lock();
-        for ((_, labels), samples) in inner.series.get(name).into_iter().flatten() {
-            if matchers.iter().all(|(k, v)| labels.get(k) == Some(*v)) {
-                f(View { labels, samples });
+        for ((owner, labels), samples) in inner.series.get(name).into_iter().flatten() {
+            let view = View { owner, labels, samples, epoch: self.epoch };
+            if matchers.iter().all(|(k, v)| view.value(*k).is_some_and(|s| **s == **v)) {
+                f(view);
             }
         }
     }
@@ -327,13 +409,45 @@ pub fn targets(index: &crate::index::Index) -> Vec<Target> {
 /// Scrapes in flight at once.
 const SCRAPE_CONCURRENCY: usize = 64;
 
+/// The most a proxy's `/metrics` may send (Linkerd's proxy, at ~1,700 series, sends ~300 KB).
+const MAX_SCRAPE_BYTES: usize = 4 << 20;
+
+/// Scrapes one proxy's `/metrics` on a connection of its own, closed once read: thousands of
+/// targets cost no sockets or buffers between rounds (a pooled keep-alive connection held about
+/// 18 KB per target, more than its series). The caller bounds the time.
+async fn scrape(admin: SocketAddr) -> Result<String, String> {
+    use futures_util::future::{select, Either};
+    use http_body_util::{BodyExt, Empty, Limited};
+    let stream = tokio::net::TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let req = http::Request::get("/metrics")
+        .header(http::header::HOST, admin.to_string())
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("a request from a socket address is valid");
+    let fetch = async move {
+        let rsp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        if !rsp.status().is_success() {
+            return Err(format!("HTTP {}", rsp.status()));
+        }
+        let body = Limited::new(rsp.into_body(), MAX_SCRAPE_BYTES).collect().await.map_err(|e| e.to_string())?;
+        String::from_utf8(body.to_bytes().into()).map_err(|_| "metrics that are not UTF-8".to_string())
+    };
+    // The connection is driven beside the exchange and dropped with it: nothing outlives a
+    // scrape that failed or timed out.
+    match select(std::pin::pin!(fetch), conn).await {
+        Either::Left((result, _)) => result,
+        // The connection ended (the proxy closed it after the response, or it broke): the
+        // exchange now finishes, with the whole body or with the error.
+        Either::Right((_, fetch)) => fetch.await,
+    }
+}
+
 /// Follows the index's workloads as targets and, with `scrape`, scrapes each every `interval`
 /// (without it, Prometheus scrapes them and only the target list is kept).
 pub async fn run(store: Arc<Store>, index: Arc<crate::index::Index>, interval: Duration, scrape: bool) {
     use futures_util::StreamExt;
-    use http_body_util::{BodyExt, Empty};
-    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -343,23 +457,11 @@ pub async fn run(store: Arc<Store>, index: Arc<crate::index::Index>, interval: D
         if !scrape {
             continue;
         }
-        let scrapes = targets.into_iter().map(|t| {
-            let client = client.clone();
-            async move {
-                let uri = format!("http://{}/metrics", t.admin);
-                let req = http::Request::get(uri).body(Empty::new()).expect("a URI from a socket address is valid");
-                let fetch = async {
-                    let rsp = client.request(req).await.map_err(|e| e.to_string())?;
-                    if !rsp.status().is_success() {
-                        return Err(format!("HTTP {}", rsp.status()));
-                    }
-                    let body = rsp.into_body().collect().await.map_err(|e| e.to_string())?;
-                    Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
-                };
-                // Head and body within the time limit: a proxy that stalls costs one slot, not the round.
-                let result = tokio::time::timeout(interval.min(Duration::from_secs(5)), fetch).await.unwrap_or_else(|_| Err("timed out".to_string()));
-                (t, result)
-            }
+        let scrapes = targets.into_iter().map(|t| async move {
+            // Head and body within the time limit: a proxy that stalls costs one slot, not the round.
+            let result =
+                tokio::time::timeout(interval.min(Duration::from_secs(5)), self::scrape(t.admin)).await.unwrap_or_else(|_| Err("timed out".to_string()));
+            (t, result)
         });
         // A bounded number at once (thousands of targets must not mean thousands of sockets),
         // each recorded as it arrives, with its own time.
@@ -424,6 +526,8 @@ mod tests {
         assert_eq!(sum_increase(&store, "response_total", &[("deployment", "web"), ("status_code", "200")], at(10), Duration::from_secs(10)), 15.0);
         store.expire(at(200));
         assert_eq!(store.series_count(), 0, "expired past the retention");
+        let inner = store.lock();
+        assert!(inner.owners.is_empty() && inner.strings.is_empty(), "nothing is held for gone series");
     }
 
     #[test]
@@ -436,5 +540,48 @@ mod tests {
         store.set_targets(vec![web.clone()]);
         let (_, health) = store.targets().pop().unwrap();
         assert!(!health.up);
+    }
+
+    /// A one-connection server answering with `head` and `body`, then holding the socket open.
+    async fn serve_once(head: String, body: Vec<u8>) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 1024];
+            let n = s.read(&mut req).await.unwrap();
+            assert!(std::str::from_utf8(&req[..n]).unwrap().starts_with("GET /metrics HTTP/1.1\r\n"));
+            s.write_all(head.as_bytes()).await.unwrap();
+            let _ = s.write_all(&body).await;
+            // Keep-alive regardless of `Connection: close`: the scrape ends with the body.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_scrape_reads_one_response_and_refuses_oversized_or_binary_ones() {
+        let text = "response_total{direction=\"inbound\"} 1\n";
+        let ok = serve_once(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", text.len()), text.into()).await;
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), scrape(ok)).await.unwrap().unwrap(), text);
+
+        // A proxy that streams without end is cut off at the limit, not buffered.
+        let huge = serve_once("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".into(), {
+            let chunk = format!("{:x}\r\n{}\r\n", 64 << 10, "x".repeat(64 << 10));
+            chunk.repeat(MAX_SCRAPE_BYTES / (64 << 10) + 2).into_bytes()
+        })
+        .await;
+        let err = tokio::time::timeout(Duration::from_secs(5), scrape(huge)).await.unwrap().unwrap_err();
+        assert!(err.contains("length limit"), "{err}");
+
+        let binary = serve_once("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n".into(), vec![0xff, 0xfe]).await;
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), scrape(binary)).await.unwrap().unwrap_err(), "metrics that are not UTF-8");
+
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        assert!(scrape(refused).await.is_err());
     }
 }
