@@ -333,6 +333,11 @@ impl Store {
             }
             labels.sort_unstable();
             *scraped.entry((family, labels)).or_default() += sample.value;
+            if scraped.len() > MAX_SERIES_PER_TARGET {
+                let error = format!("more than {MAX_SERIES_PER_TARGET} series to keep: refused");
+                self.lock().health.insert(target.admin, Health { up: false, error: Some(error), series: 0 });
+                return;
+            }
         }
         let count = scraped.len();
         let mut inner = self.lock();
@@ -405,6 +410,10 @@ impl Store {
 pub fn targets(index: &crate::index::Index) -> Vec<Target> {
     index.workloads_all().iter().filter_map(|w| Target::of(w)).collect()
 }
+
+/// The most series the store keeps of one target (the demo's busiest proxy has 224): a scrape
+/// with more is refused, so that no one proxy can fill knit-control's memory.
+const MAX_SERIES_PER_TARGET: usize = 20_000;
 
 /// Scrapes in flight at once.
 const SCRAPE_CONCURRENCY: usize = 64;
@@ -540,6 +549,12 @@ mod tests {
         store.set_targets(vec![web.clone()]);
         let (_, health) = store.targets().pop().unwrap();
         assert!(!health.up);
+
+        let flood: String = (0..=MAX_SERIES_PER_TARGET).map(|i| format!("response_total{{status_code=\"{i}\"}} 1\n")).collect();
+        store.record(&web, Instant::now(), Ok(flood));
+        assert_eq!(store.series_count(), 0, "a proxy with too many series is refused, not stored");
+        let (_, health) = store.targets().pop().unwrap();
+        assert_eq!(health.error.as_deref(), Some("more than 20000 series to keep: refused"));
     }
 
     /// A one-connection server answering with `head` and `body`, then holding the socket open.
