@@ -4,9 +4,13 @@
 # beside it in the same run.
 #   bench/netns.sh [--quick]        (root: namespaces and iptables)
 #   bench/netns.sh --profile        perf profiles of the proxies at maximum HTTP/1.1 load instead
-#   bench/netns.sh --ab OLD-BINARY  the one-hop path only, this build beside an older knit-proxy
-#                                   binary (and this build with a trace collector configured):
-#                                   what a change costs, in its own section of RESULTS.md
+#   bench/netns.sh --ab OLD-BINARY [WHAT-IT-IS]
+#                                   the one-hop path only, this build beside another knit-proxy
+#                                   binary (an older one, or this one built without tap:
+#                                   `cargo build --release -p knit-proxy --no-default-features`),
+#                                   and this build with a trace collector configured: what a
+#                                   change costs, in its own section of RESULTS.md
+# REPS=N: interleaved rounds (3; noisy machines need more to tell small differences apart).
 # Writes its section of bench/RESULTS.md (between its <!-- netns --> markers) and raw JSON lines
 # to bench/out/netns.jsonl; --profile writes bench/out/profile-<setup>.txt (perf report).
 #
@@ -21,14 +25,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-QUICK=0 PROFILE=0 AB=
+QUICK=0 PROFILE=0 AB= AB_WHAT=
 [ "${1:-}" = "--quick" ] && QUICK=1
 [ "${1:-}" = "--profile" ] && PROFILE=1
 if [ "${1:-}" = "--ab" ]; then
     AB=$(realpath "${2:?bench/netns.sh --ab OLD-BINARY}")
     [ -x "$AB" ] || { echo "bench/netns.sh: $AB is not an executable knit-proxy"; exit 1; }
+    AB_WHAT=${3:-}
 fi
-DUR=10s; WARM=2s; REPS=3; IDLE_N=4000
+DUR=10s; WARM=2s; REPS=${REPS:-3}; IDLE_N=4000
 ((QUICK)) && { DUR=3s; WARM=1s; REPS=1; IDLE_N=1000; }
 [ "$(id -u)" = 0 ] || { echo "bench/netns.sh: needs root (network namespaces, iptables)"; exit 1; }
 for pair in haproxy:haproxy redis-server:redis-server redis-benchmark:redis-tools taskset:util-linux setpriv:util-linux iptables:iptables ip:iproute2 curl:curl; do
@@ -290,7 +295,7 @@ if [ -n "$AB" ]; then
             measure latency "knit-1hop@$v" "${URL[knit-1hop]}" --rate 1000 --connections 100
         done
     done
-    python3 bench/report.py ab "$RAW" --command "bench/netns.sh --ab $(basename "$AB")" --ticks "$(getconf CLK_TCK)" --results bench/RESULTS.md
+    python3 bench/report.py ab "$RAW" --command "bench/netns.sh --ab OLD" --old "${AB_WHAT:-$(basename "$AB")}" --ticks "$(getconf CLK_TCK)" --results bench/RESULTS.md
     echo "wrote the A/B section of bench/RESULTS.md"
     exit 0
 fi

@@ -525,14 +525,14 @@ AB_BEGIN = "<!-- netns-ab: written by bench/netns.sh --ab through report.py -->"
 AB_END = "<!-- end of netns-ab -->"
 
 
-def ab_section(rows, command, ticks):
-    """What a change costs on the one-hop path: this build beside an older binary, HAProxy the yardstick."""
+def ab_section(rows, command, ticks, old):
+    """What a change costs on the one-hop path: this build beside another binary, HAProxy the yardstick."""
     out = []
     w = out.append
     w(AB_BEGIN)
-    w("## A/B: this build beside an older knit-proxy on the one-hop path\n")
+    w("## A/B: this build beside another knit-proxy on the one-hop path\n")
     stamp(w)
-    w(f"- command: `{command}` (root); the namespaces, Services and policy of the netns section, k's proxy restarted as each "
+    w(f"- command: `{command}` (root), OLD = {old}; the namespaces, Services and policy of the netns section, k's proxy restarted as each "
       "variant in turn: **old** (the binary named), **new** (this build, no trace collector: tracing compiled in and off), "
       "**trace** (this build with a collector configured and untraced requests, so every request's trace headers are read and "
       "none is recorded); HAProxy's rows of the same rounds are the yardstick")
@@ -563,8 +563,8 @@ def ab_section(rows, command, ticks):
 
 
 def ab_main(argv):
-    a, rows = section_args("report.py ab", argv)
-    write_section(a.results, AB_BEGIN, AB_END, ab_section(rows, a.command, a.ticks))
+    a, rows = section_args("report.py ab", argv, "--old")
+    write_section(a.results, AB_BEGIN, AB_END, ab_section(rows, a.command, a.ticks, a.old))
 
 
 MULTICLUSTER_BEGIN = "<!-- multicluster: written by bench/multicluster.sh through report.py -->"

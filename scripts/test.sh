@@ -46,6 +46,8 @@ fi
 echo "==> formatting and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# knit-proxy without its default `tap` feature (what bench/netns.sh --ab measures tap against).
+cargo clippy -p knit-proxy --lib --locked --no-default-features -- -D warnings
 
 echo "==> building"
 cargo build --workspace --all-targets --locked

@@ -118,7 +118,11 @@ impl Proxy {
         let outbound = bind(config.outbound.listen_addr, "outbound").await?;
         let admin = bind(config.admin.listen_addr, "admin").await?;
         let tap = match &config.tap {
-            Some(t) => Some(bind(t.listen_addr, "tap").await?),
+            Some(t) if cfg!(feature = "tap") => Some(bind(t.listen_addr, "tap").await?),
+            Some(_) => {
+                tracing::warn!("KNIT_PROXY_TAP_SVC_NAME is set, but this knit-proxy is built without tap: no tap server");
+                None
+            }
             None => None,
         };
         let mut forwards = Vec::new();

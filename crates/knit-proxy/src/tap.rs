@@ -3,7 +3,8 @@
 //!
 //! - Served over mesh TLS only, and only to the identity `KNIT_PROXY_TAP_SVC_NAME` names; any
 //!   other client gets `Unauthenticated` (LINKERD-WIRE.md §9).
-//! - When nobody taps, a request costs one relaxed atomic load ([`Taps::active`]).
+//! - When nobody taps, a request costs one relaxed atomic load ([`Taps::active`]); built without
+//!   the `tap` feature (on by default), nothing (bench/RESULTS.md's tap A/B measures the two).
 //! - Requests the proxy answers itself (a 403 from inbound policy, a 429 from a rate limit, a
 //!   filter's response, a 503 without endpoints) are tapped too, request to end at once.
 //! - Outbound events carry the endpoint's discovered labels in `destination_meta`, and
@@ -112,10 +113,11 @@ impl Taps {
         Arc::new(Self { active: AtomicUsize::new(0), subscribers: Mutex::new(Vec::new()), base, next: AtomicU64::new(0), max_rps })
     }
 
-    /// Whether anyone taps: the whole cost of tap on a request when nobody does.
+    /// Whether anyone taps: the whole cost of tap on a request when nobody does. Built without
+    /// the `tap` feature, the constant false, so the request path has no tap code.
     #[inline]
     pub fn active(&self) -> bool {
-        self.active.load(Ordering::Relaxed) > 0
+        cfg!(feature = "tap") && self.active.load(Ordering::Relaxed) > 0
     }
 
     /// Emits `RequestInit` to every subscriber that wants this request, and returns the handle
