@@ -14,6 +14,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod client;
 pub mod config;
 pub mod grpc;
 pub mod identity;

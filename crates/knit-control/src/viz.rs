@@ -270,7 +270,7 @@ impl Viz {
             [("namespace", namespace), ("deployment", deployment)].into_iter().filter_map(|(k, v)| Some((k, v?.as_str()))).collect();
         let now = std::time::Instant::now();
         self.store.each("identity_cert_expiration_timestamp_seconds", &matchers, |v| {
-            expiry.insert((v.get("namespace").unwrap_or_default().to_string(), v.get("pod").unwrap_or_default().to_string()), v.latest(now));
+            expiry.insert((v.shared(store::Label::Namespace).to_string(), v.shared(store::Label::Pod).to_string()), v.latest(now));
         });
         self.targets()
             .into_iter()

@@ -493,14 +493,9 @@ fn fastrand_fraction() -> f64 {
 async fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Result<Duration, String> {
     let started = Instant::now();
     let attempt = async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req =
-            http::Request::get(path).header(http::header::HOST, addr.to_string()).body(http_body_util::Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-        let rsp = sender.send_request(req).await.map_err(|e| format!("GET {path} from {addr}: {e}"))?;
-        if rsp.status() != http::StatusCode::OK {
-            return Err(format!("GET {path} from {addr} answered {}", rsp.status()));
+        let (status, _) = crate::client::get(addr, path, 0).await?;
+        if status != http::StatusCode::OK {
+            return Err(format!("GET {path} from {addr} answered {status}"));
         }
         Ok(started.elapsed())
     };

@@ -255,10 +255,6 @@ impl<'a> View<'a> {
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&'a str> {
-        self.value(Label::of(name)).map(|v| &**v)
-    }
-
     /// The value of `label` as a shared string (empty when absent), for grouping without copies.
     pub fn shared(&self, label: Label) -> Arc<str> {
         self.value(label).unwrap_or(&EMPTY).clone()
@@ -344,13 +340,14 @@ impl Store {
         let mut inner = self.lock();
         let previous = inner.last_scrape.insert(target.admin, at).map(|p| since(self.epoch, p));
         let owner = inner.owner(target);
+        let at = since(self.epoch, at);
         for ((family, labels), value) in scraped {
             let labels: Labels = labels.iter().map(|(k, v)| (*k, inner.intern(v))).collect();
             let samples = inner.series.entry(family).or_default().entry((owner.clone(), labels)).or_insert_with(|| {
                 // New on a target seen before: it counted from zero since the last scrape.
                 previous.map(|at| Sample { at, value: 0.0 }).into_iter().collect()
             });
-            samples.push_back(Sample { at: since(self.epoch, at), value });
+            samples.push_back(Sample { at, value });
         }
         inner.health.insert(target.admin, Health { up: true, error: None, series: count });
     }
@@ -426,32 +423,11 @@ const MAX_SCRAPE_BYTES: usize = 4 << 20;
 /// targets cost no sockets or buffers between rounds (a pooled keep-alive connection held about
 /// 18 KB per target, more than its series). The caller bounds the time.
 async fn scrape(admin: SocketAddr) -> Result<String, String> {
-    use futures_util::future::{select, Either};
-    use http_body_util::{BodyExt, Empty, Limited};
-    let stream = tokio::net::TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    let req = http::Request::get("/metrics")
-        .header(http::header::HOST, admin.to_string())
-        .header(http::header::CONNECTION, "close")
-        .body(Empty::<bytes::Bytes>::new())
-        .expect("a request from a socket address is valid");
-    let fetch = async move {
-        let rsp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        if !rsp.status().is_success() {
-            return Err(format!("HTTP {}", rsp.status()));
-        }
-        let body = Limited::new(rsp.into_body(), MAX_SCRAPE_BYTES).collect().await.map_err(|e| e.to_string())?;
-        String::from_utf8(body.to_bytes().into()).map_err(|_| "metrics that are not UTF-8".to_string())
-    };
-    // The connection is driven beside the exchange and dropped with it: nothing outlives a
-    // scrape that failed or timed out.
-    match select(std::pin::pin!(fetch), conn).await {
-        Either::Left((result, _)) => result,
-        // The connection ended (the proxy closed it after the response, or it broke): the
-        // exchange now finishes, with the whole body or with the error.
-        Either::Right((_, fetch)) => fetch.await,
+    let (status, body) = crate::client::get(admin, "/metrics", MAX_SCRAPE_BYTES).await?;
+    if !status.is_success() {
+        return Err(format!("HTTP {status}"));
     }
+    String::from_utf8(body.into()).map_err(|_| "metrics that are not UTF-8".to_string())
 }
 
 /// Follows the index's workloads as targets and, with `scrape`, scrapes each every `interval`
