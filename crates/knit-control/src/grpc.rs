@@ -10,19 +10,21 @@ use crate::index::{
     names::{self, ProfileKey, Target},
     Endpoints, EndpointsView, Index, OutboundKey, SvcPort, WorkloadPort,
 };
+use futures_util::{stream, StreamExt};
 use linkerd2_proxy_api::{
     destination::{self as dst, destination_server::Destination, update, Update},
     inbound::{self as inb, inbound_server_policies_server::InboundServerPolicies},
     outbound::{self as outb, outbound_policies_server::OutboundPolicies, traffic_spec},
 };
-use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc};
-use tokio::sync::{mpsc, watch};
+use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, pin::Pin, sync::Arc};
+use tokio::sync::watch;
 use tonic::{
-    codegen::{tokio_stream::wrappers::ReceiverStream, BoxFuture, Service},
+    codegen::{BoxFuture, Service},
     Request, Response, Status,
 };
 
-type Stream<T> = ReceiverStream<Result<T, Status>>;
+/// A response stream: the index's views, as the client reads them.
+type Stream<T> = Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send>>;
 
 /// The largest `Identity.Certify` request read: a CSR and a token are a few KiB.
 pub const MAX_CERTIFY_BYTES: usize = 16 * 1024;
@@ -31,31 +33,26 @@ pub const MAX_LOOKUP_BYTES: usize = 8 * 1024;
 /// A view of the index: `None` once what it describes is gone.
 type View<T> = watch::Receiver<Arc<Option<T>>>;
 
-/// Forwards every new value of a view; ends the stream with NotFound if what it describes goes away.
-fn follow<T, M>(mut rx: View<T>, what: String, to_message: impl Fn(&T) -> M + Send + 'static) -> Stream<M>
+/// Every new value of a view, from the one it has now; ends with NotFound if what it describes
+/// goes away, and with the index (knit-control stopping).
+///
+/// A stream is polled by the task serving its HTTP/2 stream, so a watch costs that task, the
+/// receiver and the last message sent: no task or channel of its own.
+fn follow<T>(rx: View<T>, what: String) -> Stream<T>
 where
-    T: Send + Sync + 'static,
-    M: Send + 'static,
+    T: Clone + Send + Sync + 'static,
 {
-    let (tx, out) = mpsc::channel(2);
-    tokio::spawn(async move {
-        loop {
-            let view = rx.borrow_and_update().clone();
-            let message = match &*view {
-                Some(v) => Ok(to_message(v)),
-                None => Err(Status::not_found(format!("{what} no longer exists"))),
-            };
-            let end = message.is_err();
-            if tx.send(message).await.is_err() || end {
-                return;
-            }
-            tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return },
-                _ = tx.closed() => return,
-            }
+    Box::pin(stream::unfold(Some((rx, what, true)), |state| async move {
+        let (mut rx, what, first) = state?;
+        if !first && rx.changed().await.is_err() {
+            return None;
         }
-    });
-    ReceiverStream::new(out)
+        let view = rx.borrow_and_update().clone();
+        match &*view {
+            Some(v) => Some((Ok(v.clone()), Some((rx, what, false)))),
+            None => Some((Err(Status::not_found(format!("{what} no longer exists"))), None)),
+        }
+    }))
 }
 
 fn svc_name(svc: &SvcPort) -> String {
@@ -80,32 +77,25 @@ impl Destination for DestinationService {
                 req.path
             )));
         };
-        let mut rx = self.0.endpoints(&svc);
+        let rx = self.0.endpoints(&svc);
         if rx.borrow().is_none() {
             return Err(Status::not_found(format!("no {}", svc_name(&svc))));
         }
-        let (tx, out) = mpsc::channel(4);
-        tokio::spawn(async move {
-            // What this client was last sent is the index's own snapshot (shared with every
-            // stream that saw it), not a copy per stream.
-            let mut sent: Option<Arc<EndpointsView>> = None;
-            loop {
-                let view = rx.borrow_and_update().clone();
-                let before = sent.as_deref().and_then(Option::as_ref);
-                for u in diff(before, view.as_ref().as_ref(), sent.is_none()) {
-                    if tx.send(Ok(Update { update: Some(u) })).await.is_err() {
-                        return;
-                    }
-                }
-                // After `no_endpoints{exists: false}`, start over as a new stream would.
-                sent = view.is_some().then_some(view);
-                tokio::select! {
-                    changed = rx.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                }
+        // What this client was last sent is the index's own snapshot (shared with every stream
+        // that saw it), not a copy per stream.
+        let updates = stream::unfold((rx, None::<Arc<EndpointsView>>, true), |(mut rx, sent, first)| async move {
+            if !first && rx.changed().await.is_err() {
+                return None;
             }
+            let view = rx.borrow_and_update().clone();
+            let before = sent.as_deref().and_then(Option::as_ref);
+            let updates = diff(before, view.as_ref().as_ref(), sent.is_none());
+            // After `no_endpoints{exists: false}`, start over as a new stream would.
+            let sent = view.is_some().then_some(view);
+            Some((updates, (rx, sent, false)))
         });
-        Ok(Response::new(ReceiverStream::new(out)))
+        let updates = updates.flat_map(|us| stream::iter(us.into_iter().map(|u| Ok(Update { update: Some(u) }))));
+        Ok(Response::new(Box::pin(updates)))
     }
 
     async fn get_profile(&self, req: Request<dst::GetDestination>) -> Result<Response<Self::GetProfileStream>, Status> {
@@ -124,7 +114,7 @@ impl Destination for DestinationService {
         if rx.borrow().is_none() {
             return Err(no_profile());
         }
-        Ok(Response::new(follow(rx, req.path.clone(), Clone::clone)))
+        Ok(Response::new(follow(rx, req.path.clone())))
     }
 }
 
@@ -189,7 +179,7 @@ impl OutboundPolicies for OutboundService {
 
     async fn watch(&self, req: Request<outb::TrafficSpec>) -> Result<Response<Self::WatchStream>, Status> {
         let (rx, what) = self.subscribe(req.into_inner())?;
-        Ok(Response::new(follow(rx, what, Clone::clone)))
+        Ok(Response::new(follow(rx, what)))
     }
 }
 
@@ -221,29 +211,35 @@ impl InboundServerPolicies for InboundService {
 
     async fn watch_port(&self, req: Request<inb::PortSpec>) -> Result<Response<Self::WatchPortStream>, Status> {
         let (rx, what) = self.subscribe(req.into_inner())?;
-        Ok(Response::new(follow(rx, what, Clone::clone)))
+        Ok(Response::new(follow(rx, what)))
     }
 }
 
-/// Both policy services on one port, dispatched by path. (tonic's router would do this, at the
-/// price of its `router` feature and axum behind it.)
+/// A discovery port's services, dispatched by path: `Destination` on one port, both policy
+/// services on the other.
+///
+/// Not linkerd2-proxy-api's generated servers: those fix tonic's codec, whose encoder holds an
+/// 8 KiB buffer for as long as its response stream is open, and a proxy keeps a stream open per
+/// destination it talks to. Served here with [`Buffers`], a stream holds what its last message
+/// needed (a few hundred bytes for most views). The generated servers enable no compression, and
+/// neither does this.
 #[derive(Clone)]
-pub struct PolicyServers {
-    inbound: inb::inbound_server_policies_server::InboundServerPoliciesServer<InboundService>,
-    outbound: outb::outbound_policies_server::OutboundPoliciesServer<OutboundService>,
+pub enum Discovery {
+    Destination(DestinationService),
+    Policy(InboundService, OutboundService),
 }
 
-impl PolicyServers {
-    pub fn new(index: Arc<Index>) -> Self {
-        Self {
-            inbound: inb::inbound_server_policies_server::InboundServerPoliciesServer::new(InboundService(index.clone()))
-                .max_decoding_message_size(MAX_LOOKUP_BYTES),
-            outbound: outb::outbound_policies_server::OutboundPoliciesServer::new(OutboundService(index)).max_decoding_message_size(MAX_LOOKUP_BYTES),
-        }
+impl Discovery {
+    pub fn destination(index: Arc<Index>) -> Self {
+        Self::Destination(DestinationService(index))
+    }
+
+    pub fn policy(index: Arc<Index>) -> Self {
+        Self::Policy(InboundService(index.clone()), OutboundService(index))
     }
 }
 
-impl Service<http::Request<tonic::body::Body>> for PolicyServers {
+impl Service<http::Request<tonic::body::Body>> for Discovery {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
     type Future = BoxFuture<Self::Response, Self::Error>;
@@ -253,14 +249,105 @@ impl Service<http::Request<tonic::body::Body>> for PolicyServers {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let path = req.uri().path();
-        if path.starts_with("/io.linkerd.proxy.inbound.InboundServerPolicies/") {
-            Box::pin(self.inbound.call(req))
-        } else if path.starts_with("/io.linkerd.proxy.outbound.OutboundPolicies/") {
-            Box::pin(self.outbound.call(req))
-        } else {
-            let status = Status::unimplemented(format!("no service for {path}; this port serves InboundServerPolicies and OutboundPolicies"));
-            Box::pin(async move { Ok(status.into_http()) })
+        // Each arm: the method, given the service by value (one clone of an `Arc` per call).
+        macro_rules! method {
+            ($kind:ident, $svc:expr, $method:path) => {{
+                let svc = $svc.clone();
+                Box::pin(async move { Ok(grpc().$kind(Method(move |r| $method(svc.clone(), r)), req).await) })
+            }};
         }
+        match (&*self, req.uri().path()) {
+            (Self::Destination(d), "/io.linkerd.proxy.destination.Destination/Get") => method!(server_streaming, d, destination_get),
+            (Self::Destination(d), "/io.linkerd.proxy.destination.Destination/GetProfile") => method!(server_streaming, d, destination_get_profile),
+            (Self::Policy(i, _), "/io.linkerd.proxy.inbound.InboundServerPolicies/GetPort") => method!(unary, i, inbound_get_port),
+            (Self::Policy(i, _), "/io.linkerd.proxy.inbound.InboundServerPolicies/WatchPort") => method!(server_streaming, i, inbound_watch_port),
+            (Self::Policy(_, o), "/io.linkerd.proxy.outbound.OutboundPolicies/Get") => method!(unary, o, outbound_get),
+            (Self::Policy(_, o), "/io.linkerd.proxy.outbound.OutboundPolicies/Watch") => method!(server_streaming, o, outbound_watch),
+            (this, path) => {
+                let serves = match this {
+                    Self::Destination(_) => "Destination",
+                    Self::Policy(..) => "InboundServerPolicies and OutboundPolicies",
+                };
+                let status = Status::unimplemented(format!("no method {path}; this port serves {serves}"));
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+// The trait methods by value, as `Method`'s futures must own what they borrow.
+async fn destination_get(s: DestinationService, r: Request<dst::GetDestination>) -> Result<Response<Stream<Update>>, Status> {
+    s.get(r).await
+}
+async fn destination_get_profile(s: DestinationService, r: Request<dst::GetDestination>) -> Result<Response<Stream<dst::DestinationProfile>>, Status> {
+    s.get_profile(r).await
+}
+async fn inbound_get_port(s: InboundService, r: Request<inb::PortSpec>) -> Result<Response<inb::Server>, Status> {
+    s.get_port(r).await
+}
+async fn inbound_watch_port(s: InboundService, r: Request<inb::PortSpec>) -> Result<Response<Stream<inb::Server>>, Status> {
+    s.watch_port(r).await
+}
+async fn outbound_get(s: OutboundService, r: Request<outb::TrafficSpec>) -> Result<Response<outb::OutboundPolicy>, Status> {
+    s.get(r).await
+}
+async fn outbound_watch(s: OutboundService, r: Request<outb::TrafficSpec>) -> Result<Response<Stream<outb::OutboundPolicy>>, Status> {
+    s.watch(r).await
+}
+
+/// tonic's per-call gRPC handling with [`Buffers`] and requests cut at [`MAX_LOOKUP_BYTES`].
+fn grpc<T, U>() -> tonic::server::Grpc<Buffers<T, U>>
+where
+    Buffers<T, U>: tonic::codec::Codec,
+{
+    tonic::server::Grpc::new(Buffers(std::marker::PhantomData)).apply_max_message_size_config(Some(MAX_LOOKUP_BYTES), None)
+}
+
+/// One gRPC method as a tower `Service`, which tonic takes as a unary or a server-streaming one.
+struct Method<F>(F);
+
+impl<Req, Resp, F, Fut> Service<Request<Req>> for Method<F>
+where
+    F: FnMut(Request<Req>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+{
+    type Response = Response<Resp>;
+    type Error = Status;
+    type Future = Fut;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Status>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Req>) -> Fut {
+        (self.0)(req)
+    }
+}
+
+/// prost's codec with buffers that start empty: tonic's encoder then keeps, between a stream's
+/// messages, what the last one needed rather than 8 KiB (its default) or more.
+struct Buffers<T, U>(std::marker::PhantomData<fn(T, U)>);
+
+/// No buffer ahead of the first message; output handed on at 32 KiB (tonic's default).
+fn buffers() -> tonic::codec::BufferSettings {
+    tonic::codec::BufferSettings::new(0, 32 * 1024)
+}
+
+impl<T, U> tonic::codec::Codec for Buffers<T, U>
+where
+    T: tonic_prost::prost::Message + Send + 'static,
+    U: tonic_prost::prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = tonic_prost::ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(buffers())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::new(buffers())
     }
 }

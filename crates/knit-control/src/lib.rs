@@ -230,7 +230,7 @@ impl Control {
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        use linkerd2_proxy_api::{destination::destination_server::DestinationServer, identity::identity_server::IdentityServer};
+        use linkerd2_proxy_api::identity::identity_server::IdentityServer;
         let addrs = self.addrs();
         let mut tasks = vec![
             tokio::spawn(identity::watch_files(self.service.clone(), self.config.identity.clone())),
@@ -286,8 +286,8 @@ impl Control {
         // megabytes is refused before the server reads them.
         let services = GrpcServices {
             identity: IdentityServer::from_arc(self.service.clone()).max_decoding_message_size(grpc::MAX_CERTIFY_BYTES),
-            destination: DestinationServer::new(grpc::DestinationService(self.index.clone())).max_decoding_message_size(grpc::MAX_LOOKUP_BYTES),
-            policy: grpc::PolicyServers::new(self.index.clone()),
+            destination: grpc::Discovery::destination(self.index.clone()),
+            policy: grpc::Discovery::policy(self.index.clone()),
         };
         let tls = self.tls.clone();
         let incoming = move |l: TcpListener, what| accept::incoming(l, GRPC_CAPS, tls.clone(), what);
@@ -318,8 +318,8 @@ impl Control {
 /// The three gRPC ports' services.
 struct GrpcServices {
     identity: linkerd2_proxy_api::identity::identity_server::IdentityServer<identity::Service>,
-    destination: linkerd2_proxy_api::destination::destination_server::DestinationServer<grpc::DestinationService>,
-    policy: grpc::PolicyServers,
+    destination: grpc::Discovery,
+    policy: grpc::Discovery,
 }
 
 impl GrpcServices {

@@ -273,6 +273,18 @@ async fn outbound_policies_are_complete_and_follow_edits() {
     for target in [traffic_spec::Target::Authority("nothing.demo.svc.cluster.local:80".into()), traffic_spec::Target::Authority("example.com:443".into())] {
         assert_eq!(client.watch(spec(target)).await.err().unwrap().code(), Code::NotFound);
     }
+
+    // Each port serves its own services only.
+    let mut wrong_port = DestinationClient::new(Local::channel(cp.addrs.policy).await);
+    let get = dst::GetDestination { path: "books.demo.svc.cluster.local:8080".into(), ..Default::default() };
+    let err = wrong_port.get(get).await.expect_err("no Destination on the policy port");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+
+    // The Service's file goes: its watch ends, saying so.
+    std::fs::remove_file(cp.manifests.join("app.yaml")).unwrap();
+    let gone = tokio::time::timeout(Duration::from_secs(5), books.message()).await.expect("an answer within 5s").expect_err("the watch ends");
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    assert!(gone.message().contains("no longer exists"), "{gone:?}");
 }
 
 #[tokio::test]
