@@ -11,6 +11,7 @@
 use super::prom;
 use crate::resources::ExternalWorkload;
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -166,8 +167,9 @@ struct Sample {
     value: f64,
 }
 
-/// A series as scraped, before it is stored: its family and its kept labels.
-type Scraped = (&'static str, Vec<(u8, String)>);
+/// A series as scraped, before it is stored: its family and its kept labels (borrowed from the
+/// scraped text, unless escaped).
+type Scraped<'a> = (&'static str, Vec<(u8, Cow<'a, str>)>);
 
 /// One family's series: by target and labels, the samples.
 type Family = HashMap<(Arc<Owner>, Labels), VecDeque<Sample>>;
@@ -320,13 +322,16 @@ impl Store {
         };
         // Series that differ only in labels not kept (`error`, the address labels) are summed.
         let mut scraped: HashMap<Scraped, f64> = HashMap::new();
-        for sample in prom::parse(&text) {
+        for sample in prom::lines(&text) {
             let Some(family) = FAMILIES.iter().find(|f| **f == sample.name) else { continue };
-            let mut labels: Vec<(u8, String)> = Vec::with_capacity(sample.labels.len());
-            for (k, v) in sample.labels {
+            let mut labels = Vec::new();
+            let parsed = sample.labels(|k, v| {
                 if let Some(kept) = KEPT_LABELS.iter().position(|l| *l == k) {
                     labels.push((kept as u8, v));
                 }
+            });
+            if parsed.is_none() {
+                continue;
             }
             labels.sort_unstable();
             *scraped.entry((family, labels)).or_default() += sample.value;
