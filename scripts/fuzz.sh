@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 SECS=${1:-60}
 shift || true
 TARGETS=("$@")
-((${#TARGETS[@]})) || TARGETS=(transport_header detect authority path policy manifest inbound trace_context)
+((${#TARGETS[@]})) || TARGETS=(transport_header detect authority path policy manifest inbound trace_context prom)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 cd fuzz
