@@ -249,20 +249,25 @@ impl Service<http::Request<tonic::body::Body>> for Discovery {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        // Each arm: the method, given the service by value (one clone of an `Arc` per call).
+        // Each arm: tonic's unary or server-streaming handling of one of the service's trait
+        // methods, whose future owns a clone of the service (an `Arc`).
         macro_rules! method {
-            ($kind:ident, $svc:expr, $method:path) => {{
+            ($kind:ident, $svc:expr, $method:ident) => {{
                 let svc = $svc.clone();
-                Box::pin(async move { Ok(grpc().$kind(Method(move |r| $method(svc.clone(), r)), req).await) })
+                let method = Method(move |r| {
+                    let svc = svc.clone();
+                    async move { svc.$method(r).await }
+                });
+                Box::pin(async move { Ok(grpc().$kind(method, req).await) })
             }};
         }
         match (&*self, req.uri().path()) {
-            (Self::Destination(d), "/io.linkerd.proxy.destination.Destination/Get") => method!(server_streaming, d, destination_get),
-            (Self::Destination(d), "/io.linkerd.proxy.destination.Destination/GetProfile") => method!(server_streaming, d, destination_get_profile),
-            (Self::Policy(i, _), "/io.linkerd.proxy.inbound.InboundServerPolicies/GetPort") => method!(unary, i, inbound_get_port),
-            (Self::Policy(i, _), "/io.linkerd.proxy.inbound.InboundServerPolicies/WatchPort") => method!(server_streaming, i, inbound_watch_port),
-            (Self::Policy(_, o), "/io.linkerd.proxy.outbound.OutboundPolicies/Get") => method!(unary, o, outbound_get),
-            (Self::Policy(_, o), "/io.linkerd.proxy.outbound.OutboundPolicies/Watch") => method!(server_streaming, o, outbound_watch),
+            (Self::Destination(d), "/io.linkerd.proxy.destination.Destination/Get") => method!(server_streaming, d, get),
+            (Self::Destination(d), "/io.linkerd.proxy.destination.Destination/GetProfile") => method!(server_streaming, d, get_profile),
+            (Self::Policy(i, _), "/io.linkerd.proxy.inbound.InboundServerPolicies/GetPort") => method!(unary, i, get_port),
+            (Self::Policy(i, _), "/io.linkerd.proxy.inbound.InboundServerPolicies/WatchPort") => method!(server_streaming, i, watch_port),
+            (Self::Policy(_, o), "/io.linkerd.proxy.outbound.OutboundPolicies/Get") => method!(unary, o, get),
+            (Self::Policy(_, o), "/io.linkerd.proxy.outbound.OutboundPolicies/Watch") => method!(server_streaming, o, watch),
             (this, path) => {
                 let serves = match this {
                     Self::Destination(_) => "Destination",
@@ -273,26 +278,6 @@ impl Service<http::Request<tonic::body::Body>> for Discovery {
             }
         }
     }
-}
-
-// The trait methods by value, as `Method`'s futures must own what they borrow.
-async fn destination_get(s: DestinationService, r: Request<dst::GetDestination>) -> Result<Response<Stream<Update>>, Status> {
-    s.get(r).await
-}
-async fn destination_get_profile(s: DestinationService, r: Request<dst::GetDestination>) -> Result<Response<Stream<dst::DestinationProfile>>, Status> {
-    s.get_profile(r).await
-}
-async fn inbound_get_port(s: InboundService, r: Request<inb::PortSpec>) -> Result<Response<inb::Server>, Status> {
-    s.get_port(r).await
-}
-async fn inbound_watch_port(s: InboundService, r: Request<inb::PortSpec>) -> Result<Response<Stream<inb::Server>>, Status> {
-    s.watch_port(r).await
-}
-async fn outbound_get(s: OutboundService, r: Request<outb::TrafficSpec>) -> Result<Response<outb::OutboundPolicy>, Status> {
-    s.get(r).await
-}
-async fn outbound_watch(s: OutboundService, r: Request<outb::TrafficSpec>) -> Result<Response<Stream<outb::OutboundPolicy>>, Status> {
-    s.watch(r).await
 }
 
 /// tonic's per-call gRPC handling with [`Buffers`] and requests cut at [`MAX_LOOKUP_BYTES`].

@@ -373,22 +373,23 @@ struct Snapshot {
 impl Snapshot {
     fn read(metrics: &Metrics) -> Self {
         let mut s = Snapshot::default();
-        for sample in knit_control::viz::prom::parse(&metrics.encode()) {
-            if sample.labels.get("direction").map(String::as_str) != Some("inbound") {
+        let text = metrics.encode();
+        for sample in knit_control::viz::prom::lines(&text) {
+            if sample.label("direction").as_deref() != Some("inbound") {
                 continue;
             }
-            match sample.name.as_str() {
+            match sample.name {
                 "response_total" => {
-                    if sample.labels.get("tls").map(String::as_str) == Some("true") {
+                    if sample.label("tls").as_deref() == Some("true") {
                         s.mtls += sample.value;
                     }
-                    match sample.labels.get("classification").map(String::as_str) {
+                    match sample.label("classification").as_deref() {
                         Some("success") => s.success += sample.value,
                         _ => s.failure += sample.value,
                     }
                 }
                 "response_latency_ms_bucket" => {
-                    let le = sample.labels.get("le").and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::INFINITY);
+                    let le = sample.label("le").and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::INFINITY);
                     // Bounds are whole milliseconds; +Inf sorts last as u64::MAX.
                     let key = if le.is_finite() { le as u64 } else { u64::MAX };
                     *s.buckets.entry(key).or_default() += sample.value;

@@ -313,8 +313,7 @@ pub fn http_get(admin: std::net::SocketAddr, path: &str) -> Result<String, Strin
 /// Reads a proxy's certificate expiry from its admin server's metrics.
 fn proxy_cert(admin: std::net::SocketAddr) -> Result<String, String> {
     let body = http_get(admin, "/metrics")?;
-    let expiry = knit_control::viz::prom::parse(&body)
-        .into_iter()
+    let expiry = knit_control::viz::prom::lines(&body)
         .find(|s| s.name == "identity_cert_expiration_timestamp_seconds")
         .map(|s| s.value as i64)
         .ok_or("the proxy exports no certificate expiry: is identity configured (KNIT_PROXY_IDENTITY_LOCAL_NAME)?")?;

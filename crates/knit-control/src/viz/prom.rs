@@ -42,6 +42,17 @@ impl<'a> Line<'a> {
         }
         Some(())
     }
+
+    /// The value of the label `name`, if the line has it and its labels are well formed.
+    pub fn label(&self, name: &str) -> Option<Cow<'a, str>> {
+        let mut found = None;
+        self.labels(|k, v| {
+            if found.is_none() && k == name {
+                found = Some(v);
+            }
+        })?;
+        found
+    }
 }
 
 /// The value at the start of `s` (after its opening quote) and the bytes it took, closing quote
@@ -108,6 +119,8 @@ mod tests {
         let l = labels(&s[0]).unwrap();
         assert_eq!(l, [("direction", "inbound".into()), ("status_code", "200".into()), ("x", "a\"b\\c\nd".into())]);
         assert!(matches!(l[0].1, Cow::Borrowed(_)), "no escape: no copy");
+        assert_eq!(s[0].label("x").as_deref(), Some("a\"b\\c\nd"));
+        assert_eq!(s[0].label("le"), None);
         assert_eq!(s[1].name, "process_open_fds");
         assert_eq!(labels(&s[1]).unwrap(), []);
     }
